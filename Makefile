@@ -1,0 +1,38 @@
+# rlar: `make run` trains the embedded default end to end; `make test` runs the test suite.
+# Both create .venv (if missing) and install the project into it first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch and torchvision must be a matching pair; override e.g. TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install rlar with its dependencies
+
+run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, -L2) on this machine
+	$(VENV)/bin/rlar-run $(ARGS)
+
+test: $(STAMP)  ## run the tests
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of one iteration
+	$(VENV)/bin/rlar-bench
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check rlar tests
+
+clean:  ## remove the virtual environment, outputs and caches (not ~/.cache/rlar)
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

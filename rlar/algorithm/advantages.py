@@ -1,0 +1,55 @@
+"""Advantage estimation: pure functions of rewards and groups. NaN rewards are excluded, never used."""
+
+from __future__ import annotations
+
+import torch
+
+SCALES = ("group", "batch", "none")
+
+
+def _nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Unbiased standard deviation ignoring NaN (0 where fewer than two values)."""
+    valid = ~x.isnan()
+    count = valid.sum(dim=dim, keepdim=True) if dim is not None else valid.sum()
+    mean = x.nanmean(dim=dim, keepdim=True) if dim is not None else x.nanmean()
+    var = torch.where(valid, (x - mean) ** 2, 0.0).sum(dim=dim, keepdim=True if dim is not None else False)
+    std = (var / (count - 1).clamp_min(1)).sqrt()
+    return std if keepdim or dim is None else std.squeeze(dim)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-8, scale: str = "group", clip: float | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO advantages: ``(r - mean of its group) / (std + eps)``.
+
+    rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. ``scale`` picks the std:
+    over the group, over the batch, or none (Dr. GRPO). NaN rewards get advantage 0 and are left out of
+    every statistic. Returns ``(advantages [N], stats)``; stats has ``adv/frac_zero_std`` (groups whose rewards
+    are all equal) and ``reward/nan_count``.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # [B, G]
+    centered = r - r.nanmean(dim=1, keepdim=True)
+    group_std = _nan_std(r, dim=1, keepdim=True)  # [B, 1]
+    if scale == "group":
+        adv = centered / (group_std + eps)
+    elif scale == "batch":
+        adv = centered / (_nan_std(r.flatten()) + eps)
+    else:
+        adv = centered
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    adv = torch.nan_to_num(adv, nan=0.0).view(-1)
+    stats = {
+        "adv/frac_zero_std": float((group_std <= eps).float().mean()),
+        "reward/nan_count": float(r.isnan().sum()),
+    }
+    return adv, stats
+
+
+def standardized_advantages(rewards: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, dict[str, float]]:
+    """REINFORCE with a batch-mean baseline, standardized: ``(r - mean) / (std + eps)`` over the batch."""
+    return group_advantages(rewards, rewards.numel(), eps=eps, scale="group")

@@ -1,0 +1,55 @@
+"""Cached artifacts (the embedded tokenizer and prior): trained once, keyed by everything that shapes them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$RLAR_CACHE_DIR``, else ``~/.cache/rlar``."""
+    return Path(os.environ.get("RLAR_CACHE_DIR", Path.home() / ".cache" / "rlar")).expanduser()
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, what: str):
+    """``torch.load(weights_only=True)`` with an error that names the missing file and the config key."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path or set it to null")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
+                    build: Callable[[], tuple[dict, dict]]) -> tuple[dict, Path]:
+    """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build()`` on a miss.
+
+    ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON.
+    """
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = cache_dir / f"{name}-{key}.pt"
+    if path.is_file():
+        log.info("%s: using cached %s", name, path)
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    log.info("%s: not cached yet, training it (cached afterwards at %s)", name, path)
+    state, metrics = build()
+    atomic_torch_save(state, path)
+    path.with_suffix(".json").write_text(json.dumps({"spec": spec, "metrics": metrics}, indent=2, default=str))
+    return state, path

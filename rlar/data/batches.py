@@ -1,0 +1,31 @@
+"""In-memory image datasets: train/eval tensors and an endless shuffled batch stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class ImageData:
+    """Subclasses set ``train_images/eval_images [N, C, H, W]`` in [-1, 1], ``train_labels/eval_labels [N]``,
+    ``num_classes``, ``channels`` and ``image_size``."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    eval_images: torch.Tensor
+    eval_labels: torch.Tensor
+    num_classes: int
+    channels: int
+    image_size: int
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled ``(images [B, C, H, W], labels [B])`` batches of the train split, epoch after epoch."""
+        n = len(self.train_images)
+        if not 0 < batch_size <= n:
+            raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = order[i : i + batch_size]
+                yield self.train_images[idx], self.train_labels[idx]

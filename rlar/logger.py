@@ -1,0 +1,39 @@
+"""TensorBoard logging of scalars and image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: str = "tensorboard", log_every: int = 1, image_every: int = 25):
+        self.log_dir = log_dir
+        self.log_every = log_every
+        self.image_every = image_every
+        self._writer: SummaryWriter | None = None
+
+    def open(self, output_dir: str | Path) -> None:
+        """Log under ``output_dir / log_dir`` (a relative ``log_dir`` lives in the run's output dir)."""
+        self._writer = SummaryWriter(str(Path(output_dir) / self.log_dir))
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None:
+        if step % self.log_every == 0 or step == 0:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, value, step)
+
+    def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None:
+        """One row per item: its input image, then the G samples of its group. targets ``[B, C, H, W]``,
+        samples ``[B*G, C, H, W]``, both in [-1, 1]."""
+        rows = min(max_rows, len(targets))
+        g = len(samples) // len(targets)
+        grid = torch.cat([targets[:rows, None], samples[: rows * g].view(rows, g, *samples.shape[1:])], dim=1)
+        image = make_grid(grid.flatten(0, 1).float(), nrow=g + 1, normalize=True, value_range=(-1, 1), pad_value=1)
+        self._writer.add_image(tag, image, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,94 @@
+"""The "before RL" policy: a GPT pretrained with teacher forcing on the tokenized train split, cached."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rlar.cache import cached_artifact, load_checkpoint
+from rlar.data.batches import ImageData
+from rlar.policy.gpt import GPT
+from rlar.tokenizer.build import plain
+from rlar.tokenizer.frozen import FrozenTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def check_vocabulary(vocab_size: int, block_size: int, tokenizer: FrozenTokenizer) -> None:
+    """The policy must speak the tokenizer's language: same codebook, one token per grid cell."""
+    if vocab_size != tokenizer.codebook_size:
+        raise ValueError(
+            f"policy.vocab_size={vocab_size} does not match the tokenizer's codebook of {tokenizer.codebook_size} "
+            f"codes; set policy.vocab_size={tokenizer.codebook_size} (or leave it as ${{tokenizer.codebook_size}})"
+        )
+    if block_size != tokenizer.num_tokens:
+        raise ValueError(
+            f"policy.block_size={block_size} but the tokenizer makes {tokenizer.num_tokens} tokens per image "
+            f"(grid {tokenizer.grid}); set policy.block_size={tokenizer.num_tokens}"
+        )
+
+
+def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, batch_size: int,
+                 label_dropout: float, generator: torch.Generator, progress=None) -> list[float]:
+    """Teacher-forced cross-entropy on codes ``[N, T]`` with class labels ``[N]``; labels are replaced by the
+    null class with probability ``label_dropout`` (so that classifier-free guidance has an unconditional model).
+    Returns the loss curve."""
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    losses = []
+    policy.train()
+    for _ in range(steps):
+        idx = torch.randint(len(codes), (batch_size,), generator=generator)
+        x, y = codes[idx], labels[idx].clone()
+        y[torch.rand(batch_size, generator=generator) < label_dropout] = -1
+        logits = policy(x, y)  # [B, T, V]
+        loss = F.cross_entropy(logits.flatten(0, 1), x.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+    return losses
+
+
+def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int, block_size: int | None = None,
+                    n_layer: int = 3, n_head: int = 4, n_embd: int = 96, dropout: float = 0.0,
+                    checkpoint: str | None = None, pretrain: dict | None = None,
+                    cache_dir: str | None = None) -> GPT:
+    """A GPT policy initialised from ``checkpoint``, or from the cached prior (pretrained here on a miss)."""
+    block_size = block_size or tokenizer.num_tokens
+    check_vocabulary(vocab_size, block_size, tokenizer)
+    pretrain = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "label_dropout": 0.1, "seed": 0, **plain(pretrain)}
+    arch = {"vocab_size": vocab_size, "block_size": block_size, "num_classes": data.num_classes,
+            "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+    policy = GPT(**arch, dropout=dropout)
+    if checkpoint:
+        policy.load_state_dict(load_checkpoint(checkpoint, "policy.checkpoint"))
+        return policy
+
+    def build():
+        generator = torch.Generator().manual_seed(pretrain["seed"])
+        torch.manual_seed(pretrain["seed"])
+        codes = tokenizer.encode_indices(data.train_images)
+        with tqdm(total=pretrain["steps"], desc="pretrain prior", leave=False) as bar:
+            losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
+                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
+        eval_codes = tokenizer.encode_indices(data.eval_images)
+        with torch.no_grad():
+            policy.eval()
+            eval_loss = F.cross_entropy(policy(eval_codes, data.eval_labels).flatten(0, 1), eval_codes.flatten())
+        return policy.state_dict(), {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
+                                     "eval_loss": float(eval_loss)}
+
+    spec = {"arch": arch, "pretrain": pretrain, "tokenizer": tokenizer.source, "data": data.fingerprint()}
+    state, path = cached_artifact(cache_dir, "gpt_prior", spec, build)
+    policy.load_state_dict(state)
+    log.info("prior policy: %s", path)
+    return policy

@@ -1,0 +1,134 @@
+"""Sampling with log-probabilities, and the teacher-forced recompute that reproduces them.
+
+Both paths score a token under the same distribution (DESIGN.md §2): guided logits
+``z_u + s * (z_c - z_u)`` (only when ``cfg_scale != 1``), divided by the temperature, log-softmax in fp32.
+Top-k / top-p only restrict which token is drawn; the returned log-probability is under the full
+tempered distribution, so the rollout is off-policy by exactly that truncation.
+
+A policy provides ``forward(tokens, labels) -> logits [N, T, V]`` (teacher forced) and, for KV-cached
+decoding, ``new_cache(batch, device)``, ``prefill(labels, prefix, cache)`` and ``step(token, cache)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+StartTokens = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
+
+
+def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The seeds' ``start_tokens``: a prefix ``[N, k]`` or a pair ``(prefix [N, k], labels [N])``."""
+    if isinstance(start_tokens, (tuple, list)):
+        prefix, labels = start_tokens
+    else:
+        prefix, labels = start_tokens, None
+    if prefix.dim() != 2:
+        raise ValueError(f"start prefix must be [N, k] token ids, got shape {tuple(prefix.shape)}")
+    return prefix.long(), labels
+
+
+def with_null_class(labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    """``[2N]`` labels for a guided batch: the conditions, then the null class (-1) for each."""
+    cond = torch.full((batch,), -1, dtype=torch.long, device=device) if labels is None else labels
+    return torch.cat([cond, torch.full_like(cond, -1)])
+
+
+def guided_logprobs(logits: torch.Tensor, cfg_scale: float, temperature: float) -> torch.Tensor:
+    """Log-probabilities fp32 of the sampling distribution.
+
+    ``logits``: ``[N, ..., V]``, or ``[2N, ..., V]`` (conditional half first) when ``cfg_scale != 1``.
+    """
+    logits = logits.float()
+    if cfg_scale != 1.0:
+        cond, uncond = logits.chunk(2)
+        logits = uncond + cfg_scale * (cond - uncond)
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def truncate(logp: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask ``logp [N, V]`` outside the top-k tokens and outside the smallest top-p nucleus with -inf."""
+    if top_k:
+        kth = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, dim=-1, descending=True)
+        probs = sorted_logp.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # mass before this token already exceeds top_p
+        logp = logp.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logp
+
+
+@torch.no_grad()
+def sample_codes_with_logprobs(
+    policy,
+    start_tokens: StartTokens,
+    max_len: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``max_len`` tokens per row after an optional ground-truth prefix.
+
+    Returns tokens ``[N, max_len]`` (the prefix copied in) and log-probs ``[N, max_len]`` fp32, 0 on the
+    prefix. ``use_cache=False`` recomputes the whole prefix at every step (the naive sampler, for benchmarks).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    prefix, labels = split_start_tokens(start_tokens)
+    n, k = prefix.shape
+    device = prefix.device
+    guided = cfg_scale != 1.0
+    model_labels = with_null_class(labels, n, device) if guided else labels
+    doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
+
+    tokens = torch.zeros(n, max_len, dtype=torch.long, device=device)
+    tokens[:, :k] = prefix
+    logprobs = torch.zeros(n, max_len, dtype=torch.float32, device=device)
+
+    if use_cache:
+        cache = policy.new_cache(n * (2 if guided else 1), device)
+        logits = policy.prefill(model_labels, doubled(prefix), cache)  # [N or 2N, V]
+    for t in range(k, max_len):
+        if not use_cache:  # forward() ignores the last input token, so tokens[:, t] is a placeholder
+            logits = policy(doubled(tokens[:, : t + 1]), model_labels)[:, t]
+        logp = guided_logprobs(logits, cfg_scale, temperature)  # [N, V]
+        draw = torch.multinomial(truncate(logp, top_k, top_p).exp(), 1, generator=generator)  # [N, 1]
+        tokens[:, t] = draw[:, 0]
+        logprobs[:, t] = logp.gather(-1, draw)[:, 0]
+        if use_cache and t + 1 < max_len:
+            logits = policy.step(doubled(tokens[:, t]), cache)
+    return tokens, logprobs
+
+
+@torch.no_grad()
+def sample_multiple_generations(
+    policy, start_tokens: StartTokens, max_len: int, num_generations: int, **sampling
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """G samples per row, the G of a row adjacent: tokens and log-probs ``[N*G, max_len]``."""
+    prefix, labels = split_start_tokens(start_tokens)
+    prefix = prefix.repeat_interleave(num_generations, dim=0)
+    labels = None if labels is None else labels.repeat_interleave(num_generations, dim=0)
+    return sample_codes_with_logprobs(policy, (prefix, labels), max_len, **sampling)
+
+
+def token_logprobs(
+    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: float = 1.0
+) -> torch.Tensor:
+    """Teacher-forced log-probabilities of every code: ``[N, T, V]`` fp32 (one forward pass)."""
+    if cfg_scale != 1.0:
+        logits = policy(torch.cat([tokens, tokens]), with_null_class(labels, tokens.shape[0], tokens.device))
+    else:
+        logits = policy(tokens, labels)
+    return guided_logprobs(logits, cfg_scale, temperature)
+
+
+def compute_sequence_logprob(
+    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: float = 1.0
+) -> torch.Tensor:
+    """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
+    the sequence log-probability). Differentiable."""
+    logp = token_logprobs(policy, tokens, labels, temperature, cfg_scale)
+    return logp.gather(-1, tokens[..., None])[..., 0]

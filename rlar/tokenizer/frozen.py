@@ -1,0 +1,47 @@
+"""The frozen tokenizer contract (DESIGN.md §2), for any VQ model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FrozenTokenizer(nn.Module):
+    """Wraps a VQ model that has ``encode_indices(images) -> [B, h*w]`` and ``decode_code(codes) -> images``.
+
+    Parameters never require grad, the module stays in eval mode, and calls run in inference mode.
+    Attributes: ``codebook_size``, ``grid`` (h, w), ``vq`` (the wrapped model).
+    """
+
+    def __init__(self, vq: nn.Module, chunk_size: int = 256):
+        super().__init__()
+        self.vq = vq.eval().requires_grad_(False)
+        self.codebook_size: int = vq.codebook_size
+        self.grid: tuple[int, int] = tuple(vq.grid)
+        self.chunk_size = chunk_size
+
+    def train(self, mode: bool = True) -> FrozenTokenizer:  # stays in eval mode whatever the caller asks
+        return super().train(False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @torch.inference_mode()
+    def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
+        """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major)."""
+        return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
+
+    @torch.inference_mode()
+    def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time."""
+        if codes.shape[-1] != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} codes per image (grid {self.grid}), got {codes.shape[-1]}")
+        if codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(f"codes must be in [0, {self.codebook_size - 1}], got [{codes.min()}, {codes.max()}]")
+        return torch.cat([self.vq.decode_code(c) for c in codes.split(self.chunk_size)]).clamp(-1, 1)
+
+
+def build_tokenizer_frozen(vq_model: nn.Module) -> FrozenTokenizer:
+    """The seeds' name: wrap an already loaded VQ model as a frozen tokenizer."""
+    return FrozenTokenizer(vq_model)

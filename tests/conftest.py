@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from rlar.policy.gpt import GPT
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One cache for the whole session: the tiny tokenizer and prior are trained once."""
+    return tmp_path_factory.mktemp("rlar-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny(cache_dir):
+    """Overrides for a seconds-long run of the embedded default."""
+    return [
+        f"cache_dir={cache_dir}",
+        "tokenizer.train.steps=40",
+        "policy.pretrain.steps=40",
+        "train.iterations=2",
+        "train.batch_size=4",
+        "train.checkpoint_every=1",
+        "algorithm.num_generations=4",
+        "algorithm.minibatch_size=8",
+        "eval.max_items=8",
+        "eval.every=2",
+        "logger.image_every=1",
+    ]
+
+
+@pytest.fixture
+def gpt():
+    torch.manual_seed(0)
+    return GPT(vocab_size=32, block_size=12, num_classes=5, n_layer=2, n_head=2, n_embd=32).eval()

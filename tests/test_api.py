@@ -1,0 +1,70 @@
+"""The seeds' Python API, importable from ``rlar``, without the flaws of the public prototype."""
+
+import pytest
+import torch
+
+import rlar
+from rlar import (
+    build_ar_policy,
+    compute_sequence_logprob,
+    groupwise_advantages,
+    grpo_update,
+    reconstruction_reward,
+    reinforce_update,
+    sample_multiple_generations,
+)
+
+
+@pytest.fixture
+def policy_and_opt():
+    torch.manual_seed(0)
+    return build_ar_policy(16, 6, {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "num_classes": 3,
+                                   "lr": 1e-2})
+
+
+def test_top_level_names():
+    for name in rlar.__all__:
+        assert callable(getattr(rlar, name)), name
+
+
+def test_groupwise_advantages_by_hand():
+    adv = groupwise_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0]), 2)
+    s = 2 ** 0.5  # unbiased std of (1, 3)
+    assert torch.allclose(adv, torch.tensor([-1 / s, 1 / s, 0.0, 0.0]), atol=1e-6)
+
+
+def test_reconstruction_reward_is_negative_distance():
+    x = torch.zeros(2, 1, 2, 2)
+    y = torch.tensor([0.0, 0.5]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    assert torch.allclose(reconstruction_reward(x, y, "l2"), torch.tensor([0.0, -0.25]))
+    assert torch.allclose(reconstruction_reward(x, y, "l1"), torch.tensor([0.0, -0.5]))
+
+
+def test_reinforce_update_moves_the_policy_towards_rewarded_samples(policy_and_opt):
+    policy, opt = policy_and_opt
+    labels = torch.tensor([1, 1, 1, 1])
+    tokens, logp = sample_multiple_generations(policy, (torch.zeros(1, 0, dtype=torch.long), labels[:1]), 6, 4,
+                                               generator=torch.Generator().manual_seed(0))
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    before = compute_sequence_logprob(policy, tokens, labels).sum(1).detach()
+    for _ in range(5):
+        reinforce_update(policy, opt, tokens, logp, rewards, labels=labels)
+    after = compute_sequence_logprob(policy, tokens, labels).sum(1).detach()
+    assert after[0] - before[0] > (after[1:] - before[1:]).max()  # the rewarded sample gained the most
+
+
+def test_grpo_update_uses_the_same_tokens_and_labels(policy_and_opt):
+    policy, opt = policy_and_opt
+    labels = torch.tensor([2, 2])
+    tokens, logp = sample_multiple_generations(policy, (torch.zeros(1, 0, dtype=torch.long), labels[:1]), 6, 2)
+    assert logp.shape == tokens.shape  # all T tokens scored, not T-1
+    assert torch.allclose(compute_sequence_logprob(policy, tokens, labels), logp, atol=1e-5)
+    weights = [p.detach().clone() for p in policy.parameters()]
+    for old in (logp, logp.sum(1)):  # per-token and per-sequence ratios
+        grpo_update(policy, opt, tokens, old, torch.tensor([1.0, -1.0]), clip_range=0.2, labels=labels)
+    assert any(not torch.equal(a, b) for a, b in zip(weights, policy.parameters(), strict=True))
+
+
+def test_unsupported_policy_type_is_named():
+    with pytest.raises(ValueError, match="llammagen"):
+        build_ar_policy(16, 6, {"type": "llammagen"})

@@ -1,0 +1,69 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from rlar.config import CONF_DIR, compose_config
+from rlar.validate import ConfigError, check_config
+
+GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_option_composes_and_passes_checks(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg[group]._target_.startswith(("rlar.", "torch."))
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("group", ["algorithm", "reward", "hardware", "logger", "data"])
+def test_cheap_groups_instantiate(group):
+    assert instantiate(compose_config()[group]) is not None
+
+
+def test_schema_rejects_wrong_type_and_unknown_key():
+    with pytest.raises(ConfigCompositionException, match="iterations"):
+        compose_config(["train.iterations=ten"])
+    with pytest.raises(ConfigCompositionException, match="num_generation"):
+        compose_config(["algorithm.num_generation=4"])
+
+
+def test_unknown_group_option_names_the_choices():
+    with pytest.raises(ConfigCompositionException, match="(?s)algorithm/ppo_typo.*grpo"):
+        compose_config(["algorithm=ppo_typo"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("algorithm.num_generations=1", "at least 2 generations"),
+    ("policy.vocab_size=32", "does not match the tokenizer's codebook"),
+    ("policy.checkpoint=/does/not/exist.pt", "does not exist"),
+    ("tokenizer.checkpoint=/does/not/exist.pt", "does not exist"),
+    ("hardware.precision=fp8", "precision"),
+    ("train.iterations=0", "train.iterations"),
+])
+def test_bad_values_are_refused_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config([override]))
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlar.run", "algorithm.num_generations=1",
+                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "config error: GRPO needs at least 2 generations" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_help_lists_the_groups():
+    out = subprocess.run([sys.executable, "-m", "rlar.run", "--help"], capture_output=True, text=True).stdout
+    for group in GROUPS:
+        assert f"{group}:" in out
+
+
+def test_conf_dir_is_the_repository_conf():
+    assert (Path(CONF_DIR) / "config.yaml").is_file()

@@ -1,0 +1,84 @@
+"""Smoke runs of the embedded default at a tiny size: outputs, TensorBoard, resume, multirun."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import rlar.loop
+from rlar.config import compose_config
+from rlar.loop import train_rl_loop
+
+
+def run_cli(args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "rlar.run", *args], capture_output=True, text=True, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_run_writes_summary_tensorboard_and_checkpoint(tiny, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli([*tiny, f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert f"outputs: {out}" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"eval_reward_before", "eval_reward_after", "history", "timings"} <= summary.keys()
+    assert summary["eval_reward_before"] < 0 and summary["eval_reward_after"] < 0
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "reward/mean" in events.Tags()["scalars"]
+    assert len(events.Scalars("reward/mean")) == 2
+    for tag in ("loss/policy", "policy/ratio_max_abs_dev", "time/rollout", "eval/reward", "perf/tokens_per_s"):
+        assert tag in events.Tags()["scalars"], tag
+    image = events.Images("samples/input_then_group")[0]
+    assert image.width > image.height > 0  # one row per item: input | its G samples
+    assert not (tmp_path / "outputs").exists() or out.is_relative_to(tmp_path)
+
+
+def test_first_update_has_ratio_one(tiny, tmp_path):
+    cfg = compose_config([*tiny, "rollout.temperature=0.7", "rollout.cfg_scale=2.0"])
+    summary = train_rl_loop(cfg, tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert all(e.value <= 1e-5 for e in events.Scalars("policy/ratio_max_abs_dev"))
+    assert summary["iterations"] == 2
+
+
+def test_restart_continues_from_the_checkpoint(tiny, tmp_path, monkeypatch):
+    cfg = compose_config([*tiny, "train.iterations=4", "eval.every=100"])
+    calls = []
+    real_update = rlar.loop.policy_update
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stopped by the test")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(rlar.loop, "policy_update", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl_loop(cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["iteration"] == 2
+    steps_per_iteration = 16 // 8  # batch 4 x G 4 sequences, minibatches of 8
+    assert max(s["step"] for s in saved["optimizer"]["state"].values()) == 2 * steps_per_iteration
+
+    calls.clear()
+    monkeypatch.setattr(rlar.loop, "policy_update", lambda *a, **k: (calls.append(1), real_update(*a, **k))[1])
+    summary = train_rl_loop(cfg, tmp_path)
+    assert len(calls) == 2  # iterations 3 and 4 only
+    final = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert final["iteration"] == 4
+    assert max(s["step"] for s in final["optimizer"]["state"].values()) == 4 * steps_per_iteration
+    assert summary["eval_reward_before"] == saved["summary"]["eval_reward_before"]
+
+
+def test_multirun_runs_one_job_per_algorithm(tiny, tmp_path):
+    run_cli(["-m", "algorithm=reinforce,grpo", *tiny, f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    summaries = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert any("algorithm=reinforce" in s for s in summaries) and any("algorithm=grpo" in s for s in summaries)
