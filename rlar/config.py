@@ -67,23 +67,52 @@ class GPTSchema:
 
 
 @dataclass
-class GRPOSchema:
+class CommonAlgorithmSchema:
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    grad_accum: int = 1
+    stats_key: str = "class"
+
+
+@dataclass
+class GRPOSchema(CommonAlgorithmSchema):
     _target_: str = "rlar.algorithm.algorithms.GRPO"
     num_generations: int = 8
     clip_eps: float = 0.2
+    clip_eps_high: float | None = None
     scale: str = "group"
     adv_clip: float | None = 5.0
     aggregation: str = "token"
+    loss_constant: float | None = None
+    drop_zero_std_groups: bool = False
     epochs: int = 1
     minibatch_size: int = 64
 
 
 @dataclass
-class ReinforceSchema:
+class ReinforceSchema(CommonAlgorithmSchema):
     _target_: str = "rlar.algorithm.algorithms.Reinforce"
-    num_generations: int = 4
+    num_generations: int = 8
+    baseline: str = "batch"
+    standardize: bool = True
+    min_count: int = 16
     minibatch_size: int = 64
     epochs: int = 1
+
+
+@dataclass
+class PPOSchema(CommonAlgorithmSchema):
+    _target_: str = "rlar.algorithm.algorithms.PPO"
+    num_generations: int = 4
+    clip_eps: float = 0.2
+    epochs: int = 4
+    minibatch_size: int = 32
+    aggregation: str = "token"
+    value_head: bool = False
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
 
 
 @dataclass
@@ -116,6 +145,7 @@ class RolloutSchema:
     top_k: int | None = None
     top_p: float | None = None
     cfg_scale: float = 1.0
+    cfg_interval: list[float] | None = None
     prefix_len: int = 0
 
 
@@ -125,6 +155,7 @@ class TrainSchema:
     batch_size: int = 8
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -166,7 +197,7 @@ SCHEMAS = {
     "data": {"digits": DigitsDataSchema},
     "tokenizer": {"digits_vq": DigitsVQSchema},
     "policy": {"gpt": GPTSchema},
-    "algorithm": {"grpo": GRPOSchema, "reinforce": ReinforceSchema},
+    "algorithm": {"grpo": GRPOSchema, "reinforce": ReinforceSchema, "ppo": PPOSchema},
     "reward": {"reconstruction": ReconstructionRewardSchema},
     "hardware": {"hardware": HardwareSchema},
     "logger": {"tensorboard": TensorBoardSchema},
@@ -174,9 +205,11 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
+    from rlar.reward.schemas import REWARD_SCHEMAS
+
     cs = ConfigStore.instance()
     cs.store(name="rlar_schema", node=RlarConfig)
-    for group, options in SCHEMAS.items():
+    for group, options in {**SCHEMAS, "reward": {**SCHEMAS["reward"], **REWARD_SCHEMAS}}.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
 

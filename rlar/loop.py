@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -12,10 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rlar.algorithm.update import Rollout, policy_update
+from rlar.algorithm.update import policy_update, value_advantages
 from rlar.cache import atomic_torch_save
 from rlar.evaluate import evaluate
-from rlar.sampling import sample_multiple_generations
+from rlar.policy.prior import teacher_forced_ce
+from rlar.rollout import collect_rollout
+from rlar.sampling import cfg_scales
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +31,23 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
     hw.seed_everything()
     device = hw.torch_device
 
+    reward_fn = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
     policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
     algorithm = instantiate(cfg.algorithm)
-    reward_fn = instantiate(cfg.reward)
-    optimizer = instantiate(cfg.optimizer, params=policy.parameters())
+    # the frozen prior, for the KL term only: never built when beta is 0
+    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
+    critic = torch.nn.Linear(policy.n_embd, 1).to(device) if algorithm.value_head else None
+    params = list(policy.parameters()) + ([] if critic is None else list(critic.parameters()))
+    optimizer = instantiate(cfg.optimizer, params=params)
     logger = instantiate(cfg.logger)
     logger.open(out)
 
     r, t = cfg.rollout, cfg.train
     G, T = algorithm.num_generations, policy.block_size
-    sampling = {"temperature": r.temperature, "cfg_scale": r.cfg_scale}  # the distribution log-probs are under
+    # the distribution every log-prob is under, in rollout and update alike
+    sampling = {"temperature": r.temperature, "cfg_scale": cfg_scales(T, r.cfg_scale, r.cfg_interval)}
     gens = {name: torch.Generator().manual_seed(hw.seed + i) for i, name in enumerate(("data", "sample", "update"))}
 
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -48,6 +56,9 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
+        algorithm.load_state_dict(state["algorithm"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
         for name, g in gens.items():
             g.set_state(state["rng"][name])
         torch.set_rng_state(state["rng"]["torch"])
@@ -59,55 +70,65 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
 
     def save(iteration: int):
         atomic_torch_save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-                           "iteration": iteration, "summary": summary,
+                           "algorithm": algorithm.state_dict(), "iteration": iteration, "summary": summary,
+                           "critic": None if critic is None else critic.state_dict(),
                            "rng": {**{n: g.get_state() for n, g in gens.items()}, "torch": torch.get_rng_state()}},
                           ckpt_path)
 
+    batches = data.batches(t.batch_size, gens["data"])
     if start == 0:
         before = evaluation()
         summary = {"eval_reward_before": before["eval/reward"], "history": [{"iteration": 0, **before}]}
         logger.scalars(before, 0)
         log.info("prior: eval reward %.5f", before["eval/reward"])
+        for _ in tqdm(range(t.warmup_steps), desc="supervised warm-up", leave=False):
+            images, labels, _ = next(batches)
+            loss = teacher_forced_ce(policy.train(), tokenizer.encode_indices(images.to(device)), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            summary["warmup_ce"] = loss.item()
 
     time_totals: dict[str, float] = {}
-    batches = data.batches(t.batch_size, gens["data"])
     progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True)
     for it in progress:
         step = it + 1
-        images, labels = (x.to(device) for x in next(batches))  # [B, C, H, W], [B]
+        images, labels, indices = (x.to(device) for x in next(batches))  # [B, C, H, W], [B], [B]
         timings = {}
 
         tic = time.perf_counter()
         policy.eval()
-        prefix = tokenizer.encode_indices(images)[:, : r.prefix_len]  # [B, k], k = 0 by default
         with hw.autocast():
-            tokens, old_logp = sample_multiple_generations(
-                policy, (prefix, labels), T, G, top_k=r.top_k, top_p=r.top_p, generator=gens["sample"], **sampling
-            )  # [B*G, T] each
+            rollout = collect_rollout(policy, tokenizer.encode_indices(images), labels, G, r, gens["sample"])
         timings["time/rollout"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        samples = tokenizer.decode_code(tokens)  # [B*G, C, H, W] in [-1, 1]
+        samples = tokenizer.decode_code(rollout.tokens)  # [B*G, C, H, W] in [-1, 1]
         timings["time/decode"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        rewards, components = reward_fn(samples, images.repeat_interleave(G, 0), {"labels": labels})  # [B*G]
+        targets = images.repeat_interleave(G, 0)
+        rewards, components = reward_fn(samples, targets, {"labels": rollout.labels})  # [B*G]
         timings["time/reward"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        adv, adv_stats = algorithm.advantages(rewards)
-        valid = rewards.isfinite()  # a NaN reward is excluded from the update, and counted
-        mask = (torch.arange(T, device=device) >= r.prefix_len)[None] & valid[:, None]  # [B*G, T]
-        rollout = Rollout(tokens, old_logp, labels.repeat_interleave(G), mask)
-        stats = policy_update(policy, optimizer, algorithm, rollout, adv, sampling, t.max_grad_norm,
-                              gens["update"], hw.autocast) if valid.any() else {}
+        keys = (labels if algorithm.stats_key == "class" else indices).repeat_interleave(G)
+        adv, keep, adv_stats = algorithm.advantages(rewards, keys)
+        valid = rewards.isfinite() & keep  # a NaN reward is excluded from the update, and counted
+        rollout.mask = rollout.mask & valid[:, None]
+        returns = None
+        if critic is not None:
+            adv, returns = value_advantages(policy, critic, algorithm, rollout, rewards, sampling)
+        stats = policy_update(policy, optimizer, algorithm, rollout, adv, sampling, t.max_grad_norm, gens["update"],
+                              hw.autocast, ref_policy, critic, returns) if valid.any() else {}
         timings["time/update"] = time.perf_counter() - tic
 
-        metrics = {"reward/mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
-                   "reward/std": float(rewards[valid].std()) if valid.sum() > 1 else 0.0,
+        finite = rewards.isfinite()
+        metrics = {"reward/mean": float(rewards[finite].mean()) if finite.any() else float("nan"),
+                   "reward/std": float(rewards[finite].std()) if finite.sum() > 1 else 0.0,
                    **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},
                    **adv_stats, **stats, **timings,
-                   "perf/tokens_per_s": tokens[:, r.prefix_len :].numel() / timings["time/rollout"]}
+                   "perf/tokens_per_s": float(rollout.mask.sum()) / timings["time/rollout"]}
         logger.scalars(metrics, step)
         for key, seconds in timings.items():
             time_totals[key] = time_totals.get(key, 0.0) + seconds

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 StartTokens = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
+Scale = float | torch.Tensor  # one guidance scale, or one per token position [T]
 
 
 def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -33,15 +34,34 @@ def with_null_class(labels: torch.Tensor | None, batch: int, device) -> torch.Te
     return torch.cat([cond, torch.full_like(cond, -1)])
 
 
-def guided_logprobs(logits: torch.Tensor, cfg_scale: float, temperature: float) -> torch.Tensor:
+def cfg_scales(seq_len: int, scale: float, interval=None) -> torch.Tensor:
+    """Guidance scale of each token position ``[T]``: ``scale`` where ``t / T`` lies in ``[lo, hi)``, else 1."""
+    scales = torch.full((seq_len,), float(scale))
+    if interval is not None:
+        lo, hi = interval
+        where = torch.arange(seq_len) / seq_len
+        scales[(where < lo) | (where >= hi)] = 1.0
+    return scales
+
+
+def is_guided(cfg_scale: Scale) -> bool:
+    return bool((torch.as_tensor(cfg_scale) != 1).any())
+
+
+def guided_logprobs(logits: torch.Tensor, cfg_scale: Scale, temperature: float, doubled: bool | None = None
+                    ) -> torch.Tensor:
     """Log-probabilities fp32 of the sampling distribution.
 
-    ``logits``: ``[N, ..., V]``, or ``[2N, ..., V]`` (conditional half first) when ``cfg_scale != 1``.
+    ``logits``: ``[N, T, V]`` or ``[N, V]``, or twice N rows (conditional half first) when guided;
+    ``cfg_scale``: a float, or one scale per position ``[T]`` for ``[2N, T, V]`` logits. ``doubled`` says
+    whether the rows are a guided pair (default: whenever some scale differs from 1); a scale of 1 on a pair
+    still combines the halves, so that a position scores the same in every code path.
     """
     logits = logits.float()
-    if cfg_scale != 1.0:
+    if is_guided(cfg_scale) if doubled is None else doubled:
         cond, uncond = logits.chunk(2)
-        logits = uncond + cfg_scale * (cond - uncond)
+        scale = cfg_scale[:, None].to(logits.device) if torch.is_tensor(cfg_scale) else cfg_scale
+        logits = uncond + scale * (cond - uncond)
     return torch.log_softmax(logits / temperature, dim=-1)
 
 
@@ -66,7 +86,7 @@ def sample_codes_with_logprobs(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    cfg_scale: float = 1.0,
+    cfg_scale: Scale = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +100,7 @@ def sample_codes_with_logprobs(
     prefix, labels = split_start_tokens(start_tokens)
     n, k = prefix.shape
     device = prefix.device
-    guided = cfg_scale != 1.0
+    guided = is_guided(cfg_scale)
     model_labels = with_null_class(labels, n, device) if guided else labels
     doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
 
@@ -94,7 +114,8 @@ def sample_codes_with_logprobs(
     for t in range(k, max_len):
         if not use_cache:  # forward() ignores the last input token, so tokens[:, t] is a placeholder
             logits = policy(doubled(tokens[:, : t + 1]), model_labels)[:, t]
-        logp = guided_logprobs(logits, cfg_scale, temperature)  # [N, V]
+        scale = float(cfg_scale[t]) if torch.is_tensor(cfg_scale) else cfg_scale
+        logp = guided_logprobs(logits, scale, temperature, doubled=guided)  # [N, V]
         draw = torch.multinomial(truncate(logp, top_k, top_p).exp(), 1, generator=generator)  # [N, 1]
         tokens[:, t] = draw[:, 0]
         logprobs[:, t] = logp.gather(-1, draw)[:, 0]
@@ -115,18 +136,28 @@ def sample_multiple_generations(
 
 
 def token_logprobs(
-    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: float = 1.0
+    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
 ) -> torch.Tensor:
     """Teacher-forced log-probabilities of every code: ``[N, T, V]`` fp32 (one forward pass)."""
-    if cfg_scale != 1.0:
-        logits = policy(torch.cat([tokens, tokens]), with_null_class(labels, tokens.shape[0], tokens.device))
-    else:
-        logits = policy(tokens, labels)
-    return guided_logprobs(logits, cfg_scale, temperature)
+    return policy_logprobs(policy, tokens, labels, temperature, cfg_scale)[0]
+
+
+def policy_logprobs(policy, context: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0,
+                    cfg_scale: Scale = 1.0, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher-forced log-probs ``[N, T, V]`` given ``context [N, T]``, and with ``hidden=True`` the policy's
+    last hidden states ``[N, T, D]`` (of the conditional rows) for a value head."""
+    guided = is_guided(cfg_scale)
+    if guided:
+        context, labels = torch.cat([context, context]), with_null_class(labels, context.shape[0], context.device)
+    states = policy.hidden_states(context, labels)  # [N or 2N, T, D]
+    logp = guided_logprobs(policy.head(states), cfg_scale, temperature)
+    if not hidden:
+        return logp, None
+    return logp, states.chunk(2)[0] if guided else states
 
 
 def compute_sequence_logprob(
-    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: float = 1.0
+    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
 ) -> torch.Tensor:
     """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
     the sequence log-probability). Differentiable."""

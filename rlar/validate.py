@@ -8,7 +8,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-ROLLOUT_MODES = ("autoregressive",)
+from rlar.rollout import MODES as ROLLOUT_MODES
 
 
 class ConfigError(ValueError):
@@ -17,13 +17,19 @@ class ConfigError(ValueError):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix."""
-    for group in ("algorithm", "hardware", "reward"):  # cheap objects whose constructors check their values
+    for group in ("algorithm", "hardware"):  # cheap objects whose constructors check their values
         try:
             instantiate(cfg[group])
         except InstantiationException as e:
             raise ConfigError(str(e.__cause__ or e)) from e
     if cfg.rollout.mode not in ROLLOUT_MODES:
         raise ConfigError(f"rollout.mode={cfg.rollout.mode!r} is not available; choose one of {ROLLOUT_MODES}")
+    r = cfg.rollout
+    if (r.mode == "prefix") != (r.prefix_len > 0):
+        raise ConfigError(f"rollout.prefix_len={r.prefix_len} with rollout.mode={r.mode!r}: mode=prefix needs "
+                          "prefix_len >= 1, and the other modes take no prefix (set prefix_len=0)")
+    if r.cfg_interval is not None and not (len(r.cfg_interval) == 2 and 0 <= r.cfg_interval[0] < r.cfg_interval[1]):
+        raise ConfigError(f"rollout.cfg_interval must be [lo, hi) with 0 <= lo < hi, got {list(r.cfg_interval)}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
     codebook = cfg.tokenizer.get("codebook_size")

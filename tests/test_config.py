@@ -11,18 +11,16 @@ from rlar.validate import ConfigError, check_config
 
 GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+OFFLINE = {"lpips": ["reward.pnet_rand=true"]}  # no pretrained backbone can be downloaded in tests
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
 def test_every_option_composes_and_passes_checks(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, [])])
     assert cfg[group]._target_.startswith(("rlar.", "torch."))
     check_config(cfg)
-
-
-@pytest.mark.parametrize("group", ["algorithm", "reward", "hardware", "logger", "data"])
-def test_cheap_groups_instantiate(group):
-    assert instantiate(compose_config()[group]) is not None
+    if group in ("algorithm", "reward", "hardware", "logger", "data"):
+        assert instantiate(cfg[group]) is not None
 
 
 def test_schema_rejects_wrong_type_and_unknown_key():

@@ -1,28 +1,74 @@
-"""REINFORCE and GRPO: the same update skeleton (rlar.algorithm.update), different advantage and loss."""
+"""REINFORCE, GRPO and PPO: one update skeleton (rlar.algorithm.update), different advantages and losses.
+
+Every algorithm also carries the regularizers the skeleton applies: KL to the frozen prior (``beta``,
+``kl_estimator``), an entropy bonus, and gradient accumulation.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from rlar.algorithm.advantages import SCALES, group_advantages, standardized_advantages
+from rlar.algorithm.advantages import SCALES, group_advantages
+from rlar.algorithm.kl import ESTIMATORS
 from rlar.algorithm.losses import AGGREGATIONS, clipped_surrogate, reinforce_loss
+from rlar.algorithm.stats import ConditionStats
+
+BASELINES = ("batch", "condition")
+
+
+def check_minibatch(minibatch_size: int, num_generations: int) -> None:
+    if minibatch_size % num_generations:
+        raise ValueError(
+            f"algorithm.minibatch_size={minibatch_size} must be a multiple of algorithm.num_generations="
+            f"{num_generations} so that a group stays in one minibatch"
+        )
 
 
 @dataclass
-class GRPO:
-    """Group-relative advantages and a per-token PPO-clip loss (``epochs`` passes over the rollout)."""
+class Common:
+    beta: float = 0.0  # KL coefficient to the frozen prior; the reference model is built only when > 0
+    kl_estimator: str = "k3"  # k3 | exact (full codebook)
+    entropy_coef: float = 0.0
+    grad_accum: int = 1  # minibatches per optimizer step
+    stats_key: str = "class"  # what "a condition" is for per-condition statistics: class | image
+    value_head = False  # only PPO may learn a critic
+
+    def check_common(self) -> None:
+        if self.kl_estimator not in ESTIMATORS:
+            raise ValueError(f"algorithm.kl_estimator must be one of {ESTIMATORS}, got {self.kl_estimator!r}")
+        if self.beta < 0:
+            raise ValueError(f"algorithm.beta must be >= 0, got {self.beta}")
+        if self.stats_key not in ("class", "image"):
+            raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class GRPO(Common):
+    """Group-relative advantages and a per-token PPO-clip loss."""
 
     num_generations: int = 8
     clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # asymmetric range [1 - clip_eps, 1 + clip_eps_high] (DAPO's clip-higher)
     scale: str = "group"  # std over the group | batch | none (Dr. GRPO)
     adv_clip: float | None = 5.0
-    aggregation: str = "token"  # token | sequence
+    aggregation: str = "token"  # token | sequence | constant
+    loss_constant: float | None = None  # divisor per sequence for aggregation=constant (default: T)
+    drop_zero_std_groups: bool = False  # leave groups with equal rewards out of the update
     epochs: int = 1
-    minibatch_size: int = 64  # sequences per optimizer step; a multiple of num_generations
+    minibatch_size: int = 64
 
     def __post_init__(self):
+        self.check_common()
         if self.num_generations < 2:
             raise ValueError(
                 f"GRPO needs at least 2 generations per item to form a group, got algorithm.num_generations="
@@ -32,40 +78,95 @@ class GRPO:
             raise ValueError(f"algorithm.scale must be one of {SCALES}, got {self.scale!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        if self.minibatch_size % self.num_generations:
-            raise ValueError(
-                f"algorithm.minibatch_size={self.minibatch_size} must be a multiple of algorithm.num_generations="
-                f"{self.num_generations} so that a group stays in one minibatch"
-            )
+        check_minibatch(self.minibatch_size, self.num_generations)
 
-    def advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
+    def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(advantages [N], keep [N] bool, stats)``; ``keep`` is False for dropped zero-variance groups."""
+        adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
+        keep = torch.ones_like(rewards, dtype=torch.bool)
+        if self.drop_zero_std_groups:
+            r = rewards.view(-1, self.num_generations)
+            spread = r.nan_to_num(0).amax(1) - r.nan_to_num(0).amin(1)
+            keep = (spread > 0).repeat_interleave(self.num_generations)
+        return adv, keep, stats
 
     def loss(self, logp, old_logp, adv, mask):
-        return clipped_surrogate(logp, old_logp, adv, mask, self.clip_eps, self.aggregation)
+        high = self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
+        return clipped_surrogate(logp, old_logp, adv, mask, self.clip_eps, self.aggregation, high,
+                                 self.loss_constant)
 
 
 @dataclass
-class Reinforce:
-    """REINFORCE with a batch-mean baseline and standardized advantages; one on-policy pass."""
+class Reinforce(Common):
+    """REINFORCE with a baseline (batch mean, or a per-condition running mean) and standardized advantages."""
 
     num_generations: int = 4
+    baseline: str = "batch"  # batch | condition
+    standardize: bool = True
+    min_count: int = 16  # rewards a condition needs before its own statistics replace the batch's
     minibatch_size: int = 64
     epochs: int = 1
+    tracker: ConditionStats = field(init=False, repr=False)
 
     def __post_init__(self):
+        self.check_common()
         if self.num_generations < 1:
             raise ValueError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
         if self.epochs != 1:
             raise ValueError(f"REINFORCE is on-policy: algorithm.epochs must be 1, got {self.epochs}")
-        if self.minibatch_size % self.num_generations:
-            raise ValueError(
-                f"algorithm.minibatch_size={self.minibatch_size} must be a multiple of algorithm.num_generations="
-                f"{self.num_generations}"
-            )
+        if self.baseline not in BASELINES:
+            raise ValueError(f"algorithm.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        check_minibatch(self.minibatch_size, self.num_generations)
+        self.tracker = ConditionStats(self.min_count)
 
-    def advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return standardized_advantages(rewards)
+    def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        if self.baseline == "batch":
+            finite = rewards[rewards.isfinite()]
+            mean = finite.mean() if finite.numel() else rewards.new_tensor(0.0)
+            std = finite.std() if finite.numel() > 1 else rewards.new_tensor(1.0)
+        else:
+            self.tracker.update(keys, rewards)
+            mean, std = self.tracker.mean_std(keys, rewards)
+        adv = rewards - mean
+        if self.standardize:
+            adv = adv / (std + 1e-8)
+        stats = {"reward/nan_count": float(rewards.isnan().sum())}
+        return adv.nan_to_num(0.0), torch.ones_like(rewards, dtype=torch.bool), stats
 
     def loss(self, logp, old_logp, adv, mask):
         return reinforce_loss(logp, adv, mask)
+
+    def state_dict(self) -> dict:
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+
+
+@dataclass
+class PPO(Common):
+    """PPO-clip over several inner epochs; advantages normalized over the batch, or GAE from a value head."""
+
+    num_generations: int = 4
+    clip_eps: float = 0.2
+    epochs: int = 4
+    minibatch_size: int = 32
+    aggregation: str = "token"
+    value_head: bool = False  # a linear critic on the policy's hidden states, GAE over token positions
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+
+    def __post_init__(self):
+        self.check_common()
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        check_minibatch(self.minibatch_size, self.num_generations)
+
+    def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Rewards normalized over the batch (the value-head path replaces them with GAE in the update)."""
+        adv, stats = group_advantages(rewards, rewards.numel(), scale="group")
+        return adv, torch.ones_like(rewards, dtype=torch.bool), stats
+
+    def loss(self, logp, old_logp, adv, mask):
+        return clipped_surrogate(logp, old_logp, adv, mask, self.clip_eps, self.aggregation)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("token", "sequence")
+AGGREGATIONS = ("token", "sequence", "constant")
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Reduce ``[N, T]`` values over the masked tokens: a mean over all tokens of the batch (``token``), or the
-    mean of each sequence's token mean (``sequence``)."""
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, constant: float | None = None) -> torch.Tensor:
+    """Reduce ``[N, T]`` values over the masked tokens: a mean over all tokens of the batch (``token``), the
+    mean of each sequence's token mean (``sequence``), or the sum divided by ``N * constant`` (``constant``, Dr.
+    GRPO's length-unbiased form; ``constant`` defaults to T)."""
     mask = mask.float()
+    if how == "constant":
+        return (per_token * mask).sum() / (mask.shape[0] * (constant or mask.shape[1]))
     if how == "token":
         return (per_token * mask).sum() / mask.sum().clamp_min(1)
     if how == "sequence":
@@ -21,23 +24,26 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Te
 
 def clipped_surrogate(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-    clip_eps: float, aggregation: str = "token",
+    clip_eps: float, aggregation: str = "token", clip_eps_high: float | None = None, constant: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip per token: ``max(-A r, -A clip(r, 1-eps, 1+eps))`` with ``r = exp(logp - old_logp)``.
+    """PPO-clip per token: ``max(-A r, -A clip(r, 1-eps, 1+eps_high))`` with ``r = exp(logp - old_logp)``.
 
-    logp, old_logp, mask: ``[N, T]``; adv: ``[N]`` (one advantage per sequence, shared by its tokens).
+    logp, old_logp, mask: ``[N, T]``; adv: ``[N]`` (one advantage per sequence, shared by its tokens) or
+    ``[N, T]`` (per token, e.g. GAE). ``clip_eps_high`` defaults to ``clip_eps``.
     """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
-    a = adv[:, None]
-    loss_t = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip_eps, 1 + clip_eps))
-    loss = aggregate(loss_t, mask, aggregation)
+    a = adv[:, None] if adv.dim() == 1 else adv
+    loss_t = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip_eps, 1 + high))
+    loss = aggregate(loss_t, mask, aggregation, constant)
     with torch.no_grad():
         m = mask.bool()
         dev = (ratio - 1).abs()[m]
         stats = {
             "policy/ratio_max_abs_dev": float(dev.max()) if dev.numel() else 0.0,
-            "policy/clipfrac": float((dev > clip_eps).float().mean()) if dev.numel() else 0.0,
+            "policy/clipfrac": float(((ratio < 1 - clip_eps) | (ratio > 1 + high))[m].float().mean())
+            if dev.numel() else 0.0,
             "policy/approx_kl": float(((ratio - 1) - log_ratio)[m].mean()) if dev.numel() else 0.0,
         }
     return loss, stats

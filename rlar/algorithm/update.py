@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 
-from rlar.sampling import token_logprobs
+from rlar.algorithm.gae import gae_terminal_reward
+from rlar.algorithm.kl import token_kl
+from rlar.algorithm.losses import aggregate
+from rlar.sampling import policy_logprobs
 
 
 @dataclass
 class Rollout:
     """One iteration's samples: G generations per item, adjacent."""
 
-    tokens: torch.Tensor  # [N, T] long
-    logprobs: torch.Tensor  # [N, T] fp32, log-prob of each token at sampling time (0 on the prefix)
+    context: torch.Tensor  # [N, T] long: the tokens the policy reads (== tokens, except teacher-forced rollouts)
+    tokens: torch.Tensor  # [N, T] long: the actions
+    logprobs: torch.Tensor  # [N, T] fp32, log-prob of each action at sampling time (0 where not an action)
     labels: torch.Tensor | None  # [N] class ids, or None
     mask: torch.Tensor  # [N, T] bool, True where the token is an action (sampled, not given)
 
@@ -29,39 +34,78 @@ def group_minibatches(n: int, group_size: int, minibatch_size: int, generator: t
         yield (g[:, None] * group_size + torch.arange(group_size)).flatten()
 
 
+def _rows(rollout: Rollout, idx: torch.Tensor):
+    labels = None if rollout.labels is None else rollout.labels[idx]
+    return rollout.context[idx], rollout.tokens[idx], labels
+
+
+@torch.no_grad()
+def value_advantages(policy, critic, algorithm, rollout: Rollout, rewards: torch.Tensor, sampling: dict):
+    """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
+    (advantages ``[N, T]``, returns ``[N, T]``)."""
+    _, hidden = policy_logprobs(policy, rollout.context, rollout.labels, **sampling, hidden=True)
+    values = critic(hidden.float())[..., 0]  # [N, T]
+    mask = rollout.mask & rewards.isfinite()[:, None]
+    adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
+    valid = adv[mask]
+    adv = torch.where(mask, (adv - valid.mean()) / (valid.std() + 1e-8), 0.0)
+    return adv, returns
+
+
 def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
-                  max_grad_norm: float | None, generator: torch.Generator, autocast=None) -> dict[str, float]:
-    """Run ``algorithm.epochs`` passes; one optimizer step per minibatch. Returns mean stats.
+                  max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
+                  critic=None, returns: torch.Tensor | None = None) -> dict[str, float]:
+    """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
+    ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats.
 
     ``policy/ratio_max_abs_dev`` is measured on the first minibatch before any step: it must be ~0.
     """
     policy.train()
+    autocast = autocast or contextlib.nullcontext
     sums: dict[str, float] = defaultdict(float)
-    steps = 0
-    first = None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    count, first = 0, None
+    optimizer.zero_grad(set_to_none=True)
     for _ in range(algorithm.epochs):
         for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
-            labels = None if rollout.labels is None else rollout.labels[idx]
-            with autocast() if autocast else torch.autocast("cpu", enabled=False):
-                logp_all = token_logprobs(policy, rollout.tokens[idx], labels, **sampling)  # [n, T, V] fp32
-            logp = logp_all.gather(-1, rollout.tokens[idx][..., None])[..., 0]  # [n, T]
+            context, tokens, labels = _rows(rollout, idx)
             mask = rollout.mask[idx]
+            with autocast():
+                logp_all, hidden = policy_logprobs(policy, context, labels, **sampling, hidden=critic is not None)
+            logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
             loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm or float("inf"))
-            optimizer.step()
-            with torch.no_grad():
-                entropy = -(logp_all.exp() * logp_all).sum(-1)[mask].mean()
-            stats = {**stats, "loss/policy": loss.item(), "policy/entropy": float(entropy),
-                     "policy/grad_norm": float(grad_norm)}
+            stats["loss/policy"] = loss.item()
+            entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
+            if algorithm.entropy_coef:
+                loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
+            if ref_policy is not None:
+                with torch.no_grad(), autocast():
+                    ref_all, _ = policy_logprobs(ref_policy, context, labels, **sampling)
+                kl = aggregate(token_kl(algorithm.kl_estimator, logp_all, ref_all, tokens), mask, "token")
+                loss = loss + algorithm.beta * kl
+                stats["loss/kl"] = kl.item()
+            if critic is not None:
+                values = critic(hidden.float())[..., 0]  # [n, T]
+                value_loss = 0.5 * aggregate((values - returns[idx]) ** 2, mask, "token")
+                loss = loss + algorithm.vf_coef * value_loss
+                stats["loss/value"] = value_loss.item()
+            (loss / algorithm.grad_accum).backward()
+            count += 1
+            if count % algorithm.grad_accum == 0:
+                stats["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
             if first is None:
                 first = stats.get("policy/ratio_max_abs_dev")
             for key, value in stats.items():
                 sums[key] += value
-            steps += 1
-    out = {key: value / steps for key, value in sums.items()}
+    if count % algorithm.grad_accum:  # a last, partial accumulation still counts
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {key: value / count for key, value in sums.items()}
     if first is not None:
         out["policy/ratio_max_abs_dev"] = first
-    out["policy/optimizer_steps"] = float(steps)
+    out["policy/minibatches"] = float(count)
     return out

@@ -19,8 +19,10 @@ class ImageData:
     channels: int
     image_size: int
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled ``(images [B, C, H, W], labels [B])`` batches of the train split, epoch after epoch."""
+    def batches(self, batch_size: int, generator: torch.Generator
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Shuffled ``(images [B, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
+        epoch; ``indices`` identify the images (for per-image statistics)."""
         n = len(self.train_images)
         if not 0 < batch_size <= n:
             raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
@@ -28,4 +30,4 @@ class ImageData:
             order = torch.randperm(n, generator=generator)
             for i in range(0, n - batch_size + 1, batch_size):
                 idx = order[i : i + batch_size]
-                yield self.train_images[idx], self.train_labels[idx]
+                yield self.train_images[idx], self.train_labels[idx], idx

@@ -137,12 +137,15 @@ class GPT(nn.Module):
             cache.length += x.shape[1]
         return self.ln_f(x)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``."""
+    def hidden_states(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: tokens ``[N, T]`` -> final hidden states ``[N, T, D]``; position t predicts token t."""
         if tokens.shape[1] > self.block_size:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.block_size}")
-        x = self._embed(labels, tokens[:, :-1], start=0)  # [N, T, D]
-        return self.head(self._trunk(x))
+        return self._trunk(self._embed(labels, tokens[:, :-1], start=0))
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``."""
+        return self.head(self.hidden_states(tokens, labels))
 
     # -- incremental decoding: the interface the shared sampler uses ---------------------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:

@@ -31,6 +31,11 @@ def check_vocabulary(vocab_size: int, block_size: int, tokenizer: FrozenTokenize
         )
 
 
+def teacher_forced_ce(policy, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Next-token cross-entropy of ground-truth codes ``[N, T]`` under teacher forcing."""
+    return F.cross_entropy(policy(codes, labels).flatten(0, 1), codes.flatten())
+
+
 def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, batch_size: int,
                  label_dropout: float, generator: torch.Generator, progress=None) -> list[float]:
     """Teacher-forced cross-entropy on codes ``[N, T]`` with class labels ``[N]``; labels are replaced by the
@@ -44,8 +49,7 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
         idx = torch.randint(len(codes), (batch_size,), generator=generator)
         x, y = codes[idx], labels[idx].clone()
         y[torch.rand(batch_size, generator=generator) < label_dropout] = -1
-        logits = policy(x, y)  # [B, T, V]
-        loss = F.cross_entropy(logits.flatten(0, 1), x.flatten())
+        loss = teacher_forced_ce(policy, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -1,0 +1,27 @@
+"""Generalized advantage estimation over token positions, with the reward at the last token."""
+
+from __future__ import annotations
+
+import torch
+
+
+def gae_terminal_reward(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """values ``[N, T]`` (V of the state before each token), rewards ``[N]`` paid after the last token,
+    mask ``[N, T]`` (True on action tokens). Returns (advantages ``[N, T]``, returns ``[N, T]``), 0 off the mask.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` with ``r_t = 0`` except at ``T-1`` and ``V_T = 0``;
+    ``A_t = delta_t + gamma * lam * A_{t+1}``.
+    """
+    n, t_len = values.shape
+    values = values.float() * mask
+    adv = torch.zeros_like(values)
+    running = torch.zeros(n, device=values.device)
+    for t in reversed(range(t_len)):
+        next_value = values[:, t + 1] if t + 1 < t_len else torch.zeros(n, device=values.device)
+        reward = rewards.float() if t == t_len - 1 else torch.zeros(n, device=values.device)
+        delta = reward + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask

@@ -1,0 +1,24 @@
+"""``python -m rlar.prepare [overrides]``: train (or find) the cached tokenizer and prior, without RL."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlar.config import register_schemas
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    print(f"tokenizer: {tokenizer.source} (held-out PSNR {tokenizer.metrics['psnr_db']:.2f} dB)")
+    print("prior: cached beside it; `python -m rlar.run` with the same settings starts from it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A weighted sum of rewards, each reported under its own name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0; NaN stays NaN."""
+    finite = x[x.isfinite()]  # [M]
+    std = finite.std() if finite.numel() > 1 else x.new_zeros(())
+    if std > 0:
+        return (x - finite.mean()) / std
+    return torch.where(x.isfinite(), torch.zeros_like(x), x)
+
+
+class WeightedReward:
+    """``reward = sum_k weights[k] * components[k]`` (each z-scored over the batch first if ``normalize``).
+
+    Reports every component's raw score under its name, and each sub-component it reports as ``name/sub``
+    (unless that is the component's score itself). An item that is NaN in a component with nonzero weight is
+    NaN in the total; a zero-weight component is only reported.
+    """
+
+    def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
+        if set(components) != set(weights):
+            raise ValueError(f"reward.weights {sorted(weights)} must name exactly reward.components "
+                             f"{sorted(components)}")
+        self.components = {name: instantiate(c) if isinstance(c, (dict, DictConfig)) else c
+                           for name, c in components.items()}
+        self.weights = {name: float(w) for name, w in weights.items()}
+        self.normalize = normalize
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
+        total = torch.zeros(images.shape[0], device=images.device)  # [N]
+        reported = {}
+        for name, component in self.components.items():
+            score, subs = component(images, targets, meta)  # [N], {sub: [N]}
+            reported[name] = score
+            reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
+            if self.weights[name]:
+                total = total + self.weights[name] * (zscore(score) if self.normalize else score).float()
+        return total, reported
