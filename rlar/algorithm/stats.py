@@ -35,7 +35,7 @@ class ConditionStats:
             n = self.count.get(key, 0)
             if n >= self.min_count:
                 mean = self.total[key] / n
-                var = max(self.total_sq[key] / n - mean * mean, 0.0) * n / (n - 1)
+                var = max(self.total_sq[key] / n - mean * mean, 0.0) * n / max(n - 1, 1)  # unbiased
                 means.append(mean)
                 stds.append(var**0.5)
             else:

@@ -9,7 +9,8 @@ from torch import nn
 class FrozenTokenizer(nn.Module):
     """Wraps a VQ model that has ``encode_indices(images) -> [B, h*w]`` and ``decode_code(codes) -> images``.
 
-    Parameters never require grad, the module stays in eval mode, and calls run in inference mode.
+    Parameters never require grad, the module stays in eval mode, and calls run under no_grad (not inference
+    mode: its codes feed the policy's autograd graph as embedding indices).
     Attributes: ``codebook_size``, ``grid`` (h, w), ``vq`` (the wrapped model).
     """
 
@@ -27,12 +28,12 @@ class FrozenTokenizer(nn.Module):
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major)."""
         return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
         """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time."""
         if codes.shape[-1] != self.num_tokens:

@@ -1,0 +1,67 @@
+"""Loop-level behaviour: NaN rewards, per-condition statistics in checkpoints, warm-up, PPO's critic."""
+
+import math
+
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlar.config import compose_config
+from rlar.loop import train_rl_loop
+from rlar.reward.reconstruction import ReconstructionReward
+
+
+class HalfNaNReward(ReconstructionReward):
+    """-L2, but NaN for every other sample: a reward model that fails on some items."""
+
+    def __call__(self, images, targets, meta=None):
+        reward, parts = super().__call__(images, targets, meta)
+        reward = reward.clone()
+        reward[::2] = float("nan")
+        return reward, parts
+
+
+def scalars(run_dir, tag):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path):
+    cfg = compose_config([*tiny, "eval.max_items=4"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.reward = {"_target_": f"{__name__}.HalfNaNReward", "kind": "l2"}
+    summary = train_rl_loop(cfg, tmp_path)
+    assert scalars(tmp_path, "reward/nan_count") == [8.0, 8.0]  # half of 4 items x 4 generations
+    assert all(math.isfinite(v) for v in scalars(tmp_path, "reward/mean"))
+    assert all(math.isfinite(v) for v in scalars(tmp_path, "loss/policy"))
+    assert summary["history"][-1]["eval/nan_count"] == 2.0  # 4 held-out items x 1 sample, half NaN
+    assert math.isfinite(summary["eval_reward_after"])
+
+
+def test_condition_statistics_are_saved_in_checkpoints(tiny, tmp_path):
+    cfg = compose_config([*tiny, "algorithm=reinforce", "algorithm.baseline=condition", "algorithm.num_generations=4",
+                          "algorithm.minibatch_size=8"])
+    train_rl_loop(cfg, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["algorithm"]["tracker"]
+    assert sum(state["count"].values()) == 2 * 16  # 2 iterations x 4 images x 4 generations
+    assert set(state["count"]) <= set(range(10))  # keyed by class
+
+
+def test_warmup_then_ppo_with_value_head(tiny, tmp_path):
+    cfg = compose_config([*tiny, "algorithm=ppo", "algorithm.value_head=true", "algorithm.epochs=2",
+                          "algorithm.minibatch_size=8", "train.warmup_steps=3", "algorithm.beta=0.05"])
+    summary = train_rl_loop(cfg, tmp_path)
+    assert math.isfinite(summary["warmup_ce"])
+    assert all(v > 0 for v in scalars(tmp_path, "loss/value"))
+    assert all(v >= 0 for v in scalars(tmp_path, "loss/kl"))
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["critic"]["weight"].shape == (1, 96)
+
+
+def test_rollout_modes_run_end_to_end_with_ratio_one(tiny, tmp_path):
+    for mode, extra in (("teacher_forced", []), ("prefix", ["rollout.prefix_len=16"])):
+        cfg = compose_config([*tiny, f"rollout.mode={mode}", *extra, "rollout.cfg_scale=2.0",
+                              "rollout.temperature=0.7", "eval.max_items=4"])
+        train_rl_loop(cfg, tmp_path / mode)
+        assert max(scalars(tmp_path / mode, "policy/ratio_max_abs_dev")) <= 1e-5
