@@ -81,13 +81,14 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
         summary = {"eval_reward_before": before["eval/reward"], "history": [{"iteration": 0, **before}]}
         logger.scalars(before, 0)
         log.info("prior: eval reward %.5f", before["eval/reward"])
-        for _ in tqdm(range(t.warmup_steps), desc="supervised warm-up", leave=False, disable=not t.warmup_steps):
+        for i in tqdm(range(t.warmup_steps), desc="supervised warm-up", leave=False, disable=not t.warmup_steps):
             images, labels, _ = next(batches)
             loss = teacher_forced_ce(policy.train(), tokenizer.encode_indices(images.to(device)), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             summary["warmup_ce"] = loss.item()
+            logger.scalars({"warmup/ce": loss.item()}, i)
 
     time_totals: dict[str, float] = {}
     progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True)

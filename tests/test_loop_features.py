@@ -53,6 +53,7 @@ def test_warmup_then_ppo_with_value_head(tiny, tmp_path):
                           "algorithm.minibatch_size=8", "train.warmup_steps=3", "algorithm.beta=0.05"])
     summary = train_rl_loop(cfg, tmp_path)
     assert math.isfinite(summary["warmup_ce"])
+    assert len(scalars(tmp_path, "warmup/ce")) == 3
     assert all(v > 0 for v in scalars(tmp_path, "loss/value"))
     assert all(v >= 0 for v in scalars(tmp_path, "loss/kl"))
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
