@@ -105,6 +105,7 @@ class ReinforceSchema(CommonAlgorithmSchema):
 class PPOSchema(CommonAlgorithmSchema):
     _target_: str = "rlar.algorithm.algorithms.PPO"
     num_generations: int = 4
+    baseline: str = "group"
     clip_eps: float = 0.2
     epochs: int = 4
     minibatch_size: int = 32
@@ -205,11 +206,15 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
+    """Store every option's schema under ``schema/<group>/<name>`` (the core ones above, and each sub-package's)."""
+    from rlar.policy.schemas import POLICY_SCHEMAS
     from rlar.reward.schemas import REWARD_SCHEMAS
+    from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
+    extra = {"policy": POLICY_SCHEMAS, "reward": REWARD_SCHEMAS, "tokenizer": TOKENIZER_SCHEMAS}
     cs = ConfigStore.instance()
     cs.store(name="rlar_schema", node=RlarConfig)
-    for group, options in {**SCHEMAS, "reward": {**SCHEMAS["reward"], **REWARD_SCHEMAS}}.items():
+    for group, options in {**SCHEMAS, **{g: {**SCHEMAS[g], **more} for g, more in extra.items()}}.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
 

@@ -160,11 +160,17 @@ def tiny_policy_update_inputs():
 def test_ppo_and_reinforce_batch_advantages_by_hand():
     rewards = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, unbiased std sqrt(14/3)
     expected = (rewards - 3.0) / (14 / 3) ** 0.5
-    ppo_adv, _, _ = PPO(num_generations=2, minibatch_size=2).advantages(rewards, torch.zeros(4))
+    ppo_adv, _, _ = PPO(num_generations=2, minibatch_size=2, baseline="batch").advantages(rewards, torch.zeros(4))
     rf_adv, _, _ = Reinforce(num_generations=2, minibatch_size=2).advantages(rewards, torch.zeros(4))
     assert torch.allclose(ppo_adv, expected, atol=1e-6) and torch.allclose(rf_adv, expected, atol=1e-6)
     plain, _, _ = Reinforce(num_generations=2, minibatch_size=2, standardize=False).advantages(rewards, torch.zeros(4))
     assert torch.allclose(plain, rewards - 3.0)
+
+
+def test_ppo_group_baseline_by_hand():
+    rewards = torch.tensor([1.0, 3.0, 10.0, 10.0])  # group means 2 and 10 -> centered (-1, 1, 0, 0)
+    adv, _, _ = PPO(num_generations=2, minibatch_size=2).advantages(rewards, torch.zeros(4))
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / rewards.std(), atol=1e-6)
 
 
 def test_entropy_bonus_raises_entropy():

@@ -145,9 +145,14 @@ class Reinforce(Common):
 
 @dataclass
 class PPO(Common):
-    """PPO-clip over several inner epochs; advantages normalized over the batch, or GAE from a value head."""
+    """PPO-clip over several inner epochs; advantages normalized over the batch, or GAE from a value head.
+
+    ``baseline=group`` subtracts the mean reward of the item's own G samples before the batch normalization:
+    with a per-image target, the spread between images is noise the policy cannot act on.
+    """
 
     num_generations: int = 4
+    baseline: str = "group"  # group (mean of the item's G samples) | batch (the batch mean)
     clip_eps: float = 0.2
     epochs: int = 4
     minibatch_size: int = 32
@@ -161,11 +166,16 @@ class PPO(Common):
         self.check_common()
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.baseline not in ("group", "batch"):
+            raise ValueError(f"algorithm.baseline must be 'group' or 'batch' for PPO, got {self.baseline!r}")
         check_minibatch(self.minibatch_size, self.num_generations)
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Rewards normalized over the batch (the value-head path replaces them with GAE in the update)."""
-        adv, stats = group_advantages(rewards, rewards.numel(), scale="group")
+        """``(r - baseline) / batch std`` (the value-head path replaces them with GAE in the update)."""
+        if self.baseline == "group":
+            adv, stats = group_advantages(rewards, self.num_generations, scale="batch")
+        else:
+            adv, stats = group_advantages(rewards, rewards.numel(), scale="group")
         return adv, torch.ones_like(rewards, dtype=torch.bool), stats
 
     def loss(self, logp, old_logp, adv, mask):

@@ -42,7 +42,8 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
     null class with probability ``label_dropout`` (so that classifier-free guidance has an unconditional model).
     Returns the loss curve."""
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    # 5% warm-up, but at least 2 steps: OneCycleLR divides by (warm-up steps - 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
     losses = []
     policy.train()
     for _ in range(steps):

@@ -1,0 +1,32 @@
+"""Structured-config schemas of the policy options beyond rlar's GPT (registered as ``schema/policy/<name>``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from rlar.config import PretrainSchema
+
+
+@dataclass
+class LlamaGenSchema:
+    _target_: str = "rlar.policy.llamagen_build.build_llamagen_prior"
+    vocab_size: int = MISSING
+    block_size: int | None = None
+    size: str | None = None
+    n_layer: int = 2
+    n_head: int = 4
+    dim: int = 96
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    cls_token_num: int = 1
+    dropout: float = 0.0
+    checkpoint: str | None = None
+    pretrain: PretrainSchema = field(default_factory=PretrainSchema)
+    cache_dir: str | None = None
+
+
+POLICY_SCHEMAS = {"llamagen": LlamaGenSchema}
