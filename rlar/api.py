@@ -6,29 +6,67 @@ import torch
 
 from rlar.algorithm.advantages import group_advantages
 from rlar.algorithm.losses import clipped_surrogate, reinforce_loss
+from rlar.cache import load_checkpoint
 from rlar.policy.gpt import GPT
+from rlar.policy.llamagen import LlamaGen
 from rlar.sampling import compute_sequence_logprob, token_logprobs
 
 GPT_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "num_classes")
+POLICY_TYPES = {"gpt": GPT, "llamagen": LlamaGen, "llammagen": LlamaGen}  # the seeds spell it both ways
+
+
+def _adamw(policy: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(policy.parameters(), lr=cfg.get("lr", 1e-4), betas=tuple(cfg.get("betas", (0.9, 0.95))),
+                             weight_decay=cfg.get("weight_decay", 0.0))
+
+
+def codebook_embeddings(codebook: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
+    """Token embeddings ``[V, width]`` with the geometry of ``codebook [V, d]``: the codebook itself when
+    ``d == width``, else a fixed orthonormal map to ``width`` dims; rescaled to std 0.02 (GPT's init)."""
+    codebook = codebook.float()
+    if codebook.shape[1] != width:
+        g = torch.Generator().manual_seed(seed)
+        basis, _ = torch.linalg.qr(torch.randn(width, codebook.shape[1], generator=g))  # [width, d], orthonormal
+        codebook = codebook @ basis.T
+    return codebook * (0.02 / codebook.std().clamp_min(1e-12))
 
 
 def build_gpt_policy(
     gpt_cls, vocab_size: int, block_size: int, cfg: dict
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """Instantiate a GPT-like policy and its AdamW (``cfg``: GPT kwargs plus ``lr``, ``weight_decay``, ``betas``)."""
+    """Instantiate a GPT-like policy and its AdamW (``cfg``: GPT kwargs plus ``lr``, ``weight_decay``, ``betas``).
+
+    ``use_pretrained_codebook=True`` initializes the token embeddings from the tokenizer's codebook, given as
+    ``cfg["codebook"]`` (a ``[V, d]`` tensor, e.g. ``tokenizer.vq.codebook.weight``) or ``cfg["codebook_ckpt_path"]``
+    (a tokenizer state dict; the entry ending in ``embedding.weight`` or ``codebook.weight`` is used).
+    """
     policy = (gpt_cls or GPT)(vocab_size=vocab_size, block_size=block_size,
                               **{k: cfg[k] for k in GPT_KEYS if k in cfg})
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.get("lr", 1e-4),
-                                  betas=tuple(cfg.get("betas", (0.9, 0.95))), weight_decay=cfg.get("weight_decay", 0.0))
-    return policy, optimizer
+    if cfg.get("use_pretrained_codebook"):
+        codebook = cfg.get("codebook")
+        if codebook is None:
+            state = load_checkpoint(cfg["codebook_ckpt_path"], "codebook_ckpt_path")
+            state = state.get("state_dict", state.get("model", state))
+            codebook = next(v for k, v in state.items() if k.endswith(("embedding.weight", "codebook.weight")))
+        if codebook.shape[0] != vocab_size:
+            raise ValueError(f"the codebook has {codebook.shape[0]} codes but vocab_size={vocab_size}")
+        with torch.no_grad():
+            policy.tok_emb.weight.copy_(codebook_embeddings(codebook, policy.tok_emb.weight.shape[1]))
+    return policy, _adamw(policy, cfg)
 
 
 def build_ar_policy(vocab_size: int, block_size: int, ar_cfg: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """``ar_cfg["type"]``: ``"gpt"`` (``ar_cfg["cls"]`` optional, rlar's GPT by default)."""
+    """``ar_cfg["type"]``: ``"gpt"`` or ``"llamagen"`` (also spelled ``"llammagen"``). ``ar_cfg["cls"]`` may give
+    the model class; LlamaGen's own arguments (``size``, ``dim``, ...) go in ``ar_cfg["extra"]``."""
     kind = ar_cfg.get("type", "gpt")
-    if kind != "gpt":
-        raise ValueError(f"ar_cfg['type']={kind!r} is not available in this version of rlar; use 'gpt'")
-    return build_gpt_policy(ar_cfg.get("cls"), vocab_size, block_size, ar_cfg)
+    if kind not in POLICY_TYPES:
+        raise ValueError(f"ar_cfg['type']={kind!r} is not a policy type; choose one of {sorted(POLICY_TYPES)}")
+    if kind == "gpt":
+        return build_gpt_policy(ar_cfg.get("cls"), vocab_size, block_size, ar_cfg)
+    keys = ("n_layer", "n_head", "num_classes", "dropout")
+    policy = (ar_cfg.get("cls") or LlamaGen)(vocab_size=vocab_size, block_size=block_size,
+                                             **{k: ar_cfg[k] for k in keys if k in ar_cfg}, **ar_cfg.get("extra", {}))
+    return policy, _adamw(policy, ar_cfg)
 
 
 def groupwise_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-8) -> torch.Tensor:

@@ -32,7 +32,7 @@ def load_checkpoint(path: str | os.PathLike, what: str):
     """``torch.load(weights_only=True)`` with an error that names the missing file and the config key."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path or set it to null")
+        raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

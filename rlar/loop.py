@@ -150,7 +150,7 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
     summary.update({"eval_reward_after": final["eval/reward"], "iterations": t.iterations,
                     "timings": {key: total / ran for key, total in time_totals.items()},
                     "output_dir": str(out), "tokenizer": tokenizer.source,
-                    "tokenizer_psnr_db": tokenizer.metrics["psnr_db"]})
+                    "tokenizer_psnr_db": tokenizer.metrics.get("psnr_db")})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.close()
     log.info("eval reward: prior %.5f -> after RL %.5f; outputs in %s",

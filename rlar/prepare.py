@@ -16,7 +16,8 @@ def main(cfg: DictConfig) -> None:
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     instantiate(cfg.policy, tokenizer=tokenizer, data=data)
-    print(f"tokenizer: {tokenizer.source} (held-out PSNR {tokenizer.metrics['psnr_db']:.2f} dB)")
+    psnr = tokenizer.metrics.get("psnr_db")
+    print(f"tokenizer: {tokenizer.source}" + (f" (held-out PSNR {psnr:.2f} dB)" if psnr is not None else ""))
     print("prior: cached beside it; `python -m rlar.run` with the same settings starts from it")
 
 

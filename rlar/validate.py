@@ -43,8 +43,8 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         path = cfg[group].get(name)
         if path and not Path(path).expanduser().is_file():
-            raise ConfigError(f"{key}='{path}' does not exist; give the path of a saved state dict, "
-                                    f"or {key}=null to use the embedded, self-trained one")
+            raise ConfigError(f"{key}='{path}' does not exist; give the path of a saved checkpoint (for the "
+                              f"embedded {group}, {key}=null trains one and caches it)")
     g = cfg.algorithm.num_generations
     sequences = cfg.train.batch_size * g
     if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:

@@ -11,6 +11,7 @@ from rlar.algorithm.stats import ConditionStats
 from rlar.algorithm.update import policy_update
 from rlar.config import compose_config
 from rlar.policy.gpt import GPT
+from rlar.policy.llamagen import LlamaGen
 from rlar.rollout import collect_rollout
 from rlar.sampling import cfg_scales
 
@@ -93,14 +94,21 @@ MODES = [("autoregressive", []), ("prefix", ["rollout.prefix_len=5"]), ("teacher
          ("autoregressive", ["rollout.cfg_interval=[0.25,0.75]"])]
 
 
+def tiny_policy(kind: str):
+    torch.manual_seed(0)
+    if kind == "llamagen":
+        return LlamaGen(vocab_size=32, block_size=16, num_classes=4, n_layer=2, n_head=2, dim=32)
+    return GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=2, n_head=2, n_embd=32)
+
+
 @pytest.mark.parametrize("mode,extra", MODES)
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_first_inner_epoch_ratio_is_one_with_cfg_and_temperature(algorithm, mode, extra):
+@pytest.mark.parametrize("kind", ["gpt", "llamagen"])
+def test_first_inner_epoch_ratio_is_one_with_cfg_and_temperature(kind, algorithm, mode, extra):
     cfg = compose_config([f"algorithm={algorithm}", f"rollout.mode={mode}", "rollout.cfg_scale=2.0",
                           "rollout.temperature=0.7", "algorithm.num_generations=4", "algorithm.minibatch_size=8",
                           *extra])
-    torch.manual_seed(0)
-    policy = GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=2, n_head=2, n_embd=32)
+    policy = tiny_policy(kind)
     algo = PPO(num_generations=4, minibatch_size=8, epochs=2) if algorithm == "ppo" else GRPO(4, minibatch_size=8)
     gt = torch.randint(0, 32, (4, 16))
     labels = torch.tensor([0, 1, 2, 3])

@@ -6,6 +6,7 @@ import torch
 import rlar
 from rlar import (
     build_ar_policy,
+    build_gpt_policy,
     compute_sequence_logprob,
     groupwise_advantages,
     grpo_update,
@@ -65,6 +66,31 @@ def test_grpo_update_uses_the_same_tokens_and_labels(policy_and_opt):
     assert any(not torch.equal(a, b) for a, b in zip(weights, policy.parameters(), strict=True))
 
 
-def test_unsupported_policy_type_is_named():
-    with pytest.raises(ValueError, match="llammagen"):
-        build_ar_policy(16, 6, {"type": "llammagen"})
+def test_unknown_policy_type_is_named():
+    with pytest.raises(ValueError, match="llamagen"):
+        build_ar_policy(16, 6, {"type": "transformer-xl"})
+
+
+@pytest.mark.parametrize("kind", ["llamagen", "llammagen"])
+def test_llamagen_policy_type_in_both_spellings(kind):
+    policy, opt = build_ar_policy(16, 16, {"type": kind, "num_classes": 3, "extra": {"dim": 32, "n_layer": 1}})
+    assert type(policy).__name__ == "LlamaGen" and policy.n_embd == 32 and policy.vocab_size == 16
+    assert opt.param_groups[0]["params"][0] is next(policy.parameters())
+
+
+def test_pretrained_codebook_initializes_token_embeddings(tmp_path):
+    codebook = torch.randn(16, 4)
+    for width in (4, 24):  # same width: the codebook itself; wider: an orthonormal map, so distances keep their order
+        policy, _ = build_gpt_policy(None, 16, 6, {"n_embd": width, "n_head": 2, "n_layer": 1,
+                                                   "use_pretrained_codebook": True, "codebook": codebook})
+        emb = policy.tok_emb.weight.detach()
+        assert emb.std().item() == pytest.approx(0.02, rel=1e-3)
+        scale = torch.cdist(emb, emb)[0, 1:] / torch.cdist(codebook, codebook)[0, 1:]
+        assert torch.allclose(scale, scale[0].expand_as(scale), rtol=1e-4)  # the geometry up to one scale
+    torch.save({"state_dict": {"quantize.embedding.weight": codebook}}, tmp_path / "vq.ckpt")
+    cfg = {"n_embd": 4, "n_head": 2, "n_layer": 1, "use_pretrained_codebook": True,
+           "codebook_ckpt_path": tmp_path / "vq.ckpt"}
+    policy, _ = build_gpt_policy(None, 16, 6, cfg)
+    assert torch.allclose(policy.tok_emb.weight / policy.tok_emb.weight.std(), codebook / codebook.std(), atol=1e-5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_gpt_policy(None, 8, 6, {"n_embd": 4, "n_head": 2, "use_pretrained_codebook": True, "codebook": codebook})

@@ -42,8 +42,10 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
     null class with probability ``label_dropout`` (so that classifier-free guidance has an unconditional model).
     Returns the loss curve."""
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    # 5% warm-up, but at least 2 steps: OneCycleLR divides by (warm-up steps - 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+    # one-cycle: 5% warm-up (at least 2 steps, as OneCycleLR divides by warm-up steps - 1), cosine decay;
+    # it cannot schedule fewer than 3 steps, which run at a constant rate
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+             if steps >= 3 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
     losses = []
     policy.train()
     for _ in range(steps):
