@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
@@ -11,7 +10,6 @@ from rlar.config import compose_config
 from rlar.data.digits import DigitsData
 from rlar.policy.llamagen import PRESETS, LlamaGen, apply_rope, load_llamagen_state, rope_2d
 from rlar.policy.llamagen_build import build_llamagen_prior
-from rlar.policy.schemas import LlamaGenSchema
 from rlar.sampling import compute_sequence_logprob, sample_codes_with_logprobs
 
 V, T, C = 32, 16, 5  # vocabulary, image tokens (a 4x4 grid), classes
@@ -167,7 +165,6 @@ def test_kv_cache_matches_naive_recompute(model):
 
 
 def compose(overrides=()):
-    ConfigStore.instance().store(group="schema/policy", name="llamagen", node=LlamaGenSchema)
     return compose_config(["policy=llamagen", *overrides])
 
 

@@ -9,7 +9,6 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -19,7 +18,6 @@ from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen
 from rlar.tokenizer.ibq import IBQ
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
-from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 from rlar.tokenizer.taming_vqgan import TamingVQGAN
 from rlar.tokenizer.zoo_build import (
     build_ibq,
@@ -438,14 +436,8 @@ def small_model(option, t):
                       t["z_channels"])
 
 
-def register_tokenizer_schemas():
-    for name, node in TOKENIZER_SCHEMAS.items():
-        ConfigStore.instance().store(group="schema/tokenizer", name=name, node=node)
-
-
 @pytest.mark.parametrize("option", sorted(SMALL))
 def test_yaml_composes_with_the_released_settings(option):
-    register_tokenizer_schemas()
     cfg = compose_config([f"tokenizer={option}"])
     assert OmegaConf.is_missing(cfg.tokenizer, "checkpoint")
     assert cfg.tokenizer.codebook_size == RELEASED[option] == cfg.policy.vocab_size
@@ -454,7 +446,6 @@ def test_yaml_composes_with_the_released_settings(option):
 
 @pytest.mark.parametrize("option", sorted(SMALL))
 def test_yaml_instantiates_a_frozen_tokenizer(tmp_path, option):
-    register_tokenizer_schemas()
     overrides = [f"tokenizer={option}", "tokenizer.image_size=32", f"tokenizer.codebook_size={N}", *SMALL[option]]
     cfg = compose_config(overrides)
     with torch.device("meta"):  # the architecture the config names, to save a file that fits it
@@ -467,3 +458,26 @@ def test_yaml_instantiates_a_frozen_tokenizer(tmp_path, option):
     grid = {"llamagen_vq8": (4, 4)}.get(option, (2, 2))
     assert tok.grid == grid
     assert tok.decode_code(tok.encode_indices(IMAGES[:2])).shape == (2, 3, 32, 32)
+
+
+def test_policy_gpt_config_loads_taming_rlar_and_rl_checkpoints(tmp_path):
+    from rlar.policy.prior import load_gpt_checkpoint
+
+    torch.manual_seed(0)
+    source = GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=1, n_head=2, n_embd=16)
+    taming = {k: v for k, v in source.state_dict().items() if k != "cls_emb.weight"}
+    taming["blocks.0.attn.mask"] = torch.ones(16, 16).tril().view(1, 1, 16, 16)
+    files = {"taming.ckpt": {"state_dict": {f"transformer.{k}": v for k, v in taming.items()}},
+             "plain.pt": source.state_dict(), "rl.pt": {"policy": source.state_dict(), "iteration": 3}}
+    for name, content in files.items():
+        torch.save(content, tmp_path / name)
+        target = load_gpt_checkpoint(GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=1, n_head=2,
+                                         n_embd=16), str(tmp_path / name))
+        assert torch.equal(target.tok_emb.weight, source.tok_emb.weight), name
+    assert torch.equal(target.cls_emb.weight, source.cls_emb.weight)
+    broken = source.state_dict()
+    broken["head.weight"] = broken["head.weight"][:, :8]
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="head.weight"):
+        load_gpt_checkpoint(GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=1, n_head=2, n_embd=16),
+                            str(tmp_path / "broken.pt"))

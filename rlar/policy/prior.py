@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rlar.cache import cached_artifact, load_checkpoint
+from rlar.cache import cached_artifact
 from rlar.data.batches import ImageData
 from rlar.policy.gpt import GPT
+from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.tokenizer.build import plain
 from rlar.tokenizer.frozen import FrozenTokenizer
+from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,16 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
     return losses
 
 
+def load_gpt_checkpoint(policy: GPT, path: str) -> GPT:
+    """Load ``path`` strictly: an rlar GPT state dict, an rlar RL checkpoint (its ``policy``), or a
+    taming-transformers Net2NetTransformer checkpoint (its ``transformer.*`` keys)."""
+    checkpoint = read_checkpoint(path, "policy.checkpoint")
+    state = checkpoint.get("state_dict", checkpoint)
+    if any(k.startswith("transformer.") or k.endswith("attn.mask") for k in state):
+        return load_taming_transformer(policy, checkpoint, policy.num_classes)
+    return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
+
+
 def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int, block_size: int | None = None,
                     n_layer: int = 3, n_head: int = 4, n_embd: int = 96, dropout: float = 0.0,
                     checkpoint: str | None = None, pretrain: dict | None = None,
@@ -77,8 +89,7 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int
             "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
     policy = GPT(**arch, dropout=dropout)
     if checkpoint:
-        policy.load_state_dict(load_checkpoint(checkpoint, "policy.checkpoint"))
-        return policy
+        return load_gpt_checkpoint(policy, checkpoint)
 
     def build():
         generator = torch.Generator().manual_seed(pretrain["seed"])
