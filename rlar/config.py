@@ -157,6 +157,7 @@ class TrainSchema:
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
     warmup_steps: int = 0
+    score_chunk_size: int | None = None
 
 
 @dataclass
@@ -208,10 +209,11 @@ SCHEMAS = {
 def register_schemas() -> None:
     """Store every option's schema under ``schema/<group>/<name>`` (the core ones above, and each sub-package's)."""
     from rlar.policy.schemas import POLICY_SCHEMAS
+    from rlar.reward.remote.schema import REMOTE_SCHEMAS
     from rlar.reward.schemas import REWARD_SCHEMAS
     from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
-    extra = {"policy": POLICY_SCHEMAS, "reward": REWARD_SCHEMAS, "tokenizer": TOKENIZER_SCHEMAS}
+    extra = {"policy": POLICY_SCHEMAS, "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS}, "tokenizer": TOKENIZER_SCHEMAS}
     cs = ConfigStore.instance()
     cs.store(name="rlar_schema", node=RlarConfig)
     for group, options in {**SCHEMAS, **{g: {**SCHEMAS[g], **more} for g, more in extra.items()}}.items():

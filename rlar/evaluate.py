@@ -29,5 +29,6 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
     policy.train(was_training)
     rewards = torch.cat(rewards)
     finite = rewards[rewards.isfinite()]
-    return {"eval/reward": float(finite.mean()), "eval/reward_std": float(finite.std()),
+    return {"eval/reward": float(finite.mean()) if finite.numel() else float("nan"),
+            "eval/reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
             "eval/nan_count": float((~rewards.isfinite()).sum())}

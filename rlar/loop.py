@@ -19,6 +19,7 @@ from rlar.evaluate import evaluate
 from rlar.policy.prior import teacher_forced_ce
 from rlar.rollout import collect_rollout
 from rlar.sampling import cfg_scales
+from rlar.scoring import decode_and_score
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,10 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
             rollout = collect_rollout(policy, tokenizer.encode_indices(images), labels, G, r, gens["sample"])
         timings["time/rollout"] = time.perf_counter() - tic
 
-        tic = time.perf_counter()
-        samples = tokenizer.decode_code(rollout.tokens)  # [B*G, C, H, W] in [-1, 1]
-        timings["time/decode"] = time.perf_counter() - tic
-
-        tic = time.perf_counter()
-        targets = images.repeat_interleave(G, 0)
-        rewards, components = reward_fn(samples, targets, {"labels": rollout.labels})  # [B*G]
-        timings["time/reward"] = time.perf_counter() - tic
+        samples, rewards, components, reward_metrics = decode_and_score(
+            tokenizer, reward_fn, rollout.tokens, images.repeat_interleave(G, 0), {"labels": rollout.labels},
+            t.score_chunk_size)  # samples [B*G, C, H, W] in [-1, 1], rewards [B*G]
+        timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
 
         tic = time.perf_counter()
         keys = (labels if algorithm.stats_key == "class" else indices).repeat_interleave(G)
@@ -128,7 +125,7 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
         metrics = {"reward/mean": float(rewards[finite].mean()) if finite.any() else float("nan"),
                    "reward/std": float(rewards[finite].std()) if finite.sum() > 1 else 0.0,
                    **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},
-                   **adv_stats, **stats, **timings,
+                   **reward_metrics, **adv_stats, **stats, **timings,
                    "perf/tokens_per_s": float(rollout.mask.sum()) / timings["time/rollout"]}
         logger.scalars(metrics, step)
         for key, seconds in timings.items():

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlar.policy.gpt import GPT
 
@@ -26,6 +27,18 @@ def tiny(cache_dir):
         "eval.every=2",
         "logger.image_every=1",
     ]
+
+
+@pytest.fixture
+def tb_scalars():
+    """``read(run_dir, tag) -> [values]``: a run's TensorBoard scalars, read back with TensorBoard's own reader."""
+
+    def read(run_dir, tag):
+        events = EventAccumulator(str(run_dir / "tensorboard"))
+        events.Reload()
+        return [e.value for e in events.Scalars(tag)]
+
+    return read
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""The HTTP app around one reward: ``POST /score``, ``GET /health``, ``GET /info``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from rlar.reward.remote.auth import auth_error
+from rlar.reward.remote.wire import WireError, decode_request, encode_scores
+
+log = logging.getLogger(__name__)
+
+
+class RewardService:
+    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it."""
+
+    def __init__(self, reward, name: str, target: str, device: str, token: str | None = None,
+                 max_batch: int = 1024, max_bytes: int = 256 * 2**20):
+        self.reward, self.name, self.target, self.device = reward, name, target, torch.device(device)
+        self.token, self.max_batch, self.max_bytes = token, max_batch, max_bytes
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="reward")
+        self.queue = 0
+        self.served = 0
+        self.components: set[str] = set()
+
+    def score(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict) -> dict:
+        """The reward on ``images``/``targets`` ``[N, C, H, W]`` (moved to the device) -> the response JSON."""
+        meta = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
+        with torch.no_grad():
+            scores, components = self.reward(images.to(self.device),
+                                              None if targets is None else targets.to(self.device), meta)  # [N]
+        self.components.update(components)
+        self.served += 1
+        return encode_scores(scores, components)
+
+    def warm_up(self, shape: tuple[int, ...]) -> None:
+        """Score random images and targets of ``shape`` once: fails early, and learns the component names."""
+        images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
+        self.score(images, images.flip(0), {})
+        self.served = 0
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, or ``WireError(413)`` as soon as it is over ``max_bytes``."""
+        declared = request.headers.get("content-length", "")
+        too_large = WireError(413, f"request body over this server's limit of {self.max_bytes} bytes (--max-bytes)")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise too_large
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > self.max_bytes:
+                raise too_large
+        return bytes(body)
+
+
+def create_app(service: RewardService) -> FastAPI:
+    """Every route requires ``Authorization: Bearer <token>`` when the service has a token."""
+
+    def authorize(request: Request) -> None:
+        error = auth_error(request.headers.get("authorization"), service.token)
+        if error:
+            raise HTTPException(*error)
+
+    app = FastAPI(title="rlar reward server", dependencies=[Depends(authorize)], docs_url=None, redoc_url=None,
+                  openapi_url=None)  # no unauthenticated schema pages
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ready": True, "model": service.name, "device": str(service.device), "queue": service.queue,
+                "served": service.served}
+
+    @app.get("/info")
+    def info() -> dict:
+        return {"reward": service.name, "target": service.target, "components": sorted(service.components),
+                "version": version("rlar"), "max_batch": service.max_batch, "max_bytes": service.max_bytes}
+
+    @app.post("/score")
+    async def score(request: Request):
+        try:
+            images, targets, meta = decode_request(await service.read_body(request), service.max_batch)
+        except WireError as e:
+            return JSONResponse({"detail": str(e)}, status_code=e.status)
+        service.queue += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return JSONResponse(await loop.run_in_executor(service.executor, service.score, images, targets, meta))
+        except Exception as e:  # the reward's own failure: logged here, a one-line reason to the client
+            log.exception("reward failed on a batch of shape %s", list(images.shape))
+            return JSONResponse({"detail": f"reward failed: {type(e).__name__}: {e}"}, status_code=500)
+        finally:
+            service.queue -= 1
+
+    return app

@@ -1,0 +1,161 @@
+"""``reward=remote``: the reward interface, scored by rlar reward servers over HTTP (docs/remote_rewards.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import torch
+
+from rlar.reward.mixture import zscore
+from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, bearer_headers, read_token
+from rlar.reward.remote.servers import ServerPool
+from rlar.reward.remote.wire import decode_scores, encode_request
+
+log = logging.getLogger(__name__)
+
+
+def chunk_meta(meta: dict | None, n: int, lo: int, hi: int) -> dict:
+    """``meta`` for items ``lo:hi`` of ``n``: a tensor with first dim ``n`` or a list of length ``n`` is sliced."""
+    def part(value):
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n:
+            return value[lo:hi]
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            return list(value[lo:hi])
+        return value
+    return {k: part(v) for k, v in (meta or {}).items()}
+
+
+def response_reason(resp: httpx.Response) -> str:
+    """A refused request's ``detail`` (or the start of its body)."""
+    try:
+        return str(resp.json().get("detail"))
+    except (ValueError, AttributeError):
+        return resp.text[:200]
+
+
+class RemoteReward:
+    """``reward(images, targets, meta) -> (rewards [N], {component: [N]})`` scored by ``urls``.
+
+    The batch is split into chunks of ``chunk_size`` sent round-robin from a thread pool; a chunk whose server
+    fails (connection error, timeout, 5xx) is retried on another server in rotation, after ``backoff_s * 2^k``
+    seconds, up to ``retries`` times. A chunk no server scored is NaN (``reward/remote_failed_items``); after
+    ``max_consecutive_failures`` calls in a row that scored no item, the next such call raises ``RuntimeError``.
+    With ``weights``, the reward is ``sum_k weights[k] * components[k]`` (z-scored over the whole batch first if
+    ``normalize``) instead of the servers' own total.
+    """
+
+    def __init__(self, urls: Sequence[str], chunk_size: int = 64, timeout_s: float = 30.0, retries: int = 2,
+                 backoff_s: float = 0.1, health_interval_s: float = 5.0, health_timeout_s: float = 2.0,
+                 max_workers: int | None = None, weights: Mapping[str, float] | None = None,
+                 normalize: bool = False, max_consecutive_failures: int = 3,
+                 token_env: str | None = DEFAULT_TOKEN_ENV, token_file: str | None = None):
+        if not urls:
+            raise ValueError("reward.urls must list at least one reward server")
+        if normalize and not weights:
+            raise ValueError("reward.normalize z-scores the components named in reward.weights: set weights")
+        self.chunk_size, self.retries, self.backoff_s = chunk_size, retries, backoff_s
+        self.weights = {k: float(w) for k, w in weights.items()} if weights else None
+        self.normalize, self.max_consecutive_failures = normalize, max_consecutive_failures
+        self.headers = bearer_headers(read_token(token_env, token_file))
+        self.http = httpx.Client(timeout=timeout_s)
+        self.executor = ThreadPoolExecutor(max_workers or 2 * len(urls), thread_name_prefix="remote-reward")
+        self.pool = ServerPool(list(urls), self.http, self.headers, health_interval_s, health_timeout_s)
+        self.pool.refresh(self.executor)  # logs the servers that do not answer yet
+        self.calls = 0
+        self.failed_calls = 0  # consecutive calls that scored no item
+        self.unread: dict[str, float] = {}  # totals since metrics() was last read
+
+    def score_chunk(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict, slot: int):
+        """``(scores [n], {name: [n]}, retries)`` for one chunk ``[n, C, H, W]``; scores None if no server did."""
+        body, n = encode_request(images, targets, meta), images.shape[0]
+        tried: list[str] = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            url = self.pool.pick(slot + attempt, tried)
+            if url is None:
+                continue
+            tried.append(url)
+            try:
+                resp = self.http.post(f"{url}/score", content=body, headers=self.headers)
+            except httpx.TransportError as e:  # refused, reset, timed out: the server is out of rotation
+                self.pool.set_state(url, False, f"/score: {type(e).__name__}: {e}")
+                continue
+            if resp.status_code == 200:
+                try:
+                    return *decode_scores(resp.json(), n), attempt
+                except ValueError as e:
+                    self.pool.set_state(url, True, f"/score: malformed response: {e}")
+                    continue
+            reason = f"/score answered {resp.status_code}: {response_reason(resp)}"
+            self.pool.set_state(url, True, reason)
+            if resp.status_code < 500:  # the request itself is refused: another server would refuse it too
+                log.warning("reward server %s refused a chunk of %d images: %s", url, n, reason)
+                return None, None, attempt
+        return None, None, self.retries
+
+    def combine(self, components: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        """``sum_k weights[k] * components[k]`` ``[n]``; NaN where a weighted component is NaN."""
+        if not components:
+            return torch.full((n,), float("nan"))
+        missing = sorted(set(self.weights) - set(components))
+        if missing:
+            raise ValueError(f"reward.weights names {missing}, but the servers report components {sorted(components)}")
+        total = torch.zeros(n)
+        for name, weight in self.weights.items():
+            if weight:
+                total = total + weight * (zscore(components[name]) if self.normalize else components[name])
+        return total
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
+        tic = time.perf_counter()
+        n = images.shape[0]  # images, targets: [N, C, H, W]
+        self.pool.refresh(self.executor)
+        bounds = [(lo, min(lo + self.chunk_size, n)) for lo in range(0, n, self.chunk_size)]
+        futures = [self.executor.submit(self.score_chunk, images[lo:hi], None if targets is None else targets[lo:hi],
+                                        chunk_meta(meta, n, lo, hi), self.calls + i)
+                   for i, (lo, hi) in enumerate(bounds)]
+        self.calls += len(bounds)
+        scores, components, failed, retries = torch.full((n,), float("nan")), {}, 0, 0
+        for (lo, hi), future in zip(bounds, futures, strict=True):
+            chunk_scores, chunk_components, chunk_retries = future.result()
+            retries += chunk_retries
+            if chunk_scores is None:
+                failed += hi - lo
+                continue
+            scores[lo:hi] = chunk_scores
+            for name, value in chunk_components.items():
+                components.setdefault(name, torch.full((n,), float("nan")))[lo:hi] = value
+        if self.weights:
+            scores = self.combine(components, n)
+        for key, value in (("calls", 1.0), ("latency_ms", 1000 * (time.perf_counter() - tic)),
+                           ("retries", float(retries)), ("failed_items", float(failed))):
+            self.unread[key] = self.unread.get(key, 0.0) + value
+        self.count_failure(n > 0 and failed == n)
+        return scores.to(images.device), {k: v.to(images.device) for k, v in components.items()}
+
+    def count_failure(self, failed: bool) -> None:
+        """Counts calls in a row that scored no item; raises once more than ``max_consecutive_failures`` did."""
+        self.failed_calls = self.failed_calls + 1 if failed else 0
+        if self.failed_calls > self.max_consecutive_failures:
+            raise RuntimeError(
+                f"remote reward: {self.failed_calls} calls in a row scored no item (more than "
+                f"reward.max_consecutive_failures={self.max_consecutive_failures}); servers: {self.pool.describe()}")
+
+    def metrics(self) -> dict[str, float]:
+        """Since the last read: mean latency per call (ms), retries and items no server scored (totals); and the
+        servers in rotation now. Reading resets the totals."""
+        unread, self.unread = self.unread, {}
+        calls = unread.get("calls", 0.0)
+        return {"reward/remote_latency_ms": unread.get("latency_ms", 0.0) / max(calls, 1.0),
+                "reward/remote_retries": unread.get("retries", 0.0),
+                "reward/remote_failed_items": unread.get("failed_items", 0.0),
+                "reward/remote_servers_up": float(len(self.pool.live()))}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.http.close()

@@ -1,0 +1,43 @@
+"""Decode sampled codes and score the images, optionally overlapping the two."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in meta.items()}
+
+
+def decode_and_score(tokenizer, reward_fn, tokens: torch.Tensor, targets: torch.Tensor, meta: dict,
+                     chunk_size: int | None = None):
+    """``(samples [N, C, H, W], rewards [N], {component: [N]}, metrics)`` for tokens ``[N, T]``.
+
+    With ``chunk_size``, chunk i+1 is decoded while chunk i is scored on one worker thread (the reward still
+    sees one call at a time). Metrics: what ``reward_fn.metrics()`` reports (remote rewards), ``time/decode``,
+    and ``time/reward``: the scoring time not hidden behind decoding.
+    """
+    n = len(tokens)
+    tic = time.perf_counter()
+    if not chunk_size or chunk_size >= n:
+        samples = tokenizer.decode_code(tokens)
+        decoded = time.perf_counter()
+        rewards, components = reward_fn(samples, targets, meta)
+    else:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score") as worker:
+            chunks = []
+            for lo in range(0, n, chunk_size):
+                hi = min(lo + chunk_size, n)
+                images = tokenizer.decode_code(tokens[lo:hi])
+                chunks.append((images, worker.submit(reward_fn, images, targets[lo:hi], _slice_meta(meta, n, lo, hi))))
+            decoded = time.perf_counter()
+            results = [future.result() for _, future in chunks]
+        samples = torch.cat([images for images, _ in chunks])
+        rewards = torch.cat([r for r, _ in results])
+        components = {k: torch.cat([c[k] for _, c in results]) for k in results[0][1]}
+    metrics = reward_fn.metrics() if hasattr(reward_fn, "metrics") else {}
+    metrics.update({"time/decode": decoded - tic, "time/reward": time.perf_counter() - decoded})
+    return samples, rewards, components, metrics
