@@ -6,12 +6,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlar.config import register_schemas
+from rlar.config import CONF_DIR, register_schemas
 
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)

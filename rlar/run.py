@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlar.config import register_schemas
+from rlar.config import CONF_DIR, register_schemas
 from rlar.loop import train_rl_loop
 from rlar.validate import ConfigError, check_config
 
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# an absolute path: a relative one would be looked up as a Python package when run as the `rlar-run` script
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         check_config(cfg)
