@@ -57,8 +57,11 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "rlar.run"], [str(Path(sys.executable).parent / "rlar-run")],
-                                     [str(Path(sys.executable).parent / "rlar-prepare")]])
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "rlar.run"], [str(BIN / "rlar-run")],
+                                     [str(BIN / "rlar-prepare")]])
 def test_help_lists_the_groups(command, tmp_path):
     """Both entry points, the module and the console scripts, find the config from any directory."""
     out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path).stdout

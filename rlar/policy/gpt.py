@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.conditioning import class_ids
+
 
 class KVCache:
     """Preallocated keys and values for every layer: ``[N, H, max_len, Dh]`` each; ``length`` positions filled."""
@@ -118,9 +120,7 @@ class GPT(nn.Module):
 
     def class_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Labels ``[N]``; ``None`` or negative entries mean the null (unconditional) class."""
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return torch.where(labels < 0, torch.full_like(labels, self.null_class), labels)
+        return class_ids(labels, batch, self.null_class, device)
 
     def _embed(self, labels: torch.Tensor | None, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Embeddings of sequence positions ``start..``: the class token at position 0, then ``tokens``."""

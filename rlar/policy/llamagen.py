@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlar.cache import load_checkpoint
+from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
 
 # LlamaGen's GPT_models: name -> (n_layer, n_head, dim). GPT-1B/3B/7B are listed as text-conditional there, but
@@ -181,9 +182,7 @@ class LlamaGen(nn.Module):
 
     def class_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Labels ``[N]``; ``None`` or negative entries mean the null (unconditional) class."""
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return torch.where(labels < 0, torch.full_like(labels, self.null_class), labels)
+        return class_ids(labels, batch, self.null_class, device)
 
     def _embed(self, labels: torch.Tensor | None, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Embeddings of sequence positions ``start..``: the class token at position 0, then ``tokens``."""
