@@ -6,6 +6,7 @@ import torch
 
 from rlar.algorithm.advantages import group_advantages
 from rlar.algorithm.losses import clipped_surrogate, reinforce_loss
+from rlar.algorithm.update import clip_and_step
 from rlar.cache import load_checkpoint
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
@@ -77,9 +78,7 @@ def groupwise_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e
 def _step(policy, optimizer, loss: torch.Tensor, max_grad_norm: float | None) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-    optimizer.step()
+    clip_and_step(list(policy.parameters()), optimizer, max_grad_norm)
 
 
 def reinforce_update(policy, optimizer, tokens: torch.Tensor, logprobs: torch.Tensor, rewards: torch.Tensor,

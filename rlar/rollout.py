@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from rlar.algorithm.update import Rollout
-from rlar.sampling import cfg_scales, guided_logprobs, sample_multiple_generations, truncate, with_null_class
+from rlar.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 
 MODES = ("autoregressive", "prefix", "teacher_forced")
 
@@ -37,10 +37,7 @@ def collect_rollout(policy, gt_codes: torch.Tensor, labels: torch.Tensor | None,
         mask = (torch.arange(t_len, device=tokens.device) >= k)[None].expand(b * g, t_len)
         return Rollout(tokens, tokens, logprobs, rep_labels, mask)
     if mode == "teacher_forced":
-        guided = bool((scales != 1).any())
-        model_labels = with_null_class(labels, b, gt_codes.device) if guided else labels
-        context = torch.cat([gt_codes, gt_codes]) if guided else gt_codes
-        logp = guided_logprobs(policy(context, model_labels), scales, rollout_cfg.temperature)  # [B, T, V]
+        logp, _ = policy_logprobs(policy, gt_codes, labels, rollout_cfg.temperature, scales)  # [B, T, V]
         logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
         draw = truncate(logp.flatten(0, 1), rollout_cfg.top_k, rollout_cfg.top_p).exp()
         actions = torch.multinomial(draw, 1, generator=generator).view(b * g, t_len)

@@ -49,7 +49,3 @@ def group_advantages(
     }
     return adv, stats
 
-
-def standardized_advantages(rewards: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, dict[str, float]]:
-    """REINFORCE with a batch-mean baseline, standardized: ``(r - mean) / (std + eps)`` over the batch."""
-    return group_advantages(rewards, rewards.numel(), eps=eps, scale="group")

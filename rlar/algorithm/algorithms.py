@@ -120,18 +120,16 @@ class Reinforce(Common):
         self.tracker = ConditionStats(self.min_count)
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        if self.baseline == "batch":
-            finite = rewards[rewards.isfinite()]
-            mean = finite.mean() if finite.numel() else rewards.new_tensor(0.0)
-            std = finite.std() if finite.numel() > 1 else rewards.new_tensor(1.0)
-        else:
-            self.tracker.update(keys, rewards)
-            mean, std = self.tracker.mean_std(keys, rewards)
+        keep = torch.ones_like(rewards, dtype=torch.bool)
+        if self.baseline == "batch":  # the whole batch as one group
+            adv, stats = group_advantages(rewards, rewards.numel(), scale="group" if self.standardize else "none")
+            return adv, keep, stats
+        self.tracker.update(keys, rewards)
+        mean, std = self.tracker.mean_std(keys, rewards)
         adv = rewards - mean
         if self.standardize:
             adv = adv / (std + 1e-8)
-        stats = {"reward/nan_count": float(rewards.isnan().sum())}
-        return adv.nan_to_num(0.0), torch.ones_like(rewards, dtype=torch.bool), stats
+        return adv.nan_to_num(0.0), keep, {"reward/nan_count": float(rewards.isnan().sum())}
 
     def loss(self, logp, old_logp, adv, mask):
         return reinforce_loss(logp, adv, mask)

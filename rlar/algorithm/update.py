@@ -52,6 +52,14 @@ def value_advantages(policy, critic, algorithm, rollout: Rollout, rewards: torch
     return adv, returns
 
 
+def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float:
+    """Clip the gradient norm (when ``max_grad_norm`` is set), step, clear; returns the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
 def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None) -> dict[str, float]:
@@ -92,18 +100,14 @@ def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Ten
             (loss / algorithm.grad_accum).backward()
             count += 1
             if count % algorithm.grad_accum == 0:
-                stats["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                stats["policy/grad_norm"] = clip_and_step(params, optimizer, max_grad_norm)
             stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
             if first is None:
                 first = stats.get("policy/ratio_max_abs_dev")
             for key, value in stats.items():
                 sums[key] += value
     if count % algorithm.grad_accum:  # a last, partial accumulation still counts
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        clip_and_step(params, optimizer, max_grad_norm)
     out = {key: value / count for key, value in sums.items()}
     if first is not None:
         out["policy/ratio_max_abs_dev"] = first

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
-import torch
-from tqdm.auto import tqdm
-
-from rlar.cache import cached_artifact
 from rlar.data.batches import ImageData
 from rlar.policy.llamagen import LlamaGen, load_llamagen_state
-from rlar.policy.prior import check_vocabulary, pretrain_gpt, teacher_forced_ce
-from rlar.tokenizer.build import plain
+from rlar.policy.prior import cached_prior, check_vocabulary, pretrain_settings
 from rlar.tokenizer.frozen import FrozenTokenizer
-
-log = logging.getLogger(__name__)
 
 
 def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int, block_size: int | None = None,
@@ -26,7 +17,6 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size
     """A LlamaGen policy loaded strictly from ``checkpoint``, or from the cached prior (pretrained on a miss)."""
     block_size = block_size or tokenizer.num_tokens
     check_vocabulary(vocab_size, block_size, tokenizer)
-    pretrain = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "label_dropout": 0.1, "seed": 0, **plain(pretrain)}
     arch = {"vocab_size": vocab_size, "block_size": block_size, "num_classes": data.num_classes, "size": size,
             "n_layer": n_layer, "n_head": n_head, "dim": dim, "multiple_of": multiple_of,
             "ffn_dim_multiplier": ffn_dim_multiplier, "rope_base": rope_base, "norm_eps": norm_eps,
@@ -34,23 +24,6 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size
     policy = LlamaGen(**arch)
     if checkpoint:
         return load_llamagen_state(policy, checkpoint)
-
-    def build():
-        generator = torch.Generator().manual_seed(pretrain["seed"])
-        torch.manual_seed(pretrain["seed"])
-        codes = tokenizer.encode_indices(data.train_images)  # [N, T]
-        with tqdm(total=pretrain["steps"], desc="pretrain LlamaGen prior", leave=False) as bar:
-            losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
-                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
-        with torch.no_grad():
-            eval_loss = teacher_forced_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels)
-        return policy.state_dict(), {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
-                                     "eval_loss": float(eval_loss)}
-
     resolved = {"n_layer": policy.n_layer, "n_head": policy.n_head, "dim": policy.n_embd}  # after the preset
-    spec = {"arch": {**arch, **resolved}, "pretrain": pretrain, "tokenizer": tokenizer.source,
-            "data": data.fingerprint()}
-    state, path = cached_artifact(cache_dir, "llamagen_prior", spec, build)
-    policy.load_state_dict(state)
-    log.info("prior policy: %s", path)
-    return policy
+    return cached_prior(policy, "llamagen_prior", {**arch, **resolved}, tokenizer, data, pretrain_settings(pretrain),
+                        cache_dir)

@@ -77,6 +77,34 @@ def load_gpt_checkpoint(policy: GPT, path: str) -> GPT:
     return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
 
 
+def pretrain_settings(pretrain: dict | None) -> dict:
+    return {"steps": 1200, "lr": 1e-3, "batch_size": 64, "label_dropout": 0.1, "seed": 0, **plain(pretrain)}
+
+
+def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data: ImageData, pretrain: dict,
+                 cache_dir: str | None):
+    """Load into ``policy`` the prior cached under ``name`` for these settings; on a miss, pretrain it with teacher
+    forcing on the tokenized train split first. ``pretrain``: the output of :func:`pretrain_settings`."""
+
+    def build():
+        generator = torch.Generator().manual_seed(pretrain["seed"])
+        torch.manual_seed(pretrain["seed"])
+        codes = tokenizer.encode_indices(data.train_images)  # [N, T]
+        with tqdm(total=pretrain["steps"], desc=f"pretrain {name}", leave=False) as bar:
+            losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
+                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
+        with torch.no_grad():
+            eval_loss = teacher_forced_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels)
+        return policy.state_dict(), {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
+                                     "eval_loss": float(eval_loss)}
+
+    spec = {"arch": arch, "pretrain": pretrain, "tokenizer": tokenizer.source, "data": data.fingerprint()}
+    state, path = cached_artifact(cache_dir, name, spec, build)
+    policy.load_state_dict(state)
+    log.info("prior policy: %s", path)
+    return policy
+
+
 def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int, block_size: int | None = None,
                     n_layer: int = 3, n_head: int = 4, n_embd: int = 96, dropout: float = 0.0,
                     checkpoint: str | None = None, pretrain: dict | None = None,
@@ -84,29 +112,9 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int
     """A GPT policy initialised from ``checkpoint``, or from the cached prior (pretrained here on a miss)."""
     block_size = block_size or tokenizer.num_tokens
     check_vocabulary(vocab_size, block_size, tokenizer)
-    pretrain = {"steps": 1200, "lr": 1e-3, "batch_size": 64, "label_dropout": 0.1, "seed": 0, **plain(pretrain)}
     arch = {"vocab_size": vocab_size, "block_size": block_size, "num_classes": data.num_classes,
             "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
     policy = GPT(**arch, dropout=dropout)
     if checkpoint:
         return load_gpt_checkpoint(policy, checkpoint)
-
-    def build():
-        generator = torch.Generator().manual_seed(pretrain["seed"])
-        torch.manual_seed(pretrain["seed"])
-        codes = tokenizer.encode_indices(data.train_images)
-        with tqdm(total=pretrain["steps"], desc="pretrain prior", leave=False) as bar:
-            losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
-                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
-        eval_codes = tokenizer.encode_indices(data.eval_images)
-        with torch.no_grad():
-            policy.eval()
-            eval_loss = F.cross_entropy(policy(eval_codes, data.eval_labels).flatten(0, 1), eval_codes.flatten())
-        return policy.state_dict(), {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
-                                     "eval_loss": float(eval_loss)}
-
-    spec = {"arch": arch, "pretrain": pretrain, "tokenizer": tokenizer.source, "data": data.fingerprint()}
-    state, path = cached_artifact(cache_dir, "gpt_prior", spec, build)
-    policy.load_state_dict(state)
-    log.info("prior policy: %s", path)
-    return policy
+    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, pretrain_settings(pretrain), cache_dir)
