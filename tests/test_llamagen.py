@@ -185,7 +185,7 @@ def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     assert isinstance(policy, LlamaGen) and policy.block_size == tokenizer.num_tokens and policy.num_classes == 10
     cached = list(tmp_path.glob("llamagen_prior-*.pt"))
     assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
-    monkeypatch.setattr("rlar.policy.llamagen_build.pretrain_gpt", None)  # a second build must not train
+    monkeypatch.setattr("rlar.policy.prior.pretrain_gpt", None)  # a second build must not train
     again = build_llamagen_prior(tokenizer, data, tokenizer.codebook_size, n_layer=2, n_head=4, dim=96,
                                  pretrain={"steps": 3, "batch_size": 8}, cache_dir=tmp_path)
     first = policy.state_dict()
