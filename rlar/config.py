@@ -127,8 +127,12 @@ class HardwareSchema:
     _target_: str = "rlar.hardware.Hardware"
     device: str = "cpu"
     precision: str = "fp32"
+    strategy: str = "none"
+    tf32: bool = False
+    compile: bool = False
     seed: int = 0
     num_threads: int | None = None
+    timeout_min: int = 30
 
 
 @dataclass
@@ -158,6 +162,7 @@ class TrainSchema:
     checkpoint_every: int = 50
     warmup_steps: int = 0
     score_chunk_size: int | None = None
+    checkpoint_format: str = "consolidated"
 
 
 @dataclass
@@ -208,12 +213,14 @@ SCHEMAS = {
 
 def register_schemas() -> None:
     """Store every option's schema under ``schema/<group>/<name>`` (the core ones above, and each sub-package's)."""
+    from rlar.data.schemas import DATA_SCHEMAS
     from rlar.policy.schemas import POLICY_SCHEMAS
     from rlar.reward.remote.schema import REMOTE_SCHEMAS
     from rlar.reward.schemas import REWARD_SCHEMAS
     from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
-    extra = {"policy": POLICY_SCHEMAS, "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS}, "tokenizer": TOKENIZER_SCHEMAS}
+    extra = {"data": DATA_SCHEMAS, "policy": POLICY_SCHEMAS, "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS},
+             "tokenizer": TOKENIZER_SCHEMAS}
     cs = ConfigStore.instance()
     cs.store(name="rlar_schema", node=RlarConfig)
     for group, options in {**SCHEMAS, **{g: {**SCHEMAS[g], **more} for g, more in extra.items()}}.items():

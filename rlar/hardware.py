@@ -1,37 +1,78 @@
-"""Where and how the loop runs: device, precision, seed."""
+"""Where and how the loop runs: device, precision, distributed strategy, seed."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from rlar import distributed
+from rlar.parallel import transformer_blocks, wrap
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("none", "ddp", "fsdp")
 
 
 @dataclass
 class Hardware:
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax stays fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio and decoder stay fp32)
+    strategy: str = "none"  # none | ddp | fsdp (FSDP2), for processes launched by torchrun
+    tf32: bool = False  # TF32 matmuls and convolutions on CUDA
+    compile: bool = False  # torch.compile each transformer block
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; null keeps torch's default
+    timeout_min: int = 30  # how long a collective waits for the other ranks before failing
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"hardware.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"hardware.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"hardware.device={self.device!r} but CUDA is not available; use hardware=cpu")
+        if self.strategy != "none" and not distributed.launched_by_torchrun():
+            raise ValueError(f"hardware.strategy={self.strategy!r} needs processes launched by torchrun, e.g. "
+                             f"`torchrun --nproc_per_node=2 -m rlar.run hardware={self.strategy}`; for one "
+                             "process use hardware=cpu or hardware=cuda")
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
 
     @property
     def torch_device(self) -> torch.device:
+        if self.device == "cuda" and self.strategy != "none":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device(self.device)
 
+    def setup(self) -> None:
+        """Join the process group (under torchrun), pick this rank's GPU, set TF32, seed everything."""
+        device = self.torch_device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+        if self.strategy != "none" and not distributed.is_distributed():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(minutes=self.timeout_min),
+                                    device_id=device if device.type == "cuda" else None)
+            log.info("rank %d of %d (%s, %s)", dist.get_rank(), dist.get_world_size(), backend, self.strategy)
+        self.seed_everything()
+
+    def teardown(self) -> None:
+        if distributed.is_distributed():
+            dist.destroy_process_group()
+
     def seed_everything(self) -> None:
+        """The same seed on every rank: models built from it start identical. (Sampling seeds differ per rank.)"""
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
@@ -41,3 +82,10 @@ class Hardware:
         if self.precision == "bf16":
             return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def prepare(self, module: torch.nn.Module | None, trainable: bool = True):
+        """Compile (when asked) and wrap for ``hardware.strategy``; returns the module the training pass calls."""
+        if module is not None and self.compile:
+            for block in transformer_blocks(module):
+                block.compile()
+        return wrap(module, self.strategy, self.torch_device, trainable)

@@ -21,6 +21,8 @@ class TensorBoardLogger:
         self._writer = SummaryWriter(str(Path(output_dir) / self.log_dir))
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
+        if self._writer is None:  # never opened: a rank other than 0
+            return
         if step % self.log_every == 0 or step == 0:
             for key, value in metrics.items():
                 self._writer.add_scalar(key, value, step)
@@ -28,6 +30,8 @@ class TensorBoardLogger:
     def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None:
         """One row per item: its input image, then the G samples of its group. targets ``[B, C, H, W]``,
         samples ``[B*G, C, H, W]``, both in [-1, 1]."""
+        if self._writer is None:
+            return
         rows = min(max_rows, len(targets))
         g = len(samples) // len(targets)
         grid = torch.cat([targets[:rows, None], samples[: rows * g].view(rows, g, *samples.shape[1:])], dim=1)

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlar.config import CONF_DIR, register_schemas
+from rlar.distributed import env_rank
 from rlar.loop import train_rl_loop
 from rlar.validate import ConfigError, check_config
 
@@ -27,11 +28,24 @@ def main(cfg: DictConfig) -> float:
         sys.exit(f"config error: {e}")
     output_dir = HydraConfig.get().runtime.output_dir
     summary = train_rl_loop(cfg, output_dir)
+    if env_rank() != 0:
+        return summary["eval_reward_after"]
     print(f"eval reward (mean -L2 on held-out digits): prior {summary['eval_reward_before']:.5f} "
           f"-> after RL {summary['eval_reward_after']:.5f}")
     print(f"outputs: {output_dir} (summary.json, tensorboard/, checkpoints/)")
     return summary["eval_reward_after"]
 
 
-if __name__ == "__main__":
+def rank_overrides() -> list[str]:
+    """Under torchrun every rank composes the config; only rank 0 writes Hydra's files (.hydra/, the log file).
+    The run directory is the same on every rank, and the loop takes rank 0's."""
+    return [] if env_rank() == 0 else ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def cli() -> None:
+    sys.argv.extend(rank_overrides())
     main()
+
+
+if __name__ == "__main__":
+    cli()

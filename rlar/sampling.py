@@ -149,8 +149,8 @@ def policy_logprobs(policy, context: torch.Tensor, labels: torch.Tensor | None =
     guided = is_guided(cfg_scale)
     if guided:
         context, labels = torch.cat([context, context]), with_null_class(labels, context.shape[0], context.device)
-    states = policy.hidden_states(context, labels)  # [N or 2N, T, D]
-    logp = guided_logprobs(policy.head(states), cfg_scale, temperature)
+    logits, states = policy(context, labels, hidden=True)  # [N or 2N, T, V], [N or 2N, T, D]
+    logp = guided_logprobs(logits, cfg_scale, temperature)
     if not hidden:
         return logp, None
     return logp, states.chunk(2)[0] if guided else states

@@ -14,12 +14,20 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 OFFLINE = {"lpips": ["reward.pnet_rand=true"]}  # no pretrained backbone can be downloaded in tests
 
 
+NEEDS_FILES = {"hf_disk", "image_folder"}  # built on real files in tests/test_data_files.py
+# GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
+ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
+
+
 @pytest.mark.parametrize("group,option", OPTIONS)
-def test_every_option_composes_and_passes_checks(group, option):
-    cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, [])])
+def test_every_option_composes_and_passes_checks(group, option, monkeypatch):
+    if group == "hardware":
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "1")
+    cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, []), *ELSEWHERE.get(option, [])])
     assert cfg[group]._target_.startswith(("rlar.", "torch."))
     check_config(cfg)
-    if group in ("algorithm", "reward", "hardware", "logger", "data"):
+    if group in ("algorithm", "reward", "hardware", "logger", "data") and option not in NEEDS_FILES:
         assert instantiate(cfg[group]) is not None
 
 

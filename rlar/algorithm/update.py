@@ -11,6 +11,7 @@ import torch
 from rlar.algorithm.gae import gae_terminal_reward
 from rlar.algorithm.kl import token_kl
 from rlar.algorithm.losses import aggregate
+from rlar.parallel import gradient_sync
 from rlar.sampling import policy_logprobs
 
 
@@ -25,10 +26,14 @@ class Rollout:
     mask: torch.Tensor  # [N, T] bool, True where the token is an action (sampled, not given)
 
 
+def groups_per_minibatch(group_size: int, minibatch_size: int) -> int:
+    return max(1, minibatch_size // group_size)
+
+
 def group_minibatches(n: int, group_size: int, minibatch_size: int, generator: torch.Generator):
     """Shuffled index minibatches of ``minibatch_size`` that never split a group of ``group_size`` rows."""
     groups = torch.randperm(n // group_size, generator=generator)
-    per_batch = max(1, minibatch_size // group_size)
+    per_batch = groups_per_minibatch(group_size, minibatch_size)
     for i in range(0, len(groups), per_batch):
         g = groups[i : i + per_batch]
         yield (g[:, None] * group_size + torch.arange(group_size)).flatten()
@@ -57,7 +62,35 @@ def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2: a DTensor
+
+
+def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: torch.Tensor, sampling: dict,
+                   autocast, ref_policy=None, critic=None, returns: torch.Tensor | None = None):
+    """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
+    context, tokens, labels = _rows(rollout, idx)
+    mask = rollout.mask[idx]
+    with autocast():
+        logp_all, hidden = policy_logprobs(policy, context, labels, **sampling, hidden=critic is not None)
+    logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
+    loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
+    stats["loss/policy"] = loss.item()
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
+    if algorithm.entropy_coef:
+        loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
+    if ref_policy is not None:
+        with torch.no_grad(), autocast():
+            ref_all, _ = policy_logprobs(ref_policy, context, labels, **sampling)
+        kl = aggregate(token_kl(algorithm.kl_estimator, logp_all, ref_all, tokens), mask, "token")
+        loss = loss + algorithm.beta * kl
+        stats["loss/kl"] = kl.item()
+    if critic is not None:
+        values = critic(hidden.float())[..., 0]  # [n, T]
+        value_loss = 0.5 * aggregate((values - returns[idx]) ** 2, mask, "token")
+        loss = loss + algorithm.vf_coef * value_loss
+        stats["loss/value"] = value_loss.item()
+    stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
+    return loss, stats
 
 
 def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
@@ -67,41 +100,27 @@ def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Ten
     ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats.
 
     ``policy/ratio_max_abs_dev`` is measured on the first minibatch before any step: it must be ~0.
+    ``policy`` and ``critic`` may be DDP/FSDP2-wrapped: gradients are all-reduced only in the backward pass that
+    precedes an optimizer step.
     """
     policy.train()
     autocast = autocast or contextlib.nullcontext
     sums: dict[str, float] = defaultdict(float)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = len(adv) // algorithm.num_generations
+    total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
     count, first = 0, None
     optimizer.zero_grad(set_to_none=True)
     for _ in range(algorithm.epochs):
         for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
-            context, tokens, labels = _rows(rollout, idx)
-            mask = rollout.mask[idx]
-            with autocast():
-                logp_all, hidden = policy_logprobs(policy, context, labels, **sampling, hidden=critic is not None)
-            logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
-            loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
-            stats["loss/policy"] = loss.item()
-            entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
-            if algorithm.entropy_coef:
-                loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
-            if ref_policy is not None:
-                with torch.no_grad(), autocast():
-                    ref_all, _ = policy_logprobs(ref_policy, context, labels, **sampling)
-                kl = aggregate(token_kl(algorithm.kl_estimator, logp_all, ref_all, tokens), mask, "token")
-                loss = loss + algorithm.beta * kl
-                stats["loss/kl"] = kl.item()
-            if critic is not None:
-                values = critic(hidden.float())[..., 0]  # [n, T]
-                value_loss = 0.5 * aggregate((values - returns[idx]) ** 2, mask, "token")
-                loss = loss + algorithm.vf_coef * value_loss
-                stats["loss/value"] = value_loss.item()
-            (loss / algorithm.grad_accum).backward()
             count += 1
-            if count % algorithm.grad_accum == 0:
+            steps = count % algorithm.grad_accum == 0
+            with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
+                loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
+                                             critic, returns)
+                (loss / algorithm.grad_accum).backward()
+            if steps:
                 stats["policy/grad_norm"] = clip_and_step(params, optimizer, max_grad_norm)
-            stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
             if first is None:
                 first = stats.get("policy/ratio_max_abs_dev")
             for key, value in stats.items():

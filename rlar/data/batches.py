@@ -19,15 +19,28 @@ class ImageData:
     channels: int
     image_size: int
 
+    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Train images ``[B, C, H, W]`` in [-1, 1] at indices ``idx [B]``."""
+        return self.train_images[idx]
+
     def batches(self, batch_size: int, generator: torch.Generator
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled ``(images [B, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
         epoch; ``indices`` identify the images (for per-image statistics)."""
-        n = len(self.train_images)
+        n = len(self.train_labels)
         if not 0 < batch_size <= n:
             raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
         while True:
             order = torch.randperm(n, generator=generator)
             for i in range(0, n - batch_size + 1, batch_size):
                 idx = order[i : i + batch_size]
-                yield self.train_images[idx], self.train_labels[idx], idx
+                yield self.train_batch(idx), self.train_labels[idx], idx
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random split of ``n`` items: ``(train indices, eval indices)``, ``round(fraction * n)`` for eval."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.eval_fraction must be in (0, 1), got {fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_eval = int(round(fraction * n))
+    return order[n_eval:], order[:n_eval]

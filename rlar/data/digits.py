@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from rlar.data.batches import ImageData
+from rlar.data.batches import ImageData, holdout_split
 
 
 class DigitsData(ImageData):
@@ -16,18 +16,15 @@ class DigitsData(ImageData):
     """
 
     def __init__(self, image_size: int = 32, eval_fraction: float = 0.2, split_seed: int = 0):
-        if not 0.0 < eval_fraction < 1.0:
-            raise ValueError(f"data.eval_fraction must be in (0, 1), got {eval_fraction}")
         self.image_size, self.eval_fraction, self.split_seed = image_size, eval_fraction, split_seed
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # [1797, 1, 8, 8] in [0, 1]
         images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
         images = (images.clamp(0, 1) * 2 - 1).contiguous()  # [N, 1, S, S] in [-1, 1]
         labels = torch.tensor(digits.target, dtype=torch.long)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
-        n_eval = int(round(self.eval_fraction * len(images)))
-        self.eval_images, self.eval_labels = images[order[:n_eval]], labels[order[:n_eval]]
-        self.train_images, self.train_labels = images[order[n_eval:]], labels[order[n_eval:]]
+        train_idx, eval_idx = holdout_split(len(images), eval_fraction, split_seed)
+        self.eval_images, self.eval_labels = images[eval_idx], labels[eval_idx]
+        self.train_images, self.train_labels = images[train_idx], labels[train_idx]
         self.num_classes = 10
         self.channels = 1
 

@@ -210,9 +210,13 @@ class LlamaGen(nn.Module):
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.block_size}")
         return self._trunk(self._embed(labels, tokens[:, :-1], start=0), start=0)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``."""
-        return self.head(self.hidden_states(tokens, labels))
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, hidden: bool = False):
+        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``.
+        With ``hidden=True``: ``(logits, final hidden states [N, T, D])``. Training passes go through here, so
+        that DDP and FSDP wrappers see them."""
+        states = self.hidden_states(tokens, labels)
+        logits = self.head(states)
+        return (logits, states) if hidden else logits
 
     # -- incremental decoding: the interface the shared sampler uses ---------------------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:

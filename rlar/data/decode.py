@@ -1,0 +1,88 @@
+"""Decode image files through a DataLoader: open with PIL, resize the shorter side, center-crop, uint8 CHW.
+
+A file that cannot be decoded is reported (a warning naming it and the reason) and left out, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+MODES = {1: "L", 3: "RGB"}  # channels -> PIL mode
+DECODE_BATCH = 64
+
+
+def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
+    """``source`` (a path or a binary file object) -> uint8 ``[channels, image_size, image_size]``."""
+    if source is None:
+        raise ValueError("the dataset holds no image for this row")
+    with Image.open(source) as image:
+        image = image.convert(MODES[channels])  # reads every pixel: a truncated file fails here
+    image = TF.resize(image, image_size, interpolation=TF.InterpolationMode.BICUBIC)  # shorter side -> S
+    return TF.pil_to_tensor(TF.center_crop(image, image_size))
+
+
+class DecodeImages(Dataset):
+    """Item ``i`` of ``sources`` (each ``(source, name)``) -> ``(i, uint8 [C, S, S] or None, name, reason)``."""
+
+    def __init__(self, sources: Sequence, image_size: int, channels: int):
+        self.sources, self.image_size, self.channels = sources, image_size, channels
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        source, name = self.sources[i]
+        try:
+            return i, load_image(source, self.image_size, self.channels), name, None
+        except Exception as e:  # PIL raises many types for bad files; any of them means "skip this one"
+            return i, None, name, f"{type(e).__name__}: {e}"
+
+
+def collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[str, str]]]:
+    """-> (indices of the decoded items [b], their images uint8 [b, C, S, S] or None, [(name, reason)] of the rest)."""
+    ok = [(i, image) for i, image, _, _ in items if image is not None]
+    failed = [(name, reason) for _, image, name, reason in items if image is None]
+    indices = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    return indices, torch.stack([image for _, image in ok]) if ok else None, failed
+
+
+def decode_all(sources: Sequence, image_size: int, channels: int, num_workers: int, where: str
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode every source with ``num_workers`` DataLoader workers (0: in this process).
+
+    Returns (images uint8 ``[n, C, S, S]``, the positions ``[n]`` in ``sources`` they came from, the names of
+    the skipped ones). ``where`` names the data in messages; raises if nothing could be decoded.
+    """
+    if channels not in MODES:
+        raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if len(sources) == 0:
+        raise ValueError(f"{where} has no images")
+    loader = DataLoader(DecodeImages(sources, image_size, channels), batch_size=DECODE_BATCH,
+                        num_workers=num_workers, collate_fn=collate)
+    images = torch.empty(len(sources), channels, image_size, image_size, dtype=torch.uint8)  # [N, C, S, S]
+    decoded = torch.zeros(len(sources), dtype=torch.bool)
+    skipped: list[tuple[str, str]] = []
+    for indices, batch, failed in tqdm(loader, desc=f"decode {where}", leave=False):
+        if batch is not None:
+            images[indices], decoded[indices] = batch, True
+        for name, reason in failed:
+            log.warning("skipping unreadable image %s: %s", name, reason)
+        skipped += failed
+    if not decoded.any():
+        name, reason = skipped[0]
+        raise ValueError(f"no readable image in {where}: all {len(sources)} failed to decode, e.g. {name}: {reason}")
+    kept = decoded.nonzero().squeeze(1)
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s) of %d", where, len(skipped), len(sources))
+        images = images[kept]
+    return images, kept, [name for name, _ in skipped]

@@ -1,0 +1,78 @@
+"""A folder of class sub-folders of images (``root/<class>/**/<image>``); sorted class names are the class ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlar.data.stored import StoredImageData, subset_rows
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def class_folders(root: Path, key: str) -> list[str]:
+    """The sorted names of the class sub-folders of ``root`` (hidden ones left out)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.{key}='{root}' is not a directory; give a folder with one sub-folder of "
+                                "images per class (root/<class>/<image>)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"data.{key}='{root}' has no class sub-folders; expected root/<class>/<image> (for one "
+                         "class, put the images in a single sub-folder)")
+    return classes
+
+
+def image_files(root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """Every image file (by extension, any depth, sorted) under ``root/<class>`` and its class id."""
+    files, labels = [], []
+    for name in classes:
+        found = sorted(p for p in (root / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+        files += found
+        labels += [class_ids[name]] * len(found)
+    return files, labels
+
+
+class ImageFolderData(StoredImageData):
+    """Images of ``root/<class>/...`` center-cropped to ``image_size``; class ids follow the sorted folder names.
+
+    Evaluation uses ``eval_root`` (the same layout, class names among root's) when given, else a held-out
+    ``eval_fraction`` of root.
+    """
+
+    def __init__(self, root: str, image_size: int = 256, channels: int = 3, eval_root: str | None = None,
+                 eval_fraction: float = 0.1, split_seed: int = 0, max_images: int | None = None,
+                 num_workers: int = 0):
+        super().__init__(image_size, channels, num_workers)
+        self.root = Path(root).expanduser().absolute()
+        self.eval_root = Path(eval_root).expanduser().absolute() if eval_root else None
+        self.eval_fraction, self.split_seed, self.max_images = eval_fraction, split_seed, max_images
+        self.classes = class_folders(self.root, "root")
+        class_ids = {name: i for i, name in enumerate(self.classes)}
+        train = self._read(self.root, self.classes, class_ids)
+        held_out = None
+        if self.eval_root is not None:
+            eval_classes = class_folders(self.eval_root, "eval_root")
+            unknown = sorted(set(eval_classes) - set(self.classes))
+            if unknown:
+                raise ValueError(f"data.eval_root='{self.eval_root}' has classes {unknown} that data.root="
+                                 f"'{self.root}' lacks; the class ids come from root's sub-folders")
+            held_out = self._read(self.eval_root, eval_classes, class_ids)
+        self.store(train, held_out, eval_fraction, split_seed, len(self.classes), f"data.root='{self.root}'")
+
+    def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode the (possibly ``max_images``-subsampled) files: uint8 ``[N, C, S, S]`` and labels ``[N]``."""
+        files, labels = image_files(root, classes, class_ids)
+        if not files:
+            raise ValueError(f"no image files ({', '.join(sorted(EXTENSIONS))}) under the class sub-folders of "
+                             f"'{root}'")
+        rows = subset_rows(len(files), self.max_images, self.split_seed)
+        sources = [(files[i], str(files[i])) for i in rows.tolist()]
+        return self.decode(sources, torch.tensor(labels)[rows], f"'{root}'")
+
+    def fingerprint(self) -> dict:
+        return {"name": "image_folder", "root": str(self.root), "eval_root": str(self.eval_root or ""),
+                "image_size": self.image_size, "channels": self.channels, "eval_fraction": self.eval_fraction,
+                "split_seed": self.split_seed, "max_images": self.max_images, "num_classes": self.num_classes,
+                "num_train": len(self.train_labels), "num_eval": len(self.eval_labels)}

@@ -1,0 +1,109 @@
+"""torch.distributed for the loop: the process's rank and the collectives it needs, each a no-op in a single
+process (so the single-process path computes exactly what it did before distributed training existed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def env_rank() -> int:
+    """The rank torchrun gave this process (0 when not launched by torchrun); readable before the process group
+    exists."""
+    return int(os.environ.get("RANK", 0))
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the body first (e.g. trains and caches the tokenizer), the others after it (reading the cache)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x [n, ...]`` (the same shape on each) in rank order: ``[world * n, ...]``."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is True on some rank."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(stats: dict[str, float], device) -> dict[str, float]:
+    """The mean of each value over ranks (every rank passes the same keys)."""
+    if not is_distributed() or not stats:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / world_size()).tolist(), strict=True))
+
+
+@torch.no_grad()
+def replica_divergence(module: torch.nn.Module, device) -> float:
+    """Largest difference between ranks of any parameter's sum or sum of squares: 0 while data-parallel replicas
+    stay identical (a check that gradients were synchronised)."""
+    if not is_distributed():
+        return 0.0
+    sums = [torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()]
+    local = torch.cat(sums).to(device)  # [2 * num_params]
+    every = gather_rows(local[None])  # [world, 2 * num_params]
+    return float((every - every[0]).abs().max())
