@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test bench lint clean
+.PHONY: help install run test bench ablation lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sweep,slurm,clip]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install rlar with its dependencies
@@ -29,6 +29,9 @@ test: $(STAMP)  ## run the tests
 
 bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of one iteration
 	$(VENV)/bin/rlar-bench
+
+ablation: $(STAMP)  ## run a study of experiments/ and write its report: make ablation STUDY=algorithms
+	$(VENV)/bin/rlar-ablation $(STUDY) $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check rlar tests

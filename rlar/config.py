@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from rlar.eval_model.schema import EvalClassifierSchema
+
 
 @dataclass
 class DigitsDataSchema:
@@ -73,6 +75,7 @@ class CommonAlgorithmSchema:
     entropy_coef: float = 0.0
     grad_accum: int = 1
     stats_key: str = "class"
+    ntp_weight: float = 0.0
 
 
 @dataclass
@@ -152,6 +155,11 @@ class RolloutSchema:
     cfg_scale: float = 1.0
     cfg_interval: list[float] | None = None
     prefix_len: int = 0
+    token_noise_prob: float = 0.0
+    label_dropout: float = 0.0
+    num_iter: int = 16
+    schedule: str = "arccos"
+    cfg_schedule: str = "constant"
 
 
 @dataclass
@@ -172,6 +180,8 @@ class EvalSchema:
     max_items: int | None = None
     batch_size: int = 128
     seed: int = 1234
+    classifier: bool = True
+    classifier_model: EvalClassifierSchema = field(default_factory=EvalClassifierSchema)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Evaluation: free-running samples for the held-out conditions, scored by the training reward."""
+"""Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
+evaluation model (``eval/class_acc``, ``eval/fd``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import contextlib
 import torch
 
 from rlar import distributed
+from rlar.eval_model.scorer import EvalModel
+from rlar.parallel_sampling import parallel_generations
 from rlar.sampling import sample_multiple_generations
 
 
@@ -22,13 +25,14 @@ def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None
-             ) -> dict[str, float]:
-    """Mean reward of ``eval_cfg.samples_per_item`` samples for each held-out image (class condition, no prefix).
+def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None,
+             eval_model: EvalModel | None = None) -> dict[str, float]:
+    """Mean reward of ``eval_cfg.samples_per_item`` samples for each held-out image (class condition, no prefix);
+    with ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples.
 
-    A fixed seed makes the number a function of the policy alone, so before/after RL compare like for like.
-    Under torchrun each rank samples its share of the items and the rewards are gathered. ``autocast``: the
-    context of the policy's passes (the tokenizer decodes outside it, in fp32).
+    A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like.
+    Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
+    ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
@@ -38,18 +42,34 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
                                       data.eval_labels[: eval_cfg.max_items or None])
     images, labels = images.to(device), labels.to(device)
     k = eval_cfg.samples_per_item
-    rewards = []
+    rewards, features, hits = [], [], []
     for x, y in zip(images.split(eval_cfg.batch_size), labels.split(eval_cfg.batch_size), strict=True):
         prefix = torch.zeros(len(x), 0, dtype=torch.long, device=device)
         with autocast():
-            tokens, _ = sample_multiple_generations(policy, (prefix, y), policy.block_size, k,
-                                                    generator=generator, **sampling)
-        reward, _ = reward_fn(tokenizer.decode_code(tokens), x.repeat_interleave(k, 0), {"labels": y})
+            # a parallel decoder (ARPG) samples with its own schedule (policy.decoding), the others raster
+            sample = parallel_generations if hasattr(policy, "decoding") else sample_multiple_generations
+            tokens, _ = sample(policy, (prefix, y), policy.block_size, k, generator=generator, **sampling)
+        samples, asked = tokenizer.decode_code(tokens), y.repeat_interleave(k)  # [b*k, C, H, W], [b*k]
+        reward, _ = reward_fn(samples, x.repeat_interleave(k, 0), {"labels": asked})
         rewards.append(reward)
+        if eval_model is not None:
+            f, hit = eval_model.describe(samples, asked)  # [b*k, F], [b*k]
+            features.append(f)
+            hits.append(hit)
     policy.train(was_training)
     real = distributed.gather_rows(real.to(device, torch.uint8).repeat_interleave(k)).bool()
     rewards = distributed.gather_rows(torch.cat(rewards))[real]
     finite = rewards[rewards.isfinite()]
-    return {"eval/reward": float(finite.mean()) if finite.numel() else float("nan"),
-            "eval/reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
-            "eval/nan_count": float((~rewards.isfinite()).sum())}
+    result = {"eval/reward": float(finite.mean()) if finite.numel() else float("nan"),
+              "eval/reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
+              "eval/nan_count": float((~rewards.isfinite()).sum())}
+    if eval_model is not None:
+        result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
+                                         distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool()))
+    return result
+
+
+def headline(result: dict[str, float], when: str) -> dict[str, float]:
+    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd and class_acc if measured."""
+    return {f"eval_{name}_{when}": result[f"eval/{name}"] for name in ("reward", "fd", "class_acc")
+            if f"eval/{name}" in result}

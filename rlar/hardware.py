@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from rlar import distributed
-from rlar.parallel import transformer_blocks, wrap
+from rlar.parallel import wrap
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Hardware:
     precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio and decoder stay fp32)
     strategy: str = "none"  # none | ddp | fsdp (FSDP2), for processes launched by torchrun
     tf32: bool = False  # TF32 matmuls and convolutions on CUDA
-    compile: bool = False  # torch.compile each transformer block
+    compile: bool = False  # torch.compile the policy's teacher-forced forward (the update's pass)
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; null keeps torch's default
     timeout_min: int = 30  # how long a collective waits for the other ranks before failing
@@ -84,8 +84,10 @@ class Hardware:
         return contextlib.nullcontext()
 
     def prepare(self, module: torch.nn.Module | None, trainable: bool = True):
-        """Compile (when asked) and wrap for ``hardware.strategy``; returns the module the training pass calls."""
+        """Compile (when asked) and wrap for ``hardware.strategy``; returns the module the training pass calls.
+
+        Only ``forward`` is compiled (fixed shapes: one graph); the sampler's ``prefill``/``step`` grow the KV cache
+        one position at a time and stay eager."""
         if module is not None and self.compile:
-            for block in transformer_blocks(module):
-                block.compile()
+            module.forward = torch.compile(module.forward)
         return wrap(module, self.strategy, self.torch_device, trainable)

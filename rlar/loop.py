@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from rlar import distributed
 from rlar.algorithm.update import policy_update, value_advantages
 from rlar.checkpoint import Checkpointer
-from rlar.evaluate import evaluate
+from rlar.eval_model import build_eval_model
+from rlar.evaluate import evaluate, headline
 from rlar.policy.prior import teacher_forced_ce
 from rlar.rollout import collect_rollout
 from rlar.sampling import cfg_scales
@@ -80,6 +81,7 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
         data = instantiate(cfg.data)
         tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
         policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
+        eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
     algorithm = instantiate(cfg.algorithm)
     # the frozen prior, for the KL term only: never built when beta is 0
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
@@ -108,7 +110,7 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
         log.info("resumed from %s at iteration %d", checkpointer.record_path, start)
 
     def evaluation():
-        return evaluate(policy, tokenizer, reward_fn, data, cfg.eval, sampling, device, hw.autocast)
+        return evaluate(policy, tokenizer, reward_fn, data, cfg.eval, sampling, device, hw.autocast, eval_model)
 
     def save(iteration: int):
         rng = {"data": gens["data"].get_state(),
@@ -120,7 +122,7 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
     batches = data.batches(t.batch_size, gens["data"])
     if start == 0:
         before = evaluation()
-        summary = {"eval_reward_before": before["eval/reward"], "history": [{"iteration": 0, **before}]}
+        summary = {**headline(before, "before"), "history": [{"iteration": 0, **before}]}
         logger.scalars(before, 0)
         log.info("prior: eval reward %.5f", before["eval/reward"])
         for i in tqdm(range(t.warmup_steps), desc="supervised warm-up", leave=False,
@@ -195,10 +197,11 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
 
     final = summary["history"][-1]
     ran = max(1, t.iterations - start)
-    summary.update({"eval_reward_after": final["eval/reward"], "iterations": t.iterations,
+    summary.update({**headline(final, "after"), "iterations": t.iterations,
                     "timings": {key: total / ran for key, total in time_totals.items()},
                     "output_dir": str(out), "tokenizer": tokenizer.source,
                     "tokenizer_psnr_db": tokenizer.metrics.get("psnr_db"),
+                    "eval_classifier_accuracy": eval_model.classifier_accuracy if eval_model else None,
                     "world_size": world, "strategy": hw.strategy})
     if hw.strategy == "ddp":  # replicas must still be identical: a check that gradients were synchronised
         summary["replica_max_abs_diff"] = distributed.replica_divergence(trainable, device)

@@ -10,7 +10,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forwar
 from torch.nn.parallel import DistributedDataParallel
 
 # the policy methods the sampler calls besides forward: under FSDP2 they must gather the root's parameters too
-SAMPLING_METHODS = ("prefill", "step", "hidden_states")
+SAMPLING_METHODS = ("prefill", "step", "hidden_states", "decode_step")
 
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:

@@ -4,6 +4,8 @@
 - ``prefix``: the first ``prefix_len`` ground-truth tokens are given, the rest sampled autoregressively.
 - ``teacher_forced``: each token drawn from the teacher-forced logits on the ground-truth prefix (one
   forward pass), as the LlamaGen GRPO trainer of the seeds does; the update scores it in that same context.
+- ``parallel`` (``policy=arpg``): ``num_iter`` steps of several positions each (``schedule``), a random order per
+  sample; the rollout keeps the orders and step sizes, and the update scores each token under them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,28 @@ from __future__ import annotations
 import torch
 
 from rlar.algorithm.update import Rollout
+from rlar.parallel_sampling import sample_parallel
 from rlar.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 
-MODES = ("autoregressive", "prefix", "teacher_forced")
+MODES = ("autoregressive", "prefix", "teacher_forced", "parallel")
+
+
+def noisy_context(codes: torch.Tensor, prob: float, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
+    """``codes [B, T]`` with each token replaced, with probability ``prob``, by a code drawn uniformly from the
+    vocabulary (VA-pi's noisy teacher-forcing context)."""
+    if not prob:
+        return codes
+    replace = torch.rand(codes.shape, generator=generator) < prob
+    random_codes = torch.randint(vocab_size, codes.shape, generator=generator)
+    return torch.where(replace.to(codes.device), random_codes.to(codes.device), codes)
+
+
+def drop_labels(labels: torch.Tensor | None, prob: float, generator: torch.Generator) -> torch.Tensor | None:
+    """``labels [B]`` with each replaced by the null class (-1), with probability ``prob`` (classifier-free dropout)."""
+    if not prob or labels is None:
+        return labels
+    drop = (torch.rand(labels.shape, generator=generator) < prob).to(labels.device)
+    return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
 @torch.no_grad()
@@ -22,12 +43,16 @@ def collect_rollout(policy, gt_codes: torch.Tensor, labels: torch.Tensor | None,
     """G samples for each of the B items: a ``Rollout`` of ``B*G`` rows, the G of an item adjacent.
 
     gt_codes ``[B, T]`` are the tokenizer's codes of the input images (the context of the prefix and
-    teacher-forced modes).
+    teacher-forced modes). Label dropout and the noisy context are drawn once per item and stored in the rollout,
+    so the update and KL passes read exactly what the rollout read.
     """
     mode, g = rollout_cfg.mode, num_generations
     b, t_len = gt_codes.shape
     scales = cfg_scales(t_len, rollout_cfg.cfg_scale, rollout_cfg.cfg_interval)
+    labels = drop_labels(labels, rollout_cfg.label_dropout, generator)
     rep_labels = None if labels is None else labels.repeat_interleave(g)
+    context = noisy_context(gt_codes, rollout_cfg.token_noise_prob, policy.vocab_size, generator)  # [B, T]
+    targets = gt_codes.repeat_interleave(g, 0)  # [B*G, T]
     if mode in ("autoregressive", "prefix"):
         k = rollout_cfg.prefix_len if mode == "prefix" else 0
         tokens, logprobs = sample_multiple_generations(
@@ -35,13 +60,22 @@ def collect_rollout(policy, gt_codes: torch.Tensor, labels: torch.Tensor | None,
             top_p=rollout_cfg.top_p, cfg_scale=scales, generator=generator,
         )  # [B*G, T]
         mask = (torch.arange(t_len, device=tokens.device) >= k)[None].expand(b * g, t_len)
-        return Rollout(tokens, tokens, logprobs, rep_labels, mask)
+        return Rollout(tokens, tokens, logprobs, rep_labels, mask, targets, context.repeat_interleave(g, 0))
     if mode == "teacher_forced":
-        logp, _ = policy_logprobs(policy, gt_codes, labels, rollout_cfg.temperature, scales)  # [B, T, V]
+        logp, _ = policy_logprobs(policy, context, labels, rollout_cfg.temperature, scales)  # [B, T, V]
         logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
         draw = truncate(logp.flatten(0, 1), rollout_cfg.top_k, rollout_cfg.top_p).exp()
         actions = torch.multinomial(draw, 1, generator=generator).view(b * g, t_len)
         logprobs = logp.gather(-1, actions[..., None])[..., 0]
-        context = gt_codes.repeat_interleave(g, 0)
-        return Rollout(context, actions, logprobs, rep_labels, torch.ones_like(actions, dtype=torch.bool))
+        mask = torch.ones_like(actions, dtype=torch.bool)
+        return Rollout(context.repeat_interleave(g, 0), actions, logprobs, rep_labels, mask, targets)
+    if mode == "parallel":
+        sample = sample_parallel(
+            policy, rep_labels, b * g, num_iter=rollout_cfg.num_iter, schedule=rollout_cfg.schedule,
+            temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p,
+            cfg_scale=rollout_cfg.cfg_scale, cfg_schedule=rollout_cfg.cfg_schedule, generator=generator,
+        )  # tokens, logprobs, orders [B*G, T]
+        mask = torch.ones_like(sample.tokens, dtype=torch.bool)
+        return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep_labels, mask, targets,
+                       context.repeat_interleave(g, 0), schedule=sample.schedule())
     raise ValueError(f"rollout.mode must be one of {MODES}, got {mode!r}")

@@ -9,7 +9,11 @@ import torch
 
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
-    return {k: v[lo:hi] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in meta.items()}
+    """Rows ``lo:hi`` of every per-item entry (a tensor or list of ``n``) of ``meta``."""
+    def per_item(v):
+        return (torch.is_tensor(v) and v.shape[:1] == (n,)) or (isinstance(v, list) and len(v) == n)
+
+    return {k: v[lo:hi] if per_item(v) else v for k, v in meta.items()}
 
 
 def decode_and_score(tokenizer, reward_fn, tokens: torch.Tensor, targets: torch.Tensor, meta: dict,

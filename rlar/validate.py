@@ -8,6 +8,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlar.parallel_sampling import CFG_SCHEDULES, SCHEDULES
 from rlar.rollout import MODES as ROLLOUT_MODES
 
 
@@ -30,6 +31,10 @@ def check_config(cfg: DictConfig) -> None:
                           "prefix_len >= 1, and the other modes take no prefix (set prefix_len=0)")
     if r.cfg_interval is not None and not (len(r.cfg_interval) == 2 and 0 <= r.cfg_interval[0] < r.cfg_interval[1]):
         raise ConfigError(f"rollout.cfg_interval must be [lo, hi) with 0 <= lo < hi, got {list(r.cfg_interval)}")
+    for key in ("token_noise_prob", "label_dropout"):
+        if not 0.0 <= r[key] < 1.0:
+            raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
+    check_parallel_decoding(cfg)
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
     codebook = cfg.tokenizer.get("codebook_size")
@@ -54,3 +59,29 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
+
+
+def check_parallel_decoding(cfg: DictConfig) -> None:
+    """``policy=arpg`` and ``rollout.mode=parallel`` go together, with a schedule the parallel sampler knows."""
+    r = cfg.rollout
+    arpg = str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg")
+    if arpg and r.mode != "parallel":
+        raise ConfigError(f"policy=arpg decodes several positions per step in a random order, not in rollout.mode="
+                          f"{r.mode!r}; set rollout.mode=parallel")
+    if r.mode == "parallel" and not arpg:
+        raise ConfigError("rollout.mode=parallel needs a parallel decoder; set policy=arpg (or another rollout.mode)")
+    if not arpg:
+        return
+    if r.num_iter < 1:
+        raise ConfigError(f"rollout.num_iter must be >= 1, got {r.num_iter}")
+    if r.schedule not in SCHEDULES:
+        raise ConfigError(f"rollout.schedule={r.schedule!r} is not available; choose one of {list(SCHEDULES)}")
+    if r.cfg_schedule not in CFG_SCHEDULES:
+        raise ConfigError(f"rollout.cfg_schedule={r.cfg_schedule!r} is not available; choose one of {CFG_SCHEDULES}")
+    if r.cfg_interval is not None:
+        raise ConfigError("rollout.cfg_interval guides raster positions; with rollout.mode=parallel use "
+                          "rollout.cfg_schedule (constant | linear) and set rollout.cfg_interval=null")
+    if cfg.algorithm.get("ntp_weight") and r.cfg_scale != 1:
+        raise ConfigError("algorithm.ntp_weight > 0 with policy=arpg scores the ground truth in a fresh random order "
+                          "per row, which guidance cannot pair with its null-class rows; set rollout.cfg_scale=1 or "
+                          "algorithm.ntp_weight=0")

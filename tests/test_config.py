@@ -11,12 +11,14 @@ from rlar.validate import ConfigError, check_config
 
 GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
-OFFLINE = {"lpips": ["reward.pnet_rand=true"]}  # no pretrained backbone can be downloaded in tests
+# no pretrained backbone can be downloaded in tests
+OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 
 
-NEEDS_FILES = {"hf_disk", "image_folder"}  # built on real files in tests/test_data_files.py
+NEEDS_FILES = {"hf_disk", "image_folder", "clip"}  # built on real files: tests/test_data_files.py, test_rewards_auto.py
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
+WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
@@ -24,7 +26,8 @@ def test_every_option_composes_and_passes_checks(group, option, monkeypatch):
     if group == "hardware":
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "1")
-    cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, []), *ELSEWHERE.get(option, [])])
+    cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, []), *ELSEWHERE.get(option, []),
+                          *WITH_MODE.get(option, [])])
     assert cfg[group]._target_.startswith(("rlar.", "torch."))
     check_config(cfg)
     if group in ("algorithm", "reward", "hardware", "logger", "data") and option not in NEEDS_FILES:

@@ -33,6 +33,7 @@ class Common:
     entropy_coef: float = 0.0
     grad_accum: int = 1  # minibatches per optimizer step
     stats_key: str = "class"  # what "a condition" is for per-condition statistics: class | image
+    ntp_weight: float = 0.0  # next-token cross-entropy on the ground-truth codes (VA-pi's regulariser)
     value_head = False  # only PPO may learn a critic
 
     def check_common(self) -> None:
@@ -44,6 +45,8 @@ class Common:
             raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
         if self.grad_accum < 1:
             raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.ntp_weight < 0:
+            raise ValueError(f"algorithm.ntp_weight must be >= 0, got {self.ntp_weight}")
 
     def state_dict(self) -> dict:
         return {}

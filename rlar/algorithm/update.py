@@ -12,6 +12,7 @@ from rlar.algorithm.gae import gae_terminal_reward
 from rlar.algorithm.kl import token_kl
 from rlar.algorithm.losses import aggregate
 from rlar.parallel import gradient_sync
+from rlar.parallel_sampling import arpg_logprobs
 from rlar.sampling import policy_logprobs
 
 
@@ -22,8 +23,13 @@ class Rollout:
     context: torch.Tensor  # [N, T] long: the tokens the policy reads (== tokens, except teacher-forced rollouts)
     tokens: torch.Tensor  # [N, T] long: the actions
     logprobs: torch.Tensor  # [N, T] fp32, log-prob of each action at sampling time (0 where not an action)
-    labels: torch.Tensor | None  # [N] class ids, or None
+    labels: torch.Tensor | None  # [N] class ids (negative: the null class), or None
     mask: torch.Tensor  # [N, T] bool, True where the token is an action (sampled, not given)
+    targets: torch.Tensor | None = None  # [N, T] long: the ground-truth codes, for the NTP term
+    # [N, T] long: the (noisy) ground-truth context the NTP term reads; None: ``context`` (teacher-forced rollouts)
+    target_context: torch.Tensor | None = None
+    # parallel rollouts (ARPG): orders [N, T], step_sizes [S], cfg_scales [S] (rlar.parallel_sampling); None: raster
+    schedule: dict | None = None
 
 
 def groups_per_minibatch(group_size: int, minibatch_size: int) -> int:
@@ -41,14 +47,24 @@ def group_minibatches(n: int, group_size: int, minibatch_size: int, generator: t
 
 def _rows(rollout: Rollout, idx: torch.Tensor):
     labels = None if rollout.labels is None else rollout.labels[idx]
-    return rollout.context[idx], rollout.tokens[idx], labels
+    schedule = None if rollout.schedule is None else {**rollout.schedule, "orders": rollout.schedule["orders"][idx]}
+    return rollout.context[idx], rollout.tokens[idx], labels, schedule
+
+
+def rollout_logprobs(policy, context: torch.Tensor, labels, sampling: dict, schedule: dict | None,
+                     hidden: bool = False):
+    """``policy_logprobs``, or for a parallel rollout the recompute under its orders, step grouping and guidance
+    per step (``arpg_logprobs``; the temperature is ``sampling``'s)."""
+    if schedule is None:
+        return policy_logprobs(policy, context, labels, **sampling, hidden=hidden)
+    return arpg_logprobs(policy, context, labels, **schedule, temperature=sampling["temperature"], hidden=hidden)
 
 
 @torch.no_grad()
 def value_advantages(policy, critic, algorithm, rollout: Rollout, rewards: torch.Tensor, sampling: dict):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
     (advantages ``[N, T]``, returns ``[N, T]``)."""
-    _, hidden = policy_logprobs(policy, rollout.context, rollout.labels, **sampling, hidden=True)
+    _, hidden = rollout_logprobs(policy, rollout.context, rollout.labels, sampling, rollout.schedule, hidden=True)
     values = critic(hidden.float())[..., 0]  # [N, T]
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
@@ -65,13 +81,26 @@ def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float
     return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2: a DTensor
 
 
+def next_token_ce(policy, rollout: Rollout, idx: torch.Tensor, logp_all: torch.Tensor, labels, sampling: dict,
+                  autocast) -> torch.Tensor:
+    """Mean cross-entropy of the ground-truth codes of rows ``idx`` over all T positions, under the distribution
+    the surrogate uses. Teacher-forced rollouts already read the ground-truth context: their log-probs
+    ``logp_all [n, T, V]`` are reused (one forward pass for both terms); others need a pass over it."""
+    if rollout.targets is None:
+        raise ValueError("algorithm.ntp_weight > 0 needs the ground-truth codes in the rollout (rollout.targets)")
+    if rollout.target_context is not None:
+        with autocast():
+            logp_all, _ = policy_logprobs(policy, rollout.target_context[idx], labels, **sampling)
+    return -logp_all.gather(-1, rollout.targets[idx][..., None]).mean()
+
+
 def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: torch.Tensor, sampling: dict,
                    autocast, ref_policy=None, critic=None, returns: torch.Tensor | None = None):
     """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
-    context, tokens, labels = _rows(rollout, idx)
+    context, tokens, labels, schedule = _rows(rollout, idx)
     mask = rollout.mask[idx]
     with autocast():
-        logp_all, hidden = policy_logprobs(policy, context, labels, **sampling, hidden=critic is not None)
+        logp_all, hidden = rollout_logprobs(policy, context, labels, sampling, schedule, hidden=critic is not None)
     logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
     loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
     stats["loss/policy"] = loss.item()
@@ -80,7 +109,7 @@ def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: 
         loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
     if ref_policy is not None:
         with torch.no_grad(), autocast():
-            ref_all, _ = policy_logprobs(ref_policy, context, labels, **sampling)
+            ref_all, _ = rollout_logprobs(ref_policy, context, labels, sampling, schedule)
         kl = aggregate(token_kl(algorithm.kl_estimator, logp_all, ref_all, tokens), mask, "token")
         loss = loss + algorithm.beta * kl
         stats["loss/kl"] = kl.item()
@@ -89,6 +118,10 @@ def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: 
         value_loss = 0.5 * aggregate((values - returns[idx]) ** 2, mask, "token")
         loss = loss + algorithm.vf_coef * value_loss
         stats["loss/value"] = value_loss.item()
+    if algorithm.ntp_weight:
+        ntp = next_token_ce(policy, rollout, idx, logp_all, labels, sampling, autocast)
+        loss = loss + algorithm.ntp_weight * ntp
+        stats["loss/ntp"] = ntp.item()
     stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
     return loss, stats
 

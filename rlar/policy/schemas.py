@@ -29,4 +29,31 @@ class LlamaGenSchema:
     cache_dir: str | None = None
 
 
-POLICY_SCHEMAS = {"llamagen": LlamaGenSchema}
+@dataclass
+class ParallelDecodingSchema:
+    num_iter: int = 16
+    schedule: str = "arccos"
+    cfg_schedule: str = "constant"
+
+
+@dataclass
+class ARPGSchema:
+    _target_: str = "rlar.policy.arpg_build.build_arpg_prior"
+    vocab_size: int = MISSING
+    block_size: int | None = None
+    size: str | None = None
+    n_layer: int = 4
+    n_head: int = 4
+    dim: int = 96
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    decoding: ParallelDecodingSchema = field(default_factory=ParallelDecodingSchema)
+    checkpoint: str | None = None
+    pretrain: PretrainSchema = field(default_factory=PretrainSchema)
+    cache_dir: str | None = None
+
+
+POLICY_SCHEMAS = {"llamagen": LlamaGenSchema, "arpg": ARPGSchema}

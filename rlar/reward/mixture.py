@@ -24,7 +24,9 @@ class WeightedReward:
 
     Reports every component's raw score under its name, and each sub-component it reports as ``name/sub``
     (unless that is the component's score itself). An item that is NaN in a component with nonzero weight is
-    NaN in the total; a zero-weight component is only reported.
+    NaN in the total, except in a component that sets ``may_be_absent = True`` (CLIP without a prompt): there
+    NaN means "does not apply", and the item's total is the weighted sum of its other components (NaN only if
+    no weighted component scored it). A zero-weight component is only reported.
     """
 
     def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
@@ -38,11 +40,17 @@ class WeightedReward:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
         total = torch.zeros(images.shape[0], device=images.device)  # [N]
+        # [N]: scored by some weighted component (all True when none is weighted: the total is then 0)
+        scored = torch.full((images.shape[0],), not any(self.weights.values()), device=images.device)
         reported = {}
         for name, component in self.components.items():
             score, subs = component(images, targets, meta)  # [N], {sub: [N]}
             reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if self.weights[name]:
-                total = total + self.weights[name] * (zscore(score) if self.normalize else score).float()
-        return total, reported
+                term = self.weights[name] * (zscore(score) if self.normalize else score).float()  # [N]
+                if getattr(component, "may_be_absent", False):
+                    term = torch.where(score.isnan(), 0.0, term)
+                total = total + term
+                scored = scored | ~score.isnan()
+        return torch.where(scored, total, float("nan")), reported

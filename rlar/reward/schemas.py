@@ -46,11 +46,45 @@ class SaturationRewardSchema:
 
 
 @dataclass
+class EfficiencyRewardSchema:
+    _target_: str = "rlar.reward.efficiency.EfficiencyReward"
+    target: int = 8
+    max_steps: int = 64
+
+
+@dataclass
+class CLIPRewardSchema:
+    _target_: str = "rlar.reward.clip.CLIPReward"
+    model_path: str = MISSING
+    class_names: list[str] | None = None
+    class_names_file: str | None = None
+    template: str = "a photo of a {}"
+    scale: float = 1.0
+    batch_size: int = 64
+
+
+@dataclass
 class WeightedRewardSchema:
     _target_: str = "rlar.reward.mixture.WeightedReward"
     components: Any = MISSING
     weights: dict[str, float] = MISSING
     normalize: bool = False
+
+
+@dataclass
+class ClassConsistencyRewardSchema:
+    _target_: str = "rlar.reward.classifier.ClassConsistencyReward"
+    data: Any = MISSING
+    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    cache_dir: str | None = None
+
+
+@dataclass
+class PerceptualDigitsRewardSchema:
+    _target_: str = "rlar.reward.classifier.PerceptualDigitsReward"
+    data: Any = MISSING
+    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    cache_dir: str | None = None
 
 
 REWARD_SCHEMAS = {
@@ -60,5 +94,10 @@ REWARD_SCHEMAS = {
     "sharpness": SharpnessRewardSchema,
     "contrast": ContrastRewardSchema,
     "saturation": SaturationRewardSchema,
+    "efficiency": EfficiencyRewardSchema,
+    "clip": CLIPRewardSchema,
     "weighted": WeightedRewardSchema,
+    "class_consistency": ClassConsistencyRewardSchema,
+    "perceptual_digits": PerceptualDigitsRewardSchema,
 }
+

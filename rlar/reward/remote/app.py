@@ -42,7 +42,7 @@ class RewardService:
     def warm_up(self, shape: tuple[int, ...]) -> None:
         """Score random images and targets of ``shape`` once: fails early, and learns the component names."""
         images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
-        self.score(images, images.flip(0), {})
+        self.score(images, images.flip(0), {"labels": torch.zeros(shape[0], dtype=torch.long)})  # class 0 asked
         self.served = 0
 
     async def read_body(self, request: Request) -> bytes:

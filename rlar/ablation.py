@@ -1,0 +1,106 @@
+"""Config-file studies: ``python -m rlar.ablation <study> [overrides]`` (or ``rlar-ablation``, ``make ablation``).
+
+A study is one YAML in ``experiments/``: fixed ``overrides``, the ``seeds``, and named ``settings`` (each a list
+of overrides). Every setting is one Hydra multirun over the seeds, run one after another; then the report
+(``rlar/report.py``) is written beside the YAML. All studies share Hydra's run dirs, ``outputs/ablations/
+multirun/<overrides>``: running a study again resumes unfinished runs and only re-reads finished ones, and a run
+that two studies share (their common baseline) is trained once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@dataclass
+class Study:
+    name: str                          # the YAML's stem
+    path: Path                         # the YAML
+    title: str
+    overrides: list[str]               # given to every run
+    seeds: list[int]                   # hardware.seed values, one run each per setting
+    settings: dict[str, list[str]]     # label -> overrides that define the setting
+    notes: str = ""
+
+    @property
+    def report_dir(self) -> Path:
+        """Beside its YAML: ``experiments/<study>/``."""
+        return self.path.with_suffix("")
+
+
+def load_study(study: str | Path) -> Study:
+    """A study by name (``experiments/<name>.yaml``) or by the path of its YAML."""
+    path = Path(study)
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENTS_DIR / f"{study}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no study {str(study)!r}: {path} does not exist; studies: {', '.join(known)}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes"}
+    if unknown or not raw.get("settings"):
+        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes; "
+                         f"got unknown {sorted(unknown)} or no settings")
+    return Study(name=path.stem, path=path, title=raw.get("title", path.stem), overrides=list(raw.get("overrides", [])),
+                 seeds=list(raw.get("seeds", [0])), settings={str(k): list(v) for k, v in raw["settings"].items()},
+                 notes=raw.get("notes", ""))
+
+
+RUN_NAME = "ablations"  # the runs' ``name``: they land in ``outputs/ablations/multirun/``
+
+
+def sweep_dir(outputs: str | Path) -> Path:
+    """Where the runs of every study are: one subfolder per run, named by its overrides."""
+    return Path(outputs) / RUN_NAME / "multirun"
+
+
+def sweep_commands(study: Study, extra: list[str] = (), outputs: str | Path = "outputs") -> list[list[str]]:
+    """One ``python -m rlar.run -m ...`` per setting; ``extra`` overrides go to every run."""
+    seeds = ",".join(str(s) for s in study.seeds)
+    where = [] if Path(outputs) == Path("outputs") else [f"hydra.sweep.dir={sweep_dir(outputs)}"]
+    return [[sys.executable, "-m", "rlar.run", "-m", f"name={RUN_NAME}", *study.overrides, *setting,
+             f"hardware.seed={seeds}", *extra, *where] for setting in study.settings.values()]
+
+
+def run_sweeps(study: Study, extra: list[str] = (), outputs: str | Path = "outputs") -> None:
+    """Run every setting's multirun, one after the other; stops at the first failing one."""
+    for cmd in sweep_commands(study, extra, outputs):
+        print("+", shlex.join(["python", *cmd[1:]]), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlar-ablation", description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="a name in experiments/ (e.g. algorithms) or the path of a study YAML")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. hardware.num_threads=1")
+    parser.add_argument("--outputs", default="outputs", help="the outputs root the runs write to (default: outputs)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.study)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    if args.dry_run:
+        commands = sweep_commands(study, args.overrides, args.outputs)
+        print("\n".join(shlex.join(["python", *cmd[1:]]) for cmd in commands))
+        return
+    if not args.report_only:
+        run_sweeps(study, args.overrides, args.outputs)
+    from rlar.report import write_report
+
+    report = write_report(study, args.outputs)
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Build the evaluation classifier: train it on the data's train split once (seeded, off the loop's random
+streams) and cache it, keyed by the data and the settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from rlar.cache import cached_artifact
+from rlar.data.batches import ImageData
+from rlar.eval_model.classifier import DigitsClassifier
+from rlar.eval_model.schema import EvalClassifierSchema
+from rlar.eval_model.train import accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+def build_eval_classifier(data: ImageData, cache_dir: str | None = None,
+                          settings: dict | DictConfig | None = None) -> DigitsClassifier:
+    """The frozen classifier (eval mode, CPU) of ``data``'s classes; ``settings``: ``eval.classifier_model``
+    (``input_size``, ``width``, ``features``, ``train.*``). It carries ``source`` (the cache file) and ``metrics``
+    (held-out accuracy). The global random state is left as it was."""
+    settings = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(
+        settings or {})
+    defaults = asdict(EvalClassifierSchema())
+    train = {**defaults.pop("train"), **settings.pop("train", {})}
+    arch = {**defaults, **settings, "channels": data.channels, "num_classes": data.num_classes}
+    with torch.random.fork_rng(devices=[]):  # the loop's random state stays untouched
+        torch.manual_seed(train["seed"])
+        model = DigitsClassifier(**arch)
+
+        def build():
+            generator = torch.Generator().manual_seed(train["seed"])
+            tic = time.perf_counter()
+            with tqdm(total=train["steps"], desc="train eval classifier", leave=False) as bar:
+                train_classifier(model, data.train_images, data.train_labels, train["steps"], train["lr"],
+                                 train["batch_size"], train["max_shift"], generator, progress=bar)
+            return model.state_dict(), {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels),
+                                        "train_seconds": time.perf_counter() - tic}
+
+        state, path = cached_artifact(cache_dir, "eval_classifier",
+                                      {"arch": arch, "train": train, "data": data.fingerprint()}, build)
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False)
+    model.source = str(path)
+    model.metrics = {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels)}
+    log.info("eval classifier %s: held-out accuracy %.4f", model.source, model.metrics["eval_accuracy"])
+    return model

@@ -1,0 +1,202 @@
+"""A study's report: ``REPORT.md`` (mean ± std over seeds) and ``curves.png``, from the runs' own records.
+
+Each run's numbers come from its ``summary.json`` and its curves from its TensorBoard event files (read with
+TensorBoard's ``EventAccumulator``); runs are grouped into the study's settings by their Hydra overrides.
+``python -m rlar.ablation <study> --report-only`` rewrites a report without running anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from rlar.ablation import Study, sweep_dir  # noqa: E402
+from rlar.config import compose_config  # noqa: E402
+
+TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
+
+
+@dataclass
+class Run:
+    path: Path
+    seed: int
+    before: float                      # eval reward of the prior
+    after: float                       # eval reward after RL
+    iterations: int
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> {step: value}
+
+    @property
+    def gap_closed(self) -> float:
+        """Fraction of the prior's distance to the perfect reward (0 for -L2) that RL closed."""
+        return (self.after - self.before) / (0.0 - self.before)
+
+    @property
+    def seconds_per_iteration(self) -> float | None:
+        steps = [sum(self.curves[tag].get(s, 0.0) for tag in TIME_TAGS) for s in self.curves.get("time/rollout", {})]
+        return statistics.mean(steps) if steps else None
+
+
+def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` from every event file of the run; a step logged twice (a resume) keeps the last."""
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 1})
+    events.Reload()
+    have = set(events.Tags()["scalars"])
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags if tag in have}
+
+
+def defining(overrides, excluded: set[str]) -> frozenset[str]:
+    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out."""
+    return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded | {"hardware.seed"})
+
+
+def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:
+    """The finished runs of each setting (in the study's order), sorted by seed: a run belongs to a setting when
+    its overrides are exactly the study's and the setting's (up to the seed and what its dir name leaves out)."""
+    runs: dict[str, list[Run]] = {label: [] for label in study.settings}
+    iterations = {k: compose_config([*study.overrides, *v]).train.iterations for k, v in study.settings.items()}
+    for summary_path in sorted(sweep_dir(outputs).glob("*/summary.json")):
+        run_dir = summary_path.parent
+        hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra
+        excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+        have = defining(hydra_cfg.overrides.task, excluded)
+        label = next((k for k, v in study.settings.items() if defining([*study.overrides, *v], excluded) == have), None)
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        summary = json.loads(summary_path.read_text())
+        if label is None or cfg.hardware.seed not in study.seeds or summary["iterations"] != iterations[label]:
+            continue  # another study's run, or this one at another length
+        runs[label].append(Run(run_dir, cfg.hardware.seed, summary["eval_reward_before"],
+                               summary["eval_reward_after"], summary["iterations"],
+                               read_scalars(run_dir, ("eval/reward", "reward/mean", *TIME_TAGS))))
+    for label in runs:
+        runs[label].sort(key=lambda r: r.seed)
+    return runs
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """``mean ± sample std`` (the std needs two values)."""
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "–"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(study: Study, runs: dict[str, list[Run]]) -> str:
+    """The markdown table: one row per setting."""
+    lines = ["| setting | overrides | seeds | prior eval reward | final eval reward | per seed | gap closed | s / it |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, group in runs.items():
+        overrides = " ".join(f"`{o}`" for o in study.settings[label]) or "none"
+        if not group:
+            lines.append(f"| {label} | {overrides} | 0 | – | – | – | – | – |")
+            continue
+        per_seed = " / ".join(f"{r.after:.4f}" for r in group)
+        speeds = [s for r in group if (s := r.seconds_per_iteration) is not None]
+        speed = f"{statistics.mean(speeds):.2f}" if speeds else "–"
+        lines.append(f"| {label} | {overrides} | {', '.join(str(r.seed) for r in group)} "
+                     f"| {mean_std(sorted({r.before for r in group}))} | {mean_std([r.after for r in group])} "
+                     f"| {per_seed} | {mean_std([100 * r.gap_closed for r in group], 1)} % | {speed} |")
+    return "\n".join(lines)
+
+
+def ranking(runs: dict[str, list[Run]]) -> str:
+    """Settings by mean final eval reward, each step down with its size in standard deviations over seeds."""
+    stats = [(statistics.mean(a), statistics.stdev(a) if len(a) > 1 else 0.0, label)
+             for label, group in runs.items() if (a := [r.after for r in group])]
+    stats.sort(reverse=True)
+    text = f"{stats[0][2]}"
+    for (m1, s1, _), (m2, s2, label) in zip(stats, stats[1:], strict=False):
+        spread = max(s1, s2)
+        size = f", {(m1 - m2) / spread:.1f} std" if spread > 0 else ""
+        text += f" > {label} (Δ {m1 - m2:.4f}{size})"
+    return text
+
+
+def plot_curves(runs: dict[str, list[Run]], path: Path, title: str) -> None:
+    """Eval reward (mean over seeds, min–max band) and the rollout reward (10-iteration moving average)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for (label, group), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+        for ax, tag, window in ((axes[0], "eval/reward", 1), (axes[1], "reward/mean", 10)):
+            curves = [r.curves.get(tag, {}) for r in group]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            values = [[moving_average(c, steps, window)[i] for c in curves] for i in range(len(steps))]
+            ax.plot(steps, [statistics.mean(v) for v in values], color=color, label=f"{label} (n={len(group)})",
+                    marker="o" if tag == "eval/reward" else None, markersize=3)
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.2)
+    axes[0].set(title="eval/reward (held-out, free-running)", xlabel="iteration", ylabel="mean −L2 (higher is better)")
+    axes[1].set(title="reward/mean (rollouts, 10-iteration average)", xlabel="iteration")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}: mean over seeds, band = min–max")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def moving_average(curve: dict[int, float], steps: list[int], window: int) -> list[float]:
+    """The trailing mean of the last ``window`` values at each of ``steps``."""
+    values = [curve[s] for s in steps]
+    return [statistics.mean(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))]
+
+
+def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str | Path | None = None) -> Path:
+    """Write ``REPORT.md`` and ``curves.png`` into ``report_dir`` (default: ``experiments/<study>/``)."""
+    runs = collect_runs(study, outputs)
+    if not any(runs.values()):
+        raise FileNotFoundError(f"no finished runs of study {study.name!r} under {sweep_dir(outputs)}; "
+                                f"run them first: python -m rlar.ablation {study.name}")
+    out = Path(report_dir or study.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(runs, out / "curves.png", study.title)
+    first = next(r for group in runs.values() for r in group)
+    cfg = OmegaConf.load(first.path / ".hydra" / "config.yaml")
+    iterations = ", ".join(str(i) for i in sorted({r.iterations for group in runs.values() for r in group}))
+    threads = cfg.hardware.get("num_threads") or "null"
+    n_eval = cfg.eval.max_items
+    held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
+    text = f"""# {study.title}
+
+- **command**: `make ablation STUDY={study.name}` (or `python -m rlar.ablation {study.name}`); the study file is
+  [`experiments/{study.name}.yaml`](../{study.name}.yaml)
+- **config**: the embedded default with {" ".join(f"`{o}`" for o in study.overrides) or "no other overrides"}:
+  {iterations} RL iterations, an evaluation every {cfg.eval.every}
+- **seeds**: {", ".join(str(s) for s in study.seeds)} per setting (`hardware.seed` seeds RL; every run starts
+  from the same cached prior, pretrained with seed 0)
+- **written**: {datetime.date.today().isoformat()}, from runs with
+  `hardware.device={cfg.hardware.device} hardware.num_threads={threads}`
+- **spread**: ± is the sample standard deviation over the seeds; a rerun's means should land within it
+
+{study.notes}
+
+{table(study, runs)}
+
+**Ranking** by mean final eval reward (Δ: the drop to the next setting, and its size in units of the larger of
+the two settings' std over seeds): {ranking(runs)}.
+
+- **eval reward**: the mean over {held_out} of −L2 between one free-running sample (fixed
+  sampling seed) and the digit, so 0 is a perfect reconstruction and higher is better; *prior* is the same
+  evaluation before RL.
+- **gap closed** = (after − prior) / (0 − prior): the share of the prior's distance to the perfect reward (0)
+  that RL closed.
+- *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
+  time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
+  which others may have been using too.
+
+![learning curves: eval reward and rollout reward per setting, mean over seeds with a min–max band](curves.png)
+
+**Reproduce.** The command runs each setting as one Hydra multirun over the seeds (`--dry-run` prints them),
+then rewrites this file from the runs in `outputs/ablations/multirun/<overrides>/` (finished runs are reused,
+unfinished ones resumed; studies share their common runs). A run is deterministic for a seed, machine and
+thread count, so the per-seed values repeat exactly there; elsewhere, expect each mean within the ± above.
+"""
+    (out / "REPORT.md").write_text(text)
+    return out / "REPORT.md"
+

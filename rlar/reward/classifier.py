@@ -1,0 +1,84 @@
+"""Rewards from the embedded evaluation classifier (``eval.classifier_model``, ``rlar/eval_model``): class
+consistency, and a perceptual distance in its feature space, the offline stand-in for LPIPS on the digits.
+
+The loop builds rewards before its data, so these take the data (``${data}``), the classifier's settings
+(``${eval.classifier_model}``) and ``${cache_dir}``, and build the classifier on their first call. It is the cached
+model that ``eval/class_acc`` and ``eval/fd`` use: the same settings give the same file, trained once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from rlar.data.batches import ImageData
+from rlar.eval_model.build import build_eval_classifier
+from rlar.eval_model.classifier import DigitsClassifier
+
+
+class LazyClassifier:
+    """``get(device)``: the evaluation classifier of ``data``, built (or read from the cache) on first use."""
+
+    def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
+        self.data, self.settings, self.cache_dir = data, settings, cache_dir
+        self.model: DigitsClassifier | None = None
+
+    def get(self, device) -> DigitsClassifier:
+        if self.model is None:
+            with torch.enable_grad():  # first use may train it, from inside a reward call under no_grad
+                self.model = build_eval_classifier(self.data, self.cache_dir, self.settings)
+        self.model = self.model.to(device)
+        return self.model
+
+
+class ClassConsistencyReward:
+    """``reward(images, targets, meta) -> (p [N], {"class_prob": [N]})``: the classifier's softmax probability of
+    the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the largest class
+    probability, i.e. that the sample shows some class. ``targets`` are ignored.
+
+    The probability rather than its log: bounded, so one unrecognisable sample cannot dominate a batch's statistics.
+    """
+
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+        self.classifier = LazyClassifier(data, classifier, cache_dir)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
+        labels = (meta or {}).get("labels")
+        if labels is None or len(labels) != len(images):
+            raise ValueError(f"reward=class_consistency needs the requested classes as meta['labels'] with one label "
+                             f"per image ({len(images)}), got {None if labels is None else len(labels)}")
+        probs = self.classifier.get(images.device)(images).softmax(1)  # [N, K]
+        labels = torch.as_tensor(labels, device=images.device).long()  # [N]
+        asked = probs.gather(1, labels.clamp_min(0)[:, None])[:, 0]
+        reward = torch.where(labels >= 0, asked, probs.amax(1))
+        return reward, {"class_prob": reward}
+
+
+def perceptual_distance(model: DigitsClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """LPIPS-style distance in the classifier's feature space, per item: ``[N]``.
+
+    Each conv block's activations are unit-normalized over channels at every position; the squared difference is
+    averaged over positions, then over blocks (uniform weights: there are no calibrated ones). In [0, 2], since the
+    activations are non-negative; 0 for identical images.
+    """
+    n = len(images)
+    both = model.block_outputs(torch.cat([images, targets]))  # per block [2N, w, S, S]
+    terms = [(F.normalize(x[:n], dim=1) - F.normalize(x[n:], dim=1)).square().sum(1).flatten(1).mean(1)
+             for x in both]
+    return torch.stack(terms).mean(0)
+
+
+class PerceptualDigitsReward:
+    """``reward(images, targets, meta) -> (-d [N], {"neg_perceptual_digits": [N]})``, ``d`` the
+    :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
+    for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
+
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+        self.classifier = LazyClassifier(data, classifier, cache_dir)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, meta: dict | None = None):
+        reward = -perceptual_distance(self.classifier.get(images.device), images, targets.to(images.device))
+        return reward, {"neg_perceptual_digits": reward}

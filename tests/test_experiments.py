@@ -1,0 +1,110 @@
+"""Config-file studies: every study composes and passes the checks, and a tiny study runs (a 2-job multirun
+per setting), reports numbers equal to its runs' summaries, and reuses its finished runs when run again."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from rlar.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
+from rlar.config import compose_config
+from rlar.report import collect_runs, write_report
+from rlar.validate import check_config
+
+STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def test_the_five_studies_exist():
+    assert {"algorithms", "group_size", "kl_beta", "rollout_mode", "cfg"} <= set(STUDIES)
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_run_of_a_study_composes_and_passes_the_checks(name):
+    study = load_study(name)
+    assert study.title and len(study.seeds) >= 3 and len(study.settings) >= 2
+    configs = []
+    for setting in study.settings.values():
+        for seed in study.seeds:
+            cfg = compose_config([*study.overrides, *setting, f"hardware.seed={seed}"])
+            check_config(cfg)
+            configs.append(cfg)
+    # settings differ from each other, and each setting's overrides are what its runs get
+    assert len({str(c) for c in configs}) == len(configs)
+    commands = sweep_commands(study, ["hardware.num_threads=1"])
+    assert len(commands) == len(study.settings)
+    for cmd, setting in zip(commands, study.settings.values(), strict=True):
+        assert cmd[1:4] == ["-m", "rlar.run", "-m"] and set(setting) <= set(cmd)
+        assert f"hardware.seed={','.join(map(str, study.seeds))}" in cmd
+
+
+def test_group_size_study_keeps_the_samples_per_iteration():
+    study = load_study("group_size")
+    for setting in study.settings.values():
+        cfg = compose_config([*study.overrides, *setting])
+        assert cfg.train.batch_size * cfg.algorithm.num_generations == 64
+
+
+def test_an_unknown_study_names_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="algorithms"):
+        load_study("no_such_study")
+
+
+@pytest.fixture
+def tiny_study(tmp_path, tiny):
+    """Two settings x two seeds of the tiny default, 3 iterations with an evaluation every one."""
+    path = tmp_path / "tiny_study.yaml"
+    fixed = [o for o in tiny if not o.startswith(("train.iterations=", "eval.every="))]
+    path.write_text(json.dumps({  # JSON is YAML
+        "title": "tiny", "overrides": [*fixed, "train.iterations=3", "eval.every=1"], "seeds": [0, 1],
+        "settings": {"grpo": ["algorithm=grpo"], "reinforce": ["algorithm=reinforce"]}}))
+    return load_study(path)
+
+
+@pytest.mark.slow
+def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scalars):
+    outputs = tmp_path / "outputs"
+    run_sweeps(tiny_study, ["hardware.num_threads=1"], outputs)
+    run_dirs = sorted(p.parent for p in sweep_dir(outputs).glob("*/summary.json"))
+    assert len(run_dirs) == 4  # named by Hydra from the overrides, less those that do not change the result
+    for d, (a, s) in zip(run_dirs, [(a, s) for a in ("grpo", "reinforce") for s in (0, 1)], strict=True):
+        assert {f"algorithm={a}", f"hardware.seed={s}"} <= set(d.name.split(","))
+        assert "num_threads" not in d.name and "iterations" not in d.name
+
+    report = write_report(tiny_study, outputs, tmp_path / "report")
+    text = report.read_text()
+    for label, runs in collect_runs(tiny_study, outputs).items():
+        summaries = [json.loads((r.path / "summary.json").read_text()) for r in runs]
+        after = [s["eval_reward_after"] for s in summaries]
+        before = summaries[0]["eval_reward_before"]
+        gaps = [100 * (a - before) / (0 - before) for a in after]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] == "0, 1"
+        assert cells[3] == f"{before:.4f}"
+        after_, gaps_ = torch.tensor(after, dtype=torch.float64), torch.tensor(gaps, dtype=torch.float64)
+        assert cells[4] == f"{after_.mean():.4f} ± {after_.std():.4f}"  # sample std over the seeds
+        assert cells[5] == " / ".join(f"{a:.4f}" for a in after)
+        assert cells[6] == f"{gaps_.mean():.1f} ± {gaps_.std():.1f} %"
+        # the curve is read back from TensorBoard: the evaluations of iterations 0..3
+        assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
+        assert [tb_scalars(r.path, "eval/reward") for r in runs] == [
+            pytest.approx([h["eval/reward"] for h in s["history"]]) for s in summaries]
+    assert "train.iterations=3" in text and "0 is a perfect" in text
+    with Image.open(tmp_path / "report" / "curves.png") as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 600
+
+    # the same study again: finished runs are reused (no training), and the report is the same
+    checkpoints = {d: (d / "checkpoints" / "last.pt").stat().st_mtime_ns for d in run_dirs}
+    proc = subprocess.run([sys.executable, "-m", "rlar.ablation", str(tiny_study.path), "hardware.num_threads=1",
+                           "--outputs", str(outputs)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {d: (d / "checkpoints" / "last.pt").stat().st_mtime_ns for d in run_dirs} == checkpoints
+    again = (tiny_study.report_dir / "REPORT.md").read_text()
+    table = re.compile(r"^\| (grpo|reinforce) \|.*", re.M)
+    assert [m.group(0).rsplit("|", 2)[0] for m in table.finditer(again)] == [
+        m.group(0).rsplit("|", 2)[0] for m in table.finditer(text)]  # all but the s / it column
