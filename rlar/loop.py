@@ -76,6 +76,10 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
                          f"of {world} (each process takes batch_size/{world} items with all their generations)")
     local_batch = t.batch_size // world
 
+    def this_rank(x: torch.Tensor) -> torch.Tensor:
+        """This rank's items of a global batch, on its device: ``[B / world, ...]``, each with all its generations."""
+        return x[rank * local_batch:][:local_batch].to(device)
+
     reward_fn = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
@@ -127,7 +131,8 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
         log.info("prior: eval reward %.5f", before["eval/reward"])
         for i in tqdm(range(t.warmup_steps), desc="supervised warm-up", leave=False,
                       disable=not (t.warmup_steps and main)):
-            images, labels, _ = (x[rank * local_batch:][:local_batch].to(device) for x in next(batches))
+            all_images, all_labels, _ = next(batches)
+            images, labels = this_rank(all_images), this_rank(all_labels)
             loss = teacher_forced_ce(train_policy.train(), tokenizer.encode_indices(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,8 +146,7 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
     for it in progress:
         step = it + 1
         all_images, all_labels, all_indices = next(batches)  # the global batch: [B, C, H, W], [B], [B]
-        # this rank's items [b, ...], b = B / world, each with all its G generations
-        images, labels = (x[rank * local_batch:][:local_batch].to(device) for x in (all_images, all_labels))
+        images, labels = this_rank(all_images), this_rank(all_labels)  # [b, C, H, W], [b], b = B / world
         timings = {}
 
         tic = time.perf_counter()
