@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test bench ablation lint clean
+.PHONY: help install run test bench ablation schedules lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of
 
 ablation: $(STAMP)  ## run a study of experiments/ and write its report: make ablation STUDY=algorithms
 	$(VENV)/bin/rlar-ablation $(STUDY) $(ARGS)
+
+schedules: $(STAMP)  ## learned ARPG decoding schedule vs fixed arccos at 4/8/16/32 steps (experiments/arpg_schedule/)
+	$(PY) -m rlar.schedule_study $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check rlar tests

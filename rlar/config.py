@@ -163,6 +163,14 @@ class RolloutSchema:
 
 
 @dataclass
+class ScheduleSchema:
+    max_steps: int = 16
+    max_degree: int = 16
+    hidden: int = 64
+    common_noise: bool = True
+
+
+@dataclass
 class TrainSchema:
     iterations: int = 300
     batch_size: int = 8
@@ -181,6 +189,7 @@ class EvalSchema:
     batch_size: int = 128
     seed: int = 1234
     classifier: bool = True
+    guided_cfg_scale: float | None = None
     classifier_model: EvalClassifierSchema = field(default_factory=EvalClassifierSchema)
 
 
@@ -202,6 +211,7 @@ class RlarConfig:
     hardware: Any = MISSING
     logger: Any = MISSING
     rollout: RolloutSchema = field(default_factory=RolloutSchema)
+    schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
     train: TrainSchema = field(default_factory=TrainSchema)
     eval: EvalSchema = field(default_factory=EvalSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)

@@ -4,6 +4,7 @@ evaluation model (``eval/class_acc``, ``eval/fd``)."""
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 
 import torch
 
@@ -27,13 +28,26 @@ def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 @torch.no_grad()
 def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None,
              eval_model: EvalModel | None = None) -> dict[str, float]:
-    """Mean reward of ``eval_cfg.samples_per_item`` samples for each held-out image (class condition, no prefix);
-    with ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples.
+    """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
+    ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
+    ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples. With ``eval_cfg.guided_cfg_scale``, the
+    same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``.
 
     A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like.
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
+    result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model)
+    if eval_cfg.get("guided_cfg_scale") is not None:
+        guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
+        more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model)
+        result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
+    return result
+
+
+def evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None,
+                   eval_model: EvalModel | None = None) -> dict[str, float]:
+    """One evaluation (``evaluate``'s ``eval/*``) of samples drawn under ``sampling``."""
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
     policy.eval()
@@ -42,16 +56,24 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
                                       data.eval_labels[: eval_cfg.max_items or None])
     images, labels = images.to(device), labels.to(device)
     k = eval_cfg.samples_per_item
-    rewards, features, hits = [], [], []
+    rewards, components, features, hits, steps = [], defaultdict(list), [], [], []
     for x, y in zip(images.split(eval_cfg.batch_size), labels.split(eval_cfg.batch_size), strict=True):
         prefix = torch.zeros(len(x), 0, dtype=torch.long, device=device)
+        meta = {"labels": y.repeat_interleave(k)}
         with autocast():
-            # a parallel decoder (ARPG) samples with its own schedule (policy.decoding), the others raster
-            sample = parallel_generations if hasattr(policy, "decoding") else sample_multiple_generations
-            tokens, _ = sample(policy, (prefix, y), policy.block_size, k, generator=generator, **sampling)
-        samples, asked = tokenizer.decode_code(tokens), y.repeat_interleave(k)  # [b*k, C, H, W], [b*k]
-        reward, _ = reward_fn(samples, x.repeat_interleave(k, 0), {"labels": asked})
+            if hasattr(policy, "decoding"):  # a parallel decoder (ARPG): its own schedule, fixed or learned
+                tokens, _, n_steps = parallel_generations(policy, (prefix, y), policy.block_size, k,
+                                                          generator=generator, **sampling)
+                steps.append(n_steps.float())  # [b*k]
+                meta["steps"] = n_steps
+            else:
+                tokens, _ = sample_multiple_generations(policy, (prefix, y), policy.block_size, k,
+                                                        generator=generator, **sampling)
+        samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
+        reward, parts = reward_fn(samples, x.repeat_interleave(k, 0), meta)  # [b*k], {name: [b*k]}
         rewards.append(reward)
+        for name, part in parts.items():
+            components[name].append(part.float())
         if eval_model is not None:
             f, hit = eval_model.describe(samples, asked)  # [b*k, F], [b*k]
             features.append(f)
@@ -63,6 +85,11 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
     result = {"eval/reward": float(finite.mean()) if finite.numel() else float("nan"),
               "eval/reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
               "eval/nan_count": float((~rewards.isfinite()).sum())}
+    for name, parts in components.items():  # e.g. the pixel and perceptual terms of reward=vapi, each on its own
+        values = distributed.gather_rows(torch.cat(parts))[real]
+        result[f"eval/reward/{name}"] = float(values.nanmean())
+    if steps:  # decoding steps per sample of a parallel decoder
+        result["eval/steps"] = float(distributed.gather_rows(torch.cat(steps))[real].mean())
     if eval_model is not None:
         result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
                                          distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool()))
@@ -70,6 +97,8 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
 
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
-    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd and class_acc if measured."""
-    return {f"eval_{name}_{when}": result[f"eval/{name}"] for name in ("reward", "fd", "class_acc")
-            if f"eval/{name}" in result}
+    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc and the decoding
+    steps (parallel decoders) if measured
+    (and ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
+    return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
+            for name in ("reward", "fd", "class_acc", "steps") if f"{group}/{name}" in result}

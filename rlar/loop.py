@@ -22,6 +22,7 @@ from rlar.evaluate import evaluate, headline
 from rlar.policy.prior import teacher_forced_ce
 from rlar.rollout import collect_rollout
 from rlar.sampling import cfg_scales
+from rlar.schedule.decoder import ScheduleDecoder
 from rlar.scoring import decode_and_score
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def restore_rng(gens: dict, saved: dict, start: int, seed: int) -> None:
     for name, g in rank_generators(seed + 7919 * start, rank).items():
         if name in PER_RANK_RNG:
             gens[name].set_state(g.get_state())
+
+
+def earlier_timings(out: Path) -> dict:
+    """The ``timings`` of the summary a finished run wrote before (none: ``{}``)."""
+    path = out / "summary.json"
+    return json.loads(path.read_text()).get("timings", {}) if path.is_file() else {}
 
 
 def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) -> dict:
@@ -85,6 +92,8 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
         data = instantiate(cfg.data)
         tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
         policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
+        if r.mode == "schedule":  # the generator frozen, a decoding-schedule network the policy (rlar.schedule)
+            policy = ScheduleDecoder(policy, **cfg.schedule).to(device)
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
     algorithm = instantiate(cfg.algorithm)
     # the frozen prior, for the KL term only: never built when beta is 0
@@ -94,7 +103,7 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
     # what the update calls: DDP wrappers, or the modules themselves (sharded in place by FSDP2)
     train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
     hw.prepare(ref_policy, trainable=False)
-    optimizer = instantiate(cfg.optimizer, params=list(trainable.parameters()))
+    optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
     checkpointer = Checkpointer(out / "checkpoints", trainable, optimizer, t.checkpoint_format)
     logger = instantiate(cfg.logger)
     if main:  # a logger never opened writes nothing
@@ -155,8 +164,9 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
             rollout = collect_rollout(policy, tokenizer.encode_indices(images), labels, G, r, gens["sample"])
         timings["time/rollout"] = time.perf_counter() - tic
 
+        meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
         samples, rewards, components, reward_metrics = decode_and_score(
-            tokenizer, reward_fn, rollout.tokens, images.repeat_interleave(G, 0), {"labels": rollout.labels},
+            tokenizer, reward_fn, rollout.tokens, images.repeat_interleave(G, 0), meta,
             t.score_chunk_size)  # samples [B*G, C, H, W] in [-1, 1], rewards [B*G]
         timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
 
@@ -183,7 +193,8 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
                    "reward/std": float(global_rewards[finite].std()) if finite.sum() > 1 else 0.0,
                    **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},
                    **distributed.mean_over_ranks({**reward_metrics, **stats}, device), **adv_stats, **timings,
-                   "perf/tokens_per_s": float(rollout.mask.sum()) / timings["time/rollout"]}
+                   "perf/tokens_per_s": rollout.sampled_tokens / timings["time/rollout"],
+                   **({} if rollout.steps is None else {"rollout/steps": float(rollout.steps.float().mean())})}
         logger.scalars(metrics, step)
         for key, seconds in timings.items():
             time_totals[key] = time_totals.get(key, 0.0) + seconds
@@ -201,8 +212,9 @@ def _train(cfg: DictConfig, hw, output_dir) -> dict:
 
     final = summary["history"][-1]
     ran = max(1, t.iterations - start)
-    summary.update({**headline(final, "after"), "iterations": t.iterations,
-                    "timings": {key: total / ran for key, total in time_totals.items()},
+    # a finished run started again trains nothing: it keeps the timings of the iterations it ran before
+    timings = {key: total / ran for key, total in time_totals.items()} or earlier_timings(out)
+    summary.update({**headline(final, "after"), "iterations": t.iterations, "timings": timings,
                     "output_dir": str(out), "tokenizer": tokenizer.source,
                     "tokenizer_psnr_db": tokenizer.metrics.get("psnr_db"),
                     "eval_classifier_accuracy": eval_model.classifier_accuracy if eval_model else None,

@@ -74,6 +74,11 @@ class ParallelSample:
     step_sizes: torch.Tensor  # [S] long: tokens per step, shared by the batch
     cfg_scales: torch.Tensor  # [S] fp32: guidance scale of each step
 
+    @property
+    def steps(self) -> torch.Tensor:
+        """Decoding steps of each sample ``[N]`` (long): the schedule's length, the same for all."""
+        return torch.full((len(self.tokens),), len(self.step_sizes), device=self.tokens.device)
+
     def schedule(self) -> dict:
         """What :func:`arpg_logprobs` needs besides the tokens, labels and temperature."""
         return {"orders": self.orders, "step_sizes": self.step_sizes, "cfg_scales": self.cfg_scales}
@@ -119,16 +124,20 @@ def sample_parallel(policy, labels: torch.Tensor | None, num_samples: int, num_i
 
 @torch.no_grad()
 def parallel_generations(policy, start_tokens: StartTokens, max_len: int, num_generations: int, **sampling
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rlar.sampling.sample_multiple_generations`` for a parallel decoder, with its ``policy.decoding`` settings:
-    free-running (empty prefix), G samples per row adjacent; tokens and log-probs ``[N*G, T]``."""
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rlar.sampling.sample_multiple_generations`` for a parallel decoder: free-running (empty prefix), G samples
+    per row adjacent; tokens and log-probs ``[N*G, T]`` and the steps of each sample ``[N*G]``. An ARPG decodes
+    with its fixed schedule (``policy.decoding``), a learned schedule (``rlar.schedule``) with its ``decode``."""
     prefix, labels = split_start_tokens(start_tokens)
     if prefix.shape[1] or max_len != policy.block_size:
         raise ValueError(f"parallel decoding samples whole images from no prefix: got a prefix of {prefix.shape[1]} "
                          f"tokens and max_len={max_len} (block_size={policy.block_size})")
     labels = None if labels is None else labels.repeat_interleave(num_generations)
-    sample = sample_parallel(policy, labels, len(prefix) * num_generations, **policy.decoding, **sampling)
-    return sample.tokens, sample.logprobs
+    n = len(prefix) * num_generations
+    decode = getattr(policy, "decode", None)
+    sample = decode(labels, n, **sampling) if decode else sample_parallel(policy, labels, n, **policy.decoding,
+                                                                          **sampling)
+    return sample.tokens, sample.logprobs, sample.steps
 
 
 def arpg_logprobs(policy, tokens: torch.Tensor, labels: torch.Tensor | None, orders: torch.Tensor,

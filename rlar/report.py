@@ -24,6 +24,7 @@ from rlar.ablation import Study, sweep_dir  # noqa: E402
 from rlar.config import compose_config  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
+CURVE_TAGS = ("eval/reward", "eval/fd", "reward/mean", *TIME_TAGS)
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Run:
     after: float                       # eval reward after RL
     iterations: int
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> {step: value}
+    summary: dict = field(default_factory=dict)  # the run's summary.json
+    reward: str = ""  # the run's reward config (YAML): eval rewards compare only between equal ones
 
     @property
     def gap_closed(self) -> float:
@@ -76,7 +79,7 @@ def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:
             continue  # another study's run, or this one at another length
         runs[label].append(Run(run_dir, cfg.hardware.seed, summary["eval_reward_before"],
                                summary["eval_reward_after"], summary["iterations"],
-                               read_scalars(run_dir, ("eval/reward", "reward/mean", *TIME_TAGS))))
+                               read_scalars(run_dir, CURVE_TAGS), summary, OmegaConf.to_yaml(cfg.reward)))
     for label in runs:
         runs[label].sort(key=lambda r: r.seed)
     return runs
@@ -107,34 +110,91 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
+EVAL_MODEL_COLUMNS = (("eval_fd", "eval/fd"), ("eval_class_acc", "eval/class_acc"),
+                      ("eval_cfg_fd", "eval_cfg/fd"), ("eval_cfg_class_acc", "eval_cfg/class_acc"))
+
+
+def eval_model_table(runs: dict[str, list[Run]]) -> str:
+    """The evaluation model's metrics before and after RL (mean ± std over seeds, and the relative change of the
+    means), for the ones every run measured; empty when none did."""
+    every = [r for group in runs.values() for r in group]
+    columns = [(key, tag) for key, tag in EVAL_MODEL_COLUMNS
+               if all(r.summary.get(f"{key}_before") is not None for r in every)]
+    if not columns:
+        return ""
+    lines = ["| setting | " + " | ".join(f"{tag} prior | {tag} final | change" for _, tag in columns) + " |",
+             "|---|" + "---|---|---|" * len(columns)]
+    for label, group in runs.items():
+        if not group:
+            continue
+        cells = []
+        for key, _ in columns:
+            before = [r.summary[f"{key}_before"] for r in group]
+            after = [r.summary[f"{key}_after"] for r in group]
+            change = (statistics.mean(after) - statistics.mean(before)) / abs(statistics.mean(before))
+            cells.append(f"{mean_std(sorted(set(before)), 3)} | {mean_std(after, 3)} | {100 * change:+.1f} %")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def eval_model_notes(cfg) -> str:
+    """The bullets that explain ``eval_model_table``'s columns."""
+    if not cfg.eval.get("classifier"):
+        return ""
+    guided = cfg.eval.get("guided_cfg_scale")
+    text = ("\n- **eval/fd**: the Fréchet distance between the embedded digits classifier's features of the samples "
+            "and of the held-out digits (lower is better; it falls with the number of samples, so compare within "
+            f"one table: here {cfg.eval.samples_per_item} per digit); **eval/class_acc**: the share of samples the "
+            "classifier reads as the class they were asked for; *change*: final mean relative to the prior's.")
+    if guided is not None:
+        text += f"\n- **eval_cfg/***: the same evaluation sampled with classifier-free guidance scale {guided}."
+    return text
+
+
 def ranking(runs: dict[str, list[Run]]) -> str:
-    """Settings by mean final eval reward, each step down with its size in standard deviations over seeds."""
-    stats = [(statistics.mean(a), statistics.stdev(a) if len(a) > 1 else 0.0, label)
-             for label, group in runs.items() if (a := [r.after for r in group])]
+    """Settings by mean final eval reward, each step down with its size in standard deviations over seeds; only
+    the settings that train (and so evaluate) with the first setting's reward, the others named apart."""
+    first = next(group[0].reward for group in runs.values() if group)
+    comparable = {label: [r.after for r in group] for label, group in runs.items()
+                  if group and group[0].reward == first}
+    stats = [(statistics.mean(a), statistics.stdev(a) if len(a) > 1 else 0.0, label) for label, a in comparable.items()]
     stats.sort(reverse=True)
     text = f"{stats[0][2]}"
     for (m1, s1, _), (m2, s2, label) in zip(stats, stats[1:], strict=False):
         spread = max(s1, s2)
         size = f", {(m1 - m2) / spread:.1f} std" if spread > 0 else ""
         text += f" > {label} (Δ {m1 - m2:.4f}{size})"
+    apart = [label for label, group in runs.items() if group and label not in comparable]
+    if apart:
+        text += f"; not ranked, as their eval reward is another function: {', '.join(apart)}"
     return text
 
 
+PANELS = (  # tag, moving-average window, title, y label
+    ("eval/reward", 1, "eval/reward (held-out, free-running)", "mean reward (higher is better)"),
+    ("eval/fd", 1, "eval/fd (held-out, free-running)", "Fréchet distance (lower is better)"),
+    ("reward/mean", 10, "reward/mean (rollouts, 10-iteration average)", None),
+)
+
+
 def plot_curves(runs: dict[str, list[Run]], path: Path, title: str) -> None:
-    """Eval reward (mean over seeds, min–max band) and the rollout reward (10-iteration moving average)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    """Eval reward and, where measured, eval/fd (mean over seeds, min–max band), and the rollout reward
+    (10-iteration moving average)."""
+    every = [r for group in runs.values() for r in group]
+    panels = [p for p in PANELS if all(r.curves.get(p[0]) for r in every)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), constrained_layout=True)
     for (label, group), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
-        for ax, tag, window in ((axes[0], "eval/reward", 1), (axes[1], "reward/mean", 10)):
-            curves = [r.curves.get(tag, {}) for r in group]
+        for ax, (tag, window, _, _) in zip(axes, panels, strict=True):
+            curves = [r.curves[tag] for r in group]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if not steps:
                 continue
             values = [[moving_average(c, steps, window)[i] for c in curves] for i in range(len(steps))]
             ax.plot(steps, [statistics.mean(v) for v in values], color=color, label=f"{label} (n={len(group)})",
-                    marker="o" if tag == "eval/reward" else None, markersize=3)
+                    marker="o" if tag.startswith("eval/") else None, markersize=3)
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.2)
-    axes[0].set(title="eval/reward (held-out, free-running)", xlabel="iteration", ylabel="mean −L2 (higher is better)")
-    axes[1].set(title="reward/mean (rollouts, 10-iteration average)", xlabel="iteration")
+    for ax, (_, _, panel_title, ylabel) in zip(axes, panels, strict=True):
+        ax.set(title=panel_title, xlabel="iteration", ylabel=ylabel)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}: mean over seeds, band = min–max")
     fig.savefig(path, dpi=110)
@@ -161,6 +221,9 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     iterations = ", ".join(str(i) for i in sorted({r.iterations for group in runs.values() for r in group}))
     threads = cfg.hardware.get("num_threads") or "null"
     n_eval = cfg.eval.max_items
+    reward = OmegaConf.load(first.path / ".hydra" / "hydra.yaml").hydra.runtime.choices.reward
+    spi = cfg.eval.samples_per_item
+    samples = "one free-running sample" if spi == 1 else f"each of {spi} free-running samples"
     held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
     text = f"""# {study.title}
 
@@ -178,19 +241,21 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 
 {table(study, runs)}
 
+{eval_model_table(runs)}
+
 **Ranking** by mean final eval reward (Δ: the drop to the next setting, and its size in units of the larger of
 the two settings' std over seeds): {ranking(runs)}.
 
-- **eval reward**: the mean over {held_out} of −L2 between one free-running sample (fixed
-  sampling seed) and the digit, so 0 is a perfect reconstruction and higher is better; *prior* is the same
-  evaluation before RL.
+- **eval reward**: the mean over {held_out} of the training reward (`reward={reward}`) between
+  {samples} (fixed sampling seed) and the digit, so 0 is a perfect reconstruction and higher is better;
+  *prior* is the same evaluation before RL.{eval_model_notes(cfg)}
 - **gap closed** = (after − prior) / (0 − prior): the share of the prior's distance to the perfect reward (0)
   that RL closed.
 - *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
   which others may have been using too.
 
-![learning curves: eval reward and rollout reward per setting, mean over seeds with a min–max band](curves.png)
+![learning curves: eval reward, eval/fd and rollout reward per setting, mean over seeds with a min–max band](curves.png)
 
 **Reproduce.** The command runs each setting as one Hydra multirun over the seeds (`--dry-run` prints them),
 then rewrites this file from the runs in `outputs/ablations/multirun/<overrides>/` (finished runs are reused,

@@ -6,6 +6,9 @@
   forward pass), as the LlamaGen GRPO trainer of the seeds does; the update scores it in that same context.
 - ``parallel`` (``policy=arpg``): ``num_iter`` steps of several positions each (``schedule``), a random order per
   sample; the rollout keeps the orders and step sizes, and the update scores each token under them.
+- ``schedule`` (``policy=arpg``, generator frozen): the decoding schedule is the action. A network
+  (``rlar.schedule``) picks at every step how many positions to decode and which; the rollout keeps its per-step
+  states and actions, and the update re-scores the schedule (one log-prob per sample) from them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from rlar.algorithm.update import Rollout
 from rlar.parallel_sampling import sample_parallel
 from rlar.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 
-MODES = ("autoregressive", "prefix", "teacher_forced", "parallel")
+MODES = ("autoregressive", "prefix", "teacher_forced", "parallel", "schedule")
 
 
 def noisy_context(codes: torch.Tensor, prob: float, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -77,5 +80,12 @@ def collect_rollout(policy, gt_codes: torch.Tensor, labels: torch.Tensor | None,
         )  # tokens, logprobs, orders [B*G, T]
         mask = torch.ones_like(sample.tokens, dtype=torch.bool)
         return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep_labels, mask, targets,
-                       context.repeat_interleave(g, 0), schedule=sample.schedule())
+                       context.repeat_interleave(g, 0), schedule=sample.schedule(), steps=sample.steps)
+    if mode == "schedule":  # policy: an rlar.schedule.ScheduleDecoder
+        sample = policy.decode(rep_labels, b * g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
+                               top_p=rollout_cfg.top_p, cfg_scale=rollout_cfg.cfg_scale, generator=generator,
+                               group_size=g)
+        mask = torch.ones(b * g, 1, dtype=torch.bool, device=sample.tokens.device)
+        return Rollout(sample.tokens, sample.tokens, sample.schedule_logprob[:, None], rep_labels, mask, targets,
+                       steps=sample.steps, trace=sample.trace)
     raise ValueError(f"rollout.mode must be one of {MODES}, got {mode!r}")

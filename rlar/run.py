@@ -30,8 +30,13 @@ def main(cfg: DictConfig) -> float:
     summary = train_rl_loop(cfg, output_dir)
     if env_rank() != 0:
         return summary["eval_reward_after"]
-    print(f"eval reward (mean -L2 on held-out digits): prior {summary['eval_reward_before']:.5f} "
+    reward = HydraConfig.get().runtime.choices.get("reward")
+    print(f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
           f"-> after RL {summary['eval_reward_after']:.5f}")
+    for metric in ("fd", "class_acc"):
+        if f"eval_{metric}_before" in summary:
+            print(f"eval/{metric}: prior {summary[f'eval_{metric}_before']:.4g} "
+                  f"-> after RL {summary[f'eval_{metric}_after']:.4g}")
     print(f"outputs: {output_dir} (summary.json, tensorboard/, checkpoints/)")
     return summary["eval_reward_after"]
 

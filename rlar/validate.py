@@ -62,16 +62,19 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_parallel_decoding(cfg: DictConfig) -> None:
-    """``policy=arpg`` and ``rollout.mode=parallel`` go together, with a schedule the parallel sampler knows."""
+    """``policy=arpg`` goes with ``rollout.mode=parallel`` (fine-tune ARPG) or ``schedule`` (learn its decoding
+    schedule), with a schedule the parallel sampler knows."""
     r = cfg.rollout
     arpg = str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg")
-    if arpg and r.mode != "parallel":
+    if arpg and r.mode not in ("parallel", "schedule"):
         raise ConfigError(f"policy=arpg decodes several positions per step in a random order, not in rollout.mode="
-                          f"{r.mode!r}; set rollout.mode=parallel")
-    if r.mode == "parallel" and not arpg:
-        raise ConfigError("rollout.mode=parallel needs a parallel decoder; set policy=arpg (or another rollout.mode)")
+                          f"{r.mode!r}; set rollout.mode=parallel (or schedule, to learn its decoding schedule)")
+    if r.mode in ("parallel", "schedule") and not arpg:
+        raise ConfigError(f"rollout.mode={r.mode} needs a parallel decoder; set policy=arpg (or another rollout.mode)")
     if not arpg:
         return
+    if r.mode == "schedule":
+        check_learned_schedule(cfg)
     if r.num_iter < 1:
         raise ConfigError(f"rollout.num_iter must be >= 1, got {r.num_iter}")
     if r.schedule not in SCHEDULES:
@@ -85,3 +88,23 @@ def check_parallel_decoding(cfg: DictConfig) -> None:
         raise ConfigError("algorithm.ntp_weight > 0 with policy=arpg scores the ground truth in a fresh random order "
                           "per row, which guidance cannot pair with its null-class rows; set rollout.cfg_scale=1 or "
                           "algorithm.ntp_weight=0")
+
+
+def check_learned_schedule(cfg: DictConfig) -> None:
+    """``rollout.mode=schedule`` trains only the schedule network of a frozen generator, on one process."""
+    sch, a = cfg.schedule, cfg.algorithm
+    for key in ("max_steps", "max_degree", "hidden"):
+        if sch[key] < 1:
+            raise ConfigError(f"schedule.{key} must be >= 1, got {sch[key]}")
+    if cfg.rollout.cfg_schedule != "constant":
+        raise ConfigError("rollout.mode=schedule reads the generator's distributions before the degree is drawn, so "
+                          "the guidance cannot depend on it; set rollout.cfg_schedule=constant")
+    frozen = {"algorithm.beta": a.get("beta"), "algorithm.ntp_weight": a.get("ntp_weight"),
+              "algorithm.value_head": a.get("value_head"), "train.warmup_steps": cfg.train.warmup_steps}
+    for key, value in frozen.items():
+        if value:
+            raise ConfigError(f"{key}={value}: rollout.mode=schedule keeps the generator frozen and its actions are "
+                              f"schedules, not tokens; set {key} to 0/false (or use rollout.mode=parallel)")
+    if cfg.hardware.strategy != "none":
+        raise ConfigError(f"rollout.mode=schedule runs on one process; got hardware.strategy="
+                          f"{cfg.hardware.strategy!r}, use hardware=cpu or hardware=cuda")

@@ -89,6 +89,12 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         assert cells[4] == f"{after_.mean():.4f} ± {after_.std():.4f}"  # sample std over the seeds
         assert cells[5] == " / ".join(f"{a:.4f}" for a in after)
         assert cells[6] == f"{gaps_.mean():.1f} ± {gaps_.std():.1f} %"
+        # the evaluation model's table: eval/fd prior, final (mean ± std) and the relative change of the means
+        fd_row = [line for line in text.splitlines() if line.startswith(f"| {label} |")][1]
+        fd_cells = [c.strip() for c in fd_row.strip("|").split("|")]
+        fd_before, fd_after = summaries[0]["eval_fd_before"], torch.tensor([s["eval_fd_after"] for s in summaries])
+        assert fd_cells[1:3] == [f"{fd_before:.3f}", f"{fd_after.mean():.3f} ± {fd_after.std():.3f}"]
+        assert fd_cells[3] == f"{100 * (fd_after.mean() - fd_before) / fd_before:+.1f} %"
         # the curve is read back from TensorBoard: the evaluations of iterations 0..3
         assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
         assert [tb_scalars(r.path, "eval/reward") for r in runs] == [

@@ -76,6 +76,10 @@ def test_restart_continues_from_the_checkpoint(tiny, tmp_path, monkeypatch):
     assert max(s["step"] for s in final["optimizer"]["state"].values()) == 4 * steps_per_iteration
     assert summary["eval_reward_before"] == saved["summary"]["eval_reward_before"]
 
+    calls.clear()  # the finished run started again: nothing trains, and its summary keeps its timings
+    again = train_rl_loop(cfg, tmp_path)
+    assert calls == [] and again["timings"] == summary["timings"] and summary["timings"]["time/update"] > 0
+
 
 def test_multirun_runs_one_job_per_algorithm(tiny, tmp_path):
     run_cli(["-m", "algorithm=reinforce,grpo", *tiny, f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)

@@ -185,3 +185,19 @@ def test_experiment_vapi_llamagen_xxl_is_the_published_recipe():
     per_gpu_sequences = t.batch_size // gpus * a.num_generations  # 16 images x G
     assert per_gpu_sequences // a.minibatch_size // a.grad_accum == 1  # one optimizer step per rollout
     assert set(cfg.reward.components) == {"pixel", "lpips"} and cfg.reward.weights == {"pixel": 1.0, "lpips": 1.0}
+
+
+def test_vapi_evaluates_free_running_samples_with_and_without_guidance(tiny, tmp_path):
+    """eval/* unguided and eval_cfg/* under guidance 2, each with the reward's terms on their own; the recipe's
+    reward is the sum of its two terms (weights 1, not normalized), so the terms' means add up to the total's."""
+    cfg = compose_config(["experiment=vapi", *tiny, "train.iterations=1", "eval.every=1", "eval.samples_per_item=2"])
+    summary = train_rl_loop(cfg, tmp_path)
+    for when in ("before", "after"):
+        assert {f"eval_{m}_{when}" for m in ("reward", "fd", "class_acc")} <= summary.keys()
+        assert {f"eval_cfg_{m}_{when}" for m in ("reward", "fd", "class_acc")} <= summary.keys()
+    for result in summary["history"]:
+        for group in ("eval", "eval_cfg"):
+            terms = result[f"{group}/reward/pixel"] + result[f"{group}/reward/perceptual_digits"]
+            assert result[f"{group}/reward"] == pytest.approx(terms, rel=1e-5)
+            assert result[f"{group}/reward/pixel"] < 0 and result[f"{group}/reward/perceptual_digits"] < 0
+        assert result["eval_cfg/fd"] != result["eval/fd"]  # other samples: guidance changes the distribution

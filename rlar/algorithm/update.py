@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from rlar.algorithm.losses import aggregate
 from rlar.parallel import gradient_sync
 from rlar.parallel_sampling import arpg_logprobs
 from rlar.sampling import policy_logprobs
+
+if TYPE_CHECKING:
+    from rlar.schedule.sampler import ScheduleTrace
 
 
 @dataclass
@@ -30,6 +34,15 @@ class Rollout:
     target_context: torch.Tensor | None = None
     # parallel rollouts (ARPG): orders [N, T], step_sizes [S], cfg_scales [S] (rlar.parallel_sampling); None: raster
     schedule: dict | None = None
+    steps: torch.Tensor | None = None  # [N] long: decoding steps of each sample (parallel decoders), for rewards
+    # learned-schedule rollouts (rlar.schedule): the per-step states and actions; the action of a sample is its
+    # whole schedule, so logprobs and mask are [N, 1] (one log-prob per sample) and tokens are not actions
+    trace: ScheduleTrace | None = None
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Image tokens the policy sampled (for throughput)."""
+        return int(self.tokens.numel() if self.trace is not None else self.mask.sum())
 
 
 def groups_per_minibatch(group_size: int, minibatch_size: int) -> int:
@@ -99,12 +112,17 @@ def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: 
     """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
     context, tokens, labels, schedule = _rows(rollout, idx)
     mask = rollout.mask[idx]
-    with autocast():
-        logp_all, hidden = rollout_logprobs(policy, context, labels, sampling, schedule, hidden=critic is not None)
-    logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
+    if rollout.trace is not None:  # a learned schedule (rlar.schedule.ScheduleDecoder), re-scored from its trace
+        with autocast():  # as in the rollout
+            logp, entropy = policy(rollout.trace.rows(idx))  # [n, 1] each: one action per sample
+    else:
+        with autocast():
+            logp_all, hidden = rollout_logprobs(policy, context, labels, sampling, schedule,
+                                                hidden=critic is not None)
+        logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
     loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
     stats["loss/policy"] = loss.item()
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
     if algorithm.entropy_coef:
         loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
     if ref_policy is not None:

@@ -249,6 +249,15 @@ class ARPG(nn.Module):
         logits = self.head(states)
         return (logits, states) if hidden else logits
 
+    def query(self, ids: torch.Tensor, rows: torch.Tensor, query_rows: torch.Tensor, self_mask: torch.Tensor,
+              cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content ids ``[N, L]`` at RoPE rows ``rows [N, L]`` read by queries at ``query_rows [N, Lq]`` under
+        ``self_mask`` ``[L, L]`` or per row ``[N, 1, L, L]`` and ``cross_mask`` ``[Lq, L]`` / ``[N, 1, Lq, L]``
+        (True = attend): ``(logits [N, Lq, V], final hidden states [N, Lq, D])``. No cache: a decoding state
+        read from scratch (``rlar.schedule``)."""
+        states = self._run(ids, rows, query_rows, self_mask, cross_mask)
+        return self.head(states), states
+
     # -- incremental parallel decoding: the interface of rlar.parallel_sampling ----------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
         """Keys/values of each Pass-1 block and the shared Pass-2 keys/values, for the class slot + T tokens."""

@@ -1,0 +1,46 @@
+"""The policy of ``rollout.mode=schedule``: a frozen ARPG generator decoding under a trainable schedule network."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlar.parallel_sampling import one_scale
+from rlar.schedule.network import ScheduleNet
+from rlar.schedule.sampler import ScheduleSample, ScheduleTrace, sample_scheduled, schedule_logprob
+
+
+class ScheduleDecoder(nn.Module):
+    """``generator`` (an :class:`rlar.policy.arpg.ARPG`, frozen: no gradients, always in eval mode) and ``net``
+    (:class:`ScheduleNet`, the only trainable part). ``forward(trace)`` re-scores a rollout's schedule: ``(log-prob
+    [N, 1], entropy [N, 1])``, one action per sample; ``decode`` samples images under the schedule. With
+    ``common_noise``, the samples of one group (``decode``'s ``group_size``) share the token noise."""
+
+    def __init__(self, generator: nn.Module, max_steps: int = 16, max_degree: int = 16, hidden: int = 64,
+                 common_noise: bool = True):
+        super().__init__()
+        if max_steps < 1 or max_degree < 1:
+            raise ValueError(f"schedule.max_steps={max_steps} and schedule.max_degree={max_degree} must be >= 1")
+        self.generator = generator.eval().requires_grad_(False)
+        self.net = ScheduleNet(generator.n_embd, generator.block_size, max_degree, hidden)
+        self.max_steps, self.common_noise = max_steps, common_noise
+        self.vocab_size, self.block_size, self.n_embd = generator.vocab_size, generator.block_size, generator.n_embd
+        self.decoding = {"max_steps": max_steps, "max_degree": max_degree}  # a parallel decoder (rlar.evaluate)
+
+    def train(self, mode: bool = True) -> ScheduleDecoder:
+        super().train(mode)
+        self.generator.eval()
+        return self
+
+    def forward(self, trace: ScheduleTrace) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, entropy = schedule_logprob(self.net, trace)
+        return logp[:, None], entropy[:, None]
+
+    def decode(self, labels: torch.Tensor | None, num_samples: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, cfg_scale=1.0,
+               generator: torch.Generator | None = None, group_size: int = 1) -> ScheduleSample:
+        """``num_samples`` images for ``labels [N]`` (``rlar.parallel_sampling.parallel_generations``' interface),
+        in groups of ``group_size`` adjacent samples of one item."""
+        return sample_scheduled(self.generator, self.net, labels, num_samples, self.max_steps, temperature, top_k,
+                                top_p, one_scale(cfg_scale), generator, group_size if self.common_noise else 1)
+

@@ -1,0 +1,157 @@
+"""Quality vs decoding steps of the frozen ARPG prior: fixed arccos schedules against the learned schedule.
+
+``python -m rlar.schedule_study [overrides]`` (``make schedules``): for every seed, evaluates the prior with
+the fixed arccos schedule at each of ``--steps``, trains ``experiment=arpg_schedule`` (``hardware.seed`` = seed;
+finished runs are re-read, unfinished ones resume), evaluates the fixed schedule again at each learned schedule's
+rounded mean step count, and writes ``experiments/arpg_schedule/REPORT.md`` and ``curves.png``. Every evaluation
+of seed s (fixed or learned) samples with ``eval.seed`` = 1234 + s, so the spread over seeds includes the
+sampling noise of ``eval/fd``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from rlar.config import compose_config  # noqa: E402
+from rlar.eval_model import build_eval_model  # noqa: E402
+from rlar.evaluate import evaluate  # noqa: E402
+from rlar.loop import train_rl_loop  # noqa: E402
+from rlar.sampling import cfg_scales  # noqa: E402
+
+REPORT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "arpg_schedule"
+METRICS = ("eval/fd", "eval/class_acc", "eval/steps")
+
+
+def seed_config(overrides: list[str], seed: int):
+    return compose_config(["experiment=arpg_schedule", f"hardware.seed={seed}", f"eval.seed={1234 + seed}",
+                           *overrides])
+
+
+def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int, dict[str, float]]:
+    """``{N: {metric: value}}``: the prior decoded with the fixed arccos schedule in N steps."""
+    cfg = seed_config(overrides, seed)
+    torch.set_num_threads(cfg.hardware.num_threads or torch.get_num_threads())
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, "cpu")
+    reward = instantiate(cfg.reward)
+    r = cfg.rollout
+    sampling = {"temperature": r.temperature, "cfg_scale": cfg_scales(prior.block_size, r.cfg_scale)}
+    points = {}
+    for n in steps:
+        prior.decoding = {**prior.decoding, "num_iter": n, "schedule": "arccos"}
+        result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, "cpu", None, eval_model)
+        points[n] = {k: result[k] for k in METRICS}
+        print(f"seed {seed} fixed arccos {n} steps: {points[n]}", flush=True)
+    return points
+
+
+def learned_point(overrides: list[str], seed: int, outputs: Path) -> dict[str, dict[str, float]]:
+    """Train (or re-read) the learned schedule of ``seed``: its evaluation before and after RL."""
+    out = outputs / f"seed{seed}"
+    summary_path = out / "summary.json"
+    cfg = seed_config(overrides, seed)
+    if summary_path.is_file() and json.loads(summary_path.read_text())["iterations"] == cfg.train.iterations:
+        summary = json.loads(summary_path.read_text())
+    else:
+        summary = train_rl_loop(cfg, out)
+    history = summary["history"]
+    points = {"before": {k: history[0][k] for k in METRICS}, "after": {k: history[-1][k] for k in METRICS}}
+    print(f"seed {seed} learned: {points}", flush=True)
+    return points
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def per_seed(points: list[dict]) -> str:
+    return " / ".join(f"{p['eval/fd']:.1f}" for p in points)
+
+
+def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], overrides: list[str],
+                 report_dir: Path) -> Path:
+    seeds = sorted(learned)
+    lines = ["# Learned decoding schedule vs fixed arccos (frozen tiny ARPG, embedded default)", "",
+             f"`{shlex.join(['python', '-m', 'rlar.schedule_study', *overrides])}`", "",
+             f"Seeds {seeds}; every row: one sample per held-out digit (359), `eval.seed` = 1234 + seed; mean ± std "
+             "over seeds. Learned: `experiment=arpg_schedule` (GRPO, reward perceptual_digits + 0.5 efficiency).",
+             "", "| decoding | steps | eval/fd | eval/class_acc | per seed fd |", "|---|---|---|---|---|"]
+    for n in sorted({n for per_seed in fixed.values() for n in per_seed}):
+        have = [fixed[s][n] for s in seeds if n in fixed[s]]
+        lines.append(f"| fixed arccos | {n} | {fmt([p['eval/fd'] for p in have])} | "
+                     f"{fmt([p['eval/class_acc'] for p in have], 3)} | "
+                     f"{per_seed(have)} |")
+    for when, label in (("before", "learned, before RL (uniform degrees, random order)"), ("after", "learned")):
+        pts = [learned[s][when] for s in seeds]
+        lines.append(f"| {label} | {fmt([p['eval/steps'] for p in pts], 2)} | {fmt([p['eval/fd'] for p in pts])} | "
+                     f"{fmt([p['eval/class_acc'] for p in pts], 3)} | "
+                     f"{per_seed(pts)} |")
+    path = report_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n\n![quality vs steps](curves.png)\n")
+    return path
+
+
+def plot(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], path: Path) -> None:
+    seeds = sorted(learned)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, metric, label in zip(axes, ("eval/fd", "eval/class_acc"), ("eval/fd (lower is better)",
+                                                                       "eval/class_acc (higher is better)"),
+                                 strict=True):
+        steps = sorted({n for per_seed in fixed.values() for n in per_seed})
+        stats = [mean_std([fixed[s][n][metric] for s in seeds if n in fixed[s]]) for n in steps]
+        ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                    label="fixed arccos")
+        for when, marker, name in (("before", "s", "learned, before RL"), ("after", "*", "learned (GRPO)")):
+            xs = [learned[s][when]["eval/steps"] for s in seeds]
+            ys = [learned[s][when][metric] for s in seeds]
+            ax.scatter(xs, ys, marker=marker, s=40, alpha=0.4, color="C1" if when == "after" else "C2")
+            (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
+            ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], marker=marker, markersize=12, capsize=3, linestyle="none",
+                        color="C1" if when == "after" else "C2", label=f"{name} (mean over seeds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("decoding steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Frozen tiny ARPG on the digits: quality vs steps (seeds {seeds})")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlar-schedule-study", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="overrides for every run, e.g. hardware.num_threads=1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--outputs", type=Path, default=Path("outputs/arpg_schedule_study"))
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)
+    args = parser.parse_args(argv)
+    learned = {s: learned_point(args.overrides, s, args.outputs) for s in args.seeds}
+    matched = sorted({round(p["after"]["eval/steps"]) for p in learned.values()} - set(args.steps))
+    fixed = {s: fixed_points(args.overrides, s, sorted({*args.steps, *matched})) for s in args.seeds}
+    (args.outputs / "points.json").write_text(json.dumps({"fixed": fixed, "learned": learned}, indent=1))
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    plot(fixed, learned, args.report_dir / "curves.png")
+    print(f"report: {write_report(fixed, learned, args.overrides, args.report_dir)}")
+
+
+if __name__ == "__main__":
+    main()
