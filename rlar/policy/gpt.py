@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlar.policy.conditioning import class_ids
+from rlar.policy.teacher_forcing import TeacherForced
 
 
 class KVCache:
@@ -80,7 +81,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(TeacherForced):
     """Class-conditional GPT over ``vocab_size`` codes, ``block_size`` image tokens per sample."""
 
     def __init__(
@@ -142,14 +143,6 @@ class GPT(nn.Module):
         if tokens.shape[1] > self.block_size:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.block_size}")
         return self._trunk(self._embed(labels, tokens[:, :-1], start=0))
-
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, hidden: bool = False):
-        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``.
-        With ``hidden=True``: ``(logits, final hidden states [N, T, D])``. Training passes go through here, so
-        that DDP and FSDP wrappers see them."""
-        states = self.hidden_states(tokens, labels)
-        logits = self.head(states)
-        return (logits, states) if hidden else logits
 
     # -- incremental decoding: the interface the shared sampler uses ---------------------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:

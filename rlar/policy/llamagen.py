@@ -24,6 +24,7 @@ from torch import nn
 from rlar.cache import load_checkpoint
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
+from rlar.policy.teacher_forcing import TeacherForced
 
 # LlamaGen's GPT_models: name -> (n_layer, n_head, dim). GPT-1B/3B/7B are listed as text-conditional there, but
 # the released c2i_3B_384.pt uses GPT-3B.
@@ -139,7 +140,7 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
 
-class LlamaGen(nn.Module):
+class LlamaGen(TeacherForced):
     """LlamaGen c2i over ``vocab_size`` codes, ``block_size`` (a square grid) image tokens per sample.
 
     ``size``: a preset of :data:`PRESETS` (e.g. ``"GPT-B"``), which sets ``n_layer``, ``n_head`` and ``dim``.
@@ -209,14 +210,6 @@ class LlamaGen(nn.Module):
         if tokens.shape[1] > self.block_size:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.block_size}")
         return self._trunk(self._embed(labels, tokens[:, :-1], start=0), start=0)
-
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, hidden: bool = False):
-        """Teacher forcing: tokens ``[N, T]`` -> logits ``[N, T, V]``; ``logits[:, t]`` predicts ``tokens[:, t]``.
-        With ``hidden=True``: ``(logits, final hidden states [N, T, D])``. Training passes go through here, so
-        that DDP and FSDP wrappers see them."""
-        states = self.hidden_states(tokens, labels)
-        logits = self.head(states)
-        return (logits, states) if hidden else logits
 
     # -- incremental decoding: the interface the shared sampler uses ---------------------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
