@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 
 from rlar.config import compose_config
 from rlar.data.digits import DigitsData
+from rlar.policy.arpg import ARPG
 from rlar.policy.llamagen import PRESETS, LlamaGen, apply_rope, load_llamagen_state, rope_2d
 from rlar.policy.llamagen_build import build_llamagen_prior
 from rlar.sampling import compute_sequence_logprob, sample_codes_with_logprobs
@@ -142,6 +143,14 @@ def test_presets_have_the_reference_sizes(size):
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="GPT-B"):
         LlamaGen(16, 16, 3, size="GPT-M")
+
+
+@pytest.mark.parametrize("model", [LlamaGen, ARPG])
+def test_2d_rope_models_refuse_a_grid_or_head_width_rope_cannot_split(model):
+    with pytest.raises(ValueError, match="block_size=12 is not a square"):
+        model(16, 12, 3)
+    with pytest.raises(ValueError, match="dim=96 / n_head=16"):  # head width 6: not a multiple of 4
+        model(16, 16, 3, n_head=16)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])

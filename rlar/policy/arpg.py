@@ -24,7 +24,6 @@ teacher-forced masks do not depend on train/eval mode, so ``forward`` never lets
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
-from rlar.policy.llamagen import FeedForward, RMSNorm, checkpoint_weights, ffn_hidden_dim, rope_2d
+from rlar.policy.llamagen import FeedForward, RMSNorm, checkpoint_weights, ffn_hidden_dim, grid_model_shape, rope_2d
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
 # ARPG_L / ARPG_XL / ARPG_XXL: (n_layer of both passes together, n_head, dim); head width 64
@@ -181,15 +180,7 @@ class ARPG(nn.Module):
                  ffn_dim_multiplier: float | None = None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
                  dropout: float = 0.0, decoding: dict | None = None):
         super().__init__()
-        if size is not None:
-            if size not in ARPG_PRESETS:
-                raise ValueError(f"policy.size={size!r} is not an ARPG preset; choose one of {list(ARPG_PRESETS)}")
-            n_layer, n_head, dim = ARPG_PRESETS[size]
-        grid = math.isqrt(block_size)
-        if grid * grid != block_size:
-            raise ValueError(f"ARPG's 2D RoPE needs a square grid; block_size={block_size} is not a square")
-        if dim % n_head or (dim // n_head) % 4:
-            raise ValueError(f"dim={dim} / n_head={n_head} must give a head width divisible by 4 (2D RoPE)")
+        n_layer, n_head, dim, grid = grid_model_shape("ARPG", ARPG_PRESETS, size, block_size, n_layer, n_head, dim)
         if n_layer < 2 or n_layer % 2:
             raise ValueError(f"n_layer={n_layer} counts both passes (half self-, half cross-decoder): use an even "
                              "number >= 2")

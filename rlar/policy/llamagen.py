@@ -40,6 +40,23 @@ PRESETS = {
 }
 
 
+def grid_model_shape(model: str, presets: dict, size: str | None, block_size: int, n_layer: int, n_head: int,
+                     dim: int) -> tuple[int, int, int, int]:
+    """``(n_layer, n_head, dim, grid)`` of a 2D-RoPE model: those of the preset ``size`` when given, checked for a
+    square token grid (``grid`` x ``grid`` = ``block_size``) and a head width that 2D RoPE can split (a multiple
+    of 4)."""
+    if size is not None:
+        if size not in presets:
+            raise ValueError(f"policy.size={size!r} is not a {model} preset; choose one of {list(presets)}")
+        n_layer, n_head, dim = presets[size]
+    grid = math.isqrt(block_size)
+    if grid * grid != block_size:
+        raise ValueError(f"{model}'s 2D RoPE needs a square grid; block_size={block_size} is not a square")
+    if dim % n_head or (dim // n_head) % 4:
+        raise ValueError(f"dim={dim} / n_head={n_head} must give a head width divisible by 4 (2D RoPE)")
+    return n_layer, n_head, dim, grid
+
+
 def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
     """SwiGLU width: 2/3 of 4*dim, optionally scaled, rounded up to a multiple of ``multiple_of``."""
     hidden = int(2 * (4 * dim) / 3)
@@ -153,15 +170,7 @@ class LlamaGen(TeacherForced):
                  ffn_dim_multiplier: float | None = None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
                  cls_token_num: int = 1, dropout: float = 0.0):
         super().__init__()
-        if size is not None:
-            if size not in PRESETS:
-                raise ValueError(f"policy.size={size!r} is not a LlamaGen preset; choose one of {list(PRESETS)}")
-            n_layer, n_head, dim = PRESETS[size]
-        grid = math.isqrt(block_size)
-        if grid * grid != block_size:
-            raise ValueError(f"LlamaGen's 2D RoPE needs a square grid; block_size={block_size} is not a square")
-        if dim % n_head or (dim // n_head) % 4:
-            raise ValueError(f"dim={dim} / n_head={n_head} must give a head width divisible by 4 (2D RoPE)")
+        n_layer, n_head, dim, grid = grid_model_shape("LlamaGen", PRESETS, size, block_size, n_layer, n_head, dim)
         if cls_token_num != 1:
             raise ValueError(f"cls_token_num={cls_token_num}: the c2i model reads exactly one class token")
         self.vocab_size, self.block_size, self.num_classes = vocab_size, block_size, num_classes
