@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
@@ -58,8 +59,11 @@ def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, fl
 
 
 def defining(overrides, excluded: set[str]) -> frozenset[str]:
-    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out."""
-    return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in excluded | {"hardware.seed"})
+    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out,
+    each as Hydra parses it (``lr=3.0e-5`` as a multirun records it, ``lr=3e-05``)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return frozenset(f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed
+                     if o.key_or_group not in excluded | {"hardware.seed"})
 
 
 def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:

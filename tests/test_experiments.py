@@ -12,7 +12,7 @@ from PIL import Image
 
 from rlar.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
 from rlar.config import compose_config
-from rlar.report import collect_runs, write_report
+from rlar.report import collect_runs, defining, write_report
 from rlar.validate import check_config
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -46,6 +46,15 @@ def test_group_size_study_keeps_the_samples_per_iteration():
     for setting in study.settings.values():
         cfg = compose_config([*study.overrides, *setting])
         assert cfg.train.batch_size * cfg.algorithm.num_generations == 64
+
+
+def test_a_run_matches_its_setting_however_a_value_is_spelled():
+    # a multirun records optimizer.lr=3.0e-5 as optimizer.lr=3e-05: both are the same setting
+    recorded = ["name=ablations", "optimizer.lr=3e-05", "train.iterations=100", "hardware.seed=1"]
+    asked = ["name=ablations", "optimizer.lr=3.0e-5", "train.iterations=100"]
+    assert defining(recorded, {"train.iterations"}) == defining(asked, {"train.iterations"})
+    assert defining(recorded, set()) != defining(["name=ablations", "optimizer.lr=1e-4", "train.iterations=100"], set())
+    assert defining(recorded, {"train.iterations"}) == {"name=ablations", "optimizer.lr=3e-05"}  # seed dropped too
 
 
 def test_an_unknown_study_names_the_known_ones():
