@@ -111,29 +111,19 @@ class CrossAttention(nn.Module):
         return self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))
 
 
-class SelfBlock(nn.Module):
-    def __init__(self, dim: int, n_head: int, hidden: int, eps: float, dropout: float):
+class Block(nn.Module):
+    """Pre-norm residual block around ``attn`` (a :class:`SelfAttention` or a :class:`CrossAttention`) and a
+    SwiGLU feed-forward; ``forward(x, *attn_args)`` passes the attention its own arguments after the normed ``x``."""
+
+    def __init__(self, attn: nn.Module, dim: int, hidden: int, eps: float, dropout: float):
         super().__init__()
-        self.attn = SelfAttention(dim, n_head, dropout)
+        self.attn = attn
         self.ffn = FeedForward(dim, hidden, dropout)
         self.attn_norm = RMSNorm(dim, eps)
         self.ffn_norm = RMSNorm(dim, eps)
 
-    def forward(self, x, rope, mask, cache, slot):
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache, slot)
-        return x + self.ffn(self.ffn_norm(x))
-
-
-class CrossBlock(nn.Module):
-    def __init__(self, dim: int, n_head: int, hidden: int, eps: float, dropout: float):
-        super().__init__()
-        self.attn = CrossAttention(dim, n_head, dropout)
-        self.ffn = FeedForward(dim, hidden, dropout)
-        self.attn_norm = RMSNorm(dim, eps)
-        self.ffn_norm = RMSNorm(dim, eps)
-
-    def forward(self, x, k, v, rope, mask):
-        x = x + self.attn(self.attn_norm(x), k, v, rope, mask)
+    def forward(self, x, *attn_args):
+        x = x + self.attn(self.attn_norm(x), *attn_args)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -143,8 +133,10 @@ class TwoPassDecoder(nn.Module):
     def __init__(self, n_pass: int, dim: int, n_head: int, hidden: int, eps: float, dropout: float):
         super().__init__()
         self.n_head = n_head
-        self.self_dec = nn.ModuleList(SelfBlock(dim, n_head, hidden, eps, dropout) for _ in range(n_pass))
-        self.cross_dec = nn.ModuleList(CrossBlock(dim, n_head, hidden, eps, dropout) for _ in range(n_pass))
+        self.self_dec = nn.ModuleList(Block(SelfAttention(dim, n_head, dropout), dim, hidden, eps, dropout)
+                                      for _ in range(n_pass))
+        self.cross_dec = nn.ModuleList(Block(CrossAttention(dim, n_head, dropout), dim, hidden, eps, dropout)
+                                       for _ in range(n_pass))
         self.norm = RMSNorm(dim, eps)
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
