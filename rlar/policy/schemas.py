@@ -10,8 +10,8 @@ from rlar.config import PretrainSchema
 
 
 @dataclass
-class LlamaGenSchema:
-    _target_: str = "rlar.policy.llamagen_build.build_llamagen_prior"
+class RoPETransformerSchema:
+    """The options LlamaGen and ARPG share (both Llama-style transformers with 2D RoPE over the image grid)."""
     vocab_size: int = MISSING
     block_size: int | None = None
     size: str | None = None
@@ -22,11 +22,16 @@ class LlamaGenSchema:
     ffn_dim_multiplier: float | None = None
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
-    cls_token_num: int = 1
     dropout: float = 0.0
     checkpoint: str | None = None
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
     cache_dir: str | None = None
+
+
+@dataclass
+class LlamaGenSchema(RoPETransformerSchema):
+    _target_: str = "rlar.policy.llamagen_build.build_llamagen_prior"
+    cls_token_num: int = 1
 
 
 @dataclass
@@ -37,23 +42,10 @@ class ParallelDecodingSchema:
 
 
 @dataclass
-class ARPGSchema:
+class ARPGSchema(RoPETransformerSchema):
     _target_: str = "rlar.policy.arpg_build.build_arpg_prior"
-    vocab_size: int = MISSING
-    block_size: int | None = None
-    size: str | None = None
     n_layer: int = 4
-    n_head: int = 4
-    dim: int = 96
-    multiple_of: int = 256
-    ffn_dim_multiplier: float | None = None
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
     decoding: ParallelDecodingSchema = field(default_factory=ParallelDecodingSchema)
-    checkpoint: str | None = None
-    pretrain: PretrainSchema = field(default_factory=PretrainSchema)
-    cache_dir: str | None = None
 
 
 POLICY_SCHEMAS = {"llamagen": LlamaGenSchema, "arpg": ARPGSchema}
