@@ -27,6 +27,7 @@ from rlar.config import compose_config  # noqa: E402
 from rlar.eval_model import build_eval_model  # noqa: E402
 from rlar.evaluate import evaluate  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
+from rlar.report import mean_std  # noqa: E402
 from rlar.sampling import cfg_scales  # noqa: E402
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "arpg_schedule"
@@ -73,13 +74,8 @@ def learned_point(overrides: list[str], seed: int, outputs: Path) -> dict[str, d
     return points
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
+def mean_and_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def fmt(values: list[float], digits: int = 1) -> str:
-    m, s = mean_std(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def per_seed(points: list[dict]) -> str:
@@ -96,13 +92,14 @@ def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], ov
              "", "| decoding | steps | eval/fd | eval/class_acc | per seed fd |", "|---|---|---|---|---|"]
     for n in sorted({n for per_seed in fixed.values() for n in per_seed}):
         have = [fixed[s][n] for s in seeds if n in fixed[s]]
-        lines.append(f"| fixed arccos | {n} | {fmt([p['eval/fd'] for p in have])} | "
-                     f"{fmt([p['eval/class_acc'] for p in have], 3)} | "
+        lines.append(f"| fixed arccos | {n} | {mean_std([p['eval/fd'] for p in have], 1)} | "
+                     f"{mean_std([p['eval/class_acc'] for p in have], 3)} | "
                      f"{per_seed(have)} |")
     for when, label in (("before", "learned, before RL (uniform degrees, random order)"), ("after", "learned")):
         pts = [learned[s][when] for s in seeds]
-        lines.append(f"| {label} | {fmt([p['eval/steps'] for p in pts], 2)} | {fmt([p['eval/fd'] for p in pts])} | "
-                     f"{fmt([p['eval/class_acc'] for p in pts], 3)} | "
+        lines.append(f"| {label} | {mean_std([p['eval/steps'] for p in pts], 2)} | "
+                     f"{mean_std([p['eval/fd'] for p in pts], 1)} | "
+                     f"{mean_std([p['eval/class_acc'] for p in pts], 3)} | "
                      f"{per_seed(pts)} |")
     path = report_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n\n![quality vs steps](curves.png)\n")
@@ -116,14 +113,14 @@ def plot(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], path: Path
                                                                        "eval/class_acc (higher is better)"),
                                  strict=True):
         steps = sorted({n for per_seed in fixed.values() for n in per_seed})
-        stats = [mean_std([fixed[s][n][metric] for s in seeds if n in fixed[s]]) for n in steps]
+        stats = [mean_and_std([fixed[s][n][metric] for s in seeds if n in fixed[s]]) for n in steps]
         ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
                     label="fixed arccos")
         for when, marker, name in (("before", "s", "learned, before RL"), ("after", "*", "learned (GRPO)")):
             xs = [learned[s][when]["eval/steps"] for s in seeds]
             ys = [learned[s][when][metric] for s in seeds]
             ax.scatter(xs, ys, marker=marker, s=40, alpha=0.4, color="C1" if when == "after" else "C2")
-            (mx, sx), (my, sy) = mean_std(xs), mean_std(ys)
+            (mx, sx), (my, sy) = mean_and_std(xs), mean_and_std(ys)
             ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], marker=marker, markersize=12, capsize=3, linestyle="none",
                         color="C1" if when == "after" else "C2", label=f"{name} (mean over seeds)")
         ax.set_xscale("log", base=2)
