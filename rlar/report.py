@@ -89,6 +89,11 @@ def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:
     return runs
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """``(mean, sample std)``; the std of a single value is 0."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def mean_std(values: list[float], digits: int = 4) -> str:
     """``mean ± sample std`` (the std needs two values)."""
     if len(values) < 2:
@@ -161,7 +166,7 @@ def ranking(runs: dict[str, list[Run]]) -> str:
     first = next(group[0].reward for group in runs.values() if group)
     comparable = {label: [r.after for r in group] for label, group in runs.items()
                   if group and group[0].reward == first}
-    stats = [(statistics.mean(a), statistics.stdev(a) if len(a) > 1 else 0.0, label) for label, a in comparable.items()]
+    stats = [(*mean_and_std(a), label) for label, a in comparable.items()]
     stats.sort(reverse=True)
     text = f"{stats[0][2]}"
     for (m1, s1, _), (m2, s2, label) in zip(stats, stats[1:], strict=False):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +26,7 @@ from rlar.config import compose_config  # noqa: E402
 from rlar.eval_model import build_eval_model  # noqa: E402
 from rlar.evaluate import evaluate  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
-from rlar.report import mean_std  # noqa: E402
+from rlar.report import mean_and_std, mean_std  # noqa: E402
 from rlar.sampling import cfg_scales  # noqa: E402
 
 REPORT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "arpg_schedule"
@@ -72,10 +71,6 @@ def learned_point(overrides: list[str], seed: int, outputs: Path) -> dict[str, d
     points = {"before": {k: history[0][k] for k in METRICS}, "after": {k: history[-1][k] for k in METRICS}}
     print(f"seed {seed} learned: {points}", flush=True)
     return points
-
-
-def mean_and_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def per_seed(points: list[dict]) -> str:
