@@ -34,7 +34,7 @@ ablation: $(STAMP)  ## run a study of experiments/ and write its report: make ab
 	$(VENV)/bin/rlar-ablation $(STUDY) $(ARGS)
 
 schedules: $(STAMP)  ## learned ARPG decoding schedule vs fixed arccos at 4/8/16/32 steps (experiments/arpg_schedule/)
-	$(PY) -m rlar.schedule_study $(ARGS)
+	$(PY) -m rlar.studies.schedule_study $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check rlar tests

@@ -6,7 +6,7 @@ The seeds' Python API, importable from the top-level package.
 from rlar.api import build_ar_policy, build_gpt_policy, groupwise_advantages, grpo_update, reinforce_update
 from rlar.loop import train_rl_loop
 from rlar.reward.reconstruction import reconstruction_reward
-from rlar.sampling import compute_sequence_logprob, sample_codes_with_logprobs, sample_multiple_generations
+from rlar.rollout.sampling import compute_sequence_logprob, sample_codes_with_logprobs, sample_multiple_generations
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen
 from rlar.tokenizer.zoo_build import build_toklip_tokenizer, build_toklip_vq_model
 

@@ -7,10 +7,10 @@ import torch
 from rlar.algorithm.advantages import group_advantages
 from rlar.algorithm.losses import clipped_surrogate, reinforce_loss
 from rlar.algorithm.update import clip_and_step
-from rlar.cache import load_checkpoint
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
-from rlar.sampling import compute_sequence_logprob, token_logprobs
+from rlar.rollout.sampling import compute_sequence_logprob, token_logprobs
+from rlar.runtime.cache import load_checkpoint
 
 GPT_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "num_classes")
 POLICY_TYPES = {"gpt": GPT, "llamagen": LlamaGen, "llammagen": LlamaGen}  # the seeds spell it both ways

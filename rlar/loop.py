@@ -14,16 +14,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlar import distributed
 from rlar.algorithm.update import policy_update, value_advantages
-from rlar.checkpoint import Checkpointer
-from rlar.eval_model import build_eval_model
-from rlar.evaluate import evaluate, headline
+from rlar.eval.evaluate import evaluate, headline
+from rlar.eval.model import build_eval_model
 from rlar.policy.prior import teacher_forced_ce
-from rlar.rollout import collect_rollout
-from rlar.sampling import cfg_scales
+from rlar.reward.scoring import decode_and_score
+from rlar.rollout.collect import collect_rollout
+from rlar.rollout.sampling import cfg_scales
+from rlar.runtime import distributed
+from rlar.runtime.checkpoint import Checkpointer
 from rlar.schedule.decoder import ScheduleDecoder
-from rlar.scoring import decode_and_score
 
 log = logging.getLogger(__name__)
 

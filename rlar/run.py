@@ -10,10 +10,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlar.config import CONF_DIR, register_schemas
-from rlar.distributed import env_rank
+from rlar.config.schemas import CONF_DIR, register_schemas
+from rlar.config.validate import ConfigError, check_config
 from rlar.loop import train_rl_loop
-from rlar.validate import ConfigError, check_config
+from rlar.runtime.distributed import env_rank
 
 log = logging.getLogger(__name__)
 register_schemas()

@@ -7,15 +7,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
+from rlar.config.validate import ConfigError, check_config
 from rlar.data.digits import DigitsData
 from rlar.loop import train_rl_loop
-from rlar.parallel_sampling import SCHEDULES, arpg_logprobs, sample_parallel, step_cfg_scales, step_sizes
 from rlar.policy.arpg import ARPG, ARPG_PRESETS, load_arpg_state, rotate, two_pass_masks
 from rlar.policy.arpg_build import build_arpg_prior
 from rlar.policy.prior import pretrain_gpt
-from rlar.sampling import truncate
-from rlar.validate import ConfigError, check_config
+from rlar.rollout.parallel_decoding import SCHEDULES, arpg_logprobs, sample_parallel, step_cfg_scales, step_sizes
+from rlar.rollout.sampling import truncate
 
 V, T, C = 32, 16, 5  # vocabulary, image tokens (a 4x4 grid), classes
 

@@ -6,8 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from rlar.config import CONF_DIR, compose_config
-from rlar.validate import ConfigError, check_config
+from rlar.config.schemas import CONF_DIR, compose_config
+from rlar.config.validate import ConfigError, check_config
 
 GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-import rlar.distributed
-from rlar.config import compose_config
-from rlar.hardware import Hardware
+import rlar.runtime.distributed
+from rlar.config.schemas import compose_config
 from rlar.loop import train_rl_loop
+from rlar.rollout.sampling import policy_logprobs
 from rlar.run import rank_overrides
-from rlar.sampling import policy_logprobs
+from rlar.runtime.hardware import Hardware
 
 pytestmark = pytest.mark.slow
 CPU = ["hardware.device=cpu", "hardware.precision=fp32"]
@@ -101,7 +101,7 @@ def test_strategy_outside_torchrun_is_a_clear_error(monkeypatch):
 
 
 def test_global_batch_must_split_over_processes(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(rlar.distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(rlar.runtime.distributed, "world_size", lambda: 3)
     with pytest.raises(ValueError, match="train.batch_size=4 does not split over 3 processes"):
         train_rl_loop(compose_config(tiny), tmp_path)
 

@@ -10,11 +10,11 @@ import scipy.linalg
 import torch
 from hydra.utils import instantiate
 
-import rlar.eval_model.build
-from rlar.config import compose_config
+import rlar.eval.model.build
+from rlar.config.schemas import compose_config
 from rlar.data.digits import DigitsData
-from rlar.eval_model import EvalModel, build_eval_classifier, frechet_distance, gaussian_fit
-from rlar.eval_model.train import random_shift
+from rlar.eval.model import EvalModel, build_eval_classifier, frechet_distance, gaussian_fit
+from rlar.eval.model.train import random_shift
 from rlar.loop import train_rl_loop
 from rlar.reward.classifier import ClassConsistencyReward, PerceptualDigitsReward, perceptual_distance
 
@@ -48,7 +48,7 @@ def test_second_build_reads_the_cache(classifier, data, cache_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier was trained again")
 
-    monkeypatch.setattr(rlar.eval_model.build, "train_classifier", no_training)
+    monkeypatch.setattr(rlar.eval.model.build, "train_classifier", no_training)
     again = build_eval_classifier(data, cache_dir)
     assert again.source == classifier.source
     for key, value in classifier.state_dict().items():

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rlar.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
-from rlar.config import compose_config
-from rlar.report import collect_runs, defining, write_report
-from rlar.validate import check_config
+from rlar.config.schemas import compose_config
+from rlar.config.validate import check_config
+from rlar.studies.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
+from rlar.studies.report import collect_runs, defining, write_report
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -115,8 +115,8 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
 
     # the same study again: finished runs are reused (no training), and the report is the same
     checkpoints = {d: (d / "checkpoints" / "last.pt").stat().st_mtime_ns for d in run_dirs}
-    proc = subprocess.run([sys.executable, "-m", "rlar.ablation", str(tiny_study.path), "hardware.num_threads=1",
-                           "--outputs", str(outputs)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "rlar.studies.ablation", str(tiny_study.path),
+                           "hardware.num_threads=1", "--outputs", str(outputs)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {d: (d / "checkpoints" / "last.pt").stat().st_mtime_ns for d in run_dirs} == checkpoints
     again = (tiny_study.report_dir / "REPORT.md").read_text()

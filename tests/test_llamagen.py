@@ -6,12 +6,12 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.data.digits import DigitsData
 from rlar.policy.arpg import ARPG
 from rlar.policy.llamagen import PRESETS, LlamaGen, apply_rope, load_llamagen_state, rope_2d
 from rlar.policy.llamagen_build import build_llamagen_prior
-from rlar.sampling import compute_sequence_logprob, sample_codes_with_logprobs
+from rlar.rollout.sampling import compute_sequence_logprob, sample_codes_with_logprobs
 
 V, T, C = 32, 16, 5  # vocabulary, image tokens (a 4x4 grid), classes
 

@@ -5,7 +5,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.loop import train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
 
@@ -78,7 +78,7 @@ class CountingReward(ReconstructionReward):
 
 
 def test_chunked_scoring_gives_the_same_rewards():
-    from rlar.scoring import decode_and_score
+    from rlar.reward.scoring import decode_and_score
     from rlar.tokenizer.digits_vq import DigitsVQ
     from rlar.tokenizer.frozen import FrozenTokenizer
 

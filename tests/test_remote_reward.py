@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from safetensors.torch import save
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.remote.client import RemoteReward
 from rlar.reward.remote.wire import encode_request
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class Server:
-    """One ``python -m rlar.reward.server`` subprocess on a loopback port (clients connect to 127.0.0.1 only)."""
+    """One ``python -m rlar.reward.remote.server`` subprocess on a loopback port (clients connect to 127.0.0.1 only)."""
 
     def __init__(self, tmp_path, *args: str, port: int | None = None, env: dict | None = None):
         self.args, self.port, self.env = args, port or free_port(), {**os.environ, **(env or {})}
@@ -41,7 +41,7 @@ class Server:
 
     def start(self) -> None:
         with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "rlar.reward.server", *self.args, "--port",
+            self.process = subprocess.Popen([sys.executable, "-m", "rlar.reward.remote.server", *self.args, "--port",
                                              str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def wait_ready(self) -> None:
@@ -274,7 +274,7 @@ def test_bad_request_gets_4xx_with_reason_and_server_keeps_serving(fleet, case):
 
 def test_server_refuses_non_loopback_host_without_token():
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-    done = subprocess.run([sys.executable, "-m", "rlar.reward.server", "reward=l2", "--host", "0.0.0.0",
+    done = subprocess.run([sys.executable, "-m", "rlar.reward.remote.server", "reward=l2", "--host", "0.0.0.0",
                            "--port", str(free_port()), "--token-env", TOKEN_ENV],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlar.sampling import (
+from rlar.rollout.sampling import (
     compute_sequence_logprob,
     sample_codes_with_logprobs,
     sample_multiple_generations,

@@ -9,17 +9,17 @@ from hydra.utils import instantiate
 
 from rlar.algorithm.algorithms import GRPO
 from rlar.algorithm.update import policy_update
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
+from rlar.config.validate import ConfigError, check_config
 from rlar.loop import train_rl_loop
-from rlar.parallel_sampling import arpg_logprobs
 from rlar.policy.arpg import ARPG
-from rlar.rollout import collect_rollout
+from rlar.rollout.collect import collect_rollout
+from rlar.rollout.parallel_decoding import arpg_logprobs
 from rlar.schedule.decoder import ScheduleDecoder
 from rlar.schedule.network import degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
 from rlar.schedule.state import PENDING
-from rlar.schedule_study import plot, write_report
-from rlar.validate import ConfigError, check_config
+from rlar.studies.schedule_study import plot, write_report
 
 V, T, C = 32, 16, 5  # vocabulary, image tokens (a 4x4 grid), classes
 

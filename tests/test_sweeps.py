@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 
-from rlar.config import CONF_DIR, compose_config, register_schemas
-from rlar.validate import check_config
+from rlar.config.schemas import CONF_DIR, compose_config, register_schemas
+from rlar.config.validate import check_config
 
 SEARCHES = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))
 NEEDS_SWEEP = "the Optuna sweeper is an optional extra: pip install -e '.[sweep]' (make test installs it)"
@@ -49,7 +49,7 @@ def test_search_composes_and_every_searched_value_is_valid(search):
     assert sweeper.storage.startswith("sqlite:///") and sweeper.study_name
     assert sweeper.sampler.seed is not None
     assert 0 < sweeper.max_failure_rate * sweeper.n_jobs <= 1  # tolerates one failed trial per batch
-    assert cfg.hydra.callbacks.make_sweep_dir._target_ == "rlar.sweep_dir.MakeSweepDir"
+    assert cfg.hydra.callbacks.make_sweep_dir._target_ == "rlar.config.sweep_dir.MakeSweepDir"
     for key, space in sweeper.params.items():
         for value in sample_values(space):
             check_config(compose_config([f"+hparams_search={search}", f"{key}={value}"]))

@@ -14,11 +14,11 @@ import rlar.loop
 from rlar import compute_sequence_logprob, reinforce_update, sample_codes_with_logprobs
 from rlar.algorithm.algorithms import GRPO
 from rlar.algorithm.update import minibatch_loss, policy_update
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
+from rlar.config.validate import check_config
 from rlar.loop import train_rl_loop
-from rlar.rollout import collect_rollout, drop_labels, noisy_context
+from rlar.rollout.collect import collect_rollout, drop_labels, noisy_context
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
-from rlar.validate import check_config
 
 ROLLOUT = {"mode": "teacher_forced", "temperature": 1.0, "top_k": None, "top_p": None, "cfg_scale": 1.0,
            "cfg_interval": None, "prefix_len": 0, "token_noise_prob": 0.0, "label_dropout": 0.0}

@@ -164,7 +164,7 @@ class ARPG(nn.Module):
     ``size``: a preset of :data:`ARPG_PRESETS` (``"L"``, ``"XL"``, ``"XXL"``), which sets ``n_layer`` (both passes
     together, half each), ``n_head`` and ``dim``. ``dropout``: token, residual and FFN dropout (keep 0 for RL).
     ``decoding``: the parallel sampler's settings for free-running evaluation (``num_iter``, ``schedule``,
-    ``cfg_schedule``; :func:`rlar.parallel_sampling.parallel_generations`).
+    ``cfg_schedule``; :func:`rlar.rollout.parallel_decoding.parallel_generations`).
     """
 
     def __init__(self, vocab_size: int, block_size: int, num_classes: int = 0, size: str | None = None,
@@ -241,7 +241,7 @@ class ARPG(nn.Module):
         states = self._run(ids, rows, query_rows, self_mask, cross_mask)
         return self.head(states), states
 
-    # -- incremental parallel decoding: the interface of rlar.parallel_sampling ----------------------
+    # -- incremental parallel decoding: the interface of rlar.rollout.parallel_decoding ----------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
         """Keys/values of each Pass-1 block and the shared Pass-2 keys/values, for the class slot + T tokens."""
         dtype = dtype or self.embeddings.weight.dtype

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlar.cache import load_checkpoint
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
 from rlar.policy.teacher_forcing import TeacherForced
+from rlar.runtime.cache import load_checkpoint
 
 # LlamaGen's GPT_models: name -> (n_layer, n_head, dim). GPT-1B/3B/7B are listed as text-conditional there, but
 # the released c2i_3B_384.pt uses GPT-3B.

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rlar.cache import cached_artifact
 from rlar.data.batches import ImageData
 from rlar.policy.gpt import GPT
 from rlar.policy.taming_gpt import load_taming_transformer
+from rlar.runtime.cache import cached_artifact
 from rlar.tokenizer.build import plain
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load

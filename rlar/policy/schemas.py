@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from rlar.config import PretrainSchema
+from rlar.config.schemas import PretrainSchema
 
 
 @dataclass

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from rlar.data.batches import ImageData
-from rlar.eval_model.build import build_eval_classifier
-from rlar.eval_model.classifier import DigitsClassifier
+from rlar.eval.model.build import build_eval_classifier
+from rlar.eval.model.classifier import DigitsClassifier
 
 
 class LazyClassifier:

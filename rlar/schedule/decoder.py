@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlar.parallel_sampling import one_scale
+from rlar.rollout.parallel_decoding import one_scale
 from rlar.schedule.network import ScheduleNet
 from rlar.schedule.sampler import ScheduleSample, ScheduleTrace, sample_scheduled, schedule_logprob
 
@@ -25,7 +25,7 @@ class ScheduleDecoder(nn.Module):
         self.net = ScheduleNet(generator.n_embd, generator.block_size, max_degree, hidden)
         self.max_steps, self.common_noise = max_steps, common_noise
         self.vocab_size, self.block_size, self.n_embd = generator.vocab_size, generator.block_size, generator.n_embd
-        self.decoding = {"max_steps": max_steps, "max_degree": max_degree}  # a parallel decoder (rlar.evaluate)
+        self.decoding = {"max_steps": max_steps, "max_degree": max_degree}  # a parallel decoder (rlar.eval.evaluate)
 
     def train(self, mode: bool = True) -> ScheduleDecoder:
         super().train(mode)
@@ -39,8 +39,9 @@ class ScheduleDecoder(nn.Module):
     def decode(self, labels: torch.Tensor | None, num_samples: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, cfg_scale=1.0,
                generator: torch.Generator | None = None, group_size: int = 1) -> ScheduleSample:
-        """``num_samples`` images for ``labels [N]`` (``rlar.parallel_sampling.parallel_generations``' interface),
-        in groups of ``group_size`` adjacent samples of one item."""
+        """``num_samples`` images for ``labels [N]`` (the interface of
+        ``rlar.rollout.parallel_decoding.parallel_generations``), in groups of ``group_size`` adjacent samples of one
+        item."""
         return sample_scheduled(self.generator, self.net, labels, num_samples, self.max_steps, temperature, top_k,
                                 top_p, one_scale(cfg_scale), generator, group_size if self.common_noise else 1)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rlar.sampling import truncate
+from rlar.rollout.sampling import truncate
 from rlar.schedule.network import ScheduleNet, degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
 from rlar.schedule.state import PENDING, read_state

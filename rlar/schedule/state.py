@@ -2,7 +2,7 @@
 
 Every row has its own history (the step each position was decoded at), so the state is read from scratch in one
 pass with per-row masks that give exactly the attention of ARPG's KV-cached sampler
-(``rlar.parallel_sampling.sample_parallel``): Pass 1 reads the class slot and the decoded tokens, a token seeing
+(``rlar.rollout.parallel_decoding.sample_parallel``): Pass 1 reads the class slot and the decoded tokens, a token seeing
 those of its own and earlier steps; the queries, one per grid position, see all of them. Queries never see each
 other, so the query of a position gives the same distribution whichever other positions are asked with it.
 """
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from rlar.sampling import guided_logprobs, with_null_class
+from rlar.rollout.sampling import guided_logprobs, with_null_class
 
 PENDING = 1 << 30  # ``decoded_at`` of a position not decoded yet: after every real step, so nothing sees it
 

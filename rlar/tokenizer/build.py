@@ -8,8 +8,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rlar.cache import cached_artifact, load_checkpoint
 from rlar.data.batches import ImageData
+from rlar.runtime.cache import cached_artifact, load_checkpoint
 from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer
 

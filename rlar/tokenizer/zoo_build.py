@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlar.cache import load_checkpoint
+from rlar.runtime.cache import load_checkpoint
 from rlar.tokenizer.build import plain
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.ibq import IBQ, ibq_state

@@ -12,7 +12,7 @@ import torch
 
 from rlar.reward.mixture import zscore
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, bearer_headers, read_token
-from rlar.reward.remote.servers import ServerPool
+from rlar.reward.remote.rotation import ServerPool
 from rlar.reward.remote.wire import decode_scores, encode_request
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def start_servers(num: int, port: int, host: str, server_args: list[str], log_di
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num)))
         log_path = log_dir / f"server-{port + i}.log"
         with open(log_path, "w") as log:
-            cmd = [sys.executable, "-m", "rlar.reward.server", *overrides, *server_args,
+            cmd = [sys.executable, "-m", "rlar.reward.remote.server", *overrides, *server_args,
                    "--host", host, "--port", str(port + i)]
             process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         servers.append(Server(process, f"http://{public}:{port + i}", f"http://{probe}:{port + i}", log_path))

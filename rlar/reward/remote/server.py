@@ -9,11 +9,11 @@ import sys
 import uvicorn
 from hydra.utils import instantiate
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, is_loopback, read_token
 
-log = logging.getLogger("rlar.reward.server")
+log = logging.getLogger("rlar.reward.remote.server")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlar.eval_model.classifier import DigitsClassifier
+from rlar.eval.model.classifier import DigitsClassifier
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

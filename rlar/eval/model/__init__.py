@@ -4,10 +4,10 @@ It gives ``eval/class_acc`` and ``eval/fd`` (a Fréchet distance in its feature 
 the ``class_consistency`` and ``perceptual_digits`` rewards.
 """
 
-from rlar.eval_model.build import build_eval_classifier
-from rlar.eval_model.classifier import DigitsClassifier
-from rlar.eval_model.frechet import frechet_distance, gaussian_fit
-from rlar.eval_model.scorer import EvalModel, build_eval_model
+from rlar.eval.model.build import build_eval_classifier
+from rlar.eval.model.classifier import DigitsClassifier
+from rlar.eval.model.frechet import frechet_distance, gaussian_fit
+from rlar.eval.model.scorer import EvalModel, build_eval_model
 
 __all__ = ["DigitsClassifier", "EvalModel", "build_eval_classifier", "build_eval_model", "frechet_distance",
            "gaussian_fit"]

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from rlar.eval_model.schema import EvalClassifierSchema
+from rlar.eval.model.schema import EvalClassifierSchema
 
 
 @dataclass
@@ -127,7 +127,7 @@ class ReconstructionRewardSchema:
 
 @dataclass
 class HardwareSchema:
-    _target_: str = "rlar.hardware.Hardware"
+    _target_: str = "rlar.runtime.hardware.Hardware"
     device: str = "cpu"
     precision: str = "fp32"
     strategy: str = "none"
@@ -140,7 +140,7 @@ class HardwareSchema:
 
 @dataclass
 class TensorBoardSchema:
-    _target_: str = "rlar.logger.TensorBoardLogger"
+    _target_: str = "rlar.runtime.logger.TensorBoardLogger"
     log_dir: str = "tensorboard"
     log_every: int = 1
     image_every: int = 25
@@ -248,7 +248,7 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

@@ -1,6 +1,6 @@
 """Quality vs decoding steps of the frozen ARPG prior: fixed arccos schedules against the learned schedule.
 
-``python -m rlar.schedule_study [overrides]`` (``make schedules``): for every seed, evaluates the prior with
+``python -m rlar.studies.schedule_study [overrides]`` (``make schedules``): for every seed, evaluates the prior with
 the fixed arccos schedule at each of ``--steps``, trains ``experiment=arpg_schedule`` (``hardware.seed`` = seed;
 finished runs are re-read, unfinished ones resume), evaluates the fixed schedule again at each learned schedule's
 rounded mean step count, and writes ``experiments/arpg_schedule/REPORT.md`` and ``curves.png``. Every evaluation
@@ -22,14 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from rlar.config import compose_config  # noqa: E402
-from rlar.eval_model import build_eval_model  # noqa: E402
-from rlar.evaluate import evaluate  # noqa: E402
+from rlar.config.schemas import compose_config  # noqa: E402
+from rlar.eval.evaluate import evaluate  # noqa: E402
+from rlar.eval.model import build_eval_model  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
-from rlar.report import mean_and_std, mean_std  # noqa: E402
-from rlar.sampling import cfg_scales  # noqa: E402
+from rlar.rollout.sampling import cfg_scales  # noqa: E402
+from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 
-REPORT_DIR = Path(__file__).resolve().parent.parent / "experiments" / "arpg_schedule"
+REPORT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "arpg_schedule"
 METRICS = ("eval/fd", "eval/class_acc", "eval/steps")
 
 
@@ -81,7 +81,7 @@ def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], ov
                  report_dir: Path) -> Path:
     seeds = sorted(learned)
     lines = ["# Learned decoding schedule vs fixed arccos (frozen tiny ARPG, embedded default)", "",
-             f"`{shlex.join(['python', '-m', 'rlar.schedule_study', *overrides])}`", "",
+             f"`{shlex.join(['python', '-m', 'rlar.studies.schedule_study', *overrides])}`", "",
              f"Seeds {seeds}; every row: one sample per held-out digit (359), `eval.seed` = 1234 + seed; mean ± std "
              "over seeds. Learned: `experiment=arpg_schedule` (GRPO, reward perceptual_digits + 0.5 efficiency).",
              "", "| decoding | steps | eval/fd | eval/class_acc | per seed fd |", "|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""``python -m rlar.bench_remote [reward=l2 ...]``: a remote reward against the same reward in-process.
+"""``python -m rlar.studies.bench_remote [reward=l2 ...]``: a remote reward against the same reward in-process.
 
 Starts 2 local CPU reward servers (the Hydra overrides choose the reward; default ``reward=l2``), scores batches
 of 1x32x32 images (the embedded default's size) of 64 and 256 items both ways, and prints throughput (images/s),
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.reward.remote.client import RemoteReward
 from rlar.reward.remote.launch import start_servers, stop_servers, wait_ready
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rlar import distributed
-from rlar.parallel import wrap
+from rlar.runtime import distributed
+from rlar.runtime.data_parallel import wrap
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ the teacher-forced recompute that reproduces them.
 
 A step-size schedule ``[S]`` (shared by the batch, so that tensors keep their shapes) says how many tokens each
 step decodes; each row decodes its own random permutation of the T positions in that grouping. The log-prob
-rule is the raster sampler's (``rlar.sampling``): guided logits ``z_u + s * (z_c - z_u)`` with this step's scale,
-divided by the temperature, log-softmax in fp32; top-k / top-p only restrict the draw.
+rule is the raster sampler's (``rlar.rollout.sampling``): guided logits ``z_u + s * (z_c - z_u)`` with this
+step's scale, divided by the temperature, log-softmax in fp32; top-k / top-p only restrict the draw.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlar.sampling import StartTokens, guided_logprobs, is_guided, split_start_tokens, truncate, with_null_class
+from rlar.rollout.sampling import StartTokens, guided_logprobs, is_guided, split_start_tokens, truncate, with_null_class
 
 # the fraction of positions still masked after step s of N, as a function of r = (s + 1) / N
 SCHEDULES = {
@@ -58,7 +58,8 @@ def step_cfg_scales(sizes: torch.Tensor, cfg_scale: float, cfg_schedule: str = "
 
 
 def one_scale(cfg_scale) -> float:
-    """A single guidance scale from a float or a constant per-position tensor ``[T]`` (``rlar.sampling.cfg_scales``)."""
+    """A single guidance scale from a float or a constant per-position tensor ``[T]``
+    (``rlar.rollout.sampling.cfg_scales``)."""
     values = torch.as_tensor(cfg_scale, dtype=torch.float32).unique()
     if values.numel() != 1:
         raise ValueError("parallel decoding takes one guidance scale, got several per position (rollout.cfg_interval "
@@ -125,9 +126,10 @@ def sample_parallel(policy, labels: torch.Tensor | None, num_samples: int, num_i
 @torch.no_grad()
 def parallel_generations(policy, start_tokens: StartTokens, max_len: int, num_generations: int, **sampling
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``rlar.sampling.sample_multiple_generations`` for a parallel decoder: free-running (empty prefix), G samples
-    per row adjacent; tokens and log-probs ``[N*G, T]`` and the steps of each sample ``[N*G]``. An ARPG decodes
-    with its fixed schedule (``policy.decoding``), a learned schedule (``rlar.schedule``) with its ``decode``."""
+    """``rlar.rollout.sampling.sample_multiple_generations`` for a parallel decoder: free-running (empty prefix),
+    G samples per row adjacent; tokens and log-probs ``[N*G, T]`` and the steps of each sample ``[N*G]``. An ARPG
+    decodes with its fixed schedule (``policy.decoding``), a learned schedule (``rlar.schedule``) with its
+    ``decode``."""
     prefix, labels = split_start_tokens(start_tokens)
     if prefix.shape[1] or max_len != policy.block_size:
         raise ValueError(f"parallel decoding samples whole images from no prefix: got a prefix of {prefix.shape[1]} "

@@ -8,8 +8,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlar.parallel_sampling import CFG_SCHEDULES, SCHEDULES
-from rlar.rollout import MODES as ROLLOUT_MODES
+from rlar.rollout.collect import MODES as ROLLOUT_MODES
+from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 
 
 class ConfigError(ValueError):

@@ -6,9 +6,9 @@ import torch
 from omegaconf import DictConfig
 
 from rlar.data.batches import ImageData
-from rlar.eval_model.build import build_eval_classifier
-from rlar.eval_model.classifier import DigitsClassifier
-from rlar.eval_model.frechet import frechet_distance, gaussian_fit
+from rlar.eval.model.build import build_eval_classifier
+from rlar.eval.model.classifier import DigitsClassifier
+from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 
 
 class EvalModel:

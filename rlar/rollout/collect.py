@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from rlar.algorithm.update import Rollout
-from rlar.parallel_sampling import sample_parallel
-from rlar.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
+from rlar.rollout.parallel_decoding import sample_parallel
+from rlar.rollout.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
+from rlar.rollout.types import Rollout
 
 MODES = ("autoregressive", "prefix", "teacher_forced", "parallel", "schedule")
 

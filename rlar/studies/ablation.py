@@ -1,8 +1,8 @@
-"""Config-file studies: ``python -m rlar.ablation <study> [overrides]`` (or ``rlar-ablation``, ``make ablation``).
+"""Config-file studies: ``python -m rlar.studies.ablation <study> [overrides]`` (``rlar-ablation``, ``make ablation``).
 
 A study is one YAML in ``experiments/``: fixed ``overrides``, the ``seeds``, and named ``settings`` (each a list
 of overrides). Every setting is one Hydra multirun over the seeds, run one after another; then the report
-(``rlar/report.py``) is written beside the YAML. All studies share Hydra's run dirs, ``outputs/ablations/
+(``rlar/studies/report.py``) is written beside the YAML. All studies share Hydra's run dirs, ``outputs/ablations/
 multirun/<overrides>``: running a study again resumes unfinished runs and only re-reads finished ones, and a run
 that two studies share (their common baseline) is trained once.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @dataclass
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.report_only:
         run_sweeps(study, args.overrides, args.outputs)
-    from rlar.report import write_report
+    from rlar.studies.report import write_report
 
     report = write_report(study, args.outputs)
     print(f"report: {report}")

@@ -23,8 +23,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from rlar import distributed
-from rlar.cache import atomic_torch_save
+from rlar.runtime import distributed
+from rlar.runtime.cache import atomic_torch_save
 
 FORMATS = ("consolidated", "sharded")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

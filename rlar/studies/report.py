@@ -2,7 +2,7 @@
 
 Each run's numbers come from its ``summary.json`` and its curves from its TensorBoard event files (read with
 TensorBoard's ``EventAccumulator``); runs are grouped into the study's settings by their Hydra overrides.
-``python -m rlar.ablation <study> --report-only`` rewrites a report without running anything.
+``python -m rlar.studies.ablation <study> --report-only`` rewrites a report without running anything.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa:
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from rlar.ablation import Study, sweep_dir  # noqa: E402
-from rlar.config import compose_config  # noqa: E402
+from rlar.config.schemas import compose_config  # noqa: E402
+from rlar.studies.ablation import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
 CURVE_TAGS = ("eval/reward", "eval/fd", "reward/mean", *TIME_TAGS)
@@ -221,7 +221,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     runs = collect_runs(study, outputs)
     if not any(runs.values()):
         raise FileNotFoundError(f"no finished runs of study {study.name!r} under {sweep_dir(outputs)}; "
-                                f"run them first: python -m rlar.ablation {study.name}")
+                                f"run them first: python -m rlar.studies.ablation {study.name}")
     out = Path(report_dir or study.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "curves.png", study.title)
@@ -236,7 +236,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
     text = f"""# {study.title}
 
-- **command**: `make ablation STUDY={study.name}` (or `python -m rlar.ablation {study.name}`); the study file is
+- **command**: `make ablation STUDY={study.name}` (or `python -m rlar.studies.ablation {study.name}`); the study file is
   [`experiments/{study.name}.yaml`](../{study.name}.yaml)
 - **config**: the embedded default with {" ".join(f"`{o}`" for o in study.overrides) or "no other overrides"}:
   {iterations} RL iterations, an evaluation every {cfg.eval.every}

@@ -11,11 +11,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rlar.cache import cached_artifact
 from rlar.data.batches import ImageData
-from rlar.eval_model.classifier import DigitsClassifier
-from rlar.eval_model.schema import EvalClassifierSchema
-from rlar.eval_model.train import accuracy, train_classifier
+from rlar.eval.model.classifier import DigitsClassifier
+from rlar.eval.model.schema import EvalClassifierSchema
+from rlar.eval.model.train import accuracy, train_classifier
+from rlar.runtime.cache import cached_artifact
 
 log = logging.getLogger(__name__)
 

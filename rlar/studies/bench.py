@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from rlar.config import compose_config
+from rlar.config.schemas import compose_config
 from rlar.loop import train_rl_loop
-from rlar.parallel_sampling import sample_parallel
 from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT
-from rlar.sampling import sample_codes_with_logprobs
+from rlar.rollout.parallel_decoding import sample_parallel
+from rlar.rollout.sampling import sample_codes_with_logprobs
 
 
 def sampler_throughput(seq_len: int, batch: int = 32, repeats: int = 2) -> dict[str, float]:

@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import torch
 
-from rlar import distributed
-from rlar.eval_model.scorer import EvalModel
-from rlar.parallel_sampling import parallel_generations
-from rlar.sampling import sample_multiple_generations
+from rlar.eval.model.scorer import EvalModel
+from rlar.rollout.parallel_decoding import parallel_generations
+from rlar.rollout.sampling import sample_multiple_generations
+from rlar.runtime import distributed
 
 
 def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,1 @@
+"""Configuration: the typed schemas, the config store and the checks run before any work."""

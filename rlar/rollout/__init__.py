@@ -1,0 +1,1 @@
+"""Rollouts: sampling token sequences with their log-probabilities, in every rollout mode."""

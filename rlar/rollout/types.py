@@ -1,0 +1,37 @@
+"""``Rollout``: one iteration's sampled sequences, the data every stage after sampling reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from rlar.schedule.sampler import ScheduleTrace
+
+
+@dataclass
+class Rollout:
+    """One iteration's samples: G generations per item, adjacent."""
+
+    context: torch.Tensor  # [N, T] long: the tokens the policy reads (== tokens, except teacher-forced rollouts)
+    tokens: torch.Tensor  # [N, T] long: the actions
+    logprobs: torch.Tensor  # [N, T] fp32, log-prob of each action at sampling time (0 where not an action)
+    labels: torch.Tensor | None  # [N] class ids (negative: the null class), or None
+    mask: torch.Tensor  # [N, T] bool, True where the token is an action (sampled, not given)
+    targets: torch.Tensor | None = None  # [N, T] long: the ground-truth codes, for the NTP term
+    # [N, T] long: the (noisy) ground-truth context the NTP term reads; None: ``context`` (teacher-forced rollouts)
+    target_context: torch.Tensor | None = None
+    # parallel rollouts (ARPG): orders [N, T], step_sizes [S], cfg_scales [S] (rlar.rollout.parallel_decoding);
+    # None: raster
+    schedule: dict | None = None
+    steps: torch.Tensor | None = None  # [N] long: decoding steps of each sample (parallel decoders), for rewards
+    # learned-schedule rollouts (rlar.schedule): the per-step states and actions; the action of a sample is its
+    # whole schedule, so logprobs and mask are [N, 1] (one log-prob per sample) and tokens are not actions
+    trace: ScheduleTrace | None = None
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Image tokens the policy sampled (for throughput)."""
+        return int(self.tokens.numel() if self.trace is not None else self.mask.sum())

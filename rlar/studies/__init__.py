@@ -1,0 +1,1 @@
+"""Studies around the loop: config-file ablations, their reports, and benchmarks."""
