@@ -65,3 +65,7 @@ def main(argv: list[str] | None = None) -> int:
              args.host, args.port, "required" if token else "off (loopback)")
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_config=None)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
