@@ -1,6 +1,6 @@
 """Sampling with log-probabilities, and the teacher-forced recompute that reproduces them.
 
-Both paths score a token under the same distribution (DESIGN.md §2): guided logits
+Both paths score a token under the same distribution (docs/design.md, log-prob rule): guided logits
 ``z_u + s * (z_c - z_u)`` (only when ``cfg_scale != 1``), divided by the temperature, log-softmax in fp32.
 Top-k / top-p only restrict which token is drawn; the returned log-probability is under the full
 tempered distribution, so the rollout is off-policy by exactly that truncation.

@@ -1,4 +1,4 @@
-"""The frozen tokenizer contract (DESIGN.md §2), for any VQ model."""
+"""The frozen tokenizer contract (docs/design.md, tokenizer), for any VQ model."""
 
 from __future__ import annotations
 
