@@ -6,7 +6,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlar.config.schemas import CONF_DIR, register_schemas
+from rlar.config.store import CONF_DIR, register_schemas
 
 register_schemas()
 

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlar.config.schemas import CONF_DIR, register_schemas
+from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import ConfigError, check_config
 from rlar.loop import train_rl_loop
 from rlar.runtime.distributed import env_rank

@@ -9,7 +9,7 @@ from rlar.algorithm.kl import exact_kl, k3_kl, token_kl
 from rlar.algorithm.losses import aggregate, clipped_surrogate
 from rlar.algorithm.stats import ConditionStats
 from rlar.algorithm.update import policy_update
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
 from rlar.rollout.collect import collect_rollout

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
 from rlar.data.digits import DigitsData
 from rlar.loop import train_rl_loop
@@ -231,8 +231,8 @@ def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     assert policy.decoding == {"num_iter": 6, "schedule": "cosine", "cfg_schedule": "constant"}
     assert len(list(tmp_path.glob("arpg_prior-*.pt"))) == 1
     monkeypatch.setattr("rlar.policy.prior.pretrain_gpt", None)  # a second build must not train
-    again = build_arpg_prior(tokenizer, data, tokenizer.codebook_size, pretrain={"steps": 3, "batch_size": 8},
-                             cache_dir=tmp_path)
+    again = build_arpg_prior(tokenizer, data, vocab_size=tokenizer.codebook_size,
+                             pretrain={"steps": 3, "batch_size": 8}, cache_dir=tmp_path)
     assert all(torch.equal(policy.state_dict()[k], v) for k, v in again.state_dict().items())
     torch.save({"state_dict": policy.state_dict()}, tmp_path / "arpg.pt")
     loaded = instantiate(cfg.policy, tokenizer=tokenizer, data=data, checkpoint=str(tmp_path / "arpg.pt"))

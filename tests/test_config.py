@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from rlar.config.schemas import CONF_DIR, compose_config
+from rlar.config.store import CONF_DIR, compose_config
 from rlar.config.validate import ConfigError, check_config
 
 GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]

@@ -12,7 +12,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.data.batches import holdout_split
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rlar.runtime.distributed
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
 from rlar.rollout.sampling import policy_logprobs
 from rlar.run import rank_overrides

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 import rlar.eval.model.build
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.eval.model import EvalModel, build_eval_classifier, frechet_distance, gaussian_fit
 from rlar.eval.model.train import random_shift

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.studies.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
 from rlar.studies.report import collect_runs, defining, write_report

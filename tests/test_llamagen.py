@@ -6,7 +6,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.policy.arpg import ARPG
 from rlar.policy.llamagen import PRESETS, LlamaGen, apply_rope, load_llamagen_state, rope_2d
@@ -195,7 +195,7 @@ def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     cached = list(tmp_path.glob("llamagen_prior-*.pt"))
     assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
     monkeypatch.setattr("rlar.policy.prior.pretrain_gpt", None)  # a second build must not train
-    again = build_llamagen_prior(tokenizer, data, tokenizer.codebook_size, n_layer=2, n_head=4, dim=96,
+    again = build_llamagen_prior(tokenizer, data, vocab_size=tokenizer.codebook_size, n_layer=2, n_head=4, dim=96,
                                  pretrain={"steps": 3, "batch_size": 8}, cache_dir=tmp_path)
     first = policy.state_dict()
     assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())

@@ -5,7 +5,7 @@ import math
 import torch
 from omegaconf import OmegaConf
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
 

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from safetensors.torch import save
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.remote.client import RemoteReward
 from rlar.reward.remote.wire import encode_request

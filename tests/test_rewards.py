@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision import models
 
-from rlar.config.schemas import CONF_DIR, compose_config
+from rlar.config.store import CONF_DIR, compose_config
 from rlar.reward.metrics import PSNRReward, SSIMReward
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.perceptual import LPIPSReward

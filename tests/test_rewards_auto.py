@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.reward.clip import CLIPReward, clip_pixels, item_prompts
 from rlar.reward.efficiency import EfficiencyReward
 from rlar.reward.mixture import WeightedReward

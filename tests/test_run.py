@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rlar.loop
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
 
 

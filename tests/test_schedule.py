@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from rlar.algorithm.algorithms import GRPO
 from rlar.algorithm.update import policy_update
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
 from rlar.loop import train_rl_loop
 from rlar.policy.arpg import ARPG

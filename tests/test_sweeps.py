@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 
-from rlar.config.schemas import CONF_DIR, compose_config, register_schemas
+from rlar.config.store import CONF_DIR, compose_config, register_schemas
 from rlar.config.validate import check_config
 
 SEARCHES = sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml"))

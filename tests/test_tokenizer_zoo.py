@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen

@@ -14,7 +14,7 @@ import rlar.loop
 from rlar import compute_sequence_logprob, reinforce_update, sample_codes_with_logprobs
 from rlar.algorithm.algorithms import GRPO
 from rlar.algorithm.update import minibatch_loss, policy_update
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.loop import train_rl_loop
 from rlar.rollout.collect import collect_rollout, drop_labels, noisy_context

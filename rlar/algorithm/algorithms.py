@@ -33,7 +33,9 @@ class Common:
     entropy_coef: float = 0.0
     grad_accum: int = 1  # minibatches per optimizer step
     stats_key: str = "class"  # what "a condition" is for per-condition statistics: class | image
-    ntp_weight: float = 0.0  # next-token cross-entropy on the ground-truth codes (VA-pi's regulariser)
+    # next-token cross-entropy on the ground-truth codes (VA-pi's regulariser; rollout.mode=teacher_forced: the
+    # same forward pass)
+    ntp_weight: float = 0.0
     value_head = False  # only PPO may learn a critic
 
     def check_common(self) -> None:
@@ -59,16 +61,16 @@ class Common:
 class GRPO(Common):
     """Group-relative advantages and a per-token PPO-clip loss."""
 
-    num_generations: int = 8
+    num_generations: int = 8  # G samples per image (>= 2)
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # asymmetric range [1 - clip_eps, 1 + clip_eps_high] (DAPO's clip-higher)
     scale: str = "group"  # std over the group | batch | none (Dr. GRPO)
-    adv_clip: float | None = 5.0
-    aggregation: str = "token"  # token | sequence | constant
-    loss_constant: float | None = None  # divisor per sequence for aggregation=constant (default: T)
+    adv_clip: float | None = 5.0  # clamp |advantage|; null = off
+    aggregation: str = "token"  # token | sequence | constant (sum / (N * loss_constant), Dr. GRPO)
+    loss_constant: float | None = None  # divisor per sequence for aggregation=constant; null = T tokens
     drop_zero_std_groups: bool = False  # leave groups with equal rewards out of the update
     epochs: int = 1
-    minibatch_size: int = 64
+    minibatch_size: int = 64  # sequences per minibatch (a multiple of num_generations)
 
     def __post_init__(self):
         self.check_common()
@@ -103,8 +105,8 @@ class GRPO(Common):
 class Reinforce(Common):
     """REINFORCE with a baseline (batch mean, or a per-condition running mean) and standardized advantages."""
 
-    num_generations: int = 4
-    baseline: str = "batch"  # batch | condition
+    num_generations: int = 8
+    baseline: str = "batch"  # batch mean | condition (running mean/std per stats_key, batch until min_count)
     standardize: bool = True
     min_count: int = 16  # rewards a condition needs before its own statistics replace the batch's
     minibatch_size: int = 64
@@ -153,7 +155,8 @@ class PPO(Common):
     """
 
     num_generations: int = 4
-    baseline: str = "group"  # group (mean of the item's G samples) | batch (the batch mean)
+    # group: r - mean of the item's G samples | batch: r - batch mean; then / batch std
+    baseline: str = "group"
     clip_eps: float = 0.2
     epochs: int = 4
     minibatch_size: int = 32

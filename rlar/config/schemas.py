@@ -1,195 +1,98 @@
-"""Structured-config schemas: Hydra checks types and rejects unknown keys when it composes the config.
+"""The schemas of the config's own sections (rollout, schedule, train, eval, optimizer) and of the whole config.
 
-Each YAML option starts from its schema (``defaults: [/schema/<group>/<name>@_here_, _self_]``), so a typo
-(``algorithm.num_generation=4``) or a wrong type (``train.iterations=ten``) fails before any work.
+Each group's options are typed by their sub-package's schemas (``rlar/<package>/schemas.py``, or the built class
+itself); ``rlar.config.store`` registers them all. The defaults and the comments here are the documentation of
+every option: ``python -m rlar.run --help`` prints the composed values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
-
-from rlar.eval.model.schema import EvalClassifierSchema
-
-
-@dataclass
-class DigitsDataSchema:
-    _target_: str = "rlar.data.digits.DigitsData"
-    image_size: int = 32
-    eval_fraction: float = 0.2
-    split_seed: int = 0
-
-
-@dataclass
-class VQTrainSchema:
-    steps: int = 600
-    lr: float = 2e-3
-    batch_size: int = 64
-    seed: int = 0
-
-
-@dataclass
-class DigitsVQSchema:
-    _target_: str = "rlar.tokenizer.build.build_digits_vq"
-    codebook_size: int = 64
-    embed_dim: int = 16
-    hidden: int = 64
-    checkpoint: str | None = None
-    train: VQTrainSchema = field(default_factory=VQTrainSchema)
-    cache_dir: str | None = None
-    chunk_size: int = 256
-
-
-@dataclass
-class PretrainSchema:
-    steps: int = 1200
-    lr: float = 1e-3
-    batch_size: int = 64
-    label_dropout: float = 0.1
-    seed: int = 0
-
-
-@dataclass
-class GPTSchema:
-    _target_: str = "rlar.policy.prior.build_gpt_prior"
-    vocab_size: int = MISSING
-    block_size: int | None = None
-    n_layer: int = 3
-    n_head: int = 4
-    n_embd: int = 96
-    dropout: float = 0.0
-    checkpoint: str | None = None
-    pretrain: PretrainSchema = field(default_factory=PretrainSchema)
-    cache_dir: str | None = None
-
-
-@dataclass
-class CommonAlgorithmSchema:
-    beta: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    grad_accum: int = 1
-    stats_key: str = "class"
-    ntp_weight: float = 0.0
-
-
-@dataclass
-class GRPOSchema(CommonAlgorithmSchema):
-    _target_: str = "rlar.algorithm.algorithms.GRPO"
-    num_generations: int = 8
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    scale: str = "group"
-    adv_clip: float | None = 5.0
-    aggregation: str = "token"
-    loss_constant: float | None = None
-    drop_zero_std_groups: bool = False
-    epochs: int = 1
-    minibatch_size: int = 64
-
-
-@dataclass
-class ReinforceSchema(CommonAlgorithmSchema):
-    _target_: str = "rlar.algorithm.algorithms.Reinforce"
-    num_generations: int = 8
-    baseline: str = "batch"
-    standardize: bool = True
-    min_count: int = 16
-    minibatch_size: int = 64
-    epochs: int = 1
-
-
-@dataclass
-class PPOSchema(CommonAlgorithmSchema):
-    _target_: str = "rlar.algorithm.algorithms.PPO"
-    num_generations: int = 4
-    baseline: str = "group"
-    clip_eps: float = 0.2
-    epochs: int = 4
-    minibatch_size: int = 32
-    aggregation: str = "token"
-    value_head: bool = False
-    vf_coef: float = 0.5
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-
-
-@dataclass
-class ReconstructionRewardSchema:
-    _target_: str = "rlar.reward.reconstruction.ReconstructionReward"
-    kind: str = "l2"
-
-
-@dataclass
-class HardwareSchema:
-    _target_: str = "rlar.runtime.hardware.Hardware"
-    device: str = "cpu"
-    precision: str = "fp32"
-    strategy: str = "none"
-    tf32: bool = False
-    compile: bool = False
-    seed: int = 0
-    num_threads: int | None = None
-    timeout_min: int = 30
-
-
-@dataclass
-class TensorBoardSchema:
-    _target_: str = "rlar.runtime.logger.TensorBoardLogger"
-    log_dir: str = "tensorboard"
-    log_every: int = 1
-    image_every: int = 25
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
 class RolloutSchema:
+    # autoregressive | prefix (first prefix_len ground-truth tokens given) | teacher_forced |
+    # parallel (policy=arpg: several positions per step, a random order per sample) |
+    # schedule (policy=arpg frozen: a network learns how many positions per step, and which)
     mode: str = "autoregressive"
     temperature: float = 1.0
-    top_k: int | None = None
+    top_k: int | None = None  # truncation changes only which token is drawn: off-policy (docs/design.md, log-prob rule)
     top_p: float | None = None
-    cfg_scale: float = 1.0
-    cfg_interval: list[float] | None = None
-    prefix_len: int = 0
+    cfg_scale: float = 1.0  # classifier-free guidance; log-probs are under the guided distribution
+    cfg_interval: list[float] | None = None  # [lo, hi): guide only token positions t with lo <= t/T < hi; null = all
+    prefix_len: int = 0  # ground-truth tokens given before sampling, for mode=prefix
+    # each ground-truth context token replaced by a uniformly random code with this probability
+    # (teacher_forced/prefix context and the NTP term's context; VA-pi's noisy context)
     token_noise_prob: float = 0.0
+    # each item's class label replaced by the null class with this probability, in the rollout; the update reads
+    # the rollout's labels, so its distribution is the rollout's
     label_dropout: float = 0.0
-    num_iter: int = 16
-    schedule: str = "arccos"
+    num_iter: int = 16  # mode=parallel (policy=arpg): decoding steps (at most T; several tokens per step)
+    schedule: str = "arccos"  # mode=parallel: tokens per step, arccos | cosine | linear (of the fraction still masked)
+    # mode=parallel: guidance per step, constant | linear (1 + (cfg_scale-1) * decoded/T)
     cfg_schedule: str = "constant"
 
 
 @dataclass
 class ScheduleSchema:
-    max_steps: int = 16
-    max_degree: int = 16
-    hidden: int = 64
+    """rollout.mode=schedule: the learned decoding schedule of the frozen ARPG (rlar/schedule)."""
+
+    max_steps: int = 16  # cap on decoding steps: step max_steps fills every position left (forced, log-prob 0)
+    max_degree: int = 16  # the degree head's choices: k = 1..max_degree positions per step (at most what is left)
+    hidden: int = 64  # width of the schedule network
+    # the G samples of an item share their token noise (Gumbel-max, one draw per position and code): each token
+    # is still an exact draw, and rewards in a group differ by schedule
     common_noise: bool = True
 
 
 @dataclass
 class TrainSchema:
     iterations: int = 300
-    batch_size: int = 8
+    batch_size: int = 8  # images per iteration (over all processes); each gets algorithm.num_generations samples
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # teacher-forced cross-entropy steps on the train split before RL starts
+    # decode and score in chunks of this many images, the next chunk decoding while the last is scored (for slow
+    # or remote rewards); batch-level reward normalization then applies per chunk. null = decode everything, then
+    # score once
     score_chunk_size: int | None = None
+    # consolidated: one file (rank 0 gathers) | sharded: torch.distributed.checkpoint shards written by every rank
+    # (+ checkpoints/policy.pt at the end); both resume on any number of processes
     checkpoint_format: str = "consolidated"
+
+
+@dataclass
+class ClassifierTrainSchema:
+    steps: int = 300
+    lr: float = 2e-3
+    batch_size: int = 64
+    max_shift: int = 2  # random shifts of up to this many pixels along each axis
+    seed: int = 0
+
+
+@dataclass
+class EvalClassifierSchema:
+    """A small CNN of the data's classes, trained on the train split on first use, then cached."""
+
+    input_size: int = 32  # images are resized to this (a multiple of 8)
+    width: int = 16  # channels of the first of three conv blocks (then 2x, 4x)
+    features: int = 128  # penultimate features: the space of eval/fd and of reward=perceptual_digits
+    train: ClassifierTrainSchema = field(default_factory=ClassifierTrainSchema)
 
 
 @dataclass
 class EvalSchema:
     every: int = 100
     samples_per_item: int = 1
-    max_items: int | None = None
+    max_items: int | None = None  # null = the whole held-out split
     batch_size: int = 128
     seed: int = 1234
-    classifier: bool = True
-    guided_cfg_scale: float | None = None
+    classifier: bool = True  # eval/class_acc and eval/fd from the embedded evaluation classifier (rlar/eval/model)
+    guided_cfg_scale: float | None = None  # a number: evaluate again under this classifier-free guidance (eval_cfg/*)
     classifier_model: EvalClassifierSchema = field(default_factory=EvalClassifierSchema)
 
 
@@ -215,44 +118,14 @@ class RlarConfig:
     train: TrainSchema = field(default_factory=TrainSchema)
     eval: EvalSchema = field(default_factory=EvalSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
-    name: str = "default"
-    resume: bool = True
-    cache_dir: str | None = None
+    name: str = "default"  # groups runs under outputs/<name>/
+    resume: bool = True  # re-running the same command continues from its last checkpoint
+    cache_dir: str | None = None  # trained tokenizer and prior; null = $RLAR_CACHE_DIR or ~/.cache/rlar
 
 
-SCHEMAS = {
-    "data": {"digits": DigitsDataSchema},
-    "tokenizer": {"digits_vq": DigitsVQSchema},
-    "policy": {"gpt": GPTSchema},
-    "algorithm": {"grpo": GRPOSchema, "reinforce": ReinforceSchema, "ppo": PPOSchema},
-    "reward": {"reconstruction": ReconstructionRewardSchema},
-    "hardware": {"hardware": HardwareSchema},
-    "logger": {"tensorboard": TensorBoardSchema},
-}
-
-
-def register_schemas() -> None:
-    """Store every option's schema under ``schema/<group>/<name>`` (the core ones above, and each sub-package's)."""
-    from rlar.data.schemas import DATA_SCHEMAS
-    from rlar.policy.schemas import POLICY_SCHEMAS
-    from rlar.reward.remote.schema import REMOTE_SCHEMAS
-    from rlar.reward.schemas import REWARD_SCHEMAS
-    from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
-
-    extra = {"data": DATA_SCHEMAS, "policy": POLICY_SCHEMAS, "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS},
-             "tokenizer": TOKENIZER_SCHEMAS}
-    cs = ConfigStore.instance()
-    cs.store(name="rlar_schema", node=RlarConfig)
-    for group, options in {**SCHEMAS, **{g: {**SCHEMAS[g], **more} for g, more in extra.items()}}.items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
-
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose_config(overrides: list[str] = ()) -> DictConfig:
-    """The config ``python -m rlar.run`` would see, composed without running (for tests, benchmarks, notebooks)."""
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+def from_options(schema: type, options: dict):
+    """A builder's keyword arguments (as Hydra passes them, nested sections as configs) as an instance of its
+    ``schema``: the schema's defaults for what is not given, types checked, unknown keys rejected."""
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+             for k, v in options.items()}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))

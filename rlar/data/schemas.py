@@ -1,4 +1,4 @@
-"""Structured-config schemas of the file-backed data options (registered as ``schema/data/<name>``)."""
+"""Structured-config schemas of the data options (registered as ``schema/data/<name>``)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,45 @@ from omegaconf import MISSING
 
 
 @dataclass
+class DigitsDataSchema:
+    _target_: str = "rlar.data.digits.DigitsData"
+    image_size: int = 32
+    eval_fraction: float = 0.2  # fixed held-out split for evaluation
+    split_seed: int = 0
+
+
+@dataclass
 class HFDiskSchema:
     _target_: str = "rlar.data.hf_disk.HFDiskData"
-    path: str = MISSING
+    path: str = MISSING  # the save_to_disk directory (required: data.path=...)
+    # shorter side resized to this, then center-cropped; the embedded tokenizer needs a multiple of 4
     image_size: int = 256
-    channels: int = 3
+    channels: int = 3  # 3 = RGB, 1 = grayscale
     split: str = "train"
+    # null: `validation`, else `test`, else hold out eval_fraction of train; or a split name, or holdout
     eval_split: str | None = None
-    eval_fraction: float = 0.1
-    split_seed: int = 0
-    max_images: int | None = None
-    num_workers: int = 0
-    image_column: str | None = None
-    label_column: str | None = None
+    eval_fraction: float = 0.1  # held-out part of train when there is no eval split
+    split_seed: int = 0  # fixes the held-out part and the max_images subset
+    max_images: int | None = None  # read at most this many images of each split (a fixed random subset); null = all
+    num_workers: int = 0  # DataLoader workers decoding images (0 = in the main process)
+    image_column: str | None = None  # null = the first of image, image_path, file, filepath
+    label_column: str | None = None  # null = label, else labels
+    # null = a ClassLabel's class count, else the number of distinct labels (must be 0..K-1)
     num_classes: int | None = None
 
 
 @dataclass
 class ImageFolderSchema:
     _target_: str = "rlar.data.image_folder.ImageFolderData"
-    root: str = MISSING
+    root: str = MISSING  # the folder of class sub-folders (required: data.root=...)
+    # shorter side resized to this, then center-cropped; the embedded tokenizer needs a multiple of 4
     image_size: int = 256
-    channels: int = 3
-    eval_root: str | None = None
+    channels: int = 3  # 3 = RGB, 1 = grayscale
+    eval_root: str | None = None  # a second folder of the same classes for evaluation; null = hold out eval_fraction
     eval_fraction: float = 0.1
-    split_seed: int = 0
-    max_images: int | None = None
-    num_workers: int = 0
+    split_seed: int = 0  # fixes the held-out part and the max_images subset
+    max_images: int | None = None  # read at most this many images of each folder (a fixed random subset); null = all
+    num_workers: int = 0  # DataLoader workers decoding images (0 = in the main process)
 
 
-DATA_SCHEMAS = {"hf_disk": HFDiskSchema, "image_folder": ImageFolderSchema}
+DATA_SCHEMAS = {"digits": DigitsDataSchema, "hf_disk": HFDiskSchema, "image_folder": ImageFolderSchema}

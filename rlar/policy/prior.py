@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.gpt import GPT
+from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.runtime.cache import cached_artifact
-from rlar.tokenizer.build import plain
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
@@ -77,14 +79,10 @@ def load_gpt_checkpoint(policy: GPT, path: str) -> GPT:
     return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
 
 
-def pretrain_settings(pretrain: dict | None) -> dict:
-    return {"steps": 1200, "lr": 1e-3, "batch_size": 64, "label_dropout": 0.1, "seed": 0, **plain(pretrain)}
-
-
 def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data: ImageData, pretrain: dict,
                  cache_dir: str | None):
     """Load into ``policy`` the prior cached under ``name`` for these settings; on a miss, pretrain it with teacher
-    forcing on the tokenized train split first. ``pretrain``: the output of :func:`pretrain_settings`."""
+    forcing on the tokenized train split first. ``pretrain``: a :class:`PretrainSchema`'s fields."""
 
     def build():
         generator = torch.Generator().manual_seed(pretrain["seed"])
@@ -105,16 +103,15 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
     return policy
 
 
-def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, vocab_size: int, block_size: int | None = None,
-                    n_layer: int = 3, n_head: int = 4, n_embd: int = 96, dropout: float = 0.0,
-                    checkpoint: str | None = None, pretrain: dict | None = None,
-                    cache_dir: str | None = None) -> GPT:
-    """A GPT policy initialised from ``checkpoint``, or from the cached prior (pretrained here on a miss)."""
-    block_size = block_size or tokenizer.num_tokens
-    check_vocabulary(vocab_size, block_size, tokenizer)
-    arch = {"vocab_size": vocab_size, "block_size": block_size, "num_classes": data.num_classes,
-            "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
-    policy = GPT(**arch, dropout=dropout)
-    if checkpoint:
-        return load_gpt_checkpoint(policy, checkpoint)
-    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, pretrain_settings(pretrain), cache_dir)
+def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> GPT:
+    """A GPT policy initialised from ``checkpoint``, or from the cached prior (pretrained here on a miss).
+    ``options``: the fields of :class:`GPTSchema`."""
+    spec = from_options(GPTSchema, options)
+    block_size = spec.block_size or tokenizer.num_tokens
+    check_vocabulary(spec.vocab_size, block_size, tokenizer)
+    arch = {"vocab_size": spec.vocab_size, "block_size": block_size, "num_classes": data.num_classes,
+            "n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd}
+    policy = GPT(**arch, dropout=spec.dropout)
+    if spec.checkpoint:
+        return load_gpt_checkpoint(policy, spec.checkpoint)
+    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir)

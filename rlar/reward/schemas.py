@@ -9,6 +9,12 @@ from omegaconf import MISSING
 
 
 @dataclass
+class ReconstructionRewardSchema:
+    _target_: str = "rlar.reward.reconstruction.ReconstructionReward"
+    kind: str = "l2"  # l2 (mean squared error per pixel) | l1
+
+
+@dataclass
 class PSNRRewardSchema:
     _target_: str = "rlar.reward.metrics.PSNRReward"
 
@@ -23,10 +29,10 @@ class SSIMRewardSchema:
 @dataclass
 class LPIPSRewardSchema:
     _target_: str = "rlar.reward.perceptual.LPIPSReward"
-    net: str = "alex"
-    pretrained: bool = True
-    pnet_rand: bool = False
-    weights_path: str | None = None
+    net: str = "alex"  # alex | vgg | squeeze
+    pretrained: bool = True  # lpips' calibrated linear layers (shipped inside the lpips package)
+    pnet_rand: bool = False  # true = random backbone, no weights file needed
+    weights_path: str | None = None  # the torchvision backbone weights file; null = the torch hub cache
     device: str = "cpu"
 
 
@@ -48,19 +54,19 @@ class SaturationRewardSchema:
 @dataclass
 class EfficiencyRewardSchema:
     _target_: str = "rlar.reward.efficiency.EfficiencyReward"
-    target: int = 8
-    max_steps: int = 64
+    target: int = 8  # steps at or below this score 1
+    max_steps: int = 64  # steps at or above this score 0 (64 = one token per step on the default 8x8 grid)
 
 
 @dataclass
 class CLIPRewardSchema:
     _target_: str = "rlar.reward.clip.CLIPReward"
-    model_path: str = MISSING
-    class_names: list[str] | None = None
-    class_names_file: str | None = None
-    template: str = "a photo of a {}"
-    scale: float = 1.0
-    batch_size: int = 64
+    model_path: str = MISSING  # required: the directory with config.json, the weights and the processor files
+    class_names: list[str] | None = None  # class names in class-id order, or
+    class_names_file: str | None = None  # a text file with one name per line
+    template: str = "a photo of a {}"  # '{}' is replaced by the class name
+    scale: float = 1.0  # 100 = torchmetrics' CLIPScore units (without its clamp at 0)
+    batch_size: int = 64  # images per CLIP forward pass
 
 
 @dataclass
@@ -68,7 +74,7 @@ class WeightedRewardSchema:
     _target_: str = "rlar.reward.mixture.WeightedReward"
     components: Any = MISSING
     weights: dict[str, float] = MISSING
-    normalize: bool = False
+    normalize: bool = False  # z-score each component over the batch before weighting
 
 
 @dataclass
@@ -88,6 +94,7 @@ class PerceptualDigitsRewardSchema:
 
 
 REWARD_SCHEMAS = {
+    "reconstruction": ReconstructionRewardSchema,
     "psnr": PSNRRewardSchema,
     "ssim": SSIMRewardSchema,
     "lpips": LPIPSRewardSchema,

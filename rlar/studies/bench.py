@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
 from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT

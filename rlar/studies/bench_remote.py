@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.reward.remote.client import RemoteReward
 from rlar.reward.remote.launch import start_servers, stop_servers, wait_ready
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
-from rlar.config.schemas import compose_config  # noqa: E402
+from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import evaluate  # noqa: E402
 from rlar.eval.model import build_eval_model  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402

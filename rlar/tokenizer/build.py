@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.runtime.cache import cached_artifact, load_checkpoint
 from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer
+from rlar.tokenizer.schemas import DigitsVQSchema
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +23,17 @@ def plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
 
 
-def build_digits_vq(data: ImageData, codebook_size: int = 64, embed_dim: int = 16, hidden: int = 64,
-                    checkpoint: str | None = None, train: dict | None = None, cache_dir: str | None = None,
-                    chunk_size: int = 256) -> FrozenTokenizer:
-    """The embedded VQ tokenizer, frozen. ``checkpoint``: a state dict to load; null trains one (cached)."""
-    train = {"steps": 600, "lr": 2e-3, "batch_size": 64, "seed": 0, **plain(train)}
-    arch = {"image_size": data.image_size, "channels": data.channels, "codebook_size": codebook_size,
-            "embed_dim": embed_dim, "hidden": hidden}
+def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
+    """The embedded VQ tokenizer, frozen. ``options``: the fields of :class:`DigitsVQSchema`; a ``checkpoint`` is
+    loaded, else one is trained (cached)."""
+    spec = from_options(DigitsVQSchema, options)
+    train = asdict(spec.train)
+    arch = {"image_size": data.image_size, "channels": data.channels, "codebook_size": spec.codebook_size,
+            "embed_dim": spec.embed_dim, "hidden": spec.hidden}
     model = DigitsVQ(**arch)
-    if checkpoint:
-        model.load_state_dict(load_checkpoint(checkpoint, "tokenizer.checkpoint"))
-        source = str(checkpoint)
+    if spec.checkpoint:
+        model.load_state_dict(load_checkpoint(spec.checkpoint, "tokenizer.checkpoint"))
+        source = str(spec.checkpoint)
     else:
         def build():
             generator = torch.Generator().manual_seed(train["seed"])
@@ -39,14 +42,14 @@ def build_digits_vq(data: ImageData, codebook_size: int = 64, embed_dim: int = 1
                                 generator, progress=bar)
             return model.state_dict(), _quality(model, data)
 
-        state, path = cached_artifact(cache_dir, "digits_vq", {"arch": arch, "train": train,
-                                                               "data": data.fingerprint()}, build)
+        spec_key = {"arch": arch, "train": train, "data": data.fingerprint()}
+        state, path = cached_artifact(spec.cache_dir, "digits_vq", spec_key, build)
         model.load_state_dict(state)
         source = str(path)
     metrics = _quality(model, data)
     log.info("tokenizer %s: eval reconstruction PSNR %.2f dB, code perplexity %.1f of %d",
-             source, metrics["psnr_db"], metrics["code_perplexity"], codebook_size)
-    tokenizer = FrozenTokenizer(model, chunk_size=chunk_size)
+             source, metrics["psnr_db"], metrics["code_perplexity"], spec.codebook_size)
+    tokenizer = FrozenTokenizer(model, chunk_size=spec.chunk_size)
     tokenizer.source = source
     tokenizer.metrics = metrics
     return tokenizer

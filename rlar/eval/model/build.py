@@ -11,9 +11,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rlar.config.schemas import EvalClassifierSchema
 from rlar.data.batches import ImageData
 from rlar.eval.model.classifier import DigitsClassifier
-from rlar.eval.model.schema import EvalClassifierSchema
 from rlar.eval.model.train import accuracy, train_classifier
 from rlar.runtime.cache import cached_artifact
 

@@ -9,7 +9,7 @@ import sys
 import uvicorn
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, is_loopback, read_token
 

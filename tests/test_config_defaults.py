@@ -1,0 +1,107 @@
+"""One definition per option: what an option composes to is what its object is built with, and no conf/ file
+repeats a default its schema already holds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, is_dataclass
+
+import pytest
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rlar.config.schemas import from_options
+from rlar.config.store import CONF_DIR, SCHEMAS, compose_config
+from rlar.policy.schemas import POLICY_SCHEMAS
+from rlar.tokenizer.schemas import DigitsVQSchema
+
+GROUPS = ("algorithm", "data", "hardware", "logger", "policy", "reward", "tokenizer")
+# options with settings, built here without downloads or training (the others need weights, files or a trained
+# model; psnr, sharpness, contrast and saturation have no settings)
+CPU_BUILT = [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"), ("hardware", "cpu"),
+             ("logger", "tensorboard"), ("data", "digits"), ("reward", "l1"), ("reward", "l2"), ("reward", "ssim"),
+             ("reward", "efficiency")]
+
+
+@pytest.mark.parametrize("group,option", CPU_BUILT)
+def test_built_object_has_the_composed_values(group, option):
+    composed = compose_config([f"{group}={option}"])[group]
+    built = instantiate(composed)
+    settings = OmegaConf.to_container(composed, resolve=True)
+    settings.pop("_target_")
+    assert settings, f"{group}={option} composes no option to compare"
+    for name, value in settings.items():
+        assert getattr(built, name) == value, f"{group}={option}.{name}: built {getattr(built, name)!r}"
+
+
+def test_reinforce_generations_are_the_ones_that_run():
+    assert instantiate(compose_config(["algorithm=reinforce"]).algorithm).num_generations == 8
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_SCHEMAS))
+def test_policy_builder_reads_the_composed_options(policy):
+    """The builders take their options through the schema: every composed value reaches the spec unchanged."""
+    composed = compose_config([f"policy={policy}"]).policy
+    settings = OmegaConf.to_container(composed, resolve=True)
+    spec = from_options(POLICY_SCHEMAS[policy], {k: v for k, v in settings.items() if k != "_target_"})
+    assert asdict(spec) == settings
+
+
+def test_tokenizer_builder_reads_the_composed_options():
+    settings = OmegaConf.to_container(compose_config([]).tokenizer, resolve=True)
+    spec = from_options(DigitsVQSchema, {k: v for k, v in settings.items() if k != "_target_"})
+    assert asdict(spec) == settings
+
+
+def schema_of(entry: str):
+    """``/schema/<group>/<name>@<package>`` -> (the schema's defaults, the package path in the option)."""
+    path, _, package = entry.partition("@")
+    _, _, group, name = path.split("/")
+    node = OmegaConf.structured(SCHEMAS[group][name])
+    return node, "" if package == "_here_" else package
+
+
+def repeated_defaults(written, defaults, path=""):
+    """Keys of ``written`` (an option file's values) equal to the schema's ``defaults`` at the same place."""
+    found = []
+    for key, value in written.items():
+        if key not in defaults:
+            continue
+        default = defaults[key]
+        where = f"{path}{key}"
+        if isinstance(value, dict) and OmegaConf.is_dict(default):
+            found += repeated_defaults(value, default, f"{where}.")
+        elif not OmegaConf.is_missing(defaults, key) and value == OmegaConf.to_container(
+                OmegaConf.create({"v": default}))["v"]:
+            found.append(where)
+    return found
+
+
+OPTION_FILES = [p for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_option_files_do_not_repeat_their_schema(path):
+    written = yaml.safe_load(path.read_text())
+    entries = [e for e in written.pop("defaults") if isinstance(e, str) and e.startswith("/schema/")]
+    assert entries, f"{path} extends no schema"
+    repeated = []
+    for entry in entries:
+        defaults, package = schema_of(entry)
+        part = written
+        for key in filter(None, package.split(".")):
+            part = part.get(key, {})
+        repeated += [f"{package}.{k}" if package else k for k in repeated_defaults(part, defaults)]
+    assert not repeated, f"{path.relative_to(CONF_DIR)} repeats its schema's defaults: {repeated}"
+
+
+def test_schema_fields_are_the_objects_fields():
+    """An algorithm's or the hardware's schema is derived from the class: the same fields, nothing else."""
+    for group, option in [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"),
+                          ("hardware", "hardware")]:
+        schema = SCHEMAS[group][option]
+        target = schema.__dataclass_fields__["_target_"].default
+        module, _, name = target.rpartition(".")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        assert is_dataclass(cls)
+        assert [f.name for f in fields(schema)] == ["_target_", *(f.name for f in fields(cls) if f.init)]
