@@ -59,6 +59,7 @@ def test_bad_values_are_refused_before_any_work(override, message):
         check_config(compose_config([override]))
 
 
+@pytest.mark.slow
 def test_cli_reports_config_error_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlar.run", "algorithm.num_generations=1",
                            f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
@@ -73,6 +74,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "rlar.run"], [str(BIN / "rlar-run")],
                                      [str(BIN / "rlar-prepare")]])
+@pytest.mark.slow
 def test_help_lists_the_groups(command, tmp_path):
     """Both entry points, the module and the console scripts, find the config from any directory."""
     out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path).stdout

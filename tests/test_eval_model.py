@@ -117,6 +117,7 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     assert noise["eval/fd"] > 20 * train["eval/fd"] > 0
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny, tmp_path):
     summary = train_rl_loop(compose_config(tiny), tmp_path / "on")
     for entry in summary["history"]:

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -20,6 +21,7 @@ class HalfNaNReward(ReconstructionReward):
         return reward, parts
 
 
+@pytest.mark.slow
 def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
     cfg = compose_config([*tiny, "eval.max_items=4"])
     OmegaConf.set_struct(cfg, False)
@@ -32,6 +34,7 @@ def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
     assert math.isfinite(summary["eval_reward_after"])
 
 
+@pytest.mark.slow
 def test_condition_statistics_are_saved_in_checkpoints(tiny, tmp_path):
     cfg = compose_config([*tiny, "algorithm=reinforce", "algorithm.baseline=condition", "algorithm.num_generations=4",
                           "algorithm.minibatch_size=8"])
@@ -41,6 +44,7 @@ def test_condition_statistics_are_saved_in_checkpoints(tiny, tmp_path):
     assert set(state["count"]) <= set(range(10))  # keyed by class
 
 
+@pytest.mark.slow
 def test_warmup_then_ppo_with_value_head(tiny, tmp_path, tb_scalars):
     cfg = compose_config([*tiny, "algorithm=ppo", "algorithm.value_head=true", "algorithm.epochs=2",
                           "algorithm.minibatch_size=8", "train.warmup_steps=3", "algorithm.beta=0.05"])
@@ -53,6 +57,7 @@ def test_warmup_then_ppo_with_value_head(tiny, tmp_path, tb_scalars):
     assert saved["critic"]["weight"].shape == (1, 96)
 
 
+@pytest.mark.slow
 def test_rollout_modes_run_end_to_end_with_ratio_one(tiny, tmp_path, tb_scalars):
     for mode, extra in (("teacher_forced", []), ("prefix", ["rollout.prefix_len=16"])):
         cfg = compose_config([*tiny, f"rollout.mode={mode}", *extra, "rollout.cfg_scale=2.0",
