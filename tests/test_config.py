@@ -15,7 +15,8 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 
 
-NEEDS_FILES = {"hf_disk", "image_folder", "clip"}  # built on real files: tests/test_data_hf_disk_and_image_folder.py, test_reward_clip.py
+# built on real files: tests/test_data_hf_disk_and_image_folder.py, test_reward_clip.py
+NEEDS_FILES = {"hf_disk", "image_folder", "clip"}
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
 WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
