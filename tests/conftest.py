@@ -41,6 +41,7 @@ def tiny(cache_dir):
         "algorithm.minibatch_size=8",
         "eval.max_items=8",
         "eval.every=2",
+        "eval.classifier_model.train.steps=20",  # the evaluation classifier: briefly trained (the default trains 300)
         "logger.image_every=1",
     ]
 
