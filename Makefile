@@ -1,4 +1,4 @@
-# rlar: `make run` trains the embedded default end to end; `make test` runs the test suite.
+# rlar: `make run` trains the embedded default end to end; `make test` runs the fast tests, `make test-all` all of them.
 # Both create .venv (if missing) and install the project into it first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test bench ablation schedules lint clean
+.PHONY: help install run test test-all bench ablation schedules lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ install: $(STAMP)  ## create .venv and install rlar with its dependencies
 run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, -L2) on this machine
 	$(VENV)/bin/rlar-run $(ARGS)
 
-test: $(STAMP)  ## run the tests
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "not slow"); PYTEST_ARGS passes on
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## every test, the slow ones too (training runs, subprocesses, servers, torchrun); what CI runs
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of one iteration
 	$(VENV)/bin/rlar-bench

@@ -1,8 +1,24 @@
+import subprocess
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlar.policy.gpt import GPT
+
+
+@pytest.fixture(autouse=True)
+def no_subprocess_in_the_fast_tier(request, monkeypatch):
+    """The fast tier (``-m "not slow"``) starts no process: outside a test marked slow, ``subprocess.Popen`` (and so
+    ``subprocess.run``) raises."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise RuntimeError(f"mark this test slow: it starts a subprocess ({args!r}); "
+                           "the fast tier (pytest -m 'not slow') starts none")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +41,7 @@ def tiny(cache_dir):
         "algorithm.minibatch_size=8",
         "eval.max_items=8",
         "eval.every=2",
+        "eval.classifier_model.train.steps=20",  # the evaluation classifier: briefly trained (the default trains 300)
         "logger.image_every=1",
     ]
 

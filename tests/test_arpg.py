@@ -239,6 +239,7 @@ def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     assert torch.equal(loaded.head.weight, policy.head.weight)
 
 
+@pytest.mark.slow
 def test_tiny_loop_fine_tunes_arpg_with_ratio_one(tiny, tmp_path, tb_scalars):
     cfg = compose([*tiny, "rollout.num_iter=8", "rollout.cfg_scale=2.0", "rollout.cfg_schedule=linear",
                    "rollout.temperature=0.7", "rollout.top_k=16", "eval.max_items=4", "algorithm.beta=0.05"])

@@ -15,7 +15,8 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 
 
-NEEDS_FILES = {"hf_disk", "image_folder", "clip"}  # built on real files: tests/test_data_files.py, test_rewards_auto.py
+# built on real files: tests/test_data_hf_disk_and_image_folder.py, test_reward_clip.py
+NEEDS_FILES = {"hf_disk", "image_folder", "clip"}
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
 WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
@@ -59,6 +60,7 @@ def test_bad_values_are_refused_before_any_work(override, message):
         check_config(compose_config([override]))
 
 
+@pytest.mark.slow
 def test_cli_reports_config_error_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlar.run", "algorithm.num_generations=1",
                            f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
@@ -73,6 +75,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "rlar.run"], [str(BIN / "rlar-run")],
                                      [str(BIN / "rlar-prepare")]])
+@pytest.mark.slow
 def test_help_lists_the_groups(command, tmp_path):
     """Both entry points, the module and the console scripts, find the config from any directory."""
     out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path).stdout

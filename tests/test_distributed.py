@@ -16,7 +16,6 @@ from rlar.rollout.sampling import policy_logprobs
 from rlar.run import rank_overrides
 from rlar.runtime.hardware import Hardware
 
-pytestmark = pytest.mark.slow
 CPU = ["hardware.device=cpu", "hardware.precision=fp32"]
 # two minibatches per iteration with one optimizer step: the first backward must not all-reduce
 ACCUM = ["algorithm.grad_accum=2", "train.iterations=3", "eval.every=3"]
@@ -49,6 +48,7 @@ def two_process_runs(tiny, tmp_path_factory):
     return root, runs
 
 
+@pytest.mark.slow
 def test_one_output_dir_written_by_rank_zero(two_process_runs):
     root, runs = two_process_runs
     assert sorted(p.name for p in root.iterdir()) == ["ddp", "fsdp"]  # no per-rank or stray directories
@@ -59,6 +59,7 @@ def test_one_output_dir_written_by_rank_zero(two_process_runs):
         assert summary["world_size"] == 2 and summary["iterations"] == 3
 
 
+@pytest.mark.slow
 def test_ddp_replicas_stay_identical_and_train(two_process_runs, tiny, cache_dir):
     _, runs = two_process_runs
     summary = json.loads((runs["ddp"] / "summary.json").read_text())
@@ -68,6 +69,7 @@ def test_ddp_replicas_stay_identical_and_train(two_process_runs, tiny, cache_dir
     assert priors and all(max((trained[k] - prior[k]).abs().max() for k in trained) > 1e-6 for prior in priors)
 
 
+@pytest.mark.slow
 def test_fsdp_computes_what_ddp_computes(two_process_runs):
     """Same data, seeds and math; only the engine differs: the consolidated policies agree to float precision."""
     _, runs = two_process_runs
@@ -79,6 +81,7 @@ def test_fsdp_computes_what_ddp_computes(two_process_runs):
     assert (runs["fsdp"] / "checkpoints" / "last_sharded" / ".metadata").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_checkpoint_of_two_processes_resumes_in_one(two_process_runs, tiny, strategy, caplog):
     _, runs = two_process_runs
@@ -121,6 +124,7 @@ def test_bf16_autocast_keeps_logprobs_fp32(gpt):
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(3, 12))
 
 
+@pytest.mark.slow
 def test_bf16_run_trains_with_ratio_near_one(tiny, tmp_path, tb_scalars):
     summary = train_rl_loop(compose_config([*tiny, "hardware.precision=bf16"]), tmp_path)
     assert all(torch.isfinite(torch.tensor(h["eval/reward"])) for h in summary["history"])

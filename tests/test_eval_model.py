@@ -28,7 +28,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def classifier(data, cache_dir):
-    """The default classifier, trained once per session in the shared cache (the tiny runs then read it)."""
+    """The default classifier, trained once per session in the shared cache (the tiny run below reads it; `tiny`
+    itself asks for a briefly trained one)."""
     return build_eval_classifier(data, cache_dir)
 
 
@@ -36,6 +37,7 @@ def noise_images(n, seed=0):
     return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+@pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_default_classifier_is_accurate_on_held_out_digits(classifier, data):
     assert classifier.metrics["eval_accuracy"] > 0.95
     record = json.loads(Path(classifier.source).with_suffix(".json").read_text())  # other tests cache others
@@ -44,6 +46,7 @@ def test_default_classifier_is_accurate_on_held_out_digits(classifier, data):
     assert not any(p.requires_grad for p in classifier.parameters()) and not classifier.training
 
 
+@pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_second_build_reads_the_cache(classifier, data, cache_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier was trained again")
@@ -106,6 +109,7 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_sets():
         gaussian_fit(a[:1])
 
 
+@pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     model = EvalModel(classifier, data.eval_images, "cpu")
     real = model.metrics(*model.describe(data.eval_images, data.eval_labels))
@@ -117,7 +121,9 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     assert noise["eval/fd"] > 20 * train["eval/fd"] > 0
 
 
+@pytest.mark.slow
 def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny, tmp_path):
+    tiny = [o for o in tiny if not o.startswith("eval.classifier_model.")]  # the default classifier, fully trained
     summary = train_rl_loop(compose_config(tiny), tmp_path / "on")
     for entry in summary["history"]:
         assert 0 <= entry["eval/class_acc"] <= 1 and entry["eval/fd"] > 0
@@ -131,6 +137,7 @@ def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny
     assert [h["eval/reward"] for h in without["history"]] == [h["eval/reward"] for h in summary["history"]]
 
 
+@pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_class_consistency_prefers_the_true_class(classifier, data, cache_dir):
     reward_fn = instantiate(compose_config([f"cache_dir={cache_dir}", "reward=class_consistency"]).reward)
     images, labels = data.eval_images[:32], data.eval_labels[:32]
@@ -145,6 +152,7 @@ def test_class_consistency_prefers_the_true_class(classifier, data, cache_dir):
         reward_fn(images, None, {})
 
 
+@pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_perceptual_digits_is_zero_for_identical_and_grows_with_changes(classifier, data, cache_dir):
     reward_fn = instantiate(compose_config([f"cache_dir={cache_dir}", "reward=perceptual_digits"]).reward)
     images = data.eval_images[:16]

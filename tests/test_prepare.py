@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_prepare_trains_then_reuses_the_cache(tiny, tmp_path):
     settings = [o for o in tiny if o.startswith(("cache_dir", "tokenizer", "policy"))]
     args = [sys.executable, "-m", "rlar.prepare", *settings, f"hydra.run.dir={tmp_path}/prep"]

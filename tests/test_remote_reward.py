@@ -136,6 +136,7 @@ def test_remote_config_composes_and_builds():
         reward.close()
 
 
+@pytest.mark.slow
 def test_l2_matches_in_process_and_sends_the_token(fleet, client_for, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     client = client_for(fleet["secure"], chunk_size=6, token_env=TOKEN_ENV)  # 20 items: chunks of 6, 6, 6, 2
@@ -148,6 +149,7 @@ def test_l2_matches_in_process_and_sends_the_token(fleet, client_for, monkeypatc
     assert client.metrics()["reward/remote_failed_items"] == 0
 
 
+@pytest.mark.slow
 def test_mix_matches_in_process(fleet, client_for):
     client = client_for(fleet["mix"], chunk_size=6)
     x, y = images(16), images(16, seed=1)
@@ -160,6 +162,7 @@ def test_mix_matches_in_process(fleet, client_for):
         assert torch.equal(components[name], value)
 
 
+@pytest.mark.slow
 def test_client_weights_combine_components_over_the_whole_batch(fleet, client_for):
     """normalize z-scores over the whole batch on the client, so chunking does not change the reward."""
     client = client_for(fleet["mix"], chunk_size=5, weights={"l2": 1.0, "ssim": 2.0}, normalize=True)
@@ -171,6 +174,7 @@ def test_client_weights_combine_components_over_the_whole_batch(fleet, client_fo
     assert {"l2", "ssim"} <= components.keys()
 
 
+@pytest.mark.slow
 def test_health_and_info(fleet):
     health = fleet["mix"].health()
     assert health["ready"] is True and health["model"] == "mix" and health["device"] == "cpu"
@@ -179,6 +183,7 @@ def test_health_and_info(fleet):
     assert info["reward"] == "mix" and info["components"] == ["l2", "ssim"] and info["version"]
 
 
+@pytest.mark.slow
 def test_restarted_server_is_readmitted(pair, client_for):
     a, b = pair
     client = client_for(a, b, chunk_size=4, health_interval_s=0.2, retries=2, backoff_s=0.05)
@@ -195,6 +200,7 @@ def test_restarted_server_is_readmitted(pair, client_for):
     assert a.health()["served"] > 0  # the new process got chunks again
 
 
+@pytest.mark.slow
 def test_server_killed_mid_sequence_survivor_scores_everything(pair, client_for):
     a, b = pair
     client = client_for(a, b, chunk_size=4, health_interval_s=60.0, retries=2, backoff_s=0.05)
@@ -211,6 +217,7 @@ def test_server_killed_mid_sequence_survivor_scores_everything(pair, client_for)
     assert not client.pool.up[a.url] and client.pool.up[b.url]
 
 
+@pytest.mark.slow
 def test_all_servers_down_gives_nan_then_raises(fleet, client_for):
     a, b = fleet["a"], fleet["b"]
     a.kill()
@@ -238,6 +245,7 @@ def good_request_succeeds(server):
     assert resp.status_code == 200 and resp.json()["scores"] == [-0.0, -0.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("token", "status"), [(None, 401), ("wrong-token", 403)])
 def test_token_required_when_listening_beyond_loopback(fleet, token, status):
     x = images(2, shape=(1, 8, 8))
@@ -262,6 +270,7 @@ def bad_bodies():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(bad_bodies()))
 def test_bad_request_gets_4xx_with_reason_and_server_keeps_serving(fleet, case):
     body, status = bad_bodies()[case]
@@ -272,6 +281,7 @@ def test_bad_request_gets_4xx_with_reason_and_server_keeps_serving(fleet, case):
     good_request_succeeds(fleet["secure"])
 
 
+@pytest.mark.slow
 def test_server_refuses_non_loopback_host_without_token():
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
     done = subprocess.run([sys.executable, "-m", "rlar.reward.remote.server", "reward=l2", "--host", "0.0.0.0",
@@ -281,6 +291,7 @@ def test_server_refuses_non_loopback_host_without_token():
     assert "without a token" in done.stderr and TOKEN_ENV in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_training_run_survives_a_server_killed_mid_run(tiny, tmp_path, monkeypatch, tb_scalars):
     """A real run on two servers; one is SIGKILLed after the first iteration's scoring."""
     import rlar.loop
@@ -310,6 +321,7 @@ def test_training_run_survives_a_server_killed_mid_run(tiny, tmp_path, monkeypat
         b.kill()
 
 
+@pytest.mark.slow
 def test_training_run_stops_after_consecutive_failed_iterations(tiny, tmp_path):
     from rlar.loop import train_rl_loop
 

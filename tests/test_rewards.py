@@ -197,7 +197,7 @@ def compose_reward(*overrides):
     return compose_config(list(overrides)).reward
 
 
-# built elsewhere, on what they need: live servers (tests/test_remote_reward.py), a model dir (test_rewards_auto.py)
+# built elsewhere, on what they need: live servers (tests/test_remote_reward.py), a model dir (test_reward_clip.py)
 ELSEWHERE = {"remote", "clip"}
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 

@@ -97,6 +97,7 @@ def test_ntp_in_autoregressive_rollouts_reads_the_ground_truth_context(gpt):
     assert stats["loss/ntp"] == pytest.approx(by_hand.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["teacher_forced", "autoregressive"])
 def test_ratio_is_one_with_label_dropout(tiny, tmp_path, tb_scalars, mode):
     """VA-pi drops labels in the update pass only; here the rollout draws the dropout and the update reads it."""
@@ -107,6 +108,7 @@ def test_ratio_is_one_with_label_dropout(tiny, tmp_path, tb_scalars, mode):
     assert all(v > 0 for v in tb_scalars(tmp_path, "loss/ntp"))
 
 
+@pytest.mark.slow
 def test_no_reference_model_when_kl_is_off(tiny, tmp_path, monkeypatch):
     copies, real_deepcopy = [], copy.deepcopy
 
@@ -187,6 +189,7 @@ def test_experiment_vapi_llamagen_xxl_is_the_published_recipe():
     assert set(cfg.reward.components) == {"pixel", "lpips"} and cfg.reward.weights == {"pixel": 1.0, "lpips": 1.0}
 
 
+@pytest.mark.slow
 def test_vapi_evaluates_free_running_samples_with_and_without_guidance(tiny, tmp_path):
     """eval/* unguided and eval_cfg/* under guidance 2, each with the reward's terms on their own; the recipe's
     reward is the sum of its two terms (weights 1, not normalized), so the terms' means add up to the total's."""

@@ -158,6 +158,7 @@ def test_class_label_column_fixes_the_class_count(tmp_path, digits):
     assert HFDiskData(str(path), image_size=32, channels=1).num_classes == 1000
 
 
+@pytest.mark.slow
 def test_train_on_a_saved_hf_dataset(tiny, cache_dir, tmp_path, hf_dict):
     summary, out = tiny_run(tiny, tmp_path, ["data=hf_disk", f"data.path={hf_dict}"])
     assert_trained(summary, out, cache_dir, {"name": "hf_disk", "path": hf_dict, "num_train": 240, "num_eval": 60})
@@ -200,6 +201,7 @@ def test_image_folder_skips_unreadable_files_with_a_warning(folder, digits, capl
         assert source[tuple(image.flatten().tolist())] == int(label)
 
 
+@pytest.mark.slow
 def test_train_on_an_image_folder_with_a_corrupt_file(tiny, cache_dir, tmp_path, folder):
     summary, out = tiny_run(tiny, tmp_path, ["data=image_folder", f"data.root={folder[0]}"])
     assert_trained(summary, out, cache_dir, {"name": "image_folder", "root": str(folder[0]), "num_train": 108,

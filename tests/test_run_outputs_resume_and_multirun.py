@@ -12,6 +12,8 @@ import rlar.loop
 from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
 
+pytestmark = pytest.mark.slow  # every test here trains (in process or through the CLI)
+
 
 def run_cli(args, cwd):
     proc = subprocess.run([sys.executable, "-m", "rlar.run", *args], capture_output=True, text=True, cwd=cwd)
