@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.reward.efficiency import EfficiencyReward
 from rlar.reward.quality import ContrastReward, SaturationReward, SharpnessReward, to_unit
 
