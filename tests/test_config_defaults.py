@@ -3,12 +3,14 @@ repeats a default its schema already holds."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import asdict, fields, is_dataclass
 
 import pytest
 import yaml
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra.utils import _locate, instantiate
+from omegaconf import MISSING, OmegaConf
 
 from rlar.config.schemas import from_options
 from rlar.config.store import CONF_DIR, SCHEMAS, compose_config
@@ -105,3 +107,28 @@ def test_schema_fields_are_the_objects_fields():
         cls = getattr(__import__(module, fromlist=[name]), name)
         assert is_dataclass(cls)
         assert [f.name for f in fields(schema)] == ["_target_", *(f.name for f in fields(cls) if f.init)]
+
+
+def schema_targets():
+    """Every registered schema whose ``_target_`` is a plain class or function (dataclass targets are their own
+    schema), as ``(group/option, schema)``."""
+    for group, options in SCHEMAS.items():
+        for name, schema in options.items():
+            target = next((f.default for f in fields(schema) if f.name == "_target_"), None)
+            if isinstance(target, str) and not is_dataclass(_locate(target)):
+                yield pytest.param(schema, id=f"{group}/{name}")
+
+
+@pytest.mark.parametrize("schema", list(schema_targets()))
+def test_a_constructor_default_never_disagrees_with_its_schema(schema):
+    """Where a class or builder also gives a parameter a default (for direct Python use), it is the schema's."""
+    target = _locate(next(f.default for f in fields(schema) if f.name == "_target_"))
+    params = inspect.signature(target).parameters
+    for field in fields(schema):
+        param = params.get(field.name)
+        unset = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if param is None or param.default is inspect.Parameter.empty or unset or field.default is MISSING:
+            continue
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        given = list(param.default) if isinstance(param.default, tuple) else param.default  # YAML has no tuples
+        assert given == default, f"{schema.__name__}.{field.name}: {default!r}, {target}: {param.default!r}"

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 
 import httpx
 import torch
@@ -50,7 +51,7 @@ class RemoteReward:
 
     def __init__(self, urls: Sequence[str], chunk_size: int = 64, timeout_s: float = 30.0, retries: int = 2,
                  backoff_s: float = 0.1, health_interval_s: float = 5.0, health_timeout_s: float = 2.0,
-                 max_workers: int | None = None, weights: Mapping[str, float] | None = None,
+                 max_workers: int | None = None, weights: Mapping[str, float] = MappingProxyType({}),
                  normalize: bool = False, max_consecutive_failures: int = 3,
                  token_env: str | None = DEFAULT_TOKEN_ENV, token_file: str | None = None):
         if not urls:
