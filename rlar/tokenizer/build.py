@@ -46,10 +46,7 @@ def build_digits_vq(data: ImageData, codebook_size: int = 64, embed_dim: int = 1
     metrics = _quality(model, data)
     log.info("tokenizer %s: eval reconstruction PSNR %.2f dB, code perplexity %.1f of %d",
              source, metrics["psnr_db"], metrics["code_perplexity"], codebook_size)
-    tokenizer = FrozenTokenizer(model, chunk_size=chunk_size)
-    tokenizer.source = source
-    tokenizer.metrics = metrics
-    return tokenizer
+    return FrozenTokenizer(model, chunk_size=chunk_size, source=source, metrics=metrics)
 
 
 @torch.no_grad()
