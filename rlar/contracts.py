@@ -137,13 +137,20 @@ class Reward(Protocol):
 @runtime_checkable
 class Algorithm(Protocol):
     """An RL algorithm (``rlar.algorithm.algorithms``): ``num_generations`` samples per item; ``beta``: the KL
-    coefficient to the frozen prior; ``value_head``: learns a critic; ``stats_key``: what a condition is for
-    per-condition statistics (``class`` | ``image``)."""
+    coefficient to the frozen prior; ``value_head``: learns a critic (then it also has ``vf_coef``, ``gamma`` and
+    ``gae_lambda``: PPO); ``stats_key``: what a condition is for per-condition statistics (``class`` | ``image``).
+    The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``)."""
 
     num_generations: int
     beta: float
     value_head: bool
     stats_key: str
+    epochs: int
+    minibatch_size: int
+    grad_accum: int
+    entropy_coef: float
+    kl_estimator: str
+    ntp_weight: float
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

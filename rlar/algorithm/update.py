@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rlar.algorithm.algorithms import PPO
 from rlar.algorithm.gae import gae_terminal_reward
 from rlar.algorithm.kl import token_kl
 from rlar.algorithm.losses import aggregate
@@ -49,7 +50,7 @@ def rollout_logprobs(policy, context: torch.Tensor, labels, sampling: dict, sche
 
 
 @torch.no_grad()
-def value_advantages(policy: TokenPolicy, critic, algorithm: Algorithm, rollout: Rollout, rewards: torch.Tensor,
+def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
                      sampling: dict):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
     (advantages ``[N, T]``, returns ``[N, T]``)."""
