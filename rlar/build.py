@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
+from rlar.data.batches import ImageData
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
@@ -30,7 +31,7 @@ class Run:
     cfg: DictConfig
     hw: Hardware
     out: Path  # the output directory (only rank 0 writes to it)
-    data: object  # a dataset (rlar.data): batches(), eval_images, eval_labels
+    data: ImageData
     tokenizer: Tokenizer
     policy: Policy
     ref_policy: Policy | None  # the frozen prior, for the KL term only (None when algorithm.beta is 0)
