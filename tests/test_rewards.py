@@ -11,6 +11,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchvision import models
 
 from rlar.config.store import CONF_DIR, compose_config
+from rlar.contracts import Reward
 from rlar.reward.metrics import PSNRReward, SSIMReward
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.perceptual import LPIPSReward
@@ -151,7 +152,7 @@ def test_quality_ignores_out_of_range_values_and_keeps_nan():
         assert reward(torch.cat([board, nan]), None)[0].isnan().tolist() == [False, True]
 
 
-class Fixed:
+class Fixed(Reward):
     """A stand-in reward returning fixed scores and one extra sub-component."""
 
     def __init__(self, scores):

@@ -12,8 +12,9 @@ from PIL import Image
 
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
-from rlar.studies.ablation import EXPERIMENTS_DIR, load_study, run_sweeps, sweep_commands, sweep_dir
+from rlar.studies.ablation import run_sweeps, sweep_commands
 from rlar.studies.report import collect_runs, defining, write_report
+from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 

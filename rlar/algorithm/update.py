@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rlar.algorithm.algorithms import PPO
 from rlar.algorithm.gae import gae_terminal_reward
 from rlar.algorithm.kl import token_kl
 from rlar.algorithm.losses import aggregate
+from rlar.contracts import Algorithm, TokenPolicy
 from rlar.rollout.parallel_decoding import arpg_logprobs
 from rlar.rollout.sampling import policy_logprobs
 from rlar.runtime.data_parallel import gradient_sync
@@ -48,7 +50,8 @@ def rollout_logprobs(policy, context: torch.Tensor, labels, sampling: dict, sche
 
 
 @torch.no_grad()
-def value_advantages(policy, critic, algorithm, rollout: Rollout, rewards: torch.Tensor, sampling: dict):
+def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
+                     sampling: dict):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
     (advantages ``[N, T]``, returns ``[N, T]``)."""
     _, hidden = rollout_logprobs(policy, rollout.context, rollout.labels, sampling, rollout.schedule, hidden=True)
@@ -81,7 +84,7 @@ def next_token_ce(policy, rollout: Rollout, idx: torch.Tensor, logp_all: torch.T
     return -logp_all.gather(-1, rollout.targets[idx][..., None]).mean()
 
 
-def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: torch.Tensor, sampling: dict,
+def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Tensor, idx: torch.Tensor, sampling: dict,
                    autocast, ref_policy=None, critic=None, returns: torch.Tensor | None = None):
     """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
     context, tokens, labels, schedule = _rows(rollout, idx)
@@ -118,7 +121,7 @@ def minibatch_loss(policy, algorithm, rollout: Rollout, adv: torch.Tensor, idx: 
     return loss, stats
 
 
-def policy_update(policy, optimizer, algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
+def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every

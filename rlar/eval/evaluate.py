@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import torch
 
+from rlar.contracts import Policy, Reward, Tokenizer
 from rlar.eval.model.scorer import EvalModel
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
@@ -26,8 +27,8 @@ def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None,
-             eval_model: EvalModel | None = None) -> dict[str, float]:
+def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
+             autocast=None, eval_model: EvalModel | None = None) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
     ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
     ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples. With ``eval_cfg.guided_cfg_scale``, the
@@ -45,8 +46,8 @@ def evaluate(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, devic
     return result
 
 
-def evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict, device, autocast=None,
-                   eval_model: EvalModel | None = None) -> dict[str, float]:
+def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
+                   autocast=None, eval_model: EvalModel | None = None) -> dict[str, float]:
     """One evaluation (``evaluate``'s ``eval/*``) of samples drawn under ``sampling``."""
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
@@ -61,7 +62,7 @@ def evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling: dict,
         prefix = torch.zeros(len(x), 0, dtype=torch.long, device=device)
         meta = {"labels": y.repeat_interleave(k)}
         with autocast():
-            if hasattr(policy, "decoding"):  # a parallel decoder (ARPG): its own schedule, fixed or learned
+            if policy.decodes_in_parallel:  # a parallel decoder (ARPG): its own schedule, fixed or learned
                 tokens, _, n_steps = parallel_generations(policy, (prefix, y), policy.block_size, k,
                                                           generator=generator, **sampling)
                 steps.append(n_steps.float())  # [b*k]

@@ -33,6 +33,7 @@ from torch import nn
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
 from rlar.policy.llamagen import FeedForward, RMSNorm, checkpoint_weights, ffn_hidden_dim, grid_model_shape, rope_2d
+from rlar.rollout.parallel_decoding import ParallelSample, sample_parallel
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
 # ARPG_L / ARPG_XL / ARPG_XXL: (n_layer of both passes together, n_head, dim); head width 64
@@ -164,8 +165,10 @@ class ARPG(nn.Module):
     ``size``: a preset of :data:`ARPG_PRESETS` (``"L"``, ``"XL"``, ``"XXL"``), which sets ``n_layer`` (both passes
     together, half each), ``n_head`` and ``dim``. ``dropout``: token, residual and FFN dropout (keep 0 for RL).
     ``decoding``: the parallel sampler's settings for free-running evaluation (``num_iter``, ``schedule``,
-    ``cfg_schedule``; :func:`rlar.rollout.parallel_decoding.parallel_generations`).
+    ``cfg_schedule``; :meth:`decode`).
     """
+
+    decodes_in_parallel = True  # free-running samples come from decode(), not the raster sampler
 
     def __init__(self, vocab_size: int, block_size: int, num_classes: int = 0, size: str | None = None,
                  n_layer: int = 4, n_head: int = 4, dim: int = 96, multiple_of: int = 256,
@@ -254,6 +257,11 @@ class ARPG(nn.Module):
         ``rows [N, L]`` to Pass 1, appending to ``cache`` (no mask: they see the cache and each other); the
         queries at rows ``query_rows [N, n]`` attend to the whole cache. Returns logits ``[N, n, V]``."""
         return self.head(self._run(ids, rows, query_rows, cache=cache))
+
+    def decode(self, labels: torch.Tensor | None, num_samples: int, **sampling) -> ParallelSample:
+        """``num_samples`` free-running images for ``labels [N]`` under the fixed schedule ``decoding`` and
+        ``sampling`` (temperature, top_k, top_p, cfg_scale, generator: ``rlar.rollout.parallel_decoding``)."""
+        return sample_parallel(self, labels, num_samples, **self.decoding, **sampling)
 
 
 def load_arpg_state(model: ARPG, path_or_state: str | os.PathLike | dict) -> ARPG:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
@@ -32,7 +33,7 @@ class LazyClassifier:
         return self.model
 
 
-class ClassConsistencyReward:
+class ClassConsistencyReward(Reward):
     """``reward(images, targets, meta) -> (p [N], {"class_prob": [N]})``: the classifier's softmax probability of
     the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the largest class
     probability, i.e. that the sample shows some class. ``targets`` are ignored.
@@ -70,7 +71,7 @@ def perceptual_distance(model: DigitsClassifier, images: torch.Tensor, targets: 
     return torch.stack(terms).mean(0)
 
 
-class PerceptualDigitsReward:
+class PerceptualDigitsReward(Reward):
     """``reward(images, targets, meta) -> (-d [N], {"neg_perceptual_digits": [N]})``, ``d`` the
     :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
     for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""

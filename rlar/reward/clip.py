@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from rlar.contracts import Reward
 from rlar.reward.quality import as_rgb, to_unit
 
 INSTALL = "pip install -e '.[clip]'"
@@ -97,7 +98,7 @@ def projected(features) -> torch.Tensor:
     return features if torch.is_tensor(features) else features.pooler_output
 
 
-class CLIPReward:
+class CLIPReward(Reward):
     """``reward(images, targets, meta) -> (scale * cos [N], {"clip": [N]})``; ``targets`` are ignored."""
 
     may_be_absent = True  # NaN marks an item without a prompt (WeightedReward leaves it out of that item's total)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
+from rlar.contracts import Reward
+
 
 def efficiency(steps: torch.Tensor, target: float, max_steps: float) -> torch.Tensor:
     """``[N]`` steps -> ``[N]`` scores in [0, 1] (NaN stays NaN)."""
     return ((max_steps - steps.float()) / (max_steps - target)).clamp(0, 1)
 
 
-class EfficiencyReward:
+class EfficiencyReward(Reward):
     """``reward(images, targets, meta) -> (efficiency [N], {"efficiency": [N]})``; reads ``meta["steps"]``."""
 
     def __init__(self, target: int = 8, max_steps: int = 64):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from rlar.contracts import Reward
+
 DATA_RANGE = 2.0  # images are in [-1, 1]
 MIN_MSE = 1e-10  # identical images get a finite PSNR (100 dB + 10 log10(4)) instead of inf
 
@@ -15,7 +17,7 @@ def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(DATA_RANGE**2 / mse.clamp_min(MIN_MSE))
 
 
-class PSNRReward:
+class PSNRReward(Reward):
     """``reward(images, targets, meta) -> (psnr [N], {"psnr": [N]})``."""
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, meta: dict | None = None):
@@ -23,7 +25,7 @@ class PSNRReward:
         return reward, {"psnr": reward}
 
 
-class SSIMReward:
+class SSIMReward(Reward):
     """``reward(images, targets, meta) -> (ssim [N], {"ssim": [N]})``: torchmetrics' Gaussian-window SSIM per item."""
 
     def __init__(self, kernel_size: int = 11, sigma: float = 1.5):

@@ -9,6 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlar.contracts import Reward
+
 
 def zscore(x: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0; NaN stays NaN."""
@@ -19,7 +21,7 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.isfinite(), torch.zeros_like(x), x)
 
 
-class WeightedReward:
+class WeightedReward(Reward):
     """``reward = sum_k weights[k] * components[k]`` (each z-scored over the batch first if ``normalize``).
 
     Reports every component's raw score under its name, and each sub-component it reports as ``name/sub``
@@ -49,7 +51,7 @@ class WeightedReward:
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if self.weights[name]:
                 term = self.weights[name] * (zscore(score) if self.normalize else score).float()  # [N]
-                if getattr(component, "may_be_absent", False):
+                if component.may_be_absent:
                     term = torch.where(score.isnan(), 0.0, term)
                 total = total + term
                 scored = scored | ~score.isnan()

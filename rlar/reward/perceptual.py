@@ -16,6 +16,7 @@ import lpips
 import torch
 from torchvision import models
 
+from rlar.contracts import Reward
 from rlar.reward.quality import as_rgb
 
 BACKBONES = {
@@ -64,7 +65,7 @@ def lpips_distance(model: lpips.LPIPS, images: torch.Tensor, targets: torch.Tens
     return model(as_rgb(images.float()), as_rgb(targets.float())).flatten()
 
 
-class LPIPSReward:
+class LPIPSReward(Reward):
     """``reward(images, targets, meta) -> (-lpips [N], {"neg_lpips": [N]})``; the network is built once."""
 
     def __init__(self, net: str = "alex", pretrained: bool = True, pnet_rand: bool = False,

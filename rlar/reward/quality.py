@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlar.contracts import Reward
+
 LUMA = (0.299, 0.587, 0.114)
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
@@ -55,7 +57,7 @@ def saturation(images: torch.Tensor) -> torch.Tensor:
     return ((high - low) / high.clamp_min(1e-8)).flatten(1).mean(1)  # high = 0 implies high - low = 0
 
 
-class QualityReward:
+class QualityReward(Reward):
     """``reward(images, targets, meta) -> (score [N], {name: [N]})``; ``targets`` are ignored and may be None."""
 
     name: str

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rlar.contracts import Reward
+
 KINDS = ("l2", "l1")
 
 
@@ -25,7 +27,7 @@ def reconstruction_reward(x: torch.Tensor, x_rec: torch.Tensor, loss_type: str =
     return reward
 
 
-class ReconstructionReward:
+class ReconstructionReward(Reward):
     """``reward(images, targets, meta) -> (rewards [N], {component: [N]})``, higher is better."""
 
     def __init__(self, kind: str = "l2"):

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from rlar.contracts import Reward, Tokenizer
+
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
     """Rows ``lo:hi`` of every per-item entry (a tensor or list of ``n``) of ``meta``."""
@@ -16,13 +18,13 @@ def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
     return {k: v[lo:hi] if per_item(v) else v for k, v in meta.items()}
 
 
-def decode_and_score(tokenizer, reward_fn, tokens: torch.Tensor, targets: torch.Tensor, meta: dict,
+def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tensor, targets: torch.Tensor, meta: dict,
                      chunk_size: int | None = None):
     """``(samples [N, C, H, W], rewards [N], {component: [N]}, metrics)`` for tokens ``[N, T]``.
 
     With ``chunk_size``, chunk i+1 is decoded while chunk i is scored on one worker thread (the reward still
-    sees one call at a time). Metrics: what ``reward_fn.metrics()`` reports (remote rewards), ``time/decode``,
-    and ``time/reward``: the scoring time not hidden behind decoding.
+    sees one call at a time). Metrics: what ``reward_fn.metrics()`` reports (remote rewards; others report
+    nothing), ``time/decode``, and ``time/reward``: the scoring time not hidden behind decoding.
     """
     n = len(tokens)
     tic = time.perf_counter()
@@ -42,6 +44,6 @@ def decode_and_score(tokenizer, reward_fn, tokens: torch.Tensor, targets: torch.
         samples = torch.cat([images for images, _ in chunks])
         rewards = torch.cat([r for r, _ in results])
         components = {k: torch.cat([c[k] for _, c in results]) for k in results[0][1]}
-    metrics = reward_fn.metrics() if hasattr(reward_fn, "metrics") else {}
+    metrics = reward_fn.metrics()
     metrics.update({"time/decode": decoded - tic, "time/reward": time.perf_counter() - decoded})
     return samples, rewards, components, metrics

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from rlar.contracts import Policy
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 from rlar.rollout.types import Rollout
@@ -41,8 +42,8 @@ def drop_labels(labels: torch.Tensor | None, prob: float, generator: torch.Gener
 
 
 @torch.no_grad()
-def collect_rollout(policy, gt_codes: torch.Tensor, labels: torch.Tensor | None, num_generations: int, rollout_cfg,
-                    generator: torch.Generator) -> Rollout:
+def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: torch.Tensor | None, num_generations: int,
+                    rollout_cfg, generator: torch.Generator) -> Rollout:
     """G samples for each of the B items: a ``Rollout`` of ``B*G`` rows, the G of an item adjacent.
 
     gt_codes ``[B, T]`` are the tokenizer's codes of the input images (the context of the prefix and

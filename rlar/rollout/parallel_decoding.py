@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlar.contracts import ParallelDecoder, ParallelPolicy
 from rlar.rollout.sampling import StartTokens, guided_logprobs, is_guided, split_start_tokens, truncate, with_null_class
 
 # the fraction of positions still masked after step s of N, as a function of r = (s + 1) / N
@@ -86,7 +87,7 @@ class ParallelSample:
 
 
 @torch.no_grad()
-def sample_parallel(policy, labels: torch.Tensor | None, num_samples: int, num_iter: int = 16,
+def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_samples: int, num_iter: int = 16,
                     schedule: str = "arccos", temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, cfg_scale=1.0, cfg_schedule: str = "constant",
                     generator: torch.Generator | None = None) -> ParallelSample:
@@ -124,25 +125,23 @@ def sample_parallel(policy, labels: torch.Tensor | None, num_samples: int, num_i
 
 
 @torch.no_grad()
-def parallel_generations(policy, start_tokens: StartTokens, max_len: int, num_generations: int, **sampling
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def parallel_generations(policy: ParallelDecoder, start_tokens: StartTokens, max_len: int, num_generations: int,
+                         **sampling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``rlar.rollout.sampling.sample_multiple_generations`` for a parallel decoder: free-running (empty prefix),
-    G samples per row adjacent; tokens and log-probs ``[N*G, T]`` and the steps of each sample ``[N*G]``. An ARPG
-    decodes with its fixed schedule (``policy.decoding``), a learned schedule (``rlar.schedule``) with its
-    ``decode``."""
+    G samples per row adjacent; tokens and log-probs ``[N*G, T]`` and the steps of each sample ``[N*G]``. The
+    policy decodes itself: an ARPG with its fixed schedule (``policy.decoding``), a learned schedule
+    (``rlar.schedule``) with its network."""
     prefix, labels = split_start_tokens(start_tokens)
     if prefix.shape[1] or max_len != policy.block_size:
         raise ValueError(f"parallel decoding samples whole images from no prefix: got a prefix of {prefix.shape[1]} "
                          f"tokens and max_len={max_len} (block_size={policy.block_size})")
     labels = None if labels is None else labels.repeat_interleave(num_generations)
     n = len(prefix) * num_generations
-    decode = getattr(policy, "decode", None)
-    sample = decode(labels, n, **sampling) if decode else sample_parallel(policy, labels, n, **policy.decoding,
-                                                                          **sampling)
+    sample = policy.decode(labels, n, **sampling)
     return sample.tokens, sample.logprobs, sample.steps
 
 
-def arpg_logprobs(policy, tokens: torch.Tensor, labels: torch.Tensor | None, orders: torch.Tensor,
+def arpg_logprobs(policy: ParallelPolicy, tokens: torch.Tensor, labels: torch.Tensor | None, orders: torch.Tensor,
                   step_sizes: torch.Tensor, cfg_scales: torch.Tensor, temperature: float = 1.0, hidden: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher-forced log-probs ``[N, T, V]`` (raster) of a parallel sample: one forward pass under its ``orders

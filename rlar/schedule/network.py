@@ -1,4 +1,4 @@
-"""The schedule policy network: from the frozen generator's state at a decoding step to a parallel degree
+"""The schedule policy network: from the frozen ARPG's state at a decoding step to a parallel degree
 (how many positions to decode now) and a score for every position (which ones)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ UNCERTAINTY_FEATURES = 4  # per position: entropy, max probability, and both sta
 class ScheduleNet(nn.Module):
     """Two heads over one step state.
 
-    Inputs: ``pooled [M, D]`` (the generator's query states averaged over the pending positions), ``progress
+    Inputs: ``pooled [M, D]`` (the ARPG's query states averaged over the pending positions), ``progress
     [M, 2]`` (step index / step cap, fraction decoded), ``uncertainty [M, T, 4]`` (entropy / log V and max
     probability of each position's token distribution, and both z-scored over the pending positions). Outputs:
     ``degree_logits [M, K]`` over k = 1..K and ``scores [M, T]``, the Plackett–Luce scores of the positions. Both

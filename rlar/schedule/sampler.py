@@ -1,8 +1,8 @@
 """Decoding under a learned schedule, the per-step record the update re-scores, and the schedule's log-probability.
 
-At step s each unfinished row reads the generator's state (``rlar.schedule.state``), draws a degree k (1..K, at most
+At step s each unfinished row reads the ARPG's state (``rlar.schedule.state``), draws a degree k (1..K, at most
 what is left) and k positions without replacement (Gumbel-top-k: a Plackett–Luce draw), then samples the tokens of
-those positions from the generator (Gumbel-max with one noise draw per position and code for the whole decoding:
+those positions from the ARPG (Gumbel-max with one noise draw per position and code for the whole decoding:
 each position is decoded once, so every token is an exact draw; rows of one group may share that noise, so that
 their rewards differ by their schedules rather than by token luck: common random numbers). Step ``max_steps - 1``
 fills every position left: its degree and positions are forced and score log-probability 0. A row's
@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from rlar.contracts import ParallelPolicy
 from rlar.rollout.sampling import truncate
 from rlar.schedule.network import ScheduleNet, degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
@@ -45,7 +46,7 @@ class ScheduleTrace:
 @dataclass
 class ScheduleSample:
     tokens: torch.Tensor  # [N, T] long, raster
-    logprobs: torch.Tensor  # [N, T] fp32: the generator's log-prob of each token (raster)
+    logprobs: torch.Tensor  # [N, T] fp32: the ARPG's log-prob of each token (raster)
     decoded_at: torch.Tensor  # [N, T] long: the step that decoded each position
     schedule_logprob: torch.Tensor  # [N] fp32: log-prob of the schedule (degrees and positions)
     trace: ScheduleTrace
@@ -73,23 +74,23 @@ def schedule_logprob(net: ScheduleNet, trace: ScheduleTrace) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def sample_scheduled(generator, net: ScheduleNet, labels: torch.Tensor | None, num_samples: int, max_steps: int,
-                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tensor | None, num_samples: int,
+                     max_steps: int, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                      cfg_scale: float = 1.0, rng: torch.Generator | None = None, shared_noise: int = 1
                      ) -> ScheduleSample:
-    """Decode ``num_samples`` images with the frozen ARPG ``generator`` under ``net``'s schedule, at most
+    """Decode ``num_samples`` images with the frozen ``arpg`` under ``net``'s schedule, at most
     ``max_steps`` steps each; ``labels [N]`` (-1 / None: the null class). Each block of ``shared_noise`` adjacent
     rows shares the token noise."""
     if max_steps < 1:
         raise ValueError(f"schedule.max_steps must be >= 1, got {max_steps}")
     if num_samples % shared_noise:
         raise ValueError(f"{num_samples} rows do not split into groups of {shared_noise} sharing token noise")
-    n, seq_len, device = num_samples, generator.block_size, generator.freqs_cis.device
+    n, seq_len, device = num_samples, arpg.block_size, arpg.freqs_cis.device
     tokens = torch.zeros(n, seq_len, dtype=torch.long, device=device)
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
     decoded_at = torch.full((n, seq_len), PENDING, dtype=torch.long, device=device)
     slots = torch.arange(seq_len, device=device)
-    uniform = torch.rand(n // shared_noise, seq_len, generator.vocab_size, generator=rng).clamp_min(1e-20)
+    uniform = torch.rand(n // shared_noise, seq_len, arpg.vocab_size, generator=rng).clamp_min(1e-20)
     token_noise = -torch.log(-torch.log(uniform)).repeat_interleave(shared_noise, 0).to(device)  # [N, T, V] Gumbel
     record = []
     for s in range(max_steps):
@@ -97,7 +98,7 @@ def sample_scheduled(generator, net: ScheduleNet, labels: torch.Tensor | None, n
         remaining = pending.sum(1)  # [N]
         if not remaining.any():
             break
-        logp, pooled, uncertainty = read_state(generator, labels, tokens, decoded_at, cfg_scale, temperature)
+        logp, pooled, uncertainty = read_state(arpg, labels, tokens, decoded_at, cfg_scale, temperature)
         progress = torch.stack([torch.full((n,), s / max_steps, device=device), 1 - remaining / seq_len], dim=-1)
         degree_logits, scores = net(pooled, progress, uncertainty)  # [N, K], [N, T]
         allowed = torch.arange(1, net.max_degree + 1, device=device)[None] <= remaining[:, None].clamp_min(1)

@@ -1,4 +1,4 @@
-"""What the schedule policy reads at a decoding step: the frozen ARPG generator's view of a partly decoded batch.
+"""What the schedule policy reads at a decoding step: the frozen ARPG's view of a partly decoded batch.
 
 Every row has its own history (the step each position was decoded at), so the state is read from scratch in one
 pass with per-row masks that give exactly the attention of ARPG's KV-cached sampler
@@ -13,13 +13,14 @@ import math
 
 import torch
 
+from rlar.contracts import ParallelPolicy
 from rlar.rollout.sampling import guided_logprobs, with_null_class
 
 PENDING = 1 << 30  # ``decoded_at`` of a position not decoded yet: after every real step, so nothing sees it
 
 
 @torch.no_grad()
-def read_state(generator, labels: torch.Tensor | None, tokens: torch.Tensor, decoded_at: torch.Tensor,
+def read_state(arpg: ParallelPolicy, labels: torch.Tensor | None, tokens: torch.Tensor, decoded_at: torch.Tensor,
                cfg_scale: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The state of ``N`` rows of ``tokens [N, T]`` (raster) whose position p was decoded at step
     ``decoded_at[:, p]`` (``[N, T]`` long; :data:`PENDING` if not yet). Returns, cloned out of inference mode:
@@ -39,12 +40,12 @@ def read_state(generator, labels: torch.Tensor | None, tokens: torch.Tensor, dec
     guided = cfg_scale != 1
     rows_n = 2 * n if guided else n
     doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
-    class_ids = generator.class_ids(with_null_class(labels, n, device) if guided else labels, rows_n, device)
+    class_ids = arpg.class_ids(with_null_class(labels, n, device) if guided else labels, rows_n, device)
     ids = torch.cat([class_ids[:, None], doubled(tokens.gather(1, order[:, :fed]))], dim=1)  # [N or 2N, L]
     rows = doubled(torch.cat([torch.zeros_like(order[:, :1]), 1 + order[:, :fed]], dim=1))
     query_rows = 1 + torch.arange(seq_len, device=device).expand(rows_n, seq_len)
     with torch.inference_mode():
-        logits, states = generator.query(ids, rows, query_rows, doubled(self_mask), doubled(cross_mask))
+        logits, states = arpg.query(ids, rows, query_rows, doubled(self_mask), doubled(cross_mask))
         logp = guided_logprobs(logits, cfg_scale, temperature, doubled=guided)  # [N, T, V]
         probs = logp.exp()
         entropy = -(probs * logp).sum(-1) / math.log(logp.shape[-1])  # [N, T]

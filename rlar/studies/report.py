@@ -22,7 +22,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from rlar.config.store import compose_config  # noqa: E402
-from rlar.studies.ablation import Study, sweep_dir  # noqa: E402
+from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
 CURVE_TAGS = ("eval/reward", "eval/fd", "reward/mean", *TIME_TAGS)

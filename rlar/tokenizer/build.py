@@ -49,10 +49,7 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
     metrics = _quality(model, data)
     log.info("tokenizer %s: eval reconstruction PSNR %.2f dB, code perplexity %.1f of %d",
              source, metrics["psnr_db"], metrics["code_perplexity"], spec.codebook_size)
-    tokenizer = FrozenTokenizer(model, chunk_size=spec.chunk_size)
-    tokenizer.source = source
-    tokenizer.metrics = metrics
-    return tokenizer
+    return FrozenTokenizer(model, chunk_size=spec.chunk_size, source=source, metrics=metrics)
 
 
 @torch.no_grad()

@@ -11,15 +11,18 @@ class FrozenTokenizer(nn.Module):
 
     Parameters never require grad, the module stays in eval mode, and calls run under no_grad (not inference
     mode: its codes feed the policy's autograd graph as embedding indices).
-    Attributes: ``codebook_size``, ``grid`` (h, w), ``vq`` (the wrapped model).
+    Attributes: ``codebook_size``, ``grid`` (h, w), ``vq`` (the wrapped model), ``source`` (where its weights came
+    from, if known) and ``metrics`` (its measured reconstruction quality, e.g. ``psnr_db``; ``{}``: none measured).
     """
 
-    def __init__(self, vq: nn.Module, chunk_size: int = 256):
+    def __init__(self, vq: nn.Module, chunk_size: int = 256, source: str | None = None,
+                 metrics: dict[str, float] | None = None):
         super().__init__()
         self.vq = vq.eval().requires_grad_(False)
         self.codebook_size: int = vq.codebook_size
         self.grid: tuple[int, int] = tuple(vq.grid)
         self.chunk_size = chunk_size
+        self.source, self.metrics = source, dict(metrics or {})
 
     def train(self, mode: bool = True) -> FrozenTokenizer:  # stays in eval mode whatever the caller asks
         return super().train(False)

@@ -62,10 +62,8 @@ def strict_load(model: nn.Module, state: dict, what: str) -> nn.Module:
 
 
 def _frozen(model: nn.Module, checkpoint: str, chunk_size: int) -> FrozenTokenizer:
-    tokenizer = FrozenTokenizer(model, chunk_size=chunk_size)
-    tokenizer.source = str(checkpoint)
-    tokenizer.metrics = {}  # no reconstruction quality is measured for a released tokenizer
-    return tokenizer
+    # no reconstruction quality is measured for a released tokenizer
+    return FrozenTokenizer(model, chunk_size=chunk_size, source=str(checkpoint))
 
 
 def build_llamagen_vq(data=None, *, checkpoint: str, image_size: int = 256, codebook_size: int = 16384,

@@ -11,6 +11,7 @@ from types import MappingProxyType
 import httpx
 import torch
 
+from rlar.contracts import Reward
 from rlar.reward.mixture import zscore
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, bearer_headers, read_token
 from rlar.reward.remote.rotation import ServerPool
@@ -38,7 +39,7 @@ def response_reason(resp: httpx.Response) -> str:
         return resp.text[:200]
 
 
-class RemoteReward:
+class RemoteReward(Reward):
     """``reward(images, targets, meta) -> (rewards [N], {component: [N]})`` scored by ``urls``.
 
     The batch is split into chunks of ``chunk_size`` sent round-robin from a thread pool; a chunk whose server

@@ -1,0 +1,93 @@
+"""Building a run: every part of the RL loop, made from the config, on this process's device."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
+from rlar.data.batches import ImageData
+from rlar.eval.model import EvalModel, build_eval_model
+from rlar.rollout.sampling import cfg_scales
+from rlar.runtime import distributed
+from rlar.runtime.checkpoint import Checkpointer
+from rlar.runtime.hardware import Hardware
+from rlar.runtime.logger import TensorBoardLogger
+from rlar.runtime.random_streams import rank_generators
+from rlar.schedule.decoder import ScheduleDecoder
+
+
+@dataclass
+class Run:
+    """The parts of one training run. ``policy`` is the module itself; ``train_policy`` and ``train_critic`` are
+    what the update calls (DDP wrappers, or the modules themselves, sharded in place by FSDP2)."""
+
+    cfg: DictConfig
+    hw: Hardware
+    out: Path  # the output directory (only rank 0 writes to it)
+    data: ImageData
+    tokenizer: Tokenizer
+    policy: Policy
+    ref_policy: Policy | None  # the frozen prior, for the KL term only (None when algorithm.beta is 0)
+    critic: nn.Linear | None  # the value head (PPO with algorithm.value_head)
+    trainable: nn.ModuleDict  # {"policy", "critic"?}: what the optimizer steps and the checkpoint saves
+    train_policy: nn.Module
+    train_critic: nn.Module | None
+    reward: Reward
+    eval_model: EvalModel | None
+    algorithm: Algorithm
+    optimizer: torch.optim.Optimizer
+    checkpointer: Checkpointer
+    logger: TensorBoardLogger
+    generators: dict[str, torch.Generator]  # data, sample, update (rlar.runtime.random_streams)
+    sampling: dict  # the distribution every log-prob is under, in rollout and update alike
+
+    @property
+    def device(self) -> torch.device:
+        return self.hw.torch_device
+
+    def this_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's items of a global batch, on its device: ``[B / world, ...]``, each with all its generations."""
+        local_batch = self.cfg.train.batch_size // distributed.world_size()
+        return x[distributed.rank() * local_batch:][:local_batch].to(self.device)
+
+
+def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> Run:
+    """Every part of the run, in a fixed order (the models draw their initial weights from the global stream)."""
+    out = Path(distributed.broadcast_object(str(Path(output_dir or cfg.get("output_dir") or ".").absolute())))
+    device, world = hw.torch_device, distributed.world_size()
+    if cfg.train.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {world} processes; use a "
+                         f"multiple of {world} (each process takes batch_size/{world} items with all their "
+                         f"generations)")
+    reward = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
+    with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
+        data = instantiate(cfg.data)
+        tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
+        policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
+        if cfg.rollout.mode == "schedule":  # the ARPG frozen, a decoding-schedule network the policy (rlar.schedule)
+            policy = ScheduleDecoder(policy, **cfg.schedule).to(device)
+        eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
+    algorithm = instantiate(cfg.algorithm)
+    # the frozen prior, for the KL term only: never built when beta is 0
+    ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
+    critic = torch.nn.Linear(policy.n_embd, 1).to(device) if algorithm.value_head else None
+    trainable = nn.ModuleDict({"policy": policy, **({} if critic is None else {"critic": critic})})
+    train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
+    hw.prepare(ref_policy, trainable=False)
+    optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
+    checkpointer = Checkpointer(out / "checkpoints", trainable, optimizer, cfg.train.checkpoint_format)
+    logger = instantiate(cfg.logger)
+    if distributed.is_main():  # a logger never opened writes nothing
+        logger.open(out)
+    sampling = {"temperature": cfg.rollout.temperature,
+                "cfg_scale": cfg_scales(policy.block_size, cfg.rollout.cfg_scale, cfg.rollout.cfg_interval)}
+    return Run(cfg, hw, out, data, tokenizer, policy, ref_policy, critic, trainable, train_policy, train_critic,
+               reward, eval_model, algorithm, optimizer, checkpointer, logger, rank_generators(hw.seed,
+               distributed.rank()), sampling)

@@ -1,0 +1,53 @@
+"""A study: one YAML in ``experiments/`` (fixed ``overrides``, the ``seeds``, named ``settings``), and where the runs
+of every study land. Read by the sweeps (``rlar.studies.ablation``) and the report (``rlar.studies.report``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+@dataclass
+class Study:
+    name: str                          # the YAML's stem
+    path: Path                         # the YAML
+    title: str
+    overrides: list[str]               # given to every run
+    seeds: list[int]                   # hardware.seed values, one run each per setting
+    settings: dict[str, list[str]]     # label -> overrides that define the setting
+    notes: str = ""
+
+    @property
+    def report_dir(self) -> Path:
+        """Beside its YAML: ``experiments/<study>/``."""
+        return self.path.with_suffix("")
+
+
+def load_study(study: str | Path) -> Study:
+    """A study by name (``experiments/<name>.yaml``) or by the path of its YAML."""
+    path = Path(study)
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENTS_DIR / f"{study}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no study {str(study)!r}: {path} does not exist; studies: {', '.join(known)}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes"}
+    if unknown or not raw.get("settings"):
+        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes; "
+                         f"got unknown {sorted(unknown)} or no settings")
+    return Study(name=path.stem, path=path, title=raw.get("title", path.stem), overrides=list(raw.get("overrides", [])),
+                 seeds=list(raw.get("seeds", [0])), settings={str(k): list(v) for k, v in raw["settings"].items()},
+                 notes=raw.get("notes", ""))
+
+
+RUN_NAME = "ablations"  # the runs' ``name``: they land in ``outputs/ablations/multirun/``
+
+
+def sweep_dir(outputs: str | Path) -> Path:
+    """Where the runs of every study are: one subfolder per run, named by its overrides."""
+    return Path(outputs) / RUN_NAME / "multirun"
