@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from rlar.config.schemas import compose_config
+from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.loop import train_rl_loop
 from rlar.policy.arpg import ARPG
