@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from rlar.contracts import Policy
+from rlar.rollout.draws import categorical, uniforms
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 from rlar.rollout.types import Rollout
@@ -28,16 +29,16 @@ def noisy_context(codes: torch.Tensor, prob: float, vocab_size: int, generator: 
     vocabulary (VA-pi's noisy teacher-forcing context)."""
     if not prob:
         return codes
-    replace = torch.rand(codes.shape, generator=generator) < prob
+    replace = uniforms(codes.shape, generator, codes.device) < prob
     random_codes = torch.randint(vocab_size, codes.shape, generator=generator)
-    return torch.where(replace.to(codes.device), random_codes.to(codes.device), codes)
+    return torch.where(replace, random_codes.to(codes.device), codes)
 
 
 def drop_labels(labels: torch.Tensor | None, prob: float, generator: torch.Generator) -> torch.Tensor | None:
     """``labels [B]`` with each replaced by the null class (-1), with probability ``prob`` (classifier-free dropout)."""
     if not prob or labels is None:
         return labels
-    drop = (torch.rand(labels.shape, generator=generator) < prob).to(labels.device)
+    drop = uniforms(labels.shape, generator, labels.device) < prob
     return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
@@ -69,7 +70,7 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: torch.Tensor
         logp, _ = policy_logprobs(policy, context, labels, rollout_cfg.temperature, scales)  # [B, T, V]
         logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
         draw = truncate(logp.flatten(0, 1), rollout_cfg.top_k, rollout_cfg.top_p).exp()
-        actions = torch.multinomial(draw, 1, generator=generator).view(b * g, t_len)
+        actions = categorical(draw, generator).view(b * g, t_len)
         logprobs = logp.gather(-1, actions[..., None])[..., 0]
         mask = torch.ones_like(actions, dtype=torch.bool)
         return Rollout(context.repeat_interleave(g, 0), actions, logprobs, rep_labels, mask, targets)

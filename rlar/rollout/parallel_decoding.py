@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlar.contracts import ParallelDecoder, ParallelPolicy
+from rlar.rollout.draws import categorical, uniforms
 from rlar.rollout.sampling import StartTokens, guided_logprobs, is_guided, split_start_tokens, truncate, with_null_class
 
 # the fraction of positions still masked after step s of N, as a function of r = (s + 1) / N
@@ -104,7 +105,7 @@ def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_sam
     doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
     rows_n = 2 * n if guided else n
     model_labels = with_null_class(labels, n, device) if guided else labels
-    orders = torch.rand(n, seq_len, generator=generator).argsort(dim=1).to(device)  # [N, T]
+    orders = uniforms((n, seq_len), generator, device).argsort(dim=1)  # [N, T]
     tokens = torch.zeros(n, seq_len, dtype=torch.long, device=device)
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
 
@@ -116,8 +117,7 @@ def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_sam
         targets = orders[:, done : done + size]  # [N, n_s] positions decoded now
         logits = policy.decode_step(ids, rows, doubled(1 + targets), cache)  # [N or 2N, n_s, V]
         logp = guided_logprobs(logits, float(scales[s]), temperature, doubled=guided)  # [N, n_s, V]
-        draw = torch.multinomial(truncate(logp.flatten(0, 1), top_k, top_p).exp(), 1, generator=generator)
-        draw = draw.view(n, size)
+        draw = categorical(truncate(logp.flatten(0, 1), top_k, top_p).exp(), generator).view(n, size)
         tokens.scatter_(1, targets, draw)
         logprobs.scatter_(1, targets, logp.gather(-1, draw[..., None])[..., 0])
         ids, rows, done = doubled(draw), doubled(1 + targets), done + size

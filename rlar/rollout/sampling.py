@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from rlar.rollout.draws import categorical
+
 StartTokens = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
 Scale = float | torch.Tensor  # one guidance scale, or one per token position [T]
 
@@ -116,7 +118,7 @@ def sample_codes_with_logprobs(
             logits = policy(doubled(tokens[:, : t + 1]), model_labels)[:, t]
         scale = float(cfg_scale[t]) if torch.is_tensor(cfg_scale) else cfg_scale
         logp = guided_logprobs(logits, scale, temperature, doubled=guided)  # [N, V]
-        draw = torch.multinomial(truncate(logp, top_k, top_p).exp(), 1, generator=generator)  # [N, 1]
+        draw = categorical(truncate(logp, top_k, top_p).exp(), generator)  # [N, 1]
         tokens[:, t] = draw[:, 0]
         logprobs[:, t] = logp.gather(-1, draw)[:, 0]
         if use_cache and t + 1 < max_len:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from rlar.rollout.draws import uniforms
+
 
 def gumbel_order(scores: torch.Tensor, available: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
     """Every position ``[M, P]`` (long) ranked by ``scores [M, P]`` + Gumbel noise, the available ones first:
     the first ``k`` of a row are a Plackett–Luce draw of ``k`` of its ``available [M, P]`` positions."""
-    uniform = torch.rand(scores.shape, generator=generator).to(scores.device).clamp_min(1e-20)
+    uniform = uniforms(scores.shape, generator, scores.device).clamp_min(1e-20)
     keys = (scores.float() - torch.log(-torch.log(uniform))).masked_fill(~available, float("-inf"))
     return keys.argsort(dim=1, descending=True)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlar.contracts import ParallelPolicy
+from rlar.rollout.draws import categorical, uniforms
 from rlar.rollout.sampling import truncate
 from rlar.schedule.network import ScheduleNet, degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
@@ -90,8 +91,8 @@ def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tenso
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
     decoded_at = torch.full((n, seq_len), PENDING, dtype=torch.long, device=device)
     slots = torch.arange(seq_len, device=device)
-    uniform = torch.rand(n // shared_noise, seq_len, arpg.vocab_size, generator=rng).clamp_min(1e-20)
-    token_noise = -torch.log(-torch.log(uniform)).repeat_interleave(shared_noise, 0).to(device)  # [N, T, V] Gumbel
+    uniform = uniforms((n // shared_noise, seq_len, arpg.vocab_size), rng, device).clamp_min(1e-20)
+    token_noise = -torch.log(-torch.log(uniform)).repeat_interleave(shared_noise, 0)  # [N, T, V] Gumbel
     record = []
     for s in range(max_steps):
         pending = decoded_at == PENDING  # [N, T]
@@ -103,7 +104,7 @@ def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tenso
         degree_logits, scores = net(pooled, progress, uncertainty)  # [N, K], [N, T]
         allowed = torch.arange(1, net.max_degree + 1, device=device)[None] <= remaining[:, None].clamp_min(1)
         probs = torch.softmax(degree_logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
-        k = 1 + torch.multinomial(probs.cpu(), 1, generator=rng)[:, 0].to(device)  # [N]
+        k = 1 + categorical(probs, rng)[:, 0]  # [N]
         last = s == max_steps - 1
         degree = torch.where(remaining > 0, remaining if last else k, 0)  # [N]
         picks = gumbel_order(scores, pending, rng)  # [N, T]: pending positions first, in drawn order

@@ -1,0 +1,30 @@
+"""Random draws that are valid on every device.
+
+The loop's random streams are CPU ``torch.Generator``s, so that one seed gives one stream on any machine. PyTorch
+refuses a CPU generator for a CUDA tensor, so no random op here reads a tensor: uniforms are drawn from the stream on
+its own device, moved to the tensor's device, and turned into the draw there (an inverse CDF). A seed then gives the
+same draws on the CPU and on a GPU, up to floating-point ties in the CDF.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def uniforms(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """``U[0, 1)`` of ``shape`` from ``generator`` (None: the global stream), placed on ``device``."""
+    where = "cpu" if generator is None else generator.device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
+def categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of the unnormalised probabilities ``probs [N, V]`` (>= 0, some > 0): codes ``[N, 1]`` long.
+
+    Inverts the row's CDF at a uniform: the first code whose cumulative mass exceeds ``u * total``. A code without
+    mass is never drawn, also when rounding puts ``u * total`` at the very end of the CDF.
+    """
+    cdf = probs.float().cumsum(-1)  # [N, V]
+    u = uniforms((probs.shape[0], 1), generator, probs.device) * cdf[:, -1:]  # [N, 1]
+    draw = torch.searchsorted(cdf, u, right=True)  # [N, 1]
+    last_with_mass = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)  # [N, 1]
+    return torch.minimum(draw, last_with_mass)
