@@ -8,7 +8,7 @@ from dataclasses import asdict
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.arpg import ARPG, load_arpg_state
-from rlar.policy.prior import cached_prior, check_vocabulary
+from rlar.policy.llamagen_build import cached_rope_prior, rope_transformer_arch
 from rlar.policy.schemas import ARPGSchema
 from rlar.tokenizer.frozen import FrozenTokenizer
 
@@ -18,15 +18,8 @@ def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> 
     ``options``: the fields of :class:`ARPGSchema`; ``decoding`` is the parallel sampler's settings for evaluation
     (the config passes the rollout's)."""
     spec = from_options(ARPGSchema, options)
-    block_size = spec.block_size or tokenizer.num_tokens
-    check_vocabulary(spec.vocab_size, block_size, tokenizer)
-    arch = {"vocab_size": spec.vocab_size, "block_size": block_size, "num_classes": data.num_classes,
-            "size": spec.size, "n_layer": spec.n_layer, "n_head": spec.n_head, "dim": spec.dim,
-            "multiple_of": spec.multiple_of, "ffn_dim_multiplier": spec.ffn_dim_multiplier,
-            "rope_base": spec.rope_base, "norm_eps": spec.norm_eps, "dropout": spec.dropout}
+    arch = rope_transformer_arch(spec, tokenizer, data)
     policy = ARPG(**arch, decoding=asdict(spec.decoding))
     if spec.checkpoint:
         return load_arpg_state(policy, spec.checkpoint)
-    resolved = {"n_layer": policy.n_layer, "n_head": policy.n_head, "dim": policy.n_embd}  # after the preset
-    return cached_prior(policy, "arpg_prior", {**arch, **resolved}, tokenizer, data, asdict(spec.pretrain),
-                        spec.cache_dir)
+    return cached_rope_prior(policy, "arpg_prior", arch, spec, tokenizer, data)
