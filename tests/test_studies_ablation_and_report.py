@@ -13,7 +13,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.studies.ablation import run_sweeps, sweep_commands
-from rlar.studies.report import collect_runs, defining, write_report
+from rlar.studies.report import collect_runs, defining, relative_change, write_report
 from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -124,3 +124,9 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
     table = re.compile(r"^\| (grpo|reinforce) \|.*", re.M)
     assert [m.group(0).rsplit("|", 2)[0] for m in table.finditer(again)] == [
         m.group(0).rsplit("|", 2)[0] for m in table.finditer(text)]  # all but the s / it column
+
+
+def test_relative_change_of_the_means_and_a_zero_prior():
+    assert relative_change([0.5, 0.5], [0.6, 0.7]) == "+30.0 %"
+    assert relative_change([-0.2], [-0.1]) == "+50.0 %"
+    assert relative_change([0.0, 0.0], [0.25, 0.5]) == "n/a"  # a classifier that gets nothing right before RL

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import rlar.algorithm.update as update
-import rlar.loop
+import rlar.build
 from rlar import compute_sequence_logprob, reinforce_update, sample_codes_with_logprobs
 from rlar.algorithm.algorithms import GRPO
 from rlar.algorithm.update import minibatch_loss, policy_update
@@ -117,7 +117,7 @@ def test_no_reference_model_when_kl_is_off(tiny, tmp_path, monkeypatch):
             copies.append(type(x).__name__)
         return real_deepcopy(x, *args, **kwargs)
 
-    monkeypatch.setattr(rlar.loop.copy, "deepcopy", counting_deepcopy)
+    monkeypatch.setattr(rlar.build.copy, "deepcopy", counting_deepcopy)
     train_rl_loop(compose_config([*tiny, "algorithm.beta=0.0", "train.iterations=1"]), tmp_path / "off")
     assert copies == []
     train_rl_loop(compose_config([*tiny, "algorithm.beta=0.01", "train.iterations=1"]), tmp_path / "on")

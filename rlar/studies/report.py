@@ -123,6 +123,12 @@ EVAL_MODEL_COLUMNS = (("eval_fd", "eval/fd"), ("eval_class_acc", "eval/class_acc
                       ("eval_cfg_fd", "eval_cfg/fd"), ("eval_cfg_class_acc", "eval_cfg/class_acc"))
 
 
+def relative_change(before: list[float], after: list[float]) -> str:
+    """The change of the means relative to the prior's, as ``+12.3 %``; ``n/a`` where the prior's mean is 0."""
+    prior = statistics.mean(before)
+    return f"{100 * (statistics.mean(after) - prior) / abs(prior):+.1f} %" if prior else "n/a"
+
+
 def eval_model_table(runs: dict[str, list[Run]]) -> str:
     """The evaluation model's metrics before and after RL (mean ± std over seeds, and the relative change of the
     means), for the ones every run measured; empty when none did."""
@@ -140,8 +146,8 @@ def eval_model_table(runs: dict[str, list[Run]]) -> str:
         for key, _ in columns:
             before = [r.summary[f"{key}_before"] for r in group]
             after = [r.summary[f"{key}_after"] for r in group]
-            change = (statistics.mean(after) - statistics.mean(before)) / abs(statistics.mean(before))
-            cells.append(f"{mean_std(sorted(set(before)), 3)} | {mean_std(after, 3)} | {100 * change:+.1f} %")
+            change = relative_change(before, after)
+            cells.append(f"{mean_std(sorted(set(before)), 3)} | {mean_std(after, 3)} | {change}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
