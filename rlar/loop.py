@@ -47,7 +47,8 @@ def train(run: Run) -> dict:
     """Evaluate the prior and warm up (a fresh run), or resume; iterate; evaluate and save on schedule."""
     t = run.cfg.train
     start, summary = resume(run) if run.cfg.resume else (0, {})
-    batches = run.data.batches(t.batch_size, run.generators["data"])
+    # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
+    batches = run.data.batches(t.batch_size, run.generators["data"], start=t.warmup_steps + start if start else 0)
     if start == 0:
         summary = evaluate_prior(run)
         warm_up(run, batches, summary)
