@@ -160,7 +160,10 @@ def resume(run: Run) -> tuple[int, dict]:
     if state is None:
         return 0, {}
     run.algorithm.load_state_dict(state["algorithm"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    if "scheduler" in state:
+        run.scheduler.load_state_dict(state["scheduler"])
+    else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
+        log.warning("%s has no lr schedule: the schedule starts at its first step", run.checkpointer.record_path)
     restore_rng(run.generators, state["rng"], state["iteration"], run.hw.seed)
     log.info("resumed from %s at iteration %d", run.checkpointer.record_path, state["iteration"])
     return state["iteration"], state["summary"]
