@@ -10,6 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
 
 from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
 from rlar.data.batches import ImageData
@@ -17,6 +19,7 @@ from rlar.eval.model import EvalModel, build_eval_model
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
+from rlar.runtime.ema import policy_ema, update_after_every_step
 from rlar.runtime.hardware import Hardware
 from rlar.runtime.logger import TensorBoardLogger
 from rlar.runtime.random_streams import rank_generators
@@ -36,7 +39,7 @@ class Run:
     policy: Policy
     ref_policy: Policy | None  # the frozen prior, for the KL term only (None when algorithm.beta is 0)
     critic: nn.Linear | None  # the value head (PPO with algorithm.value_head)
-    trainable: nn.ModuleDict  # {"policy", "critic"?}: what the optimizer steps and the checkpoint saves
+    trainable: nn.ModuleDict  # {"policy", "critic"?}: what the optimizer steps and the checkpoint saves (with "ema")
     train_policy: nn.Module
     train_critic: nn.Module | None
     reward: Reward
@@ -47,10 +50,17 @@ class Run:
     logger: TensorBoardLogger
     generators: dict[str, torch.Generator]  # data, sample, update (rlar.runtime.random_streams)
     sampling: dict  # the distribution every log-prob is under, in rollout and update alike
+    scheduler: LRScheduler  # the learning-rate schedule, stepped once per iteration
+    ema: AveragedModel | None  # the policy's moving average (train.ema_decay), updated after each optimizer step
 
     @property
     def device(self) -> torch.device:
         return self.hw.torch_device
+
+    @property
+    def evaluated_policy(self) -> nn.Module:
+        """The weights evaluation samples and an export writes: the moving average when on, else the policy."""
+        return self.policy if self.ema is None else self.ema.module
 
     def this_rank(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's items of a global batch, on its device: ``[B / world, ...]``, each with all its generations."""
@@ -78,11 +88,18 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     # the frozen prior, for the KL term only: never built when beta is 0
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
     critic = torch.nn.Linear(policy.n_embd, 1).to(device) if algorithm.value_head else None
+    ema = None if cfg.train.ema_decay is None else policy_ema(policy, cfg.train.ema_decay)
     trainable = nn.ModuleDict({"policy": policy, **({} if critic is None else {"critic": critic})})
     train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
     hw.prepare(ref_policy, trainable=False)
     optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
-    checkpointer = Checkpointer(out / "checkpoints", trainable, optimizer, cfg.train.checkpoint_format)
+    scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
+    saved = trainable
+    if ema is not None:
+        hw.prepare(ema.module, trainable=False)
+        update_after_every_step(optimizer, ema, policy)
+        saved = nn.ModuleDict({**trainable, "ema": ema.module})
+    checkpointer = Checkpointer(out / "checkpoints", saved, optimizer, cfg.train.checkpoint_format)
     logger = instantiate(cfg.logger)
     if distributed.is_main():  # a logger never opened writes nothing
         logger.open(out)
@@ -90,4 +107,4 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
                 "cfg_scale": cfg_scales(policy.block_size, cfg.rollout.cfg_scale, cfg.rollout.cfg_interval)}
     return Run(cfg, hw, out, data, tokenizer, policy, ref_policy, critic, trainable, train_policy, train_critic,
                reward, eval_model, algorithm, optimizer, checkpointer, logger, rank_generators(hw.seed,
-               distributed.rank()), sampling)
+               distributed.rank()), sampling, scheduler, ema)

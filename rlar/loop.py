@@ -47,7 +47,8 @@ def train(run: Run) -> dict:
     """Evaluate the prior and warm up (a fresh run), or resume; iterate; evaluate and save on schedule."""
     t = run.cfg.train
     start, summary = resume(run) if run.cfg.resume else (0, {})
-    batches = run.data.batches(t.batch_size, run.generators["data"])
+    # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
+    batches = run.data.batches(t.batch_size, run.generators["data"], start=t.warmup_steps + start if start else 0)
     if start == 0:
         summary = evaluate_prior(run)
         warm_up(run, batches, summary)
@@ -97,9 +98,11 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
     adv, returns, valid, adv_stats = advantages(run, rollout, rewards, global_rewards, all_labels, all_indices)
     stats = update(run, rollout, adv, returns) if distributed.any_rank(bool(valid.any()), run.device) else {}
     timings["time/update"] = time.perf_counter() - tic
+    lr = run.scheduler.get_last_lr()[0]  # the lr of this iteration's optimizer steps
+    run.scheduler.step()  # once per iteration, whether or not the update ran
 
-    metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats}, adv_stats, timings,
-                                rollout, run.device)
+    metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
+                                adv_stats, timings, rollout, run.device)
     run.logger.scalars(metrics, step)
     if run.logger.image_every and (step % run.logger.image_every == 0 or step == 1):
         run.logger.groups("samples/input_then_group", images, samples, step)
@@ -151,20 +154,25 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
 
 
 def resume(run: Run) -> tuple[int, dict]:
-    """``(iteration, summary)`` of the last checkpoint, with the algorithm's state and the random streams restored;
-    ``(0, {})`` when there is none."""
+    """``(iteration, summary)`` of the last checkpoint, with the algorithm's state, the lr schedule and the random
+    streams restored; ``(0, {})`` when there is none."""
     state = run.checkpointer.load()
     if state is None:
         return 0, {}
     run.algorithm.load_state_dict(state["algorithm"])
+    if "scheduler" in state:
+        run.scheduler.load_state_dict(state["scheduler"])
+    else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
+        log.warning("%s has no lr schedule: the schedule starts at its first step", run.checkpointer.record_path)
     restore_rng(run.generators, state["rng"], state["iteration"], run.hw.seed)
     log.info("resumed from %s at iteration %d", run.checkpointer.record_path, state["iteration"])
     return state["iteration"], state["summary"]
 
 
 def evaluation(run: Run) -> dict[str, float]:
-    """The held-out evaluation of the policy as it is now (``rlar.eval.evaluate``)."""
-    return evaluate(run.policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling, run.device,
+    """The held-out evaluation of the policy as it is now, or of its moving average when there is one
+    (``rlar.eval.evaluate``)."""
+    return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling, run.device,
                     run.hw.autocast, run.eval_model)
 
 
@@ -192,10 +200,10 @@ def warm_up(run: Run, batches, summary: dict) -> None:
 
 
 def save(run: Run, iteration: int, summary: dict) -> None:
-    """The checkpoint of ``iteration``: weights and optimizer (``run.checkpointer``), the algorithm's state, the
-    summary so far and every rank's random streams."""
-    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "iteration": iteration, "summary": summary,
-                           "rng": gather_rng(run.generators)})
+    """The checkpoint of ``iteration``: weights, their average and the optimizer (``run.checkpointer``), the
+    algorithm's state, the lr schedule, the summary so far and every rank's random streams."""
+    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "scheduler": run.scheduler.state_dict(),
+                           "iteration": iteration, "summary": summary, "rng": gather_rng(run.generators)})
 
 
 def earlier_timings(out: Path) -> dict:
@@ -206,7 +214,7 @@ def earlier_timings(out: Path) -> dict:
 
 def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -> dict:
     """Complete the summary (the last evaluation's ``eval_*_after``, mean timings, the run's facts), export the
-    policy of a sharded checkpoint, and write ``summary.json`` (rank 0)."""
+    policy (and its average) of a sharded checkpoint, and write ``summary.json`` (rank 0)."""
     t, out = run.cfg.train, run.out
     ran = max(1, t.iterations - start)
     # a finished run started again trains nothing: it keeps the timings of the iterations it ran before
@@ -219,7 +227,8 @@ def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -
     if run.hw.strategy == "ddp":  # replicas must still be identical: a check that gradients were synchronised
         summary["replica_max_abs_diff"] = distributed.replica_divergence(run.trainable, run.device)
     if t.checkpoint_format == "sharded":
-        run.checkpointer.export_policy(out / "checkpoints" / "policy.pt")
+        for name in ("policy", "ema") if run.ema is not None else ("policy",):
+            run.checkpointer.export_policy(out / "checkpoints" / f"{name}.pt", name)
     if distributed.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     run.logger.close()

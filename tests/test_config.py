@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from rlar.config.store import CONF_DIR, compose_config
 from rlar.config.validate import ConfigError, check_config
 
-GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger"]
+GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger", "scheduler"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 # no pretrained backbone can be downloaded in tests
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}

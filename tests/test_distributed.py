@@ -95,6 +95,35 @@ def test_checkpoint_of_two_processes_resumes_in_one(two_process_runs, tiny, stra
     assert [h["iteration"] for h in summary["history"]] == [0, 3, 4]
 
 
+AVERAGED = ["train.ema_decay=0.9", "scheduler=cosine", "scheduler.warmup_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def averaged_runs(tiny, tmp_path_factory):
+    """The tiny run with an lr schedule and the policy's moving average under DDP (consolidated) and FSDP2
+    (sharded), 2 processes each."""
+    root = tmp_path_factory.mktemp("averaged")
+    for strategy, fmt in (("ddp", "consolidated"), ("fsdp", "sharded")):
+        torchrun([*tiny, *ACCUM, *AVERAGED, f"hardware={strategy}", *CPU, f"train.checkpoint_format={fmt}",
+                  f"hydra.run.dir={root / strategy}"], cwd=root)
+    return root
+
+
+@pytest.mark.slow
+def test_fsdp_averages_what_ddp_averages_and_resumes_in_one_process(averaged_runs, tiny):
+    """The average of FSDP2's shards equals DDP's replicated average; the sharded checkpoint with it resumes on one
+    process."""
+    ddp = weights(averaged_runs / "ddp" / "checkpoints" / "last.pt")
+    fsdp = weights(averaged_runs / "fsdp" / "checkpoints" / "ema.pt")
+    assert ddp["ema"].keys() == fsdp.keys()
+    for k in fsdp:
+        torch.testing.assert_close(fsdp[k], ddp["ema"][k], atol=1e-5, rtol=1e-4)
+    assert any(not torch.equal(ddp["ema"][k], ddp["policy"][k]) for k in fsdp)
+    cfg = compose_config([*tiny, *ACCUM, *AVERAGED, "train.iterations=4", "eval.every=100",
+                          "train.checkpoint_format=sharded"])
+    assert train_rl_loop(cfg, averaged_runs / "fsdp")["iterations"] == 4
+
+
 def test_strategy_outside_torchrun_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ValueError, match="torchrun --nproc_per_node"):

@@ -63,6 +63,9 @@ class TrainSchema:
     # consolidated: one file (rank 0 gathers) | sharded: torch.distributed.checkpoint shards written by every rank
     # (+ checkpoints/policy.pt at the end); both resume on any number of processes
     checkpoint_format: str = "consolidated"
+    # an exponential moving average of the policy's weights, ema = decay * ema + (1 - decay) * policy after each
+    # optimizer step, starting at the prior; evaluation (eval/*) samples from it. null = no average
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -113,6 +116,7 @@ class RlarConfig:
     reward: Any = MISSING
     hardware: Any = MISSING
     logger: Any = MISSING
+    scheduler: Any = MISSING  # the learning-rate schedule: an option of conf/scheduler/ (any torch.optim.lr_scheduler)
     rollout: RolloutSchema = field(default_factory=RolloutSchema)
     schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
     train: TrainSchema = field(default_factory=TrainSchema)

@@ -22,7 +22,7 @@ from rlar.policy.schemas import POLICY_SCHEMAS
 from rlar.reward.remote.schema import REMOTE_SCHEMAS
 from rlar.reward.schemas import REWARD_SCHEMAS
 from rlar.runtime.hardware import Hardware
-from rlar.runtime.schemas import TensorBoardSchema
+from rlar.runtime.schemas import SCHEDULER_SCHEMAS, TensorBoardSchema
 from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -48,6 +48,7 @@ SCHEMAS = {
     "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS},
     "hardware": {"hardware": target_schema(Hardware)},
     "logger": {"tensorboard": TensorBoardSchema},
+    "scheduler": SCHEDULER_SCHEMAS,
 }
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
+from rlar.runtime.ema import check_decay
 
 
 class ConfigError(ValueError):
@@ -23,6 +25,14 @@ def check_config(cfg: DictConfig) -> None:
             instantiate(cfg[group])
         except InstantiationException as e:
             raise ConfigError(str(e.__cause__ or e)) from e
+    try:  # the lr schedule checks its values when built, here on an optimizer of one parameter
+        instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+    except InstantiationException as e:
+        raise ConfigError(str(e.__cause__ or e)) from e
+    try:
+        check_decay(cfg.train.ema_decay)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if cfg.rollout.mode not in ROLLOUT_MODES:
         raise ConfigError(f"rollout.mode={cfg.rollout.mode!r} is not available; choose one of {ROLLOUT_MODES}")
     r = cfg.rollout

@@ -23,18 +23,23 @@ class ImageData:
         """Train images ``[B, C, H, W]`` in [-1, 1] at indices ``idx [B]``."""
         return self.train_images[idx]
 
-    def batches(self, batch_size: int, generator: torch.Generator
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled ``(images [B, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
-        epoch; ``indices`` identify the images (for per-image statistics)."""
+        epoch; ``indices`` identify the images (for per-image statistics). Each epoch's order is drawn from
+        ``generator`` when the epoch begins; the stream starts at its batch ``start`` (a resumed run's next batch)."""
         n = len(self.train_labels)
         if not 0 < batch_size <= n:
             raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
+        epochs, skip = divmod(start, n // batch_size)
+        for _ in range(epochs):
+            torch.randperm(n, generator=generator)
         while True:
             order = torch.randperm(n, generator=generator)
-            for i in range(0, n - batch_size + 1, batch_size):
+            for i in range(skip * batch_size, n - batch_size + 1, batch_size):
                 idx = order[i : i + batch_size]
                 yield self.train_batch(idx), self.train_labels[idx], idx
+            skip = 0
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

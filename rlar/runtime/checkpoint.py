@@ -2,8 +2,9 @@
 
 ``checkpoints/last.pt`` (written by rank 0, last, so it is the commit point) holds the loop's state; with
 ``train.checkpoint_format=consolidated`` it also holds the full policy (``policy``: a plain state dict, loadable
-as ``policy.checkpoint``), critic and optimizer; with ``sharded``, those live in DCP shards under
-``checkpoints/last_sharded/``, written by every rank in parallel and resharded on load.
+as ``policy.checkpoint``), critic, the policy's average (``ema``, the same kind of state dict) and optimizer;
+with ``sharded``, those live in DCP shards under ``checkpoints/last_sharded/``, written by every rank in parallel
+and resharded on load.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def join_state(parts: dict) -> dict:
 
 
 class Checkpointer:
-    """Saves and restores ``modules`` (an ``nn.ModuleDict``: policy, critic) with their optimizer."""
+    """Saves and restores ``modules`` (an ``nn.ModuleDict``: policy, critic, the policy's average ``ema``) with
+    their optimizer."""
 
     def __init__(self, directory: str | Path, modules: nn.ModuleDict, optimizer, fmt: str = "consolidated"):
         if fmt not in FORMATS:
@@ -99,9 +101,10 @@ class Checkpointer:
                            optim_state_dict=record["optimizer"], options=StateDictOptions(full_state_dict=True))
         return record
 
-    def export_policy(self, path: str | Path) -> None:
-        """Collective: the full policy as a plain state dict at ``path`` (rank 0 writes)."""
+    def export_policy(self, path: str | Path, name: str = "policy") -> None:
+        """Collective: the full module ``name`` (the policy, or its average ``ema``) as a plain state dict at
+        ``path`` (rank 0 writes)."""
         model = get_model_state_dict(self.modules, options=FULL)
         if distributed.is_main():
-            atomic_torch_save(split_state(model, ["policy"])["policy"], path)
+            atomic_torch_save(split_state(model, [name])[name], path)
         distributed.barrier()

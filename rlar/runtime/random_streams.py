@@ -22,17 +22,15 @@ def rank_generators(seed: int, rank: int) -> dict[str, torch.Generator]:
 
 
 def gather_rng(gens: dict[str, torch.Generator]) -> dict:
-    """What a checkpoint keeps of the streams: the data stream's state, and every rank's per-rank and torch states
-    (a collective: every rank calls it)."""
-    return {"data": gens["data"].get_state(),
-            **{name: distributed.gather_objects(gens[name].get_state()) for name in PER_RANK_RNG},
+    """What a checkpoint keeps of the streams: every rank's per-rank and torch states (a collective: every rank
+    calls it). The data stream is not saved: it is replayed from its seed (``ImageData.batches``' ``start``)."""
+    return {**{name: distributed.gather_objects(gens[name].get_state()) for name in PER_RANK_RNG},
             "torch": distributed.gather_objects(torch.get_rng_state())}
 
 
 def restore_rng(gens: dict, saved: dict, start: int, seed: int) -> None:
     """Set the streams saved at ``start``; per-rank streams saved by another number of processes are re-seeded."""
     rank, world = distributed.rank(), distributed.world_size()
-    gens["data"].set_state(saved["data"])
     if len(saved["torch"]) == world:
         for name in PER_RANK_RNG:
             gens[name].set_state(saved[name][rank])

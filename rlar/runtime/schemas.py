@@ -1,9 +1,11 @@
-"""Structured-config schema of the logger option (registered as ``schema/logger/<name>``); the hardware options
-are typed by :class:`rlar.runtime.hardware.Hardware` itself."""
+"""Structured-config schemas of the logger and scheduler options (registered as ``schema/logger/<name>``,
+``schema/scheduler/<name>``); the hardware options are typed by :class:`rlar.runtime.hardware.Hardware` itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from omegaconf import II
 
 
 @dataclass
@@ -14,3 +16,31 @@ class TensorBoardSchema:
     log_dir: str = "tensorboard"
     log_every: int = 1
     image_every: int = 25  # input | its G samples, every N iterations
+
+
+@dataclass
+class ConstantSchema:
+    """The optimizer's lr throughout."""
+
+    _target_: str = "rlar.runtime.lr_scheduler.constant"
+
+
+@dataclass
+class WarmupLinearSchema:
+    """Linear warm-up over warmup_steps iterations, then the optimizer's lr."""
+
+    _target_: str = "rlar.runtime.lr_scheduler.warmup_linear"
+    warmup_steps: int = 10
+
+
+@dataclass
+class CosineSchema:
+    """Linear warm-up, then a cosine decay to min_lr_ratio times the optimizer's lr at total_steps."""
+
+    _target_: str = "rlar.runtime.lr_scheduler.cosine"
+    total_steps: int = II("train.iterations")
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+SCHEDULER_SCHEMAS = {"constant": ConstantSchema, "warmup_linear": WarmupLinearSchema, "cosine": CosineSchema}
