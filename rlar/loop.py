@@ -165,7 +165,7 @@ def resume(run: Run) -> tuple[int, dict]:
 def evaluation(run: Run) -> dict[str, float]:
     """The held-out evaluation of the policy as it is now (``rlar.eval.evaluate``)."""
     return evaluate(run.policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling, run.device,
-                    run.hw.autocast, run.eval_model)
+                    run.hw.autocast, run.eval_model, run.inception)
 
 
 def evaluate_prior(run: Run) -> dict:
