@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch_fidelity.metric_fid import fid_features_to_statistics
 
 from rlar.contracts import Policy, Tokenizer
 from rlar.data.batches import ImageData
@@ -14,6 +13,7 @@ from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc
 from rlar.eval.inception import InceptionFeatures, default_weights_path
 from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.model.frechet import gaussian_fit
 from rlar.runtime import distributed
 
 
@@ -24,7 +24,7 @@ class InceptionEval:
     def __init__(self, features: InceptionFeatures, reference: np.ndarray, num_samples: int, num_classes: int):
         self.features, self.num_samples, self.num_classes = features, num_samples, num_classes
         self.reference_pool = features(reference)[0]  # [M, 2048]
-        self.reference_stats = fid_features_to_statistics(self.reference_pool)
+        self.reference_fit = gaussian_fit(self.reference_pool)  # mean [2048], covariance [2048, 2048]
 
     def __call__(self, policy: Policy, tokenizer: Tokenizer, sampling: dict, batch_size: int, seed: int, device,
                  autocast=None) -> dict[str, float]:
@@ -39,7 +39,7 @@ class InceptionEval:
         real = distributed.gather_rows((rows < self.num_samples).to(device, torch.uint8)).bool().cpu()
         pool = distributed.gather_rows(pool.to(device)).cpu()[real]
         logits = distributed.gather_rows(logits.to(device)).cpu()[real]
-        metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_stats)
+        metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_fit)
         return {f"eval/inception_{name}": metrics[name] for name in ("fid", "is", "precision", "recall")}
 
 
