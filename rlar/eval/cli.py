@@ -21,7 +21,7 @@ from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, ru
 from rlar.rollout.sampling import cfg_scales
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
-       rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train]
+       rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train] [--max-images M]
 
 RUN_DIR (a run's output directory): its recorded config (.hydra/config.yaml) and its fine-tuned policy
 (checkpoints/last.pt); key=value overrides apply to that config (policy.checkpoint=PATH evaluates that checkpoint
@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
+    p.add_argument("--max-images", type=int, help="--make-reference: the split's first MAX_IMAGES images only")
     return p
 
 
@@ -66,7 +67,7 @@ def run_command(argv: list[str]) -> dict:
     except (ConfigError, ValueError) as e:
         sys.exit(f"config error: {e}")
     if opts.make_reference:
-        make_reference(cfg, opts.make_reference, opts.split)
+        make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}
     weights = Path(opts.inception_weights or default_weights_path(cfg.cache_dir)).expanduser()
     if not opts.samples_only and not weights.is_file():  # before any sampling
@@ -79,10 +80,10 @@ def run_command(argv: list[str]) -> dict:
         hw.teardown()
 
 
-def make_reference(cfg, out: str, split: str) -> None:
-    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data``."""
+def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
+    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (the first ``max_images``)."""
     data = instantiate(cfg.data)
-    images = to_uint8_hwc(data.eval_images if split == "eval" else data.train_images)  # [N, H, W, 3]
+    images = to_uint8_hwc((data.eval_images if split == "eval" else data.train_images)[:max_images])  # [N, H, W, 3]
     path = write_npz(out, images)
     write_grid(path.with_suffix(".png"), images)
     print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")

@@ -23,11 +23,10 @@ def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def missing_weights_message(path: Path) -> str:
     return (f"Inception weights not found at '{path}'. Put the FID Inception-v3 weights there: the file "
-            f"{WEIGHTS_NAME} (95 MB) that torch-fidelity and pytorch-fid use, from pytorch-fid's GitHub release "
-            "v0.1.0 (pt_inception-2015-12-05-6726825d.pth) or torch-fidelity's release v0.2.0 (the same file, "
-            "named weights-inception-2015-12-05-6726825d.pth); or pass its path with --inception-weights PATH "
-            "(rlar-eval) or eval.inception.weights=PATH (training). rlar never downloads it: see "
-            "docs/evaluation.md")
+            f"{WEIGHTS_NAME} (91 MiB) that torch-fidelity and pytorch-fid use, from pytorch-fid's GitHub release "
+            f"'fid_weights' (named {WEIGHTS_NAME}) or torch-fidelity's release 'v0.2.0' (the same file, named "
+            "weights-inception-2015-12-05-6726825d.pth); or pass its path with --inception-weights PATH (rlar-eval) "
+            "or eval.inception.weights=PATH (training). rlar never downloads it; see docs/evaluation.md")
 
 
 @contextlib.contextmanager
