@@ -37,6 +37,7 @@ def digits(features):
     return samples, reference, features(samples), features(reference)
 
 
+@pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save", "ignore:std\\(\\)")
 def test_fid_and_is_match_torchmetrics_on_the_same_images(digits, inception_weights):
     samples, reference, (pool, logits), (reference_pool, _) = digits
     ours = inception_metrics(pool, logits, reference_pool, is_splits=1)
@@ -127,6 +128,8 @@ def test_missing_weights_say_where_to_put_them(tmp_path):
         check_config(cfg)
     with pytest.raises(SystemExit, match="Inception weights not found at"):  # before anything is sampled
         run_command([f"cache_dir={tmp_path}", "--inception-weights", str(missing)])
+    with pytest.raises(SystemExit, match="is not a run directory"):
+        run_command([str(tmp_path)])
 
 
 def test_inception_eval_scores_class_balanced_samples(features, digits, gpt):

@@ -30,8 +30,10 @@ tokenizer=..., data=...)."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlar-eval", usage=USAGE, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="rlar-eval", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Sample a policy, write the samples as an ADM-style .npz and a PNG grid, "
+                                            "and score them with Inception FID, IS, precision and recall "
+                                            "(docs/evaluation.md).")
     p.add_argument("args", nargs="*", help="[RUN_DIR] then key=value config overrides")
     p.add_argument("--num-samples", type=int, default=1000, help="images to sample, class-balanced (default 1000)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's rollout's)")
@@ -59,6 +61,8 @@ def run_command(argv: list[str]) -> dict:
     """Run ``rlar-eval argv``; returns the metrics written to ``metrics.json`` (``{}`` for ``--make-reference``
     and ``--samples-only``)."""
     opts = parser().parse_intermixed_args(argv)
+    if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
+        sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
     overrides = opts.args[1:] if run_dir else opts.args
     try:
