@@ -1,6 +1,8 @@
 """Inception FID / IS / precision / recall (rlar/eval/inception*.py) against the libraries' own computations, the
 ADM .npz layout, and the missing-weights errors. The Inception weights are random (tests/conftest.py)."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,18 @@ def test_missing_weights_say_where_to_put_them(tmp_path):
         run_command([f"cache_dir={tmp_path}", "--inception-weights", str(missing)])
     with pytest.raises(SystemExit, match="is not a run directory"):
         run_command([str(tmp_path)])
+
+
+class NotATensor:
+    pass
+
+
+def test_weights_file_is_never_unpickled(tmp_path):
+    """torch-fidelity itself loads with weights_only=False; rlar forces tensors-only loading around it."""
+    path = tmp_path / "pickled.pth"
+    torch.save({"fc.weight": NotATensor()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        InceptionFeatures(path)
 
 
 def test_inception_eval_scores_class_balanced_samples(features, digits, gpt):
