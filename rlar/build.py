@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
 from rlar.data.batches import ImageData
+from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
@@ -52,6 +53,7 @@ class Run:
     sampling: dict  # the distribution every log-prob is under, in rollout and update alike
     scheduler: LRScheduler  # the learning-rate schedule, stepped once per iteration
     ema: AveragedModel | None  # the policy's moving average (train.ema_decay), updated after each optimizer step
+    inception: InceptionEval | None  # eval/inception_* (eval.inception.enabled)
 
     @property
     def device(self) -> torch.device:
@@ -84,6 +86,8 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         if cfg.rollout.mode == "schedule":  # the ARPG frozen, a decoding-schedule network the policy (rlar.schedule)
             policy = ScheduleDecoder(policy, **cfg.schedule).to(device)
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
+    inception = (build_inception_eval(data, cfg.eval.inception, cfg.cache_dir, cfg.eval.batch_size, device)
+                 if cfg.eval.inception.enabled else None)
     algorithm = instantiate(cfg.algorithm)
     # the frozen prior, for the KL term only: never built when beta is 0
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
@@ -107,4 +111,4 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
                 "cfg_scale": cfg_scales(policy.block_size, cfg.rollout.cfg_scale, cfg.rollout.cfg_interval)}
     return Run(cfg, hw, out, data, tokenizer, policy, ref_policy, critic, trainable, train_policy, train_critic,
                reward, eval_model, algorithm, optimizer, checkpointer, logger, rank_generators(hw.seed,
-               distributed.rank()), sampling, scheduler, ema)
+               distributed.rank()), sampling, scheduler, ema, inception)

@@ -173,7 +173,7 @@ def evaluation(run: Run) -> dict[str, float]:
     """The held-out evaluation of the policy as it is now, or of its moving average when there is one
     (``rlar.eval.evaluate``)."""
     return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling, run.device,
-                    run.hw.autocast, run.eval_model)
+                    run.hw.autocast, run.eval_model, run.inception)
 
 
 def evaluate_prior(run: Run) -> dict:

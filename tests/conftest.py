@@ -62,3 +62,26 @@ def tb_scalars():
 def gpt():
     torch.manual_seed(0)
     return GPT(vocab_size=32, block_size=12, num_classes=5, n_layer=2, n_head=2, n_embd=32).eval()
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory):
+    """A weights file in torch-fidelity's Inception-v3 layout (what ``eval.inception.weights`` reads), randomly
+    initialised, nothing downloaded: its BatchNorm statistics are set by one pass over random images, so that the
+    features are of order 1."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception_module
+
+    with pytest.MonkeyPatch.context() as patch:  # the constructor downloads and loads the released weights
+        patch.setattr(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: None)
+        patch.setattr(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        net = inception_module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # running statistics = the mean over the pass
+    noise = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.train()(noise)
+    path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
+    torch.save(net.eval().state_dict(), path)
+    return path

@@ -88,6 +88,18 @@ class EvalClassifierSchema:
 
 
 @dataclass
+class InceptionEvalSchema:
+    """eval/inception_fid, eval/inception_is, eval/inception_precision, eval/inception_recall (docs/evaluation.md)."""
+
+    enabled: bool = False
+    # the FID Inception-v3 weights (a local file, never downloaded);
+    # null = <cache_dir>/inception/pt_inception-2015-12-05-6726825d.pth
+    weights: str | None = None
+    reference: str | None = None  # an .npz (arr_0: uint8 [N, H, W, 3]) or a folder of images; null = the held-out split
+    num_samples: int = 1000  # class-balanced samples per evaluation (FID depends on it: compare at the same number)
+
+
+@dataclass
 class EvalSchema:
     every: int = 100
     samples_per_item: int = 1
@@ -97,6 +109,7 @@ class EvalSchema:
     classifier: bool = True  # eval/class_acc and eval/fd from the embedded evaluation classifier (rlar/eval/model)
     guided_cfg_scale: float | None = None  # a number: evaluate again under this classifier-free guidance (eval_cfg/*)
     classifier_model: EvalClassifierSchema = field(default_factory=EvalClassifierSchema)
+    inception: InceptionEvalSchema = field(default_factory=InceptionEvalSchema)
 
 
 @dataclass

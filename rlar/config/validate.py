@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.ema import check_decay
@@ -45,6 +46,7 @@ def check_config(cfg: DictConfig) -> None:
         if not 0.0 <= r[key] < 1.0:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
+    check_inception_eval(cfg)
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
     codebook = cfg.tokenizer.get("codebook_size")
@@ -69,6 +71,22 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
+
+
+def check_inception_eval(cfg: DictConfig) -> None:
+    """``eval.inception.enabled`` needs the Inception weights on disk (never downloaded) and at least 2 samples."""
+    inception = cfg.eval.inception
+    if not inception.enabled:
+        return
+    weights = Path(inception.weights or default_weights_path(cfg.cache_dir)).expanduser()
+    if not weights.is_file():
+        raise ConfigError(f"eval.inception.enabled=true: {missing_weights_message(weights)}")
+    if inception.reference and not Path(inception.reference).expanduser().exists():
+        raise ConfigError(f"eval.inception.reference='{inception.reference}' does not exist; give an .npz (arr_0: "
+                          "uint8 [N, H, W, 3]) or a folder of images, or null for the held-out split")
+    if inception.num_samples < 2:
+        raise ConfigError(f"eval.inception.num_samples must be >= 2 (FID fits a covariance), got "
+                          f"{inception.num_samples}")
 
 
 def check_parallel_decoding(cfg: DictConfig) -> None:

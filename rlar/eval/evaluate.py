@@ -1,5 +1,6 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
-evaluation model (``eval/class_acc``, ``eval/fd``)."""
+evaluation model (``eval/class_acc``, ``eval/fd``), and with ``eval.inception`` Inception FID, IS, precision and
+recall of class-balanced samples (``eval/inception_*``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import defaultdict
 import torch
 
 from rlar.contracts import Policy, Reward, Tokenizer
+from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
@@ -28,26 +30,31 @@ def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-             autocast=None, eval_model: EvalModel | None = None) -> dict[str, float]:
+             autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
+             ) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
     ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
     ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples. With ``eval_cfg.guided_cfg_scale``, the
-    same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``.
+    same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
+    ``eval/inception_*`` (``rlar.eval.inception_eval``).
 
     A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like.
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
-    result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model)
+    result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
+                            inception)
     if eval_cfg.get("guided_cfg_scale") is not None:
         guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
-        more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model)
+        more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
+                              inception)
         result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
     return result
 
 
 def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-                   autocast=None, eval_model: EvalModel | None = None) -> dict[str, float]:
+                   autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
+                   ) -> dict[str, float]:
     """One evaluation (``evaluate``'s ``eval/*``) of samples drawn under ``sampling``."""
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
@@ -94,12 +101,15 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     if eval_model is not None:
         result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
                                          distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool()))
+    if inception is not None:
+        result.update(inception(policy, tokenizer, sampling, eval_cfg.batch_size, eval_cfg.seed, device, autocast))
     return result
 
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
-    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc and the decoding
-    steps (parallel decoders) if measured
+    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, inception_fid,
+    inception_is and the decoding steps (parallel decoders) if measured
     (and ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
-    return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
-            for name in ("reward", "fd", "class_acc", "steps") if f"{group}/{name}" in result}
+    names = ("reward", "fd", "class_acc", "inception_fid", "inception_is", "steps")
+    return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg") for name in names
+            if f"{group}/{name}" in result}

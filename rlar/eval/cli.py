@@ -1,0 +1,128 @@
+"""``rlar-eval`` (``python -m rlar.eval``): sample a policy, write the samples as an ADM-style ``.npz`` and a PNG
+grid, and score them with Inception FID, IS, precision and recall; ``--make-reference`` writes the ``.npz`` of a
+data split. See docs/evaluation.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from rlar.config.validate import ConfigError, check_config
+from rlar.eval.generate import class_balanced_labels, generate_images
+from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
+from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
+from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
+from rlar.rollout.sampling import cfg_scales
+
+USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
+       rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train] [--max-images M]
+
+RUN_DIR (a run's output directory): its recorded config (.hydra/config.yaml) and its fine-tuned policy
+(checkpoints/last.pt); key=value overrides apply to that config (policy.checkpoint=PATH evaluates that checkpoint
+instead). Without RUN_DIR the overrides compose a config as `python -m rlar.run` does (policy.checkpoint=...,
+tokenizer=..., data=...)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlar-eval", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Sample a policy, write the samples as an ADM-style .npz and a PNG grid, "
+                                            "and score them with Inception FID, IS, precision and recall "
+                                            "(docs/evaluation.md).")
+    p.add_argument("args", nargs="*", help="[RUN_DIR] then key=value config overrides")
+    p.add_argument("--num-samples", type=int, default=1000, help="images to sample, class-balanced (default 1000)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's rollout's)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's rollout's)")
+    p.add_argument("--batch-size", type=int, help="sampling and Inception batch size (default: eval.batch_size)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: eval.seed)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval/<settings>, else outputs/eval/<settings>)")
+    p.add_argument("--reference", help="reference images: an .npz (arr_0 uint8 [N, H, W, 3]) or an image folder "
+                                       "(default: the data's held-out split)")
+    p.add_argument("--inception-weights", help=f"the Inception weights file (default: <cache_dir>/inception/"
+                                               f"{default_weights_path().name})")
+    p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
+    p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
+    p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
+    p.add_argument("--max-images", type=int, help="--make-reference: the split's first MAX_IMAGES images only")
+    return p
+
+
+def main() -> None:
+    """The console script: ``rlar-eval ARGS``."""
+    run_command(sys.argv[1:])
+
+
+def run_command(argv: list[str]) -> dict:
+    """Run ``rlar-eval argv``; returns the metrics written to ``metrics.json`` (``{}`` for ``--make-reference``
+    and ``--samples-only``)."""
+    opts = parser().parse_intermixed_args(argv)
+    if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
+        sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
+    run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
+    overrides = opts.args[1:] if run_dir else opts.args
+    try:
+        cfg = run_config(run_dir, overrides)
+        check_config(cfg)
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"config error: {e}")
+    if opts.make_reference:
+        make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
+        return {}
+    weights = Path(opts.inception_weights or default_weights_path(cfg.cache_dir)).expanduser()
+    if not opts.samples_only and not weights.is_file():  # before any sampling
+        sys.exit(missing_weights_message(weights))
+    hw = instantiate(cfg.hardware)
+    hw.setup()
+    try:
+        return sample_and_score(cfg, opts, hw, reads_run_weights(run_dir, overrides), weights)
+    finally:
+        hw.teardown()
+
+
+def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
+    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (the first ``max_images``)."""
+    data = instantiate(cfg.data)
+    images = to_uint8_hwc((data.eval_images if split == "eval" else data.train_images)[:max_images])  # [N, H, W, 3]
+    path = write_npz(out, images)
+    write_grid(path.with_suffix(".png"), images)
+    print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")
+
+
+def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
+    """Sample, write ``samples.npz`` and ``samples.png``, and (unless ``--samples-only``) ``metrics.json``."""
+    device = hw.torch_device
+    data, tokenizer, policy = build_models(cfg, device, run_dir)
+    scale = cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale
+    temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
+    seed = cfg.eval.seed if opts.seed is None else opts.seed
+    batch_size = opts.batch_size or cfg.eval.batch_size
+    sampling = {"temperature": temperature, "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
+    settings = f"n{opts.num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
+    out = Path(opts.out or Path(run_dir or "outputs") / "eval" / settings)
+    labels = class_balanced_labels(opts.num_samples, data.num_classes)  # [N]
+    images = generate_images(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
+                             device, hw.autocast)
+    samples = to_uint8_hwc(images)  # [N, H, W, 3]
+    write_npz(out / "samples.npz", samples)
+    write_grid(out / "samples.png", samples)
+    print(f"samples: {out / 'samples.npz'} (arr_0: uint8 {list(samples.shape)}; {settings}), "
+          f"grid {out / 'samples.png'}")
+    if opts.samples_only:
+        return {}
+    reference = read_images(opts.reference) if opts.reference else to_uint8_hwc(data.eval_images)
+    features = InceptionFeatures(weights, device, batch_size)
+    pool, logits = features(samples)
+    metrics = inception_metrics(pool, logits, features(reference)[0])
+    record = {**metrics, "num_samples": len(samples), "num_reference": len(reference),
+              "reference": opts.reference or f"held-out split of data ({cfg.data._target_})", "cfg_scale": scale,
+              "temperature": temperature, "seed": seed, "inception_weights": str(weights)}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
+          f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "
+          f"({len(samples)} samples vs {len(reference)} reference images) -> {out / 'metrics.json'}")
+    return record

@@ -1,0 +1,79 @@
+"""Sample sets as arrays: uint8 ``[N, H, W, 3]`` images, ADM-style ``.npz`` files (key ``arr_0``), image folders
+and a PNG grid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """``images [N, C, H, W]`` in [-1, 1] (C = 1 or 3) as uint8 ``[N, H, W, 3]``; grayscale repeated to 3 channels."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [N, C, H, W]
+    return pixels.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:
+    """Write ``images`` uint8 ``[N, H, W, 3]`` as ``arr_0`` of an uncompressed ``.npz`` (the layout ADM's evaluator
+    reads)."""
+    check_layout(images, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, arr_0=images)
+    return path
+
+
+def check_layout(images: np.ndarray, what: str) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{what}: expected uint8 images [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+
+
+def read_images(path: str | os.PathLike) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` from an ``.npz`` (its ``arr_0``) or from every image under a folder (sorted, any depth,
+    converted to RGB; all of one size)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return read_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference '{path}' does not exist; give an .npz (arr_0: uint8 [N, H, W, 3]) or a "
+                                "folder of images (rlar-eval --make-reference writes one of a data split)")
+    with np.load(path, allow_pickle=False) as archive:
+        if "arr_0" not in archive:
+            raise ValueError(f"{path}: no 'arr_0' array (found {list(archive.keys())}); the samples must be arr_0")
+        images = archive["arr_0"]
+    check_layout(images, str(path))
+    return images
+
+
+def read_folder(root: Path) -> np.ndarray:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no images under '{root}' (suffixes {sorted(IMAGE_SUFFIXES)})")
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    sizes = {image.shape for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f"the images under '{root}' have {len(sizes)} sizes ({sorted(sizes)[:3]} ...); resize and "
+                         "crop them to one size first")
+    return np.stack(images)
+
+
+def write_grid(path: str | os.PathLike, images: np.ndarray, max_images: int = 64) -> Path:
+    """A PNG grid of the first ``max_images`` of ``images`` uint8 ``[N, H, W, 3]``, about square."""
+    shown = torch.from_numpy(images[:max_images]).permute(0, 3, 1, 2)  # [n, 3, H, W]
+    grid = make_grid(shown, nrow=max(1, round(len(shown) ** 0.5)), padding=2, pad_value=255)  # [3, H', W']
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path

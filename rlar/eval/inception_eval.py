@@ -1,0 +1,53 @@
+"""``eval/inception_*`` during training: FID, IS, precision and recall of class-balanced free-running samples
+against reference images (``eval.inception``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from rlar.contracts import Policy, Tokenizer
+from rlar.data.batches import ImageData
+from rlar.eval.generate import class_balanced_labels, generate_images
+from rlar.eval.image_arrays import read_images, to_uint8_hwc
+from rlar.eval.inception import InceptionFeatures, default_weights_path
+from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.model.frechet import gaussian_fit
+from rlar.runtime import distributed
+
+
+class InceptionEval:
+    """``num_samples`` samples, labels ``0..num_classes-1`` in turn, scored against ``reference`` uint8
+    ``[M, H, W, 3]`` (its features computed once, here). Under torchrun each rank samples its share."""
+
+    def __init__(self, features: InceptionFeatures, reference: np.ndarray, num_samples: int, num_classes: int):
+        self.features, self.num_samples, self.num_classes = features, num_samples, num_classes
+        self.reference_pool = features(reference)[0]  # [M, 2048]
+        self.reference_fit = gaussian_fit(self.reference_pool)  # mean [2048], covariance [2048, 2048]
+
+    def __call__(self, policy: Policy, tokenizer: Tokenizer, sampling: dict, batch_size: int, seed: int, device,
+                 autocast=None) -> dict[str, float]:
+        """``eval/inception_fid``, ``eval/inception_is``, ``eval/inception_precision``, ``eval/inception_recall``."""
+        labels = class_balanced_labels(self.num_samples, self.num_classes)  # [N]
+        per_rank = -(-self.num_samples // distributed.world_size())
+        rows = torch.arange(per_rank) + distributed.rank() * per_rank  # this rank's rows, padded past N
+        generator = torch.Generator().manual_seed(seed + distributed.rank())
+        images = generate_images(policy, tokenizer, labels[rows % self.num_samples], sampling, batch_size,
+                                 generator, device, autocast)  # [per_rank, C, H, W]
+        pool, logits = self.features(to_uint8_hwc(images))  # [per_rank, 2048], [per_rank, 1008]
+        real = distributed.gather_rows((rows < self.num_samples).to(device, torch.uint8)).bool().cpu()
+        pool = distributed.gather_rows(pool.to(device)).cpu()[real]
+        logits = distributed.gather_rows(logits.to(device)).cpu()[real]
+        metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_fit)
+        return {f"eval/inception_{name}": metrics[name] for name in ("fid", "is", "precision", "recall")}
+
+
+def build_inception_eval(data: ImageData, inception_cfg: DictConfig, cache_dir: str | None, batch_size: int,
+                         device) -> InceptionEval:
+    """The ``eval.inception`` evaluation: the weights file (default under the cache dir), the reference images (an
+    ``.npz`` or a folder; default: the held-out split)."""
+    features = InceptionFeatures(inception_cfg.weights or default_weights_path(cache_dir), device, batch_size)
+    reference = (read_images(inception_cfg.reference) if inception_cfg.reference
+                 else to_uint8_hwc(data.eval_images))
+    return InceptionEval(features, reference, inception_cfg.num_samples, data.num_classes)

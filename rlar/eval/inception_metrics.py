@@ -1,0 +1,36 @@
+"""FID, IS, precision and recall of Inception features: IS, precision and recall by torch-fidelity's own
+functions, FID by ``rlar.eval.model.frechet`` (the same distance, exact for the rank-deficient covariances of
+fewer samples than the 2048 features)."""
+
+from __future__ import annotations
+
+import torch
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+from rlar.eval.model.frechet import frechet_distance, gaussian_fit
+
+
+def inception_metrics(pool: torch.Tensor, logits: torch.Tensor, reference_pool: torch.Tensor,
+                      reference_fit: tuple[torch.Tensor, torch.Tensor] | None = None, is_splits: int = 10,
+                      neighbours: int = 3) -> dict[str, float]:
+    """``fid``, ``is``, ``is_std``, ``precision``, ``recall`` of samples (``pool [N, 2048]``, ``logits [N, 1008]``)
+    against reference images (``reference_pool [M, 2048]``; ``reference_fit``: its ``gaussian_fit``, if already
+    computed).
+
+    FID: Fréchet distance of Gaussian fits of the pool features (N, M >= 2). IS: exp E KL(p(y|x) || p(y)) over
+    ``min(is_splits, N)`` splits, mean and std. Precision / recall: improved precision and recall (k-NN
+    manifolds of ``neighbours`` neighbours in the pool features): the fraction of samples inside the reference
+    manifold, and of reference images inside the samples' (NaN unless both sets have more than ``neighbours``
+    images). All depend on N: compare values at the same N.
+    """
+    if len(pool) < 2 or len(reference_pool) < 2:
+        raise ValueError(f"FID needs at least 2 samples and 2 reference images, got {len(pool)} and "
+                         f"{len(reference_pool)}")
+    fid = frechet_distance(*gaussian_fit(pool), *(reference_fit or gaussian_fit(reference_pool)))
+    isc = isc_features_to_metric(logits, splits=min(is_splits, len(logits)))
+    prc = {KEY_METRIC_PRECISION: float("nan"), KEY_METRIC_RECALL: float("nan")}
+    if min(len(pool), len(reference_pool)) > neighbours:
+        prc = prc_features_to_metric(pool, reference_pool, prc_neighborhood=neighbours, verbose=False)
+    return {"fid": fid, "is": isc[KEY_METRIC_ISC_MEAN], "is_std": isc[KEY_METRIC_ISC_STD],
+            "precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}

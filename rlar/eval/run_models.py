@@ -1,0 +1,70 @@
+"""The config and the models of a finished run (its ``.hydra/config.yaml`` and ``checkpoints/``), or of a config
+composed from overrides, for evaluation outside the training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlar.config.schemas import RlarConfig
+from rlar.config.store import compose_config, register_schemas
+from rlar.runtime.cache import load_checkpoint
+from rlar.schedule.decoder import ScheduleDecoder
+from rlar.tokenizer.zoo_build import strict_load
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
+def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
+    """A run's recorded config with ``overrides`` (``key=value``) applied, or, without a run dir, the config that
+    ``python -m rlar.run OVERRIDES`` composes. Always on one process (``hardware.strategy=none``)."""
+    if run_dir is None:
+        cfg = compose_config(overrides)
+    else:
+        register_schemas()
+        recorded = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+        for override in overrides:
+            key = override.split("=", 1)[0]
+            if "=" not in override or ("." not in key and OmegaConf.is_dict(recorded.get(key))):
+                raise ValueError(f"'{override}': a recorded run takes key=value overrides of its own config (e.g. "
+                                 "hardware.device=cuda), not a new option of a group")
+        cfg = OmegaConf.merge(OmegaConf.structured(RlarConfig), recorded, OmegaConf.from_dotlist(overrides))
+    cfg.hardware.strategy = "none"
+    return cfg
+
+
+def policy_weights(run_dir: str | Path) -> dict:
+    """The fine-tuned policy of a run: ``checkpoints/last.pt``'s ``policy`` (consolidated format) or, after a run
+    with sharded checkpoints, its exported ``checkpoints/policy.pt``."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    if (checkpoints / "last.pt").is_file():
+        record = load_checkpoint(checkpoints / "last.pt", "the run's last checkpoint")
+        if "policy" in record:
+            return record["policy"]
+    if (checkpoints / "policy.pt").is_file():
+        return load_checkpoint(checkpoints / "policy.pt", "the run's exported policy")
+    raise FileNotFoundError(f"no policy weights under '{checkpoints}' (last.pt with a policy, or policy.pt of a "
+                            "sharded run); has the run saved a checkpoint yet?")
+
+
+def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
+    """``(data, tokenizer, policy)`` of ``cfg`` on ``device``: the policy as ``policy.checkpoint`` (or the cached
+    prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights."""
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    if cfg.rollout.mode == "schedule":
+        policy = ScheduleDecoder(policy, **cfg.schedule)
+    if run_dir is not None:
+        strict_load(policy, policy_weights(run_dir), f"the policy of {run_dir}")
+    return data, tokenizer, policy.to(device).eval().requires_grad_(False)
+
+
+def reads_run_weights(run_dir: str | Path | None, overrides: list[str]) -> str | Path | None:
+    """The run dir whose fine-tuned weights are loaded: none when ``policy.checkpoint=...`` is overridden."""
+    return None if any(o.startswith("policy.checkpoint=") for o in overrides) else run_dir
+
