@@ -1,4 +1,4 @@
-"""One definition per option: what an option composes to is what its object is built with, and no conf/ file
+"""One definition per option: what an option composes to is what its object is built with, and no rlar/conf/ file
 repeats a default its schema already holds."""
 
 from __future__ import annotations

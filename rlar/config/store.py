@@ -25,7 +25,7 @@ from rlar.runtime.hardware import Hardware
 from rlar.runtime.schemas import TensorBoardSchema
 from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # rlar/conf: shipped in the package
 
 
 def target_schema(cls: type) -> type:

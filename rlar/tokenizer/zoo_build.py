@@ -1,4 +1,4 @@
-"""Builders for the published tokenizers (``conf/tokenizer/{llamagen_vq16,llamagen_vq8,taming_vqgan,ibq}.yaml``)
+"""Builders for the published tokenizers (``rlar/conf/tokenizer/{llamagen_vq16,llamagen_vq8,taming_vqgan,ibq}.yaml``)
 and the seeds' IBQ API: read a released file with ``weights_only=True``, load it strictly, wrap it frozen."""
 
 from __future__ import annotations
