@@ -11,14 +11,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
+from rlar.contracts import Algorithm, Logger, Policy, Reward, Tokenizer
 from rlar.data.batches import ImageData
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.hardware import Hardware
-from rlar.runtime.logger import TensorBoardLogger
 from rlar.runtime.random_streams import rank_generators
 from rlar.schedule.decoder import ScheduleDecoder
 
@@ -44,7 +43,7 @@ class Run:
     algorithm: Algorithm
     optimizer: torch.optim.Optimizer
     checkpointer: Checkpointer
-    logger: TensorBoardLogger
+    logger: Logger
     generators: dict[str, torch.Generator]  # data, sample, update (rlar.runtime.random_streams)
     sampling: dict  # the distribution every log-prob is under, in rollout and update alike
 
