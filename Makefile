@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,sweep,slurm,clip]'
+	$(PY) -m pip install -q -e '.[dev,sweep,slurm,clip,wandb,hub]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install rlar with its dependencies

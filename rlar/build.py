@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
-from rlar.contracts import Algorithm, Policy, Reward, Tokenizer
+from rlar.contracts import Algorithm, Logger, Policy, Reward, Tokenizer
 from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
@@ -22,7 +22,6 @@ from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.ema import policy_ema, update_after_every_step
 from rlar.runtime.hardware import Hardware
-from rlar.runtime.logger import TensorBoardLogger
 from rlar.runtime.random_streams import rank_generators
 from rlar.schedule.decoder import ScheduleDecoder
 
@@ -48,7 +47,7 @@ class Run:
     algorithm: Algorithm
     optimizer: torch.optim.Optimizer
     checkpointer: Checkpointer
-    logger: TensorBoardLogger
+    logger: Logger
     generators: dict[str, torch.Generator]  # data, sample, update (rlar.runtime.random_streams)
     sampling: dict  # the distribution every log-prob is under, in rollout and update alike
     scheduler: LRScheduler  # the learning-rate schedule, stepped once per iteration

@@ -1,6 +1,6 @@
-"""The typed contracts between the parts of the loop: what a policy, a parallel decoder, a tokenizer, a reward and
-an algorithm provide. Structural (``typing.Protocol``): a class satisfies one by having its members; the classes of
-``rlar`` are checked against them in ``tests/test_contracts.py``.
+"""The typed contracts between the parts of the loop: what a policy, a parallel decoder, a tokenizer, a reward,
+an algorithm and a logger provide. Structural (``typing.Protocol``): a class satisfies one by having its members;
+the classes of ``rlar`` are checked against them in ``tests/test_contracts.py``.
 
 Shapes: ``N`` rows (samples), ``T`` image tokens, ``V`` codebook size, ``D`` hidden width, ``S`` decoding steps.
 """
@@ -165,3 +165,21 @@ class Algorithm(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """Where a run's metrics go (``rlar.runtime``: TensorBoard, W&B, several at once). ``open`` is called on rank 0
+    only; a logger never opened writes nothing. ``scalars`` logs every ``log_every`` steps (its own rule);
+    ``groups`` logs an image grid of inputs and their samples (``[B, C, H, W]``, ``[B*G, C, H, W]`` in [-1, 1]),
+    which the loop makes when :func:`rlar.runtime.logger.images_due` says so for ``image_every``."""
+
+    image_every: int
+
+    def open(self, output_dir: Any) -> None: ...
+
+    def scalars(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None: ...
+
+    def close(self) -> None: ...

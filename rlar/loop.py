@@ -24,6 +24,7 @@ from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
+from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
     metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
                                 adv_stats, timings, rollout, run.device)
     run.logger.scalars(metrics, step)
-    if run.logger.image_every and (step % run.logger.image_every == 0 or step == 1):
+    if images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
     return metrics
 

@@ -6,6 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+import rlar
 from rlar.config.store import CONF_DIR, compose_config
 from rlar.config.validate import ConfigError, check_config
 
@@ -83,5 +84,5 @@ def test_help_lists_the_groups(command, tmp_path):
         assert f"{group}:" in out
 
 
-def test_conf_dir_is_the_repository_conf():
-    assert (Path(CONF_DIR) / "config.yaml").is_file()
+def test_conf_dir_ships_in_the_package():
+    assert (Path(CONF_DIR) / "config.yaml").is_file() and Path(CONF_DIR).parent == Path(rlar.__file__).parent

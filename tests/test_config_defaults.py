@@ -1,4 +1,4 @@
-"""One definition per option: what an option composes to is what its object is built with, and no conf/ file
+"""One definition per option: what an option composes to is what its object is built with, and no rlar/conf/ file
 repeats a default its schema already holds."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ GROUPS = ("algorithm", "data", "hardware", "logger", "policy", "reward", "schedu
 # options with settings, built here without downloads or training (the others need weights, files or a trained
 # model; psnr, sharpness, contrast and saturation have no settings)
 CPU_BUILT = [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"), ("hardware", "cpu"),
-             ("logger", "tensorboard"), ("data", "digits"), ("reward", "l1"), ("reward", "l2"), ("reward", "ssim"),
-             ("reward", "efficiency")]
+             ("logger", "tensorboard"), ("logger", "wandb"), ("data", "digits"), ("reward", "l1"), ("reward", "l2"),
+             ("reward", "ssim"), ("reward", "efficiency")]
 
 
 @pytest.mark.parametrize("group,option", CPU_BUILT)

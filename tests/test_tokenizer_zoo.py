@@ -264,6 +264,44 @@ def test_ibq_file_with_ema_loads_and_ema_stays_unused(tmp_path, tiny):
     assert len(tok.encode_indices(IMAGES).unique()) > 1
 
 
+def ibq_file_with_distinct_ema(tmp_path, tiny):
+    """An IBQ file whose EMA copies (model_ema.*) differ from the raw weights (another random draw)."""
+    raw = {k: v for k, v in tiny["ibq"].state_dict().items() if not k.startswith("model_ema.")}
+    ema = random_state({k: tuple(v.shape) for k, v in raw.items()}, seed=5)
+    state = {**raw, "model_ema.decay": torch.tensor(0.999), "model_ema.num_updates": torch.tensor(7, dtype=torch.int32),
+             **{"model_ema." + k.replace(".", ""): v for k, v in ema.items()}}
+    path = tmp_path / "imagenet256_64_ema.ckpt"
+    torch.save({"state_dict": state}, path)
+    return path, raw, ema
+
+
+@pytest.mark.parametrize("weights", ["raw", "ema"])
+def test_ibq_weights_option_picks_raw_or_ema_weights(tmp_path, tiny, weights):
+    path, raw, ema = ibq_file_with_distinct_ema(tmp_path, tiny)
+    tok = build_ibq(checkpoint=str(path), ddconfig={**DD, "num_res_blocks": 2}, image_size=32, codebook_size=N,
+                    embed_dim=D, weights=weights)
+    expected, other = (raw, ema) if weights == "raw" else (ema, raw)
+    params = dict(tok.vq.named_parameters())
+    assert params.keys() == expected.keys()
+    assert all(torch.equal(params[k], expected[k]) for k in expected)
+    assert not any(torch.equal(params[k], other[k]) for k in expected)
+    assert (tok.source == str(path)) == (weights == "raw")  # a prior cached for raw codes is not reused for EMA
+
+
+def test_ibq_ema_weights_from_a_file_without_them_is_refused(tmp_path, tiny):
+    raw = {k: v for k, v in tiny["ibq"].state_dict().items() if not k.startswith("model_ema.")}
+    path = tmp_path / "no_ema.ckpt"
+    torch.save({"state_dict": raw}, path)
+    build = dict(checkpoint=str(path), ddconfig={**DD, "num_res_blocks": 2}, image_size=32, codebook_size=N,
+                 embed_dim=D)
+    assert build_ibq(**build, use_ema=False).codebook_size == N  # raw weights need no EMA copies
+    for use_ema in (True, False):
+        with pytest.raises(ValueError, match=r"tokenizer.weights=ema but .*no_ema.ckpt holds no EMA weights"):
+            build_ibq(**build, use_ema=use_ema, weights="ema")
+    with pytest.raises(ValueError, match="tokenizer.weights must be one of"):
+        build_ibq(**build, use_ema=False, weights="shadow")
+
+
 def test_seeds_toklip_api(tmp_path, tiny):
     path = tmp_path / "ibq.ckpt"
     torch.save({"state_dict": tiny["ibq"].state_dict()}, path)

@@ -129,7 +129,7 @@ class RlarConfig:
     reward: Any = MISSING
     hardware: Any = MISSING
     logger: Any = MISSING
-    scheduler: Any = MISSING  # the learning-rate schedule: an option of conf/scheduler/ (any torch.optim.lr_scheduler)
+    scheduler: Any = MISSING  # the learning-rate schedule: rlar/conf/scheduler/ (any torch.optim.lr_scheduler)
     rollout: RolloutSchema = field(default_factory=RolloutSchema)
     schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
     train: TrainSchema = field(default_factory=TrainSchema)

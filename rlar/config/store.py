@@ -22,10 +22,10 @@ from rlar.policy.schemas import POLICY_SCHEMAS
 from rlar.reward.remote.schema import REMOTE_SCHEMAS
 from rlar.reward.schemas import REWARD_SCHEMAS
 from rlar.runtime.hardware import Hardware
-from rlar.runtime.schemas import SCHEDULER_SCHEMAS, TensorBoardSchema
+from rlar.runtime.schemas import SCHEDULER_SCHEMAS, MultiLoggerSchema, TensorBoardSchema, WandbSchema
 from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # rlar/conf: shipped in the package
 
 
 def target_schema(cls: type) -> type:
@@ -47,7 +47,7 @@ SCHEMAS = {
     "algorithm": {"grpo": target_schema(GRPO), "reinforce": target_schema(Reinforce), "ppo": target_schema(PPO)},
     "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS},
     "hardware": {"hardware": target_schema(Hardware)},
-    "logger": {"tensorboard": TensorBoardSchema},
+    "logger": {"tensorboard": TensorBoardSchema, "wandb": WandbSchema, "multi": MultiLoggerSchema},
     "scheduler": SCHEDULER_SCHEMAS,
 }
 

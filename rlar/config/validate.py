@@ -59,7 +59,8 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("tokenizer.checkpoint", "policy.checkpoint"):
         group, name = key.split(".")
         path = cfg[group].get(name)
-        if path and not Path(path).expanduser().is_file():
+        exported = group == "policy" and bool(path) and Path(path).expanduser().is_dir()  # a folder of rlar-export
+        if path and not (Path(path).expanduser().is_file() or exported):
             raise ConfigError(f"{key}='{path}' does not exist; give the path of a saved checkpoint (for the "
                               f"embedded {group}, {key}=null trains one and caches it)")
     g = cfg.algorithm.num_generations

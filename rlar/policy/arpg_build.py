@@ -8,6 +8,7 @@ from dataclasses import asdict
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.arpg import ARPG, load_arpg_state
+from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen_build import cached_rope_prior, rope_transformer_arch
 from rlar.policy.schemas import ARPGSchema
 from rlar.tokenizer.frozen import FrozenTokenizer
@@ -21,5 +22,5 @@ def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> 
     arch = rope_transformer_arch(spec, tokenizer, data)
     policy = ARPG(**arch, decoding=asdict(spec.decoding))
     if spec.checkpoint:
-        return load_arpg_state(policy, spec.checkpoint)
+        return load_arpg_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "arpg_prior", arch, spec, tokenizer, data)

@@ -253,6 +253,8 @@ def load_llamagen_state(model: LlamaGen, path_or_state: str | os.PathLike | dict
     else:
         with torch.serialization.safe_globals([argparse.Namespace]):  # train_c2i.py also saves its "args"
             checkpoint = load_checkpoint(path_or_state, "policy.checkpoint")
+    if isinstance(checkpoint.get("policy"), dict):  # an rlar RL checkpoint
+        checkpoint = checkpoint["policy"]
     state = {k: v for k, v in checkpoint_weights(checkpoint).items() if k != "freqs_cis"}
     expected = model.state_dict()
     problems = [f"missing: {k}" for k in expected if k not in state]

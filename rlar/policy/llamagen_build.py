@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
+from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen import LlamaGen, load_llamagen_state
 from rlar.policy.prior import cached_prior, check_vocabulary
 from rlar.policy.schemas import LlamaGenSchema, RoPETransformerSchema
@@ -38,5 +39,5 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, **options)
     arch = {**rope_transformer_arch(spec, tokenizer, data), "cls_token_num": spec.cls_token_num}
     policy = LlamaGen(**arch)
     if spec.checkpoint:
-        return load_llamagen_state(policy, spec.checkpoint)
+        return load_llamagen_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
+from rlar.policy.exported import folder_or_file
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
@@ -69,10 +70,10 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
     return losses
 
 
-def load_gpt_checkpoint(policy: GPT, path: str) -> GPT:
-    """Load ``path`` strictly: an rlar GPT state dict, an rlar RL checkpoint (its ``policy``), or a
-    taming-transformers Net2NetTransformer checkpoint (its ``transformer.*`` keys)."""
-    checkpoint = read_checkpoint(path, "policy.checkpoint")
+def load_gpt_checkpoint(policy: GPT, path: str | dict) -> GPT:
+    """Load ``path`` (or its loaded dict) strictly: an rlar GPT state dict, an rlar RL checkpoint (its ``policy``),
+    or a taming-transformers Net2NetTransformer checkpoint (its ``transformer.*`` keys)."""
+    checkpoint = path if isinstance(path, dict) else read_checkpoint(path, "policy.checkpoint")
     state = checkpoint.get("state_dict", checkpoint)
     if any(k.startswith("transformer.") or k.endswith("attn.mask") for k in state):
         return load_taming_transformer(policy, checkpoint, policy.num_classes)
@@ -113,5 +114,5 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> G
             "n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd}
     policy = GPT(**arch, dropout=spec.dropout)
     if spec.checkpoint:
-        return load_gpt_checkpoint(policy, spec.checkpoint)
+        return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
     return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir)

@@ -28,7 +28,8 @@ class GPTSchema:
     n_head: int = 4
     n_embd: int = 96
     dropout: float = 0.0
-    checkpoint: str | None = None  # an rlar GPT, an rlar RL checkpoint or a taming Net2NetTransformer; null = prior
+    # an rlar GPT, an rlar RL checkpoint, an rlar-export folder or a taming Net2NetTransformer; null = prior
+    checkpoint: str | None = None
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
     cache_dir: str | None = None
 
@@ -48,7 +49,9 @@ class RoPETransformerSchema:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # token/residual/FFN dropout; 0 keeps the RL log-probs deterministic
-    checkpoint: str | None = None  # a released checkpoint ("model"/"module"/"state_dict" or bare); null = prior
+    # a released checkpoint ("model"/"module"/"state_dict" or bare), an rlar RL checkpoint or an rlar-export folder;
+    # null = prior
+    checkpoint: str | None = None
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
     cache_dir: str | None = None
 

@@ -1,4 +1,4 @@
-"""TensorBoard logging of scalars and image grids."""
+"""TensorBoard logging of scalars and image grids, and what every logger shares: when images are due, the grid."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+
+def images_due(image_every: int, step: int) -> bool:
+    """Whether a logger with ``image_every`` logs image grids at ``step``: every ``image_every`` steps and the first
+    (0: never)."""
+    return bool(image_every) and (step % image_every == 0 or step == 1)
+
+
+def group_grid(targets: torch.Tensor, samples: torch.Tensor, max_rows: int = 4) -> torch.Tensor:
+    """One row per item: its input image, then the G samples of its group, as one image ``[C, H', W']`` in [0, 1].
+    targets ``[B, C, H, W]``, samples ``[B*G, C, H, W]``, both in [-1, 1]."""
+    rows = min(max_rows, len(targets))
+    g = len(samples) // len(targets)
+    grid = torch.cat([targets[:rows, None], samples[: rows * g].view(rows, g, *samples.shape[1:])], dim=1)
+    return make_grid(grid.flatten(0, 1).float(), nrow=g + 1, normalize=True, value_range=(-1, 1), pad_value=1)
 
 
 class TensorBoardLogger:
@@ -28,15 +43,10 @@ class TensorBoardLogger:
                 self._writer.add_scalar(key, value, step)
 
     def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None:
-        """One row per item: its input image, then the G samples of its group. targets ``[B, C, H, W]``,
-        samples ``[B*G, C, H, W]``, both in [-1, 1]."""
+        """The grid of :func:`group_grid` under ``tag``."""
         if self._writer is None:
             return
-        rows = min(max_rows, len(targets))
-        g = len(samples) // len(targets)
-        grid = torch.cat([targets[:rows, None], samples[: rows * g].view(rows, g, *samples.shape[1:])], dim=1)
-        image = make_grid(grid.flatten(0, 1).float(), nrow=g + 1, normalize=True, value_range=(-1, 1), pad_value=1)
-        self._writer.add_image(tag, image, step)
+        self._writer.add_image(tag, group_grid(targets, samples, max_rows), step)
 
     def close(self) -> None:
         if self._writer is not None:

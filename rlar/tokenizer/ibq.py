@@ -3,7 +3,8 @@
 The taming VQGAN layout (same key names and blocks); codes are the argmax of the dot-product logits
 ``z . e`` (no distance, no normalization). With ``use_ema`` the file also holds LitEma's buffers
 ``model_ema.decay`` (float32), ``model_ema.num_updates`` (int32) and ``model_ema.<parameter name without dots>``;
-they load strictly and stay unused: the modules keep the raw weights, as TokLIP encodes with.
+they load strictly and, by default, stay unused: the modules keep the raw weights, as TokLIP encodes with.
+:meth:`IBQ.use_ema_weights` copies the EMA weights into the modules (``tokenizer.weights=ema``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class IBQ(TamingVQGAN):
         super().__init__(ddconfig, n_embed, embed_dim, image_size)
         if use_ema:
             self.model_ema = EmaShadow(self)
+
+    def use_ema_weights(self) -> None:
+        """Replace every parameter by its EMA copy ``model_ema.<name without dots>`` (LitEma's ``copy_to``)."""
+        if not hasattr(self, "model_ema"):
+            raise ValueError("this IBQ holds no EMA weights (built with use_ema=False)")
+        shadows = dict(self.model_ema.named_buffers())
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(shadows[name.replace(".", "")])
 
     def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
         """z ``[B, D, h, w]`` -> codes ``[B, h*w]``: argmax over codes of ``z . e``."""

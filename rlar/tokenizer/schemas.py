@@ -80,6 +80,7 @@ class IBQSchema:
     embed_dim: int = 256
     ddconfig: DDConfigSchema = field(default_factory=lambda: DDConfigSchema(num_res_blocks=4))
     use_ema: bool = True  # the released files hold model_ema.*
+    weights: str = "raw"  # raw | ema: the modules' weights, or their EMA copies model_ema.* (what SEED-Voken evaluates)
     chunk_size: int = 32  # images encoded/decoded at a time
 
 

@@ -1,4 +1,4 @@
-"""Builders for the published tokenizers (``conf/tokenizer/{llamagen_vq16,llamagen_vq8,taming_vqgan,ibq}.yaml``)
+"""Builders for the published tokenizers (``rlar/conf/tokenizer/{llamagen_vq16,llamagen_vq8,taming_vqgan,ibq}.yaml``)
 and the seeds' IBQ API: read a released file with ``weights_only=True``, load it strictly, wrap it frozen."""
 
 from __future__ import annotations
@@ -86,12 +86,29 @@ def build_taming_vqgan(data=None, *, checkpoint: str, ddconfig: dict, image_size
     return _frozen(model, checkpoint, chunk_size)
 
 
+IBQ_WEIGHTS = ("raw", "ema")
+
+
 def build_ibq(data=None, *, checkpoint: str, ddconfig: dict, image_size: int = 256, codebook_size: int = 262144,
-              embed_dim: int = 256, use_ema: bool = True, chunk_size: int = 32) -> FrozenTokenizer:
-    """IBQ from a released file (``["state_dict"]``), frozen. ``data`` is accepted and ignored."""
-    init_args = {"ddconfig": plain(ddconfig), "n_embed": codebook_size, "embed_dim": embed_dim, "use_ema": use_ema,
-                 "image_size": image_size}
-    return _frozen(build_toklip_vq_model(init_args, checkpoint), checkpoint, chunk_size)
+              embed_dim: int = 256, use_ema: bool = True, weights: str = "raw",
+              chunk_size: int = 32) -> FrozenTokenizer:
+    """IBQ from a released file (``["state_dict"]``), frozen, with its raw weights or (``weights="ema"``) the EMA
+    copies the file also holds. ``data`` is accepted and ignored."""
+    if weights not in IBQ_WEIGHTS:
+        raise ValueError(f"tokenizer.weights must be one of {IBQ_WEIGHTS}, got {weights!r}")
+    model = IBQ(plain(ddconfig), codebook_size, embed_dim, use_ema=use_ema, image_size=image_size)
+    state = ibq_state(read_checkpoint(checkpoint, "tokenizer.checkpoint"))
+    if weights == "ema" and not any(k.startswith("model_ema.") for k in state):
+        raise ValueError(f"tokenizer.weights=ema but {checkpoint} holds no EMA weights (no model_ema.* keys); "
+                         f"use tokenizer.weights=raw (and tokenizer.use_ema=false for a file without them)")
+    if weights == "ema" and not use_ema:
+        raise ValueError("tokenizer.weights=ema needs tokenizer.use_ema=true (the EMA copies are read with the model)")
+    strict_load(model, state, "tokenizer.checkpoint")
+    if weights == "ema":
+        model.use_ema_weights()
+    # the source names the weights: a prior cached for the raw tokenizer's codes is not one for the EMA one's
+    source = str(checkpoint) if weights == "raw" else f"{checkpoint} (EMA weights)"
+    return FrozenTokenizer(model.eval(), chunk_size=chunk_size, source=source)
 
 
 # -- the seeds' API ----------------------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Shareable policies: rlar-export writes model.safetensors + config.json; policy.checkpoint=FOLDER loads them back
+(gpt, llamagen, arpg), and a folder that is not an export is refused by name."""
+
+import json
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import _locate, instantiate
+from omegaconf import OmegaConf
+
+from rlar.config.schemas import from_options
+from rlar.config.store import compose_config
+from rlar.config.validate import check_config
+from rlar.export import export_run, main
+from rlar.policy.arpg import ARPG
+from rlar.policy.exported import write_policy_folder
+from rlar.policy.gpt import GPT
+from rlar.policy.llamagen import LlamaGen
+from rlar.policy.llamagen_build import rope_transformer_arch
+from rlar.policy.schemas import POLICY_SCHEMAS
+
+# what the builders read of the tokenizer and the data when they load a checkpoint
+TOKENIZER = SimpleNamespace(codebook_size=32, num_tokens=16, grid=(4, 4))
+DATA = SimpleNamespace(num_classes=5)
+SMALL = {"gpt": ["policy.n_layer=2", "policy.n_head=2", "policy.n_embd=32"],
+         "llamagen": ["policy.n_head=2", "policy.dim=32", "policy.multiple_of=32"],
+         "arpg": ["policy.n_head=2", "policy.dim=32", "policy.multiple_of=32", "rollout.mode=parallel"]}
+
+
+def policy_options(kind):
+    """The resolved policy config of a tiny ``policy=kind`` (what a run's config holds)."""
+    cfg = compose_config([f"policy={kind}", "policy.vocab_size=32", "policy.block_size=16", *SMALL[kind]])
+    return OmegaConf.to_container(cfg.policy, resolve=True)
+
+
+def fresh_policy(kind, options, seed=1):
+    """The policy ``options`` describe, with random weights drawn from ``seed``."""
+    spec = from_options(POLICY_SCHEMAS[kind], {k: v for k, v in options.items() if k != "_target_"})
+    torch.manual_seed(seed)
+    if kind == "gpt":
+        return GPT(spec.vocab_size, spec.block_size, DATA.num_classes, n_layer=spec.n_layer, n_head=spec.n_head,
+                   n_embd=spec.n_embd)
+    arch = rope_transformer_arch(spec, TOKENIZER, DATA)
+    return LlamaGen(**arch, cls_token_num=spec.cls_token_num) if kind == "llamagen" else ARPG(
+        **arch, decoding=asdict(spec.decoding))
+
+
+def load(options, checkpoint, data=DATA):
+    """What ``policy.checkpoint=checkpoint`` builds."""
+    settings = {k: v for k, v in options.items() if k != "_target_"}
+    return _locate(options["_target_"])(TOKENIZER, data, **{**settings, "checkpoint": str(checkpoint)})
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_exported_folder_loads_back_the_same_weights(tmp_path, kind):
+    options = policy_options(kind)
+    policy = fresh_policy(kind, options)
+    folder = write_policy_folder(policy, {**options, "checkpoint": "/my/run/last.pt"}, tmp_path / "export")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config[k] for k in ("vocab_size", "block_size", "num_classes")} == {
+        "vocab_size": 32, "block_size": 16, "num_classes": 5}
+    assert config["policy"] == {k: v for k, v in options.items() if k not in ("checkpoint", "cache_dir")}
+    loaded = load(options, folder)
+    assert type(loaded) is type(policy) and same_weights(loaded, policy)
+    assert not same_weights(loaded, fresh_policy(kind, options, seed=2))
+
+
+def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
+    options = policy_options("gpt")
+    folder = write_policy_folder(fresh_policy("gpt", options), options, tmp_path / "export")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"is a folder without model\.safetensors; an exported policy"):
+        load(options, folder)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="without model.safetensors and config.json"):
+        load(options, empty)
+
+
+def test_an_export_for_another_architecture_is_refused(tmp_path):
+    options = policy_options("llamagen")
+    folder = write_policy_folder(fresh_policy("llamagen", options), options, tmp_path / "export")
+    with pytest.raises(ValueError, match="exported with num_classes=5, but the configured policy has num_classes=7"):
+        load(options, folder, data=SimpleNamespace(num_classes=7))
+
+
+def test_rlar_export_of_a_run_directory(tmp_path, tiny, capsys):
+    """A run directory as rlar-run leaves it (.hydra/config.yaml, checkpoints/last.pt), without training: the
+    folder holds the checkpoint's policy, and policy.checkpoint=FOLDER passes the config checks and loads it."""
+    cfg = compose_config(tiny)
+    run = tmp_path / "outputs" / "default"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    torch.manual_seed(3)
+    policy = GPT(tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes, n_layer=cfg.policy.n_layer,
+                 n_head=cfg.policy.n_head, n_embd=cfg.policy.n_embd)
+    (run / "checkpoints").mkdir()
+    torch.save({"policy": policy.state_dict(), "format": "consolidated", "iteration": 2},
+               run / "checkpoints" / "last.pt")
+    out = tmp_path / "shared"
+    main([str(run), str(out)])
+    assert f"policy.checkpoint={out}" in capsys.readouterr().out
+    check_config(compose_config([*tiny, f"policy.checkpoint={out}"]))
+    loaded = instantiate(cfg.policy, checkpoint=str(out), tokenizer=tokenizer, data=data)
+    assert same_weights(loaded, policy)
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
+        export_run(run, tmp_path / "again")
