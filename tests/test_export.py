@@ -92,6 +92,7 @@ def test_an_export_for_another_architecture_is_refused(tmp_path):
         load(options, folder, data=SimpleNamespace(num_classes=7))
 
 
+@pytest.mark.slow
 def test_rlar_export_of_a_run_directory(tmp_path, tiny, capsys):
     """A run directory as rlar-run leaves it (.hydra/config.yaml, checkpoints/last.pt), without training: the
     folder holds the checkpoint's policy, and policy.checkpoint=FOLDER passes the config checks and loads it."""
