@@ -66,7 +66,12 @@ class StoredImageData(ImageData):
 
     @property
     def train_images(self) -> torch.Tensor:
-        return torch.cat(list(self.train_batches(chunks(len(self.train_labels), DECODE_BATCH))))
+        n = len(self.train_labels)
+        images = torch.empty(n, self.channels, self.image_size, self.image_size)  # [N, C, S, S]
+        positions = chunks(n, DECODE_BATCH)
+        for idx, batch in zip(positions, self.train_batches(positions), strict=True):
+            images[idx] = batch
+        return images
 
     @property
     def eval_images(self) -> torch.Tensor:
