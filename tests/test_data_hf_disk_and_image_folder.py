@@ -83,7 +83,7 @@ def hf_dict(digits, tmp_path_factory):
 def test_hf_dataset_round_trips_images_and_labels(hf_dict, digits):
     pixels, labels = digits
     data = HFDiskData(hf_dict, image_size=32, channels=1)
-    assert data.train_uint8.dtype == torch.uint8 and data.train_uint8.shape == (240, 1, 32, 32)
+    assert data.eval_uint8.dtype == torch.uint8 and data.eval_uint8.shape == (60, 1, 32, 32)  # kept in memory
     assert torch.equal(data.train_images, unit(pixels[:240]))  # exact: the images are already 32x32 uint8
     assert torch.equal(data.eval_images, unit(pixels[240:]))  # the validation split is the eval split
     assert data.train_labels.tolist() == labels[:240].tolist() and data.eval_labels.tolist() == labels[240:].tolist()
@@ -99,8 +99,9 @@ def test_hf_dataset_round_trips_images_and_labels(hf_dict, digits):
 def test_hf_dataset_decodes_in_dataloader_workers(hf_dict):
     main = HFDiskData(hf_dict, image_size=16, channels=3, max_images=100)
     workers = HFDiskData(hf_dict, image_size=16, channels=3, max_images=100, num_workers=2)
-    assert workers.train_uint8.shape == (100, 3, 16, 16)
-    assert torch.equal(main.train_uint8, workers.train_uint8) and torch.equal(main.train_labels, workers.train_labels)
+    assert workers.train_images.shape == (100, 3, 16, 16)
+    assert torch.equal(main.train_images, workers.train_images) and torch.equal(main.train_labels, workers.train_labels)
+    assert torch.equal(main.eval_images, workers.eval_images)
 
 
 def test_center_crop_and_resize(tmp_path, digits):
@@ -113,10 +114,10 @@ def test_center_crop_and_resize(tmp_path, digits):
     crop = unit(rgb[:, :, 8:40])  # the shorter side is already 32: the center crop drops the bars
     assert torch.equal(data.train_images, crop[train_idx]) and torch.equal(data.eval_images, crop[eval_idx])
     small = HFDiskData(path, image_size=16, channels=1)  # shorter side 32 -> 16, then a 16x16 center crop
-    assert small.train_uint8.shape == (36, 1, 16, 16)
+    assert small.train_images.shape == (36, 1, 16, 16)
     gray = torch.stack([torch.from_numpy(np.array(Image.fromarray(x).convert("L"))) for x in rgb])  # [40, 32, 48]
     half = torch.nn.functional.avg_pool2d(gray[:, None, :, 8:40].float(), 2)  # [40, 1, 16, 16]
-    error = (small.train_uint8.float() - half[holdout_split(40, 0.1, 0)[0]]).abs().mean()
+    error = ((small.train_images + 1) * 127.5 - half[holdout_split(40, 0.1, 0)[0]]).abs().mean()
     assert error < 4  # the same pictures, up to the resampling filter (pixel values span 0..255)
 
 
@@ -131,10 +132,11 @@ def test_path_columns_and_labels_fallback(tmp_path, digits, column, caplog):
         image.save(root / name)
     with caplog.at_level(logging.WARNING, logger="rlar.data.decode"):
         data = HFDiskData(str(root), image_size=32, channels=1, eval_fraction=0.2)
+    train_idx, eval_idx = holdout_split(30, 0.2, 0)  # over every row, readable or not
+    assert 29 in eval_idx.tolist()  # the eval split is decoded at construction: the missing file is skipped there
     assert data.skipped_paths == [str(root / files[29])] and files[29] in caplog.text
-    train_idx, eval_idx = holdout_split(29, 0.2, 0)
-    assert torch.equal(data.train_images, unit(pixels[:29])[train_idx])
-    assert data.eval_labels.tolist() == labels[:29][eval_idx.numpy()].tolist()
+    assert torch.equal(data.train_images, unit(pixels[:30])[train_idx])
+    assert data.eval_labels.tolist() == labels[eval_idx[eval_idx != 29].numpy()].tolist()
     assert data.fingerprint()["eval_split"] == "holdout"
 
 
@@ -189,23 +191,26 @@ def test_image_folder_skips_unreadable_files_with_a_warning(folder, digits, capl
     root, corrupt, truncated = folder
     with caplog.at_level(logging.WARNING, logger="rlar.data.decode"):
         data = ImageFolderData(str(root), image_size=32, channels=1, eval_fraction=0.2)
+        images = data.train_images  # decodes the whole train split: every unreadable file is met
     assert data.skipped == 2 and sorted(data.skipped_paths) == sorted([str(corrupt), str(truncated)])
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(corrupt) in m for m in warned) and any(str(truncated) in m for m in warned)
-    assert any("skipped 2 unreadable" in m for m in warned)
-    assert len(data.train_labels) + len(data.eval_labels) == 120 and data.num_classes == 10
-    # the images read back are the digits, each under its class folder's id (sorted names digit0..digit9)
+    assert data.num_classes == 10 and len(images) == len(data.train_labels)
+    # every image read back is a digit of its class folder's id (sorted names digit0..digit9), unreadable ones too:
+    # they are replaced by another image of their class
     pixels, labels = digits
     source = {tuple(unit(pixels[i : i + 1]).flatten().tolist()): int(labels[i]) for i in range(120)}
-    for image, label in zip(data.train_images[:20], data.train_labels[:20], strict=True):
+    for image, label in zip([*images, *data.eval_images], [*data.train_labels, *data.eval_labels], strict=True):
         assert source[tuple(image.flatten().tolist())] == int(label)
 
 
 @pytest.mark.slow
 def test_train_on_an_image_folder_with_a_corrupt_file(tiny, cache_dir, tmp_path, folder):
     summary, out = tiny_run(tiny, tmp_path, ["data=image_folder", f"data.root={folder[0]}"])
-    assert_trained(summary, out, cache_dir, {"name": "image_folder", "root": str(folder[0]), "num_train": 108,
-                                             "num_eval": 12})
+    # of the 122 files, 12 are held out: the truncated one among them is left out there, the corrupt one is read
+    # (and replaced) in the train split
+    counts = {"num_train": 110, "num_eval": 11}
+    assert_trained(summary, out, cache_dir, {"name": "image_folder", "root": str(folder[0]), **counts})
 
 
 def test_image_folder_eval_root(tmp_path, folder):
@@ -215,7 +220,9 @@ def test_image_folder_eval_root(tmp_path, folder):
     for f in sorted((root / "digit4").glob("*.png"))[:3]:
         evaluation.joinpath(f.name).write_bytes(f.read_bytes())
     data = ImageFolderData(str(root), image_size=32, channels=1, eval_root=str(tmp_path / "val"))
-    assert data.eval_labels.tolist() == [4, 4, 4] and len(data.train_labels) == 120
+    assert data.eval_labels.tolist() == [4, 4, 4]
+    assert len(data.train_labels) == 122 and data.skipped == 0  # every file of root: the 2 unreadable ones are met
+    # (and skipped) only when a batch reads them
 
 
 # ---- clear errors ----
@@ -245,8 +252,9 @@ def test_errors_name_the_problem_and_the_fix(tmp_path, digits):
         HFDiskData(save_dict(tmp_path / "ok", {"train": images}), eval_split="val")
     broken = tmp_path / "broken" / "a"
     broken.mkdir(parents=True)
-    (broken / "x.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"no readable image in .*x\.png: UnidentifiedImageError"):
+    for i in range(10):
+        (broken / f"x{i}.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"no readable image in the eval split .*x\d\.png: UnidentifiedImageError"):
         ImageFolderData(str(tmp_path / "broken"), image_size=32)
     with pytest.raises(ValueError, match="has no class sub-folders"):
         ImageFolderData(str(tmp_path / "broken" / "a"))

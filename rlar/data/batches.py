@@ -1,4 +1,4 @@
-"""In-memory image datasets: train/eval tensors and an endless shuffled batch stream."""
+"""Image datasets: train/eval labels, images (in memory or read on access) and an endless shuffled batch stream."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 class ImageData:
     """Subclasses set ``train_images/eval_images [N, C, H, W]`` in [-1, 1], ``train_labels/eval_labels [N]``,
-    ``num_classes``, ``channels`` and ``image_size``."""
+    ``num_classes``, ``channels`` and ``image_size``. Data read from files (``rlar.data.stored``) decodes the train
+    images on access instead: :meth:`train_batches` per batch, ``train_images`` (the whole split) only when asked."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -19,15 +20,15 @@ class ImageData:
     channels: int
     image_size: int
 
-    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Train images ``[B, C, H, W]`` in [-1, 1] at indices ``idx [B]``."""
-        return self.train_images[idx]
+    def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The train images ``[B, C, H, W]`` in [-1, 1] of each index batch ``[B]`` of ``index_batches``, in order."""
+        return (self.train_images[idx] for idx in index_batches)
 
     def batches(self, batch_size: int, generator: torch.Generator, start: int = 0
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled ``(images [B, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
-        epoch; ``indices`` identify the images (for per-image statistics). Each epoch's order is drawn from
-        ``generator`` when the epoch begins; the stream starts at its batch ``start`` (a resumed run's next batch)."""
+        epoch; ``indices`` identify the images (for per-image statistics). An epoch's order is drawn from ``generator``
+        when its first batch is asked for; the stream starts at its batch ``start`` (a resumed run's next batch)."""
         n = len(self.train_labels)
         if not 0 < batch_size <= n:
             raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
@@ -36,9 +37,10 @@ class ImageData:
             torch.randperm(n, generator=generator)
         while True:
             order = torch.randperm(n, generator=generator)
-            for i in range(skip * batch_size, n - batch_size + 1, batch_size):
-                idx = order[i : i + batch_size]
-                yield self.train_batch(idx), self.train_labels[idx], idx
+            starts = range(skip * batch_size, n - batch_size + 1, batch_size)
+            index_batches = [order[i : i + batch_size] for i in starts]
+            for idx, images in zip(index_batches, self.train_batches(index_batches), strict=True):
+                yield images, self.train_labels[idx], idx
             skip = 0
 
 

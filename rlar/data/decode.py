@@ -1,4 +1,5 @@
-"""Decode image files through a DataLoader: open with PIL, resize the shorter side, center-crop, uint8 CHW.
+"""Decode image files: open with PIL, resize the shorter side, center-crop, uint8 CHW; a whole list through a
+DataLoader (:func:`decode_all`, for the eval split).
 
 A file that cannot be decoded is reported (a warning naming it and the reason) and left out, never raised.
 """
@@ -29,6 +30,11 @@ def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
         image = image.convert(MODES[channels])  # reads every pixel: a truncated file fails here
     image = TF.resize(image, image_size, interpolation=TF.InterpolationMode.BICUBIC)  # shorter side -> S
     return TF.pil_to_tensor(TF.center_crop(image, image_size))
+
+
+def warn_unreadable(name: str, reason: str) -> None:
+    """The warning for a file that cannot be decoded (it is left out, or replaced in a train batch)."""
+    log.warning("skipping unreadable image %s: %s", name, reason)
 
 
 class DecodeImages(Dataset):
@@ -63,8 +69,6 @@ def decode_all(sources: Sequence, image_size: int, channels: int, num_workers: i
     Returns (images uint8 ``[n, C, S, S]``, the positions ``[n]`` in ``sources`` they came from, the names of
     the skipped ones). ``where`` names the data in messages; raises if nothing could be decoded.
     """
-    if channels not in MODES:
-        raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     if len(sources) == 0:
         raise ValueError(f"{where} has no images")
     loader = DataLoader(DecodeImages(sources, image_size, channels), batch_size=DECODE_BATCH,
@@ -76,7 +80,7 @@ def decode_all(sources: Sequence, image_size: int, channels: int, num_workers: i
         if batch is not None:
             images[indices], decoded[indices] = batch, True
         for name, reason in failed:
-            log.warning("skipping unreadable image %s: %s", name, reason)
+            warn_unreadable(name, reason)
         skipped += failed
     if not decoded.any():
         name, reason = skipped[0]

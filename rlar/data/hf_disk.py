@@ -27,9 +27,9 @@ def resolve(path: str, base: Path) -> Path:
 
 class ImageColumn:
     """Item ``i`` of a split's image column -> ``(bytes or path for PIL, name)``; picklable for DataLoader workers.
-    ``rows``: the split's row number of each item (named in messages)."""
+    ``rows [n]``: the split's row number of each item (named in messages)."""
 
-    def __init__(self, dataset: Dataset, column: str, base: Path, where: str, rows: list[int]):
+    def __init__(self, dataset: Dataset, column: str, base: Path, where: str, rows: torch.Tensor):
         feature = dataset.features[column]
         if isinstance(feature, Image):
             dataset = dataset.cast_column(column, Image(decode=False))  # {"bytes", "path"}: rlar decodes itself
@@ -37,14 +37,14 @@ class ImageColumn:
             raise ValueError(f"column '{column}' of {where} holds {feature}; rlar reads an Image column or a column "
                              "of file paths (strings)")
         self.dataset, self.column, self.base, self.where = dataset.select_columns([column]), column, base, where
-        self.rows = rows
+        self.rows = rows.numpy()  # one int64 buffer, not a Python int per row for every worker to copy
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
         value = self.dataset[i][self.column]
-        name = f"{self.where} row {self.rows[i]}"
+        name = f"{self.where} row {int(self.rows[i])}"
         if isinstance(value, dict):  # an Image feature's cell
             if value.get("bytes"):
                 return io.BytesIO(value["bytes"]), f"{name} ({value['path']})" if value.get("path") else name
@@ -70,7 +70,8 @@ class HFDiskData(StoredImageData):
 
     Image column: ``image`` (an Image feature, or file paths), else ``image_path`` / ``file`` / ``filepath``;
     label column: ``label``, else ``labels``. Evaluation uses ``eval_split``; null: ``validation`` or ``test``
-    when present, else a held-out ``eval_fraction`` of train (``holdout`` forces that).
+    when present, else a held-out ``eval_fraction`` of train (``holdout`` forces that). Images are decoded on access
+    (see :class:`StoredImageData`).
     """
 
     def __init__(self, path: str, image_size: int = 256, channels: int = 3, split: str = "train",
@@ -111,9 +112,10 @@ class HFDiskData(StoredImageData):
                              "train) or null (validation/test when present, else holdout)")
         return eval_split
 
-    def _read(self, dataset: Dataset, split: str) -> tuple[tuple[torch.Tensor, torch.Tensor], int | None]:
-        """Decode the (possibly ``max_images``-subsampled) split: ``((uint8 [N, C, S, S], labels [N]), K)``, K the
-        class count of a ClassLabel column (it fixes the class set, e.g. ImageNet's 1,000 in a subset), else None."""
+    def _read(self, dataset: Dataset, split: str) -> tuple[tuple[ImageColumn, torch.Tensor], int | None]:
+        """Index the (possibly ``max_images``-subsampled) split: ``((its image column, labels [N]), K)``, K the class
+        count of a ClassLabel column (it fixes the class set, e.g. ImageNet's 1,000 in a subset), else None.
+        Nothing is decoded here."""
         where = f"split '{split}' of data.path='{self.path}'"
         image_col = pick_column(dataset, self.image_column, IMAGE_COLUMNS, "image_column", where)
         label_col = pick_column(dataset, self.label_column, LABEL_COLUMNS, "label_column", where)
@@ -121,11 +123,12 @@ class HFDiskData(StoredImageData):
         if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)):
             raise ValueError(f"label column '{label_col}' of {where} holds {feature}; labels must be integer class "
                              "ids (or a ClassLabel)")
-        rows = subset_rows(len(dataset), self.max_images, self.split_seed).tolist()
-        dataset = dataset.select(rows)
+        rows = subset_rows(len(dataset), self.max_images, self.split_seed)
+        if len(rows) < len(dataset):
+            dataset = dataset.select(rows.tolist())
         labels = torch.as_tensor(dataset.with_format("numpy")[label_col][:]).long()  # [N]
-        images = self.decode(ImageColumn(dataset, image_col, self.path, where, rows), labels, where)
-        return images, feature.num_classes if isinstance(feature, ClassLabel) else None
+        column = ImageColumn(dataset, image_col, self.path, where, rows)
+        return (column, labels), feature.num_classes if isinstance(feature, ClassLabel) else None
 
     def fingerprint(self) -> dict:
         return {"name": "hf_disk", "path": str(self.path), "image_size": self.image_size, "channels": self.channels,

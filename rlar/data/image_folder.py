@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlar.data.stored import StoredImageData, subset_rows
@@ -34,8 +36,25 @@ def image_files(root: Path, classes: list[str], class_ids: dict[str, int]) -> tu
     return files, labels
 
 
+class FileSources:
+    """Item ``i`` -> ``(root / relative[i], its name)``; the relative paths are one bytes array (``[n]``), not a
+    Python object per file for every DataLoader worker to copy."""
+
+    def __init__(self, root: Path, files: list[Path]):
+        self.root = root
+        self.relative = np.array([os.fsencode(f.relative_to(root)) for f in files], dtype=np.bytes_)
+
+    def __len__(self) -> int:
+        return len(self.relative)
+
+    def __getitem__(self, i: int) -> tuple[Path, str]:
+        path = self.root / os.fsdecode(self.relative[i])
+        return path, str(path)
+
+
 class ImageFolderData(StoredImageData):
     """Images of ``root/<class>/...`` center-cropped to ``image_size``; class ids follow the sorted folder names.
+    The files are listed at construction and decoded on access (see :class:`StoredImageData`).
 
     Evaluation uses ``eval_root`` (the same layout, class names among root's) when given, else a held-out
     ``eval_fraction`` of root.
@@ -61,15 +80,15 @@ class ImageFolderData(StoredImageData):
             held_out = self._read(self.eval_root, eval_classes, class_ids)
         self.store(train, held_out, eval_fraction, split_seed, len(self.classes), f"data.root='{self.root}'")
 
-    def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode the (possibly ``max_images``-subsampled) files: uint8 ``[N, C, S, S]`` and labels ``[N]``."""
+    def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[FileSources, torch.Tensor]:
+        """Index the (possibly ``max_images``-subsampled) files: their sources and labels ``[N]``; nothing is
+        decoded here."""
         files, labels = image_files(root, classes, class_ids)
         if not files:
             raise ValueError(f"no image files ({', '.join(sorted(EXTENSIONS))}) under the class sub-folders of "
                              f"'{root}'")
         rows = subset_rows(len(files), self.max_images, self.split_seed)
-        sources = [(files[i], str(files[i])) for i in rows.tolist()]
-        return self.decode(sources, torch.tensor(labels)[rows], f"'{root}'")
+        return FileSources(root, [files[i] for i in rows.tolist()]), torch.tensor(labels)[rows]
 
     def fingerprint(self) -> dict:
         return {"name": "image_folder", "root": str(self.root), "eval_root": str(self.eval_root or ""),

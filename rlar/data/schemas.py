@@ -28,7 +28,7 @@ class HFDiskSchema:
     eval_fraction: float = 0.1  # held-out part of train when there is no eval split
     split_seed: int = 0  # fixes the held-out part and the max_images subset
     max_images: int | None = None  # read at most this many images of each split (a fixed random subset); null = all
-    num_workers: int = 0  # DataLoader workers decoding images (0 = in the main process)
+    num_workers: int = 0  # DataLoader workers decoding the batches and the eval split (0 = in the main process)
     image_column: str | None = None  # null = the first of image, image_path, file, filepath
     label_column: str | None = None  # null = label, else labels
     # null = a ClassLabel's class count, else the number of distinct labels (must be 0..K-1)
@@ -46,7 +46,7 @@ class ImageFolderSchema:
     eval_fraction: float = 0.1
     split_seed: int = 0  # fixes the held-out part and the max_images subset
     max_images: int | None = None  # read at most this many images of each folder (a fixed random subset); null = all
-    num_workers: int = 0  # DataLoader workers decoding images (0 = in the main process)
+    num_workers: int = 0  # DataLoader workers decoding the batches and the eval split (0 = in the main process)
 
 
 DATA_SCHEMAS = {"digits": DigitsDataSchema, "hf_disk": HFDiskSchema, "image_folder": ImageFolderSchema}

@@ -1,13 +1,15 @@
-"""Image data decoded from files and kept in memory as uint8 (a quarter of float32), read as [-1, 1] floats."""
+"""Image data read from files: the train split decoded on access, the eval split kept in memory as uint8."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from rlar.data.batches import ImageData, holdout_split
-from rlar.data.decode import decode_all
+from rlar.data.decode import DECODE_BATCH, MODES, decode_all, warn_unreadable
+from rlar.data.on_access import SourceRows, TrainImages, chunks, collate
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -43,13 +45,18 @@ def count_classes(labels: torch.Tensor, num_classes: int | None, where: str) -> 
 
 
 class StoredImageData(ImageData):
-    """Images held as uint8 ``[N, C, S, S]``: ``train_images`` / ``eval_images`` convert the whole split on each
-    access, :meth:`batches` only the batch. ``skipped`` counts the unreadable files, ``skipped_paths`` names them."""
+    """Images read from files. The train split is decoded on access: :meth:`train_batches` reads each batch in
+    ``num_workers`` DataLoader workers (0: in this process), so memory does not grow with the split; ``train_images``
+    decodes the whole split each time it is read (for sets small enough to train the embedded tokenizer, prior and
+    classifier on). The eval split is decoded once and kept as uint8 ``[N_eval, C, S, S]`` (its unreadable files left
+    out). ``skipped`` counts the unreadable files met so far, ``skipped_paths`` names them."""
 
-    train_uint8: torch.Tensor
+    train_items: TrainImages
     eval_uint8: torch.Tensor
 
     def __init__(self, image_size: int, channels: int, num_workers: int):
+        if channels not in MODES:
+            raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.image_size, self.channels, self.num_workers = image_size, channels, num_workers
         self.skipped_paths: list[str] = []
 
@@ -59,33 +66,47 @@ class StoredImageData(ImageData):
 
     @property
     def train_images(self) -> torch.Tensor:
-        return to_unit_range(self.train_uint8)
+        n = len(self.train_labels)
+        images = torch.empty(n, self.channels, self.image_size, self.image_size)  # [N, C, S, S]
+        positions = chunks(n, DECODE_BATCH)
+        for idx, batch in zip(positions, self.train_batches(positions), strict=True):
+            images[idx] = batch
+        return images
 
     @property
     def eval_images(self) -> torch.Tensor:
         return to_unit_range(self.eval_uint8)
 
-    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return to_unit_range(self.train_uint8[idx])
+    def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decode each index batch in the DataLoader (a new one for each call: its workers live for one epoch)."""
+        loader = DataLoader(self.train_items, batch_sampler=index_batches, num_workers=self.num_workers,
+                            collate_fn=collate)
+        for images, failed in loader:
+            for name, reason in failed:
+                if name not in self.skipped_paths:
+                    warn_unreadable(name, reason)
+                    self.skipped_paths.append(name)
+            yield to_unit_range(images)
 
-    def decode(self, sources: Sequence, labels: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode ``sources`` (each ``(source, name)``) with their ``labels [N]``; unreadable ones are left out."""
-        images, kept, skipped = decode_all(sources, self.image_size, self.channels, self.num_workers, where)
-        self.skipped_paths += skipped
-        return images, labels[kept]
-
-    def store(self, train: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor] | None,
+    def store(self, train: tuple[Sequence, torch.Tensor], held_out: tuple[Sequence, torch.Tensor] | None,
               eval_fraction: float, split_seed: int, num_classes: int | None, where: str) -> None:
-        """Keep ``train = (images, labels)`` and ``held_out`` as the eval split; without one, hold out
-        ``eval_fraction`` of train (fixed by ``split_seed``). Sets ``num_classes`` (see :func:`count_classes`)."""
-        images, labels = train
+        """Index ``train = (sources, labels [N])`` (each source a ``(file or bytes, name)``) for reading on access and
+        decode ``held_out`` as the eval split; without one, hold out ``eval_fraction`` of train (fixed by
+        ``split_seed``). Sets ``num_classes`` (see :func:`count_classes`)."""
+        sources, labels = train
+        if len(labels) == 0:
+            raise ValueError(f"{where} has no images")
         if held_out is None:
-            train_idx, eval_idx = holdout_split(len(images), eval_fraction, split_seed)
+            train_idx, eval_idx = holdout_split(len(labels), eval_fraction, split_seed)
             if len(eval_idx) == 0 or len(train_idx) == 0:
-                raise ValueError(f"data.eval_fraction={eval_fraction} of the {len(images)} images of {where} leaves "
+                raise ValueError(f"data.eval_fraction={eval_fraction} of the {len(labels)} images of {where} leaves "
                                  "an empty split; use more images or another eval_fraction")
-            held_out = images[eval_idx], labels[eval_idx]
-            images, labels = images[train_idx], labels[train_idx]
-        self.train_uint8, self.train_labels = images, labels
-        self.eval_uint8, self.eval_labels = held_out
-        self.num_classes = count_classes(torch.cat([labels, held_out[1]]), num_classes, where)
+            held_out = SourceRows(sources, eval_idx), labels[eval_idx]
+            sources, labels = SourceRows(sources, train_idx), labels[train_idx]
+        images, kept, skipped = decode_all(held_out[0], self.image_size, self.channels, self.num_workers,
+                                           f"the eval split of {where}")
+        self.skipped_paths += skipped
+        self.eval_uint8, self.eval_labels = images, held_out[1][kept]
+        self.train_items = TrainImages(sources, labels, self.image_size, self.channels, where)
+        self.train_labels = labels
+        self.num_classes = count_classes(torch.cat([labels, self.eval_labels]), num_classes, where)

@@ -1,0 +1,141 @@
+"""Data on disk decoded on access: the batch order of the in-memory implementation, and unreadable train files."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import rlar.data.on_access
+from rlar.data.batches import holdout_split
+from rlar.data.hf_disk import HFDiskData
+from rlar.data.image_folder import ImageFolderData
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """60 digits as uint8 ``[60, 32, 32]`` (8x8 upscaled 4x by repetition) and their labels ``[60]``."""
+    d = load_digits()
+    pixels = (d.images[:60] * 16).clip(0, 255).astype(np.uint8).repeat(4, axis=1).repeat(4, axis=2)
+    return pixels, d.target[:60].astype(np.int64)
+
+
+def unit(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` -> float ``[N, 1, H, W]`` in [-1, 1]."""
+    return torch.from_numpy(pixels).float()[:, None] / 127.5 - 1
+
+
+def in_memory_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """The batches as the in-memory implementation drew them from decoded ``images [N, C, H, W]``: a permutation of
+    the train split per epoch, cut into full batches."""
+    while True:
+        order = torch.randperm(len(labels), generator=generator)
+        for i in range(0, len(labels) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            yield images[idx], labels[idx], idx
+
+
+def write_folder(root, pixels: np.ndarray, labels: np.ndarray) -> list[int]:
+    """``root/digit<k>/<i>.png``; returns the image numbers in the folder's file order (class, then name)."""
+    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        (root / f"digit{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / f"digit{label}" / f"{i:03d}.png")
+    return sorted(range(len(labels)), key=lambda i: (labels[i], i))
+
+
+@pytest.fixture(scope="module")
+def sources(digits, tmp_path_factory):
+    """Each data kind built three ways (its keyword arguments) with the train images and labels it must hold, in
+    order: a held-out image folder, a held-out Dataset, a DatasetDict with a validation split and max_images."""
+    pixels, labels = digits
+    tmp = tmp_path_factory.mktemp("on_access")
+    order = write_folder(tmp / "folder", pixels, labels)
+    train_idx, _ = holdout_split(60, 0.1, 0)
+    folder_rows = torch.tensor(order)[train_idx]
+    pil = [Image.fromarray(p) for p in pixels]
+    Dataset.from_dict({"image": pil, "label": labels.tolist()}).save_to_disk(str(tmp / "hf"))
+    DatasetDict({"train": Dataset.from_dict({"image": pil[:40], "label": labels[:40].tolist()}),
+                 "validation": Dataset.from_dict({"image": pil[40:], "label": labels[40:].tolist()})}
+                ).save_to_disk(str(tmp / "hf_dict"))
+    subset = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:30].sort().values  # max_images=30
+    return {"image_folder": (ImageFolderData, {"root": str(tmp / "folder")}, folder_rows),
+            "hf_disk": (HFDiskData, {"path": str(tmp / "hf")}, train_idx),
+            "hf_disk_validation": (HFDiskData, {"path": str(tmp / "hf_dict"), "max_images": 30}, subset)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("kind", ["image_folder", "hf_disk", "hf_disk_validation"])
+def test_batches_come_in_the_in_memory_order(sources, digits, kind, num_workers):
+    pixels, labels = digits
+    cls, kwargs, rows = sources[kind]
+    data = cls(**kwargs, image_size=32, channels=1, num_workers=num_workers)
+    train_images, train_labels = unit(pixels)[rows], torch.from_numpy(labels)[rows]
+    assert torch.equal(data.train_labels, train_labels)
+    g, g_ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    stream, expected = data.batches(8, g), in_memory_batches(train_images, train_labels, 8, g_ref)
+    for _ in range(3 * len(rows) // 8):  # three epochs
+        images, batch_labels, idx = next(stream)
+        ref_images, ref_labels, ref_idx = next(expected)
+        assert images.shape == (8, 1, 32, 32) and torch.equal(images, ref_images)
+        assert torch.equal(batch_labels, ref_labels) and torch.equal(idx, ref_idx)
+        assert torch.equal(g.get_state(), g_ref.get_state())  # the data stream is drawn from at the same points
+    assert torch.equal(data.train_images, train_images)
+
+
+def test_nothing_is_decoded_before_a_batch_asks(sources, monkeypatch):
+    decoded = []
+    load_image = rlar.data.on_access.load_image
+    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
+                        load_image(source, *a))
+    _, kwargs, _ = sources["image_folder"]
+    data = ImageFolderData(**kwargs, image_size=32, channels=1)
+    assert decoded == []  # the construction decoded the eval split only
+    next(data.batches(8, torch.Generator().manual_seed(0)))
+    assert len(decoded) == 8
+
+
+@pytest.fixture
+def unreadable(tmp_path, digits):
+    """``train/a`` and ``train/b`` of 5 digits each, the third of ``a`` corrupt and the last of ``b`` truncated (its
+    replacement wraps around to the first of ``b``); ``val/a`` one digit."""
+    pixels, _ = digits
+    for k, name in enumerate(["a", "b", "val"]):
+        folder = tmp_path / ("val/a" if name == "val" else f"train/{name}")
+        folder.mkdir(parents=True)
+        for i in range(1 if name == "val" else 5):
+            Image.fromarray(pixels[5 * k + i]).save(folder / f"{i}.png")
+    corrupt, truncated = tmp_path / "train/a/2.png", tmp_path / "train/b/4.png"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    return tmp_path, corrupt, truncated
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_unreadable_train_file_is_replaced_by_the_next_image_of_its_class(unreadable, digits, num_workers,
+                                                                               caplog):
+    root, corrupt, truncated = unreadable
+    pixels, _ = digits
+    data = ImageFolderData(str(root / "train"), image_size=32, channels=1, eval_root=str(root / "val"),
+                           num_workers=num_workers)
+    assert data.skipped == 0 and data.train_labels.tolist() == [0] * 5 + [1] * 5  # no file decoded yet
+    with caplog.at_level(logging.WARNING, logger="rlar.data.decode"):
+        images = data.train_images  # [10, 1, 32, 32], positions = sorted files
+        assert torch.equal(data.train_images, images)  # read twice: the same replacements, warned once
+    expected = unit(pixels[[0, 1, 3, 3, 4, 5, 6, 7, 8, 5]])  # a/2 -> a/3, b/4 -> b/0
+    assert torch.equal(images, expected)
+    assert data.skipped_paths == [str(corrupt), str(truncated)]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and str(corrupt) in warned[0] and str(truncated) in warned[1]
+
+
+def test_a_class_with_no_readable_file_fails_when_read(unreadable):
+    root, _, _ = unreadable
+    for f in (root / "train/b").iterdir():
+        f.write_bytes(b"not a png")
+    data = ImageFolderData(str(root / "train"), image_size=32, channels=1, eval_root=str(root / "val"))
+    with pytest.raises(ValueError, match=r"no readable image of class 1 in .*train.*: all 5 failed to decode, e\.g\. "
+                                         r".*b/\d\.png: UnidentifiedImageError"):
+        next(data.batches(10, torch.Generator().manual_seed(0)))  # every image of the split
