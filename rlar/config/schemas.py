@@ -35,6 +35,9 @@ class RolloutSchema:
     schedule: str = "arccos"  # mode=parallel: tokens per step, arccos | cosine | linear (of the fraction still masked)
     # mode=parallel: guidance per step, constant | linear (1 + (cfg_scale-1) * decoded/T)
     cfg_schedule: str = "constant"
+    # autoregressive/prefix/parallel: decode this many of the B*G rows at a time (bounds the KV cache and
+    # activations; the same samples for the same seed); null = all rows at once
+    micro_batch_size: int | None = None
 
 
 @dataclass
