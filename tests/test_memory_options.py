@@ -65,3 +65,60 @@ def test_a_micro_batched_fp32_rollout_draws_the_same_tokens(mode, extra):
 def test_micro_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="rollout.micro_batch_size must be >= 1"):
         rollout_of(tiny_gpt().eval(), "autoregressive", [], 0)
+
+
+def gradients(policy, grad_checkpointing: bool):
+    """The gradients of a guided teacher-forced loss (the update's pass), and how many times the blocks ran."""
+    from rlar.algorithm.update import rollout_logprobs
+    from rlar.rollout.parallel_decoding import step_sizes
+
+    policy.grad_checkpointing = grad_checkpointing
+    blocks = policy.layers if isinstance(policy, ARPG) else policy
+    blocks.grad_checkpointing = grad_checkpointing
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in blocks.modules() if m.__class__.__name__
+             in ("Block", "TransformerBlock")]
+    tokens = torch.randint(V, (4, T), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, -1])
+    schedule = None
+    if isinstance(policy, ARPG):
+        sizes = step_sizes(T, 5)
+        orders = torch.rand(4, T, generator=torch.Generator().manual_seed(2)).argsort(1)
+        schedule = {"orders": orders, "step_sizes": sizes, "cfg_scales": torch.full((len(sizes),), 2.0)}
+    sampling = {"temperature": 0.7, "cfg_scale": torch.full((T,), 2.0)}
+    torch.manual_seed(3)  # dropout's stream: the same masks in both runs
+    policy.train().zero_grad()
+    logp, _ = rollout_logprobs(policy, tokens, labels, sampling, schedule)
+    logp.gather(-1, tokens[..., None]).mean().backward()
+    for h in hooks:
+        h.remove()
+    return {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}, len(calls)
+
+
+def tiny_llamagen():
+    from rlar.policy.llamagen import LlamaGen
+
+    torch.manual_seed(0)
+    llamagen = LlamaGen(V, T, C, n_layer=2, n_head=2, dim=32, multiple_of=32, dropout=0.1)
+    torch.nn.init.normal_(llamagen.output.weight, std=0.3)
+    return llamagen
+
+
+@pytest.mark.parametrize("build", [lambda: GPT(V, T, C, n_layer=2, n_head=2, n_embd=32, dropout=0.1), tiny_llamagen,
+                                   tiny_arpg], ids=["gpt", "llamagen", "arpg"])
+def test_grad_checkpointing_gives_the_same_gradients(build):
+    torch.manual_seed(0)
+    policy = build()
+    plain, plain_calls = gradients(policy, False)
+    checkpointed, checkpointed_calls = gradients(policy, True)
+    assert checkpointed_calls == 2 * plain_calls > 0  # each block ran again in the backward pass
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(policy.parameters()))
+    for k in plain:
+        torch.testing.assert_close(checkpointed[k], plain[k], atol=1e-6, rtol=0)
+
+
+def test_grad_checkpointing_is_an_option_of_every_policy_off_by_default():
+    for policy in ("gpt", "llamagen", "arpg"):
+        cfg = compose_config([f"policy={policy}", "policy.grad_checkpointing=true"])
+        assert cfg.policy.grad_checkpointing is True
+    assert compose_config([]).policy.grad_checkpointing is False

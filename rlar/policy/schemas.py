@@ -28,6 +28,7 @@ class GPTSchema:
     n_head: int = 4
     n_embd: int = 96
     dropout: float = 0.0
+    grad_checkpointing: bool = False  # recompute each block's activations in the update's backward (less memory)
     checkpoint: str | None = None  # an rlar GPT, an rlar RL checkpoint or a taming Net2NetTransformer; null = prior
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
     cache_dir: str | None = None
@@ -48,6 +49,7 @@ class RoPETransformerSchema:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # token/residual/FFN dropout; 0 keeps the RL log-probs deterministic
+    grad_checkpointing: bool = False  # recompute each block's activations in the update's backward (less memory)
     checkpoint: str | None = None  # a released checkpoint ("model"/"module"/"state_dict" or bare); null = prior
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
     cache_dir: str | None = None
