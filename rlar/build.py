@@ -80,7 +80,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     critic = torch.nn.Linear(policy.n_embd, 1).to(device) if algorithm.value_head else None
     trainable = nn.ModuleDict({"policy": policy, **({} if critic is None else {"critic": critic})})
     train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
-    hw.prepare(ref_policy, trainable=False)
+    ref_policy = hw.prepare(ref_policy, trainable=False, on_cpu=cfg.train.ref_on_cpu)
     optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
     checkpointer = Checkpointer(out / "checkpoints", trainable, optimizer, cfg.train.checkpoint_format)
     logger = instantiate(cfg.logger)

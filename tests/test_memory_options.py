@@ -122,3 +122,44 @@ def test_grad_checkpointing_is_an_option_of_every_policy_off_by_default():
         cfg = compose_config([f"policy={policy}", "policy.grad_checkpointing=true"])
         assert cfg.policy.grad_checkpointing is True
     assert compose_config([]).policy.grad_checkpointing is False
+
+
+def update_with_reference(on_cpu: bool):
+    """Two epochs of GRPO with a KL term (the policy moves away from the reference); the stats, the trained
+    weights, and the devices the reference's weights were on during its forward passes and after the update."""
+    import copy
+
+    from rlar.algorithm.algorithms import GRPO
+    from rlar.algorithm.update import policy_update
+    from rlar.runtime.data_parallel import wrap
+
+    policy = tiny_gpt()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    seen = []
+    reference.register_forward_pre_hook(lambda module, _: seen.append(module.head.weight.device))
+    ref = wrap(reference, "none", torch.device("cpu"), trainable=False, on_cpu=on_cpu)
+    algo = GRPO(num_generations=4, minibatch_size=8, epochs=2, beta=0.1)
+    labels = torch.tensor([0, 1, 2, 3])
+    rollout = collect_rollout(policy.eval(), torch.randint(V, (4, T), generator=torch.Generator().manual_seed(0)),
+                              labels, 4, compose_config(["rollout.cfg_scale=2.0"]).rollout,
+                              torch.Generator().manual_seed(0))
+    adv, _, _ = algo.advantages(torch.randn(16, generator=torch.Generator().manual_seed(1)),
+                                labels.repeat_interleave(4))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    stats = policy_update(policy, optimizer, algo, rollout, adv, {"temperature": 1.0, "cfg_scale": 2.0}, 1.0,
+                          torch.Generator().manual_seed(0), ref_policy=ref)
+    return stats, policy.state_dict(), ref, seen, reference.head.weight.device
+
+
+def test_a_reference_on_the_cpu_gives_the_same_loss_and_kl():
+    """On this CPU-only machine the moves are to and from the CPU: the test runs the offloaded path (a call on
+    the input's device, back to the CPU after) and checks that it computes exactly what the resident one does."""
+    from rlar.runtime.offload import CPUResident
+
+    stats, weights, ref, seen, _ = update_with_reference(on_cpu=False)
+    offloaded_stats, offloaded_weights, offloaded_ref, offloaded_seen, home = update_with_reference(on_cpu=True)
+    assert not isinstance(ref, CPUResident) and isinstance(offloaded_ref, CPUResident)
+    assert stats["loss/kl"] > 0 and offloaded_stats == stats  # every minibatch's KL and loss, exactly
+    assert all(torch.equal(offloaded_weights[k], weights[k]) for k in weights)
+    assert len(offloaded_seen) == stats["policy/minibatches"] == 4  # one call (and move) per minibatch
+    assert set(offloaded_seen) == {torch.device("cpu")} and home == torch.device("cpu")

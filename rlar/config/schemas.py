@@ -66,6 +66,9 @@ class TrainSchema:
     # consolidated: one file (rank 0 gathers) | sharded: torch.distributed.checkpoint shards written by every rank
     # (+ checkpoints/policy.pt at the end); both resume on any number of processes
     checkpoint_format: str = "consolidated"
+    # keep the frozen KL reference (algorithm.beta > 0) on the CPU, moved to the device for each update minibatch
+    # (FSDP2: its shards offloaded, gathered per forward pass); the same loss, less device memory, more transfers
+    ref_on_cpu: bool = False
 
 
 @dataclass
