@@ -63,6 +63,22 @@ def wrap(module: nn.Module | None, strategy: str, device: torch.device, trainabl
 
 
 @contextlib.contextmanager
+def gathered(module: nn.Module):
+    """Within it, an FSDP2-sharded ``module``'s blocks keep their gathered weights between calls, so that a
+    rollout's ``prefill``/``step`` calls all-gather each unit once, not once per token; after it they are sharded
+    again. Nothing for other modules."""
+    units = [m for m in module.modules() if isinstance(m, FSDPModule) and m is not module]
+    for unit in units:  # the root keeps its weights gathered after a forward pass anyway
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
+
+
+@contextlib.contextmanager
 def gradient_sync(modules, enabled: bool):
     """Within it, backward passes accumulate gradients locally when ``enabled`` is False (gradient accumulation
     without an all-reduce per micro-batch); synchronise as usual when True."""
