@@ -94,7 +94,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     ema = None if cfg.train.ema_decay is None else policy_ema(policy, cfg.train.ema_decay)
     trainable = nn.ModuleDict({"policy": policy, **({} if critic is None else {"critic": critic})})
     train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
-    hw.prepare(ref_policy, trainable=False)
+    ref_policy = hw.prepare(ref_policy, trainable=False, on_cpu=cfg.train.ref_on_cpu)
     optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
     saved = trainable

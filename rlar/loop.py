@@ -24,6 +24,7 @@ from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
+from rlar.runtime.data_parallel import gathered
 from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
 
@@ -83,7 +84,7 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
 
     tic = time.perf_counter()
     run.policy.eval()
-    with run.hw.autocast():
+    with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
         rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), labels, G, run.cfg.rollout,
                                   run.generators["sample"])
     timings["time/rollout"] = time.perf_counter() - tic
@@ -173,8 +174,9 @@ def resume(run: Run) -> tuple[int, dict]:
 def evaluation(run: Run) -> dict[str, float]:
     """The held-out evaluation of the policy as it is now, or of its moving average when there is one
     (``rlar.eval.evaluate``)."""
-    return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling, run.device,
-                    run.hw.autocast, run.eval_model, run.inception)
+    with gathered(run.evaluated_policy):
+        return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling,
+                        run.device, run.hw.autocast, run.eval_model, run.inception)
 
 
 def evaluate_prior(run: Run) -> dict:

@@ -21,7 +21,8 @@ from rlar.rollout.collect import collect_rollout, drop_labels, noisy_context
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
 
 ROLLOUT = {"mode": "teacher_forced", "temperature": 1.0, "top_k": None, "top_p": None, "cfg_scale": 1.0,
-           "cfg_interval": None, "prefix_len": 0, "token_noise_prob": 0.0, "label_dropout": 0.0}
+           "cfg_interval": None, "prefix_len": 0, "token_noise_prob": 0.0, "label_dropout": 0.0,
+           "micro_batch_size": None}
 
 
 def rollout_cfg(**changes):

@@ -35,6 +35,9 @@ class RolloutSchema:
     schedule: str = "arccos"  # mode=parallel: tokens per step, arccos | cosine | linear (of the fraction still masked)
     # mode=parallel: guidance per step, constant | linear (1 + (cfg_scale-1) * decoded/T)
     cfg_schedule: str = "constant"
+    # autoregressive/prefix/parallel: decode this many of the B*G rows at a time (bounds the KV cache and
+    # activations; the same samples for the same seed); null = all rows at once
+    micro_batch_size: int | None = None
 
 
 @dataclass
@@ -66,6 +69,9 @@ class TrainSchema:
     # an exponential moving average of the policy's weights, ema = decay * ema + (1 - decay) * policy after each
     # optimizer step, starting at the prior; evaluation (eval/*) samples from it. null = no average
     ema_decay: float | None = None
+    # keep the frozen KL reference (algorithm.beta > 0) on the CPU, moved to the device for each update minibatch
+    # (FSDP2: its shards offloaded, gathered per forward pass); the same loss, less device memory, more transfers
+    ref_on_cpu: bool = False
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
 from rlar.policy.llamagen import FeedForward, RMSNorm, checkpoint_weights, ffn_hidden_dim, grid_model_shape, rope_2d
@@ -131,9 +132,11 @@ class Block(nn.Module):
 class TwoPassDecoder(nn.Module):
     """``self_dec`` blocks, the shared ``norm`` / ``to_k`` / ``to_v``, then ``cross_dec`` blocks."""
 
-    def __init__(self, n_pass: int, dim: int, n_head: int, hidden: int, eps: float, dropout: float):
+    def __init__(self, n_pass: int, dim: int, n_head: int, hidden: int, eps: float, dropout: float,
+                 grad_checkpointing: bool = False):
         super().__init__()
         self.n_head = n_head
+        self.grad_checkpointing = grad_checkpointing  # checkpoint each block in the training pass
         self.self_dec = nn.ModuleList(Block(SelfAttention(dim, n_head, dropout), dim, hidden, eps, dropout)
                                       for _ in range(n_pass))
         self.cross_dec = nn.ModuleList(Block(CrossAttention(dim, n_head, dropout), dim, hidden, eps, dropout)
@@ -146,8 +149,9 @@ class TwoPassDecoder(nn.Module):
         """Content ``x [N, L, D]`` at ``rope [N, L, Dh/2, 2]``; ``queries [N, Lq, D]`` at ``query_rope``. With a
         ``cache``, ``x`` is appended to it (slots: one per Pass-1 block, then the shared keys) and no mask is used.
         Returns the queries' outputs ``[N, Lq, D]``."""
+        checkpointed = checkpoints_blocks(self)
         for i, block in enumerate(self.self_dec):
-            x = block(x, rope, self_mask, cache, i)
+            x = call_block(block, x, rope, self_mask, cache, i, checkpointed=checkpointed)
         x = self.norm(x)
         k = rotate(self.to_k(x).unflatten(-1, (self.n_head, -1)), rope).transpose(1, 2)  # [N, H, L, Dh]
         v = self.to_v(x).unflatten(-1, (self.n_head, -1)).transpose(1, 2)
@@ -155,7 +159,7 @@ class TwoPassDecoder(nn.Module):
             k, v = _cached(cache, len(self.self_dec), k, v)
             cache.length += x.shape[1]
         for block in self.cross_dec:
-            queries = block(queries, k, v, query_rope, cross_mask)
+            queries = call_block(block, queries, k, v, query_rope, cross_mask, checkpointed=checkpointed)
         return queries
 
 
@@ -165,7 +169,8 @@ class ARPG(nn.Module):
     ``size``: a preset of :data:`ARPG_PRESETS` (``"L"``, ``"XL"``, ``"XXL"``), which sets ``n_layer`` (both passes
     together, half each), ``n_head`` and ``dim``. ``dropout``: token, residual and FFN dropout (keep 0 for RL).
     ``decoding``: the parallel sampler's settings for free-running evaluation (``num_iter``, ``schedule``,
-    ``cfg_schedule``; :meth:`decode`).
+    ``cfg_schedule``; :meth:`decode`). ``grad_checkpointing``: recompute each block's activations in the training
+    pass's backward (``rlar.policy.checkpointing``).
     """
 
     decodes_in_parallel = True  # free-running samples come from decode(), not the raster sampler
@@ -173,7 +178,7 @@ class ARPG(nn.Module):
     def __init__(self, vocab_size: int, block_size: int, num_classes: int = 0, size: str | None = None,
                  n_layer: int = 4, n_head: int = 4, dim: int = 96, multiple_of: int = 256,
                  ffn_dim_multiplier: float | None = None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
-                 dropout: float = 0.0, decoding: dict | None = None):
+                 dropout: float = 0.0, decoding: dict | None = None, grad_checkpointing: bool = False):
         super().__init__()
         n_layer, n_head, dim, grid = grid_model_shape("ARPG", ARPG_PRESETS, size, block_size, n_layer, n_head, dim)
         if n_layer < 2 or n_layer % 2:
@@ -187,7 +192,7 @@ class ARPG(nn.Module):
         self.embeddings = nn.Embedding(vocab_size + num_classes + 3, dim)
         self.embed_drop = nn.Dropout(dropout)
         hidden = ffn_hidden_dim(dim, multiple_of, ffn_dim_multiplier)
-        self.layers = TwoPassDecoder(n_layer // 2, dim, n_head, hidden, norm_eps, dropout)
+        self.layers = TwoPassDecoder(n_layer // 2, dim, n_head, hidden, norm_eps, dropout, grad_checkpointing)
         self.norm = RMSNorm(dim, norm_eps)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         # derived from the config, so not saved (released checkpoints do not hold it)

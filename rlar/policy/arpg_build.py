@@ -20,7 +20,7 @@ def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> 
     (the config passes the rollout's)."""
     spec = from_options(ARPGSchema, options)
     arch = rope_transformer_arch(spec, tokenizer, data)
-    policy = ARPG(**arch, decoding=asdict(spec.decoding))
+    policy = ARPG(**arch, decoding=asdict(spec.decoding), grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         return load_arpg_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "arpg_prior", arch, spec, tokenizer, data)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
 from rlar.policy.teacher_forcing import TeacherForced
 
@@ -93,8 +94,10 @@ class GPT(TeacherForced):
         n_head: int = 4,
         n_embd: int = 128,
         dropout: float = 0.0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing  # checkpoint each block in the training pass
         self.vocab_size = vocab_size
         self.block_size = block_size
         self.num_classes = num_classes
@@ -132,8 +135,9 @@ class GPT(TeacherForced):
         return self.drop(x + self.pos_emb[:, start : start + x.shape[1]])
 
     def _trunk(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        checkpointed = checkpoints_blocks(self)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = call_block(block, x, cache, i, checkpointed=checkpointed)
         if cache is not None:
             cache.length += x.shape[1]
         return self.ln_f(x)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
 from rlar.policy.teacher_forcing import TeacherForced
@@ -168,8 +169,9 @@ class LlamaGen(TeacherForced):
     def __init__(self, vocab_size: int, block_size: int, num_classes: int = 0, size: str | None = None,
                  n_layer: int = 2, n_head: int = 4, dim: int = 96, multiple_of: int = 256,
                  ffn_dim_multiplier: float | None = None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
-                 cls_token_num: int = 1, dropout: float = 0.0):
+                 cls_token_num: int = 1, dropout: float = 0.0, grad_checkpointing: bool = False):
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing  # checkpoint each block in the training pass
         n_layer, n_head, dim, grid = grid_model_shape("LlamaGen", PRESETS, size, block_size, n_layer, n_head, dim)
         if cls_token_num != 1:
             raise ValueError(f"cls_token_num={cls_token_num}: the c2i model reads exactly one class token")
@@ -204,8 +206,9 @@ class LlamaGen(TeacherForced):
 
     def _trunk(self, x: torch.Tensor, start: int, cache: KVCache | None = None) -> torch.Tensor:
         rope = self.freqs_cis[start : start + x.shape[1]]  # [L, Dh/2, 2]
+        checkpointed = checkpoints_blocks(self)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, cache, i)
+            x = call_block(layer, x, rope, cache, i, checkpointed=checkpointed)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)

@@ -37,7 +37,7 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, **options)
     ``options``: the fields of :class:`LlamaGenSchema`."""
     spec = from_options(LlamaGenSchema, options)
     arch = {**rope_transformer_arch(spec, tokenizer, data), "cls_token_num": spec.cls_token_num}
-    policy = LlamaGen(**arch)
+    policy = LlamaGen(**arch, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         return load_llamagen_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data)

@@ -112,7 +112,7 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> G
     check_vocabulary(spec.vocab_size, block_size, tokenizer)
     arch = {"vocab_size": spec.vocab_size, "block_size": block_size, "num_classes": data.num_classes,
             "n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd}
-    policy = GPT(**arch, dropout=spec.dropout)
+    policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
     return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir)

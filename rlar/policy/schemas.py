@@ -28,6 +28,7 @@ class GPTSchema:
     n_head: int = 4
     n_embd: int = 96
     dropout: float = 0.0
+    grad_checkpointing: bool = False  # recompute each block's activations in the update's backward (less memory)
     # an rlar GPT, an rlar RL checkpoint, an rlar-export folder or a taming Net2NetTransformer; null = prior
     checkpoint: str | None = None
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
@@ -49,6 +50,7 @@ class RoPETransformerSchema:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # token/residual/FFN dropout; 0 keeps the RL log-probs deterministic
+    grad_checkpointing: bool = False  # recompute each block's activations in the update's backward (less memory)
     # a released checkpoint ("model"/"module"/"state_dict" or bare), an rlar RL checkpoint or an rlar-export folder;
     # null = prior
     checkpoint: str | None = None

@@ -63,6 +63,7 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: torch.Tensor
         tokens, logprobs = sample_multiple_generations(
             policy, (gt_codes[:, :k], labels), t_len, g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
             top_p=rollout_cfg.top_p, cfg_scale=scales, generator=generator,
+            micro_batch_size=rollout_cfg.micro_batch_size,
         )  # [B*G, T]
         mask = (torch.arange(t_len, device=tokens.device) >= k)[None].expand(b * g, t_len)
         return Rollout(tokens, tokens, logprobs, rep_labels, mask, targets, context.repeat_interleave(g, 0))
@@ -79,6 +80,7 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: torch.Tensor
             policy, rep_labels, b * g, num_iter=rollout_cfg.num_iter, schedule=rollout_cfg.schedule,
             temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p,
             cfg_scale=rollout_cfg.cfg_scale, cfg_schedule=rollout_cfg.cfg_schedule, generator=generator,
+            micro_batch_size=rollout_cfg.micro_batch_size,
         )  # tokens, logprobs, orders [B*G, T]
         mask = torch.ones_like(sample.tokens, dtype=torch.bool)
         return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep_labels, mask, targets,

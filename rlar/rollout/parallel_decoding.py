@@ -15,8 +15,16 @@ from dataclasses import dataclass
 import torch
 
 from rlar.contracts import ParallelDecoder, ParallelPolicy
-from rlar.rollout.draws import categorical, uniforms
-from rlar.rollout.sampling import StartTokens, guided_logprobs, is_guided, split_start_tokens, truncate, with_null_class
+from rlar.rollout.draws import categorical_at, step_uniforms, uniforms
+from rlar.rollout.sampling import (
+    StartTokens,
+    guided_logprobs,
+    is_guided,
+    row_chunks,
+    split_start_tokens,
+    truncate,
+    with_null_class,
+)
 
 # the fraction of positions still masked after step s of N, as a function of r = (s + 1) / N
 SCHEDULES = {
@@ -91,21 +99,36 @@ class ParallelSample:
 def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_samples: int, num_iter: int = 16,
                     schedule: str = "arccos", temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None, cfg_scale=1.0, cfg_schedule: str = "constant",
-                    generator: torch.Generator | None = None) -> ParallelSample:
+                    generator: torch.Generator | None = None, micro_batch_size: int | None = None) -> ParallelSample:
     """Decode ``num_samples`` images with ``policy`` (an :class:`rlar.policy.arpg.ARPG`), ``labels [N]`` (-1 / None:
     the null class). Step s feeds the previous step's codes (the class slot at step 0) at their positions and
     asks the queries of this step's positions; guided rows are doubled (conditional first, then the null class).
+    ``micro_batch_size`` rows are decoded at a time (None: all at once); the orders and the uniforms of every
+    draw are taken first for all rows, so the samples do not depend on the chunking.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     n, seq_len, device = num_samples, policy.block_size, policy.freqs_cis.device
     sizes = step_sizes(seq_len, num_iter, schedule)
     scales = step_cfg_scales(sizes, one_scale(cfg_scale), cfg_schedule)
+    orders = uniforms((n, seq_len), generator, device).argsort(dim=1)  # [N, T]
+    draws = step_uniforms(n, sizes.tolist(), generator, device)  # [N, T], step s at its sizes[s] columns
+    chunks = [decode_rows(policy, None if labels is None else labels[rows], orders[rows], draws[rows], sizes, scales,
+                          temperature, top_k, top_p) for rows in row_chunks(n, micro_batch_size)]
+    tokens, logprobs = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    return ParallelSample(tokens, logprobs, orders, sizes.to(device), scales.to(device))
+
+
+def decode_rows(policy: ParallelPolicy, labels: torch.Tensor | None, orders: torch.Tensor, draws: torch.Tensor,
+                sizes: torch.Tensor, scales: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and log-probs ``[N, T]`` (raster) of ``sample_parallel``'s rows in ``orders [N, T]``, the step
+    decoding ``j`` positions drawn at its ``j`` columns of ``draws [N, T]``."""
+    (n, seq_len), device = orders.shape, orders.device
     guided = is_guided(scales)
     doubled = (lambda x: torch.cat([x, x])) if guided else (lambda x: x)
     rows_n = 2 * n if guided else n
     model_labels = with_null_class(labels, n, device) if guided else labels
-    orders = uniforms((n, seq_len), generator, device).argsort(dim=1)  # [N, T]
     tokens = torch.zeros(n, seq_len, dtype=torch.long, device=device)
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
 
@@ -117,11 +140,12 @@ def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_sam
         targets = orders[:, done : done + size]  # [N, n_s] positions decoded now
         logits = policy.decode_step(ids, rows, doubled(1 + targets), cache)  # [N or 2N, n_s, V]
         logp = guided_logprobs(logits, float(scales[s]), temperature, doubled=guided)  # [N, n_s, V]
-        draw = categorical(truncate(logp.flatten(0, 1), top_k, top_p).exp(), generator).view(n, size)
+        u = draws[:, done : done + size].reshape(n * size, 1)
+        draw = categorical_at(truncate(logp.flatten(0, 1), top_k, top_p).exp(), u).view(n, size)
         tokens.scatter_(1, targets, draw)
         logprobs.scatter_(1, targets, logp.gather(-1, draw[..., None])[..., 0])
         ids, rows, done = doubled(draw), doubled(1 + targets), done + size
-    return ParallelSample(tokens, logprobs, orders, sizes.to(device), scales.to(device))
+    return tokens, logprobs
 
 
 @torch.no_grad()

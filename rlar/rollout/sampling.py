@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from rlar.rollout.draws import categorical
+from rlar.rollout.draws import categorical_at, step_uniforms
 
 StartTokens = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
 Scale = float | torch.Tensor  # one guidance scale, or one per token position [T]
@@ -80,6 +80,14 @@ def truncate(logp: torch.Tensor, top_k: int | None, top_p: float | None) -> torc
     return logp
 
 
+def row_chunks(n: int, micro_batch_size: int | None) -> list[slice]:
+    """The rows ``0..n-1`` in chunks of ``micro_batch_size`` (None: one chunk of all rows)."""
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"rollout.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
+    size = micro_batch_size or max(n, 1)
+    return [slice(i, i + size) for i in range(0, n, size)]
+
+
 @torch.no_grad()
 def sample_codes_with_logprobs(
     policy,
@@ -91,15 +99,29 @@ def sample_codes_with_logprobs(
     cfg_scale: Scale = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    micro_batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``max_len`` tokens per row after an optional ground-truth prefix.
 
     Returns tokens ``[N, max_len]`` (the prefix copied in) and log-probs ``[N, max_len]`` fp32, 0 on the
     prefix. ``use_cache=False`` recomputes the whole prefix at every step (the naive sampler, for benchmarks).
+    ``micro_batch_size`` rows are decoded at a time (None: all at once); the uniforms of every draw are taken
+    first, step by step for all rows, so the samples do not depend on the chunking.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     prefix, labels = split_start_tokens(start_tokens)
+    n, k = prefix.shape
+    draws = step_uniforms(n, [1] * (max_len - k), generator, prefix.device)  # [N, max_len - k]
+    chunks = [sample_rows(policy, prefix[rows], None if labels is None else labels[rows], max_len, draws[rows],
+                          temperature, top_k, top_p, cfg_scale, use_cache) for rows in row_chunks(n, micro_batch_size)]
+    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+
+
+def sample_rows(policy, prefix: torch.Tensor, labels: torch.Tensor | None, max_len: int, draws: torch.Tensor,
+                temperature: float, top_k: int | None, top_p: float | None, cfg_scale: Scale, use_cache: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample_codes_with_logprobs`` of the rows of ``prefix [N, k]``, token t drawn at ``draws[:, t - k]``."""
     n, k = prefix.shape
     device = prefix.device
     guided = is_guided(cfg_scale)
@@ -118,7 +140,7 @@ def sample_codes_with_logprobs(
             logits = policy(doubled(tokens[:, : t + 1]), model_labels)[:, t]
         scale = float(cfg_scale[t]) if torch.is_tensor(cfg_scale) else cfg_scale
         logp = guided_logprobs(logits, scale, temperature, doubled=guided)  # [N, V]
-        draw = categorical(truncate(logp, top_k, top_p).exp(), generator)  # [N, 1]
+        draw = categorical_at(truncate(logp, top_k, top_p).exp(), draws[:, t - k, None])  # [N, 1]
         tokens[:, t] = draw[:, 0]
         logprobs[:, t] = logp.gather(-1, draw)[:, 0]
         if use_cache and t + 1 < max_len:

@@ -1,4 +1,5 @@
-"""Data-parallel wrappers from PyTorch: DDP, and FSDP2 (``fully_shard`` per transformer block)."""
+"""Data-parallel wrappers from PyTorch: DDP, and FSDP2 (``fully_shard`` per transformer block, mixed precision
+under bf16, CPU offload of the frozen KL reference, one all-gather per rollout)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,17 @@ import contextlib
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from torch.nn.parallel import DistributedDataParallel
+
+from rlar.runtime.offload import CPUResident
 
 # the policy methods the sampler calls besides forward: under FSDP2 they must gather the root's parameters too
 SAMPLING_METHODS = ("prefill", "step", "hidden_states", "decode_step")
@@ -18,27 +28,54 @@ def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     return [block for child in module.children() if isinstance(child, nn.ModuleList) for block in child]
 
 
-def shard(module: nn.Module) -> nn.Module:
-    """FSDP2 in place: one unit per transformer block, the rest (embeddings, head, norms) in the root unit."""
+def shard(module: nn.Module, param_dtype: torch.dtype | None = None, on_cpu: bool = False) -> nn.Module:
+    """FSDP2 in place: one unit per transformer block, the rest (embeddings, head, norms) in the root unit.
+
+    ``param_dtype`` (bf16): the gathered weights and the forward/backward compute in it, the gradients reduced in
+    fp32 and the sharded weights (what the optimizer steps) kept fp32. ``on_cpu``: the shards live on the CPU
+    and are gathered to the device for each forward pass (a frozen module: the KL reference)."""
+    options = {"mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+               if param_dtype is not None else MixedPrecisionPolicy(),
+               "offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if on_cpu else OffloadPolicy()}
     for block in transformer_blocks(module):
-        fully_shard(block)
-    fully_shard(module)
+        fully_shard(block, **options)
+    fully_shard(module, **options)
     for name in SAMPLING_METHODS:
         if hasattr(module, name):
             register_fsdp_forward_method(module, name)
     return module
 
 
-def wrap(module: nn.Module | None, strategy: str, device: torch.device, trainable: bool = True):
+def wrap(module: nn.Module | None, strategy: str, device: torch.device, trainable: bool = True,
+         param_dtype: torch.dtype | None = None, on_cpu: bool = False):
     """The module the training pass calls: a DDP wrapper (trainable modules only; replicas need no wrapper to
-    sample), or the module itself, sharded in place under FSDP2."""
-    if module is None or strategy == "none":
+    sample), or the module itself, sharded in place under FSDP2 (with ``param_dtype``, see ``shard``).
+    ``on_cpu`` (frozen modules): kept on the CPU between calls (FSDP2's CPU offload, else ``CPUResident``)."""
+    if module is None:
         return module
     if strategy == "fsdp":
-        return shard(module)
-    if not trainable:
+        return shard(module, param_dtype, on_cpu)
+    if on_cpu:
+        return CPUResident(module)
+    if strategy == "none" or not trainable:
         return module
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def gathered(module: nn.Module):
+    """Within it, an FSDP2-sharded ``module``'s blocks keep their gathered weights between calls, so that a
+    rollout's ``prefill``/``step`` calls all-gather each unit once, not once per token; after it they are sharded
+    again. Nothing for other modules."""
+    units = [m for m in module.modules() if isinstance(m, FSDPModule) and m is not module]
+    for unit in units:  # the root keeps its weights gathered after a forward pass anyway
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
 
 
 @contextlib.contextmanager

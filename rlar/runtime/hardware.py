@@ -83,11 +83,14 @@ class Hardware:
             return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def prepare(self, module: torch.nn.Module | None, trainable: bool = True):
+    def prepare(self, module: torch.nn.Module | None, trainable: bool = True, on_cpu: bool = False):
         """Compile (when asked) and wrap for ``hardware.strategy``; returns the module the training pass calls.
+        Under FSDP2 with bf16 the weights are gathered and computed in bf16 (gradients reduced in fp32).
+        ``on_cpu``: a frozen module kept on the CPU between its calls (``rlar.runtime.data_parallel.wrap``).
 
         Only ``forward`` is compiled (fixed shapes: one graph); the sampler's ``prefill``/``step`` grow the KV cache
         one position at a time and stay eager."""
         if module is not None and self.compile:
             module.forward = torch.compile(module.forward)
-        return wrap(module, self.strategy, self.torch_device, trainable)
+        param_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        return wrap(module, self.strategy, self.torch_device, trainable, param_dtype, on_cpu)

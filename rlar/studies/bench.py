@@ -5,6 +5,8 @@
 2. The time split of one training iteration of the embedded default (rollout / decode / reward / update).
 3. ARPG's parallel decoding (``policy=arpg``, ``rollout.mode=parallel``) vs the raster KV-cached GPT sampler:
    tokens/s on the same batch of class labels, T = 64 and 256, ARPG with T, T/4 and T/16 steps.
+4. Peak memory of a rollout with and without ``rollout.micro_batch_size`` and of the update's pass with and
+   without ``policy.grad_checkpointing`` (``rlar.studies.bench_memory``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import sample_codes_with_logprobs
+from rlar.studies.bench_memory import print_peak_memory
 
 
 def sampler_throughput(seq_len: int, batch: int = 32, repeats: int = 2) -> dict[str, float]:
@@ -88,6 +91,7 @@ def main() -> None:
         quarter, sixteenth = r[f"arpg/{seq_len // 4}"], r[f"arpg/{seq_len // 16}"]
         print(f"{seq_len:>5} {r['gpt']:>9.0f} {r[f'arpg/{seq_len}']:>9.0f} {quarter:>9.0f} {sixteenth:>10.0f} "
               f"{quarter / r['gpt']:>10.1f}x {sixteenth / r['gpt']:>11.1f}x")
+    print_peak_memory()
 
 
 if __name__ == "__main__":
