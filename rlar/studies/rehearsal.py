@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from rlar.tokenizer.llamagen_vq import LlamaGenVQ
 CODEBOOK_SIZE = 16384  # LlamaGen's VQ-16 codes, the c2i models' vocabulary
 NUM_CLASSES = 1000  # the recipe's data.num_classes (ImageNet's ids)
 DOWNSAMPLING = 16  # VQ-16
+FRESH = ("images", "dataset", "cache", "run", "measures")  # what a rehearsal makes under its working directory
 
 
 @dataclass
@@ -142,7 +143,10 @@ def one_process_resume(work: Path, s: Settings) -> dict:
 
 
 def rehearse(work: Path, s: Settings) -> dict:
-    """Every phase in ``work``; the result (also ``work/rehearsal.json``). Stops after a run that fails."""
+    """Every phase in ``work``, from scratch; the result (also ``work/rehearsal.json``). Stops after a run that
+    fails."""
+    for made in FRESH:  # an earlier rehearsal's run would be resumed, not rehearsed
+        shutil.rmtree(work / made, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"settings": asdict(s), "phases": {}}
     tic = time.perf_counter()
@@ -179,7 +183,7 @@ def report(result: dict) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[Path | None, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="working directory (default: a new temporary one, kept)")
+    parser.add_argument("--work", type=Path, default=Path("outputs/rehearsal"), help="working directory")
     for name, default in asdict(Settings()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = vars(parser.parse_args(argv))
@@ -189,7 +193,6 @@ def parse_args(argv: list[str] | None) -> tuple[Path | None, Settings]:
 
 def main(argv: list[str] | None = None) -> dict:
     work, settings = parse_args(argv)
-    work = work or Path(tempfile.mkdtemp(prefix="rlar-rehearsal-"))
     result = rehearse(work.absolute(), settings)
     print(report(result))
     print(f"outputs: {work} (rehearsal.json, run/, *.log)")
