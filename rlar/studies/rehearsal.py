@@ -142,6 +142,18 @@ def one_process_resume(work: Path, s: Settings) -> dict:
     return run_phase(cmd, work, "resume_1proc", threads=os.cpu_count() or 1)
 
 
+def checkpoint_state(checkpoints: Path) -> dict | None:
+    """What a run left in ``checkpoints/``: the files of ``last_sharded/`` and ``last.pt``'s format, iteration and
+    keys (None: no ``last.pt``)."""
+    record_path = checkpoints / "last.pt"
+    if not record_path.is_file():
+        return None
+    record = torch.load(record_path, map_location="cpu", weights_only=True)
+    shards = checkpoints / "last_sharded"
+    return {"format": record["format"], "iteration": record["iteration"], "keys": sorted(record),
+            "shard_files": sorted(p.name for p in shards.iterdir()) if shards.is_dir() else []}
+
+
 def rehearse(work: Path, s: Settings) -> dict:
     """Every phase in ``work``, from scratch; the result (also ``work/rehearsal.json``). Stops after a run that
     fails."""
@@ -162,6 +174,7 @@ def rehearse(work: Path, s: Settings) -> dict:
         result["phases"][name] = phase(work, s)
         summary = work / "run" / "summary.json"
         result["phases"][name]["summary"] = json.loads(summary.read_text()) if summary.is_file() else None
+        result["phases"][name]["checkpoint"] = checkpoint_state(work / "run" / "checkpoints")
         if result["phases"][name]["returncode"]:
             break
     (work / "rehearsal.json").write_text(json.dumps(result, indent=2))
