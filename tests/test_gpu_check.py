@@ -1,5 +1,7 @@
 """The GPU check's arithmetic (bytes a decoding step reads, against the device's bandwidth) and its no-GPU path."""
 
+import json
+
 import pytest
 import torch
 
@@ -45,3 +47,30 @@ def test_without_a_gpu_it_says_so_and_exits_0(monkeypatch, capsys, tmp_path):
     assert gpu_check.main(["--out", str(tmp_path / "out")]) == 0
     assert "no CUDA GPU on this machine" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path):
+    """The orchestration, with the runs and the decoding measured by stand-ins (no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    runs = []
+
+    def fake_run(name, nproc, hardware, out, iterations):
+        runs.append((name, nproc, iterations))
+        return {"returncode": 1 if name == "fsdp_1proc" else 0, "seconds": 30.0, "log_tail": "boom",
+                "timings": {"time/rollout": 0.1, "time/update": 0.2}, "peak_cuda_mib": 900.0}
+
+    def fake_decode(sizes, batch, bandwidth):
+        assert bandwidth == 4.8e12
+        return {f"{size}/eager": {"tokens_per_s": 1e4, "step_ms": 6.4, "peak_mem_gib": 2.0, "bytes_per_step": 3e8,
+                                  "bandwidth_fraction": 0.25} for size in sizes}
+
+    monkeypatch.setattr(gpu_check, "run_default", fake_run)
+    monkeypatch.setattr(gpu_check, "decode_checks", fake_decode)
+    assert gpu_check.main(["--out", str(tmp_path), "--iterations", "3", "--sizes", "GPT-B"]) == 1  # fsdp failed
+    assert [r[0] for r in runs][:3] == ["cuda_fp32", "cuda_bf16", "cuda_bf16_compile"]
+    assert ("ddp_1proc", 1, 3) in runs and ("fsdp_1proc", 1, 3) in runs
+    out = capsys.readouterr()
+    assert "GPT-B/eager" in out.out and "25.0%" in out.out and "fsdp_1proc failed" in out.err
+    written = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert written["bandwidth_gbs"] == 4800 and written["runs"]["cuda_bf16"]["timings"]["time/update"] == 0.2
