@@ -115,18 +115,19 @@ def recipe_overrides(work: Path, s: Settings) -> list[str]:
 
 
 def run_phase(cmd: list[str], work: Path, name: str, threads: int) -> dict:
-    """Run ``cmd`` (a ``rlar.studies.measured_run`` launch) with each process measuring itself; its exit code,
-    seconds, per-process peak memory and log tail."""
-    measures = work / "measures" / name
+    """Run ``cmd`` (a ``rlar.studies.measured_run`` launch) with each process measuring itself, its output in
+    ``work/<name>.log``; its exit code, seconds, per-process peak memory and log tail."""
+    measures, log = work / "measures" / name, work / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), MEASURE_DIR: str(measures)}
+    print(f"{name}: running (log: {log})", flush=True)
     tic = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env)
+    with log.open("w") as sink:
+        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=work, env=env)
     seconds = time.perf_counter() - tic
     ranks = sorted(measures.glob("rank*.json")) if measures.is_dir() else []
     peaks = {p.stem: json.loads(p.read_text())["peak_rss_mib"] for p in ranks}
-    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     return {"returncode": proc.returncode, "seconds": seconds, "peak_rss_mib": peaks,
-            "log_tail": (proc.stdout + proc.stderr)[-3000:]}
+            "log_tail": log.read_text()[-3000:]}
 
 
 def two_process_run(work: Path, s: Settings) -> dict:
