@@ -11,8 +11,9 @@ With ``policy.size=GPT-B`` at 256 px and random weights, it runs every step the 
 4. a resume of that run in one process, one iteration further (DCP reshards 2 -> 1).
 
 It prints each phase's seconds, each process's peak resident memory and the runs' mean seconds per loop phase,
-and writes them to ``<work>/rehearsal.json``. Later knobs (``hardware.compile_decode``, a rollout micro-batch)
-are one more entry in :func:`recipe_overrides`.
+and writes them to ``<work>/rehearsal.json``. Options that other work adds (``hardware.compile_decode``, a
+rollout micro-batch) are tried with ``--set key=value``, or made the rehearsal's default by one more entry in
+:func:`recipe_overrides`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ class Settings:
     iterations: int = 2  # the 2-process run; the resume runs one more
     eval_items: int = 2
     workers: int = 1  # DataLoader workers decoding the images (the recipe uses 8)
+    extra: list[str] = field(default_factory=list)  # more overrides for both runs (--set key=value)
 
 
 def write_images(root: Path, s: Settings) -> tuple[list[str], list[int]]:
@@ -110,7 +112,7 @@ def recipe_overrides(work: Path, s: Settings) -> list[str]:
         f"train.batch_size={s.batch_size}", f"algorithm.num_generations={s.generations}",
         f"algorithm.minibatch_size={s.generations}", f"algorithm.grad_accum={s.batch_size // 2}",
         f"eval.max_items={s.eval_items}", f"eval.batch_size={s.eval_items}", "eval.classifier_model.train.steps=20",
-        "logger.image_every=1", f"cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'run'}",
+        "logger.image_every=1", f"cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'run'}", *s.extra,
     ]
 
 
@@ -199,7 +201,10 @@ def parse_args(argv: list[str] | None) -> tuple[Path | None, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("outputs/rehearsal"), help="working directory")
     for name, default in asdict(Settings()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if name != "extra":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override for both runs, e.g. --set hardware.compile_decode=true")
     args = vars(parser.parse_args(argv))
     work = args.pop("work")
     return work, Settings(**args)
