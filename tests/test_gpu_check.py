@@ -62,8 +62,9 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
 
     def fake_decode(sizes, batch, bandwidth):
         assert bandwidth == 4.8e12
-        return {f"{size}/eager": {"tokens_per_s": 1e4, "step_ms": 6.4, "peak_mem_gib": 2.0, "bytes_per_step": 3e8,
-                                  "bandwidth_fraction": 0.25} for size in sizes}
+        measured = {"tokens_per_s": 1e4, "step_ms": 6.4, "peak_mem_gib": 2.0, "bytes_per_step": 3e8,
+                    "bandwidth_fraction": 0.25}
+        return {f"{sizes[0]}/eager": measured, "GPT-L/eager": {"error": "OutOfMemoryError: CUDA out of memory"}}
 
     monkeypatch.setattr(gpu_check, "run_default", fake_run)
     monkeypatch.setattr(gpu_check, "decode_checks", fake_decode)
@@ -72,5 +73,6 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
     assert ("ddp_1proc", 1, 3) in runs and ("fsdp_1proc", 1, 3) in runs
     out = capsys.readouterr()
     assert "GPT-B/eager" in out.out and "25.0%" in out.out and "fsdp_1proc failed" in out.err
+    assert "GPT-L/eager" in out.out and "GPT-L/eager failed:\nOutOfMemoryError" in out.err
     written = json.loads((tmp_path / "gpu_check.json").read_text())
     assert written["bandwidth_gbs"] == 4800 and written["runs"]["cuda_bf16"]["timings"]["time/update"] == 0.2

@@ -87,7 +87,10 @@ def decode_checks(sizes, batch: int, bandwidth: float | None) -> dict:
             policy = LlamaGen(CODEBOOK_SIZE, TOKENS, CLASSES, size=size).to(hw.torch_device).eval()
             torch.nn.init.normal_(policy.output.weight, std=0.02)  # zero-initialized: every logit would be equal
             policy = hw.prepare(policy, trainable=False)
-            results[f"{size}/{variant}"] = measure_decode(policy, batch, hw.autocast, bandwidth, weight_bytes=2)
+            try:
+                results[f"{size}/{variant}"] = measure_decode(policy, batch, hw.autocast, bandwidth, weight_bytes=2)
+            except Exception as e:  # out of memory, a compile error: reported with the other results, not fatal
+                results[f"{size}/{variant}"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             del policy
             torch.cuda.empty_cache()
     return results
@@ -103,6 +106,9 @@ def table(result: dict) -> str:
     lines += ["", f"{'decode (batch ' + str(result['batch']) + ', 256 tokens)':<30} {'tokens/s':>10} "
               f"{'ms/step':>8} {'peak GiB':>9} {'MB/step':>8} {'of bandwidth':>13}"]
     for name, r in result["decode"].items():
+        if "error" in r:
+            lines.append(f"{name:<30} failed: {r['error'][:200]}")
+            continue
         fraction = "n/a" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.1f}%"
         lines.append(f"{name:<30} {r['tokens_per_s']:>10.0f} {r['step_ms']:>8.2f} {r['peak_mem_gib']:>9.2f} "
                      f"{r['bytes_per_step'] / 1e6:>8.1f} {fraction:>13}")
@@ -137,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_runs:
         for name, (nproc, hardware) in default_runs().items():
             result["runs"][name] = run_default(name, nproc, hardware, out, args.iterations)
+            (out / "gpu_check.json").write_text(json.dumps(result, indent=2))  # kept if a later part dies
     result["decode"] = decode_checks(args.sizes, args.batch, bandwidth)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     print(f"written: {out / 'gpu_check.json'}")
     failed = [name for name, r in result["runs"].items() if r["returncode"] != 0]
+    failed += [name for name, r in result["decode"].items() if "error" in r]
     for name in failed:
-        print(f"\n{name} failed:\n{result['runs'][name]['log_tail']}", file=sys.stderr)
+        details = result["runs"][name]["log_tail"] if name in result["runs"] else result["decode"][name]["error"]
+        print(f"\n{name} failed:\n{details}", file=sys.stderr)
     return 1 if failed else 0
 
 
