@@ -8,8 +8,9 @@ import torch
 
 from rlar.studies import rehearsal
 
-SMALLEST = ["--image-size", "64", "--images-per-class", "10", "--batch-size", "2", "--generations", "2",
-            "--iterations", "2", "--eval-items", "2", "--workers", "0"]
+# 4 x 4 tokens and 20 images; the rest as make rehearsal: 2 items per process with G = 2 (2 minibatches accumulated
+# per optimizer step), a DataLoader worker, 2 iterations + 1, 2 evaluation items (one per process)
+SMALLEST = ["--image-size", "64", "--images-per-class", "10"]
 
 
 @pytest.fixture(scope="module")
