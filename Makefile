@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-all bench ablation schedules lint clean
+.PHONY: help install run test test-all bench gpu-check rehearsal ablation schedules lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ test-all: $(STAMP)  ## every test, the slow ones too (training runs, subprocesse
 
 bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of one iteration
 	$(VENV)/bin/rlar-bench
+
+gpu-check: $(STAMP)  ## on one GPU (<= 8 min): the CUDA paths, LlamaGen decode tokens/s and bandwidth (no GPU: says so)
+	$(PY) -m rlar.studies.gpu_check $(ARGS)
+
+rehearsal: $(STAMP)  ## the LlamaGen recipe on the CPU: GPT-B, random weights, 2-process FSDP2, sharded save, resume
+	$(PY) -m rlar.studies.rehearsal $(ARGS)
 
 ablation: $(STAMP)  ## run a study of experiments/ and write its report: make ablation STUDY=algorithms
 	$(VENV)/bin/rlar-ablation $(STUDY) $(ARGS)

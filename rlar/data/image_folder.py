@@ -57,12 +57,12 @@ class ImageFolderData(StoredImageData):
     The files are listed at construction and decoded on access (see :class:`StoredImageData`).
 
     Evaluation uses ``eval_root`` (the same layout, class names among root's) when given, else a held-out
-    ``eval_fraction`` of root.
+    ``eval_fraction`` of root. ``num_classes`` (default: the number of class folders) sizes the class table.
     """
 
     def __init__(self, root: str, image_size: int = 256, channels: int = 3, eval_root: str | None = None,
                  eval_fraction: float = 0.1, split_seed: int = 0, max_images: int | None = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, num_classes: int | None = None):
         super().__init__(image_size, channels, num_workers)
         self.root = Path(root).expanduser().absolute()
         self.eval_root = Path(eval_root).expanduser().absolute() if eval_root else None
@@ -78,7 +78,8 @@ class ImageFolderData(StoredImageData):
                 raise ValueError(f"data.eval_root='{self.eval_root}' has classes {unknown} that data.root="
                                  f"'{self.root}' lacks; the class ids come from root's sub-folders")
             held_out = self._read(self.eval_root, eval_classes, class_ids)
-        self.store(train, held_out, eval_fraction, split_seed, len(self.classes), f"data.root='{self.root}'")
+        self.store(train, held_out, eval_fraction, split_seed, num_classes or len(self.classes),
+                   f"data.root='{self.root}'")
 
     def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[FileSources, torch.Tensor]:
         """Index the (possibly ``max_images``-subsampled) files: their sources and labels ``[N]``; nothing is

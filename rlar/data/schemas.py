@@ -47,6 +47,9 @@ class ImageFolderSchema:
     split_seed: int = 0  # fixes the held-out part and the max_images subset
     max_images: int | None = None  # read at most this many images of each folder (a fixed random subset); null = all
     num_workers: int = 0  # DataLoader workers decoding the batches and the eval split (0 = in the main process)
+    # the class count the policy embeds: null = the number of class folders; more keeps a released model's class
+    # table (ImageNet's 1,000); the ids still follow the sorted folder names
+    num_classes: int | None = None
 
 
 DATA_SCHEMAS = {"digits": DigitsDataSchema, "hf_disk": HFDiskSchema, "image_folder": ImageFolderSchema}

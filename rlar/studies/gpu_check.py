@@ -1,0 +1,160 @@
+"""``make gpu-check``: the CUDA paths on one GPU, in a few minutes, as one JSON and a printed table.
+
+1. The embedded default for ``--iterations`` iterations on ``hardware=cuda`` in fp32 and bf16, with
+   ``hardware.compile`` (and ``hardware.compile_decode`` when the ``Hardware`` schema has it), and under
+   ``torchrun --nproc_per_node=1`` with ``hardware=ddp`` and ``hardware=fsdp``: exit code, seconds, mean seconds
+   per loop phase, peak memory.
+2. KV-cached decoding of LlamaGen GPT-B and GPT-L (random weights, 16,384 codes, 256 tokens, batch ``--batch``,
+   bf16 autocast as ``hardware=cuda`` runs it), eager and, when it exists, with the compiled decode: tokens/s,
+   peak memory, and the fraction of the device's memory bandwidth a step reaches (``rlar/studies/decode_roofline.py``).
+
+Without a GPU it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rlar.policy.llamagen import LlamaGen
+from rlar.runtime.hardware import Hardware
+from rlar.studies.decode_roofline import device_bandwidth, measure_decode
+from rlar.studies.measured_run import MEASURE_DIR
+
+DECODE_SIZES = ("GPT-B", "GPT-L")
+CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-16)
+RUN_TIMEOUT_S = 150
+
+
+def has_compile_decode() -> bool:
+    return "compile_decode" in {f.name for f in dataclasses.fields(Hardware)}
+
+
+def default_runs() -> dict[str, tuple[int, list[str]]]:
+    """``name -> (processes under torchrun, 0 = plain python; hardware overrides)``."""
+    runs = {"cuda_fp32": (0, ["hardware=cuda", "hardware.precision=fp32"]),
+            "cuda_bf16": (0, ["hardware=cuda"]),
+            "cuda_bf16_compile": (0, ["hardware=cuda", "hardware.compile=true"])}
+    if has_compile_decode():
+        runs["cuda_bf16_compile_decode"] = (0, ["hardware=cuda", "hardware.compile_decode=true"])
+    runs["ddp_1proc"] = (1, ["hardware=ddp"])
+    runs["fsdp_1proc"] = (1, ["hardware=fsdp"])
+    return runs
+
+
+def run_default(name: str, nproc: int, hardware: list[str], out: Path, iterations: int) -> dict:
+    """One short run of the embedded default (quickly trained tokenizer and prior, shared through ``out/cache``)."""
+    run_dir, measures = out / "runs" / name, out / "measures" / name
+    args = [*hardware, f"train.iterations={iterations}", f"cache_dir={out / 'cache'}", "tokenizer.train.steps=100",
+            "policy.pretrain.steps=100", "eval.max_items=64", "eval.classifier_model.train.steps=50",
+            "logger.image_every=0", "resume=false", f"hydra.run.dir={run_dir}"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    cmd = [sys.executable, *launcher, "-m", "rlar.studies.measured_run", *args]
+    tic = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, MEASURE_DIR: str(measures)},
+                              timeout=RUN_TIMEOUT_S)
+        code, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        code, log = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
+    result = {"returncode": code, "seconds": time.perf_counter() - tic, "log_tail": str(log)[-2000:]}
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        result["timings"] = json.loads(summary.read_text())["timings"]
+    rank0 = measures / "rank0.json"
+    if rank0.is_file():
+        result.update({k: v for k, v in json.loads(rank0.read_text()).items() if k.startswith("peak")})
+    return result
+
+
+def decode_checks(sizes, batch: int, bandwidth: float | None) -> dict:
+    """Eager (and compiled-decode) sampling of each LlamaGen size, as ``hardware=cuda`` prepares the policy."""
+    variants = {"eager": {}} | ({"compile_decode": {"compile_decode": True}} if has_compile_decode() else {})
+    results = {}
+    for size in sizes:
+        for variant, extra in variants.items():
+            hw = Hardware(device="cuda", precision="bf16", tf32=True, **extra)
+            hw.setup()
+            torch.manual_seed(0)
+            policy = LlamaGen(CODEBOOK_SIZE, TOKENS, CLASSES, size=size).to(hw.torch_device).eval()
+            torch.nn.init.normal_(policy.output.weight, std=0.02)  # zero-initialized: every logit would be equal
+            policy = hw.prepare(policy, trainable=False)
+            try:
+                results[f"{size}/{variant}"] = measure_decode(policy, batch, hw.autocast, bandwidth, weight_bytes=2)
+            except Exception as e:  # out of memory, a compile error: reported with the other results, not fatal
+                results[f"{size}/{variant}"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            del policy
+            torch.cuda.empty_cache()
+    return results
+
+
+def table(result: dict) -> str:
+    lines = [f"GPU check on {result['device']} ({result['bandwidth_gbs'] or 'unknown'} GB/s peak bandwidth)", "",
+             f"{'run':<26} {'exit':>7} {'seconds':>8} {'s/iter':>7} {'peak GPU MiB':>13}"]
+    for name, r in result["runs"].items():
+        per_iter = sum(r.get("timings", {}).values())
+        lines.append(f"{name:<26} {r['returncode']!s:>7} {r['seconds']:>8.1f} {per_iter:>7.3f} "
+                     f"{r.get('peak_cuda_mib', float('nan')):>13.0f}")
+    lines += ["", f"{'decode (batch ' + str(result['batch']) + ', 256 tokens)':<30} {'tokens/s':>10} "
+              f"{'ms/step':>8} {'peak GiB':>9} {'MB/step':>8} {'of bandwidth':>13}"]
+    for name, r in result["decode"].items():
+        if "error" in r:
+            lines.append(f"{name:<30} failed: {r['error'][:200]}")
+            continue
+        fraction = "n/a" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.1f}%"
+        lines.append(f"{name:<30} {r['tokens_per_s']:>10.0f} {r['step_ms']:>8.2f} {r['peak_mem_gib']:>9.2f} "
+                     f"{r['bytes_per_step'] / 1e6:>8.1f} {fraction:>13}")
+    if not has_compile_decode():
+        lines.append("(hardware.compile_decode is not a Hardware option here: the compiled decode was skipped)")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/gpu_check"), help="runs and gpu_check.json")
+    parser.add_argument("--iterations", type=int, default=20, help="iterations of each run of the default")
+    parser.add_argument("--batch", type=int, default=64, help="sequences decoded at once")
+    parser.add_argument("--sizes", nargs="+", default=list(DECODE_SIZES), help="LlamaGen sizes to decode with")
+    parser.add_argument("--bandwidth-gbs", type=float, help="the device's peak memory bandwidth (GB/s), if not in "
+                        "rlar/studies/decode_roofline.py's table")
+    parser.add_argument("--skip-runs", action="store_true", help="only the decoding measurements")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA GPU on this machine (torch.cuda.is_available() is False); nothing to check")
+        return 0
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name()
+    bandwidth = device_bandwidth(device, args.bandwidth_gbs)
+    result = {"device": device, "bandwidth_gbs": bandwidth and bandwidth / 1e9, "batch": args.batch,
+              "compile_decode_available": has_compile_decode(), "runs": {}, "decode": {}}
+    if not args.skip_runs:
+        for name, (nproc, hardware) in default_runs().items():
+            result["runs"][name] = run_default(name, nproc, hardware, out, args.iterations)
+            (out / "gpu_check.json").write_text(json.dumps(result, indent=2))  # kept if a later part dies
+    result["decode"] = decode_checks(args.sizes, args.batch, bandwidth)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"written: {out / 'gpu_check.json'}")
+    failed = [name for name, r in result["runs"].items() if r["returncode"] != 0]
+    failed += [name for name, r in result["decode"].items() if "error" in r]
+    for name in failed:
+        details = result["runs"][name]["log_tail"] if name in result["runs"] else result["decode"][name]["error"]
+        print(f"\n{name} failed:\n{details}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

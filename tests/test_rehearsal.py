@@ -1,0 +1,63 @@
+"""The CPU rehearsal of the LlamaGen recipe (``make rehearsal``) at its smallest: GPT-B with random weights in the
+released layouts, 2-process FSDP2 with a sharded checkpoint, then a resume in one process."""
+
+import json
+
+import pytest
+import torch
+
+from rlar.studies import rehearsal
+
+# 4 x 4 tokens and 20 images; the rest as make rehearsal: 2 items per process with G = 2 (2 minibatches accumulated
+# per optimizer step), a DataLoader worker, 2 iterations + 1, 2 evaluation items (one per process)
+SMALLEST = ["--image-size", "64", "--images-per-class", "10"]
+
+
+@pytest.fixture(scope="module")
+def rehearsed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("rehearsal")
+    return work, rehearsal.main(["--work", str(work), *SMALLEST])
+
+
+@pytest.mark.slow
+def test_both_runs_exit_0(rehearsed):
+    _, result = rehearsed
+    assert [result["phases"][p]["returncode"] for p in ("fsdp_2proc", "resume_1proc")] == [0, 0]
+    assert set(result["phases"]["fsdp_2proc"]["peak_rss_mib"]) == {"rank0", "rank1"}
+    assert set(result["phases"]["resume_1proc"]["peak_rss_mib"]) == {"rank0"}
+
+
+@pytest.mark.slow
+def test_the_checkpoint_is_sharded(rehearsed):
+    work, result = rehearsed
+    saved = result["phases"]["fsdp_2proc"]["checkpoint"]  # what the 2 processes left for the resume
+    assert (saved["format"], saved["iteration"]) == ("sharded", 2)
+    assert not {"policy", "optimizer"} & set(saved["keys"])  # weights and optimizer state live in the shards
+    assert [f for f in saved["shard_files"] if f.endswith(".distcp")] == ["__0_0.distcp", "__1_0.distcp"]
+    checkpoints = work / "run" / "checkpoints"
+    assert not (checkpoints / "last_sharded.tmp").exists()
+    policy = torch.load(checkpoints / "policy.pt", weights_only=True)  # exported whole at the end
+    assert policy["layers.11.attention.wqkv.weight"].shape == (3 * 768, 768)  # GPT-B
+
+
+@pytest.mark.slow
+def test_the_resume_starts_at_2_and_finishes_3(rehearsed):
+    work, result = rehearsed
+    log = (work / "resume_1proc.log").read_text()
+    assert "at iteration 2" in log and "re-seeded" in log  # 2 processes' streams, resumed in 1
+    first, resumed = result["phases"]["fsdp_2proc"]["summary"], result["phases"]["resume_1proc"]["summary"]
+    assert (first["iterations"], first["world_size"], first["strategy"]) == (2, 2, "fsdp")
+    assert (resumed["iterations"], resumed["world_size"], resumed["strategy"]) == (3, 1, "none")
+    assert result["phases"]["resume_1proc"]["checkpoint"]["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_summary_is_consistent(rehearsed):
+    work, result = rehearsed
+    summary = json.loads((work / "run" / "summary.json").read_text())
+    assert summary == result["phases"]["resume_1proc"]["summary"]
+    assert [h["iteration"] for h in summary["history"]] == [0, 2, 3]  # the prior, the first run's end, the resume's
+    assert summary["eval_reward_before"] == summary["history"][0]["eval/reward"]
+    assert summary["eval_reward_after"] == summary["history"][-1]["eval/reward"]
+    assert summary["history"][1] == result["phases"]["fsdp_2proc"]["summary"]["history"][-1]
+    assert set(summary["timings"]) == {"time/rollout", "time/decode", "time/reward", "time/update"}
