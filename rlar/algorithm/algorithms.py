@@ -90,8 +90,8 @@ class GRPO(Common):
         adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.drop_zero_std_groups:
-            r = rewards.view(-1, self.num_generations)
-            spread = r.nan_to_num(0).amax(1) - r.nan_to_num(0).amin(1)
+            r = rewards.view(-1, self.num_generations).nan_to_num(0, posinf=0, neginf=0)
+            spread = r.amax(1) - r.amin(1)
             keep = (spread > 0).repeat_interleave(self.num_generations)
         return adv, keep, stats
 
@@ -134,7 +134,8 @@ class Reinforce(Common):
         adv = rewards - mean
         if self.standardize:
             adv = adv / (std + 1e-8)
-        return adv.nan_to_num(0.0), keep, {"reward/nan_count": float(rewards.isnan().sum())}
+        finite = rewards.isfinite()
+        return torch.where(finite, adv, 0.0), keep, {"reward/nonfinite_count": float((~finite).sum())}
 
     def loss(self, logp, old_logp, adv, mask):
         return reinforce_loss(logp, adv, mask)

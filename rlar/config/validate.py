@@ -68,7 +68,8 @@ def check_config(cfg: DictConfig) -> None:
     if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
         raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split into "
                          f"minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
-    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every"):
+    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every",
+                "train.max_nonfinite_iterations"):
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
