@@ -49,6 +49,13 @@ class Common:
             raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
         if self.ntp_weight < 0:
             raise ValueError(f"algorithm.ntp_weight must be >= 0, got {self.ntp_weight}")
+        if self.epochs < 1:
+            raise ValueError(f"algorithm.epochs must be >= 1 (passes over each rollout), got {self.epochs}")
+        for key in ("clip_eps", "clip_eps_high"):
+            value = getattr(self, key, None)
+            if value is not None and value < 0:
+                raise ValueError(f"algorithm.{key} must be >= 0 (the ratio's range is [1 - clip_eps, "
+                                 f"1 + clip_eps_high]), got {value}; e.g. algorithm.{key}=0.2")
 
     def state_dict(self) -> dict:
         return {}
