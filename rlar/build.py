@@ -69,6 +69,13 @@ class Run:
         return x[distributed.rank() * local_batch:][:local_batch].to(self.device)
 
 
+def check_batch_fits(batch_size: int, train_items: int) -> None:
+    """``train.batch_size`` is at most the train split's size: refused before the tokenizer and the evaluation."""
+    if batch_size > train_items:
+        raise ValueError(f"train.batch_size={batch_size} is larger than the train split ({train_items} images); set "
+                         f"train.batch_size<={train_items} or give more data")
+
+
 def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> Run:
     """Every part of the run, in a fixed order (the models draw their initial weights from the global stream)."""
     out = Path(distributed.broadcast_object(str(Path(output_dir or cfg.get("output_dir") or ".").absolute())))
@@ -80,6 +87,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     reward = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
+        check_batch_fits(cfg.train.batch_size, len(data.train_labels))
         tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
         policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
         if cfg.rollout.mode == "schedule":  # the ARPG frozen, a decoding-schedule network the policy (rlar.schedule)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -57,9 +58,11 @@ def train(run: Run) -> dict:
     time_totals: dict[str, float] = {}
     progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
                     disable=not distributed.is_main())
+    unscored = 0  # iterations in a row with no finite reward
     for it in progress:
         step = it + 1
         metrics = iteration(run, next(batches), step)
+        unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
@@ -72,6 +75,16 @@ def train(run: Run) -> dict:
             save(run, step, summary)
     progress.close()
     return finish(run, summary, time_totals, start)
+
+
+def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int) -> int:
+    """The count of iterations in a row with no finite reward, this one included; raises at ``limit``."""
+    unscored = unscored + 1 if math.isnan(metrics["reward/mean"]) else 0
+    if unscored >= limit:
+        raise RuntimeError(f"iteration {step}: no reward was finite (NaN or inf) for {unscored} iterations in a row "
+                           f"(train.max_nonfinite_iterations={limit}); check the reward model (reward=...) or its "
+                           "server, or raise train.max_nonfinite_iterations")
+    return unscored
 
 
 def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
@@ -116,7 +129,7 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     """This rank's ``(advantages [b*G] (value head: [b*G, T]), returns [b*G, T] or None, valid [b*G], stats)``.
 
     The algorithm's advantages are computed over the global batch (``global_rewards [B*G]``, keyed by class or
-    image), the same on every rank, and this rank keeps its slice. A row with a NaN reward, or that the algorithm
+    image), the same on every rank, and this rank keeps its slice. A row with a NaN or inf reward, or that the algorithm
     leaves out, is not valid: it is masked out of ``rollout.mask`` (and counted). With a value head, GAE from the
     critic replaces the advantages.
     """

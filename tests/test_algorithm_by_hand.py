@@ -37,7 +37,28 @@ def test_group_advantages_clip_and_nan():
     adv, stats = group_advantages(rewards, 4, clip=0.5)
     # valid: 0, 1, 2 -> mean 1, std 1 -> -1, 0, 1 clipped to +-0.5; NaN -> 0
     assert torch.allclose(adv, torch.tensor([-0.5, 0.0, 0.0, 0.5]))
-    assert stats["reward/nan_count"] == 1.0
+    assert stats["reward/nonfinite_count"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_a_nonfinite_reward_leaves_its_group_and_the_batch_scale_alone(bad):
+    rewards = torch.tensor([1.0, bad, 3.0, 0.0, 2.0, 4.0])
+    adv, stats = group_advantages(rewards, 3, eps=1e-12)
+    # group 1: finite 1, 3 -> mean 2, unbiased std sqrt(2); group 2: mean 2, std 2; the bad reward -> 0
+    s2 = math.sqrt(2.0)
+    assert torch.allclose(adv, torch.tensor([-1 / s2, 0.0, 1 / s2, -1.0, 0.0, 1.0]))
+    assert stats["reward/nonfinite_count"] == 1.0
+    batch, _ = group_advantages(rewards, 3, eps=1e-12, scale="batch")
+    # centered (-1, 0, 1, -2, 0, 2) over the batch std of the finite 1, 3, 0, 2, 4: sqrt(2.5)
+    assert torch.allclose(batch, torch.tensor([-1.0, 0.0, 1.0, -2.0, 0.0, 2.0]) / math.sqrt(2.5))
+
+
+def test_reinforce_condition_baseline_leaves_an_inf_out():
+    algo = Reinforce(num_generations=1, baseline="condition", standardize=False, minibatch_size=1)
+    rewards = torch.tensor([1.0, float("inf"), 3.0])
+    adv, keep, stats = algo.advantages(rewards, torch.tensor([0, 0, 0]))
+    assert adv.tolist() == [-1.0, 0.0, 1.0]  # the batch mean of the finite rewards, 2; the inf -> 0
+    assert stats["reward/nonfinite_count"] == 1.0
 
 
 def test_unknown_scale_is_refused():

@@ -21,6 +21,9 @@ NEEDS_FILES = {"hf_disk", "image_folder", "clip"}
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
 WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
+# the public tokenizers read RGB: checked with RGB data (the digits are grayscale)
+RGB = ["data=image_folder", "data.root=/images"]
+WITH_DATA = {name: RGB for name in ("llamagen_vq16", "llamagen_vq8", "taming_vqgan", "ibq")}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
@@ -29,7 +32,7 @@ def test_every_option_composes_and_passes_checks(group, option, monkeypatch):
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "1")
     cfg = compose_config([f"{group}={option}", *OFFLINE.get(option, []), *ELSEWHERE.get(option, []),
-                          *WITH_MODE.get(option, [])])
+                          *WITH_MODE.get(option, []), *WITH_DATA.get(option, [])])
     assert cfg[group]._target_.startswith(("rlar.", "torch."))
     check_config(cfg)
     if group in ("algorithm", "reward", "hardware", "logger", "data") and option not in NEEDS_FILES:

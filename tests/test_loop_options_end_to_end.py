@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
-from rlar.loop import train_rl_loop
+from rlar.loop import check_scored, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
 
 
@@ -28,7 +28,7 @@ def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
     OmegaConf.set_struct(cfg, False)
     cfg.reward = {"_target_": f"{__name__}.HalfNaNReward", "kind": "l2"}
     summary = train_rl_loop(cfg, tmp_path)
-    assert tb_scalars(tmp_path, "reward/nan_count") == [8.0, 8.0]  # half of 4 items x 4 generations
+    assert tb_scalars(tmp_path, "reward/nonfinite_count") == [8.0, 8.0]  # half of 4 items x 4 generations
     assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "reward/mean"))
     assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
     assert summary["history"][-1]["eval/nan_count"] == 2.0  # 4 held-out items x 1 sample, half NaN
@@ -65,3 +65,28 @@ def test_rollout_modes_run_end_to_end_with_ratio_one(tiny, tmp_path, tb_scalars)
                               "rollout.temperature=0.7", "eval.max_items=4"])
         train_rl_loop(cfg, tmp_path / mode)
         assert max(tb_scalars(tmp_path / mode, "policy/ratio_max_abs_dev")) <= 1e-5
+
+
+class NaNReward(ReconstructionReward):
+    """A reward model that scores nothing."""
+
+    def __call__(self, images, targets, meta=None):
+        reward, parts = super().__call__(images, targets, meta)
+        return torch.full_like(reward, float("nan")), parts
+
+
+def test_a_streak_of_unscored_iterations_stops_at_the_limit():
+    scored, unscored = {"reward/mean": 0.5}, {"reward/mean": float("nan")}
+    assert check_scored(check_scored(0, unscored, 3, 1), unscored, 3, 2) == 2
+    assert check_scored(2, scored, 3, 3) == 0  # a scored iteration resets the streak
+    with pytest.raises(RuntimeError, match="train.max_nonfinite_iterations=3"):
+        check_scored(2, unscored, 3, 3)
+
+
+@pytest.mark.slow
+def test_a_reward_that_scores_nothing_stops_the_run(tiny, tmp_path):
+    cfg = compose_config([*tiny, "train.iterations=5", "train.max_nonfinite_iterations=2"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.reward = {"_target_": f"{__name__}.NaNReward", "kind": "l2"}
+    with pytest.raises(RuntimeError, match="iteration 2: no reward was finite"):
+        train_rl_loop(cfg, tmp_path)

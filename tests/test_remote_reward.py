@@ -312,7 +312,7 @@ def test_training_run_survives_a_server_killed_mid_run(tiny, tmp_path, monkeypat
         monkeypatch.setattr(rlar.loop, "policy_update", kill_after_first_scoring)
         summary = train_rl_loop(cfg, tmp_path / "run")
         assert not a.alive()
-        assert tb_scalars(tmp_path / "run", "reward/nan_count") == [0.0, 0.0, 0.0]  # the survivor scored everything
+        assert tb_scalars(tmp_path / "run", "reward/nonfinite_count") == [0.0, 0.0, 0.0]  # all scored
         assert tb_scalars(tmp_path / "run", "reward/remote_failed_items") == [0.0, 0.0, 0.0]
         assert sum(tb_scalars(tmp_path / "run", "reward/remote_retries")) > 0
         assert summary["history"][-1]["eval/nan_count"] == 0.0

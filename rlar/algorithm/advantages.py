@@ -1,4 +1,5 @@
-"""Advantage estimation: pure functions of rewards and groups. NaN rewards are excluded, never used."""
+"""Advantage estimation: pure functions of rewards and groups. Non-finite rewards (NaN, +-inf) are excluded, never
+used."""
 
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ def group_advantages(
     """GRPO advantages: ``(r - mean of its group) / (std + eps)``.
 
     rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. ``scale`` picks the std:
-    over the group, over the batch, or none (Dr. GRPO). NaN rewards get advantage 0 and are left out of
-    every statistic. Returns ``(advantages [N], stats)``; stats has ``adv/frac_zero_std`` (groups whose rewards
-    are all equal) and ``reward/nan_count``.
+    over the group, over the batch, or none (Dr. GRPO). Non-finite rewards (NaN, +-inf) get advantage 0 and are
+    left out of every statistic. Returns ``(advantages [N], stats)``; stats has ``adv/frac_zero_std`` (groups whose
+    rewards are all equal) and ``reward/nonfinite_count``.
     """
     if scale not in SCALES:
         raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)  # [B, G]
+    r = torch.where(r.isfinite(), r, torch.nan)  # an inf is as unscored as a NaN
     centered = r - r.nanmean(dim=1, keepdim=True)
     group_std = _nan_std(r, dim=1, keepdim=True)  # [B, 1]
     if scale == "group":
@@ -45,7 +47,7 @@ def group_advantages(
     adv = torch.nan_to_num(adv, nan=0.0).view(-1)
     stats = {
         "adv/frac_zero_std": float((group_std <= eps).float().mean()),
-        "reward/nan_count": float(r.isnan().sum()),
+        "reward/nonfinite_count": float(r.isnan().sum()),
     }
     return adv, stats
 

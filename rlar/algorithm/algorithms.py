@@ -49,6 +49,13 @@ class Common:
             raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
         if self.ntp_weight < 0:
             raise ValueError(f"algorithm.ntp_weight must be >= 0, got {self.ntp_weight}")
+        if self.epochs < 1:
+            raise ValueError(f"algorithm.epochs must be >= 1 (passes over each rollout), got {self.epochs}")
+        for key in ("clip_eps", "clip_eps_high"):
+            value = getattr(self, key, None)
+            if value is not None and value < 0:
+                raise ValueError(f"algorithm.{key} must be >= 0 (the ratio's range is [1 - clip_eps, "
+                                 f"1 + clip_eps_high]), got {value}; e.g. algorithm.{key}=0.2")
 
     def state_dict(self) -> dict:
         return {}
@@ -90,8 +97,8 @@ class GRPO(Common):
         adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.drop_zero_std_groups:
-            r = rewards.view(-1, self.num_generations)
-            spread = r.nan_to_num(0).amax(1) - r.nan_to_num(0).amin(1)
+            r = rewards.view(-1, self.num_generations).nan_to_num(0, posinf=0, neginf=0)
+            spread = r.amax(1) - r.amin(1)
             keep = (spread > 0).repeat_interleave(self.num_generations)
         return adv, keep, stats
 
@@ -134,7 +141,8 @@ class Reinforce(Common):
         adv = rewards - mean
         if self.standardize:
             adv = adv / (std + 1e-8)
-        return adv.nan_to_num(0.0), keep, {"reward/nan_count": float(rewards.isnan().sum())}
+        finite = rewards.isfinite()
+        return torch.where(finite, adv, 0.0), keep, {"reward/nonfinite_count": float((~finite).sum())}
 
     def loss(self, logp, old_logp, adv, mask):
         return reinforce_loss(logp, adv, mask)

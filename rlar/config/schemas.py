@@ -72,6 +72,8 @@ class TrainSchema:
     # keep the frozen KL reference (algorithm.beta > 0) on the CPU, moved to the device for each update minibatch
     # (FSDP2: its shards offloaded, gathered per forward pass); the same loss, less device memory, more transfers
     ref_on_cpu: bool = False
+    # stop with an error after this many iterations in a row in which no reward was finite (a broken reward model)
+    max_nonfinite_iterations: int = 10
 
 
 @dataclass

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
+from rlar.config.dir_name import register_dir_name_resolver
 from rlar.config.schemas import RlarConfig
 from rlar.data.schemas import DATA_SCHEMAS
 from rlar.policy.schemas import POLICY_SCHEMAS
@@ -53,7 +54,9 @@ SCHEMAS = {
 
 
 def register_schemas() -> None:
-    """Store the whole config's schema as ``rlar_schema`` and every option's as ``schema/<group>/<name>``."""
+    """Store the whole config's schema as ``rlar_schema`` and every option's as ``schema/<group>/<name>``; register
+    the run directory's name resolver (``rlar.config.dir_name``)."""
+    register_dir_name_resolver()
     store = ConfigStore.instance()
     store.store(name="rlar_schema", node=RlarConfig)
     for group, options in SCHEMAS.items():

@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
@@ -42,6 +43,11 @@ def check_config(cfg: DictConfig) -> None:
                           "prefix_len >= 1, and the other modes take no prefix (set prefix_len=0)")
     if r.cfg_interval is not None and not (len(r.cfg_interval) == 2 and 0 <= r.cfg_interval[0] < r.cfg_interval[1]):
         raise ConfigError(f"rollout.cfg_interval must be [lo, hi) with 0 <= lo < hi, got {list(r.cfg_interval)}")
+    tokens = tokens_per_image(cfg)
+    if tokens is not None and r.prefix_len > tokens:
+        raise ConfigError(f"rollout.prefix_len={r.prefix_len} is more than the {tokens} tokens per image of the "
+                          f"tokenizer; set rollout.prefix_len < {tokens}")
+    check_channels(cfg)
     for key in ("token_noise_prob", "label_dropout"):
         if not 0.0 <= r[key] < 1.0:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
@@ -68,10 +74,21 @@ def check_config(cfg: DictConfig) -> None:
     if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
         raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split into "
                          f"minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
-    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every"):
+    if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
+        raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
+    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
+                "train.max_nonfinite_iterations"):
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
+
+
+def check_channels(cfg: DictConfig) -> None:
+    """The data's channels are the tokenizer's (the public tokenizers read RGB)."""
+    data, tokenizer = data_channels(cfg), tokenizer_channels(cfg)
+    if tokenizer is not None and data != tokenizer:
+        raise ConfigError(f"data.channels={data} but the tokenizer reads {tokenizer}-channel images; set "
+                          f"data.channels={tokenizer} (grayscale files are converted on decoding)")
 
 
 def check_inception_eval(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
@@ -27,9 +28,20 @@ def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
     if source is None:
         raise ValueError("the dataset holds no image for this row")
     with Image.open(source) as image:
-        image = image.convert(MODES[channels])  # reads every pixel: a truncated file fails here
+        image = to_8bit(image).convert(MODES[channels])  # reads every pixel: a truncated file fails here
     image = TF.resize(image, image_size, interpolation=TF.InterpolationMode.BICUBIC)  # shorter side -> S
     return TF.pil_to_tensor(TF.center_crop(image, image_size))
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image (PIL's ``I;16*`` and ``I`` modes) scaled to 8 bits, 65535 -> 255; others as they are.
+
+    PIL's own conversion clips values above 255, which turns a 16-bit image black and white.
+    """
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)  # [H, W] in [0, 65535]
+    return Image.fromarray((pixels / 257.0).round().clip(0, 255).astype(np.uint8))  # [H, W] uint8: mode L
 
 
 def warn_unreadable(name: str, reason: str) -> None:

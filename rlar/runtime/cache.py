@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,12 @@ def load_checkpoint(path: str | os.PathLike, what: str):
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, IndexError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        size = path.stat().st_size
+        raise ValueError(f"{what}: '{path}' ({size} bytes) is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                         f"{e}); give a file written by torch.save (a state dict), or re-download it") from e
 
 
 def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,

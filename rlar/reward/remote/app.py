@@ -18,12 +18,20 @@ log = logging.getLogger(__name__)
 
 
 class RewardService:
-    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it."""
+    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it.
+
+    At most ``max_uploads`` requests are held in memory at a time (their bodies read, decoded or scored; the
+    rest wait unread), so the server holds at most ``max_uploads * max_bytes`` of request bodies; a body not
+    received within ``body_timeout_s`` is answered 408.
+    """
 
     def __init__(self, reward, name: str, target: str, device: str, token: str | None = None,
-                 max_batch: int = 1024, max_bytes: int = 256 * 2**20):
+                 max_batch: int = 1024, max_bytes: int = 256 * 2**20, max_uploads: int = 4,
+                 body_timeout_s: float = 60.0):
         self.reward, self.name, self.target, self.device = reward, name, target, torch.device(device)
         self.token, self.max_batch, self.max_bytes = token, max_batch, max_bytes
+        self.max_uploads, self.body_timeout_s = max_uploads, body_timeout_s
+        self.uploads = asyncio.Semaphore(max_uploads)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="reward")
         self.queue = 0
         self.served = 0
@@ -46,6 +54,14 @@ class RewardService:
         self.served = 0
 
     async def read_body(self, request: Request) -> bytes:
+        """The request body; ``WireError(408)`` when it is not all received within ``body_timeout_s``."""
+        try:
+            return await asyncio.wait_for(self.read_limited(request), self.body_timeout_s)
+        except TimeoutError:
+            raise WireError(408, f"request body not received within {self.body_timeout_s:g} s of this server's "
+                                 "--body-timeout") from None
+
+    async def read_limited(self, request: Request) -> bytes:
         """The request body, or ``WireError(413)`` as soon as it is over ``max_bytes``."""
         declared = request.headers.get("content-length", "")
         too_large = WireError(413, f"request body over this server's limit of {self.max_bytes} bytes (--max-bytes)")
@@ -78,10 +94,15 @@ def create_app(service: RewardService) -> FastAPI:
     @app.get("/info")
     def info() -> dict:
         return {"reward": service.name, "target": service.target, "components": sorted(service.components),
-                "version": version("rlar"), "max_batch": service.max_batch, "max_bytes": service.max_bytes}
+                "version": version("rlar"), "max_batch": service.max_batch, "max_bytes": service.max_bytes,
+                "max_uploads": service.max_uploads, "body_timeout_s": service.body_timeout_s}
 
     @app.post("/score")
     async def score(request: Request):
+        async with service.uploads:  # the body is read only when a slot is free: memory stays bounded
+            return await read_and_score(request)
+
+    async def read_and_score(request: Request):
         try:
             images, targets, meta = decode_request(await service.read_body(request), service.max_batch)
         except WireError as e:

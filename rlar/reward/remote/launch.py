@@ -1,6 +1,7 @@
 """``rlar-reward-launch``: N reward servers on consecutive ports, one per GPU when there are GPUs (else N CPU
 processes), each logging to its own file; prints the client config that points at them and keeps them running
-until interrupted (Ctrl-C or SIGTERM stops them all)."""
+until interrupted (Ctrl-C or SIGTERM stops them all). A server that dies is started again (at most
+``--max-restarts`` times); the others keep serving, and clients take it back once its ``/health`` answers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ class Server:
     url: str  # for clients
     probe_url: str  # for this machine's readiness check (127.0.0.1 when the server binds a wildcard)
     log_path: Path
+    cmd: list[str]
+    env: dict[str, str]
+    restarts: int = 0
+
+    def restart(self) -> None:
+        """The same command again, on the same port, appending to the same log."""
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.restarts += 1
 
 
 def cuda_devices() -> list[str]:
@@ -52,7 +62,8 @@ def start_servers(num: int, port: int, host: str, server_args: list[str], log_di
             cmd = [sys.executable, "-m", "rlar.reward.remote.server", *overrides, *server_args,
                    "--host", host, "--port", str(port + i)]
             process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        servers.append(Server(process, f"http://{public}:{port + i}", f"http://{probe}:{port + i}", log_path))
+        servers.append(Server(process, f"http://{public}:{port + i}", f"http://{probe}:{port + i}", log_path, cmd,
+                              env))
     return servers
 
 
@@ -87,6 +98,24 @@ def stop_servers(servers: list[Server], grace_s: float = 10.0) -> None:
             server.process.wait()
 
 
+def supervise(servers: list[Server], max_restarts: int, poll_s: float = 1.0) -> None:
+    """Until no server is left: start again each server that exited, up to ``max_restarts`` times each; one past
+    its restarts is left down (its log shown). The healthy ones are never touched."""
+    running = list(servers)
+    while running:
+        time.sleep(poll_s)
+        for server in [s for s in running if s.process.poll() is not None]:
+            code = server.process.returncode
+            if server.restarts < max_restarts:
+                print(f"rlar-reward-launch: {server.url} exited ({code}); starting it again "
+                      f"({server.restarts + 1}/{max_restarts})", file=sys.stderr, flush=True)
+                server.restart()
+            else:
+                print(f"rlar-reward-launch: {server.url} exited ({code}) after {max_restarts} restarts; leaving it "
+                      f"down. {server.log_path}:\n{log_tail(server.log_path)}", file=sys.stderr, flush=True)
+                running.remove(server)
+
+
 def client_config(servers: list[Server]) -> str:
     urls = ",".join(s.url for s in servers)
     return (f"  python -m rlar.run reward=remote 'reward.urls=[{urls}]'\n"
@@ -106,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="bind address of every server")
     p.add_argument("--log-dir", type=Path, default=Path("reward-servers"), help="one log file per server here")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for all to answer")
+    p.add_argument("--max-restarts", type=int, default=3, help="times a server that dies is started again")
     args, server_args = p.parse_known_args(argv)
     devices = cuda_devices()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the servers on SIGTERM too
@@ -120,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         where = "GPUs " + ",".join(devices) if devices else "CPU"
         print(f"{len(servers)} reward servers up on {where}; logs in {args.log_dir}/\nclient config:\n"
               f"{client_config(servers)}", flush=True)
-        while all(s.process.poll() is None for s in servers):
-            time.sleep(1.0)
-        dead = next(s for s in servers if s.process.poll() is not None)
-        print(f"rlar-reward-launch: {dead.url} exited; stopping all. {dead.log_path}:\n{log_tail(dead.log_path)}",
-              file=sys.stderr)
+        supervise(servers, args.max_restarts)
+        print("rlar-reward-launch: no server left", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         stop_servers(servers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

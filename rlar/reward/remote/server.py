@@ -25,6 +25,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token-file", help="file holding the token (instead of the environment variable)")
     p.add_argument("--max-batch", type=int, default=1024, help="most images per request (422 above)")
     p.add_argument("--max-bytes", type=int, default=256 * 2**20, help="largest request body (413 above)")
+    p.add_argument("--max-uploads", type=int, default=4,
+                   help="requests held in memory at a time (bodies read, decoded or scored); the rest wait unread")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds to receive a request body (408 after)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, help="seconds an idle connection stays open")
     p.add_argument("--warmup-shape", default="2,1,32,32", help="N,C,H,W of the start-up test batch")
     p.add_argument("--log-file", help="log here instead of stderr")
     return p.parse_intermixed_args(argv)
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         hardware.seed_everything()  # as the training loop does before it builds the reward
         reward = instantiate(cfg.reward)
         service = RewardService(reward, reward_name(args.overrides, cfg.reward._target_), cfg.reward._target_,
-                                hardware.device, token, args.max_batch, args.max_bytes)
+                                hardware.device, token, args.max_batch, args.max_bytes, args.max_uploads,
+                                args.body_timeout)
         service.warm_up(tuple(int(s) for s in args.warmup_shape.split(",")))
     except Exception as e:  # a bad override, or a reward that cannot be built or fails its test batch
         print(f"rlar-reward-server: cannot build the reward from {args.overrides} and score a --warmup-shape "
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("serving %s (%s) on http://%s:%d, token %s", service.name, ", ".join(sorted(service.components)),
              args.host, args.port, "required" if token else "off (loopback)")
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_config=None)
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_config=None,
+                timeout_keep_alive=args.keep_alive_timeout)
     return 0
 
 

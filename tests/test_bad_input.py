@@ -1,0 +1,89 @@
+"""Bad input refused before any work, with a message that names the value and the fix (docs/configuration.md,
+"Bad input")."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rlar.build import check_batch_fits
+from rlar.config.dir_name import MAX_NAME_BYTES, dir_name
+from rlar.config.store import compose_config
+from rlar.config.validate import ConfigError, check_config
+from rlar.data.decode import load_image
+from rlar.runtime.cache import load_checkpoint
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["algorithm.clip_eps=-0.1"], r"algorithm.clip_eps must be >= 0 .*got -0.1"),
+    (["algorithm.clip_eps_high=-0.1"], r"algorithm.clip_eps_high must be >= 0 .*got -0.1"),
+    (["algorithm=ppo", "algorithm.clip_eps=-1"], r"algorithm.clip_eps must be >= 0"),
+    (["algorithm.epochs=0"], r"algorithm.epochs must be >= 1 .*got 0"),
+    (["eval.max_items=-1"], r"eval.max_items must be >= 0 .*got -1"),
+    (["eval.batch_size=0"], r"eval.batch_size must be >= 1, got 0"),
+    (["rollout.mode=prefix", "rollout.prefix_len=65"], r"prefix_len=65 is more than the 64 tokens per image"),
+    (["data=image_folder", "data.root=/x", "data.channels=1", "tokenizer=llamagen_vq16", "tokenizer.checkpoint=/x"],
+     r"data.channels=1 but the tokenizer reads 3-channel images; set data.channels=3"),
+])
+def test_bad_values_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(overrides))
+
+
+def test_a_prefix_within_the_tokens_passes():
+    check_config(compose_config(["rollout.mode=prefix", "rollout.prefix_len=64"]))  # digits: 32 px / 4 -> 8x8
+
+
+def test_a_batch_larger_than_the_train_split_is_refused():
+    check_batch_fits(10, 10)
+    with pytest.raises(ValueError, match=r"train.batch_size=11 is larger than the train split \(10 images\)"):
+        check_batch_fits(11, 10)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint, a text file\n", b"PK\x03\x04broken zip"])
+def test_an_unreadable_checkpoint_is_a_clean_error(tmp_path, content):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"tokenizer.checkpoint: '.*weights.pt' \({len(content)} bytes\) is not a "
+                                         "readable PyTorch checkpoint"):
+        load_checkpoint(path, "tokenizer.checkpoint")
+
+
+def test_a_saved_state_dict_still_loads(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert load_checkpoint(tmp_path / "ok.pt", "x")["w"].tolist() == [1.0, 1.0]
+
+
+def test_16_bit_png_keeps_its_grey_levels():
+    pixels = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    buffer.seek(0)
+    assert Image.open(buffer).mode.startswith("I")  # PIL reads it as 16-bit
+    image = load_image(buffer, 2, 1)
+    assert image.flatten().tolist() == [0, 64, 128, 255]
+
+
+def test_a_long_override_list_gets_a_hashed_name():
+    short = "algorithm.beta=0.1,train.batch_size=4"
+    assert dir_name(short) == short
+    long = ",".join(f"rollout.temperature={'1.' + '0' * 40}{i}" for i in range(10))
+    name = dir_name(long)
+    assert len(name.encode()) <= MAX_NAME_BYTES and name.startswith("rollout.temperature=1.0")
+    assert name != dir_name(long[:-1] + "7")  # different overrides, different names
+
+
+@pytest.mark.slow
+def test_a_run_with_a_long_override_list_makes_its_directory(tmp_path):
+    temperature = "rollout.temperature=1." + "0" * 300
+    proc = subprocess.run([sys.executable, "-m", "rlar.run", temperature, "train.iterations=0"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert "config error: train.iterations must be >= 1" in proc.stderr, proc.stderr[-2000:]
+    (run_dir,) = Path(tmp_path, "outputs", "default").iterdir()
+    assert len(run_dir.name) <= MAX_NAME_BYTES
+    assert temperature in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the full overrides stay

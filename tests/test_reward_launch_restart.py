@@ -1,0 +1,83 @@
+"""``rlar-reward-launch`` keeps the healthy servers when one is killed, and starts the dead one again."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from rlar.reward.remote.wire import encode_request
+
+TIMEOUT_S = 60.0
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def server_pid(launcher: subprocess.Popen, port: int) -> int:
+    """The launcher's child serving ``port`` (from /proc)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    for pid in children:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if str(port).encode() in cmdline:
+            return int(pid)
+    raise AssertionError(f"no server process for port {port} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc")
+def test_a_killed_server_is_restarted_while_the_other_keeps_serving(tmp_path):
+    port = free_port_pair()
+    a, b = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([sys.executable, "-m", "rlar.reward.remote.launch", "--num", "2", "--port", str(port),
+                                 "--log-dir", str(tmp_path), "--max-restarts", "1", "reward=l2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: launcher.poll() is None and answers(a) and answers(b), "both servers")
+        first = server_pid(launcher, port)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not answers(a), "the killed server to stop answering")
+        x = torch.zeros(2, 1, 8, 8)
+        for _ in range(3):  # the healthy one keeps scoring meanwhile
+            resp = httpx.post(f"{b}/score", content=encode_request(x, x, None), timeout=10.0)
+            assert resp.status_code == 200
+        assert launcher.poll() is None
+        wait_until(lambda: answers(a), "the killed server to come back")
+        assert server_pid(launcher, port) != first and answers(b)
+    finally:
+        launcher.terminate()
+        _, stderr = launcher.communicate(timeout=30)
+    assert "exited (-9); starting it again (1/1)" in stderr
