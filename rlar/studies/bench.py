@@ -5,6 +5,9 @@
 2. The time split of one training iteration of the embedded default (rollout / decode / reward / update).
 3. ARPG's parallel decoding (``policy=arpg``, ``rollout.mode=parallel``) vs the raster KV-cached GPT sampler:
    tokens/s on the same batch of class labels, T = 64 and 256, ARPG with T, T/4 and T/16 steps.
+4. rlar's raster sampler (eager KV cache, static-shape step, compiled step) vs Hugging Face ``generate`` on a GPT-2
+   of the same size (4x256, vocabulary 512, batch 16, T = 256): tokens/s with per-token log-probs
+   (``rlar/studies/bench_hf.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import sample_codes_with_logprobs
+from rlar.studies.bench_hf import rlar_vs_hf_throughput
 
 
 def sampler_throughput(seq_len: int, batch: int = 32, repeats: int = 2) -> dict[str, float]:
@@ -88,6 +92,14 @@ def main() -> None:
         quarter, sixteenth = r[f"arpg/{seq_len // 4}"], r[f"arpg/{seq_len // 16}"]
         print(f"{seq_len:>5} {r['gpt']:>9.0f} {r[f'arpg/{seq_len}']:>9.0f} {quarter:>9.0f} {sixteenth:>10.0f} "
               f"{quarter / r['gpt']:>10.1f}x {sixteenth / r['gpt']:>11.1f}x")
+    print("\n4. rlar sampler vs HF transformers generate, GPT-2 size 4x256, vocabulary 512, batch 16, T = 256 "
+          "(tokens/s, with log-probs)")
+    r = rlar_vs_hf_throughput()
+    print(f"{'hf':>9} {'rlar':>9} {'static':>9} {'compiled':>9} {'rlar/hf':>8} {'compiled/hf':>12} "
+          f"{'compiled/eager':>15}")
+    hf, eager, compiled = r["hf"], r["rlar"], r["rlar compiled"]
+    print(f"{hf:>9.0f} {eager:>9.0f} {r['rlar static']:>9.0f} {compiled:>9.0f} {eager / hf:>7.2f}x "
+          f"{compiled / hf:>11.2f}x {compiled / eager:>14.2f}x")
 
 
 if __name__ == "__main__":
