@@ -93,7 +93,7 @@ def main() -> None:
         print(f"{seq_len:>5} {r['gpt']:>9.0f} {r[f'arpg/{seq_len}']:>9.0f} {quarter:>9.0f} {sixteenth:>10.0f} "
               f"{quarter / r['gpt']:>10.1f}x {sixteenth / r['gpt']:>11.1f}x")
     print("\n4. rlar sampler vs HF transformers generate, GPT-2 size 4x256, vocabulary 512, batch 16, T = 256 "
-          "(tokens/s, with log-probs)")
+          f"(tokens/s, with log-probs, {'cuda' if torch.cuda.is_available() else 'cpu'})")
     r = rlar_vs_hf_throughput()
     print(f"{'hf':>9} {'rlar':>9} {'static':>9} {'compiled':>9} {'rlar/hf':>8} {'compiled/hf':>12} "
           f"{'compiled/eager':>15}")
