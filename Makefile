@@ -30,7 +30,7 @@ test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "no
 test-all: $(STAMP)  ## every test, the slow ones too (training runs, subprocesses, servers, torchrun); what CI runs
 	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## sampler throughput (KV cache vs naive) and the time split of one iteration
+bench: $(STAMP)  ## sampler throughput (KV cache vs naive, vs HF generate), the time split of one iteration
 	$(VENV)/bin/rlar-bench
 
 gpu-check: $(STAMP)  ## on one GPU (<= 8 min): the CUDA paths, LlamaGen decode tokens/s and bandwidth (no GPU: says so)

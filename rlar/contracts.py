@@ -54,6 +54,15 @@ class RasterPolicy(TokenPolicy, Protocol):
 
 
 @runtime_checkable
+class StaticStepPolicy(RasterPolicy, Protocol):
+    """A raster policy with a static-shape decode step (``hardware.compile_decode``; ``rlar.rollout.static_decode``):
+    the cache is preallocated and written in place at ``position``, so every step has the same shapes."""
+
+    def static_step(self, token: torch.Tensor, cache: Any) -> torch.Tensor:
+        """``step`` on a ``rlar.policy.static_cache.StaticKVCache``: the logits of the next token ``[N, V]``."""
+
+
+@runtime_checkable
 class DecodedSample(Protocol):
     """Free-running samples of a parallel decoder."""
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
+from rlar.policy.static_cache import StaticKVCache, attend_at
 from rlar.policy.teacher_forcing import TeacherForced
 
 
@@ -47,11 +48,15 @@ class CausalSelfAttention(nn.Module):
         n, length, d = x.shape
         return x.view(n, length, self.n_head, d // self.n_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None, layer: int = 0,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, L, D]``; with a ``position [1]`` (L = 1), the static-shape step into a ``StaticKVCache``."""
         n, length, d = x.shape  # x: [N, L, D]
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.dropout if self.training else 0.0
-        if cache is None:
+        if position is not None:
+            y = attend_at(q, k, v, cache, layer, position)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             start, end = cache.length, cache.length + length
@@ -77,8 +82,9 @@ class Block(nn.Module):
             nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None, layer: int = 0,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer, position)
         return x + self.mlp(self.ln2(x))
 
 
@@ -162,3 +168,11 @@ class GPT(TeacherForced):
         """Append one token ``[N]``; return logits ``[N, V]`` for the next position."""
         h = self._trunk(self._embed(None, token[:, None], start=cache.length), cache)
         return self.head(h[:, -1])
+
+    def static_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """``step`` at fixed shapes (one graph for every position): append ``token [N]`` at ``cache.position``;
+        return logits ``[N, V]`` for the next position. Leaves ``cache.position`` and ``cache.length`` as they are."""
+        x = self.drop(self.tok_emb(token[:, None]) + self.pos_emb[:, cache.position])  # [N, 1, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, cache.position)
+        return self.head(self.ln_f(x)[:, -1])

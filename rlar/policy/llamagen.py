@@ -24,6 +24,7 @@ from torch import nn
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
 from rlar.policy.gpt import KVCache
+from rlar.policy.static_cache import StaticKVCache, attend_at
 from rlar.policy.teacher_forcing import TeacherForced
 from rlar.runtime.cache import load_checkpoint
 
@@ -108,11 +109,15 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | StaticKVCache | None, layer: int,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, L, D]``; with a ``position [1]`` (L = 1), the static-shape step into a ``StaticKVCache``."""
         n, length, d = x.shape  # x: [N, L, D]
         q, k, v = self.wqkv(x).view(n, length, 3, self.n_head, d // self.n_head).unbind(2)  # [N, L, H, Dh] each
         q, k, v = apply_rope(q, rope).transpose(1, 2), apply_rope(k, rope).transpose(1, 2), v.transpose(1, 2)
-        if cache is None:
+        if position is not None:
+            y = attend_at(q, k, v, cache, layer, position)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             start, end = cache.length, cache.length + length
@@ -145,8 +150,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(dim, eps)
         self.ffn_norm = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, cache, layer)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | StaticKVCache | None, layer: int,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, cache, layer, position)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -237,6 +243,15 @@ class LlamaGen(TeacherForced):
         """Append one token ``[N]``; return logits ``[N, V]`` for the next position."""
         h = self._trunk(self._embed(None, token[:, None], start=cache.length), cache.length, cache)
         return self.head(h[:, -1])
+
+    def static_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """``step`` at fixed shapes (one graph for every position): append ``token [N]`` at ``cache.position``;
+        return logits ``[N, V]`` for the next position. Leaves ``cache.position`` and ``cache.length`` as they are."""
+        x = self.tok_dropout(self.tok_embeddings(token[:, None]))  # [N, 1, D]
+        rope = self.freqs_cis[cache.position]  # [1, Dh/2, 2]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, cache, i, cache.position)
+        return self.head(self.norm(x)[:, -1])
 
 
 def checkpoint_weights(checkpoint: dict) -> dict:

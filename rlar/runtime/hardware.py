@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rlar.contracts import RasterPolicy, StaticStepPolicy
+from rlar.rollout.static_decode import use_static_decode
 from rlar.runtime import distributed
 from rlar.runtime.data_parallel import wrap
 
@@ -29,6 +31,9 @@ class Hardware:
     strategy: str = "none"  # none | ddp | fsdp (FSDP2), for processes launched by torchrun
     tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     compile: bool = False  # torch.compile the policy's teacher-forced forward (the update's pass)
+    # the raster sampler's decode step at static shapes (a StaticKVCache), torch.compiled: mode "reduce-overhead"
+    # (CUDA graphs) on CUDA, "default" on the CPU. Log-probs match the eager step to fp32 rounding (~1e-6)
+    compile_decode: bool = False
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; null keeps torch's default
     timeout_min: int = 30  # how long a collective waits for the other ranks before failing
@@ -38,6 +43,9 @@ class Hardware:
             raise ValueError(f"hardware.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"hardware.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.compile_decode and self.strategy == "fsdp":
+            raise ValueError("hardware.compile_decode does not support hardware.strategy=fsdp (sharded weights are "
+                             "gathered per block in eager steps); use ddp or none, or compile_decode=false")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"hardware.device={self.device!r} but CUDA is not available; use hardware=cpu")
         if self.strategy != "none" and not distributed.launched_by_torchrun():
@@ -88,9 +96,16 @@ class Hardware:
         Under FSDP2 with bf16 the weights are gathered and computed in bf16 (gradients reduced in fp32).
         ``on_cpu``: a frozen module kept on the CPU between its calls (``rlar.runtime.data_parallel.wrap``).
 
-        Only ``forward`` is compiled (fixed shapes: one graph); the sampler's ``prefill``/``step`` grow the KV cache
-        one position at a time and stay eager."""
+        ``compile`` compiles ``forward`` (fixed shapes: one graph). The sampler's ``step`` grows the eager KV cache
+        one position at a time; ``compile_decode`` swaps it for the static-shape step (a policy with
+        ``static_step``) and compiles that. ``prefill`` runs once per rollout and stays eager."""
         if module is not None and self.compile:
             module.forward = torch.compile(module.forward)
+        if module is not None and self.compile_decode:
+            if isinstance(module, StaticStepPolicy):
+                use_static_decode(module, "reduce-overhead" if self.torch_device.type == "cuda" else "default")
+            elif isinstance(module, RasterPolicy):
+                log.warning("hardware.compile_decode: %s has no static decode step; it decodes eagerly",
+                            type(module).__name__)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
         return wrap(module, self.strategy, self.torch_device, trainable, param_dtype, on_cpu)

@@ -7,6 +7,9 @@
    tokens/s on the same batch of class labels, T = 64 and 256, ARPG with T, T/4 and T/16 steps.
 4. Peak memory of a rollout with and without ``rollout.micro_batch_size`` and of the update's pass with and
    without ``policy.grad_checkpointing`` (``rlar.studies.bench_memory``).
+5. rlar's raster sampler (eager KV cache, static-shape step, compiled step) vs Hugging Face ``generate`` on a GPT-2
+   of the same size (4x256, vocabulary 512, batch 16, T = 256): tokens/s with per-token log-probs
+   (``rlar/studies/bench_hf.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import sample_codes_with_logprobs
+from rlar.studies.bench_hf import rlar_vs_hf_throughput
 from rlar.studies.bench_memory import print_peak_memory
 
 
@@ -71,6 +75,18 @@ def parallel_throughput(seq_len: int, batch: int = 32, repeats: int = 2) -> dict
     return out
 
 
+def print_hf_comparison() -> None:
+    """Section 5, on its own: ``python -c "from rlar.studies.bench import print_hf_comparison as p; p()"``."""
+    print("\n5. rlar sampler vs HF transformers generate, GPT-2 size 4x256, vocabulary 512, batch 16, T = 256 "
+          f"(tokens/s, with log-probs, {'cuda' if torch.cuda.is_available() else 'cpu'})")
+    r = rlar_vs_hf_throughput()
+    print(f"{'hf':>9} {'rlar':>9} {'static':>9} {'compiled':>9} {'rlar/hf':>8} {'compiled/hf':>12} "
+          f"{'compiled/eager':>15}")
+    hf, eager, compiled = r["hf"], r["rlar"], r["rlar compiled"]
+    print(f"{hf:>9.0f} {eager:>9.0f} {r['rlar static']:>9.0f} {compiled:>9.0f} {eager / hf:>7.2f}x "
+          f"{compiled / hf:>11.2f}x {compiled / eager:>14.2f}x")
+
+
 def main() -> None:
     print(f"rlar bench (CPU threads: {torch.get_num_threads()})")
     print("\n1. rollout throughput, GPT 3x96, batch 32 (tokens/s)")
@@ -92,6 +108,7 @@ def main() -> None:
         print(f"{seq_len:>5} {r['gpt']:>9.0f} {r[f'arpg/{seq_len}']:>9.0f} {quarter:>9.0f} {sixteenth:>10.0f} "
               f"{quarter / r['gpt']:>10.1f}x {sixteenth / r['gpt']:>11.1f}x")
     print_peak_memory()
+    print_hf_comparison()
 
 
 if __name__ == "__main__":
