@@ -32,6 +32,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file and a rename: readers see the old or the new text."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_checkpoint(path: str | os.PathLike, what: str):
     """``torch.load(weights_only=True)`` with an error that names the missing file and the config key."""
     path = Path(path).expanduser()
