@@ -34,7 +34,7 @@ cli()
 
 
 def command(tiny, out, *extra, script=None, iterations=ITERATIONS):
-    head = [sys.executable, "-c", script, "rlar-run"] if script else [sys.executable, "-m", "rlar.run"]
+    head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "rlar.run"]
     tiny = [o for o in tiny if not o.startswith(("train.iterations=", "train.checkpoint_every="))]
     every = [] if any(o.startswith("train.checkpoint_every=") for o in extra) else ["train.checkpoint_every=1"]
     return [*head, *tiny, *every, f"train.iterations={iterations}", "hardware.num_threads=1", f"hydra.run.dir={out}",
@@ -120,11 +120,13 @@ def test_sigkill_inside_a_save_then_rerun_is_bit_identical(tiny, tmp_path, unint
 
 def test_sigterm_saves_at_the_end_of_the_iteration_and_the_same_command_resumes(tiny, tmp_path, uninterrupted):
     cmd = command(tiny, tmp_path, "train.ema_decay=0.9", "train.checkpoint_every=100")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").iterdir()), proc)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for(lambda: "RL:" in log.read_text(), proc)  # the iterations began
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(600)
+    err = log.read_text()
     assert proc.returncode == 1, err[-3000:]
     stopped_at = recorded_iteration(tmp_path)
     assert f"stopped by SIGTERM after iteration {stopped_at}" in err and "run the same command to resume" in err
