@@ -6,6 +6,7 @@ warm-up, the iterations, and the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,9 +26,12 @@ from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
+from rlar.runtime.cache import atomic_write_text
 from rlar.runtime.data_parallel import gathered
 from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
+from rlar.runtime.run_lock import run_lock
+from rlar.runtime.stop_signals import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,10 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     hw = instantiate(cfg.hardware)
     hw.setup()
+    out = Path(output_dir or cfg.get("output_dir") or ".")
     try:
-        return train(build_run(cfg, hw, output_dir))
+        with run_lock(out) if distributed.is_main() else contextlib.nullcontext():
+            return train(build_run(cfg, hw, output_dir))
     finally:
         hw.teardown()
 
@@ -58,6 +64,16 @@ def train(run: Run) -> dict:
     time_totals: dict[str, float] = {}
     progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
                     disable=not distributed.is_main())
+    with StopRequest().listening() as stop:
+        iterations(run, batches, progress, summary, time_totals, stop)
+    progress.close()
+    return finish(run, summary, time_totals, start)
+
+
+def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest) -> None:
+    """The RL iterations of ``progress``, evaluating and saving on schedule; on a stop signal, save and raise
+    ``Stopped`` at the end of the iteration."""
+    t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
     for it in progress:
         step = it + 1
@@ -71,10 +87,16 @@ def train(run: Run) -> dict:
             result = evaluation(run)
             summary["history"].append({"iteration": step, **result})
             run.logger.scalars(result, step)
-        if step % t.checkpoint_every == 0 or step == t.iterations:
+        due = step % t.checkpoint_every == 0 or step == t.iterations
+        if due:
             save(run, step, summary)
-    progress.close()
-    return finish(run, summary, time_totals, start)
+        if distributed.any_rank(stop.received is not None, run.device):
+            if not due:
+                save(run, step, summary)
+            progress.close()
+            run.logger.close()
+            raise Stopped(f"stopped by {stop.received or 'a signal on another rank'} after iteration {step}: "
+                          f"checkpoint saved in {run.checkpointer.record_path}; run the same command to resume")
 
 
 def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int) -> int:
@@ -174,6 +196,10 @@ def resume(run: Run) -> tuple[int, dict]:
     state = run.checkpointer.load()
     if state is None:
         return 0, {}
+    if state["iteration"] > run.cfg.train.iterations:
+        raise ValueError(f"train.iterations={run.cfg.train.iterations} is lower than the {state['iteration']} "
+                         f"iterations of the checkpoint {run.checkpointer.record_path}: set train.iterations >= "
+                         f"{state['iteration']}, or resume=false (or another name) to start over")
     run.algorithm.load_state_dict(state["algorithm"])
     if "scheduler" in state:
         run.scheduler.load_state_dict(state["scheduler"])
@@ -246,7 +272,7 @@ def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -
         for name in ("policy", "ema") if run.ema is not None else ("policy",):
             run.checkpointer.export_policy(out / "checkpoints" / f"{name}.pt", name)
     if distributed.is_main():
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     run.logger.close()
     log.info("eval reward: prior %.5f -> after RL %.5f; outputs in %s",
              summary["eval_reward_before"], summary["eval_reward_after"], out)

@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from rlar.config.rerun import check_rerun
 from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import ConfigError, check_config
 from rlar.loop import train_rl_loop
@@ -22,15 +23,18 @@ register_schemas()
 # an absolute path: a relative one would be looked up as a Python package when run as the `rlar-run` script
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    hydra = HydraConfig.get()
+    output_dir = hydra.runtime.output_dir
     try:
         check_config(cfg)
+        if env_rank() == 0:
+            check_rerun(cfg, output_dir, hydra.output_subdir, list(hydra.job.config.override_dirname.exclude_keys))
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    output_dir = HydraConfig.get().runtime.output_dir
     summary = train_rl_loop(cfg, output_dir)
     if env_rank() != 0:
         return summary["eval_reward_after"]
-    reward = HydraConfig.get().runtime.choices.get("reward")
+    reward = hydra.runtime.choices.get("reward")
     print(f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
           f"-> after RL {summary['eval_reward_after']:.5f}")
     for metric in ("fd", "class_acc"):

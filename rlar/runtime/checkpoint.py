@@ -3,13 +3,18 @@
 ``checkpoints/last.pt`` (written by rank 0, last, so it is the commit point) holds the loop's state; with
 ``train.checkpoint_format=consolidated`` it also holds the full policy (``policy``: a plain state dict, loadable
 as ``policy.checkpoint``), critic, the policy's average (``ema``, the same kind of state dict) and optimizer;
-with ``sharded``, those live in DCP shards under ``checkpoints/last_sharded/``, written by every rank in parallel
-and resharded on load.
+with ``sharded``, those live in DCP shards under ``checkpoints/last_sharded.<iteration>/``, written by every rank
+in parallel and resharded on load; ``last.pt`` names that folder, so the shards and the record become current
+together, and older folders are removed after. A crash at any point leaves the previous or the new checkpoint
+current, never a mix; what a killed save left behind is removed at the next start or save. Shards are read
+through ``rlar.runtime.safe_dcp``: nothing in a run directory is unpickled.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -17,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -26,9 +32,11 @@ from torch.distributed.checkpoint.state_dict import (
 
 from rlar.runtime import distributed
 from rlar.runtime.cache import atomic_torch_save
+from rlar.runtime.safe_dcp import SafePlanner, SafeReader
 
 FORMATS = ("consolidated", "sharded")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+SHARDS = re.compile(r"last_sharded(\.\d+)?")  # the folders a record may name: last_sharded (older rlar), .<iteration>
 
 
 @contextlib.contextmanager
@@ -57,42 +65,83 @@ class Checkpointer:
             raise ValueError(f"train.checkpoint_format must be one of {FORMATS}, got {fmt!r}")
         self.directory, self.modules, self.optimizer, self.format = Path(directory), modules, optimizer, fmt
         self.record_path = self.directory / "last.pt"
-        self.shards = self.directory / "last_sharded"
 
     def save(self, loop_state: dict) -> None:
-        """Collective: every rank calls it."""
+        """Collective: every rank calls it. A full disk raises ``OSError`` naming the path and the space needed,
+        with the previous checkpoint still current."""
         record = {**loop_state, "format": self.format}
-        if self.format == "sharded":
-            model, optim = get_state_dict(self.modules, self.optimizer)
-            tmp = self.shards.with_name(self.shards.name + ".tmp")
+        try:
+            if self.format == "sharded":
+                record["shards"] = self.save_shards(loop_state["iteration"])
+            else:
+                model, optim = get_state_dict(self.modules, self.optimizer, options=FULL)
+                record.update(split_state(model, self.modules.keys()), optimizer=optim)
             if distributed.is_main():
-                shutil.rmtree(tmp, ignore_errors=True)
-            distributed.barrier()
-            with quiet_single_process():
-                dcp.save({"model": model, "optim": optim}, checkpoint_id=tmp)
-            distributed.barrier()
+                atomic_torch_save(record, self.record_path)
+        except (OSError, CheckpointException) as e:
+            if not disk_full(e):
+                raise
             if distributed.is_main():
-                shutil.rmtree(self.shards, ignore_errors=True)
-                tmp.rename(self.shards)
-        else:
-            model, optim = get_state_dict(self.modules, self.optimizer, options=FULL)
-            record.update(split_state(model, self.modules.keys()), optimizer=optim)
-        if distributed.is_main():
-            atomic_torch_save(record, self.record_path)
+                self.remove_leftovers(self.current_shards())
+            needed = state_bytes([self.modules.state_dict(), self.optimizer.state_dict()])
+            raise OSError(errno.ENOSPC, f"no space left on the device to save the checkpoint in {self.directory}: "
+                          f"it needs about {needed:,} bytes ({needed / 2**20:.1f} MiB); the previous checkpoint is "
+                          "still current; free space and rerun the same command to resume from it") from e
         distributed.barrier()
+        if distributed.is_main():
+            self.remove_leftovers(record.get("shards"))
+        distributed.barrier()
+
+    def save_shards(self, iteration: int) -> str:
+        """Every rank writes its DCP shards to ``last_sharded.<iteration>/``; returns that folder's name."""
+        name = f"last_sharded.{iteration}"
+        model, optim = get_state_dict(self.modules, self.optimizer)
+        if distributed.is_main():
+            shutil.rmtree(self.directory / name, ignore_errors=True)  # an earlier save of it, never recorded
+        distributed.barrier()
+        with quiet_single_process():
+            dcp.save({"model": model, "optim": optim}, checkpoint_id=self.directory / name)
+        distributed.barrier()
+        return name
+
+    def current_shards(self) -> str | None:
+        """The shard folder ``last.pt`` names (``None``: no record, or a consolidated one)."""
+        return shards_of(torch.load(self.record_path, map_location="cpu", weights_only=True)
+                         if self.record_path.is_file() else None)
+
+    def remove_leftovers(self, current: str | None) -> None:
+        """Rank 0: what killed or failed saves left: temporary record files, and shard folders other than
+        ``current`` (the one the record names)."""
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.iterdir():
+            if path.name.startswith(f".{self.record_path.name}.tmp-"):
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and path.name != current and (SHARDS.fullmatch(path.name)
+                                                             or path.name == "last_sharded.tmp"):
+                shutil.rmtree(path, ignore_errors=True)
 
     def load(self) -> dict | None:
         """Restore modules and optimizer from the last checkpoint, if any; returns its loop state."""
-        if not self.record_path.is_file():
+        record = torch.load(self.record_path, map_location="cpu", weights_only=True) if self.record_path.is_file() \
+            else None
+        if distributed.is_main():
+            self.remove_leftovers(shards_of(record))
+        distributed.barrier()
+        if record is None:
             return None
-        record = torch.load(self.record_path, map_location="cpu", weights_only=True)
         if "format" not in record:
             raise RuntimeError(f"{self.record_path} was written by an older rlar; remove it or run with resume=false")
         if record["format"] == "sharded":
+            shards = shards_of(record)
+            if not SHARDS.fullmatch(shards):
+                raise RuntimeError(f"{self.record_path} names shards {shards!r}, not a folder rlar writes")
             model, optim = get_state_dict(self.modules, self.optimizer)
             state = {"model": model, "optim": optim}
+            reader = SafeReader(self.directory / shards)
+            reader.read_metadata()  # refuses a crafted file here, with its own error (DCP would wrap it)
             with quiet_single_process():
-                dcp.load(state, checkpoint_id=self.shards)
+                dcp.load(state, storage_reader=reader, planner=SafePlanner())
             set_state_dict(self.modules, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optim"])
         else:
@@ -108,3 +157,27 @@ class Checkpointer:
         if distributed.is_main():
             atomic_torch_save(split_state(model, [name])[name], path)
         distributed.barrier()
+
+
+def shards_of(record: dict | None) -> str | None:
+    """The shard folder a record names: ``last_sharded.<iteration>`` (older rlar: ``last_sharded``); ``None`` for
+    no record or a consolidated one."""
+    return record.get("shards", "last_sharded") if record and record.get("format") == "sharded" else None
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or, from DCP, any rank's failure inside it) is a full disk."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return any(disk_full(failure) for failure, _ in getattr(error, "failures", {}).values())
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors in a nested state (what a save writes, roughly)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0

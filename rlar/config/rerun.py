@@ -1,0 +1,56 @@
+"""A re-run of an existing run directory must compute what the recorded run computed.
+
+The first run copies Hydra's record (``.hydra/``) to ``checkpoints/hydra/``. A later run in the same directory
+(Hydra has already written its own ``.hydra/``) compares its config with that copy: equal, up to the keys kept out
+of the run directory's name (``hydra.job.config.override_dirname.exclude_keys``, with their sub-keys), it resumes
+and refreshes the copy; different, the recorded ``.hydra/`` is written back and the run is refused with the keys
+that differ.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlar.config.validate import ConfigError
+
+RECORD = Path("checkpoints") / "hydra"
+
+
+def flat(cfg: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_keys(recorded: dict, current: dict, free: list[str]) -> list[str]:
+    """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys."""
+    a, b = flat(recorded), flat(current)
+    return sorted(k for k in a.keys() | b.keys()
+                  if a.get(k, "<missing>") != b.get(k, "<missing>") and not any(k == f or k.startswith(f + ".")
+                                                                                for f in free))
+
+
+def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free: list[str]) -> None:
+    """Refuse (``ConfigError``) a resumed run whose config differs from the one recorded in ``out``; else record
+    this run's ``.hydra/`` (``hydra_subdir``) as the one later runs compare with."""
+    out = Path(out)
+    record, hydra_dir = out / RECORD, out / hydra_subdir if hydra_subdir else None
+    if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"), resolve=False)
+        keys = differing_keys(recorded, OmegaConf.to_container(cfg, resolve=False), free)
+        if keys:
+            if hydra_dir is not None:
+                shutil.copytree(record, hydra_dir, dirs_exist_ok=True)
+            raise ConfigError(f"{out} holds a run with another config: {', '.join(keys)} differ from the recorded "
+                              f"{record / 'config.yaml'}; run with resume=false to start over there, or give this "
+                              "run another name (name=...) or directory")
+    if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
+        shutil.copytree(hydra_dir, record, dirs_exist_ok=True)

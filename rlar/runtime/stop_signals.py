@@ -1,0 +1,45 @@
+"""SIGTERM and SIGINT stop a run at the end of its current iteration, after a checkpoint: the same command resumes.
+
+A second signal while stopping is handled as before (SIGINT: ``KeyboardInterrupt``), so a stuck run can still be
+interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """``received``: the name of the first stop signal since ``listening()`` began (``None``: none)."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    @contextlib.contextmanager
+    def listening(self):
+        """Catch the stop signals for the block (main thread only; elsewhere nothing is caught)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+        def note(signum, frame):
+            self.received = signal.Signals(signum).name
+            for sig, handler in previous.items():  # a second signal acts as it did before
+                signal.signal(sig, handler)
+
+        for sig in SIGNALS:
+            signal.signal(sig, note)
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Stopped(SystemExit):
+    """The run stopped on a signal after saving its checkpoint; exits with status 1 and the message."""

@@ -1,0 +1,149 @@
+"""Checkpoints under attack and under crashes: a crafted DCP ``.metadata`` is refused without running its code; a
+save that dies at any step, or on a full disk, leaves a checkpoint whose record and weights agree."""
+
+import errno
+import os
+import pickle
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from rlar.runtime import cache, checkpoint
+from rlar.runtime.checkpoint import Checkpointer
+from rlar.runtime.safe_dcp import UnsafeCheckpoint
+
+
+def modules_and_optimizer(seed: int):
+    torch.manual_seed(seed)
+    modules = nn.ModuleDict({"policy": nn.Linear(3, 2), "ema": nn.Linear(3, 2)})
+    optimizer = torch.optim.AdamW(modules["policy"].parameters(), lr=1e-2)
+    modules["policy"](torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    return modules, optimizer
+
+
+def saved(directory, fmt, iteration, seed):
+    """A checkpointer of modules drawn from ``seed``, saved at ``iteration``; returns the weights it saved."""
+    modules, optimizer = modules_and_optimizer(seed)
+    Checkpointer(directory, modules, optimizer, fmt).save({"iteration": iteration})
+    return modules["policy"].weight.detach().clone()
+
+
+def loaded(directory, fmt):
+    """``(iteration, policy weight, optimizer step)`` of the checkpoint in ``directory``."""
+    modules, optimizer = modules_and_optimizer(99)
+    record = Checkpointer(directory, modules, optimizer, fmt).load()
+    step = float(next(iter(optimizer.state.values()))["step"])
+    return record["iteration"], modules["policy"].weight.detach().clone(), step
+
+
+class WritesAFile:
+    """A pickle payload that, when unpickled, creates a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_dcp_metadata_is_refused_and_runs_nothing(tmp_path):
+    directory = tmp_path / "checkpoints"
+    saved(directory, "sharded", 1, seed=0)
+    shards = next(directory.glob("last_sharded.*"))
+    marker = tmp_path / "pwned"
+    (shards / ".metadata").write_bytes(pickle.dumps(WritesAFile(marker)))
+    with pytest.raises(UnsafeCheckpoint, match="io.open"):
+        loaded(directory, "sharded")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
+def test_a_real_checkpoint_loads_exactly(tmp_path, fmt):
+    weight = saved(tmp_path, fmt, 3, seed=1)
+    iteration, loaded_weight, step = loaded(tmp_path, fmt)
+    assert (iteration, step) == (3, 1.0)
+    assert torch.equal(loaded_weight, weight)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(monkeypatch, target, name, when):
+    """``target.name`` raises ``Crash`` when ``when(first argument)``, else runs as before."""
+    original = getattr(target, name)
+
+    def crash(*args, **kwargs):
+        if when(args[0] if name != "save" or target is checkpoint.dcp else args[1]):
+            raise Crash(name)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(target, name, crash)
+
+
+def always(arg):
+    return True
+
+
+def a_file(arg):
+    return isinstance(arg, (str, os.PathLike))
+
+
+def the_old_shards(arg):
+    return os.path.basename(arg) == "last_sharded.1"
+
+
+CRASH_POINTS = {  # name -> (where and when to crash, the iteration current afterwards)
+    "writing shards": ((checkpoint.dcp, "save", always), 1),
+    "writing the record": ((cache.torch, "save", a_file), 1),
+    "replacing the record": ((cache.os, "replace", always), 1),
+    "removing the old shards": ((checkpoint.shutil, "rmtree", the_old_shards), 2),
+}
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_save_killed_at_any_step_leaves_a_consistent_checkpoint(tmp_path, monkeypatch, point):
+    weights = {1: saved(tmp_path, "sharded", 1, seed=1)}
+    where, current = CRASH_POINTS[point]
+    with monkeypatch.context() as patch:
+        crash_at(patch, *where)
+        with pytest.raises(Crash):
+            weights[2] = saved(tmp_path, "sharded", 2, seed=2)
+    if current == 2:
+        torch.manual_seed(2)
+        weights[2] = modules_and_optimizer(2)[0]["policy"].weight.detach()
+    iteration, weight, _ = loaded(tmp_path, "sharded")
+    assert iteration == current
+    assert torch.equal(weight, weights[current])
+    saved(tmp_path, "sharded", 3, seed=3)  # the next save and start leave only what the record names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last_sharded.3"]
+
+
+@pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
+def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fmt):
+    weight = saved(tmp_path, fmt, 1, seed=1)
+
+    def full(obj, f, *args, **kwargs):  # the record's file, or DCP's shards' bytes
+        if a_file(f):
+            open(f, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache.torch, "save", full)
+    with pytest.raises(OSError, match=rf"no space left .* {re.escape(str(tmp_path))}: it needs about [0-9,]+ bytes"):
+        saved(tmp_path, fmt, 2, seed=2)
+    monkeypatch.undo()
+    iteration, loaded_weight, _ = loaded(tmp_path, fmt)
+    assert iteration == 1 and torch.equal(loaded_weight, weight)
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_orphaned_temporary_files_are_removed_at_start(tmp_path):
+    saved(tmp_path, "consolidated", 1, seed=1)
+    orphans = [tmp_path / ".last.pt.tmp-12345", tmp_path / "last_sharded.tmp", tmp_path / "last_sharded.7"]
+    orphans[0].write_bytes(b"half a file")
+    for folder in orphans[1:]:
+        folder.mkdir()
+    loaded(tmp_path, "consolidated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -1,0 +1,67 @@
+"""Guards of a run directory: one command at a time (a lock), stop signals noted rather than fatal, and a re-run
+refused when its config differs from the recorded one."""
+
+import os
+import signal
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlar.config.rerun import RECORD, check_rerun
+from rlar.config.validate import ConfigError
+from rlar.runtime.run_lock import RunDirLocked, run_lock
+from rlar.runtime.stop_signals import StopRequest
+
+FREE = ["train.iterations", "hardware", "eval.every", "logger"]
+
+
+def test_a_second_lock_on_the_same_run_dir_is_refused_until_the_first_is_released(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(RunDirLocked, match=f"already training in {tmp_path}"):
+            with run_lock(tmp_path):
+                pass
+    with run_lock(tmp_path):  # released at exit
+        pass
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_is_noted_and_the_previous_handler_restored(sig):
+    before = signal.getsignal(sig)
+    with StopRequest().listening() as stop:
+        os.kill(os.getpid(), sig)
+        for _ in range(100):  # the handler runs between bytecodes of this thread
+            if stop.received:
+                break
+        assert stop.received == sig.name
+    assert signal.getsignal(sig) is before
+
+
+def write_run(out, cfg: dict, checkpoint=True):
+    """A run dir as Hydra and a save leave it: ``.hydra/config.yaml`` and ``checkpoints/last.pt``."""
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg), out / ".hydra" / "config.yaml")
+    if checkpoint:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "last.pt").write_bytes(b"")
+
+
+CFG = {"resume": True, "train": {"iterations": 2, "lr": 1e-3}, "hardware": {"num_threads": 1}, "algorithm": "grpo"}
+
+
+def test_a_rerun_with_the_same_computation_resumes_and_a_different_one_is_refused(tmp_path):
+    write_run(tmp_path, CFG)
+    check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)  # the first run records its config
+    assert (tmp_path / RECORD / "config.yaml").is_file()
+
+    more = {**CFG, "train": {"iterations": 9, "lr": 1e-3}, "hardware": {"num_threads": 4}}
+    write_run(tmp_path, more)  # Hydra writes the new run's .hydra/ before the task runs
+    check_rerun(OmegaConf.create(more), tmp_path, ".hydra", FREE)
+    assert OmegaConf.load(tmp_path / RECORD / "config.yaml").train.iterations == 9
+
+    other = {**more, "train": {"iterations": 9, "lr": 5e-3}, "algorithm": "ppo"}
+    write_run(tmp_path, other)
+    with pytest.raises(ConfigError, match=r"algorithm, train\.lr differ .* resume=false .* another name"):
+        check_rerun(OmegaConf.create(other), tmp_path, ".hydra", FREE)
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").algorithm == "grpo"  # written back
+
+    check_rerun(OmegaConf.create({**other, "resume": False}), tmp_path, ".hydra", FREE)  # starting over is allowed
