@@ -87,9 +87,11 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
 
     def build():
         generator = torch.Generator().manual_seed(pretrain["seed"])
-        torch.manual_seed(pretrain["seed"])
         codes = tokenizer.encode_indices(data.train_images)  # [N, T]
-        with tqdm(total=pretrain["steps"], desc=f"pretrain {name}", leave=False) as bar:
+        # seeded apart from the caller's random state: a run that pretrains ends as one that loads the cache
+        with torch.random.fork_rng(devices=[]), tqdm(total=pretrain["steps"], desc=f"pretrain {name}",
+                                                     leave=False) as bar:
+            torch.manual_seed(pretrain["seed"])
             losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
                                   pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
         with torch.no_grad():
