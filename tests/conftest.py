@@ -1,7 +1,9 @@
 import subprocess
 
+import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlar.policy.gpt import GPT
@@ -85,3 +87,16 @@ def inception_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
     torch.save(net.eval().state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def digit_pixels():
+    """``take(n) -> (pixels, labels)``: the first n digits as uint8 ``[n, 32, 32]`` (8x8 upscaled 4x by repetition)
+    and their labels ``[n]`` int64, as image files of a test data set would hold them."""
+
+    def take(n: int) -> tuple[np.ndarray, np.ndarray]:
+        d = load_digits()
+        pixels = (d.images[:n] * 16).clip(0, 255).astype(np.uint8).repeat(4, axis=1).repeat(4, axis=2)
+        return pixels, d.target[:n].astype(np.int64)
+
+    return take

@@ -10,7 +10,6 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from rlar.config.store import compose_config
 from rlar.data.batches import holdout_split
@@ -20,11 +19,8 @@ from rlar.loop import train_rl_loop
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """300 digits as uint8 ``[300, 32, 32]`` (8x8 upscaled 4x by repetition) and their labels ``[300]``."""
-    d = load_digits()
-    pixels = (d.images[:300] * 16).clip(0, 255).astype(np.uint8).repeat(4, axis=1).repeat(4, axis=2)
-    return pixels, d.target[:300].astype(np.int64)
+def digits(digit_pixels):
+    return digit_pixels(300)
 
 
 def unit(pixels: np.ndarray) -> torch.Tensor:

@@ -7,7 +7,6 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 from PIL import Image
-from sklearn.datasets import load_digits
 
 import rlar.data.on_access
 from rlar.data.batches import holdout_split
@@ -16,11 +15,8 @@ from rlar.data.image_folder import ImageFolderData
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """60 digits as uint8 ``[60, 32, 32]`` (8x8 upscaled 4x by repetition) and their labels ``[60]``."""
-    d = load_digits()
-    pixels = (d.images[:60] * 16).clip(0, 255).astype(np.uint8).repeat(4, axis=1).repeat(4, axis=2)
-    return pixels, d.target[:60].astype(np.int64)
+def digits(digit_pixels):
+    return digit_pixels(60)
 
 
 def unit(pixels: np.ndarray) -> torch.Tensor:
