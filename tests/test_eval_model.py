@@ -143,11 +143,11 @@ def test_class_consistency_prefers_the_true_class(classifier, data, cache_dir):
     images, labels = data.eval_images[:32], data.eval_labels[:32]
     right, components = reward_fn(images, None, {"labels": labels})
     wrong, _ = reward_fn(images, None, {"labels": (labels + 1) % 10})
-    assert reward_fn.classifier.model.source == classifier.source  # the evaluation model, from the cache
+    assert reward_fn.classifier.model.source != classifier.source  # its own classifier, never the judge
     assert right.shape == (32,) and components["class_prob"] is right
     assert ((right >= 0) & (right <= 1)).all() and right.mean() > 0.9 and (right > wrong).float().mean() > 0.95
     unconditional, _ = reward_fn(images, None, {"labels": torch.full((32,), -1)})
-    assert torch.allclose(unconditional, classifier(images).softmax(1).amax(1))
+    assert torch.allclose(unconditional, reward_fn.classifier.model(images).softmax(1).amax(1))
     with pytest.raises(ValueError, match="meta\\['labels'\\]"):
         reward_fn(images, None, {})
 

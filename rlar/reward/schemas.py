@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
+
+from rlar.config.schemas import RewardClassifierSchema
 
 
 @dataclass
@@ -81,7 +83,8 @@ class WeightedRewardSchema:
 class ClassConsistencyRewardSchema:
     _target_: str = "rlar.reward.classifier.ClassConsistencyReward"
     data: Any = MISSING
-    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
     cache_dir: str | None = None
 
 
@@ -89,7 +92,8 @@ class ClassConsistencyRewardSchema:
 class PerceptualDigitsRewardSchema:
     _target_: str = "rlar.reward.classifier.PerceptualDigitsReward"
     data: Any = MISSING
-    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
     cache_dir: str | None = None
 
 
