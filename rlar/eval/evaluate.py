@@ -111,7 +111,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
     """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, precision, recall,
-    diversity, inception_fid, inception_is and the decoding steps (parallel decoders) if measured (and ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
+    diversity, inception_fid, inception_is and the decoding steps (parallel decoders) if measured (and
+    ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
     names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps")
     return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg") for name in names
             if f"{group}/{name}" in result}

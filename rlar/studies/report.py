@@ -160,9 +160,9 @@ def eval_model_notes(cfg) -> str:
     text = ("\n- **eval/fd**: the Fréchet distance between the embedded digits classifier's features of the samples "
             "and of the held-out digits (lower is better; it falls with the number of samples, so compare within "
             f"one table: here {cfg.eval.samples_per_item} per digit); **eval/class_acc**: the share of samples the "
-            "classifier reads as the class they were asked for; **eval/precision**, **eval/recall**: improved precision "
-            "(fidelity: the share of samples inside the held-out digits' 3-nearest-neighbour manifold in the same "
-            "feature space) and recall (coverage: the share of held-out digits inside the samples' manifold); "
+            "classifier reads as the class they were asked for; **eval/precision**, **eval/recall**: improved "
+            "precision (fidelity: the share of samples inside the held-out digits' 3-nearest-neighbour manifold in "
+            "the same feature space) and recall (coverage: the share of held-out digits inside the samples' manifold); "
             "**eval/diversity**: the samples' mean within-class feature distance relative to the held-out digits' "
             "(1 = as varied, 0 = one image per class); *change*: final mean relative to the prior's.")
     if guided is not None:
