@@ -65,7 +65,8 @@ class Flatten(nn.Module):
 
 def reward_on(train_images, train_labels, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
-    reward = LeaveOneOutFDReward(SimpleNamespace(train_images=train_images, train_labels=train_labels), **options)
+    reward = LeaveOneOutFDReward(SimpleNamespace(train_images=train_images, train_labels=train_labels), None,
+                                 **options)
     reward.classifier = SimpleNamespace(get=lambda device: Flatten())
     return reward
 
@@ -111,4 +112,4 @@ def test_loo_fd_composes_with_an_instance_reward_in_mix(tmp_path):
     expected = -(images - targets).square().flatten(1).mean(1) + 0.5 * parts["fd"] + 0.5 * parts["ssim"]
     assert parts["fd"].isfinite().all() and torch.allclose(total, expected, atol=1e-5)
     with pytest.raises(ValueError, match="reward.ema"):
-        LeaveOneOutFDReward(None, ema=1.0)
+        LeaveOneOutFDReward(None, None, ema=1.0)

@@ -21,7 +21,7 @@ from rlar.eval.model.classifier import DigitsClassifier
 
 class LazyClassifier:
     """``get(device)``: the reward's classifier of ``data`` (``settings`` over ``RewardClassifierSchema``'s
-    defaults), built (or read from the cache) on first use."""
+    defaults; None = those defaults), built (or read from the cache) on first use."""
 
     def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
         self.data, self.settings, self.cache_dir = data, settings, cache_dir
@@ -43,7 +43,7 @@ class ClassConsistencyReward(Reward):
     The probability rather than its log: bounded, so one unrecognisable sample cannot dominate a batch's statistics.
     """
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
         self.classifier = LazyClassifier(data, classifier, cache_dir)
 
     @torch.no_grad()
@@ -78,7 +78,7 @@ class PerceptualDigitsReward(Reward):
     :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
     for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
         self.classifier = LazyClassifier(data, classifier, cache_dir)
 
     @torch.no_grad()

@@ -47,7 +47,7 @@ class LeaveOneOutFDReward(Reward):
     ignored. Every call moves the averages (evaluation calls too); they are not saved in checkpoints.
     """
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None,
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  ema: float = 0.9, class_conditional: bool = False, chunk_size: int = 256):
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"reward.ema must be in [0, 1) (0 = the batch alone), got {ema}")
