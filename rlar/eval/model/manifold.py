@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import torch
 
+ROWS = 512  # rows of a distance matrix at a time: [512, M] float64, whatever the set sizes
+
 
 def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     """``[N]``: each point's distance to its k-th nearest other point of ``features [N, F]`` (N > k)."""
-    distances = torch.cdist(features, features)  # [N, N], 0 on the diagonal
-    return distances.kthvalue(k + 1, dim=1).values  # the point itself is the first of the k + 1
+    # [rows, N] distances, 0 to the point itself: the first of its k + 1 nearest
+    return torch.cat([torch.cdist(x, features).kthvalue(k + 1, dim=1).values for x in features.split(ROWS)])
 
 
 def coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
     """The fraction of ``points [N, F]`` inside some ball (``centres [M, F]``, ``radii [M]``, boundary included)."""
-    inside = torch.cdist(points, centres) <= radii[None]  # [N, M]
-    return float(inside.any(1).double().mean())
+    inside = torch.cat([(torch.cdist(x, centres) <= radii[None]).any(1) for x in points.split(ROWS)])  # [N]
+    return float(inside.double().mean())
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
