@@ -9,7 +9,9 @@ from hydra.utils import instantiate
 from torch import nn
 
 from rlar.config.store import compose_config
+from rlar.config.validate import check_config
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
+from rlar.loop import train_rl_loop
 from rlar.reward.loo_fd import LeaveOneOutFDReward, leave_one_out_fd
 
 
@@ -113,3 +115,14 @@ def test_loo_fd_composes_with_an_instance_reward_in_mix(tmp_path):
     assert parts["fd"].isfinite().all() and torch.allclose(total, expected, atol=1e-5)
     with pytest.raises(ValueError, match="reward.ema"):
         LeaveOneOutFDReward(None, None, ema=1.0)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_on_loo_fd(tiny, tmp_path, tb_scalars):
+    cfg = compose_config([*tiny, "reward=loo_fd", "reward.classifier.train.steps=20"])
+    check_config(cfg)
+    summary = train_rl_loop(cfg, tmp_path)
+    rollout = tb_scalars(tmp_path, "reward/mean")
+    assert len(rollout) == 2 and all(math.isfinite(r) for r in rollout)
+    assert tb_scalars(tmp_path, "reward/nan_count") == [0.0, 0.0]
+    assert math.isfinite(summary["eval_reward_after"]) and math.isfinite(summary["eval_fd_after"])
