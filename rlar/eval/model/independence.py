@@ -21,6 +21,7 @@ def rewards_reading_the_judge(cfg: DictConfig) -> list[str]:
         if not isinstance(node, dict):
             return
         for key, value in node.items():
+            # a classifier-based reward's node: its classifier settings beside its cache_dir (null = the defaults)
             if key == "classifier" and "cache_dir" in node and isinstance(value, dict | type(None)):
                 if classifier_spec(value, RewardClassifierSchema) == judge:
                     found.append(f"{path}.{key}")
