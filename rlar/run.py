@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
     reward = hydra.runtime.choices.get("reward")
     print(f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
           f"-> after RL {summary['eval_reward_after']:.5f}")
-    for metric in ("fd", "class_acc"):
+    for metric in ("fd", "class_acc", "precision", "recall", "diversity"):
         if f"eval_{metric}_before" in summary:
             print(f"eval/{metric}: prior {summary[f'eval_{metric}_before']:.4g} "
                   f"-> after RL {summary[f'eval_{metric}_after']:.4g}")

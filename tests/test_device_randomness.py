@@ -109,6 +109,7 @@ def test_every_rollout_mode_draws_only_from_device_safe_streams(gpt, mode, extra
 @pytest.mark.parametrize("extra", [
     ["train.warmup_steps=1", "eval.guided_cfg_scale=2.0", "rollout.label_dropout=0.3"],
     ["experiment=arpg_schedule", "eval.classifier_model.train.steps=20", "schedule.max_steps=4",
+     "reward.components.perceptual_digits.classifier.train.steps=20",
      "reward.components.efficiency.target=3"],
 ])
 def test_a_run_draws_only_from_device_safe_streams(tiny, tmp_path, extra):

@@ -111,22 +111,28 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_sets():
 
 @pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
-    model = EvalModel(classifier, data.eval_images, "cpu")
-    real = model.metrics(*model.describe(data.eval_images, data.eval_labels))
+    model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu")
+    real = model.metrics(*model.describe(data.eval_images, data.eval_labels), data.eval_labels)
     assert real["eval/class_acc"] > 0.95 and 0 <= real["eval/fd"] < 1e-4
-    train = model.metrics(*model.describe(data.train_images[:359], data.train_labels[:359]))
-    noise = model.metrics(*model.describe(noise_images(359), data.eval_labels))
+    assert real["eval/precision"] == real["eval/recall"] == 1 and real["eval/diversity"] == pytest.approx(1)
+    train = model.metrics(*model.describe(data.train_images[:359], data.train_labels[:359]), data.train_labels[:359])
+    noise = model.metrics(*model.describe(noise_images(359), data.eval_labels), data.eval_labels)
     assert train["eval/class_acc"] > 0.95
     assert noise["eval/class_acc"] < 0.3  # chance is 0.1
     assert noise["eval/fd"] > 20 * train["eval/fd"] > 0
+    assert train["eval/precision"] > 0.5 > noise["eval/precision"]
 
 
 @pytest.mark.slow
-def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny, tmp_path):
+def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny, tmp_path, tb_scalars):
     tiny = [o for o in tiny if not o.startswith("eval.classifier_model.")]  # the default classifier, fully trained
     summary = train_rl_loop(compose_config(tiny), tmp_path / "on")
     for entry in summary["history"]:
         assert 0 <= entry["eval/class_acc"] <= 1 and entry["eval/fd"] > 0
+        assert 0 <= entry["eval/precision"] <= 1 and 0 <= entry["eval/recall"] <= 1 and entry["eval/diversity"] > 0
+    for metric in ("precision", "recall", "diversity"):
+        assert summary[f"eval_{metric}_before"] == summary["history"][0][f"eval/{metric}"]
+        assert tb_scalars(tmp_path / "on", f"eval/{metric}")[-1] == pytest.approx(summary[f"eval_{metric}_after"])
     assert summary["eval_fd_before"] == summary["history"][0]["eval/fd"]
     assert summary["eval_class_acc_after"] == summary["history"][-1]["eval/class_acc"]
     assert summary["eval_classifier_accuracy"] > 0.95
@@ -143,11 +149,11 @@ def test_class_consistency_prefers_the_true_class(classifier, data, cache_dir):
     images, labels = data.eval_images[:32], data.eval_labels[:32]
     right, components = reward_fn(images, None, {"labels": labels})
     wrong, _ = reward_fn(images, None, {"labels": (labels + 1) % 10})
-    assert reward_fn.classifier.model.source == classifier.source  # the evaluation model, from the cache
+    assert reward_fn.classifier.model.source != classifier.source  # its own classifier, never the judge
     assert right.shape == (32,) and components["class_prob"] is right
     assert ((right >= 0) & (right <= 1)).all() and right.mean() > 0.9 and (right > wrong).float().mean() > 0.95
     unconditional, _ = reward_fn(images, None, {"labels": torch.full((32,), -1)})
-    assert torch.allclose(unconditional, classifier(images).softmax(1).amax(1))
+    assert torch.allclose(unconditional, reward_fn.classifier.model(images).softmax(1).amax(1))
     with pytest.raises(ValueError, match="meta\\['labels'\\]"):
         reward_fn(images, None, {})
 

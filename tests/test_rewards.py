@@ -201,14 +201,18 @@ def compose_reward(*overrides):
 # built elsewhere, on what they need: live servers (tests/test_remote_reward.py), a model dir (test_reward_clip.py)
 ELSEWHERE = {"remote", "clip"}
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
+# the classifier-based rewards' own classifiers, briefly trained
+BRIEF = {"class_consistency": "reward.classifier", "perceptual_digits": "reward.classifier",
+         "loo_fd": "reward.classifier", "vapi_digits": "reward.components.perceptual_digits.classifier",
+         "perceptual_efficiency": "reward.components.perceptual_digits.classifier"}
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml")
                                           if p.stem not in ELSEWHERE))
 def test_every_reward_option_composes_and_scores_a_batch(option, tmp_path):
     # the classifier-based rewards train a briefly trained digits classifier (in a cache of their own)
-    overrides = [f"reward={option}", f"cache_dir={tmp_path}", "eval.classifier_model.train.steps=20",
-                 *OFFLINE.get(option, [])]
+    overrides = [f"reward={option}", f"cache_dir={tmp_path}", *OFFLINE.get(option, []),
+                 *([f"{BRIEF[option]}.train.steps=20"] if option in BRIEF else [])]
     reward_fn = instantiate(compose_reward(*overrides))
     x, y = random_images(4, 1, 32, 32), random_images(4, 1, 32, 32, seed=1)
     meta = {"labels": torch.zeros(4, dtype=torch.long), "steps": torch.full((4,), 8)}

@@ -182,6 +182,7 @@ def test_bad_schedule_settings_are_refused(overrides, message):
 @pytest.mark.slow
 def test_tiny_loop_learns_a_schedule_with_the_generator_frozen(tiny, tmp_path, tb_scalars):
     cfg = compose([*tiny, "eval.max_items=4", "eval.classifier_model.train.steps=20", "schedule.max_steps=6",
+                   "reward.components.perceptual_digits.classifier.train.steps=20",
                    "schedule.max_degree=16", "reward.components.efficiency.target=3", "rollout.cfg_scale=2.0"])
     check_config(cfg)
     summary = train_rl_loop(cfg, tmp_path)

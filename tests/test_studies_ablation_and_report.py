@@ -105,11 +105,16 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         fd_before, fd_after = summaries[0]["eval_fd_before"], torch.tensor([s["eval_fd_after"] for s in summaries])
         assert fd_cells[1:3] == [f"{fd_before:.3f}", f"{fd_after.mean():.3f} ± {fd_after.std():.3f}"]
         assert fd_cells[3] == f"{100 * (fd_after.mean() - fd_before) / fd_before:+.1f} %"
+        # then class_acc, precision, recall and diversity, three cells each
+        diversity_after = torch.tensor([s["eval_diversity_after"] for s in summaries])
+        assert fd_cells[13:15] == [f"{summaries[0]['eval_diversity_before']:.3f}",
+                                   f"{diversity_after.mean():.3f} ± {diversity_after.std():.3f}"]
         # the curve is read back from TensorBoard: the evaluations of iterations 0..3
         assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
         assert [tb_scalars(r.path, "eval/reward") for r in runs] == [
             pytest.approx([h["eval/reward"] for h in s["history"]]) for s in summaries]
     assert "train.iterations=3" in text and "0 is a perfect" in text
+    assert "eval/precision prior | eval/precision final" in text and "eval/diversity final" in text
     with Image.open(tmp_path / "report" / "curves.png") as image:
         image.verify()
         assert image.format == "PNG" and image.size[0] > 600

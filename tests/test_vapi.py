@@ -194,7 +194,8 @@ def test_experiment_vapi_llamagen_xxl_is_the_published_recipe():
 def test_vapi_evaluates_free_running_samples_with_and_without_guidance(tiny, tmp_path):
     """eval/* unguided and eval_cfg/* under guidance 2, each with the reward's terms on their own; the recipe's
     reward is the sum of its two terms (weights 1, not normalized), so the terms' means add up to the total's."""
-    cfg = compose_config(["experiment=vapi", *tiny, "train.iterations=1", "eval.every=1", "eval.samples_per_item=2"])
+    cfg = compose_config(["experiment=vapi", *tiny, "train.iterations=1", "eval.every=1", "eval.samples_per_item=2",
+                          "reward.components.perceptual_digits.classifier.train.steps=20"])
     summary = train_rl_loop(cfg, tmp_path)
     for when in ("before", "after"):
         assert {f"eval_{m}_{when}" for m in ("reward", "fd", "class_acc")} <= summary.keys()

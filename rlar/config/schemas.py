@@ -82,17 +82,32 @@ class ClassifierTrainSchema:
     lr: float = 2e-3
     batch_size: int = 64
     max_shift: int = 2  # random shifts of up to this many pixels along each axis
-    seed: int = 0
+    seed: int = 0  # the judge's (eval.classifier_model); the rewards' classifiers default to another
 
 
 @dataclass
 class EvalClassifierSchema:
-    """A small CNN of the data's classes, trained on the train split on first use, then cached."""
+    """A small CNN of the data's classes, trained on the train split on first use, then cached. As
+    ``eval.classifier_model`` it is the judge of eval/fd, eval/class_acc, eval/precision, eval/recall and
+    eval/diversity, which no reward may read (``rlar.config.validate`` refuses a reward classifier of the same spec)."""
 
     input_size: int = 32  # images are resized to this (a multiple of 8)
     width: int = 16  # channels of the first of three conv blocks (then 2x, 4x)
-    features: int = 128  # penultimate features: the space of eval/fd and of reward=perceptual_digits
+    features: int = 128  # penultimate features: the space of eval/fd (and of the judge's other metrics)
     train: ClassifierTrainSchema = field(default_factory=ClassifierTrainSchema)
+
+
+@dataclass
+class RewardClassifierTrainSchema(ClassifierTrainSchema):
+    seed: int = 1  # not the judge's (eval.classifier_model.train.seed): another model, another cache entry
+
+
+@dataclass
+class RewardClassifierSchema(EvalClassifierSchema):
+    """The classifier a reward reads (class_consistency, perceptual_digits, loo_fd): the judge's architecture,
+    trained from another seed, so that the reward never reads the judge."""
+
+    train: ClassifierTrainSchema = field(default_factory=RewardClassifierTrainSchema)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
+from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.ema import check_decay
@@ -53,6 +54,10 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
     check_inception_eval(cfg)
+    if readers := rewards_reading_the_judge(cfg):
+        raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
+                          "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
+                          "reward its own (e.g. another classifier.train.seed than eval.classifier_model.train.seed)")
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
     codebook = cfg.tokenizer.get("codebook_size")

@@ -1,6 +1,7 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
-evaluation model (``eval/class_acc``, ``eval/fd``), and with ``eval.inception`` Inception FID, IS, precision and
-recall of class-balanced samples (``eval/inception_*``)."""
+evaluation model, the judge (``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
+``eval/diversity``), and with ``eval.inception`` Inception FID, IS, precision and recall of class-balanced samples
+(``eval/inception_*``)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
              ) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
     ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
-    ``eval_model``, also ``eval/class_acc`` and ``eval/fd`` of the samples. With ``eval_cfg.guided_cfg_scale``, the
+    ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall`` and ``eval/diversity``
+    of the samples. With ``eval_cfg.guided_cfg_scale``, the
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
     ``eval/inception_*`` (``rlar.eval.inception_eval``).
 
@@ -100,16 +102,17 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         result["eval/steps"] = float(distributed.gather_rows(torch.cat(steps))[real].mean())
     if eval_model is not None:
         result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
-                                         distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool()))
+                                         distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool(),
+                                         distributed.gather_rows(labels.repeat_interleave(k))[real]))
     if inception is not None:
         result.update(inception(policy, tokenizer, sampling, eval_cfg.batch_size, eval_cfg.seed, device, autocast))
     return result
 
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
-    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, inception_fid,
-    inception_is and the decoding steps (parallel decoders) if measured
-    (and ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
-    names = ("reward", "fd", "class_acc", "inception_fid", "inception_is", "steps")
+    """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, precision, recall,
+    diversity, inception_fid, inception_is and the decoding steps (parallel decoders) if measured (and
+    ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
+    names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps")
     return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg") for name in names
             if f"{group}/{name}" in result}

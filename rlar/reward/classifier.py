@@ -1,9 +1,9 @@
-"""Rewards from the embedded evaluation classifier (``eval.classifier_model``, ``rlar/eval_model``): class
+"""Rewards from a digits classifier of the judge's architecture (``rlar/eval/model``) but not the judge: class
 consistency, and a perceptual distance in its feature space, the offline stand-in for LPIPS on the digits.
 
 The loop builds rewards before its data, so these take the data (``${data}``), the classifier's settings
-(``${eval.classifier_model}``) and ``${cache_dir}``, and build the classifier on their first call. It is the cached
-model that ``eval/class_acc`` and ``eval/fd`` use: the same settings give the same file, trained once.
+(``reward.classifier``, typed by ``RewardClassifierSchema``: another seed than ``eval.classifier_model``) and
+``${cache_dir}``, and build the classifier on their first call (trained once, then cached).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from rlar.config.schemas import RewardClassifierSchema
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
@@ -19,7 +20,8 @@ from rlar.eval.model.classifier import DigitsClassifier
 
 
 class LazyClassifier:
-    """``get(device)``: the evaluation classifier of ``data``, built (or read from the cache) on first use."""
+    """``get(device)``: the reward's classifier of ``data`` (``settings`` over ``RewardClassifierSchema``'s
+    defaults; None = those defaults), built (or read from the cache) on first use."""
 
     def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
         self.data, self.settings, self.cache_dir = data, settings, cache_dir
@@ -28,7 +30,7 @@ class LazyClassifier:
     def get(self, device) -> DigitsClassifier:
         if self.model is None:
             with torch.enable_grad():  # first use may train it, from inside a reward call under no_grad
-                self.model = build_eval_classifier(self.data, self.cache_dir, self.settings)
+                self.model = build_eval_classifier(self.data, self.cache_dir, self.settings, RewardClassifierSchema)
         self.model = self.model.to(device)
         return self.model
 
@@ -41,7 +43,7 @@ class ClassConsistencyReward(Reward):
     The probability rather than its log: bounded, so one unrecognisable sample cannot dominate a batch's statistics.
     """
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
         self.classifier = LazyClassifier(data, classifier, cache_dir)
 
     @torch.no_grad()
@@ -76,7 +78,7 @@ class PerceptualDigitsReward(Reward):
     :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
     for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None = None, cache_dir: str | None = None):
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
         self.classifier = LazyClassifier(data, classifier, cache_dir)
 
     @torch.no_grad()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
+
+from rlar.config.schemas import RewardClassifierSchema
 
 
 @dataclass
@@ -81,7 +83,8 @@ class WeightedRewardSchema:
 class ClassConsistencyRewardSchema:
     _target_: str = "rlar.reward.classifier.ClassConsistencyReward"
     data: Any = MISSING
-    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
     cache_dir: str | None = None
 
 
@@ -89,8 +92,22 @@ class ClassConsistencyRewardSchema:
 class PerceptualDigitsRewardSchema:
     _target_: str = "rlar.reward.classifier.PerceptualDigitsReward"
     data: Any = MISSING
-    classifier: Any = None  # ${eval.classifier_model} (typed there); null = the defaults
+    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
     cache_dir: str | None = None
+
+
+@dataclass
+class LeaveOneOutFDRewardSchema:
+    _target_: str = "rlar.reward.loo_fd.LeaveOneOutFDReward"
+    data: Any = MISSING
+    # its own feature space: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
+    cache_dir: str | None = None
+    # decay of the moving averages of the rollouts' moments across calls, mixed in with weight ema; 0 = the batch alone
+    ema: float = 0.9
+    class_conditional: bool = False  # per requested class (meta['labels']) against that class's data
+    chunk_size: int = 256  # images per classifier forward pass
 
 
 REWARD_SCHEMAS = {
@@ -106,5 +123,6 @@ REWARD_SCHEMAS = {
     "weighted": WeightedRewardSchema,
     "class_consistency": ClassConsistencyRewardSchema,
     "perceptual_digits": PerceptualDigitsRewardSchema,
+    "loo_fd": LeaveOneOutFDRewardSchema,
 }
 

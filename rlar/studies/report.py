@@ -119,8 +119,8 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
-EVAL_MODEL_COLUMNS = (("eval_fd", "eval/fd"), ("eval_class_acc", "eval/class_acc"),
-                      ("eval_cfg_fd", "eval_cfg/fd"), ("eval_cfg_class_acc", "eval_cfg/class_acc"))
+JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "diversity")
+EVAL_MODEL_COLUMNS = tuple((f"{group}_{m}", f"{group}/{m}") for group in ("eval", "eval_cfg") for m in JUDGE_METRICS)
 
 
 def relative_change(before: list[float], after: list[float]) -> str:
@@ -160,7 +160,11 @@ def eval_model_notes(cfg) -> str:
     text = ("\n- **eval/fd**: the Fréchet distance between the embedded digits classifier's features of the samples "
             "and of the held-out digits (lower is better; it falls with the number of samples, so compare within "
             f"one table: here {cfg.eval.samples_per_item} per digit); **eval/class_acc**: the share of samples the "
-            "classifier reads as the class they were asked for; *change*: final mean relative to the prior's.")
+            "classifier reads as the class they were asked for; **eval/precision**, **eval/recall**: improved "
+            "precision (fidelity: the share of samples inside the held-out digits' 3-nearest-neighbour manifold in "
+            "the same feature space) and recall (coverage: the share of held-out digits inside the samples' manifold); "
+            "**eval/diversity**: the samples' mean within-class feature distance relative to the held-out digits' "
+            "(1 = as varied, 0 = one image per class); *change*: final mean relative to the prior's.")
     if guided is not None:
         text += f"\n- **eval_cfg/***: the same evaluation sampled with classifier-free guidance scale {guided}."
     return text

@@ -20,16 +20,24 @@ from rlar.runtime.cache import cached_artifact
 log = logging.getLogger(__name__)
 
 
-def build_eval_classifier(data: ImageData, cache_dir: str | None = None,
-                          settings: dict | DictConfig | None = None) -> DigitsClassifier:
-    """The frozen classifier (eval mode, CPU) of ``data``'s classes; ``settings``: ``eval.classifier_model``
-    (``input_size``, ``width``, ``features``, ``train.*``). It carries ``source`` (the cache file) and ``metrics``
-    (held-out accuracy). The global random state is left as it was."""
+def classifier_spec(settings: dict | DictConfig | None, schema: type = EvalClassifierSchema) -> dict:
+    """``{"arch": {...}, "train": {...}}``: ``settings`` over ``schema``'s defaults; with the data, the cache key.
+    Two classifiers of the same spec are one model (one cache file)."""
     settings = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(
         settings or {})
-    defaults = asdict(EvalClassifierSchema())
+    defaults = asdict(schema())
     train = {**defaults.pop("train"), **settings.pop("train", {})}
-    arch = {**defaults, **settings, "channels": data.channels, "num_classes": data.num_classes}
+    return {"arch": {**defaults, **settings}, "train": train}
+
+
+def build_eval_classifier(data: ImageData, cache_dir: str | None = None, settings: dict | DictConfig | None = None,
+                          schema: type = EvalClassifierSchema) -> DigitsClassifier:
+    """The frozen classifier (eval mode, CPU) of ``data``'s classes; ``settings``: ``eval.classifier_model`` (the
+    judge) or a reward's ``classifier`` (``input_size``, ``width``, ``features``, ``train.*``) over ``schema``'s
+    defaults. It carries ``source`` (the cache file) and ``metrics`` (held-out accuracy). The global random state
+    is left as it was."""
+    spec = classifier_spec(settings, schema)
+    train, arch = spec["train"], {**spec["arch"], "channels": data.channels, "num_classes": data.num_classes}
     with torch.random.fork_rng(devices=[]):  # the loop's random state stays untouched
         torch.manual_seed(train["seed"])
         model = DigitsClassifier(**arch)

@@ -10,7 +10,7 @@ def gaussian_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if len(features) < 2:
         raise ValueError(f"a Gaussian fit needs at least 2 feature vectors, got {len(features)}")
     x = features.detach().double().cpu()
-    return x.mean(0), torch.cov(x.T)
+    return x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1])  # [F, F] even for F = 1
 
 
 def frechet_distance(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""``eval/class_acc`` and ``eval/fd`` of generated samples, from the evaluation classifier."""
+"""The judge's metrics of generated samples: ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``
+and ``eval/diversity``, in the evaluation classifier's feature space."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
+from rlar.eval.model.manifold import precision_recall, relative_diversity
 
 
 class EvalModel:
-    """The classifier on ``device`` and the Gaussian fit of its features of ``real_images [M, C, H, W]`` (the
-    held-out images the evaluation conditions on), fitted once. ``classifier_accuracy``: its held-out accuracy."""
+    """The classifier on ``device``, its features of ``real_images [M, C, H, W]`` (the held-out images the
+    evaluation conditions on, of classes ``real_labels [M]``) and their Gaussian fit, computed once.
+    ``classifier_accuracy``: its held-out accuracy."""
 
-    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, device, chunk_size: int = 256):
+    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, real_labels: torch.Tensor, device,
+                 chunk_size: int = 256):
         self.classifier, self.device = classifier.to(device), device
         self.classifier_accuracy = classifier.metrics["eval_accuracy"]
-        features = torch.cat([self.describe(x)[0] for x in real_images.split(chunk_size)])  # [M, F]
-        self.real_mean, self.real_cov = gaussian_fit(features)
+        self.real_features = torch.cat([self.describe(x)[0] for x in real_images.split(chunk_size)]).cpu()  # [M, F]
+        self.real_labels = real_labels.cpu()
+        self.real_mean, self.real_cov = gaussian_fit(self.real_features)
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor, labels: torch.Tensor | None = None
@@ -30,17 +35,23 @@ class EvalModel:
         hits = None if labels is None else self.classifier.head(features).argmax(1) == labels.to(self.device)
         return features, hits
 
-    def metrics(self, features: torch.Tensor, hits: torch.Tensor) -> dict[str, float]:
-        """``eval/class_acc`` (the fraction of hits) and ``eval/fd`` (the samples' ``features [N, F]`` against the
-        real images'; NaN below 2 samples). FD is biased by N: compare values over the same number of samples."""
-        if len(features) < 2:
-            return {"eval/class_acc": float(hits.float().mean()), "eval/fd": float("nan")}
-        return {"eval/class_acc": float(hits.float().mean()),
-                "eval/fd": frechet_distance(*gaussian_fit(features), self.real_mean, self.real_cov)}
+    def metrics(self, features: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Of samples with ``features [N, F]`` asked for classes ``labels [N]``: ``eval/class_acc`` (the fraction of
+        ``hits [N]``), ``eval/fd`` (against the real images'; NaN below 2 samples), ``eval/precision`` and
+        ``eval/recall`` (improved, k = 3; NaN below 4) and ``eval/diversity`` (within-class spread relative to the
+        real images'). All but class_acc depend on N: compare values over the same number of samples."""
+        features = features.cpu()
+        fd = (frechet_distance(*gaussian_fit(features), self.real_mean, self.real_cov) if len(features) >= 2
+              else float("nan"))
+        precision, recall = precision_recall(self.real_features, features)
+        return {"eval/class_acc": float(hits.float().mean()), "eval/fd": fd, "eval/precision": precision,
+                "eval/recall": recall,
+                "eval/diversity": relative_diversity(self.real_features, self.real_labels, features, labels.cpu())}
 
 
 def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device) -> EvalModel:
     """The classifier of ``eval.classifier_model`` (cached) with the statistics of the held-out images that the
     evaluation uses (the first ``eval.max_items``)."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
-    return EvalModel(classifier, data.eval_images[: eval_cfg.max_items or None], device)
+    items = slice(eval_cfg.max_items or None)
+    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device)

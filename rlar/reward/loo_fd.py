@@ -1,0 +1,91 @@
+"""A distribution-level reward: each sample's leave-one-out contribution to the Fréchet distance between the
+rollout's features and the data's, in the feature space of the reward's own classifier (never the judge's)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from rlar.contracts import Reward
+from rlar.data.batches import ImageData
+from rlar.eval.model.frechet import frechet_distance, gaussian_fit
+from rlar.reward.classifier import LazyClassifier
+
+Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
+
+
+def mix(moments: Moments, history: Moments | None, ema: float) -> Moments:
+    """``(1 - ema) * moments + ema * history`` (mean and covariance alike); ``moments`` when there is no history."""
+    if history is None:
+        return moments
+    return tuple((1 - ema) * m + ema * h for m, h in zip(moments, history, strict=True))
+
+
+def leave_one_out_fd(features: torch.Tensor, reference: Moments, history: Moments | None = None,
+                     ema: float = 0.0) -> torch.Tensor:
+    """``[N]``: ``r_i = FD(without i) - FD(all)`` of ``features [N, F]`` against the ``reference`` moments, each set's
+    moments (its ``gaussian_fit``) mixed with ``history`` by :func:`mix`. Positive: sample i brings the set closer
+    to the reference. NaN for all below 3 samples (leaving one out must leave a covariance)."""
+    n = len(features)
+    if n < 3:
+        return torch.full((n,), float("nan"), dtype=torch.float64)
+    total = frechet_distance(*mix(gaussian_fit(features), history, ema), *reference)
+    keep = ~torch.eye(n, dtype=torch.bool)  # [N, N]: row i leaves sample i out
+    without = [frechet_distance(*mix(gaussian_fit(features[keep[i]]), history, ema), *reference) for i in range(n)]
+    return torch.tensor(without, dtype=torch.float64) - total
+
+
+class LeaveOneOutFDReward(Reward):
+    """``reward(images, targets, meta) -> (r [N], {"loo_fd": r})``: :func:`leave_one_out_fd` of the batch's features
+    against the data's (the train split's, through the reward's classifier, ``RewardClassifierSchema``: another
+    seed than the judge's), with exponential moving averages of the batch moments across calls (decay ``ema``)
+    mixed in, so that a small batch is measured against the distribution the policy has been producing.
+
+    ``class_conditional``: per requested class (``meta["labels"]``), the class's samples against that class's data
+    (a null-class request, label < 0, against all the data), each class with its own moving average. A group of
+    fewer than 3 samples is NaN (left out of the update): use ``algorithm.num_generations >= 3``. ``targets`` are
+    ignored. Every call moves the averages (evaluation calls too); they are not saved in checkpoints.
+    """
+
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
+                 ema: float = 0.9, class_conditional: bool = False, chunk_size: int = 256):
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"reward.ema must be in [0, 1) (0 = the batch alone), got {ema}")
+        self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
+        self.ema, self.class_conditional, self.chunk_size = ema, class_conditional, chunk_size
+        self.reference: dict[int, Moments] | None = None  # group -> the data's moments; -1 = all the data
+        self.history: dict[int, Moments] = {}  # group -> moving average of the rollouts' moments
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, F]`` float64 on the CPU: the reward classifier's penultimate features."""
+        model = self.classifier.get(images.device)
+        return torch.cat([model.features(x) for x in images.split(self.chunk_size)]).double().cpu()
+
+    def data_moments(self, device) -> dict[int, Moments]:
+        """The train split's moments, over all of it (-1) and, if class-conditional, per class; computed once."""
+        if self.reference is None:
+            features = self.features(self.data.train_images.to(device))  # [M, F]
+            self.reference = {-1: gaussian_fit(features)}
+            if self.class_conditional:
+                labels = self.data.train_labels.cpu()
+                self.reference |= {c: gaussian_fit(features[labels == c]) for c in labels.unique().tolist()}
+        return self.reference
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
+        groups = torch.full((len(images),), -1)  # [N]
+        if self.class_conditional:
+            labels = (meta or {}).get("labels")
+            if labels is None or len(labels) != len(images):
+                raise ValueError(f"reward=loo_fd with class_conditional=true needs meta['labels'] with one label per "
+                                 f"image ({len(images)}), got {None if labels is None else len(labels)}")
+            groups = torch.as_tensor(labels).long().cpu().clamp_min(-1)
+        reference, features = self.data_moments(images.device), self.features(images)  # [N, F]
+        reward = torch.full((len(images),), float("nan"), dtype=torch.float64)
+        for g in groups.unique().tolist():
+            rows = groups == g
+            reward[rows] = leave_one_out_fd(features[rows], reference[g], self.history.get(g), self.ema)
+            if rows.sum() >= 2:  # the average moves to the moments the samples were just scored with
+                self.history[g] = mix(gaussian_fit(features[rows]), self.history.get(g), self.ema)
+        reward = reward.float().to(images.device)
+        return reward, {"loo_fd": reward}
