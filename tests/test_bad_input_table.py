@@ -1,0 +1,68 @@
+"""The "Bad input" table of docs/configuration.md, checked row by row: each row marked ``here`` holds overrides in
+its first cell and, as the first quoted fragment of its second cell, a piece of the error those overrides get. The
+table is the test's data, so the docs and the code cannot drift apart."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import instantiate
+
+from rlar.config.store import compose_config
+from rlar.config.validate import ConfigError, check_config
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+QUOTED = re.compile(r"`([^`]+)`")
+
+
+def table_rows() -> list[list[str]]:
+    """The cells of every row of the "Bad input" table (not its header and separator)."""
+    text = DOC.read_text()
+    section = text[text.index("### Bad input"):]
+    section = section[:section.index("\n## ")]
+    rows = [line.strip().strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # rows[0]: the header; the separator starts "|-"
+
+
+def checked_rows() -> list[tuple[list[str], str]]:
+    """``(overrides, fragment)`` of the rows checked here."""
+    cases = []
+    for input_cell, outcome, checked_by in table_rows():
+        if checked_by.split(" ")[0] != "here":
+            continue
+        cases.append((QUOTED.search(input_cell).group(1).split(), QUOTED.search(outcome).group(1)))
+    return cases
+
+
+def error_of(overrides: list[str]) -> str:
+    """The message of the error ``overrides`` get: at compose time, from ``check_config``, or when the data or the
+    reward they choose is built (``python -m rlar.run`` builds both before any training)."""
+    try:
+        cfg = compose_config(overrides)
+        check_config(cfg)
+        for group in ("data", "reward"):
+            if any(o.startswith((f"{group}=", f"{group}.")) for o in overrides):
+                instantiate(cfg[group])
+    except InstantiationException as e:
+        return str(e.__cause__ or e)
+    except (HydraException, ConfigError, ValueError, FileNotFoundError) as e:
+        return str(e)
+    pytest.fail(f"{overrides} raised no error")
+
+
+def test_the_table_is_long_and_most_rows_are_checked_here():
+    assert len(table_rows()) >= 40
+    assert len(checked_rows()) >= 40
+    assert all(len(row) == 3 for row in table_rows())
+
+
+@pytest.mark.parametrize("overrides,fragment", checked_rows(), ids=lambda v: " ".join(v) if isinstance(v, list)
+                         else "")
+def test_each_bad_input_gets_the_documented_error(overrides, fragment, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # the torchrun rows: a plain process
+        monkeypatch.delenv(var, raising=False)
+    if "CUDA is not available" in fragment and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert fragment in error_of(overrides)
