@@ -1,4 +1,4 @@
-"""The Python API our users' design documents name (``../shared/seeds``), on top of rlar's parts."""
+"""The Python API our users' design documents name (docs/api.md), on top of rlar's parts."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ IMAGES = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 
 
 
 def test_full_size_layouts_match_the_released_models():
-    """taming f16_16384 generator: 343 keys; IBQ: 543 raw + 545 EMA keys (refs/TAMING.md, refs/IBQ.md)."""
+    """taming f16_16384 generator: 343 keys; IBQ: 543 raw + 545 EMA keys (the released files' counts)."""
     dd = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}
     arch = {k: dd[k] for k in TAMING}

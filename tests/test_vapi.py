@@ -1,5 +1,5 @@
 """The VA-pi objective's pieces (noisy teacher-forced context, NTP regulariser, label dropout, KL only when on),
-and the seeds' API without the flaws of VA-pi's public prototype (../shared/refs/VAPI.md)."""
+and the seeds' API without the flaws of VA-pi's public prototype (docs/algorithms.md, VA-pi)."""
 
 import contextlib
 import copy
@@ -125,7 +125,7 @@ def test_no_reference_model_when_kl_is_off(tiny, tmp_path, monkeypatch):
     assert copies == ["GPT"]
 
 
-# -- the prototype's flaws (refs/VAPI.md, "src/rl_ar_finetune") are absent from rlar's seed API ----------------------
+# -- the public prototype's flaws are absent from rlar's seed API ---------------------------------------------------
 
 def test_old_and_new_logprobs_cover_the_same_tokens_and_distribution(gpt):
     """Prototype: old log-probs over T filtered tokens, new over T-1 unfiltered ones."""
