@@ -14,6 +14,7 @@ from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
+from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
 from rlar.runtime.ema import check_decay
 
 
@@ -54,6 +55,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
     check_inception_eval(cfg)
+    check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
                           "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
@@ -86,6 +88,30 @@ def check_config(cfg: DictConfig) -> None:
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
+
+
+def check_sizes(cfg: DictConfig) -> None:
+    """Counts, chunk sizes, sampling truncations, the learning rate and the checkpoint format that cannot work."""
+    r, t = cfg.rollout, cfg.train
+    if cfg.eval.samples_per_item < 1:
+        raise ConfigError(f"eval.samples_per_item must be >= 1, got {cfg.eval.samples_per_item}")
+    for key, value in {"rollout.top_k": r.top_k, "rollout.micro_batch_size": r.micro_batch_size,
+                       "train.score_chunk_size": t.score_chunk_size}.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1 (or null: off), got {value}")
+    if r.top_p is not None and not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1] (or null: off), got {r.top_p}")
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if not cfg.optimizer.lr > 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
+    if t.checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ConfigError(f"train.checkpoint_format={t.checkpoint_format!r} is not available; choose one of "
+                          f"{CHECKPOINT_FORMATS}")
+    patch = 4  # the embedded VQ's patch: 4x4 pixels a code
+    if str(cfg.tokenizer.get("_target_", "")).endswith("build_digits_vq") and cfg.data.image_size % patch:
+        raise ConfigError(f"data.image_size={cfg.data.image_size}: tokenizer=digits_vq codes 4x4 patches; set "
+                          f"data.image_size to a multiple of {patch} (or use a model-zoo tokenizer)")
 
 
 def check_channels(cfg: DictConfig) -> None:
