@@ -124,5 +124,5 @@ def test_a_tiny_run_trains_on_loo_fd(tiny, tmp_path, tb_scalars):
     summary = train_rl_loop(cfg, tmp_path)
     rollout = tb_scalars(tmp_path, "reward/mean")
     assert len(rollout) == 2 and all(math.isfinite(r) for r in rollout)
-    assert tb_scalars(tmp_path, "reward/nan_count") == [0.0, 0.0]
+    assert tb_scalars(tmp_path, "reward/nonfinite_count") == [0.0, 0.0]
     assert math.isfinite(summary["eval_reward_after"]) and math.isfinite(summary["eval_fd_after"])

@@ -33,6 +33,7 @@ from datasets import Dataset
 from PIL import Image
 
 from rlar.policy.llamagen import LlamaGen
+from rlar.runtime.checkpoint import shards_of
 from rlar.studies.measured_run import MEASURE_DIR
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
 
@@ -146,13 +147,13 @@ def one_process_resume(work: Path, s: Settings) -> dict:
 
 
 def checkpoint_state(checkpoints: Path) -> dict | None:
-    """What a run left in ``checkpoints/``: the files of ``last_sharded/`` and ``last.pt``'s format, iteration and
-    keys (None: no ``last.pt``)."""
+    """What a run left in ``checkpoints/``: the files of the shard folder ``last.pt`` names, and its format,
+    iteration and keys (None: no ``last.pt``)."""
     record_path = checkpoints / "last.pt"
     if not record_path.is_file():
         return None
     record = torch.load(record_path, map_location="cpu", weights_only=True)
-    shards = checkpoints / "last_sharded"
+    shards = checkpoints / (shards_of(record) or "last_sharded")
     return {"format": record["format"], "iteration": record["iteration"], "keys": sorted(record),
             "shard_files": sorted(p.name for p in shards.iterdir()) if shards.is_dir() else []}
 
