@@ -2,7 +2,7 @@
 update's pass with and without ``policy.grad_checkpointing``, side by side in one run.
 
 On CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before the case. On the CPU: the growth of
-the resident set's high-water mark (``ru_maxrss``) during the case, each case in a fresh process (so that one
+the resident set's high-water mark (``VmHWM``) during the case, each case in a fresh process (so that one
 case's peak cannot hide another's) whose allocator returns every freed block over 64 KiB to the system
 (glibc's ``MALLOC_MMAP_THRESHOLD_``), so that the resident set follows the live tensors.
 """
@@ -13,6 +13,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -63,9 +64,18 @@ def peak_mb(case: str, device: str) -> float:
         run(policy)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    before = resident_peak_kib()
     run(policy)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**10
+    return (resident_peak_kib() - before) / 2**10
+
+
+def resident_peak_kib() -> int:
+    """This address space's resident-set high-water mark in KiB (Linux's ``VmHWM``). Not ``ru_maxrss``: a process
+    started by a large one inherits its parent's peak there across ``exec``, and a case would then measure 0."""
+    status = Path("/proc/self/status")
+    if not status.is_file():  # not Linux: the process's peak, which a fresh process starts low on these systems
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
 
 
 def peak_memory(device: str) -> dict[str, float]:
