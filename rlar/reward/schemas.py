@@ -80,30 +80,30 @@ class WeightedRewardSchema:
 
 
 @dataclass
-class ClassConsistencyRewardSchema:
+class ClassifierRewardSchema:
+    """What every reward that reads a digits classifier takes: the data it trains on and its own classifier."""
+
+    data: Any = MISSING
+    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
+    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
+    cache_dir: str | None = None
+
+
+@dataclass
+class ClassConsistencyRewardSchema(ClassifierRewardSchema):
     _target_: str = "rlar.reward.classifier.ClassConsistencyReward"
-    data: Any = MISSING
-    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
-    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
-    cache_dir: str | None = None
 
 
 @dataclass
-class PerceptualDigitsRewardSchema:
+class PerceptualDigitsRewardSchema(ClassifierRewardSchema):
     _target_: str = "rlar.reward.classifier.PerceptualDigitsReward"
-    data: Any = MISSING
-    # its own classifier: the judge's architecture, another seed (never eval.classifier_model: refused)
-    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
-    cache_dir: str | None = None
 
 
 @dataclass
-class LeaveOneOutFDRewardSchema:
+class LeaveOneOutFDRewardSchema(ClassifierRewardSchema):
+    """The reward classifier's features are the feature space."""
+
     _target_: str = "rlar.reward.loo_fd.LeaveOneOutFDReward"
-    data: Any = MISSING
-    # its own feature space: the judge's architecture, another seed (never eval.classifier_model: refused)
-    classifier: RewardClassifierSchema = field(default_factory=RewardClassifierSchema)
-    cache_dir: str | None = None
     # decay of the moving averages of the rollouts' moments across calls, mixed in with weight ema; 0 = the batch alone
     ema: float = 0.9
     class_conditional: bool = False  # per requested class (meta['labels']) against that class's data
