@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,23 +12,9 @@ import pytest
 import torch
 
 from rlar.reward.remote.wire import encode_request
+from rlar.studies.bench_remote import free_port_pair
 
 TIMEOUT_S = 60.0
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no two consecutive free ports")
 
 
 def answers(url: str) -> bool:
