@@ -3,7 +3,8 @@ shareable folder (``model.safetensors`` + ``config.json``), loadable as ``policy
 uploaded to the Hugging Face Hub.
 
 The policy is rebuilt as the run built it (its ``.hydra/config.yaml``: data, tokenizer, policy) and loaded
-strictly from the run's last checkpoint, so the folder holds what the run trained, checked against its config.
+strictly from the run's last checkpoint, so the folder holds what the run trained, checked against its config: the
+moving average of its weights when the run kept one (``train.ema_decay``), as its evaluations did.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar.policy.exported import write_policy_folder
+from rlar.runtime.ema import exported_policy
+from rlar.tokenizer.zoo_build import strict_load
 
 
 def run_policy_weights(run_dir: Path) -> Path:
@@ -39,7 +42,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     cfg.policy.checkpoint = str(run_policy_weights(run_dir))
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data)  # built and checked as the run built it
+    strict_load(policy, exported_policy(run_dir / "checkpoints"), f"the policy of {run_dir}")  # its EMA, if kept
     return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
 
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.schemas import RlarConfig
 from rlar.config.store import compose_config, register_schemas
-from rlar.runtime.cache import load_checkpoint
+from rlar.runtime.ema import exported_policy
 from rlar.schedule.decoder import ScheduleDecoder
 from rlar.tokenizer.zoo_build import strict_load
 
@@ -37,20 +37,6 @@ def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def policy_weights(run_dir: str | Path) -> dict:
-    """The fine-tuned policy of a run: ``checkpoints/last.pt``'s ``policy`` (consolidated format) or, after a run
-    with sharded checkpoints, its exported ``checkpoints/policy.pt``."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    if (checkpoints / "last.pt").is_file():
-        record = load_checkpoint(checkpoints / "last.pt", "the run's last checkpoint")
-        if "policy" in record:
-            return record["policy"]
-    if (checkpoints / "policy.pt").is_file():
-        return load_checkpoint(checkpoints / "policy.pt", "the run's exported policy")
-    raise FileNotFoundError(f"no policy weights under '{checkpoints}' (last.pt with a policy, or policy.pt of a "
-                            "sharded run); has the run saved a checkpoint yet?")
-
-
 def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
     """``(data, tokenizer, policy)`` of ``cfg`` on ``device``: the policy as ``policy.checkpoint`` (or the cached
     prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights."""
@@ -60,7 +46,7 @@ def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
     if cfg.rollout.mode == "schedule":
         policy = ScheduleDecoder(policy, **cfg.schedule)
     if run_dir is not None:
-        strict_load(policy, policy_weights(run_dir), f"the policy of {run_dir}")
+        strict_load(policy, exported_policy(Path(run_dir) / "checkpoints"), f"the policy of {run_dir}")
     return data, tokenizer, policy.to(device).eval().requires_grad_(False)
 
 

@@ -10,6 +10,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from rlar.runtime.cache import load_checkpoint
+
 
 def check_decay(decay: float | None) -> None:
     if decay is not None and not 0.0 <= decay < 1.0:
@@ -43,9 +45,11 @@ def exported_policy(checkpoints: str | Path, ema: bool = True) -> dict[str, torc
     its average when it kept one and ``ema`` is True, else the policy itself. A consolidated checkpoint holds both
     in ``last.pt``; a sharded run exports ``policy.pt`` and ``ema.pt`` when it finishes."""
     checkpoints = Path(checkpoints)
-    record = torch.load(checkpoints / "last.pt", map_location="cpu", weights_only=True)
-    if record["format"] == "sharded":
+    if not (checkpoints / "last.pt").is_file():
+        raise FileNotFoundError(f"no checkpoints/last.pt under '{checkpoints.parent}': give the output directory of "
+                                "an rlar run that has saved a checkpoint")
+    record = load_checkpoint(checkpoints / "last.pt", "the run's last checkpoint")
+    if record.get("format") == "sharded":
         path = checkpoints / "ema.pt"
-        return torch.load(path if ema and path.is_file() else checkpoints / "policy.pt", map_location="cpu",
-                          weights_only=True)
+        return load_checkpoint(path if ema and path.is_file() else checkpoints / "policy.pt", "the run's policy")
     return record["ema"] if ema and "ema" in record else record["policy"]
