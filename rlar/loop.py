@@ -191,8 +191,8 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
 
 
 def resume(run: Run) -> tuple[int, dict]:
-    """``(iteration, summary)`` of the last checkpoint, with the algorithm's state, the lr schedule and the random
-    streams restored; ``(0, {})`` when there is none."""
+    """``(iteration, summary)`` of the last checkpoint, with the algorithm's and the reward's state, the lr schedule
+    and the random streams restored; ``(0, {})`` when there is none."""
     state = run.checkpointer.load()
     if state is None:
         return 0, {}
@@ -201,6 +201,7 @@ def resume(run: Run) -> tuple[int, dict]:
                          f"iterations of the checkpoint {run.checkpointer.record_path}: set train.iterations >= "
                          f"{state['iteration']}, or resume=false (or another name) to start over")
     run.algorithm.load_state_dict(state["algorithm"])
+    run.reward.load_state_dict(state.get("reward", {}))  # written before rewards kept state: none
     if "scheduler" in state:
         run.scheduler.load_state_dict(state["scheduler"])
     else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
@@ -243,8 +244,9 @@ def warm_up(run: Run, batches, summary: dict) -> None:
 
 def save(run: Run, iteration: int, summary: dict) -> None:
     """The checkpoint of ``iteration``: weights, their average and the optimizer (``run.checkpointer``), the
-    algorithm's state, the lr schedule, the summary so far and every rank's random streams."""
-    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "scheduler": run.scheduler.state_dict(),
+    algorithm's and the reward's state, the lr schedule, the summary so far and every rank's random streams."""
+    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "reward": run.reward.state_dict(),
+                           "scheduler": run.scheduler.state_dict(),
                            "iteration": iteration, "summary": summary, "rng": gather_rng(run.generators)})
 
 

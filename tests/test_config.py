@@ -57,7 +57,7 @@ def test_unknown_group_option_names_the_choices():
     ("policy.checkpoint=/does/not/exist.pt", "does not exist"),
     ("tokenizer.checkpoint=/does/not/exist.pt", "does not exist"),
     ("hardware.precision=fp8", "precision"),
-    ("train.iterations=0", "train.iterations"),
+    ("train.iterations=-1", "train.iterations must be >= 0"),
 ])
 def test_bad_values_are_refused_before_any_work(override, message):
     with pytest.raises(ConfigError, match=message):

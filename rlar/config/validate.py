@@ -83,7 +83,9 @@ def check_config(cfg: DictConfig) -> None:
                          f"minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
     if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
         raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
-    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
+    if cfg.train.iterations < 0:
+        raise ConfigError(f"train.iterations must be >= 0 (0 evaluates the prior only), got {cfg.train.iterations}")
+    for key in ("train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
                 "train.max_nonfinite_iterations"):
         group, name = key.split(".")
         if cfg[group][name] < 1:

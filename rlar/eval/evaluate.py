@@ -13,6 +13,7 @@ import torch
 from rlar.contracts import Policy, Reward, Tokenizer
 from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
+from rlar.reward.scoring import scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
@@ -40,17 +41,19 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
     ``eval/inception_*`` (``rlar.eval.inception_eval``).
 
-    A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like.
+    A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like; a
+    reward that learns across calls scores without learning (``rlar.reward.scoring.scoring_only``).
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
-    result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
-                            inception)
-    if eval_cfg.get("guided_cfg_scale") is not None:
-        guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
-        more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
-                              inception)
-        result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
+    with scoring_only(reward_fn):
+        result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
+                                inception)
+        if eval_cfg.get("guided_cfg_scale") is not None:
+            guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
+            more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
+                                  inception)
+            result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
     return result
 
 

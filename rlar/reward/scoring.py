@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -47,3 +49,15 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     metrics = reward_fn.metrics()
     metrics.update({"time/decode": decoded - tic, "time/reward": time.perf_counter() - decoded})
     return samples, rewards, components, metrics
+
+
+@contextmanager
+def scoring_only(reward: Reward) -> Iterator[Reward]:
+    """``reward`` with ``learning`` off inside the block (evaluation: a reward that learns across calls scores the
+    samples without learning from them), restored after."""
+    before = reward.learning
+    reward.learning = False
+    try:
+        yield reward
+    finally:
+        reward.learning = before
