@@ -131,10 +131,12 @@ class Reward(Protocol):
     ``targets [N, C, H, W]``: the input images the samples condition on; ``meta``: ``labels [N]``, and ``steps
     [N]`` for parallel decoders. ``metrics()``: what the reward reports of itself since the last read (a remote
     reward: latency, retries, ...). ``may_be_absent``: NaN means "does not apply" rather than "failed"
-    (``rlar.reward.mixture``). The rewards of ``rlar.reward`` subclass this protocol: by default they report no
-    metrics and are never absent."""
+    (``rlar.reward.mixture``). ``reads_targets``: it compares samples with their targets, so it cannot score
+    data without images (``rlar.config.validate`` refuses it there). The rewards of ``rlar.reward`` subclass this
+    protocol: by default they report no metrics, are never absent and read no targets."""
 
     may_be_absent: bool = False
+    reads_targets: bool = False
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...

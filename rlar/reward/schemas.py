@@ -110,6 +110,13 @@ class LeaveOneOutFDRewardSchema(ClassifierRewardSchema):
     chunk_size: int = 256  # images per classifier forward pass
 
 
+@dataclass
+class CompositionalRewardSchema(ClassifierRewardSchema):
+    """The digits text task's reward: the class check reads its own classifier."""
+
+    _target_: str = "rlar.reward.compositional.CompositionalReward"
+
+
 REWARD_SCHEMAS = {
     "reconstruction": ReconstructionRewardSchema,
     "psnr": PSNRRewardSchema,
@@ -124,5 +131,6 @@ REWARD_SCHEMAS = {
     "class_consistency": ClassConsistencyRewardSchema,
     "perceptual_digits": PerceptualDigitsRewardSchema,
     "loo_fd": LeaveOneOutFDRewardSchema,
+    "compositional": CompositionalRewardSchema,
 }
 
