@@ -131,12 +131,15 @@ class Reward(Protocol):
     ``targets [N, C, H, W]``: the input images the samples condition on; ``meta``: ``labels [N]``, and ``steps
     [N]`` for parallel decoders. ``metrics()``: what the reward reports of itself since the last read (a remote
     reward: latency, retries, ...). ``may_be_absent``: NaN means "does not apply" rather than "failed"
-    (``rlar.reward.mixture``). A reward that learns across calls (``reward=discriminator``, ``loo_fd``'s moving
-    averages) learns only while ``learning`` is True (evaluation scores with it False) and keeps what it learned in
-    ``state_dict()``, which checkpoints save. The rewards of ``rlar.reward`` subclass this protocol: by default they
-    report no metrics, are never absent and keep no state."""
+    (``rlar.reward.mixture``). ``reads_targets``: it compares samples with their targets, so it cannot score
+    data without images (``rlar.config.validate`` refuses it there). A reward that learns across calls
+    (``reward=discriminator``, ``loo_fd``'s moving averages) learns only while ``learning`` is True (evaluation scores
+    with it False) and keeps what it learned in ``state_dict()``, which checkpoints save. The rewards of
+    ``rlar.reward`` subclass this protocol: by default they report no metrics, are never absent, read no targets
+    and keep no state."""
 
     may_be_absent: bool = False
+    reads_targets: bool = False
     learning: bool = True
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None

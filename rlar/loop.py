@@ -109,24 +109,26 @@ def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int
     return unscored
 
 
-def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
-    """One RL iteration on the global batch ``(images [B, C, H, W], labels [B], indices [B])``; logs and returns
-    its metrics."""
+def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor], step: int) -> dict[str, float]:
+    """One RL iteration on the global batch ``(images [B, C, H, W] (None: data without images), labels [B],
+    indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward."""
     all_images, all_labels, all_indices = batch
-    images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b], b = B / world
+    labels = run.this_rank(all_labels)  # [b], b = B / world
+    images = None if all_images is None else run.this_rank(all_images)  # [b, C, H, W]
+    prompts = run.data.captions_of(run.this_rank(all_indices))  # b captions, or None
     G = run.algorithm.num_generations
     timings = {}
 
     tic = time.perf_counter()
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
-        rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), labels, G, run.cfg.rollout,
-                                  run.generators["sample"])
+        codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
+        rollout = collect_rollout(run.policy, codes, labels, G, run.cfg.rollout, run.generators["sample"])
     timings["time/rollout"] = time.perf_counter() - tic
 
-    meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
+    meta = reward_meta(rollout, prompts, G)
     samples, rewards, components, reward_metrics = decode_and_score(
-        run.tokenizer, run.reward, rollout.tokens, images.repeat_interleave(G, 0), meta,
+        run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0), meta,
         run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
     timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
 
@@ -141,9 +143,18 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
     metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
                                 adv_stats, timings, rollout, run.device)
     run.logger.scalars(metrics, step)
-    if images_due(run.logger.image_every, step):
+    if images is not None and images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
     return metrics
+
+
+def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int) -> dict:
+    """What the reward reads beside the images: ``labels [N]``, ``steps [N]`` (parallel decoders) and, for data
+    with captions, ``prompts`` (N strings, each item's caption repeated for its G samples)."""
+    meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
+    if prompts is not None:
+        meta["prompts"] = [p for p in prompts for _ in range(num_generations)]
+    return meta
 
 
 def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards: torch.Tensor,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
+from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
@@ -55,6 +55,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
     check_inception_eval(cfg)
+    check_data_without_images(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
@@ -114,6 +115,59 @@ def check_sizes(cfg: DictConfig) -> None:
     if str(cfg.tokenizer.get("_target_", "")).endswith("build_digits_vq") and cfg.data.image_size % patch:
         raise ConfigError(f"data.image_size={cfg.data.image_size}: tokenizer=digits_vq codes 4x4 patches; set "
                           f"data.image_size to a multiple of {patch} (or use a model-zoo tokenizer)")
+
+
+def reward_nodes(cfg: DictConfig) -> list[tuple[str, dict]]:
+    """``(config path, node)`` of the reward and of every reward inside it (a mix's components): each dict with a
+    ``_target_``, its ``data`` left out."""
+    found = []
+
+    def visit(node, path: str) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node:
+                found.append((path, node))
+            for key, value in node.items():
+                if key != "data":
+                    visit(value, f"{path}.{key}")
+
+    visit(OmegaConf.to_container(cfg.reward, resolve=True), "reward")
+    return found
+
+
+def check_data_without_images(cfg: DictConfig) -> None:
+    """``data=prompts`` has prompts and no images: nothing to train the embedded tokenizer or prior on, no input
+    codes for the modes that read them, no reference for the judge, no targets for the rewards that compare with
+    them. A classifier reward needs images to train its classifier on, wherever its ``data`` points."""
+    for path, node in reward_nodes(cfg):
+        if "classifier" in node and "data" in node and not has_images(node["data"] or {}):
+            raise ConfigError(f"{path} trains its classifier on {path}.data, which has no images (data=prompts); "
+                              f"point it at images of the same classes, e.g. {path}.data={{_target_:"
+                              "rlar.data.digits.DigitsData}")
+    if has_images(cfg.data):
+        return
+    nothing = "data=prompts has no images"
+    if cfg.rollout.mode in ("prefix", "teacher_forced"):
+        raise ConfigError(f"{nothing}: rollout.mode={cfg.rollout.mode} reads the input images' codes; use "
+                          "rollout.mode=autoregressive (or parallel, schedule)")
+    for key, value in {"train.warmup_steps": cfg.train.warmup_steps,
+                       "algorithm.ntp_weight": cfg.algorithm.get("ntp_weight")}.items():
+        if value:
+            raise ConfigError(f"{nothing}: {key}={value} trains on the images' codes; set {key}=0")
+    if cfg.eval.classifier:
+        raise ConfigError(f"{nothing} for the judge (eval/fd, eval/class_acc) to train on and compare with; set "
+                          "eval.classifier=false")
+    if cfg.eval.inception.enabled and not cfg.eval.inception.reference:
+        raise ConfigError(f"{nothing} to compare eval/inception_* with; set eval.inception.reference (an .npz or a "
+                          "folder of images)")
+    for key in ("tokenizer.checkpoint", "policy.checkpoint"):
+        group, name = key.split(".")
+        if name in cfg[group] and not cfg[group][name]:
+            raise ConfigError(f"{nothing} to train the embedded {group} on; give {key}=<a saved checkpoint>")
+    readers = [path for path, node in reward_nodes(cfg) if getattr(get_object(node["_target_"]), "reads_targets",
+                                                                      False)]
+    if readers:
+        raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "
+                          "that needs no target (compositional, clip, class_consistency, ...)")
 
 
 def check_channels(cfg: DictConfig) -> None:

@@ -126,6 +126,13 @@ class DiscriminatorRewardSchema(ClassifierRewardSchema):
     chunk_size: int = 256  # images per classifier forward pass
 
 
+@dataclass
+class CompositionalRewardSchema(ClassifierRewardSchema):
+    """The digits text task's reward: the class check reads its own classifier."""
+
+    _target_: str = "rlar.reward.compositional.CompositionalReward"
+
+
 REWARD_SCHEMAS = {
     "reconstruction": ReconstructionRewardSchema,
     "psnr": PSNRRewardSchema,
@@ -141,5 +148,6 @@ REWARD_SCHEMAS = {
     "perceptual_digits": PerceptualDigitsRewardSchema,
     "loo_fd": LeaveOneOutFDRewardSchema,
     "discriminator": DiscriminatorRewardSchema,
+    "compositional": CompositionalRewardSchema,
 }
 
