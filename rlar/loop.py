@@ -1,4 +1,5 @@
-"""The RL loop: rollout -> decode -> reward -> advantages -> update, with logging, checkpoints and evaluation.
+"""The RL loop: rollout -> decode -> reward -> advantages -> update, with logging, checkpoints and evaluation (an
+algorithm that trains on data pairs, CCA, updates on the batch's codes instead: ``pair_iteration``).
 
 ``rlar.build`` makes the parts (a ``Run``); this module runs them: the evaluation of the prior and the supervised
 warm-up, the iterations, and the summary.
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rlar.algorithm.pair_update import pair_update
 from rlar.algorithm.update import policy_update, value_advantages
 from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
@@ -77,12 +79,15 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
     unscored = 0  # iterations in a row with no finite reward
     for it in progress:
         step = it + 1
-        metrics = iteration(run, next(batches), step)
-        unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
+        if run.algorithm.trains_on_data:  # CCA: the batch's data pairs, nothing sampled or scored
+            metrics, shown = pair_iteration(run, next(batches), step), "loss/cca"
+        else:
+            metrics, shown = iteration(run, next(batches), step), "reward/mean"
+            unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
-        progress.set_postfix(reward=f"{metrics['reward/mean']:.4f}")
+        progress.set_postfix({shown: f"{metrics[shown]:.4f}"})
         if step % run.cfg.eval.every == 0 or step == t.iterations:
             result = evaluation(run)
             summary["history"].append({"iteration": step, **result})
@@ -155,6 +160,25 @@ def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: in
     if prompts is not None:
         meta["prompts"] = [p for p in prompts for _ in range(num_generations)]
     return meta
+
+
+def pair_iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
+    """One iteration of an algorithm that trains on data pairs (CCA) on the global batch ``(images [B, C, H, W],
+    labels [B], indices [B])``: this rank's images' codes under their labels and under mismatched ones, one
+    optimizer step; logs and returns its metrics."""
+    all_images, all_labels, _ = batch
+    images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b]
+    tic = time.perf_counter()
+    codes = run.tokenizer.encode_indices(images)  # [b, T]
+    negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
+    stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
+                        run.cfg.train.max_grad_norm, run.hw.autocast)
+    timings = {"time/update": time.perf_counter() - tic}
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    metrics = {**distributed.mean_over_ranks({**stats, "optimizer/lr": lr}, run.device), **timings}
+    run.logger.scalars(metrics, step)
+    return metrics
 
 
 def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards: torch.Tensor,

@@ -15,7 +15,8 @@ BRIEF = {"steps": 3, "batch_size": 8}  # learns nothing: only which model is bui
 READERS = {"class_consistency": "reward.classifier", "perceptual_digits": "reward.classifier",
            "loo_fd": "reward.classifier", "discriminator": "reward.classifier",
            "vapi_digits": "reward.components.perceptual_digits.classifier",
-           "perceptual_efficiency": "reward.components.perceptual_digits.classifier"}
+           "perceptual_efficiency": "reward.components.perceptual_digits.classifier",
+           "class_loo_fd": "reward.components.fd.classifier"}
 
 
 @pytest.mark.parametrize("option", sorted(READERS))

@@ -24,9 +24,10 @@ class ConfigError(ValueError):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix."""
+    built = {}
     for group in ("algorithm", "hardware"):  # cheap objects whose constructors check their values
         try:
-            instantiate(cfg[group])
+            built[group] = instantiate(cfg[group])
         except InstantiationException as e:
             raise ConfigError(str(e.__cause__ or e)) from e
     try:  # the lr schedule checks its values when built, here on an optimizer of one parameter
@@ -77,11 +78,14 @@ def check_config(cfg: DictConfig) -> None:
         if path and not (Path(path).expanduser().is_file() or exported):
             raise ConfigError(f"{key}='{path}' does not exist; give the path of a saved checkpoint (for the "
                               f"embedded {group}, {key}=null trains one and caches it)")
-    g = cfg.algorithm.num_generations
-    sequences = cfg.train.batch_size * g
-    if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
-        raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split into "
-                         f"minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
+    if built["algorithm"].trains_on_data:
+        check_data_pairs(cfg)
+    else:
+        g = cfg.algorithm.num_generations
+        sequences = cfg.train.batch_size * g
+        if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
+            raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split "
+                              f"into minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
     if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
         raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
     if cfg.train.iterations < 0:
@@ -168,6 +172,25 @@ def check_data_without_images(cfg: DictConfig) -> None:
     if readers:
         raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "
                           "that needs no target (compositional, clip, class_consistency, ...)")
+
+
+def check_data_pairs(cfg: DictConfig) -> None:
+    """An algorithm that trains on data pairs (``algorithm=cca``) scores the data's codes in raster order and samples
+    nothing: the rollout's sampling options would be silently unused."""
+    if not has_images(cfg.data):
+        raise ConfigError("algorithm=cca trains on the data's images (their codes under their own and mismatched "
+                          "labels), and data=prompts has none; give data with images (data=digits, hf_disk, "
+                          "image_folder)")
+    r = cfg.rollout
+    if r.mode != "autoregressive":
+        raise ConfigError(f"algorithm=cca trains on the data's codes (teacher forcing in raster order) and samples no "
+                          f"rollouts, so rollout.mode={r.mode!r} would do nothing; set rollout.mode=autoregressive "
+                          "(evaluation samples free-running) and a raster policy (gpt, llamagen)")
+    unused = {"rollout.token_noise_prob": r.token_noise_prob, "rollout.label_dropout": r.label_dropout}
+    for key, value in unused.items():
+        if value:
+            raise ConfigError(f"{key}={value} shapes rollouts, and algorithm=cca samples none (it scores the data's "
+                              f"codes under their own and mismatched labels); set {key}=0")
 
 
 def check_channels(cfg: DictConfig) -> None:
