@@ -1,5 +1,6 @@
 """reward=loo_fd: leave-one-out Fréchet-distance contributions, by hand and by brute force with the exact FD."""
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -13,6 +14,8 @@ from rlar.config.validate import check_config
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.loop import train_rl_loop
 from rlar.reward.loo_fd import LeaveOneOutFDReward, leave_one_out_fd
+from rlar.reward.mixture import WeightedReward
+from rlar.reward.scoring import scoring_only
 
 
 def fd_1d(mean1, var1, mean2, var2):
@@ -85,6 +88,23 @@ def test_the_reward_mixes_a_moving_average_across_calls():
     expected = brute_force(second.flatten(1), reference, gaussian_fit(first.flatten(1)), 0.5)
     assert torch.allclose(r2.double(), expected, atol=1e-5)
 
+
+
+def test_scoring_only_keeps_the_average_and_a_checkpointed_average_resumes():
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(20, 1, 1, 2, generator=g)
+    batches = [torch.randn(5, 1, 1, 2, generator=g) for _ in range(3)]
+    reward = reward_on(train, torch.zeros(20, dtype=torch.long), ema=0.5)
+    mix = WeightedReward({"fd": reward}, {"fd": 1.0})
+    mix(batches[0], None)
+    state = copy.deepcopy(mix.state_dict())
+    with scoring_only(mix):  # an evaluation: scored against the average, which stays
+        assert not reward.learning
+        mix(batches[1], None)
+    assert reward.learning and torch.equal(reward.history[-1][0], state["fd"]["history"]["-1"][0])
+    resumed = reward_on(train, torch.zeros(20, dtype=torch.long), ema=0.5)
+    WeightedReward({"fd": resumed}, {"fd": 1.0}).load_state_dict(state)
+    assert torch.equal(reward(batches[2])[0], resumed(batches[2])[0])
 
 def test_class_conditional_scores_each_class_against_its_own_data():
     g = torch.Generator().manual_seed(2)
