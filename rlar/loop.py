@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from rlar.algorithm.update import policy_update, value_advantages
 from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
+from rlar.policy.conditioning import Condition
 from rlar.policy.prior import teacher_forced_ce
 from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
@@ -32,6 +33,7 @@ from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
 from rlar.runtime.run_lock import run_lock
 from rlar.runtime.stop_signals import Stopped, StopRequest
+from rlar.text.conditions import item_conditions
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +111,25 @@ def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int
     return unscored
 
 
+def batch_conditions(run: Run, labels: torch.Tensor, indices: torch.Tensor, split: str = "train") -> Condition:
+    """The conditions of this rank's items of a batch (``labels [b]``, ``indices [b]`` into ``split``): their class
+    labels, or with ``run.text_encoder`` the features of their captions (``data.<split>_captions[indices]``)."""
+    return item_conditions(run.text_encoder, run.data, split, labels, indices, run.device)
+
+
 def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
     """One RL iteration on the global batch ``(images [B, C, H, W], labels [B], indices [B])``; logs and returns
     its metrics."""
     all_images, all_labels, all_indices = batch
     images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b], b = B / world
+    condition = batch_conditions(run, labels, run.this_rank(all_indices))  # [b] class labels or captions
     G = run.algorithm.num_generations
     timings = {}
 
     tic = time.perf_counter()
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
-        rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), labels, G, run.cfg.rollout,
+        rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), condition, G, run.cfg.rollout,
                                   run.generators["sample"])
     timings["time/rollout"] = time.perf_counter() - tic
 
@@ -215,7 +224,7 @@ def evaluation(run: Run) -> dict[str, float]:
     (``rlar.eval.evaluate``)."""
     with gathered(run.evaluated_policy):
         return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling,
-                        run.device, run.hw.autocast, run.eval_model, run.inception)
+                        run.device, run.hw.autocast, run.eval_model, run.inception, run.text_encoder)
 
 
 def evaluate_prior(run: Run) -> dict:
@@ -231,9 +240,10 @@ def warm_up(run: Run, batches, summary: dict) -> None:
     loss goes to the summary as ``warmup_ce``."""
     steps = run.cfg.train.warmup_steps
     for i in tqdm(range(steps), desc="supervised warm-up", leave=False, disable=not (steps and distributed.is_main())):
-        all_images, all_labels, _ = next(batches)
-        images, labels = run.this_rank(all_images), run.this_rank(all_labels)
-        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(images), labels)
+        all_images, all_labels, all_indices = next(batches)
+        images = run.this_rank(all_images)
+        condition = batch_conditions(run, run.this_rank(all_labels), run.this_rank(all_indices))
+        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(images), condition)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
+from rlar.policy.gpt import CONDITION_MODES
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
@@ -54,6 +55,7 @@ def check_config(cfg: DictConfig) -> None:
         if not 0.0 <= r[key] < 1.0:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
+    check_text_conditioning(cfg)
     check_inception_eval(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
@@ -112,6 +114,34 @@ def check_sizes(cfg: DictConfig) -> None:
     if str(cfg.tokenizer.get("_target_", "")).endswith("build_digits_vq") and cfg.data.image_size % patch:
         raise ConfigError(f"data.image_size={cfg.data.image_size}: tokenizer=digits_vq codes 4x4 patches; set "
                           f"data.image_size to a multiple of {patch} (or use a model-zoo tokenizer)")
+
+
+def check_text_conditioning(cfg: DictConfig) -> None:
+    """The condition mode exists; a text encoder goes with a raster policy that reads it, and its local weights
+    exist (they are never downloaded)."""
+    mode = cfg.policy.get("condition_mode")
+    if mode is not None and mode not in CONDITION_MODES:
+        raise ConfigError(f"policy.condition_mode={mode!r} is not available; choose one of {CONDITION_MODES}")
+    text = cfg.get("text_encoder")
+    if text is None:
+        return
+    if str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg"):
+        raise ConfigError("policy=arpg is class-conditional; text_encoder needs policy=gpt or policy=llamagen (or set "
+                          "text_encoder=null)")
+    if text.max_length < 1:
+        raise ConfigError(f"text_encoder.max_length must be >= 1, got {text.max_length}")
+    cls_tokens = cfg.policy.get("cls_token_num")
+    if cls_tokens is not None and cls_tokens not in (1, text.max_length):
+        raise ConfigError(f"policy.cls_token_num={cls_tokens} but text_encoder.max_length={text.max_length}: a "
+                          "text-conditioned LlamaGen reads one condition token per caption token; set "
+                          f"text_encoder.max_length={cls_tokens} (or policy.cls_token_num=1)")
+    path = text.get("model_path")
+    if path is not None and not (Path(path).expanduser() / "config.json").is_file():
+        raise ConfigError(f"text_encoder.model_path='{path}' holds no model (no config.json); give a local folder with "
+                          "the encoder's config, weights and tokenizer files (it is never downloaded)")
+    if cfg.eval.inception.enabled:
+        raise ConfigError("eval.inception samples class-balanced labels, not captions; with a text_encoder set "
+                          "eval.inception.enabled=false")
 
 
 def check_channels(cfg: DictConfig) -> None:

@@ -16,25 +16,31 @@ from rlar.eval.model.scorer import EvalModel
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
+from rlar.text.conditions import item_conditions
+from rlar.text.encoder import TextEncoder
 
 
-def rank_share(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rank_share(images: torch.Tensor, labels: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's contiguous share of the held-out items, padded to the same length on every rank (so that sharded
-    models run the same collectives everywhere): ``(images [m, ...], labels [m], real [m] bool)``."""
+    models run the same collectives everywhere): ``(images [m, ...], labels [m], indices [m] into the split,
+    real [m] bool)``."""
     rank, world = distributed.rank(), distributed.world_size()
     per_rank = -(-len(images) // world)
     x, y = images[rank * per_rank:][:per_rank], labels[rank * per_rank:][:per_rank]
+    idx = torch.arange(len(images))[rank * per_rank:][:per_rank]
     real = torch.arange(per_rank) < len(x)
     pad = per_rank - len(x)
-    return torch.cat([x, images[:pad]]), torch.cat([y, labels[:pad]]), real
+    return torch.cat([x, images[:pad]]), torch.cat([y, labels[:pad]]), torch.cat([idx, torch.arange(pad)]), real
 
 
 @torch.no_grad()
 def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-             autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
-             ) -> dict[str, float]:
+             autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None,
+             text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
-    ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
+    ``eval_cfg.samples_per_item`` free-running samples for each held-out image (its class condition, or with
+    ``text_encoder`` its caption; no prefix); with
     ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall`` and ``eval/diversity``
     of the samples. With ``eval_cfg.guided_cfg_scale``, the
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
@@ -45,29 +51,29 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
     result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
-                            inception)
+                            inception, text_encoder)
     if eval_cfg.get("guided_cfg_scale") is not None:
         guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
         more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
-                              inception)
+                              inception, text_encoder)
         result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
     return result
 
 
 def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-                   autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
-                   ) -> dict[str, float]:
+                   autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None,
+                   text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """One evaluation (``evaluate``'s ``eval/*``) of samples drawn under ``sampling``."""
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
     policy.eval()
     generator = torch.Generator().manual_seed(eval_cfg.seed + distributed.rank())
-    images, labels, real = rank_share(data.eval_images[: eval_cfg.max_items or None],
-                                      data.eval_labels[: eval_cfg.max_items or None])
+    images, labels, indices, real = rank_share(data.eval_images[: eval_cfg.max_items or None],
+                                               data.eval_labels[: eval_cfg.max_items or None])
     images, labels = images.to(device), labels.to(device)
-    k = eval_cfg.samples_per_item
+    k, size = eval_cfg.samples_per_item, eval_cfg.batch_size
     rewards, components, features, hits, steps = [], defaultdict(list), [], [], []
-    for x, y in zip(images.split(eval_cfg.batch_size), labels.split(eval_cfg.batch_size), strict=True):
+    for x, y, idx in zip(images.split(size), labels.split(size), indices.split(size), strict=True):
         prefix = torch.zeros(len(x), 0, dtype=torch.long, device=device)
         meta = {"labels": y.repeat_interleave(k)}
         with autocast():
@@ -77,7 +83,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
                 steps.append(n_steps.float())  # [b*k]
                 meta["steps"] = n_steps
             else:
-                tokens, _ = sample_multiple_generations(policy, (prefix, y), policy.block_size, k,
+                condition = item_conditions(text_encoder, data, "eval", y, idx, device)  # labels, or captions
+                tokens, _ = sample_multiple_generations(policy, (prefix, condition), policy.block_size, k,
                                                         generator=generator, **sampling)
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
         reward, parts = reward_fn(samples, x.repeat_interleave(k, 0), meta)  # [b*k], {name: [b*k]}
