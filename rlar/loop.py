@@ -122,11 +122,11 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
     its metrics."""
     all_images, all_labels, all_indices = batch
     images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b], b = B / world
-    condition = batch_conditions(run, labels, run.this_rank(all_indices))  # [b] class labels or captions
     G = run.algorithm.num_generations
     timings = {}
 
-    tic = time.perf_counter()
+    tic = time.perf_counter()  # the rollout's time includes encoding its captions
+    condition = batch_conditions(run, labels, run.this_rank(all_indices))  # [b] class labels or captions
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
         rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), condition, G, run.cfg.rollout,

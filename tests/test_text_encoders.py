@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from rlar.config.store import compose_config
+from rlar.config.validate import check_config
 from rlar.text.embedded import EmbeddedTextEncoder
 from rlar.text.hf_encoders import CLIPTextEncoder, T5TextEncoder
 
@@ -105,11 +106,15 @@ def test_embedded_features_are_zero_at_padding_batch_independent_and_trainable()
     assert encoder.trainable and encoder.embed.weight.grad.abs().sum() > 0
 
 
-def test_every_encoder_option_composes_and_embedded_builds_from_config_alone():
+def test_every_encoder_option_composes_passes_checks_and_embedded_builds_from_config_alone(tiny_t5, tiny_clip_text):
     assert compose_config([]).text_encoder is None  # the class-conditional default
-    encoder = instantiate(compose_config(["text_encoder=embedded"]).text_encoder)
+    cfg = compose_config(["text_encoder=embedded"])
+    check_config(cfg)
+    encoder = instantiate(cfg.text_encoder)
     assert isinstance(encoder, EmbeddedTextEncoder) and (encoder.dim, encoder.max_length) == (64, 16)
     assert "seven" in encoder.words and "leaning" in encoder.words
-    for name, target in [("t5", "T5TextEncoder"), ("clip", "CLIPTextEncoder")]:
-        cfg = compose_config([f"text_encoder={name}", "text_encoder.model_path=/models/x"]).text_encoder
-        assert cfg._target_.endswith(target) and cfg.feature_cache is None
+    for name, target, path in [("t5", "T5TextEncoder", tiny_t5[0]), ("clip", "CLIPTextEncoder", tiny_clip_text[0])]:
+        cfg = compose_config([f"text_encoder={name}", f"text_encoder.model_path={path}", "text_encoder.max_length=12"])
+        check_config(cfg)
+        assert cfg.text_encoder._target_.endswith(target) and cfg.text_encoder.feature_cache is None
+        assert type(instantiate(cfg.text_encoder)).__name__ == target

@@ -67,6 +67,15 @@ def test_sampler_logprobs_equal_the_teacher_forced_recompute(kind, cfg_scale):
     assert (logp - full.gather(-1, tokens[..., None])[..., 0]).abs().max() <= 1e-5
 
 
+def test_micro_batches_sample_what_one_batch_samples():
+    policy, cond = text_policy("gpt"), captions(8)
+    start = (torch.zeros(8, 0, dtype=torch.long), cond)
+    whole = sample_codes_with_logprobs(policy, start, T, cfg_scale=2.0, generator=torch.Generator().manual_seed(4))
+    parts = sample_codes_with_logprobs(policy, start, T, cfg_scale=2.0, generator=torch.Generator().manual_seed(4),
+                                       micro_batch_size=3)
+    assert torch.equal(whole[0], parts[0]) and (whole[1] - parts[1]).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_padded_tokens_and_null_rows_are_not_read_and_captions_are(kind):
     policy, cond = text_policy(kind), captions()

@@ -91,15 +91,24 @@ def test_the_text_prior_learns_from_its_captions_and_is_cached_with_its_encoder(
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), fresh.state_dict().values(),
                                                  strict=True))
     assert all(torch.equal(policy.state_dict()[k], v) for k, v in again.state_dict().items())
+    torch.save({"policy": again.state_dict()}, cache_dir / "text_policy.pt")  # an RL checkpoint's layout
+    torch.manual_seed(2)
+    third = EmbeddedTextEncoder(max_length=6, width=32, n_layer=1, n_head=2)
+    loaded = build_gpt_prior(tokenizer, captioned, third, **options, checkpoint=str(cache_dir / "text_policy.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), third.state_dict().values(),
+                                                 strict=True))  # a checkpoint gets the encoder of its prior
+    assert torch.equal(loaded.caption.uncond_embedding, policy.caption.uncond_embedding)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["prefix", "cross_attention"])
-def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_path, tb_scalars, mode):
+@pytest.mark.parametrize("policy", [["policy.condition_mode=prefix"], ["policy.condition_mode=cross_attention"],
+                                    ["policy=llamagen", "policy.dim=32", "policy.n_head=2"]],
+                         ids=["gpt-prefix", "gpt-cross-attention", "llamagen-t2i"])
+def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_path, tb_scalars, policy):
     overrides = [*tiny, "data._target_=test_text_prior_and_loop.CaptionedDigits", "data.image_size=16",
                  "text_encoder=embedded", "text_encoder.max_length=6", "text_encoder.width=32",
-                 "text_encoder.n_layer=1", "text_encoder.n_head=2", f"policy.condition_mode={mode}",
-                 "rollout.cfg_scale=2.0", "rollout.label_dropout=0.2", "train.warmup_steps=1", "hardware.num_threads=1"]
+                 "text_encoder.n_layer=1", "text_encoder.n_head=2", *policy, "rollout.cfg_scale=2.0",
+                 "rollout.label_dropout=0.2", "train.warmup_steps=1", "hardware.num_threads=1"]
     summary = train_rl_loop(compose_config(overrides), tmp_path)
     assert summary["iterations"] == 2 and summary["eval_reward_after"] == summary["eval_reward_after"]  # not NaN
     assert max(tb_scalars(tmp_path, "policy/ratio_max_abs_dev")) <= 1e-5

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
@@ -135,6 +135,9 @@ def check_text_conditioning(cfg: DictConfig) -> None:
         raise ConfigError(f"policy.cls_token_num={cls_tokens} but text_encoder.max_length={text.max_length}: a "
                           "text-conditioned LlamaGen reads one condition token per caption token; set "
                           f"text_encoder.max_length={cls_tokens} (or policy.cls_token_num=1)")
+    if OmegaConf.is_missing(text, "model_path"):
+        raise ConfigError("text_encoder.model_path is not set: give a local folder with the encoder's config, weights "
+                          "and tokenizer files (e.g. text_encoder.model_path=/models/flan-t5-xl)")
     path = text.get("model_path")
     if path is not None and not (Path(path).expanduser() / "config.json").is_file():
         raise ConfigError(f"text_encoder.model_path='{path}' holds no model (no config.json); give a local folder with "
