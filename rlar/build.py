@@ -13,7 +13,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
-from rlar.contracts import Algorithm, Logger, Policy, Reward, Tokenizer
+from rlar.algorithm.cca import check_num_classes
+from rlar.contracts import Algorithm, DataPairAlgorithm, Logger, Policy, Reward, Tokenizer
 from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
@@ -39,14 +40,14 @@ class Run:
     data: ImageData
     tokenizer: Tokenizer
     policy: Policy
-    ref_policy: Policy | None  # the frozen prior, for the KL term only (None when algorithm.beta is 0)
+    ref_policy: Policy | None  # the frozen prior, for the KL term or CCA's log-ratio (None when algorithm.beta is 0)
     critic: nn.Linear | None  # the value head (PPO with algorithm.value_head)
     trainable: nn.ModuleDict  # {"policy", "critic"?}: what the optimizer steps and the checkpoint saves (with "ema")
     train_policy: nn.Module
     train_critic: nn.Module | None
     reward: Reward
     eval_model: EvalModel | None
-    algorithm: Algorithm
+    algorithm: Algorithm | DataPairAlgorithm
     optimizer: torch.optim.Optimizer
     checkpointer: Checkpointer
     logger: Logger
@@ -88,9 +89,12 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
                          f"multiple of {world} (each process takes batch_size/{world} items with all their "
                          f"generations)")
     reward = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
+    algorithm = instantiate(cfg.algorithm)
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
+        if algorithm.trains_on_data:  # CCA's negatives are the other classes
+            check_num_classes(data.num_classes)
         tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
         text_encoder = build_text_encoder(cfg)  # where the prior is built; the embedded one is trained with it
         policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=text_encoder).to(device)
@@ -100,8 +104,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
     inception = (build_inception_eval(data, cfg.eval.inception, cfg.cache_dir, cfg.eval.batch_size, device)
                  if cfg.eval.inception.enabled else None)
-    algorithm = instantiate(cfg.algorithm)
-    # the frozen prior, for the KL term only: never built when beta is 0
+    # the frozen prior, for the KL term (or CCA's log-ratio to it): never built when beta is 0
     ref_policy = copy.deepcopy(policy).eval().requires_grad_(False) if algorithm.beta > 0 else None
     critic = torch.nn.Linear(policy.n_embd, 1).to(device) if algorithm.value_head else None
     ema = None if cfg.train.ema_decay is None else policy_ema(policy, cfg.train.ema_decay)

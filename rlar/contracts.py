@@ -1,6 +1,6 @@
 """The typed contracts between the parts of the loop: what a policy, a parallel decoder, a tokenizer, a reward,
-an algorithm and a logger provide. Structural (``typing.Protocol``): a class satisfies one by having its members;
-the classes of ``rlar`` are checked against them in ``tests/test_contracts.py``.
+an algorithm (on samples or on data pairs) and a logger provide. Structural (``typing.Protocol``): a class satisfies
+one by having its members; the classes of ``rlar`` are checked against them in ``tests/test_contracts.py``.
 
 Shapes: ``N`` rows (samples), ``T`` image tokens, ``V`` codebook size, ``D`` hidden width, ``S`` decoding steps.
 """
@@ -136,10 +136,16 @@ class Reward(Protocol):
     ``targets [N, C, H, W]``: the input images the samples condition on; ``meta``: ``labels [N]``, and ``steps
     [N]`` for parallel decoders. ``metrics()``: what the reward reports of itself since the last read (a remote
     reward: latency, retries, ...). ``may_be_absent``: NaN means "does not apply" rather than "failed"
-    (``rlar.reward.mixture``). The rewards of ``rlar.reward`` subclass this protocol: by default they report no
-    metrics and are never absent."""
+    (``rlar.reward.mixture``). ``reads_targets``: it compares samples with their targets, so it cannot score
+    data without images (``rlar.config.validate`` refuses it there). A reward that learns across calls
+    (``reward=discriminator``, ``loo_fd``'s moving averages) learns only while ``learning`` is True (evaluation scores
+    with it False) and keeps what it learned in ``state_dict()``, which checkpoints save. The rewards of
+    ``rlar.reward`` subclass this protocol: by default they report no metrics, are never absent, read no targets
+    and keep no state."""
 
     may_be_absent: bool = False
+    reads_targets: bool = False
+    learning: bool = True
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -147,14 +153,22 @@ class Reward(Protocol):
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 @runtime_checkable
 class Algorithm(Protocol):
     """An RL algorithm (``rlar.algorithm.algorithms``): ``num_generations`` samples per item; ``beta``: the KL
     coefficient to the frozen prior; ``value_head``: learns a critic (then it also has ``vf_coef``, ``gamma`` and
     ``gae_lambda``: PPO); ``stats_key``: what a condition is for per-condition statistics (``class`` | ``image``).
-    The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``)."""
+    The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``).
+    ``trains_on_data`` is False: it learns from sampled rollouts (``DataPairAlgorithm`` learns from data pairs)."""
 
+    trains_on_data: bool
     num_generations: int
     beta: float
     value_head: bool
@@ -175,6 +189,31 @@ class Algorithm(Protocol):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The policy loss of log-probs ``[n, T]`` against those at sampling time, advantages ``[n]`` or ``[n, T]``,
         over the ``mask [n, T]`` of actions; and its stats."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class DataPairAlgorithm(Protocol):
+    """An algorithm that trains on data pairs, not on samples (``trains_on_data`` True; CCA,
+    ``rlar.algorithm.cca``): each data image's codes under its own label and under a mismatched one, against the
+    frozen prior (built because ``beta > 0``); ``rlar.algorithm.pair_update`` runs its update,
+    ``minibatch_size`` images per forward pass."""
+
+    trains_on_data: bool
+    beta: float
+    value_head: bool
+    minibatch_size: int
+
+    def negatives(self, labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+        """A mismatched label ``[N]`` for each of ``labels [N]``: never the label itself."""
+
+    def loss(self, logp_pos: torch.Tensor, ref_pos: torch.Tensor, logp_neg: torch.Tensor, ref_neg: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of sequence log-probs ``[n]`` (the policy's and the prior's, under the own and the mismatched
+        labels), and its stats."""
 
     def state_dict(self) -> dict: ...
 

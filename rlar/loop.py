@@ -1,4 +1,5 @@
-"""The RL loop: rollout -> decode -> reward -> advantages -> update, with logging, checkpoints and evaluation.
+"""The RL loop: rollout -> decode -> reward -> advantages -> update, with logging, checkpoints and evaluation (an
+algorithm that trains on data pairs, CCA, updates on the batch's codes instead: ``pair_iteration``).
 
 ``rlar.build`` makes the parts (a ``Run``); this module runs them: the evaluation of the prior and the supervised
 warm-up, the iterations, and the summary.
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rlar.algorithm.pair_update import pair_update
 from rlar.algorithm.update import policy_update, value_advantages
 from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
@@ -79,12 +81,15 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
     unscored = 0  # iterations in a row with no finite reward
     for it in progress:
         step = it + 1
-        metrics = iteration(run, next(batches), step)
-        unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
+        if run.algorithm.trains_on_data:  # CCA: the batch's data pairs, nothing sampled or scored
+            metrics, shown = pair_iteration(run, next(batches), step), "loss/cca"
+        else:
+            metrics, shown = iteration(run, next(batches), step), "reward/mean"
+            unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
-        progress.set_postfix(reward=f"{metrics['reward/mean']:.4f}")
+        progress.set_postfix({shown: f"{metrics[shown]:.4f}"})
         if step % run.cfg.eval.every == 0 or step == t.iterations:
             result = evaluation(run)
             summary["history"].append({"iteration": step, **result})
@@ -111,31 +116,34 @@ def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int
     return unscored
 
 
-def batch_conditions(run: Run, labels: torch.Tensor, indices: torch.Tensor, split: str = "train") -> Condition:
-    """The conditions of this rank's items of a batch (``labels [b]``, ``indices [b]`` into ``split``): their class
-    labels, or with ``run.text_encoder`` the features of their captions (``data.<split>_captions[indices]``)."""
-    return item_conditions(run.text_encoder, run.data, split, labels, indices, run.device)
+def batch_conditions(run: Run, labels: torch.Tensor, captions: list[str] | None) -> Condition:
+    """The conditions of this rank's items of a batch (``labels [b]``, their ``captions``, ``data.captions_of`` the
+    batch's indices): their class labels, or with ``run.text_encoder`` the features of their captions."""
+    return item_conditions(run.text_encoder, labels, captions, run.device)
 
 
-def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
-    """One RL iteration on the global batch ``(images [B, C, H, W], labels [B], indices [B])``; logs and returns
-    its metrics."""
+def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor], step: int) -> dict[str, float]:
+    """One RL iteration on the global batch ``(images [B, C, H, W] (None: data without images), labels [B],
+    indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward (and, with a
+    text encoder, condition the policy)."""
     all_images, all_labels, all_indices = batch
-    images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b], b = B / world
+    labels = run.this_rank(all_labels)  # [b], b = B / world
+    images = None if all_images is None else run.this_rank(all_images)  # [b, C, H, W]
+    prompts = run.data.captions_of(run.this_rank(all_indices))  # b captions, or None
     G = run.algorithm.num_generations
     timings = {}
 
     tic = time.perf_counter()  # the rollout's time includes encoding its captions
-    condition = batch_conditions(run, labels, run.this_rank(all_indices))  # [b] class labels or captions
+    condition = batch_conditions(run, labels, prompts)  # [b] class labels, or caption features
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
-        rollout = collect_rollout(run.policy, run.tokenizer.encode_indices(images), condition, G, run.cfg.rollout,
-                                  run.generators["sample"])
+        codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
+        rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
     timings["time/rollout"] = time.perf_counter() - tic
 
-    meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
+    meta = reward_meta(rollout, prompts, G)
     samples, rewards, components, reward_metrics = decode_and_score(
-        run.tokenizer, run.reward, rollout.tokens, images.repeat_interleave(G, 0), meta,
+        run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0), meta,
         run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
     timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
 
@@ -150,8 +158,36 @@ def iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str,
     metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
                                 adv_stats, timings, rollout, run.device)
     run.logger.scalars(metrics, step)
-    if images_due(run.logger.image_every, step):
+    if images is not None and images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
+    return metrics
+
+
+def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int) -> dict:
+    """What the reward reads beside the images: ``labels [N]``, ``steps [N]`` (parallel decoders) and, for data
+    with captions, ``prompts`` (N strings, each item's caption repeated for its G samples)."""
+    meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
+    if prompts is not None:
+        meta["prompts"] = [p for p in prompts for _ in range(num_generations)]
+    return meta
+
+
+def pair_iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
+    """One iteration of an algorithm that trains on data pairs (CCA) on the global batch ``(images [B, C, H, W],
+    labels [B], indices [B])``: this rank's images' codes under their labels and under mismatched ones, one
+    optimizer step; logs and returns its metrics."""
+    all_images, all_labels, _ = batch
+    images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b]
+    tic = time.perf_counter()
+    codes = run.tokenizer.encode_indices(images)  # [b, T]
+    negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
+    stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
+                        run.cfg.train.max_grad_norm, run.hw.autocast)
+    timings = {"time/update": time.perf_counter() - tic}
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    metrics = {**distributed.mean_over_ranks({**stats, "optimizer/lr": lr}, run.device), **timings}
+    run.logger.scalars(metrics, step)
     return metrics
 
 
@@ -200,8 +236,8 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
 
 
 def resume(run: Run) -> tuple[int, dict]:
-    """``(iteration, summary)`` of the last checkpoint, with the algorithm's state, the lr schedule and the random
-    streams restored; ``(0, {})`` when there is none."""
+    """``(iteration, summary)`` of the last checkpoint, with the algorithm's and the reward's state, the lr schedule
+    and the random streams restored; ``(0, {})`` when there is none."""
     state = run.checkpointer.load()
     if state is None:
         return 0, {}
@@ -210,6 +246,7 @@ def resume(run: Run) -> tuple[int, dict]:
                          f"iterations of the checkpoint {run.checkpointer.record_path}: set train.iterations >= "
                          f"{state['iteration']}, or resume=false (or another name) to start over")
     run.algorithm.load_state_dict(state["algorithm"])
+    run.reward.load_state_dict(state.get("reward", {}))  # written before rewards kept state: none
     if "scheduler" in state:
         run.scheduler.load_state_dict(state["scheduler"])
     else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
@@ -241,9 +278,10 @@ def warm_up(run: Run, batches, summary: dict) -> None:
     steps = run.cfg.train.warmup_steps
     for i in tqdm(range(steps), desc="supervised warm-up", leave=False, disable=not (steps and distributed.is_main())):
         all_images, all_labels, all_indices = next(batches)
-        images = run.this_rank(all_images)
-        condition = batch_conditions(run, run.this_rank(all_labels), run.this_rank(all_indices))
-        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(images), condition)
+        captions = run.data.captions_of(run.this_rank(all_indices))
+        condition = batch_conditions(run, run.this_rank(all_labels), captions)
+        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(run.this_rank(all_images)),
+                                 condition)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -253,8 +291,9 @@ def warm_up(run: Run, batches, summary: dict) -> None:
 
 def save(run: Run, iteration: int, summary: dict) -> None:
     """The checkpoint of ``iteration``: weights, their average and the optimizer (``run.checkpointer``), the
-    algorithm's state, the lr schedule, the summary so far and every rank's random streams."""
-    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "scheduler": run.scheduler.state_dict(),
+    algorithm's and the reward's state, the lr schedule, the summary so far and every rank's random streams."""
+    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "reward": run.reward.state_dict(),
+                           "scheduler": run.scheduler.state_dict(),
                            "iteration": iteration, "summary": summary, "rng": gather_rng(run.generators)})
 
 

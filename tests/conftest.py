@@ -48,6 +48,14 @@ def tiny(cache_dir):
     ]
 
 
+@pytest.fixture(scope="session")
+def tiny_cca(tiny):
+    """``tiny`` with algorithm=cca (without the sampling algorithms' settings): 2 images per forward pass, 2 samples
+    per held-out image."""
+    return [o for o in tiny if not o.startswith("algorithm.")] + ["algorithm=cca", "algorithm.minibatch_size=2",
+                                                                   "eval.samples_per_item=2"]
+
+
 @pytest.fixture
 def tb_scalars():
     """``read(run_dir, tag) -> [values]``: a run's TensorBoard scalars, read back with TensorBoard's own reader."""

@@ -16,14 +16,18 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 
 
-# built on real files: tests/test_data_hf_disk_and_image_folder.py, test_reward_clip.py
-NEEDS_FILES = {"hf_disk", "image_folder", "clip"}
+# built on real files: tests/test_data_hf_disk_and_image_folder.py, test_caption_data.py, test_reward_clip.py
+NEEDS_FILES = {"hf_disk", "image_folder", "prompts", "clip"}
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
 WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
 # the public tokenizers read RGB: checked with RGB data (the digits are grayscale)
 RGB = ["data=image_folder", "data.root=/images"]
 WITH_DATA = {name: RGB for name in ("llamagen_vq16", "llamagen_vq8", "taming_vqgan", "ibq")}
+# prompts without images: no judge, checkpoints for the tokenizer and prior (here only their existence is checked),
+# a reward that reads no target image
+WITH_DATA["prompts"] = ["data.path=/prompts.txt", "eval.classifier=false", f"tokenizer.checkpoint={__file__}",
+                        f"policy.checkpoint={__file__}", "reward=sharpness"]
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
@@ -57,7 +61,7 @@ def test_unknown_group_option_names_the_choices():
     ("policy.checkpoint=/does/not/exist.pt", "does not exist"),
     ("tokenizer.checkpoint=/does/not/exist.pt", "does not exist"),
     ("hardware.precision=fp8", "precision"),
-    ("train.iterations=0", "train.iterations"),
+    ("train.iterations=-1", "train.iterations must be >= 0"),
 ])
 def test_bad_values_are_refused_before_any_work(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -20,7 +20,8 @@ from rlar.tokenizer.schemas import DigitsVQSchema
 GROUPS = ("algorithm", "data", "hardware", "logger", "policy", "reward", "scheduler", "text_encoder", "tokenizer")
 # options with settings, built here without downloads or training (the others need weights, files or a trained
 # model; psnr, sharpness, contrast and saturation have no settings)
-CPU_BUILT = [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"), ("hardware", "cpu"),
+CPU_BUILT = [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"), ("algorithm", "cca"),
+             ("hardware", "cpu"),
              ("logger", "tensorboard"), ("logger", "wandb"), ("data", "digits"), ("reward", "l1"), ("reward", "l2"),
              ("reward", "ssim"), ("reward", "efficiency"), ("text_encoder", "embedded")]
 
@@ -100,7 +101,7 @@ def test_option_files_do_not_repeat_their_schema(path):
 def test_schema_fields_are_the_objects_fields():
     """An algorithm's or the hardware's schema is derived from the class: the same fields, nothing else."""
     for group, option in [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"),
-                          ("hardware", "hardware")]:
+                          ("algorithm", "cca"), ("hardware", "hardware")]:
         schema = SCHEMAS[group][option]
         target = schema.__dataclass_fields__["_target_"].default
         module, _, name = target.rpartition(".")

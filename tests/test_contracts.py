@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
+from rlar.algorithm.cca import CCA
 from rlar.contracts import (
     Algorithm,
+    DataPairAlgorithm,
     DecodedSample,
     ParallelDecoder,
     ParallelPolicy,
@@ -74,11 +76,23 @@ def test_rewards_report_no_metrics_by_default():
 
 @pytest.mark.parametrize("algorithm", [GRPO(), Reinforce(), PPO(), PPO(value_head=True)])
 def test_algorithms(algorithm):
-    assert isinstance(algorithm, Algorithm)
+    assert isinstance(algorithm, Algorithm) and not algorithm.trains_on_data
     rewards = torch.arange(8, dtype=torch.float32)
     adv, keep, stats = algorithm.advantages(rewards, torch.zeros(8, dtype=torch.long))
     assert adv.shape == keep.shape == (8,) and isinstance(stats, dict)
     algorithm.load_state_dict(algorithm.state_dict())
+
+
+def test_cca_trains_on_data_pairs():
+    cca = CCA()
+    assert isinstance(cca, DataPairAlgorithm) and not isinstance(cca, Algorithm) and cca.trains_on_data
+    labels = torch.tensor([0, 3, 9])
+    negatives = cca.negatives(labels, 10, torch.Generator().manual_seed(0))
+    assert negatives.shape == labels.shape and bool((negatives != labels).all())
+    logp = torch.zeros(3, requires_grad=True)
+    loss, stats = cca.loss(logp, torch.zeros(3), logp, torch.zeros(3))
+    assert loss.requires_grad and "loss/cca" in stats
+    cca.load_state_dict(cca.state_dict())
 
 
 def test_a_module_missing_a_member_is_not_a_policy():

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -159,3 +160,19 @@ def test_bf16_run_trains_with_ratio_near_one(tiny, tmp_path, tb_scalars):
     assert all(torch.isfinite(torch.tensor(h["eval/reward"])) for h in summary["history"])
     # KV-cached bf16 sampling vs the bf16 full-sequence recompute: equal up to bf16 rounding
     assert max(tb_scalars(tmp_path, "policy/ratio_max_abs_dev")) < 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_cca_trains_on_two_processes(tiny_cca, tmp_path, cache_dir, strategy):
+    """algorithm=cca: each rank updates on its share of the data pairs, gradients all-reduced once per step (DDP
+    replicas stay equal; FSDP2 shards the policy and the frozen reference)."""
+    out = tmp_path / strategy
+    torchrun([*tiny_cca, "train.iterations=2", f"hardware={strategy}", *CPU, f"hydra.run.dir={out}"], cwd=tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and math.isfinite(summary["eval_fd_after"])
+    if strategy == "ddp":
+        assert summary["replica_max_abs_diff"] == 0.0
+    trained = weights(out / "checkpoints" / "last.pt", "policy")
+    priors = [weights(p) for p in cache_dir.glob("gpt_prior-*.pt")]
+    assert priors and all(max((trained[k] - prior[k]).abs().max() for k in trained) > 1e-6 for prior in priors)

@@ -13,8 +13,10 @@ from rlar.reward.classifier import LazyClassifier
 BRIEF = {"steps": 3, "batch_size": 8}  # learns nothing: only which model is built matters here
 
 READERS = {"class_consistency": "reward.classifier", "perceptual_digits": "reward.classifier",
-           "loo_fd": "reward.classifier", "vapi_digits": "reward.components.perceptual_digits.classifier",
-           "perceptual_efficiency": "reward.components.perceptual_digits.classifier"}
+           "loo_fd": "reward.classifier", "discriminator": "reward.classifier",
+           "vapi_digits": "reward.components.perceptual_digits.classifier",
+           "perceptual_efficiency": "reward.components.perceptual_digits.classifier",
+           "class_loo_fd": "reward.components.fd.classifier"}
 
 
 @pytest.mark.parametrize("option", sorted(READERS))
@@ -32,6 +34,7 @@ def test_classifier_rewards_default_to_another_seed_than_the_judge(option):
     (["reward=class_consistency", "reward.classifier.train.seed=0"], "reward.classifier"),
     (["reward=perceptual_digits", "eval.classifier_model.train.seed=1"], "reward.classifier"),
     (["reward=loo_fd", "reward.classifier=${eval.classifier_model}"], "reward.classifier"),
+    (["reward=discriminator", "reward.classifier.train.seed=0"], "reward.classifier"),
     (["reward=vapi_digits", "reward.components.perceptual_digits.classifier=${eval.classifier_model}"],
      "reward.components.perceptual_digits.classifier"),
 ])

@@ -203,7 +203,8 @@ ELSEWHERE = {"remote", "clip"}
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
 # the classifier-based rewards' own classifiers, briefly trained
 BRIEF = {"class_consistency": "reward.classifier", "perceptual_digits": "reward.classifier",
-         "loo_fd": "reward.classifier", "vapi_digits": "reward.components.perceptual_digits.classifier",
+         "loo_fd": "reward.classifier", "compositional": "reward.classifier",
+         "vapi_digits": "reward.components.perceptual_digits.classifier",
          "perceptual_efficiency": "reward.components.perceptual_digits.classifier"}
 
 
@@ -215,7 +216,8 @@ def test_every_reward_option_composes_and_scores_a_batch(option, tmp_path):
                  *([f"{BRIEF[option]}.train.steps=20"] if option in BRIEF else [])]
     reward_fn = instantiate(compose_reward(*overrides))
     x, y = random_images(4, 1, 32, 32), random_images(4, 1, 32, 32, seed=1)
-    meta = {"labels": torch.zeros(4, dtype=torch.long), "steps": torch.full((4,), 8)}
+    meta = {"labels": torch.zeros(4, dtype=torch.long), "steps": torch.full((4,), 8),
+            "prompts": ["a thick zero leaning right"] * 4}
     reward, components = reward_fn(x, y, meta)
     assert reward.shape == (4,) and reward.dtype == torch.float32 and reward.isfinite().all()
     assert all(v.shape == (4,) for v in components.values())

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.studies.ablation import run_sweeps, sweep_commands
-from rlar.studies.report import collect_runs, defining, relative_change, write_report
+from rlar.studies.report import Run, collect_runs, defining, ranking, relative_change, write_report
 from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -90,15 +91,14 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         summaries = [json.loads((r.path / "summary.json").read_text()) for r in runs]
         after = [s["eval_reward_after"] for s in summaries]
         before = summaries[0]["eval_reward_before"]
-        gaps = [100 * (a - before) / (0 - before) for a in after]
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == "0, 1"
         assert cells[3] == f"{before:.4f}"
-        after_, gaps_ = torch.tensor(after, dtype=torch.float64), torch.tensor(gaps, dtype=torch.float64)
+        after_ = torch.tensor(after, dtype=torch.float64)
         assert cells[4] == f"{after_.mean():.4f} ± {after_.std():.4f}"  # sample std over the seeds
         assert cells[5] == " / ".join(f"{a:.4f}" for a in after)
-        assert cells[6] == f"{gaps_.mean():.1f} ± {gaps_.std():.1f} %"
+        assert cells[6] == f"{100 * (after_.mean() - before) / abs(before):+.1f} %"  # the change of the mean
         # the evaluation model's table: eval/fd prior, final (mean ± std) and the relative change of the means
         fd_row = [line for line in text.splitlines() if line.startswith(f"| {label} |")][1]
         fd_cells = [c.strip() for c in fd_row.strip("|").split("|")]
@@ -113,7 +113,7 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
         assert [tb_scalars(r.path, "eval/reward") for r in runs] == [
             pytest.approx([h["eval/reward"] for h in s["history"]]) for s in summaries]
-    assert "train.iterations=3" in text and "0 is a perfect" in text
+    assert "train.iterations=3" in text and "by mean final eval/fd (lower first)" in text
     assert "eval/precision prior | eval/precision final" in text and "eval/diversity final" in text
     with Image.open(tmp_path / "report" / "curves.png") as image:
         image.verify()
@@ -135,3 +135,13 @@ def test_relative_change_of_the_means_and_a_zero_prior():
     assert relative_change([0.5, 0.5], [0.6, 0.7]) == "+30.0 %"
     assert relative_change([-0.2], [-0.1]) == "+50.0 %"
     assert relative_change([0.0, 0.0], [0.25, 0.5]) == "n/a"  # a classifier that gets nothing right before RL
+
+
+def test_settings_rank_by_the_judges_fd_when_every_run_has_it():
+    def run(fd, reward_after):
+        return Run(Path("."), 0, -1.0, reward_after, 3, summary={"eval_fd_after": fd}, reward="r")
+
+    runs = {"a": [run(30.0, -0.1), run(32.0, -0.1)], "b": [run(20.0, -0.9), run(22.0, -0.9)], "c": [run(25.0, 0.0)]}
+    assert ranking(runs) == "b > c (Δ 4.00, 2.8 std) > a (Δ 6.00, 4.2 std)"  # lower eval/fd first, whatever the reward
+    runs["c"] = [Run(Path("."), 0, -1.0, 0.0, 3, summary={}, reward="r")]  # one run without the judge: by reward
+    assert ranking(runs).startswith("c > a (Δ 0.1000")

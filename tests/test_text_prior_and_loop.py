@@ -1,11 +1,11 @@
-"""Captions as the conditions of data items: the seam that reads them, the text-conditioned prior trained with the
-embedded text encoder (and cached with it), and the RL loop end to end on digits with captions."""
+"""Captions as the conditions of data items: the seam that turns a batch's captions into conditions, the
+text-conditioned prior trained with the embedded text encoder (and cached with it), and the RL loop end to end on
+the digits with their attribute captions (data.captions=attributes)."""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,41 +21,26 @@ from rlar.text.embedded import EmbeddedTextEncoder
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-
-class CaptionedDigits(DigitsData):
-    """The digits with a caption per image: its class and whether its ink mass is above the split's median
-    ("a thick seven", "a thin one")."""
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.train_captions = self.captions(self.train_images, self.train_labels)
-        self.eval_captions = self.captions(self.eval_images, self.eval_labels)
-
-    @staticmethod
-    def captions(images: torch.Tensor, labels: torch.Tensor) -> list[str]:
-        ink = (images + 1).sum(dim=(1, 2, 3))  # [N]
-        thick = ink > ink.median()
-        return [f"a {'thick' if t else 'thin'} {WORDS[y]}" for t, y in zip(thick.tolist(), labels.tolist(),
-                                                                             strict=True)]
-
-
 @pytest.fixture(scope="module")
 def captioned():
-    return CaptionedDigits(image_size=16)
+    return DigitsData(image_size=16, captions="attributes")  # "a thick seven leaning right"
 
 
-def test_item_conditions_read_the_captions_of_the_batchs_indices(captioned):
+def test_item_conditions_read_the_captions_of_the_batch(captioned):
     torch.manual_seed(0)
     encoder = EmbeddedTextEncoder(max_length=6, width=16, n_layer=1, n_head=2).eval()
-    indices, labels = torch.tensor([5, 0, 5]), captioned.train_labels[[5, 0, 5]]
-    condition = item_conditions(encoder, captioned, "train", labels, indices, "cpu")
+    indices = torch.tensor([5, 0, 5])
+    labels, captions = captioned.train_labels[indices], captioned.captions_of(indices)
+    assert captions[0] == captioned.train_captions[5] and captions[0].split()[2] in WORDS
+    condition = item_conditions(encoder, labels, captions, "cpu")
     with torch.no_grad():
-        expected, mask = encoder.encode([captioned.train_captions[i] for i in (5, 0, 5)])
+        expected, mask = encoder.encode(captions)
     assert torch.allclose(condition.text, expected, atol=1e-6) and torch.equal(condition.mask, mask)
     assert torch.equal(condition.labels, labels) and not condition.null.any() and not condition.text.requires_grad
-    assert item_conditions(None, captioned, "train", labels, indices, "cpu").labels.tolist() == labels.tolist()
-    with pytest.raises(ValueError, match="has no eval_captions: a text condition needs a caption per image"):
-        item_conditions(encoder, DigitsData(image_size=16), "eval", labels, indices, "cpu")
+    assert torch.equal(condition.text[0], condition.text[2])  # the same caption, the same features
+    assert item_conditions(None, labels, captions, "cpu").labels.tolist() == labels.tolist()
+    with pytest.raises(ValueError, match="text_encoder is set but the data has no captions"):
+        item_conditions(encoder, labels, DigitsData(image_size=16).captions_of(indices), "cpu")
 
 
 def tokenizer_for(data, cache_dir):
@@ -105,7 +90,7 @@ def test_the_text_prior_learns_from_its_captions_and_is_cached_with_its_encoder(
                                     ["policy=llamagen", "policy.dim=32", "policy.n_head=2"]],
                          ids=["gpt-prefix", "gpt-cross-attention", "llamagen-t2i"])
 def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_path, tb_scalars, policy):
-    overrides = [*tiny, "data._target_=test_text_prior_and_loop.CaptionedDigits", "data.image_size=16",
+    overrides = [*tiny, "data.captions=attributes", "data.image_size=16",
                  "text_encoder=embedded", "text_encoder.max_length=6", "text_encoder.width=32",
                  "text_encoder.n_layer=1", "text_encoder.n_head=2", *policy, "rollout.cfg_scale=2.0",
                  "rollout.label_dropout=0.2", "train.warmup_steps=1", "hardware.num_threads=1"]
@@ -117,9 +102,8 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
 
 @pytest.mark.slow
 def test_ddp_and_fsdp_runs_with_text_conditions_compute_the_same(tiny, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(Path(__file__).parent)])}
-    text = ["data._target_=test_text_prior_and_loop.CaptionedDigits", "data.image_size=16", "text_encoder=embedded",
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    text = ["data.captions=attributes", "data.image_size=16", "text_encoder=embedded",
             "text_encoder.max_length=6", "text_encoder.width=32", "text_encoder.n_layer=1", "text_encoder.n_head=2",
             "rollout.cfg_scale=2.0", "algorithm.grad_accum=2", "train.iterations=3", "eval.every=3",
             "hardware.device=cpu", "hardware.precision=fp32"]

@@ -37,6 +37,7 @@ class Common:
     # same forward pass)
     ntp_weight: float = 0.0
     value_head = False  # only PPO may learn a critic
+    trains_on_data = False  # learns from sampled rollouts (rlar.algorithm.cca trains on data pairs)
 
     def check_common(self) -> None:
         if self.kl_estimator not in ESTIMATORS:

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
+from rlar.algorithm.cca import CCA
 from rlar.config.dir_name import register_dir_name_resolver
 from rlar.config.schemas import RlarConfig
 from rlar.data.schemas import DATA_SCHEMAS
@@ -46,7 +47,8 @@ SCHEMAS = {
     "data": DATA_SCHEMAS,
     "tokenizer": TOKENIZER_SCHEMAS,
     "policy": POLICY_SCHEMAS,
-    "algorithm": {"grpo": target_schema(GRPO), "reinforce": target_schema(Reinforce), "ppo": target_schema(PPO)},
+    "algorithm": {"grpo": target_schema(GRPO), "reinforce": target_schema(Reinforce), "ppo": target_schema(PPO),
+                  "cca": target_schema(CCA)},
     "reward": {**REWARD_SCHEMAS, **REMOTE_SCHEMAS},
     "hardware": {"hardware": target_schema(Hardware)},
     "logger": {"tensorboard": TensorBoardSchema, "wandb": WandbSchema, "multi": MultiLoggerSchema},

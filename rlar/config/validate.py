@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlar.config.validate_shapes import data_channels, tokenizer_channels, tokens_per_image
+from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.gpt import CONDITION_MODES
@@ -25,9 +25,10 @@ class ConfigError(ValueError):
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix."""
+    built = {}
     for group in ("algorithm", "hardware"):  # cheap objects whose constructors check their values
         try:
-            instantiate(cfg[group])
+            built[group] = instantiate(cfg[group])
         except InstantiationException as e:
             raise ConfigError(str(e.__cause__ or e)) from e
     try:  # the lr schedule checks its values when built, here on an optimizer of one parameter
@@ -57,6 +58,7 @@ def check_config(cfg: DictConfig) -> None:
     check_parallel_decoding(cfg)
     check_text_conditioning(cfg)
     check_inception_eval(cfg)
+    check_data_without_images(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
@@ -78,14 +80,19 @@ def check_config(cfg: DictConfig) -> None:
         if path and not (Path(path).expanduser().is_file() or exported):
             raise ConfigError(f"{key}='{path}' does not exist; give the path of a saved checkpoint (for the "
                               f"embedded {group}, {key}=null trains one and caches it)")
-    g = cfg.algorithm.num_generations
-    sequences = cfg.train.batch_size * g
-    if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
-        raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split into "
-                         f"minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
+    if built["algorithm"].trains_on_data:
+        check_data_pairs(cfg)
+    else:
+        g = cfg.algorithm.num_generations
+        sequences = cfg.train.batch_size * g
+        if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
+            raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split "
+                              f"into minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
     if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
         raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
-    for key in ("train.iterations", "train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
+    if cfg.train.iterations < 0:
+        raise ConfigError(f"train.iterations must be >= 0 (0 evaluates the prior only), got {cfg.train.iterations}")
+    for key in ("train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
                 "train.max_nonfinite_iterations"):
         group, name = key.split(".")
         if cfg[group][name] < 1:
@@ -145,6 +152,81 @@ def check_text_conditioning(cfg: DictConfig) -> None:
     if cfg.eval.inception.enabled:
         raise ConfigError("eval.inception samples class-balanced labels, not captions; with a text_encoder set "
                           "eval.inception.enabled=false")
+
+
+def reward_nodes(cfg: DictConfig) -> list[tuple[str, dict]]:
+    """``(config path, node)`` of the reward and of every reward inside it (a mix's components): each dict with a
+    ``_target_``, its ``data`` left out."""
+    found = []
+
+    def visit(node, path: str) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node:
+                found.append((path, node))
+            for key, value in node.items():
+                if key != "data":
+                    visit(value, f"{path}.{key}")
+
+    visit(OmegaConf.to_container(cfg.reward, resolve=True), "reward")
+    return found
+
+
+def check_data_without_images(cfg: DictConfig) -> None:
+    """``data=prompts`` has prompts and no images: nothing to train the embedded tokenizer or prior on, no input
+    codes for the modes that read them, no reference for the judge, no targets for the rewards that compare with
+    them. A classifier reward needs images to train its classifier on, wherever its ``data`` points."""
+    for path, node in reward_nodes(cfg):
+        if "classifier" in node and "data" in node and not has_images(node["data"] or {}):
+            raise ConfigError(f"{path} trains its classifier on {path}.data, which has no images (data=prompts); "
+                              f"point it at images of the same classes, e.g. {path}.data={{_target_:"
+                              "rlar.data.digits.DigitsData}")
+    if has_images(cfg.data):
+        return
+    nothing = "data=prompts has no images"
+    if cfg.rollout.mode in ("prefix", "teacher_forced"):
+        raise ConfigError(f"{nothing}: rollout.mode={cfg.rollout.mode} reads the input images' codes; use "
+                          "rollout.mode=autoregressive (or parallel, schedule)")
+    for key, value in {"train.warmup_steps": cfg.train.warmup_steps,
+                       "algorithm.ntp_weight": cfg.algorithm.get("ntp_weight")}.items():
+        if value:
+            raise ConfigError(f"{nothing}: {key}={value} trains on the images' codes; set {key}=0")
+    if cfg.eval.classifier:
+        raise ConfigError(f"{nothing} for the judge (eval/fd, eval/class_acc) to train on and compare with; set "
+                          "eval.classifier=false")
+    if cfg.eval.inception.enabled and not cfg.eval.inception.reference:
+        raise ConfigError(f"{nothing} to compare eval/inception_* with; set eval.inception.reference (an .npz or a "
+                          "folder of images)")
+    for key in ("tokenizer.checkpoint", "policy.checkpoint"):
+        group, name = key.split(".")
+        if name in cfg[group] and not cfg[group][name]:
+            raise ConfigError(f"{nothing} to train the embedded {group} on; give {key}=<a saved checkpoint>")
+    readers = [path for path, node in reward_nodes(cfg) if getattr(get_object(node["_target_"]), "reads_targets",
+                                                                      False)]
+    if readers:
+        raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "
+                          "that needs no target (compositional, clip, class_consistency, ...)")
+
+
+def check_data_pairs(cfg: DictConfig) -> None:
+    """An algorithm that trains on data pairs (``algorithm=cca``) scores the data's codes in raster order and samples
+    nothing: the rollout's sampling options would be silently unused."""
+    if not has_images(cfg.data):
+        raise ConfigError("algorithm=cca trains on the data's images (their codes under their own and mismatched "
+                          "labels), and data=prompts has none; give data with images (data=digits, hf_disk, "
+                          "image_folder)")
+    if cfg.get("text_encoder") is not None:
+        raise ConfigError("algorithm=cca contrasts each image's class label with another class, not captions; set "
+                          "text_encoder=null (or use an RL algorithm: grpo, reinforce, ppo)")
+    r = cfg.rollout
+    if r.mode != "autoregressive":
+        raise ConfigError(f"algorithm=cca trains on the data's codes (teacher forcing in raster order) and samples no "
+                          f"rollouts, so rollout.mode={r.mode!r} would do nothing; set rollout.mode=autoregressive "
+                          "(evaluation samples free-running) and a raster policy (gpt, llamagen)")
+    unused = {"rollout.token_noise_prob": r.token_noise_prob, "rollout.label_dropout": r.label_dropout}
+    for key, value in unused.items():
+        if value:
+            raise ConfigError(f"{key}={value} shapes rollouts, and algorithm=cca samples none (it scores the data's "
+                              f"codes under their own and mismatched labels); set {key}=0")
 
 
 def check_channels(cfg: DictConfig) -> None:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 ZOO = "rlar.tokenizer.zoo_build."  # the public tokenizers: RGB in, RGB out
+PROMPT_ONLY = "rlar.data.prompts.PromptData"  # data without images
+
+
+def has_images(data: DictConfig | dict) -> bool:
+    """Whether a data config (``cfg.data``, or a reward's ``data``) gives images: every option but ``prompts``."""
+    return data.get("_target_") != PROMPT_ONLY
 
 
 def data_channels(cfg: DictConfig) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -10,15 +10,26 @@ import torch
 class ImageData:
     """Subclasses set ``train_images/eval_images [N, C, H, W]`` in [-1, 1], ``train_labels/eval_labels [N]``,
     ``num_classes``, ``channels`` and ``image_size``. Data read from files (``rlar.data.stored``) decodes the train
-    images on access instead: :meth:`train_batches` per batch, ``train_images`` (the whole split) only when asked."""
+    images on access instead: :meth:`train_batches` per batch, ``train_images`` (the whole split) only when asked.
+    Data with captions sets ``train_captions/eval_captions``: a caption per image (``rlar.data.captions``; a
+    sequence that may read on access); a prompt-only data set (``rlar.data.prompts``) has captions and no images
+    (``train_images/eval_images`` None)."""
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | None
     train_labels: torch.Tensor
-    eval_images: torch.Tensor
+    eval_images: torch.Tensor | None
     eval_labels: torch.Tensor
     num_classes: int
     channels: int
     image_size: int
+    train_captions: Sequence[str] | None = None
+    eval_captions: Sequence[str] | None = None
+
+    def captions_of(self, indices: torch.Tensor) -> list[str] | None:
+        """The train captions of the items ``indices [B]`` (a batch's third element), or None without captions."""
+        if self.train_captions is None:
+            return None
+        return [self.train_captions[i] for i in indices.tolist()]
 
     def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The train images ``[B, C, H, W]`` in [-1, 1] of each index batch ``[B]`` of ``index_batches``, in order."""

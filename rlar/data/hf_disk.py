@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_from_disk
 
-from rlar.data.stored import StoredImageData, subset_rows
+from rlar.data.stored import Split, StoredImageData, subset_rows
 
 IMAGE_COLUMNS = ("image", "image_path", "file", "filepath")  # tried in this order
 LABEL_COLUMNS = ("label", "labels")
@@ -55,6 +55,24 @@ class ImageColumn:
         return path, str(path)
 
 
+class CaptionColumn:
+    """Item ``i`` of a split's text column -> its caption (a missing cell: the empty caption), read on access from
+    the dataset's memory-mapped table."""
+
+    def __init__(self, dataset: Dataset, column: str, where: str):
+        feature = dataset.features[column]
+        if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+            raise ValueError(f"caption column '{column}' of {where} holds {feature}; captions must be a column of "
+                             "strings (data.caption_column)")
+        self.dataset, self.column = dataset.select_columns([column]), column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> str:
+        return self.dataset[int(i)][self.column] or ""
+
+
 def pick_column(dataset: Dataset, wanted: str | None, candidates: tuple[str, ...], key: str, where: str) -> str:
     """``wanted`` if given, else the first of ``candidates`` that ``dataset`` has; a clear error otherwise."""
     names = [wanted] if wanted else list(candidates)
@@ -71,17 +89,17 @@ class HFDiskData(StoredImageData):
     Image column: ``image`` (an Image feature, or file paths), else ``image_path`` / ``file`` / ``filepath``;
     label column: ``label``, else ``labels``. Evaluation uses ``eval_split``; null: ``validation`` or ``test``
     when present, else a held-out ``eval_fraction`` of train (``holdout`` forces that). Images are decoded on access
-    (see :class:`StoredImageData`).
+    (see :class:`StoredImageData`). ``caption_column``: a text column of captions (null: none), read on access.
     """
 
     def __init__(self, path: str, image_size: int = 256, channels: int = 3, split: str = "train",
                  eval_split: str | None = None, eval_fraction: float = 0.1, split_seed: int = 0,
                  max_images: int | None = None, num_workers: int = 0, image_column: str | None = None,
-                 label_column: str | None = None, num_classes: int | None = None):
+                 label_column: str | None = None, num_classes: int | None = None, caption_column: str | None = None):
         super().__init__(image_size, channels, num_workers)
         self.path = Path(path).expanduser().absolute()
         self.split, self.eval_fraction, self.split_seed, self.max_images = split, eval_fraction, split_seed, max_images
-        self.image_column, self.label_column = image_column, label_column
+        self.image_column, self.label_column, self.caption_column = image_column, label_column, caption_column
         splits = self._open()
         if split not in splits:
             raise ValueError(f"data.path='{self.path}' has splits {sorted(splits)} but no '{split}'; set "
@@ -112,10 +130,10 @@ class HFDiskData(StoredImageData):
                              "train) or null (validation/test when present, else holdout)")
         return eval_split
 
-    def _read(self, dataset: Dataset, split: str) -> tuple[tuple[ImageColumn, torch.Tensor], int | None]:
-        """Index the (possibly ``max_images``-subsampled) split: ``((its image column, labels [N]), K)``, K the class
-        count of a ClassLabel column (it fixes the class set, e.g. ImageNet's 1,000 in a subset), else None.
-        Nothing is decoded here."""
+    def _read(self, dataset: Dataset, split: str) -> tuple[Split, int | None]:
+        """Index the (possibly ``max_images``-subsampled) split: ``((its image column, labels [N], its caption
+        column or None), K)``, K the class count of a ClassLabel column (it fixes the class set, e.g. ImageNet's
+        1,000 in a subset), else None. Nothing is decoded here."""
         where = f"split '{split}' of data.path='{self.path}'"
         image_col = pick_column(dataset, self.image_column, IMAGE_COLUMNS, "image_column", where)
         label_col = pick_column(dataset, self.label_column, LABEL_COLUMNS, "label_column", where)
@@ -128,7 +146,11 @@ class HFDiskData(StoredImageData):
             dataset = dataset.select(rows.tolist())
         labels = torch.as_tensor(dataset.with_format("numpy")[label_col][:]).long()  # [N]
         column = ImageColumn(dataset, image_col, self.path, where, rows)
-        return (column, labels), feature.num_classes if isinstance(feature, ClassLabel) else None
+        captions = None
+        if self.caption_column is not None:
+            captions = CaptionColumn(dataset, pick_column(dataset, self.caption_column, (), "caption_column", where),
+                                     where)
+        return (column, labels, captions), feature.num_classes if isinstance(feature, ClassLabel) else None
 
     def fingerprint(self) -> dict:
         return {"name": "hf_disk", "path": str(self.path), "image_size": self.image_size, "channels": self.channels,

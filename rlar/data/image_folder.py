@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlar.data.stored import StoredImageData, subset_rows
+from rlar.data.stored import Split, StoredImageData, subset_rows
 
+CAPTIONS = (None, "sidecar")  # data.captions
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -52,18 +53,46 @@ class FileSources:
         return path, str(path)
 
 
+class SidecarCaptions:
+    """Item ``i`` of ``files`` -> the text of its sidecar, the ``.txt`` file of the same name beside the image
+    (surrounding whitespace stripped), read on access."""
+
+    def __init__(self, files: FileSources):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> str:
+        path, _ = self.files[int(i)]
+        return path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+
+
+def check_sidecars(files: list[Path], root: Path) -> None:
+    """Every image of ``files`` has its ``.txt`` sidecar; else an error naming how many lack one, and the first."""
+    missing = [f for f in files if not f.with_suffix(".txt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.captions=sidecar: {len(missing)} of the {len(files)} images under '{root}' "
+                                f"have no caption file beside them, e.g. '{missing[0].with_suffix('.txt')}'; write "
+                                "one .txt per image (its caption), or set data.captions=null")
+
+
 class ImageFolderData(StoredImageData):
     """Images of ``root/<class>/...`` center-cropped to ``image_size``; class ids follow the sorted folder names.
     The files are listed at construction and decoded on access (see :class:`StoredImageData`).
 
     Evaluation uses ``eval_root`` (the same layout, class names among root's) when given, else a held-out
     ``eval_fraction`` of root. ``num_classes`` (default: the number of class folders) sizes the class table.
+    ``captions="sidecar"``: each image's caption is the ``.txt`` file of the same name beside it (all must exist).
     """
 
     def __init__(self, root: str, image_size: int = 256, channels: int = 3, eval_root: str | None = None,
                  eval_fraction: float = 0.1, split_seed: int = 0, max_images: int | None = None,
-                 num_workers: int = 0, num_classes: int | None = None):
+                 num_workers: int = 0, num_classes: int | None = None, captions: str | None = None):
         super().__init__(image_size, channels, num_workers)
+        if captions not in CAPTIONS:
+            raise ValueError(f"data.captions={captions!r} is not available; choose one of {CAPTIONS} (null: none)")
+        self.captions = captions
         self.root = Path(root).expanduser().absolute()
         self.eval_root = Path(eval_root).expanduser().absolute() if eval_root else None
         self.eval_fraction, self.split_seed, self.max_images = eval_fraction, split_seed, max_images
@@ -81,15 +110,19 @@ class ImageFolderData(StoredImageData):
         self.store(train, held_out, eval_fraction, split_seed, num_classes or len(self.classes),
                    f"data.root='{self.root}'")
 
-    def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[FileSources, torch.Tensor]:
-        """Index the (possibly ``max_images``-subsampled) files: their sources and labels ``[N]``; nothing is
-        decoded here."""
+    def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> Split:
+        """Index the (possibly ``max_images``-subsampled) files: their sources, labels ``[N]`` and captions (or
+        None); nothing is decoded or read here."""
         files, labels = image_files(root, classes, class_ids)
         if not files:
             raise ValueError(f"no image files ({', '.join(sorted(EXTENSIONS))}) under the class sub-folders of "
                              f"'{root}'")
         rows = subset_rows(len(files), self.max_images, self.split_seed)
-        return FileSources(root, [files[i] for i in rows.tolist()]), torch.tensor(labels)[rows]
+        files = [files[i] for i in rows.tolist()]
+        sources = FileSources(root, files)
+        if self.captions == "sidecar":
+            check_sidecars(files, root)
+        return sources, torch.tensor(labels)[rows], SidecarCaptions(sources) if self.captions else None
 
     def fingerprint(self) -> dict:
         return {"name": "image_folder", "root": str(self.root), "eval_root": str(self.eval_root or ""),

@@ -16,8 +16,8 @@ from rlar.data.decode import load_image
 
 
 class SourceRows:
-    """The view ``sources[rows[i]]`` of a sequence of ``(source, name)`` (``rows [n]``, one int64 buffer: no Python
-    object per row for the DataLoader workers to copy)."""
+    """The view ``sources[rows[i]]`` of a sequence (image sources ``(source, name)``, or captions; ``rows [n]``, one
+    int64 buffer: no Python object per row for the DataLoader workers to copy)."""
 
     def __init__(self, sources: Sequence, rows: torch.Tensor):
         self.sources, self.rows = sources, rows.numpy()

@@ -11,6 +11,8 @@ from rlar.data.batches import ImageData, holdout_split
 from rlar.data.decode import DECODE_BATCH, MODES, decode_all, warn_unreadable
 from rlar.data.on_access import SourceRows, TrainImages, chunks, collate
 
+Split = tuple[Sequence, torch.Tensor, Sequence | None]  # (image sources, labels [N], captions or None)
+
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[..., C, H, W]`` in [0, 255] -> float32 in [-1, 1]."""
@@ -49,7 +51,9 @@ class StoredImageData(ImageData):
     ``num_workers`` DataLoader workers (0: in this process), so memory does not grow with the split; ``train_images``
     decodes the whole split each time it is read (for sets small enough to train the embedded tokenizer, prior and
     classifier on). The eval split is decoded once and kept as uint8 ``[N_eval, C, S, S]`` (its unreadable files left
-    out). ``skipped`` counts the unreadable files met so far, ``skipped_paths`` names them."""
+    out). ``skipped`` counts the unreadable files met so far, ``skipped_paths`` names them. Captions, when the data
+    has them: the train split's read on access (an unreadable train image's replacement keeps the caption of the
+    image it replaces), the eval split's read once, without those of the images left out."""
 
     train_items: TrainImages
     eval_uint8: torch.Tensor
@@ -88,12 +92,13 @@ class StoredImageData(ImageData):
                     self.skipped_paths.append(name)
             yield to_unit_range(images)
 
-    def store(self, train: tuple[Sequence, torch.Tensor], held_out: tuple[Sequence, torch.Tensor] | None,
-              eval_fraction: float, split_seed: int, num_classes: int | None, where: str) -> None:
-        """Index ``train = (sources, labels [N])`` (each source a ``(file or bytes, name)``) for reading on access and
-        decode ``held_out`` as the eval split; without one, hold out ``eval_fraction`` of train (fixed by
-        ``split_seed``). Sets ``num_classes`` (see :func:`count_classes`)."""
-        sources, labels = train
+    def store(self, train: Split, held_out: Split | None, eval_fraction: float, split_seed: int,
+              num_classes: int | None, where: str) -> None:
+        """Index ``train = (sources, labels [N], captions or None)`` (each source a ``(file or bytes, name)``, each
+        caption read on access) for reading on access and decode ``held_out`` as the eval split (its captions read
+        now); without one, hold out ``eval_fraction`` of train (fixed by ``split_seed``). Sets ``num_classes`` (see
+        :func:`count_classes`)."""
+        sources, labels, captions = train
         if len(labels) == 0:
             raise ValueError(f"{where} has no images")
         if held_out is None:
@@ -101,12 +106,16 @@ class StoredImageData(ImageData):
             if len(eval_idx) == 0 or len(train_idx) == 0:
                 raise ValueError(f"data.eval_fraction={eval_fraction} of the {len(labels)} images of {where} leaves "
                                  "an empty split; use more images or another eval_fraction")
-            held_out = SourceRows(sources, eval_idx), labels[eval_idx]
+            held_out = (SourceRows(sources, eval_idx), labels[eval_idx],
+                        None if captions is None else SourceRows(captions, eval_idx))
             sources, labels = SourceRows(sources, train_idx), labels[train_idx]
+            captions = None if captions is None else SourceRows(captions, train_idx)
         images, kept, skipped = decode_all(held_out[0], self.image_size, self.channels, self.num_workers,
                                            f"the eval split of {where}")
         self.skipped_paths += skipped
         self.eval_uint8, self.eval_labels = images, held_out[1][kept]
+        if held_out[2] is not None:
+            self.eval_captions = [held_out[2][i] for i in kept.tolist()]
         self.train_items = TrainImages(sources, labels, self.image_size, self.channels, where)
-        self.train_labels = labels
+        self.train_labels, self.train_captions = labels, captions
         self.num_classes = count_classes(torch.cat([labels, self.eval_labels]), num_classes, where)

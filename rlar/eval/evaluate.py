@@ -1,7 +1,8 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
 evaluation model, the judge (``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
-``eval/diversity``), and with ``eval.inception`` Inception FID, IS, precision and recall of class-balanced samples
-(``eval/inception_*``)."""
+``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision and recall of class-balanced samples
+(``eval/inception_*``), and for data whose eval captions are digit captions the prompts' attribute accuracy
+(``eval/attr/*``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from collections import defaultdict
 import torch
 
 from rlar.contracts import Policy, Reward, Tokenizer
+from rlar.data.captions import caption_checks
+from rlar.eval.caption_accuracy import metric_name, parsed_prompts
 from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
+from rlar.reward.scoring import scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
@@ -20,18 +24,28 @@ from rlar.text.conditions import item_conditions
 from rlar.text.encoder import TextEncoder
 
 
-def rank_share(images: torch.Tensor, labels: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def rank_share(*columns):
     """This rank's contiguous share of the held-out items, padded to the same length on every rank (so that sharded
-    models run the same collectives everywhere): ``(images [m, ...], labels [m], indices [m] into the split,
-    real [m] bool)``."""
+    models run the same collectives everywhere): each column (a tensor ``[M, ...]`` or a list of M, or None) cut
+    alike, then ``real [m]`` bool."""
     rank, world = distributed.rank(), distributed.world_size()
-    per_rank = -(-len(images) // world)
-    x, y = images[rank * per_rank:][:per_rank], labels[rank * per_rank:][:per_rank]
-    idx = torch.arange(len(images))[rank * per_rank:][:per_rank]
-    real = torch.arange(per_rank) < len(x)
-    pad = per_rank - len(x)
-    return torch.cat([x, images[:pad]]), torch.cat([y, labels[:pad]]), torch.cat([idx, torch.arange(pad)]), real
+    n = len(next(c for c in columns if c is not None))
+    per_rank = -(-n // world)
+    mine = min(per_rank, max(0, n - rank * per_rank))  # this rank's real items
+    pad = per_rank - mine
+
+    def share(column):
+        if column is None:
+            return None
+        x = column[rank * per_rank:][:per_rank]
+        return torch.cat([x, column[:pad]]) if torch.is_tensor(column) else list(x) + list(column[:pad])
+
+    return (*map(share, columns), torch.arange(per_rank) < mine)
+
+
+def repeated(items: list, k: int) -> list:
+    """Each item ``k`` times in a row (a list's ``repeat_interleave``)."""
+    return [item for item in items for _ in range(k)]
 
 
 @torch.no_grad()
@@ -44,19 +58,24 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall`` and ``eval/diversity``
     of the samples. With ``eval_cfg.guided_cfg_scale``, the
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
-    ``eval/inception_*`` (``rlar.eval.inception_eval``).
+    ``eval/inception_*`` (``rlar.eval.inception_eval``). Data with eval captions passes each item's caption to the
+    reward (``meta["prompts"]``); when they are all digit captions (``rlar.data.captions``), also the fraction of
+    samples that pass each check their prompt asks, ``eval/attr/thickness_acc``, ``eval/attr/slant_acc`` and, with
+    ``eval_model`` (the class it sees), ``eval/attr/class_acc`` and ``eval/attr/all_acc`` (every check passed).
 
-    A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like.
+    A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like; a
+    reward that learns across calls scores without learning (``rlar.reward.scoring.scoring_only``).
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
-    result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
-                            inception, text_encoder)
-    if eval_cfg.get("guided_cfg_scale") is not None:
-        guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
-        more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
-                              inception, text_encoder)
-        result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
+    with scoring_only(reward_fn):
+        result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
+                                inception, text_encoder)
+        if eval_cfg.get("guided_cfg_scale") is not None:
+            guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
+            more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
+                                  inception, text_encoder)
+            result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
     return result
 
 
@@ -68,14 +87,21 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     was_training = policy.training
     policy.eval()
     generator = torch.Generator().manual_seed(eval_cfg.seed + distributed.rank())
-    images, labels, indices, real = rank_share(data.eval_images[: eval_cfg.max_items or None],
-                                               data.eval_labels[: eval_cfg.max_items or None])
-    images, labels = images.to(device), labels.to(device)
-    k, size = eval_cfg.samples_per_item, eval_cfg.batch_size
-    rewards, components, features, hits, steps = [], defaultdict(list), [], [], []
-    for x, y, idx in zip(images.split(size), labels.split(size), indices.split(size), strict=True):
-        prefix = torch.zeros(len(x), 0, dtype=torch.long, device=device)
+    items = slice(eval_cfg.max_items or None)
+    prompts = None if data.eval_captions is None else list(data.eval_captions[items])
+    images, labels, prompts, asks, real = rank_share(
+        None if data.eval_images is None else data.eval_images[items], data.eval_labels[items], prompts,
+        parsed_prompts(prompts))
+    images, labels = None if images is None else images.to(device), labels.to(device)
+    k = eval_cfg.samples_per_item
+    rewards, components, features, hits, steps, checks = [], defaultdict(list), [], [], [], defaultdict(list)
+    for lo in range(0, len(labels), eval_cfg.batch_size):
+        batch = slice(lo, lo + eval_cfg.batch_size)
+        y = labels[batch]
+        prefix = torch.zeros(len(y), 0, dtype=torch.long, device=device)
         meta = {"labels": y.repeat_interleave(k)}
+        if prompts is not None:
+            meta["prompts"] = repeated(prompts[batch], k)
         with autocast():
             if policy.decodes_in_parallel:  # a parallel decoder (ARPG): its own schedule, fixed or learned
                 tokens, _, n_steps = parallel_generations(policy, (prefix, y), policy.block_size, k,
@@ -83,18 +109,25 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
                 steps.append(n_steps.float())  # [b*k]
                 meta["steps"] = n_steps
             else:
-                condition = item_conditions(text_encoder, data, "eval", y, idx, device)  # labels, or captions
+                # the labels, or with a text encoder the features of the eval captions
+                condition = item_conditions(text_encoder, y, None if prompts is None else prompts[batch], device)
                 tokens, _ = sample_multiple_generations(policy, (prefix, condition), policy.block_size, k,
                                                         generator=generator, **sampling)
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
-        reward, parts = reward_fn(samples, x.repeat_interleave(k, 0), meta)  # [b*k], {name: [b*k]}
+        targets = None if images is None else images[batch].repeat_interleave(k, 0)
+        reward, parts = reward_fn(samples, targets, meta)  # [b*k], {name: [b*k]}
         rewards.append(reward)
         for name, part in parts.items():
             components[name].append(part.float())
+        f = None
         if eval_model is not None:
             f, hit = eval_model.describe(samples, asked)  # [b*k, F], [b*k]
             features.append(f)
             hits.append(hit)
+        if asks is not None:  # the prompts' checks; the class is the judge's reading, when there is a judge
+            seen = None if f is None else eval_model.classify(f)  # [b*k]
+            for name, passed in caption_checks(samples, repeated(asks[batch], k), seen).items():
+                checks[name].append(passed)  # [b*k]: 1, 0, or NaN where the prompt asks nothing of it
     policy.train(was_training)
     real = distributed.gather_rows(real.to(device, torch.uint8).repeat_interleave(k)).bool()
     rewards = distributed.gather_rows(torch.cat(rewards))[real]
@@ -111,6 +144,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
                                          distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool(),
                                          distributed.gather_rows(labels.repeat_interleave(k))[real]))
+    for name, parts in checks.items():  # the fraction passed among the samples whose prompt asks it
+        result[metric_name(name)] = float(distributed.gather_rows(torch.cat(parts).to(device))[real].nanmean())
     if inception is not None:
         result.update(inception(policy, tokenizer, sampling, eval_cfg.batch_size, eval_cfg.seed, device, autocast))
     return result
@@ -118,8 +153,10 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
     """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, precision, recall,
-    diversity, inception_fid, inception_is and the decoding steps (parallel decoders) if measured (and
+    diversity, inception_fid, inception_is, the decoding steps (parallel decoders) and the prompts' attribute
+    accuracy (``eval_attr_all_acc_<when>``) if measured (and
     ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
-    names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps")
-    return {f"{group}_{name}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg") for name in names
-            if f"{group}/{name}" in result}
+    names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps",
+             "attr/all_acc")
+    return {f"{group}_{name.replace('/', '_')}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
+            for name in names if f"{group}/{name}" in result}

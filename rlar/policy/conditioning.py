@@ -60,6 +60,10 @@ class Condition:
     def __len__(self) -> int:
         return len(self.text if self.is_text else self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        return (self.text if self.is_text else self.labels).device
+
     def _map(self, fn) -> Condition:
         return Condition(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
                             for f in fields(self)})
@@ -77,7 +81,7 @@ class Condition:
 
     def dropped(self, drop: torch.Tensor) -> Condition:
         """The rows where ``drop [N]`` (bool) is True replaced by the null condition (label -1, the null caption)."""
-        drop = drop.to(self.text.device if self.is_text else self.labels.device)
+        drop = drop.to(self.device)
         labels = None if self.labels is None else torch.where(drop, torch.full_like(self.labels, -1), self.labels)
         if not self.is_text:
             return Condition(labels)
@@ -85,8 +89,7 @@ class Condition:
 
     def null_like(self) -> Condition:
         """Every row the null condition."""
-        device = self.text.device if self.is_text else self.labels.device
-        return self.dropped(torch.ones(len(self), dtype=torch.bool, device=device))
+        return self.dropped(torch.ones(len(self), dtype=torch.bool, device=self.device))
 
     def with_null(self) -> Condition:
         """``[2N]`` rows for a guided batch: these conditions, then the null condition of each."""

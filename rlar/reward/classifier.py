@@ -78,6 +78,8 @@ class PerceptualDigitsReward(Reward):
     :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
     for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
 
+    reads_targets = True
+
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
         self.classifier = LazyClassifier(data, classifier, cache_dir)
 

@@ -44,7 +44,8 @@ class LeaveOneOutFDReward(Reward):
     ``class_conditional``: per requested class (``meta["labels"]``), the class's samples against that class's data
     (a null-class request, label < 0, against all the data), each class with its own moving average. A group of
     fewer than 3 samples is NaN (left out of the update): use ``algorithm.num_generations >= 3``. ``targets`` are
-    ignored. Every call moves the averages (evaluation calls too); they are not saved in checkpoints.
+    ignored. Every call moves the averages while ``learning`` is True (evaluation scores without moving them); they
+    are the reward's ``state_dict()``, saved with each checkpoint.
     """
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
@@ -55,6 +56,12 @@ class LeaveOneOutFDReward(Reward):
         self.ema, self.class_conditional, self.chunk_size = ema, class_conditional, chunk_size
         self.reference: dict[int, Moments] | None = None  # group -> the data's moments; -1 = all the data
         self.history: dict[int, Moments] = {}  # group -> moving average of the rollouts' moments
+
+    def state_dict(self) -> dict:
+        return {"history": {str(g): list(m) for g, m in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {int(g): tuple(m) for g, m in state.get("history", {}).items()}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, F]`` float64 on the CPU: the reward classifier's penultimate features."""
@@ -85,7 +92,7 @@ class LeaveOneOutFDReward(Reward):
         for g in groups.unique().tolist():
             rows = groups == g
             reward[rows] = leave_one_out_fd(features[rows], reference[g], self.history.get(g), self.ema)
-            if rows.sum() >= 2:  # the average moves to the moments the samples were just scored with
+            if self.learning and rows.sum() >= 2:  # the average moves to the moments just scored with
                 self.history[g] = mix(gaussian_fit(features[rows]), self.history.get(g), self.ema)
         reward = reward.float().to(images.device)
         return reward, {"loo_fd": reward}

@@ -20,6 +20,8 @@ def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class PSNRReward(Reward):
     """``reward(images, targets, meta) -> (psnr [N], {"psnr": [N]})``."""
 
+    reads_targets = True
+
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, meta: dict | None = None):
         reward = psnr(images, targets)  # [N]
         return reward, {"psnr": reward}
@@ -27,6 +29,8 @@ class PSNRReward(Reward):
 
 class SSIMReward(Reward):
     """``reward(images, targets, meta) -> (ssim [N], {"ssim": [N]})``: torchmetrics' Gaussian-window SSIM per item."""
+
+    reads_targets = True
 
     def __init__(self, kernel_size: int = 11, sigma: float = 1.5):
         self.kernel_size = kernel_size

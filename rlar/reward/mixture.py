@@ -40,6 +40,22 @@ class WeightedReward(Reward):
         self.weights = {name: float(w) for name, w in weights.items()}
         self.normalize = normalize
 
+    @property
+    def learning(self) -> bool:
+        return any(c.learning for c in self.components.values())
+
+    @learning.setter
+    def learning(self, value: bool) -> None:
+        for component in self.components.values():
+            component.learning = value
+
+    def state_dict(self) -> dict:
+        return {name: c.state_dict() for name, c in self.components.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, component in self.components.items():
+            component.load_state_dict(state.get(name, {}))
+
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
         total = torch.zeros(images.shape[0], device=images.device)  # [N]
         # [N]: scored by some weighted component (all True when none is weighted: the total is then 0)

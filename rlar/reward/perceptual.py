@@ -68,6 +68,8 @@ def lpips_distance(model: lpips.LPIPS, images: torch.Tensor, targets: torch.Tens
 class LPIPSReward(Reward):
     """``reward(images, targets, meta) -> (-lpips [N], {"neg_lpips": [N]})``; the network is built once."""
 
+    reads_targets = True
+
     def __init__(self, net: str = "alex", pretrained: bool = True, pnet_rand: bool = False,
                  weights_path: str | None = None, device: str = "cpu"):
         self.device = torch.device(device)

@@ -30,6 +30,8 @@ def reconstruction_reward(x: torch.Tensor, x_rec: torch.Tensor, loss_type: str =
 class ReconstructionReward(Reward):
     """``reward(images, targets, meta) -> (rewards [N], {component: [N]})``, higher is better."""
 
+    reads_targets = True
+
     def __init__(self, kind: str = "l2"):
         if kind not in KINDS:
             raise ValueError(f"reward.kind must be one of {KINDS}, got {kind!r}")

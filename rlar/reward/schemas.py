@@ -110,6 +110,29 @@ class LeaveOneOutFDRewardSchema(ClassifierRewardSchema):
     chunk_size: int = 256  # images per classifier forward pass
 
 
+@dataclass
+class DiscriminatorRewardSchema(ClassifierRewardSchema):
+    """An online discriminator of the data against the policy's samples, in the reward classifier's features."""
+
+    _target_: str = "rlar.reward.discriminator.DiscriminatorReward"
+    class_conditional: bool = True  # the discriminator reads the requested class (a projection term)
+    hidden: int = 128  # width of its two hidden layers
+    lr: float = 1e-3  # its Adam learning rate
+    steps: int = 4  # its Adam steps per call
+    warmup_steps: int = 200  # extra steps on the first call, before it scores anything
+    batch_size: int = 256  # samples (and as many data images) per step
+    buffer_size: int = 1024  # the last this many samples' features are its negatives
+    seed: int = 0  # its initialization and its draws of data images
+    chunk_size: int = 256  # images per classifier forward pass
+
+
+@dataclass
+class CompositionalRewardSchema(ClassifierRewardSchema):
+    """The digits text task's reward: the class check reads its own classifier."""
+
+    _target_: str = "rlar.reward.compositional.CompositionalReward"
+
+
 REWARD_SCHEMAS = {
     "reconstruction": ReconstructionRewardSchema,
     "psnr": PSNRRewardSchema,
@@ -124,5 +147,7 @@ REWARD_SCHEMAS = {
     "class_consistency": ClassConsistencyRewardSchema,
     "perceptual_digits": PerceptualDigitsRewardSchema,
     "loo_fd": LeaveOneOutFDRewardSchema,
+    "discriminator": DiscriminatorRewardSchema,
+    "compositional": CompositionalRewardSchema,
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -18,9 +20,10 @@ def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
     return {k: v[lo:hi] if per_item(v) else v for k, v in meta.items()}
 
 
-def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tensor, targets: torch.Tensor, meta: dict,
-                     chunk_size: int | None = None):
-    """``(samples [N, C, H, W], rewards [N], {component: [N]}, metrics)`` for tokens ``[N, T]``.
+def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tensor, targets: torch.Tensor | None,
+                     meta: dict, chunk_size: int | None = None):
+    """``(samples [N, C, H, W], rewards [N], {component: [N]}, metrics)`` for tokens ``[N, T]`` (``targets [N, C, H,
+    W]``, or None for data without images).
 
     With ``chunk_size``, chunk i+1 is decoded while chunk i is scored on one worker thread (the reward still
     sees one call at a time). Metrics: what ``reward_fn.metrics()`` reports (remote rewards; others report
@@ -38,7 +41,8 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
             for lo in range(0, n, chunk_size):
                 hi = min(lo + chunk_size, n)
                 images = tokenizer.decode_code(tokens[lo:hi])
-                chunks.append((images, worker.submit(reward_fn, images, targets[lo:hi], _slice_meta(meta, n, lo, hi))))
+                part = None if targets is None else targets[lo:hi]  # no targets: data without images
+                chunks.append((images, worker.submit(reward_fn, images, part, _slice_meta(meta, n, lo, hi))))
             decoded = time.perf_counter()
             results = [future.result() for _, future in chunks]
         samples = torch.cat([images for images, _ in chunks])
@@ -47,3 +51,15 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     metrics = reward_fn.metrics()
     metrics.update({"time/decode": decoded - tic, "time/reward": time.perf_counter() - decoded})
     return samples, rewards, components, metrics
+
+
+@contextmanager
+def scoring_only(reward: Reward) -> Iterator[Reward]:
+    """``reward`` with ``learning`` off inside the block (evaluation: a reward that learns across calls scores the
+    samples without learning from them), restored after."""
+    before = reward.learning
+    reward.learning = False
+    try:
+        yield reward
+    finally:
+        reward.learning = before

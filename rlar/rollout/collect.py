@@ -42,38 +42,45 @@ def drop_labels(labels: Condition | torch.Tensor | None, prob: float, generator:
     if not prob or labels is None:
         return labels
     if isinstance(labels, Condition):
-        device = labels.text.device if labels.is_text else labels.labels.device
-        return labels.dropped(uniforms((len(labels),), generator, device) < prob)
+        return labels.dropped(uniforms((len(labels),), generator, labels.device) < prob)
     drop = uniforms(labels.shape, generator, labels.device) < prob
     return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
 @torch.no_grad()
-def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: Condition | torch.Tensor | None,
+def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: Condition | torch.Tensor | None,
                     num_generations: int, rollout_cfg, generator: torch.Generator) -> Rollout:
     """G samples for each of the B items: a ``Rollout`` of ``B*G`` rows, the G of an item adjacent.
 
     gt_codes ``[B, T]`` are the tokenizer's codes of the input images (the context of the prefix and
-    teacher-forced modes); ``labels``: the items' conditions (a ``Condition``: class labels or caption features, or
-    a label tensor ``[B]``). Condition dropout and the noisy context are drawn once per item and stored in the
+    teacher-forced modes), or None for items without images (prompt-only data: the free-running modes only, B from
+    ``labels``, no targets); ``labels``: the items' conditions (a ``Condition``: class labels or caption features,
+    or a label tensor ``[B]``). Condition dropout and the noisy context are drawn once per item and stored in the
     rollout, so the update and KL passes read exactly what the rollout read.
     """
     mode, g = rollout_cfg.mode, num_generations
-    b, t_len = gt_codes.shape
+    if gt_codes is None and (mode in ("prefix", "teacher_forced") or labels is None):
+        raise ValueError(f"rollout.mode={mode!r} reads the input images' codes, and these items have none (data "
+                         "without images); use rollout.mode=autoregressive (or parallel, schedule)")
+    b, t_len = (len(labels), policy.block_size) if gt_codes is None else gt_codes.shape
     scales = cfg_scales(t_len, rollout_cfg.cfg_scale, rollout_cfg.cfg_interval)
     labels = drop_labels(as_condition(labels), rollout_cfg.label_dropout, generator)
     rep = None if labels is None else labels.repeat_interleave(g)  # [B*G] conditions
-    context = noisy_context(gt_codes, rollout_cfg.token_noise_prob, policy.vocab_size, generator)  # [B, T]
-    targets = gt_codes.repeat_interleave(g, 0)  # [B*G, T]
+    context = targets = given = None  # without images: nothing given, no ground truth
+    if gt_codes is not None:
+        context = noisy_context(gt_codes, rollout_cfg.token_noise_prob, policy.vocab_size, generator)  # [B, T]
+        targets, given = gt_codes.repeat_interleave(g, 0), context.repeat_interleave(g, 0)  # [B*G, T]
     if mode in ("autoregressive", "prefix"):
         k = rollout_cfg.prefix_len if mode == "prefix" else 0
+        prefix = (torch.zeros(b, 0, dtype=torch.long, device=labels.device) if gt_codes is None
+                  else gt_codes[:, :k])  # [B, k]
         tokens, logprobs = sample_multiple_generations(
-            policy, (gt_codes[:, :k], labels), t_len, g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
+            policy, (prefix, labels), t_len, g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
             top_p=rollout_cfg.top_p, cfg_scale=scales, generator=generator,
             micro_batch_size=rollout_cfg.micro_batch_size,
         )  # [B*G, T]
         mask = (torch.arange(t_len, device=tokens.device) >= k)[None].expand(b * g, t_len)
-        return Rollout(tokens, tokens, logprobs, rep, mask, targets, context.repeat_interleave(g, 0))
+        return Rollout(tokens, tokens, logprobs, rep, mask, targets, given)
     if mode == "teacher_forced":
         logp, _ = policy_logprobs(policy, context, labels, rollout_cfg.temperature, scales)  # [B, T, V]
         logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
@@ -92,8 +99,8 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor, labels: Condition | 
             micro_batch_size=rollout_cfg.micro_batch_size,
         )  # tokens, logprobs, orders [B*G, T]
         mask = torch.ones_like(sample.tokens, dtype=torch.bool)
-        return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep, mask, targets,
-                       context.repeat_interleave(g, 0), schedule=sample.schedule(), steps=sample.steps)
+        return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep, mask, targets, given,
+                       schedule=sample.schedule(), steps=sample.steps)
     if mode == "schedule":  # policy: an rlar.schedule.ScheduleDecoder
         sample = policy.decode(rep_labels, b * g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
                                top_p=rollout_cfg.top_p, cfg_scale=rollout_cfg.cfg_scale, generator=generator,

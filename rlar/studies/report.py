@@ -40,11 +40,6 @@ class Run:
     reward: str = ""  # the run's reward config (YAML): eval rewards compare only between equal ones
 
     @property
-    def gap_closed(self) -> float:
-        """Fraction of the prior's distance to the perfect reward (0 for -L2) that RL closed."""
-        return (self.after - self.before) / (0.0 - self.before)
-
-    @property
     def seconds_per_iteration(self) -> float | None:
         steps = [sum(self.curves[tag].get(s, 0.0) for tag in TIME_TAGS) for s in self.curves.get("time/rollout", {})]
         return statistics.mean(steps) if steps else None
@@ -103,7 +98,7 @@ def mean_std(values: list[float], digits: int = 4) -> str:
 
 def table(study: Study, runs: dict[str, list[Run]]) -> str:
     """The markdown table: one row per setting."""
-    lines = ["| setting | overrides | seeds | prior eval reward | final eval reward | per seed | gap closed | s / it |",
+    lines = ["| setting | overrides | seeds | prior eval reward | final eval reward | per seed | change | s / it |",
              "|---|---|---|---|---|---|---|---|"]
     for label, group in runs.items():
         overrides = " ".join(f"`{o}`" for o in study.settings[label]) or "none"
@@ -115,7 +110,8 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
         speed = f"{statistics.mean(speeds):.2f}" if speeds else "–"
         lines.append(f"| {label} | {overrides} | {', '.join(str(r.seed) for r in group)} "
                      f"| {mean_std(sorted({r.before for r in group}))} | {mean_std([r.after for r in group])} "
-                     f"| {per_seed} | {mean_std([100 * r.gap_closed for r in group], 1)} % | {speed} |")
+                     f"| {per_seed} | {relative_change([r.before for r in group], [r.after for r in group])} "
+                     f"| {speed} |")
     return "\n".join(lines)
 
 
@@ -170,19 +166,29 @@ def eval_model_notes(cfg) -> str:
     return text
 
 
+def by_judge(runs: dict[str, list[Run]]) -> bool:
+    """Whether every run has the judge's final eval/fd (then settings are ranked by it)."""
+    return all(r.summary.get("eval_fd_after") is not None for group in runs.values() for r in group)
+
+
 def ranking(runs: dict[str, list[Run]]) -> str:
-    """Settings by mean final eval reward, each step down with its size in standard deviations over seeds; only
-    the settings that train (and so evaluate) with the first setting's reward, the others named apart."""
-    first = next(group[0].reward for group in runs.values() if group)
-    comparable = {label: [r.after for r in group] for label, group in runs.items()
-                  if group and group[0].reward == first}
+    """Settings from best to worst, each step with its size in standard deviations over seeds: by mean final eval/fd
+    (the judge, the same for every setting) when every run has it; else by mean final eval reward, only the settings
+    that train (and so evaluate) with the first setting's reward, the others named apart."""
+    if by_judge(runs):
+        comparable = {label: [-r.summary["eval_fd_after"] for r in group] for label, group in runs.items() if group}
+    else:
+        first = next(group[0].reward for group in runs.values() if group)
+        comparable = {label: [r.after for r in group] for label, group in runs.items()
+                      if group and group[0].reward == first}
     stats = [(*mean_and_std(a), label) for label, a in comparable.items()]
     stats.sort(reverse=True)
+    digits = 2 if by_judge(runs) else 4
     text = f"{stats[0][2]}"
     for (m1, s1, _), (m2, s2, label) in zip(stats, stats[1:], strict=False):
         spread = max(s1, s2)
         size = f", {(m1 - m2) / spread:.1f} std" if spread > 0 else ""
-        text += f" > {label} (Δ {m1 - m2:.4f}{size})"
+        text += f" > {label} (Δ {m1 - m2:.{digits}f}{size})"
     apart = [label for label, group in runs.items() if group and label not in comparable]
     if apart:
         text += f"; not ranked, as their eval reward is another function: {', '.join(apart)}"
@@ -262,14 +268,14 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 
 {eval_model_table(runs)}
 
-**Ranking** by mean final eval reward (Δ: the drop to the next setting, and its size in units of the larger of
-the two settings' std over seeds): {ranking(runs)}.
+**Ranking** by mean final {"eval/fd (lower first)" if by_judge(runs) else "eval reward"} (Δ: the step to the next
+setting, and its size in units of the larger of the two settings' std over seeds): {ranking(runs)}.
 
-- **eval reward**: the mean over {held_out} of the training reward (`reward={reward}`) between
-  {samples} (fixed sampling seed) and the digit, so 0 is a perfect reconstruction and higher is better;
-  *prior* is the same evaluation before RL.{eval_model_notes(cfg)}
-- **gap closed** = (after − prior) / (0 − prior): the share of the prior's distance to the perfect reward (0)
-  that RL closed.
+- **eval reward**: the mean over {held_out} of the training reward (`reward={reward}`) of
+  {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
+  mean relative to it. A reward that learns while it trains (`discriminator`, `loo_fd`) is read as it is at each
+  evaluation, so its prior and final values come from different versions of it: read the judge's columns.\
+{eval_model_notes(cfg)}
 - *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
   which others may have been using too.

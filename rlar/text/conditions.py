@@ -1,8 +1,8 @@
 """The conditions of data items: their class labels, or with a text encoder the features of their captions.
 
-Captions are read from the data: ``data.train_captions`` / ``data.eval_captions``, lists of str parallel to the
-images (``captions_of``). This is the one place where the loop, the evaluation and the prior's pretraining read
-them.
+Captions are the data's: ``data.train_captions`` / ``data.eval_captions``, a caption per image (None: none); a
+batch's are ``data.captions_of(indices)``. The loop (``batch_conditions``), the evaluation and the prior's
+pretraining turn them into conditions here.
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ def split_captions(data, split: str) -> list[str]:
     return captions
 
 
-def captions_of(data, split: str, indices: torch.Tensor) -> list[str]:
-    """The captions of the items ``indices [B]`` of ``split`` (train or eval)."""
-    captions = split_captions(data, split)
-    return [str(captions[i]) for i in indices.tolist()]
-
-
 def captions_fingerprint(data) -> str:
     """A hash of every caption of the train and eval splits (a text prior's cache key names its captions)."""
     digest = hashlib.sha1()
@@ -41,11 +35,16 @@ def captions_fingerprint(data) -> str:
 
 
 @torch.no_grad()
-def item_conditions(text_encoder: TextEncoder | None, data, split: str, labels: torch.Tensor,
-                    indices: torch.Tensor, device) -> Condition:
-    """The conditions of the items ``indices [B]`` (labels ``[B]``) of ``split``, on ``device``: their labels, or
-    with ``text_encoder`` the (frozen) features of their captions, carrying the labels."""
+def item_conditions(text_encoder: TextEncoder | None, labels: torch.Tensor, captions: list[str] | None,
+                    device) -> Condition:
+    """The conditions of items with ``labels [B]`` and ``captions`` (B strings, or None: the data has none), on
+    ``device``: their labels, or with ``text_encoder`` the (frozen) features of their captions, carrying the
+    labels."""
     labels = labels.to(device)
     if text_encoder is None:
         return Condition(labels)
-    return text_encoder.condition(captions_of(data, split, indices), labels).to(device)
+    if captions is None:
+        raise ValueError("text_encoder is set but the data has no captions: a text condition needs a caption per "
+                         "item; use data with captions (data.captions=..., data.caption_column=..., data=prompts), "
+                         "or text_encoder=null for class labels")
+    return text_encoder.condition(list(captions), labels).to(device)

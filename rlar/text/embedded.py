@@ -19,11 +19,11 @@ from rlar.text.encoder import TextEncoder
 log = logging.getLogger(__name__)
 
 SPECIAL = ("<pad>", "<unk>", "<cls>")
-# words of digit captions: classes, stroke and slant attributes, and the glue between them
+# words of digit captions (rlar.data.captions: "a thick seven leaning right") and of prompts about digits
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "a", "an", "the",
                "digit", "number", "of", "and", "with", "is", "written", "thin", "thick", "bold", "light", "regular",
-               "medium", "heavy", "normal", "stroke", "strokes", "leaning", "slanted", "tilted", "left", "right",
-               "upright", "straight", "small", "large", "big", "wide", "narrow", "tall", "short")
+               "medium", "heavy", "normal", "stroke", "strokes", "leaning", "standing", "slanted", "tilted", "left",
+               "right", "upright", "straight", "small", "large", "big", "wide", "narrow", "tall", "short")
 WORD = re.compile(r"[a-z0-9]+")
 
 

@@ -46,6 +46,8 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
         state, path = cached_artifact(spec.cache_dir, "digits_vq", spec_key, build)
         model.load_state_dict(state)
         source = str(path)
+    if data.eval_images is None:  # prompt-only data: nothing to measure the reconstruction on
+        return FrozenTokenizer(model, chunk_size=spec.chunk_size, source=source, metrics={})
     metrics = _quality(model, data)
     log.info("tokenizer %s: eval reconstruction PSNR %.2f dB, code perplexity %.1f of %d",
              source, metrics["psnr_db"], metrics["code_perplexity"], spec.codebook_size)

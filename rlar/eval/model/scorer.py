@@ -32,8 +32,13 @@ class EvalModel:
         """``(features [N, F], hits [N] bool or None)`` of ``images``: hit = argmax class == ``labels``."""
         images = images.to(self.device)
         features = self.classifier.features(images)  # [N, F]
-        hits = None if labels is None else self.classifier.head(features).argmax(1) == labels.to(self.device)
+        hits = None if labels is None else self.classify(features) == labels.to(self.device)
         return features, hits
+
+    @torch.no_grad()
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The class ``[N]`` the classifier sees in images of ``features [N, F]`` (from :meth:`describe`)."""
+        return self.classifier.head(features.to(self.device)).argmax(1)
 
     def metrics(self, features: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Of samples with ``features [N, F]`` asked for classes ``labels [N]``: ``eval/class_acc`` (the fraction of

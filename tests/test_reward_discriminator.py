@@ -1,0 +1,72 @@
+"""reward=discriminator: its logit against the log density ratio of two known Gaussians, its class term, scoring
+without learning, and an exact resume from its state."""
+
+import copy
+from types import SimpleNamespace
+
+import torch
+
+from rlar.reward.discriminator import DiscriminatorReward
+from rlar.reward.scoring import scoring_only
+
+
+class Flat:
+    """A stand-in for the reward classifier: the features are the pixels."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def discriminator(real: torch.Tensor, labels: torch.Tensor, **options) -> DiscriminatorReward:
+    """A reward over train images ``real [M, 1, 1, 1]`` (1-d features) with the flat classifier."""
+    data = SimpleNamespace(train_images=real, train_labels=labels)
+    reward = DiscriminatorReward(data, None, **{"hidden": 32, "lr": 3e-3, "batch_size": 256, **options})
+    reward.classifier = SimpleNamespace(get=lambda device: Flat())
+    return reward
+
+
+def test_the_logit_estimates_the_log_density_ratio_of_two_gaussians():
+    g = torch.Generator().manual_seed(0)
+    real = (1 + torch.randn(4096, generator=g)).view(-1, 1, 1, 1)  # data ~ N(1, 1)
+    fake = (-1 + torch.randn(4096, generator=g)).view(-1, 1, 1, 1)  # samples ~ N(-1, 1)
+    reward = discriminator(real, torch.zeros(4096, dtype=torch.long), class_conditional=False, warmup_steps=1500,
+                           buffer_size=4096)
+    reward(fake, None, None)
+    grid = torch.tensor([-1.0, 0.0, 1.0]).view(-1, 1, 1, 1)
+    with scoring_only(reward):
+        logit, parts = reward(grid, None, None)
+    # log N(x; 1, 1) - log N(x; -1, 1) = 2x
+    assert torch.allclose(logit, torch.tensor([-2.0, 0.0, 2.0]), atol=0.35), logit
+    assert parts["disc_logit"] is logit
+
+
+def test_the_class_term_scores_a_sample_against_its_own_class():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(2).repeat(1024)  # class 0 at +1, class 1 at -1
+    real = (torch.where(labels == 0, 1.0, -1.0) + 0.3 * torch.randn(2048, generator=g)).view(-1, 1, 1, 1)
+    fake = (0.3 * torch.randn(2048, generator=g)).view(-1, 1, 1, 1)  # samples of both classes at 0
+    reward = discriminator(real, labels, warmup_steps=800, buffer_size=2048)
+    reward(fake, None, {"labels": labels})
+    with scoring_only(reward):
+        logit, _ = reward(torch.ones(2, 1, 1, 1), None, {"labels": torch.tensor([0, 1])})
+    assert logit[0] > logit[1] + 2  # +1 is class 0's data, far from class 1's
+
+
+def test_scoring_only_leaves_it_unchanged_and_its_state_resumes_exactly():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.arange(2).repeat(64)
+    real = torch.randn(128, 1, 1, 1, generator=g)
+    batches = [torch.randn(16, 1, 1, 1, generator=g) for _ in range(4)]
+    meta = {"labels": labels[:16]}
+    reward = discriminator(real, labels, warmup_steps=5, steps=2)
+    reward(batches[0], None, meta)
+    state = copy.deepcopy(reward.state_dict())  # what a checkpoint holds: the values at the save
+    before = [p.clone() for p in reward.model.parameters()]
+    with scoring_only(reward):
+        reward(batches[1], None, meta)
+    assert all(torch.equal(a, b) for a, b in zip(before, reward.model.parameters(), strict=True))
+    assert len(reward.fake[0]) == 16 and reward.learning
+    resumed = discriminator(real, labels, warmup_steps=5, steps=2)
+    resumed.load_state_dict(state)
+    for x in batches[2:]:
+        assert torch.equal(reward(x, None, meta)[0], resumed(x, None, meta)[0])
