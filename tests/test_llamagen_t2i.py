@@ -123,7 +123,10 @@ def test_the_recipe_composes_with_the_command_of_its_header(tiny_t5, tmp_path):
     files = {"tokenizer.checkpoint": tmp_path / "vq.pt", "policy.checkpoint": tmp_path / "t2i.pt"}
     for file in files.values():
         file.write_bytes(b"")
-    mine = {**{k: str(v) for k, v in files.items()}, "text_encoder.model_path": str(tiny_t5[0])}
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a photo of {n} cats\n" for n in range(20)))
+    mine = {**{k: str(v) for k, v in files.items()}, "text_encoder.model_path": str(tiny_t5[0]),
+            "data.path": str(prompts)}
     overrides = [f"{o.split('=')[0]}={mine[o.split('=')[0]]}" if o.split("=")[0] in mine else o for o in overrides]
     cfg = compose_config(overrides)
     assert cfg.hardware.strategy == "fsdp"
@@ -132,3 +135,5 @@ def test_the_recipe_composes_with_the_command_of_its_header(tiny_t5, tmp_path):
     assert cfg.text_encoder._target_.endswith("T5TextEncoder") and cfg.rollout.cfg_scale > 1
     assert cfg.tokenizer.image_size == 256
     assert instantiate(cfg.algorithm).num_generations == cfg.algorithm.num_generations
+    data = instantiate(cfg.data)  # the prompts are the captions the policy reads
+    assert data.train_images is None and len(data.train_captions) == 18 and data.train_captions[0].startswith("a photo")
