@@ -25,6 +25,8 @@ from rlar.runtime.ema import policy_ema, update_after_every_step
 from rlar.runtime.hardware import Hardware
 from rlar.runtime.random_streams import rank_generators
 from rlar.schedule.decoder import ScheduleDecoder
+from rlar.text.build import build_text_encoder
+from rlar.text.encoder import TextEncoder
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Run:
     scheduler: LRScheduler  # the learning-rate schedule, stepped once per iteration
     ema: AveragedModel | None  # the policy's moving average (train.ema_decay), updated after each optimizer step
     inception: InceptionEval | None  # eval/inception_* (eval.inception.enabled)
+    text_encoder: TextEncoder | None = None  # captions -> the policy's text conditions (frozen); None: class labels
 
     @property
     def device(self) -> torch.device:
@@ -93,7 +96,9 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
-        policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data).to(device)
+        text_encoder = build_text_encoder(cfg)  # where the prior is built; the embedded one is trained with it
+        policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=text_encoder).to(device)
+        text_encoder = None if text_encoder is None else text_encoder.to(device)
         if cfg.rollout.mode == "schedule":  # the ARPG frozen, a decoding-schedule network the policy (rlar.schedule)
             policy = ScheduleDecoder(policy, **cfg.schedule).to(device)
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
@@ -121,4 +126,4 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
                 "cfg_scale": cfg_scales(policy.block_size, cfg.rollout.cfg_scale, cfg.rollout.cfg_interval)}
     return Run(cfg, hw, out, data, tokenizer, policy, ref_policy, critic, trainable, train_policy, train_critic,
                reward, eval_model, algorithm, optimizer, checkpointer, logger, rank_generators(hw.seed,
-               distributed.rank()), sampling, scheduler, ema, inception)
+               distributed.rank()), sampling, scheduler, ema, inception, text_encoder)

@@ -32,22 +32,27 @@ class Policy(Protocol):
 
 @runtime_checkable
 class TokenPolicy(Policy, Protocol):
-    """A policy whose actions are tokens: teacher forcing ``(tokens [N, T], labels [N] or None) -> logits [N, T, V]``
-    (``logits[:, t]`` scores ``tokens[:, t]``), with ``hidden=True`` also the final hidden states ``[N, T, D]``
-    (``rlar.rollout.sampling.policy_logprobs``). Labels: class ids, negative or None for the null class."""
+    """A policy whose actions are tokens: teacher forcing ``(tokens [N, T], condition [N] or None) -> logits [N, T,
+    V]`` (``logits[:, t]`` scores ``tokens[:, t]``), with ``hidden=True`` also the final hidden states ``[N, T, D]``
+    (``rlar.rollout.sampling.policy_logprobs``). A condition: a ``rlar.policy.conditioning.Condition`` (class labels
+    or caption features) or class ids ``[N]``, negative or None for the null class."""
 
-    def __call__(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, hidden: bool = False) -> Any: ...
+    def __call__(self, tokens: torch.Tensor, condition: Any = None, hidden: bool = False) -> Any: ...
 
 
 @runtime_checkable
 class RasterPolicy(TokenPolicy, Protocol):
-    """A token policy the KV-cached raster sampler (``rlar.rollout.sampling``) decodes, one token per step."""
+    """A token policy the KV-cached raster sampler (``rlar.rollout.sampling``) decodes, one token per step;
+    ``sequence_len``: the positions its cache holds (the condition's and ``T - 1`` image tokens)."""
+
+    sequence_len: int
 
     def new_cache(self, batch: int, device, dtype=None) -> Any:
         """An empty key/value cache for ``batch`` rows."""
 
-    def prefill(self, labels: torch.Tensor | None, prefix: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Read the class and ``prefix [N, k]`` into ``cache``: the logits of the next token ``[N, V]``."""
+    def prefill(self, condition: Any, prefix: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Read the condition (a Condition or labels) and ``prefix [N, k]`` into ``cache``: the logits of the next
+        token ``[N, V]``."""
 
     def step(self, token: torch.Tensor, cache: Any) -> torch.Tensor:
         """Append ``token [N]`` to ``cache``: the logits of the next token ``[N, V]``."""

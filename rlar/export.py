@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from rlar.policy.exported import write_policy_folder
 from rlar.runtime.ema import exported_policy
+from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
 
@@ -42,7 +43,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     cfg.policy.checkpoint = str(run_policy_weights(run_dir))
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data)  # built and checked as the run built it
+    # built and checked as the run built it
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     strict_load(policy, exported_policy(run_dir / "checkpoints"), f"the policy of {run_dir}")  # its EMA, if kept
     return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
 

@@ -23,6 +23,7 @@ from rlar.algorithm.pair_update import pair_update
 from rlar.algorithm.update import policy_update, value_advantages
 from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
+from rlar.policy.conditioning import Condition
 from rlar.policy.prior import teacher_forced_ce
 from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
@@ -34,6 +35,7 @@ from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
 from rlar.runtime.run_lock import run_lock
 from rlar.runtime.stop_signals import Stopped, StopRequest
+from rlar.text.conditions import item_conditions
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,16 @@ def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int
     return unscored
 
 
+def batch_conditions(run: Run, labels: torch.Tensor, captions: list[str] | None) -> Condition:
+    """The conditions of this rank's items of a batch (``labels [b]``, their ``captions``, ``data.captions_of`` the
+    batch's indices): their class labels, or with ``run.text_encoder`` the features of their captions."""
+    return item_conditions(run.text_encoder, labels, captions, run.device)
+
+
 def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor], step: int) -> dict[str, float]:
     """One RL iteration on the global batch ``(images [B, C, H, W] (None: data without images), labels [B],
-    indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward."""
+    indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward (and, with a
+    text encoder, condition the policy)."""
     all_images, all_labels, all_indices = batch
     labels = run.this_rank(all_labels)  # [b], b = B / world
     images = None if all_images is None else run.this_rank(all_images)  # [b, C, H, W]
@@ -124,11 +133,12 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     G = run.algorithm.num_generations
     timings = {}
 
-    tic = time.perf_counter()
+    tic = time.perf_counter()  # the rollout's time includes encoding its captions
+    condition = batch_conditions(run, labels, prompts)  # [b] class labels, or caption features
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
         codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
-        rollout = collect_rollout(run.policy, codes, labels, G, run.cfg.rollout, run.generators["sample"])
+        rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
     timings["time/rollout"] = time.perf_counter() - tic
 
     meta = reward_meta(rollout, prompts, G)
@@ -251,7 +261,7 @@ def evaluation(run: Run) -> dict[str, float]:
     (``rlar.eval.evaluate``)."""
     with gathered(run.evaluated_policy):
         return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling,
-                        run.device, run.hw.autocast, run.eval_model, run.inception)
+                        run.device, run.hw.autocast, run.eval_model, run.inception, run.text_encoder)
 
 
 def evaluate_prior(run: Run) -> dict:
@@ -267,9 +277,11 @@ def warm_up(run: Run, batches, summary: dict) -> None:
     loss goes to the summary as ``warmup_ce``."""
     steps = run.cfg.train.warmup_steps
     for i in tqdm(range(steps), desc="supervised warm-up", leave=False, disable=not (steps and distributed.is_main())):
-        all_images, all_labels, _ = next(batches)
-        images, labels = run.this_rank(all_images), run.this_rank(all_labels)
-        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(images), labels)
+        all_images, all_labels, all_indices = next(batches)
+        captions = run.data.captions_of(run.this_rank(all_indices))
+        condition = batch_conditions(run, run.this_rank(all_labels), captions)
+        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(run.this_rank(all_images)),
+                                 condition)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()

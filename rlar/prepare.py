@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.config.store import CONF_DIR, register_schemas
+from rlar.text.build import build_text_encoder
 
 register_schemas()
 
@@ -15,7 +16,7 @@ register_schemas()
 def main(cfg: DictConfig) -> None:
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     psnr = tokenizer.metrics.get("psnr_db")
     print(f"tokenizer: {tokenizer.source}" + (f" (held-out PSNR {psnr:.2f} dB)" if psnr is not None else ""))
     print("prior: cached beside it; `python -m rlar.run` with the same settings starts from it")

@@ -108,3 +108,54 @@ def digit_pixels():
         return pixels, d.target[:n].astype(np.int64)
 
     return take
+
+
+CAPTION_WORDS = ["a", "the", "thick", "thin", "digit", "leaning", "left", "right", "upright", "zero", "one", "two",
+                 "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def word_tokenizer(specials: list[str], post: str):
+    """A word-level ``PreTrainedTokenizerFast`` over ``specials`` then ``CAPTION_WORDS``, built offline; ``post``:
+    the template a caption is encoded with (``$A`` is its words)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {w: i for i, w in enumerate([*specials, *CAPTION_WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=post, special_tokens=[(t, vocab[t]) for t in specials if t in post])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>"), vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A randomly initialised T5 encoder (width 16, 2 layers) and a word-level tokenizer ending captions with
+    ``</s>``, saved as a local model folder: ``(path, model)``."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer, vocab = word_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>")
+    config = transformers.T5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(config).eval()
+    path = tmp_path_factory.mktemp("t5")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_text(tmp_path_factory):
+    """A randomly initialised CLIP text tower (width 16, 2 layers, 12 positions) with a word-level tokenizer
+    framing captions with ``<s>`` and ``</s>``: ``(path, model)``."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer, vocab = word_tokenizer(["<pad>", "<s>", "</s>", "<unk>"], "<s> $A </s>")
+    config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=12,
+                                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.CLIPTextModel(config).eval()
+    path = tmp_path_factory.mktemp("clip_text")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model

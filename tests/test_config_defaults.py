@@ -17,13 +17,13 @@ from rlar.config.store import CONF_DIR, SCHEMAS, compose_config
 from rlar.policy.schemas import POLICY_SCHEMAS
 from rlar.tokenizer.schemas import DigitsVQSchema
 
-GROUPS = ("algorithm", "data", "hardware", "logger", "policy", "reward", "scheduler", "tokenizer")
+GROUPS = ("algorithm", "data", "hardware", "logger", "policy", "reward", "scheduler", "text_encoder", "tokenizer")
 # options with settings, built here without downloads or training (the others need weights, files or a trained
 # model; psnr, sharpness, contrast and saturation have no settings)
 CPU_BUILT = [("algorithm", "grpo"), ("algorithm", "reinforce"), ("algorithm", "ppo"), ("algorithm", "cca"),
              ("hardware", "cpu"),
              ("logger", "tensorboard"), ("logger", "wandb"), ("data", "digits"), ("reward", "l1"), ("reward", "l2"),
-             ("reward", "ssim"), ("reward", "efficiency")]
+             ("reward", "ssim"), ("reward", "efficiency"), ("text_encoder", "embedded")]
 
 
 @pytest.mark.parametrize("group,option", CPU_BUILT)

@@ -35,7 +35,7 @@ def group_minibatches(n: int, group_size: int, minibatch_size: int, generator: t
 
 
 def _rows(rollout: Rollout, idx: torch.Tensor):
-    labels = None if rollout.labels is None else rollout.labels[idx]
+    labels = None if rollout.condition is None else rollout.condition[idx]
     schedule = None if rollout.schedule is None else {**rollout.schedule, "orders": rollout.schedule["orders"][idx]}
     return rollout.context[idx], rollout.tokens[idx], labels, schedule
 
@@ -54,7 +54,7 @@ def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollo
                      sampling: dict):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
     (advantages ``[N, T]``, returns ``[N, T]``)."""
-    _, hidden = rollout_logprobs(policy, rollout.context, rollout.labels, sampling, rollout.schedule, hidden=True)
+    _, hidden = rollout_logprobs(policy, rollout.context, rollout.condition, sampling, rollout.schedule, hidden=True)
     values = critic(hidden.float())[..., 0]  # [N, T]
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)

@@ -154,6 +154,9 @@ class RlarConfig:
     hardware: Any = MISSING
     logger: Any = MISSING
     scheduler: Any = MISSING  # the learning-rate schedule: rlar/conf/scheduler/ (any torch.optim.lr_scheduler)
+    # captions as conditions: rlar/conf/text_encoder/ (t5, clip, embedded); null = class labels
+    # (docs/text_conditioning.md)
+    text_encoder: Any = None
     rollout: RolloutSchema = field(default_factory=RolloutSchema)
     schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
     train: TrainSchema = field(default_factory=TrainSchema)

@@ -25,6 +25,7 @@ from rlar.reward.remote.schema import REMOTE_SCHEMAS
 from rlar.reward.schemas import REWARD_SCHEMAS
 from rlar.runtime.hardware import Hardware
 from rlar.runtime.schemas import SCHEDULER_SCHEMAS, MultiLoggerSchema, TensorBoardSchema, WandbSchema
+from rlar.text.schemas import TEXT_ENCODER_SCHEMAS
 from rlar.tokenizer.schemas import TOKENIZER_SCHEMAS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # rlar/conf: shipped in the package
@@ -52,6 +53,7 @@ SCHEMAS = {
     "hardware": {"hardware": target_schema(Hardware)},
     "logger": {"tensorboard": TensorBoardSchema, "wandb": WandbSchema, "multi": MultiLoggerSchema},
     "scheduler": SCHEDULER_SCHEMAS,
+    "text_encoder": TEXT_ENCODER_SCHEMAS,
 }
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
+from rlar.policy.gpt import CONDITION_MODES
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
@@ -55,6 +56,7 @@ def check_config(cfg: DictConfig) -> None:
         if not 0.0 <= r[key] < 1.0:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
+    check_text_conditioning(cfg)
     check_inception_eval(cfg)
     check_data_without_images(cfg)
     check_sizes(cfg)
@@ -121,6 +123,37 @@ def check_sizes(cfg: DictConfig) -> None:
                           f"data.image_size to a multiple of {patch} (or use a model-zoo tokenizer)")
 
 
+def check_text_conditioning(cfg: DictConfig) -> None:
+    """The condition mode exists; a text encoder goes with a raster policy that reads it, and its local weights
+    exist (they are never downloaded)."""
+    mode = cfg.policy.get("condition_mode")
+    if mode is not None and mode not in CONDITION_MODES:
+        raise ConfigError(f"policy.condition_mode={mode!r} is not available; choose one of {CONDITION_MODES}")
+    text = cfg.get("text_encoder")
+    if text is None:
+        return
+    if str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg"):
+        raise ConfigError("policy=arpg is class-conditional; text_encoder needs policy=gpt or policy=llamagen (or set "
+                          "text_encoder=null)")
+    if text.max_length < 1:
+        raise ConfigError(f"text_encoder.max_length must be >= 1, got {text.max_length}")
+    cls_tokens = cfg.policy.get("cls_token_num")
+    if cls_tokens is not None and cls_tokens not in (1, text.max_length):
+        raise ConfigError(f"policy.cls_token_num={cls_tokens} but text_encoder.max_length={text.max_length}: a "
+                          "text-conditioned LlamaGen reads one condition token per caption token; set "
+                          f"text_encoder.max_length={cls_tokens} (or policy.cls_token_num=1)")
+    if OmegaConf.is_missing(text, "model_path"):
+        raise ConfigError("text_encoder.model_path is not set: give a local folder with the encoder's config, weights "
+                          "and tokenizer files (e.g. text_encoder.model_path=/models/flan-t5-xl)")
+    path = text.get("model_path")
+    if path is not None and not (Path(path).expanduser() / "config.json").is_file():
+        raise ConfigError(f"text_encoder.model_path='{path}' holds no model (no config.json); give a local folder with "
+                          "the encoder's config, weights and tokenizer files (it is never downloaded)")
+    if cfg.eval.inception.enabled:
+        raise ConfigError("eval.inception samples class-balanced labels, not captions; with a text_encoder set "
+                          "eval.inception.enabled=false")
+
+
 def reward_nodes(cfg: DictConfig) -> list[tuple[str, dict]]:
     """``(config path, node)`` of the reward and of every reward inside it (a mix's components): each dict with a
     ``_target_``, its ``data`` left out."""
@@ -181,6 +214,9 @@ def check_data_pairs(cfg: DictConfig) -> None:
         raise ConfigError("algorithm=cca trains on the data's images (their codes under their own and mismatched "
                           "labels), and data=prompts has none; give data with images (data=digits, hf_disk, "
                           "image_folder)")
+    if cfg.get("text_encoder") is not None:
+        raise ConfigError("algorithm=cca contrasts each image's class label with another class, not captions; set "
+                          "text_encoder=null (or use an RL algorithm: grpo, reinforce, ppo)")
     r = cfg.rollout
     if r.mode != "autoregressive":
         raise ConfigError(f"algorithm=cca trains on the data's codes (teacher forcing in raster order) and samples no "

@@ -20,6 +20,8 @@ from rlar.reward.scoring import scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
+from rlar.text.conditions import item_conditions
+from rlar.text.encoder import TextEncoder
 
 
 def rank_share(*columns):
@@ -48,10 +50,11 @@ def repeated(items: list, k: int) -> list:
 
 @torch.no_grad()
 def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-             autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
-             ) -> dict[str, float]:
+             autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None,
+             text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
-    ``eval_cfg.samples_per_item`` free-running samples for each held-out image (class condition, no prefix); with
+    ``eval_cfg.samples_per_item`` free-running samples for each held-out image (its class condition, or with
+    ``text_encoder`` its caption; no prefix); with
     ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall`` and ``eval/diversity``
     of the samples. With ``eval_cfg.guided_cfg_scale``, the
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
@@ -67,18 +70,18 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     """
     with scoring_only(reward_fn):
         result = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, sampling, device, autocast, eval_model,
-                                inception)
+                                inception, text_encoder)
         if eval_cfg.get("guided_cfg_scale") is not None:
             guided = {**sampling, "cfg_scale": float(eval_cfg.guided_cfg_scale)}
             more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
-                                  inception)
+                                  inception, text_encoder)
             result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
     return result
 
 
 def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
-                   autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None
-                   ) -> dict[str, float]:
+                   autocast=None, eval_model: EvalModel | None = None, inception: InceptionEval | None = None,
+                   text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """One evaluation (``evaluate``'s ``eval/*``) of samples drawn under ``sampling``."""
     autocast = autocast or contextlib.nullcontext
     was_training = policy.training
@@ -106,7 +109,9 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
                 steps.append(n_steps.float())  # [b*k]
                 meta["steps"] = n_steps
             else:
-                tokens, _ = sample_multiple_generations(policy, (prefix, y), policy.block_size, k,
+                # the labels, or with a text encoder the features of the eval captions
+                condition = item_conditions(text_encoder, y, None if prompts is None else prompts[batch], device)
+                tokens, _ = sample_multiple_generations(policy, (prefix, condition), policy.block_size, k,
                                                         generator=generator, **sampling)
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
         targets = None if images is None else images[batch].repeat_interleave(k, 0)

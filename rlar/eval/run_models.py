@@ -12,6 +12,7 @@ from rlar.config.schemas import RlarConfig
 from rlar.config.store import compose_config, register_schemas
 from rlar.runtime.ema import exported_policy
 from rlar.schedule.decoder import ScheduleDecoder
+from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
 
@@ -42,7 +43,7 @@ def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
     prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights."""
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
-    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     if cfg.rollout.mode == "schedule":
         policy = ScheduleDecoder(policy, **cfg.schedule)
     if run_dir is not None:

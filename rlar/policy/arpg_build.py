@@ -14,10 +14,13 @@ from rlar.policy.schemas import ARPGSchema
 from rlar.tokenizer.frozen import FrozenTokenizer
 
 
-def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> ARPG:
+def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder=None, **options) -> ARPG:
     """An ARPG policy loaded strictly from ``checkpoint``, or from the cached prior (pretrained on a miss).
     ``options``: the fields of :class:`ARPGSchema`; ``decoding`` is the parallel sampler's settings for evaluation
-    (the config passes the rollout's)."""
+    (the config passes the rollout's). ARPG is class-conditional: a ``text_encoder`` is refused."""
+    if text_encoder is not None:
+        raise ValueError("policy=arpg is class-conditional; text conditions need policy=gpt or policy=llamagen "
+                         "(or set text_encoder=null)")
     spec = from_options(ARPGSchema, options)
     arch = rope_transformer_arch(spec, tokenizer, data)
     policy = ARPG(**arch, decoding=asdict(spec.decoding), grad_checkpointing=spec.grad_checkpointing)

@@ -1,14 +1,18 @@
-"""LlamaGen's class-conditional transformer (c2i), with the state-dict layout of its released checkpoints.
+"""LlamaGen's class-conditional (c2i) and text-conditional (t2i) transformer, with the state-dict layout of its
+released checkpoints.
 
 Llama-style blocks: RMSNorm pre-norms (``attention_norm``, ``ffn_norm``), attention with one fused bias-free
 ``wqkv`` and ``wo``, a SwiGLU ``feed_forward.{w1,w2,w3}``; ``tok_embeddings``, a class table
 ``cls_embedding.embedding_table`` with one extra row (the null class of classifier-free guidance), final
 ``norm`` and a bias-free ``output``. Positions carry no learned embedding: queries and keys are rotated by a
-2D RoPE over the image grid (first half of each head by the row, second half by the column), and the class
-token's rotary rows are zero, which zeroes its query and key.
+2D RoPE over the image grid (first half of each head by the row, second half by the column), and the condition
+tokens' rotary rows are zero, which zeroes their queries and keys.
 
-The model reads ``[class, z_0, ..., z_{T-2}]`` (T positions) and ``logits[:, t]`` predicts ``z_t``, like
-:class:`rlar.policy.gpt.GPT`, whose policy interface it implements.
+c2i reads ``[class, z_0, ..., z_{T-2}]``. t2i (``caption_dim`` set) replaces the class table by the caption embedder
+``cls_embedding.cap_proj.{fc1,fc2}`` + ``cls_embedding.uncond_embedding`` (``rlar.policy.caption_embedder``) and
+reads ``cls_token_num`` caption tokens (120 in the released T2I models) before the image tokens, the padded ones
+masked as LlamaGen masks them (``rlar.policy.condition_mask``). ``logits[:, t]`` predicts ``z_t`` (from the last
+condition token on), like :class:`rlar.policy.gpt.GPT`, whose policy interface it implements.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.caption_embedder import CaptionEmbedder
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
-from rlar.policy.conditioning import class_ids
+from rlar.policy.condition_mask import attention_mask, key_valid
+from rlar.policy.conditioning import Condition, class_ids, text_condition
 from rlar.policy.gpt import KVCache
 from rlar.policy.static_cache import StaticKVCache, attend_at
 from rlar.policy.teacher_forcing import TeacherForced
@@ -110,22 +116,30 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | StaticKVCache | None, layer: int,
-                position: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [N, L, D]``; with a ``position [1]`` (L = 1), the static-shape step into a ``StaticKVCache``."""
+                position: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, L, D]``; with a ``position [1]`` (L = 1), the static-shape step into a ``StaticKVCache``. ``mask
+        [N, 1, L, L]``: the attention mask of a whole sequence with padded caption tokens (None: causal); a cache
+        holds its own (``key_valid``)."""
         n, length, d = x.shape  # x: [N, L, D]
         q, k, v = self.wqkv(x).view(n, length, 3, self.n_head, d // self.n_head).unbind(2)  # [N, L, H, Dh] each
         q, k, v = apply_rope(q, rope).transpose(1, 2), apply_rope(k, rope).transpose(1, 2), v.transpose(1, 2)
         if position is not None:
             y = attend_at(q, k, v, cache, layer, position)
         elif cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             start, end = cache.length, cache.length + length
             cache.keys[layer][:, :, start:end] = k
             cache.values[layer][:, :, start:end] = v
             k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]
             # new position i (absolute start + i) may see every absolute position <= start + i
-            mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            if cache.key_valid is not None:  # and no padded caption token but itself
+                mask = attention_mask(cache.key_valid[:, :end], start, length)
+            else:
+                mask = torch.ones(length, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(n, length, d)))
 
@@ -151,8 +165,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | StaticKVCache | None, layer: int,
-                position: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, cache, layer, position)
+                position: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, cache, layer, position, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -165,7 +179,8 @@ class LabelEmbedder(nn.Module):
 
 
 class LlamaGen(TeacherForced):
-    """LlamaGen c2i over ``vocab_size`` codes, ``block_size`` (a square grid) image tokens per sample.
+    """LlamaGen over ``vocab_size`` codes, ``block_size`` (a square grid) image tokens per sample: c2i, or t2i with
+    ``caption_dim`` (the text encoder's width; 2048 for FLAN-T5-XL) and ``cls_token_num`` caption tokens.
 
     ``size``: a preset of :data:`PRESETS` (e.g. ``"GPT-B"``), which sets ``n_layer``, ``n_head`` and ``dim``.
     ``dropout``: LlamaGen's token, residual and FFN dropout (keep 0 for RL: log-probs must be deterministic).
@@ -175,16 +190,23 @@ class LlamaGen(TeacherForced):
     def __init__(self, vocab_size: int, block_size: int, num_classes: int = 0, size: str | None = None,
                  n_layer: int = 2, n_head: int = 4, dim: int = 96, multiple_of: int = 256,
                  ffn_dim_multiplier: float | None = None, rope_base: float = 10000.0, norm_eps: float = 1e-5,
-                 cls_token_num: int = 1, dropout: float = 0.0, grad_checkpointing: bool = False):
+                 cls_token_num: int = 1, dropout: float = 0.0, grad_checkpointing: bool = False,
+                 caption_dim: int | None = None):
         super().__init__()
         self.grad_checkpointing = grad_checkpointing  # checkpoint each block in the training pass
         n_layer, n_head, dim, grid = grid_model_shape("LlamaGen", PRESETS, size, block_size, n_layer, n_head, dim)
-        if cls_token_num != 1:
+        if caption_dim is None and cls_token_num != 1:
             raise ValueError(f"cls_token_num={cls_token_num}: the c2i model reads exactly one class token")
         self.vocab_size, self.block_size, self.num_classes = vocab_size, block_size, num_classes
         self.null_class = num_classes  # the extra row of the class table
+        self.caption_dim = caption_dim
+        self.cond_len = cls_token_num  # condition positions before the image tokens
+        self.sequence_len = cls_token_num + block_size - 1  # what the KV cache holds
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, dim
-        self.cls_embedding = LabelEmbedder(num_classes, dim)
+        if caption_dim is None:
+            self.cls_embedding = LabelEmbedder(num_classes, dim)
+        else:
+            self.cls_embedding = CaptionEmbedder(caption_dim, dim, cls_token_num)
         self.tok_embeddings = nn.Embedding(vocab_size, dim)
         self.tok_dropout = nn.Dropout(dropout)
         hidden = ffn_hidden_dim(dim, multiple_of, ffn_dim_multiplier)
@@ -198,23 +220,33 @@ class LlamaGen(TeacherForced):
                 nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(self.output.weight)
 
-    def class_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    def class_ids(self, labels: Condition | torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Labels ``[N]``; ``None`` or negative entries mean the null (unconditional) class."""
         return class_ids(labels, batch, self.null_class, device)
 
-    def _embed(self, labels: torch.Tensor | None, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        """Embeddings of sequence positions ``start..``: the class token at position 0, then ``tokens``."""
-        x = self.tok_embeddings(tokens)  # [N, L, D]
-        if start == 0:
+    def _start(self, condition, tokens: torch.Tensor, cache: KVCache | StaticKVCache | None = None):
+        """A sequence read from its start: the condition tokens, then ``tokens [N, k]``. Returns the embeddings
+        ``[N, cond_len + k, D]`` and the attention mask of a padded caption (None: causal; with a ``cache``, its
+        ``key_valid`` is set instead)."""
+        n = tokens.shape[0]
+        x = self.tok_embeddings(tokens)  # [N, k, D]
+        if self.caption_dim is None:
             table = self.cls_embedding.embedding_table
-            x = torch.cat([table(self.class_ids(labels, tokens.shape[0], tokens.device))[:, None], x], dim=1)
-        return self.tok_dropout(x)
+            x = torch.cat([table(self.class_ids(condition, n, tokens.device))[:, None], x], dim=1)
+            return self.tok_dropout(x), None
+        text = text_condition(condition, n, "this LlamaGen (t2i)")
+        x = self.tok_dropout(torch.cat([self.cls_embedding(text), x], dim=1))
+        if cache is not None:
+            cache.key_valid = key_valid(text.mask, self.sequence_len)
+            return x, None
+        return x, attention_mask(key_valid(text.mask, x.shape[1]), 0, x.shape[1])
 
-    def _trunk(self, x: torch.Tensor, start: int, cache: KVCache | None = None) -> torch.Tensor:
+    def _trunk(self, x: torch.Tensor, start: int, cache: KVCache | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
         rope = self.freqs_cis[start : start + x.shape[1]]  # [L, Dh/2, 2]
         checkpointed = checkpoints_blocks(self)
         for i, layer in enumerate(self.layers):
-            x = call_block(layer, x, rope, cache, i, checkpointed=checkpointed)
+            x = call_block(layer, x, rope, cache, i, None, mask, checkpointed=checkpointed)
         if cache is not None:
             cache.length += x.shape[1]
         return self.norm(x)
@@ -223,25 +255,27 @@ class LlamaGen(TeacherForced):
         """Final hidden states ``[..., D]`` -> logits ``[..., V]``."""
         return self.output(h)
 
-    def hidden_states(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(self, tokens: torch.Tensor, condition: Condition | torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: tokens ``[N, T]`` -> final hidden states ``[N, T, D]``; position t predicts token t."""
         if tokens.shape[1] > self.block_size:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.block_size}")
-        return self._trunk(self._embed(labels, tokens[:, :-1], start=0), start=0)
+        x, mask = self._start(condition, tokens[:, :-1])
+        return self._trunk(x, 0, mask=mask)[:, self.cond_len - 1 :]
 
     # -- incremental decoding: the interface the shared sampler uses ---------------------------------
     def new_cache(self, batch: int, device, dtype=None) -> KVCache:
         dtype = dtype or self.tok_embeddings.weight.dtype
-        return KVCache(self.n_layer, batch, self.n_head, self.block_size, self.n_embd // self.n_head, device, dtype)
+        return KVCache(self.n_layer, batch, self.n_head, self.sequence_len, self.n_embd // self.n_head, device, dtype)
 
-    def prefill(self, labels: torch.Tensor | None, prefix: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def prefill(self, condition: Condition | torch.Tensor | None, prefix: torch.Tensor, cache: KVCache
+                ) -> torch.Tensor:
         """Read the condition and a prefix ``[N, k]`` (k >= 0); return logits ``[N, V]`` for token k."""
-        h = self._trunk(self._embed(labels, prefix, start=0), 0, cache)
-        return self.head(h[:, -1])
+        x, _ = self._start(condition, prefix, cache)
+        return self.head(self._trunk(x, 0, cache)[:, -1])
 
     def step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Append one token ``[N]``; return logits ``[N, V]`` for the next position."""
-        h = self._trunk(self._embed(None, token[:, None], start=cache.length), cache.length, cache)
+        h = self._trunk(self.tok_dropout(self.tok_embeddings(token[:, None])), cache.length, cache)
         return self.head(h[:, -1])
 
     def static_step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -281,6 +315,8 @@ def load_llamagen_state(model: LlamaGen, path_or_state: str | os.PathLike | dict
                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if problems:
         raise ValueError("LlamaGen checkpoint does not fit the configured model (check policy.size, vocab_size, "
-                         "num_classes, block_size):\n  " + "\n  ".join(problems))
+                         "num_classes, block_size; a t2i checkpoint (cls_embedding.cap_proj.*) needs a text_encoder "
+                         "whose width and max_length are its caption_dim and cls_token_num, a c2i one "
+                         "(cls_embedding.embedding_table) none):\n  " + "\n  ".join(problems))
     model.load_state_dict(state)
     return model

@@ -1,4 +1,6 @@
-"""The "before RL" policy: a GPT pretrained with teacher forcing on the tokenized train split, cached."""
+"""The "before RL" policy: a GPT pretrained with teacher forcing on the tokenized train split, cached. With a text
+encoder the conditions are the items' captions; a trainable encoder (the embedded one) is trained with the prior
+and cached with it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from tqdm.auto import tqdm
 
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
+from rlar.policy.conditioning import Condition
 from rlar.policy.exported import folder_or_file
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.runtime.cache import cached_artifact
+from rlar.text.conditions import captions_fingerprint, split_captions
+from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
@@ -36,31 +41,45 @@ def check_vocabulary(vocab_size: int, block_size: int, tokenizer: FrozenTokenize
         )
 
 
-def teacher_forced_ce(policy, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def teacher_forced_ce(policy, codes: torch.Tensor, condition: Condition | torch.Tensor | None) -> torch.Tensor:
     """Next-token cross-entropy of ground-truth codes ``[N, T]`` under teacher forcing."""
-    return F.cross_entropy(policy(codes, labels).flatten(0, 1), codes.flatten())
+    return F.cross_entropy(policy(codes, condition).flatten(0, 1), codes.flatten())
+
+
+def trained_with(policy, text_encoder: TextEncoder | None) -> list[torch.nn.Parameter]:
+    """The parameters pretraining steps: the policy's, and a trainable text encoder's."""
+    extra = list(text_encoder.parameters()) if text_encoder is not None and text_encoder.trainable else []
+    return [*policy.parameters(), *extra]
 
 
 def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, batch_size: int,
-                 label_dropout: float, generator: torch.Generator, progress=None) -> list[float]:
-    """Teacher-forced cross-entropy on codes ``[N, T]`` with class labels ``[N]``; labels are replaced by the
-    null class with probability ``label_dropout`` (so that classifier-free guidance has an unconditional model).
-    Returns the loss curve."""
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+                 label_dropout: float, generator: torch.Generator, progress=None, captions: list[str] | None = None,
+                 text_encoder: TextEncoder | None = None) -> list[float]:
+    """Teacher-forced cross-entropy on codes ``[N, T]`` with class labels ``[N]``, or with ``text_encoder`` the
+    items' ``captions``; conditions are replaced by the null condition (null class, null caption) with probability
+    ``label_dropout`` (so that classifier-free guidance has an unconditional model). A trainable text encoder is
+    trained with the policy. Returns the loss curve."""
+    params = trained_with(policy, text_encoder)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     # one-cycle: 5% warm-up (at least 2 steps, as OneCycleLR divides by warm-up steps - 1), cosine decay;
     # it cannot schedule fewer than 3 steps, which run at a constant rate
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
              if steps >= 3 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
     losses = []
     policy.train()
+    if text_encoder is not None:
+        text_encoder.train()
     for _ in range(steps):
         idx = torch.randint(len(codes), (batch_size,), generator=generator)
         x, y = codes[idx], labels[idx].clone()
-        y[torch.rand(batch_size, generator=generator) < label_dropout] = -1
-        loss = teacher_forced_ce(policy, x, y)
+        drop = torch.rand(batch_size, generator=generator) < label_dropout
+        y[drop] = -1
+        condition = y if text_encoder is None else text_encoder.condition(
+            [captions[i] for i in idx.tolist()], y).dropped(drop)
+        loss = teacher_forced_ce(policy, x, condition)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -81,9 +100,13 @@ def load_gpt_checkpoint(policy: GPT, path: str | dict) -> GPT:
 
 
 def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data: ImageData, pretrain: dict,
-                 cache_dir: str | None):
+                 cache_dir: str | None, text_encoder: TextEncoder | None = None):
     """Load into ``policy`` the prior cached under ``name`` for these settings; on a miss, pretrain it with teacher
-    forcing on the tokenized train split first. ``pretrain``: a :class:`PretrainSchema`'s fields."""
+    forcing on the tokenized train split first. ``pretrain``: a :class:`PretrainSchema`'s fields. With a
+    ``text_encoder`` the conditions are the data's captions; a trainable one is cached with the policy (the entry
+    holds ``{"policy", "text_encoder"}``) and loaded too."""
+    trainable = text_encoder is not None and text_encoder.trainable
+    captions = None if text_encoder is None else {s: split_captions(data, s) for s in ("train", "eval")}
 
     def build():
         generator = torch.Generator().manual_seed(pretrain["seed"])
@@ -93,28 +116,51 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
                                                      leave=False) as bar:
             torch.manual_seed(pretrain["seed"])
             losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
-                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar)
+                                  pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar,
+                                  captions=None if captions is None else captions["train"], text_encoder=text_encoder)
         with torch.no_grad():
-            eval_loss = teacher_forced_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels)
-        return policy.state_dict(), {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]),
-                                     "eval_loss": float(eval_loss)}
+            condition = data.eval_labels
+            if text_encoder is not None:
+                condition = text_encoder.eval().condition(list(captions["eval"]), data.eval_labels)
+            eval_loss = teacher_forced_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), condition)
+        state = policy.state_dict()
+        if trainable:
+            state = {"policy": state, "text_encoder": text_encoder.state_dict()}
+        return state, {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]), "eval_loss": float(eval_loss)}
 
     spec = {"arch": arch, "pretrain": pretrain, "tokenizer": tokenizer.source, "data": data.fingerprint()}
+    if text_encoder is not None:
+        spec["text"] = {"encoder": text_encoder.spec(), "captions": captions_fingerprint(data)}
     state, path = cached_artifact(cache_dir, name, spec, build)
+    if trainable:
+        text_encoder.load_state_dict(state["text_encoder"])
+        state = state["policy"]
     policy.load_state_dict(state)
+    if text_encoder is not None:
+        text_encoder.eval().requires_grad_(False)  # frozen in RL
     log.info("prior policy: %s", path)
     return policy
 
 
-def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, **options) -> GPT:
+def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder: TextEncoder | None = None,
+                    **options) -> GPT:
     """A GPT policy initialised from ``checkpoint``, or from the cached prior (pretrained here on a miss).
-    ``options``: the fields of :class:`GPTSchema`."""
+    ``options``: the fields of :class:`GPTSchema`. With a ``text_encoder``, conditioned on its caption features
+    (its width and ``max_length`` tokens); a trainable encoder gets the weights it was pretrained with."""
     spec = from_options(GPTSchema, options)
     block_size = spec.block_size or tokenizer.num_tokens
     check_vocabulary(spec.vocab_size, block_size, tokenizer)
     arch = {"vocab_size": spec.vocab_size, "block_size": block_size, "num_classes": data.num_classes,
             "n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd}
+    if text_encoder is not None:
+        arch.update(caption_dim=text_encoder.dim, condition_tokens=text_encoder.max_length)
+    if spec.condition_mode != "prefix":  # the default stays out of the cache key
+        arch["condition_mode"] = spec.condition_mode
     policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
+        if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
+            cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
+                         text_encoder)
         return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
-    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir)
+    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
+                        text_encoder)

@@ -29,6 +29,9 @@ class GPTSchema:
     n_embd: int = 96
     dropout: float = 0.0
     grad_checkpointing: bool = False  # recompute each block's activations in the update's backward (less memory)
+    # how the condition (class or caption tokens) is read: prefix (condition tokens start the sequence) |
+    # cross_attention (every block attends over them)
+    condition_mode: str = "prefix"
     # an rlar GPT, an rlar RL checkpoint, an rlar-export folder or a taming Net2NetTransformer; null = prior
     checkpoint: str | None = None
     pretrain: PretrainSchema = field(default_factory=PretrainSchema)
@@ -63,7 +66,9 @@ class LlamaGenSchema(RoPETransformerSchema):
     """size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B."""
 
     _target_: str = "rlar.policy.llamagen_build.build_llamagen_prior"
-    cls_token_num: int = 1  # c2i reads one class token
+    # c2i reads one class token; with a text_encoder (t2i) its max_length caption tokens (LlamaGen-T2I: 120), so
+    # leave 1 or give that number
+    cls_token_num: int = 1
 
 
 @dataclass

@@ -24,6 +24,8 @@ class StaticKVCache:
         self.length = 0
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(max_len, device=device)
+        self.key_valid: torch.Tensor | None = None  # [N, max_len] bool: False at padded condition tokens (text)
+        self.cross: dict = {}  # cross-attention: layer -> (keys, values, valid) of the condition tokens
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.keys, *self.values, self.position, self.slots]
@@ -32,9 +34,11 @@ class StaticKVCache:
 def attend_at(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: StaticKVCache, layer: int,
               position: torch.Tensor) -> torch.Tensor:
     """One new position: write ``k``, ``v`` ``[N, H, 1, Dh]`` at ``position [1]`` of ``layer``'s cache; ``q [N, H, 1,
-    Dh]`` attends over every slot ``<= position``. Returns ``[N, H, 1, Dh]``."""
+    Dh]`` attends over every slot ``<= position`` that is not a padded condition token. Returns ``[N, H, 1, Dh]``."""
     keys, values = cache.keys[layer], cache.values[layer]  # [N, H, max_len, Dh]
     keys.index_copy_(2, position, k.to(keys.dtype))
     values.index_copy_(2, position, v.to(values.dtype))
     visible = (cache.slots <= position)[None]  # [1, max_len], broadcast over [N, H, 1, max_len]
+    if cache.key_valid is not None:
+        visible = (visible & cache.key_valid)[:, None, None]  # [N, 1, 1, max_len]
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)

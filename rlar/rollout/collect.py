@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from rlar.contracts import Policy
+from rlar.policy.conditioning import Condition, as_condition, class_labels
 from rlar.rollout.draws import categorical, uniforms
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
@@ -34,23 +35,28 @@ def noisy_context(codes: torch.Tensor, prob: float, vocab_size: int, generator: 
     return torch.where(replace, random_codes.to(codes.device), codes)
 
 
-def drop_labels(labels: torch.Tensor | None, prob: float, generator: torch.Generator) -> torch.Tensor | None:
-    """``labels [B]`` with each replaced by the null class (-1), with probability ``prob`` (classifier-free dropout)."""
+def drop_labels(labels: Condition | torch.Tensor | None, prob: float, generator: torch.Generator
+                ) -> Condition | torch.Tensor | None:
+    """``labels [B]`` (or a Condition) with each replaced by the null condition (the null class -1, the null caption),
+    with probability ``prob`` (classifier-free dropout)."""
     if not prob or labels is None:
         return labels
+    if isinstance(labels, Condition):
+        return labels.dropped(uniforms((len(labels),), generator, labels.device) < prob)
     drop = uniforms(labels.shape, generator, labels.device) < prob
     return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
 @torch.no_grad()
-def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: torch.Tensor | None, num_generations: int,
-                    rollout_cfg, generator: torch.Generator) -> Rollout:
+def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: Condition | torch.Tensor | None,
+                    num_generations: int, rollout_cfg, generator: torch.Generator) -> Rollout:
     """G samples for each of the B items: a ``Rollout`` of ``B*G`` rows, the G of an item adjacent.
 
     gt_codes ``[B, T]`` are the tokenizer's codes of the input images (the context of the prefix and
     teacher-forced modes), or None for items without images (prompt-only data: the free-running modes only, B from
-    ``labels``, no targets). Label dropout and the noisy context are drawn once per item and stored in the rollout,
-    so the update and KL passes read exactly what the rollout read.
+    ``labels``, no targets); ``labels``: the items' conditions (a ``Condition``: class labels or caption features,
+    or a label tensor ``[B]``). Condition dropout and the noisy context are drawn once per item and stored in the
+    rollout, so the update and KL passes read exactly what the rollout read.
     """
     mode, g = rollout_cfg.mode, num_generations
     if gt_codes is None and (mode in ("prefix", "teacher_forced") or labels is None):
@@ -58,22 +64,23 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: torch
                          "without images); use rollout.mode=autoregressive (or parallel, schedule)")
     b, t_len = (len(labels), policy.block_size) if gt_codes is None else gt_codes.shape
     scales = cfg_scales(t_len, rollout_cfg.cfg_scale, rollout_cfg.cfg_interval)
-    labels = drop_labels(labels, rollout_cfg.label_dropout, generator)
-    rep_labels = None if labels is None else labels.repeat_interleave(g)
+    labels = drop_labels(as_condition(labels), rollout_cfg.label_dropout, generator)
+    rep = None if labels is None else labels.repeat_interleave(g)  # [B*G] conditions
     context = targets = given = None  # without images: nothing given, no ground truth
     if gt_codes is not None:
         context = noisy_context(gt_codes, rollout_cfg.token_noise_prob, policy.vocab_size, generator)  # [B, T]
         targets, given = gt_codes.repeat_interleave(g, 0), context.repeat_interleave(g, 0)  # [B*G, T]
     if mode in ("autoregressive", "prefix"):
         k = rollout_cfg.prefix_len if mode == "prefix" else 0
-        prefix = labels.new_zeros(b, 0) if gt_codes is None else gt_codes[:, :k]  # [B, k]
+        prefix = (torch.zeros(b, 0, dtype=torch.long, device=labels.device) if gt_codes is None
+                  else gt_codes[:, :k])  # [B, k]
         tokens, logprobs = sample_multiple_generations(
             policy, (prefix, labels), t_len, g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
             top_p=rollout_cfg.top_p, cfg_scale=scales, generator=generator,
             micro_batch_size=rollout_cfg.micro_batch_size,
         )  # [B*G, T]
         mask = (torch.arange(t_len, device=tokens.device) >= k)[None].expand(b * g, t_len)
-        return Rollout(tokens, tokens, logprobs, rep_labels, mask, targets, given)
+        return Rollout(tokens, tokens, logprobs, rep, mask, targets, given)
     if mode == "teacher_forced":
         logp, _ = policy_logprobs(policy, context, labels, rollout_cfg.temperature, scales)  # [B, T, V]
         logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
@@ -81,7 +88,9 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: torch
         actions = categorical(draw, generator).view(b * g, t_len)
         logprobs = logp.gather(-1, actions[..., None])[..., 0]
         mask = torch.ones_like(actions, dtype=torch.bool)
-        return Rollout(context.repeat_interleave(g, 0), actions, logprobs, rep_labels, mask, targets)
+        return Rollout(context.repeat_interleave(g, 0), actions, logprobs, rep, mask, targets)
+    if mode in ("parallel", "schedule"):
+        rep_labels = class_labels(rep, "policy=arpg")  # [B*G]: ARPG is class-conditional
     if mode == "parallel":
         sample = sample_parallel(
             policy, rep_labels, b * g, num_iter=rollout_cfg.num_iter, schedule=rollout_cfg.schedule,
@@ -90,13 +99,13 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: torch
             micro_batch_size=rollout_cfg.micro_batch_size,
         )  # tokens, logprobs, orders [B*G, T]
         mask = torch.ones_like(sample.tokens, dtype=torch.bool)
-        return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep_labels, mask, targets, given,
+        return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep, mask, targets, given,
                        schedule=sample.schedule(), steps=sample.steps)
     if mode == "schedule":  # policy: an rlar.schedule.ScheduleDecoder
         sample = policy.decode(rep_labels, b * g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
                                top_p=rollout_cfg.top_p, cfg_scale=rollout_cfg.cfg_scale, generator=generator,
                                group_size=g)
         mask = torch.ones(b * g, 1, dtype=torch.bool, device=sample.tokens.device)
-        return Rollout(sample.tokens, sample.tokens, sample.schedule_logprob[:, None], rep_labels, mask, targets,
+        return Rollout(sample.tokens, sample.tokens, sample.schedule_logprob[:, None], rep, mask, targets,
                        steps=sample.steps, trace=sample.trace)
     raise ValueError(f"rollout.mode must be one of {MODES}, got {mode!r}")

@@ -5,22 +5,26 @@ Both paths score a token under the same distribution (docs/design.md, log-prob r
 Top-k / top-p only restrict which token is drawn; the returned log-probability is under the full
 tempered distribution, so the rollout is off-policy by exactly that truncation.
 
-A policy provides ``forward(tokens, labels) -> logits [N, T, V]`` (teacher forced) and, for KV-cached
-decoding, ``new_cache(batch, device)``, ``prefill(labels, prefix, cache)`` and ``step(token, cache)``.
+A policy provides ``forward(tokens, condition) -> logits [N, T, V]`` (teacher forced) and, for KV-cached
+decoding, ``new_cache(batch, device)``, ``prefill(condition, prefix, cache)`` and ``step(token, cache)``. A condition
+is a :class:`rlar.policy.conditioning.Condition` (class labels or caption features), a label tensor ``[N]`` or None;
+guidance pairs each row with its null condition (the null class, or the learned null caption).
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlar.policy.conditioning import Condition
 from rlar.rollout.draws import categorical_at, step_uniforms
 
-StartTokens = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
+Conditions = Condition | torch.Tensor | None  # a Condition, class labels [N], or None (the null class)
+StartTokens = torch.Tensor | tuple[torch.Tensor, Conditions]
 Scale = float | torch.Tensor  # one guidance scale, or one per token position [T]
 
 
-def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The seeds' ``start_tokens``: a prefix ``[N, k]`` or a pair ``(prefix [N, k], labels [N])``."""
+def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, Conditions]:
+    """The seeds' ``start_tokens``: a prefix ``[N, k]`` or a pair ``(prefix [N, k], condition [N])``."""
     if isinstance(start_tokens, (tuple, list)):
         prefix, labels = start_tokens
     else:
@@ -30,8 +34,11 @@ def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, torch.T
     return prefix.long(), labels
 
 
-def with_null_class(labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
-    """``[2N]`` labels for a guided batch: the conditions, then the null class (-1) for each."""
+def with_null_class(labels: Conditions, batch: int, device) -> Condition | torch.Tensor:
+    """``[2N]`` conditions for a guided batch: the conditions, then the null condition of each (the null class -1,
+    or the null caption)."""
+    if isinstance(labels, Condition):
+        return labels.with_null()
     cond = torch.full((batch,), -1, dtype=torch.long, device=device) if labels is None else labels
     return torch.cat([cond, torch.full_like(cond, -1)])
 
@@ -118,7 +125,7 @@ def sample_codes_with_logprobs(
     return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
 
-def sample_rows(policy, prefix: torch.Tensor, labels: torch.Tensor | None, max_len: int, draws: torch.Tensor,
+def sample_rows(policy, prefix: torch.Tensor, labels: Conditions, max_len: int, draws: torch.Tensor,
                 temperature: float, top_k: int | None, top_p: float | None, cfg_scale: Scale, use_cache: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sample_codes_with_logprobs`` of the rows of ``prefix [N, k]``, token t drawn at ``draws[:, t - k]``."""
@@ -155,18 +162,18 @@ def sample_multiple_generations(
     """G samples per row, the G of a row adjacent: tokens and log-probs ``[N*G, max_len]``."""
     prefix, labels = split_start_tokens(start_tokens)
     prefix = prefix.repeat_interleave(num_generations, dim=0)
-    labels = None if labels is None else labels.repeat_interleave(num_generations, dim=0)
+    labels = None if labels is None else labels.repeat_interleave(num_generations)
     return sample_codes_with_logprobs(policy, (prefix, labels), max_len, **sampling)
 
 
 def token_logprobs(
-    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
+    policy, tokens: torch.Tensor, labels: Conditions = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
 ) -> torch.Tensor:
     """Teacher-forced log-probabilities of every code: ``[N, T, V]`` fp32 (one forward pass)."""
     return policy_logprobs(policy, tokens, labels, temperature, cfg_scale)[0]
 
 
-def policy_logprobs(policy, context: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0,
+def policy_logprobs(policy, context: torch.Tensor, labels: Conditions = None, temperature: float = 1.0,
                     cfg_scale: Scale = 1.0, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher-forced log-probs ``[N, T, V]`` given ``context [N, T]``, and with ``hidden=True`` the policy's
     last hidden states ``[N, T, D]`` (of the conditional rows) for a value head."""
@@ -181,7 +188,7 @@ def policy_logprobs(policy, context: torch.Tensor, labels: torch.Tensor | None =
 
 
 def compute_sequence_logprob(
-    policy, tokens: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
+    policy, tokens: torch.Tensor, labels: Conditions = None, temperature: float = 1.0, cfg_scale: Scale = 1.0
 ) -> torch.Tensor:
     """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
     the sequence log-probability). Differentiable."""

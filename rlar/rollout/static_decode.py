@@ -30,7 +30,7 @@ class StaticDecode:
         cache = self.caches.get(key)
         if cache is None:
             p = self.policy
-            cache = StaticKVCache(p.n_layer, batch, p.n_head, p.block_size, p.n_embd // p.n_head, *key[1:])
+            cache = StaticKVCache(p.n_layer, batch, p.n_head, p.sequence_len, p.n_embd // p.n_head, *key[1:])
             if self.compile_mode is not None:
                 for tensor in cache.tensors():  # the same addresses at every call: no re-capture
                     torch._dynamo.mark_static_address(tensor)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rlar.policy.conditioning import Condition, as_condition
+
 if TYPE_CHECKING:
     from rlar.schedule.sampler import ScheduleTrace
 
@@ -18,7 +20,8 @@ class Rollout:
     context: torch.Tensor  # [N, T] long: the tokens the policy reads (== tokens, except teacher-forced rollouts)
     tokens: torch.Tensor  # [N, T] long: the actions
     logprobs: torch.Tensor  # [N, T] fp32, log-prob of each action at sampling time (0 where not an action)
-    labels: torch.Tensor | None  # [N] class ids (negative: the null class), or None
+    # [N] class labels (negative: the null class) or caption features, or None; a label tensor is wrapped
+    condition: Condition | torch.Tensor | None
     mask: torch.Tensor  # [N, T] bool, True where the token is an action (sampled, not given)
     targets: torch.Tensor | None = None  # [N, T] long: the ground-truth codes, for the NTP term
     # [N, T] long: the (noisy) ground-truth context the NTP term reads; None: ``context`` (teacher-forced rollouts)
@@ -30,6 +33,14 @@ class Rollout:
     # learned-schedule rollouts (rlar.schedule): the per-step states and actions; the action of a sample is its
     # whole schedule, so logprobs and mask are [N, 1] (one log-prob per sample) and tokens are not actions
     trace: ScheduleTrace | None = None
+
+    def __post_init__(self):
+        self.condition = as_condition(self.condition)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """The class ids ``[N]`` of the rows (negative: the null class), or None (a text condition may have none)."""
+        return None if self.condition is None else self.condition.labels
 
     @property
     def sampled_tokens(self) -> int:

@@ -28,6 +28,7 @@ from rlar.eval.model import build_eval_model  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
 from rlar.rollout.sampling import cfg_scales  # noqa: E402
 from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
+from rlar.text.build import build_text_encoder  # noqa: E402
 
 REPORT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "arpg_schedule"
 METRICS = ("eval/fd", "eval/class_acc", "eval/steps")
@@ -44,7 +45,7 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
     torch.set_num_threads(cfg.hardware.num_threads or torch.get_num_threads())
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data)
+    prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, "cpu")
     reward = instantiate(cfg.reward)
     r = cfg.rollout

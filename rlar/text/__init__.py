@@ -1,0 +1,1 @@
+"""Text encoders (the ``text_encoder`` config group): captions -> caption features, the text conditions of a policy."""

@@ -1,0 +1,15 @@
+"""The run's text encoder from its config (``text_encoder``; null: none, class labels)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlar.text.encoder import TextEncoder
+
+
+def build_text_encoder(cfg: DictConfig, device=None) -> TextEncoder | None:
+    """``cfg.text_encoder`` built (on ``device``, default the CPU), or None when the config has none."""
+    if cfg.get("text_encoder") is None:
+        return None
+    return instantiate(cfg.text_encoder).to(device or "cpu")

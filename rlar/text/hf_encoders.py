@@ -1,0 +1,105 @@
+"""Frozen Hugging Face text encoders from local weights (never downloaded): T5 (``text_encoder=t5``; LlamaGen-T2I
+reads FLAN-T5-XL's) and CLIP's text tower (``text_encoder=clip``). A caption's features are the encoder's last
+hidden states at its tokens (padded to ``max_length`` and truncated there, as LlamaGen encodes), computed once and
+kept (``rlar.text.feature_cache``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from rlar.text.encoder import TextEncoder, left_pad
+from rlar.text.feature_cache import FeatureCache
+
+INSTALL = "pip install -e '.[text]'"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_fingerprint(path: Path) -> str:
+    """A hash of a model folder's ``config.json`` and the names and sizes of its weight files."""
+    digest = hashlib.sha1((path / "config.json").read_bytes())
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".safetensors", ".bin"):
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+class HFTextEncoder(TextEncoder):
+    """A transformers text model (``model_class``) and its tokenizer from the local folder ``model_path``."""
+
+    model_class = ""
+
+    def __init__(self, model_path: str, max_length: int, dtype: str = "float32", batch_size: int = 32,
+                 feature_cache: str | None = None, memory_cache_size: int = 65536):
+        super().__init__()
+        path = Path(model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"text_encoder.model_path={model_path!r}: no {self.model_class} there (expected config.json, the "
+                "weights and the tokenizer files); it is never downloaded at run time. Get one first, e.g. "
+                f"`huggingface-cli download google/flan-t5-xl --local-dir {path}`, and pass that directory")
+        if dtype not in DTYPES:
+            raise ValueError(f"text_encoder.dtype={dtype!r}: choose one of {list(DTYPES)}")
+        if max_length < 1 or batch_size < 1:
+            raise ValueError(f"text_encoder.max_length and batch_size must be >= 1, got {max_length}, {batch_size}")
+        try:
+            import transformers
+        except ImportError as err:
+            raise ImportError(f"text_encoder={self.model_class} needs Hugging Face transformers: {INSTALL}") from err
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = getattr(transformers, self.model_class).from_pretrained(path, local_files_only=True)
+        self.model = model.to(DTYPES[dtype]).eval().requires_grad_(False)
+        self.dim = self.model.config.hidden_size
+        self.max_length, self.batch_size, self.dtype = max_length, batch_size, dtype
+        self.check_length()
+        self.key = {"class": self.model_class, "model": model_fingerprint(path), "max_length": max_length,
+                    "dtype": dtype}
+        self.cache = FeatureCache(self.key, feature_cache, memory_cache_size)
+
+    def check_length(self) -> None:
+        """A model-specific limit on ``max_length`` (none by default)."""
+
+    def train(self, mode: bool = True) -> HFTextEncoder:
+        return super().train(False)  # frozen: always in eval mode
+
+    def spec(self) -> dict:
+        return dict(self.key)
+
+    @torch.no_grad()
+    def features(self, captions: list[str]) -> list[torch.Tensor]:
+        """Each caption's features ``[l, E]`` at its (at most ``max_length``) tokens, in the model's dtype."""
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(captions, max_length=self.max_length, padding="max_length", truncation=True,
+                               return_tensors="pt").to(device)
+        states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return [states[i, batch["attention_mask"][i].bool()] for i in range(len(captions))]
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        found = {c: f for c in dict.fromkeys(captions) if (f := self.cache.get(c)) is not None}
+        missing = [c for c in dict.fromkeys(captions) if c not in found]
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i : i + self.batch_size]
+            for caption, features in zip(chunk, self.features(chunk), strict=True):
+                self.cache.put(caption, features)
+                found[caption] = features
+        return left_pad([found[c] for c in captions], self.max_length, next(self.model.parameters()).device)
+
+
+class T5TextEncoder(HFTextEncoder):
+    """``transformers.T5EncoderModel``: FLAN-T5-XL (width 2048) for LlamaGen-T2I, ``max_length`` 120."""
+
+    model_class = "T5EncoderModel"
+
+
+class CLIPTextEncoder(HFTextEncoder):
+    """``transformers.CLIPTextModel``: the text tower of a CLIP model (``max_length`` at most its positions, 77)."""
+
+    model_class = "CLIPTextModel"
+
+    def check_length(self) -> None:
+        positions = self.model.config.max_position_embeddings
+        if self.max_length > positions:
+            raise ValueError(f"text_encoder.max_length={self.max_length} is more than the {positions} positions of "
+                             f"this CLIP text model; set text_encoder.max_length<={positions}")
