@@ -24,7 +24,7 @@ class HalfNaNReward(ReconstructionReward):
 
 @pytest.mark.slow
 def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
-    cfg = compose_config([*tiny, "eval.max_items=4"])
+    cfg = compose_config([*tiny, "eval.max_items=4", "eval.samples_per_item=1"])
     OmegaConf.set_struct(cfg, False)
     cfg.reward = {"_target_": f"{__name__}.HalfNaNReward", "kind": "l2"}
     summary = train_rl_loop(cfg, tmp_path)

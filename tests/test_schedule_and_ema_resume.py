@@ -11,7 +11,7 @@ from rlar.runtime.ema import exported_policy
 
 pytestmark = pytest.mark.slow  # every test here trains
 
-SCHEDULE = ["train.iterations=4", "eval.every=100", "scheduler=cosine", "scheduler.warmup_steps=1",
+SCHEDULE = ["train.iterations=4", "eval.every=100", "optimizer.lr=1e-4", "scheduler=cosine", "scheduler.warmup_steps=1",
             "scheduler.min_lr_ratio=0.1", "train.ema_decay=0.9"]
 # 1 warm-up iteration, then a cosine over 3: multipliers 1, 1, 0.1 + 0.45 (1 + cos(pi/3)), 0.1 + 0.45 (1 + cos(2pi/3))
 LRS = [1e-4, 1e-4, 0.775e-4, 0.325e-4]
