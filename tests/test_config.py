@@ -43,6 +43,24 @@ def test_every_option_composes_and_passes_checks(group, option, monkeypatch):
         assert instantiate(cfg[group]) is not None
 
 
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_passes_checks(experiment, monkeypatch, tmp_path):
+    """The recipes in conf/experiment/ (the LlamaGen ones as rank 0 of a torchrun job of one process, on the CPU;
+    its paths: files and a folder that holds a config.json, whose existence is all that is checked here)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    (tmp_path / "config.json").write_text("{}")
+    needs = {"llamagen_t2i": [f"data.path={__file__}", f"tokenizer.checkpoint={__file__}",
+                              f"policy.checkpoint={__file__}", f"text_encoder.model_path={tmp_path}",
+                              f"reward.model_path={tmp_path}"]}
+    cfg = compose_config([f"experiment={experiment}", "hardware.device=cpu", *needs.get(experiment, [])])
+    check_config(cfg)
+    assert cfg.name
+
+
 def test_schema_rejects_wrong_type_and_unknown_key():
     with pytest.raises(ConfigCompositionException, match="iterations"):
         compose_config(["train.iterations=ten"])
