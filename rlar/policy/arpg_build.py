@@ -11,6 +11,7 @@ from rlar.policy.arpg import ARPG, load_arpg_state
 from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen_build import cached_rope_prior, rope_transformer_arch
 from rlar.policy.schemas import ARPGSchema
+from rlar.runtime.cache import seeded
 from rlar.tokenizer.frozen import FrozenTokenizer
 
 
@@ -23,7 +24,8 @@ def build_arpg_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder=N
                          "(or set text_encoder=null)")
     spec = from_options(ARPGSchema, options)
     arch = rope_transformer_arch(spec, tokenizer, data)
-    policy = ARPG(**arch, decoding=asdict(spec.decoding), grad_checkpointing=spec.grad_checkpointing)
+    with seeded(spec.pretrain.seed):  # a cached prior depends only on its key
+        policy = ARPG(**arch, decoding=asdict(spec.decoding), grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         return load_arpg_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "arpg_prior", arch, spec, tokenizer, data)

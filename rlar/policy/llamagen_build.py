@@ -10,6 +10,7 @@ from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen import LlamaGen, load_llamagen_state
 from rlar.policy.prior import cached_prior, check_vocabulary
 from rlar.policy.schemas import LlamaGenSchema, RoPETransformerSchema
+from rlar.runtime.cache import seeded
 from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.frozen import FrozenTokenizer
 
@@ -52,7 +53,8 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encod
     features (a trainable encoder gets the weights it was pretrained with)."""
     spec = from_options(LlamaGenSchema, options)
     arch = {**rope_transformer_arch(spec, tokenizer, data), **text_arch(spec, text_encoder)}
-    policy = LlamaGen(**arch, grad_checkpointing=spec.grad_checkpointing)
+    with seeded(spec.pretrain.seed):  # a cached prior depends only on its key
+        policy = LlamaGen(**arch, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
             cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data, text_encoder)

@@ -18,7 +18,7 @@ from rlar.policy.exported import folder_or_file
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
-from rlar.runtime.cache import cached_artifact
+from rlar.runtime.cache import cached_artifact, seeded
 from rlar.text.conditions import captions_fingerprint, split_captions
 from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.frozen import FrozenTokenizer
@@ -112,9 +112,7 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
         generator = torch.Generator().manual_seed(pretrain["seed"])
         codes = tokenizer.encode_indices(data.train_images)  # [N, T]
         # seeded apart from the caller's random state: a run that pretrains ends as one that loads the cache
-        with torch.random.fork_rng(devices=[]), tqdm(total=pretrain["steps"], desc=f"pretrain {name}",
-                                                     leave=False) as bar:
-            torch.manual_seed(pretrain["seed"])
+        with seeded(pretrain["seed"]), tqdm(total=pretrain["steps"], desc=f"pretrain {name}", leave=False) as bar:
             losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
                                   pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar,
                                   captions=None if captions is None else captions["train"], text_encoder=text_encoder)
@@ -156,7 +154,8 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder: T
         arch.update(caption_dim=text_encoder.dim, condition_tokens=text_encoder.max_length)
     if spec.condition_mode != "prefix":  # the default stays out of the cache key
         arch["condition_mode"] = spec.condition_mode
-    policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
+    with seeded(spec.pretrain.seed):  # the prior's initial weights: what it pretrains to depends only on its key
+        policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
             cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,

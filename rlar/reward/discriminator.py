@@ -17,6 +17,7 @@ from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.reward.classifier import LazyClassifier
 from rlar.runtime import distributed
+from rlar.runtime.cache import seeded
 
 
 class ProjectionDiscriminator(nn.Module):
@@ -80,8 +81,7 @@ class DiscriminatorReward(Reward):
         features = self.features(self.data.train_images.to(device))  # [M, F]
         labels = self.data.train_labels.long().cpu()
         self.real = features, labels if self.class_conditional else torch.full_like(labels, -1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             self.model = ProjectionDiscriminator(features.shape[1], int(labels.max()) + 1, self.hidden)
         self.model.mean.copy_(features.mean(0))
         self.model.std.copy_(features.std(0).clamp_min(1e-6))

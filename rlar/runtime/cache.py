@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +19,16 @@ log = logging.getLogger(__name__)
 def default_cache_dir() -> Path:
     """``$RLAR_CACHE_DIR``, else ``~/.cache/rlar``."""
     return Path(os.environ.get("RLAR_CACHE_DIR", Path.home() / ".cache" / "rlar")).expanduser()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's global random state seeded with ``seed`` inside, restored afterwards: a model built (initialised,
+    trained) here is the same whatever ran before, so a cached artifact depends only on its key, and the caller's
+    random state stays untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

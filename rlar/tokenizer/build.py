@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
-from rlar.runtime.cache import cached_artifact, load_checkpoint
+from rlar.runtime.cache import cached_artifact, load_checkpoint, seeded
 from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.schemas import DigitsVQSchema
@@ -30,7 +30,8 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
     train = asdict(spec.train)
     arch = {"image_size": data.image_size, "channels": data.channels, "codebook_size": spec.codebook_size,
             "embed_dim": spec.embed_dim, "hidden": spec.hidden}
-    model = DigitsVQ(**arch)
+    with seeded(train["seed"]):  # its initial weights: the trained codebook depends only on the cache key
+        model = DigitsVQ(**arch)
     if spec.checkpoint:
         model.load_state_dict(load_checkpoint(spec.checkpoint, "tokenizer.checkpoint"))
         source = str(spec.checkpoint)

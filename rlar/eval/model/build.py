@@ -15,7 +15,7 @@ from rlar.config.schemas import EvalClassifierSchema
 from rlar.data.batches import ImageData
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.train import accuracy, train_classifier
-from rlar.runtime.cache import cached_artifact
+from rlar.runtime.cache import cached_artifact, seeded
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
     is left as it was."""
     spec = classifier_spec(settings, schema)
     train, arch = spec["train"], {**spec["arch"], "channels": data.channels, "num_classes": data.num_classes}
-    with torch.random.fork_rng(devices=[]):  # the loop's random state stays untouched
-        torch.manual_seed(train["seed"])
+    with seeded(train["seed"]):  # the loop's random state stays untouched
         model = DigitsClassifier(**arch)
 
         def build():

@@ -1,0 +1,29 @@
+"""A cached artifact depends only on its key: the embedded tokenizer and prior trained after different global
+random states (another hardware.seed, another command such as rlar-prepare) are the same weights, and building
+them leaves the caller's random state as it was."""
+
+import torch
+from hydra.utils import instantiate
+
+from rlar.config.store import compose_config
+
+SHORT = ["tokenizer.train.steps=3", "policy.pretrain.steps=2", "policy.pretrain.batch_size=8"]
+
+
+def build_tokenizer_and_prior(cache_dir, global_seed: int):
+    cfg = compose_config([f"cache_dir={cache_dir}", *SHORT])
+    torch.manual_seed(global_seed)
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    before = torch.get_rng_state()
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=None)
+    assert torch.equal(before, torch.get_rng_state())  # the caller's random state is untouched
+    return tokenizer.vq.state_dict(), policy.state_dict()
+
+
+def test_the_cache_holds_the_same_weights_whatever_the_global_random_state(tmp_path):
+    first = build_tokenizer_and_prior(tmp_path / "a", global_seed=0)
+    second = build_tokenizer_and_prior(tmp_path / "b", global_seed=123)
+    for one, other in zip(first, second, strict=True):
+        assert one.keys() == other.keys()
+        assert all(torch.equal(one[k], other[k]) for k in one)
