@@ -120,7 +120,11 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     assert train["eval/class_acc"] > 0.95
     assert noise["eval/class_acc"] < 0.3  # chance is 0.1
     assert noise["eval/fd"] > 20 * train["eval/fd"] > 0
-    assert train["eval/precision"] > 0.5 > noise["eval/precision"]
+    # noise collapses to one small region of feature space (diversity ~0.4), part of which lies inside the largest
+    # k-NN balls of the real manifold: some of it counts as precise (0.4-0.6 by classifier), none of it covers data
+    assert train["eval/precision"] > noise["eval/precision"] + 0.2
+    assert noise["eval/recall"] < 0.05 < 0.8 < train["eval/recall"]
+    assert noise["eval/diversity"] < 0.5 * train["eval/diversity"]
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def test_optuna_study_tolerates_one_failed_trial(tiny, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason=NEEDS_SWEEP)
     # one batch of two trials over a single choice; a trial with reward.kind=bogus fails when the reward is
     # built. The sampler's seed 0 draws l2 and bogus (checked below), so exactly one trial of the two fails.
-    search = ["hydra.sweeper.params=null", "reward.kind=choice(l2,bogus)", "hydra.sweeper.n_trials=2",
+    search = ["hydra.sweeper.params=null", "reward=l2", "reward.kind=choice(l2,bogus)", "hydra.sweeper.n_trials=2",
               "hydra.sweeper.n_jobs=2"]
     for rate, ok in (("0.5", True), ("0.0", False)):
         sweep_dir = tmp_path / f"rate{rate}"
