@@ -6,6 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import rlar.loop
 from rlar.policy.gpt import GPT
 
 
@@ -54,6 +55,26 @@ def tiny_cca(tiny):
     per held-out image."""
     return [o for o in tiny if not o.startswith("algorithm.")] + ["algorithm=cca", "algorithm.minibatch_size=2",
                                                                    "eval.samples_per_item=2"]
+
+
+@pytest.fixture
+def stop_after_two_updates():
+    """``stop(patch, name)``: under the monkeypatch context ``patch``, ``rlar.loop.<name>`` (the loop's update step)
+    raises KeyboardInterrupt when it is called the third time, so the run stops after two saved iterations."""
+
+    def stop(patch, name):
+        calls = []
+        real_update = getattr(rlar.loop, name)
+
+        def update(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt("stopped by the test")
+            return real_update(*args, **kwargs)
+
+        patch.setattr(rlar.loop, name, update)
+
+    return stop
 
 
 @pytest.fixture

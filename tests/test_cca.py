@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import rlar.loop
 from rlar.algorithm.cca import CCA, cca_loss, mismatched_labels
 from rlar.algorithm.pair_update import pair_update, sequence_logprobs
 from rlar.config.store import compose_config
@@ -114,21 +113,9 @@ def test_experiment_guidance_free_is_cca_with_a_guided_evaluation_and_an_rl_vari
     assert compose_config(["experiment=guidance_free", "reward=l2"]).reward.kind == "l2"
 
 
-def stop_after_two_iterations(monkeypatch):
-    calls = []
-    real_update = rlar.loop.pair_update
-
-    def update(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("stopped by the test")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(rlar.loop, "pair_update", update)
-
-
 @pytest.mark.slow
-def test_a_tiny_cca_run_trains_evaluates_and_resumes_exactly(tiny_cca, tmp_path, monkeypatch, tb_scalars):
+def test_a_tiny_cca_run_trains_evaluates_and_resumes_exactly(tiny_cca, tmp_path, monkeypatch, tb_scalars,
+                                                             stop_after_two_updates):
     cfg = compose_config([*tiny_cca, "train.iterations=20", "train.batch_size=16", "algorithm.minibatch_size=8",
                           "eval.every=10", "optimizer.lr=3e-4"])
     straight = train_rl_loop(cfg, tmp_path / "straight")
@@ -142,7 +129,7 @@ def test_a_tiny_cca_run_trains_evaluates_and_resumes_exactly(tiny_cca, tmp_path,
     assert {"eval_fd_after", "eval_class_acc_after", "eval_precision_after", "eval_recall_after"} <= set(straight)
 
     with monkeypatch.context() as patch:
-        stop_after_two_iterations(patch)
+        stop_after_two_updates(patch, "pair_update")
         with pytest.raises(KeyboardInterrupt):
             train_rl_loop(cfg, tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2

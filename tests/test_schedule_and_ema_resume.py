@@ -17,19 +17,6 @@ SCHEDULE = ["train.iterations=4", "eval.every=100", "optimizer.lr=1e-4", "schedu
 LRS = [1e-4, 1e-4, 0.775e-4, 0.325e-4]
 
 
-def stop_after_two_iterations(monkeypatch):
-    calls = []
-    real_update = rlar.loop.policy_update
-
-    def update(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("stopped by the test")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(rlar.loop, "policy_update", update)
-
-
 def evaluated_weights(monkeypatch):
     """The state dict of the policy each evaluation samples, in order."""
     seen = []
@@ -44,12 +31,13 @@ def evaluated_weights(monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
-def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tiny, tmp_path, monkeypatch, tb_scalars, fmt):
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(tiny, tmp_path, monkeypatch, tb_scalars, fmt,
+                                                            stop_after_two_updates):
     cfg = compose_config([*tiny, *SCHEDULE, f"train.checkpoint_format={fmt}"])
     straight = train_rl_loop(cfg, tmp_path / "straight")
 
     with monkeypatch.context() as patch:
-        stop_after_two_iterations(patch)
+        stop_after_two_updates(patch, "policy_update")
         with pytest.raises(KeyboardInterrupt):
             train_rl_loop(cfg, tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2

@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from rlar.policy.attention_heads import HeadedAttention
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
-        super().__init__()
-        self.n_head = n_head
-        self.query = nn.Linear(n_embd, n_embd)
-        self.key = nn.Linear(n_embd, n_embd)
-        self.value = nn.Linear(n_embd, n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = dropout
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, D] -> [N, H, L, Dh]
-        n, length, d = x.shape
-        return x.view(n, length, self.n_head, d // self.n_head).transpose(1, 2)
-
+class CrossAttention(HeadedAttention):
     def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor | None] | None, cache=None,
                 layer: int = 0) -> torch.Tensor:
         """``x [N, L, D]`` attends over ``memory = (condition tokens [N, M, D], valid [N, M] bool or None)``. With

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.policy.attention_heads import HeadedAttention
 from rlar.policy.caption_embedder import CaptionEmbedder
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.condition_mask import attention_mask, key_valid
@@ -46,22 +47,7 @@ class KVCache:
         self.cross: dict = {}  # cross-attention: layer -> (keys, values, valid) of the condition tokens
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
-        super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
-        self.n_head = n_head
-        self.key = nn.Linear(n_embd, n_embd)
-        self.query = nn.Linear(n_embd, n_embd)
-        self.value = nn.Linear(n_embd, n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = dropout
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, D] -> [N, H, L, Dh]
-        n, length, d = x.shape
-        return x.view(n, length, self.n_head, d // self.n_head).transpose(1, 2)
-
+class CausalSelfAttention(HeadedAttention):
     def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None, layer: int = 0,
                 position: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x [N, L, D]``; with a ``position [1]`` (L = 1), the static-shape step into a ``StaticKVCache``. ``mask

@@ -20,18 +20,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from rlar.contracts import Reward
 from rlar.reward.quality import as_rgb, to_unit
+from rlar.runtime.local_models import local_model_dir
 
 INSTALL = "pip install -e '.[clip]'"
 
 
 def load_clip(model_path: str):
     """``(CLIPModel in eval mode, frozen, CLIPProcessor)`` from a local directory; never downloads."""
-    path = Path(model_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"reward.model_path={model_path!r}: no CLIP model there (expected config.json, the weights and the "
-            "processor files); it is never downloaded at run time. Get one first, e.g. "
-            f"`huggingface-cli download openai/clip-vit-base-patch32 --local-dir {path}`, and pass that directory")
+    path = local_model_dir(model_path, "reward.model_path", "CLIP model", "openai/clip-vit-base-patch32")
     try:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as err:

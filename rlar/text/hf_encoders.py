@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from rlar.runtime.local_models import local_model_dir
 from rlar.text.encoder import TextEncoder, left_pad
 from rlar.text.feature_cache import FeatureCache
 
@@ -34,12 +35,7 @@ class HFTextEncoder(TextEncoder):
     def __init__(self, model_path: str, max_length: int, dtype: str = "float32", batch_size: int = 32,
                  feature_cache: str | None = None, memory_cache_size: int = 65536):
         super().__init__()
-        path = Path(model_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"text_encoder.model_path={model_path!r}: no {self.model_class} there (expected config.json, the "
-                "weights and the tokenizer files); it is never downloaded at run time. Get one first, e.g. "
-                f"`huggingface-cli download google/flan-t5-xl --local-dir {path}`, and pass that directory")
+        path = local_model_dir(model_path, "text_encoder.model_path", self.model_class, "google/flan-t5-xl")
         if dtype not in DTYPES:
             raise ValueError(f"text_encoder.dtype={dtype!r}: choose one of {list(DTYPES)}")
         if max_length < 1 or batch_size < 1:
