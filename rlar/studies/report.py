@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -38,6 +39,14 @@ class Run:
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> {step: value}
     summary: dict = field(default_factory=dict)  # the run's summary.json
     reward: str = ""  # the run's reward config (YAML): eval rewards compare only between equal ones
+
+    @property
+    def reward_learns(self) -> bool:
+        """Whether the reward kept state across calls (the checkpoint's ``reward`` entry is not empty: the
+        discriminator, loo_fd's averages): then each evaluation reads it as it was then, and the prior's eval reward
+        and the final one are not on one scale."""
+        last = self.path / "checkpoints" / "last.pt"
+        return last.is_file() and bool(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("reward"))
 
     @property
     def seconds_per_iteration(self) -> float | None:
@@ -106,12 +115,13 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
             lines.append(f"| {label} | {overrides} | 0 | – | – | – | – | – |")
             continue
         per_seed = " / ".join(f"{r.after:.4f}" for r in group)
+        change = ("n/a: the reward learns" if any(r.reward_learns for r in group)
+                  else relative_change([r.before for r in group], [r.after for r in group]))
         speeds = [s for r in group if (s := r.seconds_per_iteration) is not None]
         speed = f"{statistics.mean(speeds):.2f}" if speeds else "–"
         lines.append(f"| {label} | {overrides} | {', '.join(str(r.seed) for r in group)} "
                      f"| {mean_std(sorted({r.before for r in group}))} | {mean_std([r.after for r in group])} "
-                     f"| {per_seed} | {relative_change([r.before for r in group], [r.after for r in group])} "
-                     f"| {speed} |")
+                     f"| {per_seed} | {change} | {speed} |")
     return "\n".join(lines)
 
 
@@ -243,7 +253,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     plot_curves(runs, out / "curves.png", study.title)
     first = next(r for group in runs.values() for r in group)
     cfg = OmegaConf.load(first.path / ".hydra" / "config.yaml")
-    iterations = ", ".join(str(i) for i in sorted({r.iterations for group in runs.values() for r in group}))
+    iterations = " or ".join(str(i) for i in sorted({r.iterations for group in runs.values() for r in group}))
     threads = cfg.hardware.get("num_threads") or "null"
     n_eval = cfg.eval.max_items
     reward = OmegaConf.load(first.path / ".hydra" / "hydra.yaml").hydra.runtime.choices.reward
@@ -255,7 +265,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 - **command**: `make ablation STUDY={study.name}` (or `python -m rlar.studies.ablation {study.name}`); the study file is
   [`experiments/{study.name}.yaml`](../{study.name}.yaml)
 - **config**: the embedded default with {" ".join(f"`{o}`" for o in study.overrides) or "no other overrides"}:
-  {iterations} RL iterations, an evaluation every {cfg.eval.every}
+  {iterations} RL iterations (as the setting says), an evaluation every {cfg.eval.every}
 - **seeds**: {", ".join(str(s) for s in study.seeds)} per setting (`hardware.seed` seeds RL; every run starts
   from the same cached prior, pretrained with seed 0)
 - **written**: {datetime.date.today().isoformat()}, from runs with
