@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision must be a matching pair; override e.g. TORCH_SPEC="torch==2.9.1 torchvision==0.24.1"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: help install run test test-all bench gpu-check rehearsal ablation schedules lint clean
 
@@ -24,8 +25,8 @@ install: $(STAMP)  ## create .venv and install rlar with its dependencies
 run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, a learned discriminator reward) on this machine
 	$(VENV)/bin/rlar-run $(ARGS)
 
-test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "not slow"); PYTEST_ARGS passes on
-	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "not slow", 2 single-threaded workers); PYTEST_ARGS passes on
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, the slow ones too (training runs, subprocesses, servers, torchrun); what CI runs
 	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)

@@ -39,6 +39,7 @@ def digits(features):
     return samples, reference, features(samples), features(reference)
 
 
+@pytest.mark.slow  # Inception v3 forward passes over hundreds of images (about 10 s)
 @pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save", "ignore:std\\(\\)")
 def test_fid_and_is_match_torchmetrics_on_the_same_images(digits, inception_weights):
     samples, reference, (pool, logits), (reference_pool, _) = digits
@@ -146,6 +147,7 @@ def test_weights_file_is_never_unpickled(tmp_path):
         InceptionFeatures(path)
 
 
+@pytest.mark.slow  # samples a policy and runs Inception v3 (about 6 s)
 def test_inception_eval_scores_class_balanced_samples(features, digits, gpt):
     class CodesAsImages:  # a stand-in tokenizer: the 12 codes of a sample as a 3 x 4 gray image
         def decode_code(self, codes):

@@ -201,19 +201,25 @@ def compose_reward(*overrides):
 # built elsewhere, on what they need: live servers (tests/test_remote_reward.py), a model dir (test_reward_clip.py)
 ELSEWHERE = {"remote", "clip"}
 OFFLINE = {"lpips": ["reward.pnet_rand=true"], "vapi": ["reward.components.lpips.pnet_rand=true"]}
-# the classifier-based rewards' own classifiers, briefly trained
-BRIEF = {"class_consistency": "reward.classifier", "perceptual_digits": "reward.classifier",
-         "loo_fd": "reward.classifier", "compositional": "reward.classifier",
-         "vapi_digits": "reward.components.perceptual_digits.classifier",
-         "perceptual_efficiency": "reward.components.perceptual_digits.classifier"}
+# the classifier-based rewards' own classifiers briefly trained, and the discriminator's first fit short
+BRIEF = {"class_consistency": ["reward.classifier.train.steps=20"],
+         "perceptual_digits": ["reward.classifier.train.steps=20"],
+         "loo_fd": ["reward.classifier.train.steps=20"], "compositional": ["reward.classifier.train.steps=20"],
+         "vapi_digits": ["reward.components.perceptual_digits.classifier.train.steps=20"],
+         "perceptual_efficiency": ["reward.components.perceptual_digits.classifier.train.steps=20"],
+         "discriminator": ["reward.classifier.train.steps=20", "reward.warmup_steps=5"],
+         "discriminator_class": ["reward.components.disc.classifier.train.steps=20",
+                                 "reward.components.disc.warmup_steps=5",
+                                 "reward.components.cls.classifier.train.steps=20"],
+         "class_loo_fd": ["reward.components.cls.classifier.train.steps=20",
+                          "reward.components.fd.classifier.train.steps=20"]}
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml")
                                           if p.stem not in ELSEWHERE))
 def test_every_reward_option_composes_and_scores_a_batch(option, tmp_path):
     # the classifier-based rewards train a briefly trained digits classifier (in a cache of their own)
-    overrides = [f"reward={option}", f"cache_dir={tmp_path}", *OFFLINE.get(option, []),
-                 *([f"{BRIEF[option]}.train.steps=20"] if option in BRIEF else [])]
+    overrides = [f"reward={option}", f"cache_dir={tmp_path}", *OFFLINE.get(option, []), *BRIEF.get(option, [])]
     reward_fn = instantiate(compose_reward(*overrides))
     x, y = random_images(4, 1, 32, 32), random_images(4, 1, 32, 32, seed=1)
     meta = {"labels": torch.zeros(4, dtype=torch.long), "steps": torch.full((4,), 8),

