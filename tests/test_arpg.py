@@ -220,6 +220,7 @@ def test_bad_parallel_settings_are_refused(overrides, message):
         check_config(compose_config(overrides))
 
 
+@pytest.mark.slow  # pretrains a prior
 def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     cfg = compose([f"cache_dir={tmp_path}", "tokenizer.train.steps=20", "policy.pretrain.steps=3",
                    "policy.pretrain.batch_size=8", "rollout.num_iter=6", "rollout.schedule=cosine"])

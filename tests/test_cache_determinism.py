@@ -2,6 +2,7 @@
 random states (another hardware.seed, another command such as rlar-prepare) are the same weights, and building
 them leaves the caller's random state as it was."""
 
+import pytest
 import torch
 from hydra.utils import instantiate
 
@@ -21,6 +22,7 @@ def build_tokenizer_and_prior(cache_dir, global_seed: int):
     return tokenizer.vq.state_dict(), policy.state_dict()
 
 
+@pytest.mark.slow  # trains a tokenizer and a prior (a few steps each)
 def test_the_cache_holds_the_same_weights_whatever_the_global_random_state(tmp_path):
     first = build_tokenizer_and_prior(tmp_path / "a", global_seed=0)
     second = build_tokenizer_and_prior(tmp_path / "b", global_seed=123)

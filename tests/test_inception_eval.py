@@ -59,6 +59,7 @@ def test_fid_and_is_match_torchmetrics_on_the_same_images(digits, inception_weig
     assert ours["is"] == pytest.approx(float(inception_score.compute()[0]), rel=1e-4)
 
 
+@pytest.mark.slow  # Inception v3 over the held-out digits twice (about 9 s)
 def test_identical_sets_have_zero_fid_and_full_precision_and_recall(digits):
     """Zero exactly, where the libraries' eigenvalues of C1 C2 (2048 x 2048, rank 3) leave an error."""
     _, _, (pool, logits), _ = digits

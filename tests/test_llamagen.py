@@ -185,6 +185,7 @@ def test_yaml_composes_against_its_schema():
         compose(["policy.n_embd=8"])  # GPT's name for the width: not a key here
 
 
+@pytest.mark.slow  # pretrains a prior
 def test_builder_pretrains_caches_and_loads_checkpoints(tmp_path, monkeypatch):
     cfg = compose([f"cache_dir={tmp_path}", "tokenizer.train.steps=20", "policy.pretrain.steps=3",
                    "policy.pretrain.batch_size=8"])
