@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import rlar.loop
 from rlar.policy.gpt import GPT
+from rlar.runtime.cache import seeded
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +150,16 @@ def word_tokenizer(specials: list[str], post: str):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>"), vocab
 
 
+def saved_random_model(path, model_class, config, tokenizer):
+    """``model_class(config)`` initialised under seed 0 (the tests' random state untouched), saved with
+    ``tokenizer`` as a local model folder at ``path``: ``(path, model)``."""
+    with seeded(0):
+        model = model_class(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model
+
+
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory):
     """A randomly initialised T5 encoder (width 16, 2 layers) and a word-level tokenizer ending captions with
@@ -157,12 +168,7 @@ def tiny_t5(tmp_path_factory):
     tokenizer, vocab = word_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>")
     config = transformers.T5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
                                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    model = transformers.T5EncoderModel(config).eval()
-    path = tmp_path_factory.mktemp("t5")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, model
+    return saved_random_model(tmp_path_factory.mktemp("t5"), transformers.T5EncoderModel, config, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -174,9 +180,4 @@ def tiny_clip_text(tmp_path_factory):
     config = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=12,
                                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = transformers.CLIPTextModel(config).eval()
-    path = tmp_path_factory.mktemp("clip_text")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, model
+    return saved_random_model(tmp_path_factory.mktemp("clip_text"), transformers.CLIPTextModel, config, tokenizer)
