@@ -211,15 +211,24 @@ BRIEF = {"class_consistency": ["reward.classifier.train.steps=20"],
          "discriminator_class": ["reward.components.disc.classifier.train.steps=20",
                                  "reward.components.disc.warmup_steps=5",
                                  "reward.components.cls.classifier.train.steps=20"],
+         "compositional_discriminator": ["reward.components.comp.classifier.train.steps=20",
+                                         "reward.components.disc.classifier.train.steps=20",
+                                         "reward.components.disc.warmup_steps=5"],
          "class_loo_fd": ["reward.components.cls.classifier.train.steps=20",
                           "reward.components.fd.classifier.train.steps=20"]}
 
 
+@pytest.fixture(scope="module")
+def brief_classifier_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("brief_classifiers")
+
+
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "reward").glob("*.yaml")
                                           if p.stem not in ELSEWHERE))
-def test_every_reward_option_composes_and_scores_a_batch(option, tmp_path):
-    # the classifier-based rewards train a briefly trained digits classifier (in a cache of their own)
-    overrides = [f"reward={option}", f"cache_dir={tmp_path}", *OFFLINE.get(option, []), *BRIEF.get(option, [])]
+def test_every_reward_option_composes_and_scores_a_batch(option, brief_classifier_cache):
+    # the classifier-based rewards read a briefly trained digits classifier, trained once in a cache of the module's
+    overrides = [f"reward={option}", f"cache_dir={brief_classifier_cache}", *OFFLINE.get(option, []),
+                 *BRIEF.get(option, [])]
     reward_fn = instantiate(compose_reward(*overrides))
     x, y = random_images(4, 1, 32, 32), random_images(4, 1, 32, 32, seed=1)
     meta = {"labels": torch.zeros(4, dtype=torch.long), "steps": torch.full((4,), 8),

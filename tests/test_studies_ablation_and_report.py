@@ -14,7 +14,17 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.studies.ablation import run_sweeps, sweep_commands
-from rlar.studies.report import Run, collect_runs, defining, ranking, relative_change, write_report
+from rlar.studies.report import (
+    ATTRIBUTE_COLUMNS,
+    Run,
+    attribute_notes,
+    collect_runs,
+    defining,
+    eval_model_table,
+    ranking,
+    relative_change,
+    write_report,
+)
 from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -148,3 +158,17 @@ def test_settings_rank_by_the_judges_fd_when_every_run_has_it():
     assert ranking(runs) == "b > c (Δ 4.00, 2.8 std) > a (Δ 6.00, 4.2 std)"  # lower eval/fd first, whatever the reward
     runs["c"] = [Run(Path("."), 0, -1.0, 0.0, 3, summary={}, reward="r")]  # one run without the judge: by reward
     assert ranking(runs).startswith("c > a (Δ 0.1000")
+
+
+def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measured_them():
+    def run(all_before, all_after, extra=None):
+        summary = {"eval_attr_all_acc_before": all_before, "eval_attr_all_acc_after": all_after, **(extra or {})}
+        return Run(Path("."), 0, 0.0, 0.0, 3, summary=summary, reward="r")
+
+    runs = {"prior": [run(0.4, 0.4), run(0.4, 0.4)], "rl": [run(0.4, 0.5), run(0.4, 0.7)]}
+    rows = eval_model_table(runs, ATTRIBUTE_COLUMNS).splitlines()
+    assert rows[0] == "| setting | eval/attr/all_acc prior | eval/attr/all_acc final | change |"
+    assert rows[3] == "| rl | 0.400 | 0.600 ± 0.141 | +50.0 % |"  # the mean over seeds, relative to the prior's
+    assert attribute_notes(runs).startswith("\n- **eval/attr/***")
+    runs["plain"] = [Run(Path("."), 0, 0.0, 0.0, 3, summary={}, reward="r")]  # a run without captions: no table
+    assert eval_model_table(runs, ATTRIBUTE_COLUMNS) == "" and attribute_notes(runs) == ""

@@ -8,6 +8,7 @@ is itself a dataclass (an algorithm, the hardware) is its own schema: :func:`tar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from pathlib import Path
 
@@ -57,9 +58,10 @@ SCHEMAS = {
 }
 
 
+@functools.cache
 def register_schemas() -> None:
     """Store the whole config's schema as ``rlar_schema`` and every option's as ``schema/<group>/<name>``; register
-    the run directory's name resolver (``rlar.config.dir_name``)."""
+    the run directory's name resolver (``rlar.config.dir_name``). Once per process: the store is a singleton."""
     register_dir_name_resolver()
     store = ConfigStore.instance()
     store.store(name="rlar_schema", node=RlarConfig)

@@ -151,12 +151,15 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     return result
 
 
+ATTRIBUTE_METRICS = ("attr/class_acc", "attr/thickness_acc", "attr/slant_acc", "attr/all_acc")  # captioned eval
+
+
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
     """The summary's ``eval_<metric>_<when>`` entries of an evaluation: reward, and fd, class_acc, precision, recall,
     diversity, inception_fid, inception_is, the decoding steps (parallel decoders) and the prompts' attribute
-    accuracy (``eval_attr_all_acc_<when>``) if measured (and
+    accuracies (``eval_attr_<check>_acc_<when>``: class, thickness, slant, all) if measured (and
     ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
     names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps",
-             "attr/all_acc")
+             *ATTRIBUTE_METRICS)
     return {f"{group}_{name.replace('/', '_')}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
             for name in names if f"{group}/{name}" in result}

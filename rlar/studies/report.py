@@ -23,6 +23,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from rlar.config.store import compose_config  # noqa: E402
+from rlar.eval.evaluate import ATTRIBUTE_METRICS  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
@@ -127,6 +128,9 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
 
 JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "diversity")
 EVAL_MODEL_COLUMNS = tuple((f"{group}_{m}", f"{group}/{m}") for group in ("eval", "eval_cfg") for m in JUDGE_METRICS)
+# the prompts' checks (captioned evaluation: docs/text_conditioning.md), unguided and guided
+ATTRIBUTE_COLUMNS = tuple((f"{group}_{m.replace('/', '_')}", f"{group}/{m}") for group in ("eval", "eval_cfg")
+                          for m in ATTRIBUTE_METRICS)
 
 
 def relative_change(before: list[float], after: list[float]) -> str:
@@ -135,11 +139,11 @@ def relative_change(before: list[float], after: list[float]) -> str:
     return f"{100 * (statistics.mean(after) - prior) / abs(prior):+.1f} %" if prior else "n/a"
 
 
-def eval_model_table(runs: dict[str, list[Run]]) -> str:
-    """The evaluation model's metrics before and after RL (mean ± std over seeds, and the relative change of the
-    means), for the ones every run measured; empty when none did."""
+def eval_model_table(runs: dict[str, list[Run]], metrics: tuple = EVAL_MODEL_COLUMNS) -> str:
+    """The evaluation's ``metrics`` (``(summary key, tag)`` pairs) before and after RL (mean ± std over seeds, and
+    the relative change of the means), for the ones every run measured; empty when none did."""
     every = [r for group in runs.values() for r in group]
-    columns = [(key, tag) for key, tag in EVAL_MODEL_COLUMNS
+    columns = [(key, tag) for key, tag in metrics
                if all(r.summary.get(f"{key}_before") is not None for r in every)]
     if not columns:
         return ""
@@ -174,6 +178,15 @@ def eval_model_notes(cfg) -> str:
     if guided is not None:
         text += f"\n- **eval_cfg/***: the same evaluation sampled with classifier-free guidance scale {guided}."
     return text
+
+
+def attribute_notes(runs: dict[str, list[Run]]) -> str:
+    """The bullet that explains the attribute table, when the runs measured the prompts' checks."""
+    if not eval_model_table(runs, ATTRIBUTE_COLUMNS):
+        return ""
+    return ("\n- **eval/attr/***: each sample checked against its prompt (docs/text_conditioning.md): *class_acc* the "
+            "judge's reading of the class, *thickness_acc* and *slant_acc* the pixel measurements (among the prompts "
+            "that ask them), *all_acc* every check of the prompt passed.")
 
 
 def by_judge(runs: dict[str, list[Run]]) -> bool:
@@ -278,6 +291,8 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 
 {eval_model_table(runs)}
 
+{eval_model_table(runs, ATTRIBUTE_COLUMNS)}
+
 **Ranking** by mean final {"eval/fd (lower first)" if by_judge(runs) else "eval reward"} (Δ: the step to the next
 setting, and its size in units of the larger of the two settings' std over seeds): {ranking(runs)}.
 
@@ -285,7 +300,7 @@ setting, and its size in units of the larger of the two settings' std over seeds
   {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
   mean relative to it. A reward that learns while it trains (`discriminator`, `loo_fd`) is read as it is at each
   evaluation, so its prior and final values come from different versions of it: read the judge's columns.\
-{eval_model_notes(cfg)}
+{eval_model_notes(cfg)}{attribute_notes(runs)}
 - *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
   which others may have been using too.
