@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from rlar.config.rerun import check_rerun
 from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import ConfigError, check_config
-from rlar.eval.evaluate import ATTRIBUTE_METRICS
+from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key
 from rlar.loop import train_rl_loop
 from rlar.runtime.distributed import env_rank
 
@@ -38,8 +38,8 @@ def main(cfg: DictConfig) -> float:
     reward = hydra.runtime.choices.get("reward")
     print(f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
           f"-> after RL {summary['eval_reward_after']:.5f}")
-    for metric in ("fd", "class_acc", "precision", "recall", "diversity", *ATTRIBUTE_METRICS):
-        key = f"eval_{metric.replace('/', '_')}"
+    for metric in (*JUDGE_METRICS, *ATTRIBUTE_METRICS):
+        key = summary_key(metric)
         if f"{key}_before" in summary:
             print(f"eval/{metric}: prior {summary[f'{key}_before']:.4g} -> after RL {summary[f'{key}_after']:.4g}")
     print(f"outputs: {output_dir} (summary.json, tensorboard/, checkpoints/)")

@@ -161,8 +161,8 @@ def test_settings_rank_by_the_judges_fd_when_every_run_has_it():
 
 
 def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measured_them():
-    def run(all_before, all_after, extra=None):
-        summary = {"eval_attr_all_acc_before": all_before, "eval_attr_all_acc_after": all_after, **(extra or {})}
+    def run(all_before, all_after):
+        summary = {"eval_attr_all_acc_before": all_before, "eval_attr_all_acc_after": all_after}
         return Run(Path("."), 0, 0.0, 0.0, 3, summary=summary, reward="r")
 
     runs = {"prior": [run(0.4, 0.4), run(0.4, 0.4)], "rl": [run(0.4, 0.5), run(0.4, 0.7)]}

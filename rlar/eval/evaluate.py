@@ -151,7 +151,14 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     return result
 
 
+JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "diversity")  # the judge's (eval.classifier)
 ATTRIBUTE_METRICS = ("attr/class_acc", "attr/thickness_acc", "attr/slant_acc", "attr/all_acc")  # captioned eval
+
+
+def summary_key(name: str, group: str = "eval") -> str:
+    """The summary's key of the metric ``<group>/<name>`` (``eval/attr/all_acc`` -> ``eval_attr_all_acc``), to which
+    ``_before`` and ``_after`` are appended."""
+    return f"{group}_{name.replace('/', '_')}"
 
 
 def headline(result: dict[str, float], when: str) -> dict[str, float]:
@@ -159,7 +166,6 @@ def headline(result: dict[str, float], when: str) -> dict[str, float]:
     diversity, inception_fid, inception_is, the decoding steps (parallel decoders) and the prompts' attribute
     accuracies (``eval_attr_<check>_acc_<when>``: class, thickness, slant, all) if measured (and
     ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
-    names = ("reward", "fd", "class_acc", "precision", "recall", "diversity", "inception_fid", "inception_is", "steps",
-             *ATTRIBUTE_METRICS)
-    return {f"{group}_{name.replace('/', '_')}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
+    names = ("reward", *JUDGE_METRICS, "inception_fid", "inception_is", "steps", *ATTRIBUTE_METRICS)
+    return {f"{summary_key(name, group)}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
             for name in names if f"{group}/{name}" in result}

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from rlar.config.store import compose_config  # noqa: E402
-from rlar.eval.evaluate import ATTRIBUTE_METRICS  # noqa: E402
+from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
@@ -126,11 +126,13 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
-JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "diversity")
-EVAL_MODEL_COLUMNS = tuple((f"{group}_{m}", f"{group}/{m}") for group in ("eval", "eval_cfg") for m in JUDGE_METRICS)
-# the prompts' checks (captioned evaluation: docs/text_conditioning.md), unguided and guided
-ATTRIBUTE_COLUMNS = tuple((f"{group}_{m.replace('/', '_')}", f"{group}/{m}") for group in ("eval", "eval_cfg")
-                          for m in ATTRIBUTE_METRICS)
+def metric_columns(metrics: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``(summary key, tag)`` of each of ``metrics``, unguided (``eval/``) then guided (``eval_cfg/``)."""
+    return tuple((summary_key(m, group), f"{group}/{m}") for group in ("eval", "eval_cfg") for m in metrics)
+
+
+EVAL_MODEL_COLUMNS = metric_columns(JUDGE_METRICS)
+ATTRIBUTE_COLUMNS = metric_columns(ATTRIBUTE_METRICS)  # the prompts' checks (docs/text_conditioning.md)
 
 
 def relative_change(before: list[float], after: list[float]) -> str:
@@ -139,21 +141,25 @@ def relative_change(before: list[float], after: list[float]) -> str:
     return f"{100 * (statistics.mean(after) - prior) / abs(prior):+.1f} %" if prior else "n/a"
 
 
+def measured_columns(runs: dict[str, list[Run]], metrics: tuple) -> list[tuple[str, str]]:
+    """The ``(summary key, tag)`` pairs of ``metrics`` that every run measured."""
+    every = [r for group in runs.values() for r in group]
+    return [(key, tag) for key, tag in metrics if all(r.summary.get(f"{key}_before") is not None for r in every)]
+
+
 def eval_model_table(runs: dict[str, list[Run]], metrics: tuple = EVAL_MODEL_COLUMNS) -> str:
     """The evaluation's ``metrics`` (``(summary key, tag)`` pairs) before and after RL (mean ± std over seeds, and
     the relative change of the means), for the ones every run measured; empty when none did."""
-    every = [r for group in runs.values() for r in group]
-    columns = [(key, tag) for key, tag in metrics
-               if all(r.summary.get(f"{key}_before") is not None for r in every)]
-    if not columns:
+    measured = measured_columns(runs, metrics)
+    if not measured:
         return ""
-    lines = ["| setting | " + " | ".join(f"{tag} prior | {tag} final | change" for _, tag in columns) + " |",
-             "|---|" + "---|---|---|" * len(columns)]
+    lines = ["| setting | " + " | ".join(f"{tag} prior | {tag} final | change" for _, tag in measured) + " |",
+             "|---|" + "---|---|---|" * len(measured)]
     for label, group in runs.items():
         if not group:
             continue
         cells = []
-        for key, _ in columns:
+        for key, _ in measured:
             before = [r.summary[f"{key}_before"] for r in group]
             after = [r.summary[f"{key}_after"] for r in group]
             change = relative_change(before, after)
@@ -182,7 +188,7 @@ def eval_model_notes(cfg) -> str:
 
 def attribute_notes(runs: dict[str, list[Run]]) -> str:
     """The bullet that explains the attribute table, when the runs measured the prompts' checks."""
-    if not eval_model_table(runs, ATTRIBUTE_COLUMNS):
+    if not measured_columns(runs, ATTRIBUTE_COLUMNS):
         return ""
     return ("\n- **eval/attr/***: each sample checked against its prompt (docs/text_conditioning.md): *class_acc* the "
             "judge's reading of the class, *thickness_acc* and *slant_acc* the pixel measurements (among the prompts "
