@@ -48,3 +48,13 @@ def test_rlar_eval_of_a_tiny_run(tiny, cache_dir, inception_weights, tmp_path):
     assert metrics["num_samples"] == 20 and metrics["num_reference"] == 24 and metrics["cfg_scale"] == 1.5
     assert metrics["fid"] > 0 and metrics["is"] >= 1 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert "Inception FID" in proc.stdout and "precision" in proc.stdout
+
+    # --judge: the embedded judge under 2 eval seeds; the first, eval.seed, repeats the run's own final evaluation
+    judged = run_command([str(run), "--judge", "2", "--out", str(tmp_path / "judge")])
+    record = json.loads((tmp_path / "judge" / "judge.json").read_text())
+    assert record["seeds"] == [1234, 1235]  # eval.seed (the default) and the next
+    fd = record["metrics"]["eval/fd"]
+    assert fd["values"][0] == pytest.approx(summary["eval_fd_after"], rel=1e-6)
+    assert fd["values"][1] != fd["values"][0]  # another seed, other samples
+    assert fd["mean"] == pytest.approx(sum(fd["values"]) / 2) and fd["std"] > 0
+    assert judged["metrics"]["eval/class_acc"]["values"][0] == pytest.approx(summary["eval_class_acc_after"])

@@ -17,10 +17,12 @@ from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.rejudge import judge_over_seeds, write_judgement
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.rollout.sampling import cfg_scales
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
+       rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S]
        rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train] [--max-images M]
 
 RUN_DIR (a run's output directory): its recorded config (.hydra/config.yaml) and its fine-tuned policy
@@ -45,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
                                        "(default: the data's held-out split)")
     p.add_argument("--inception-weights", help=f"the Inception weights file (default: <cache_dir>/inception/"
                                                f"{default_weights_path().name})")
+    p.add_argument("--judge", type=int, metavar="N",
+                   help="instead of Inception metrics: the embedded judge's eval/fd, class_acc, precision, recall and "
+                        "diversity under N eval seeds (eval.seed, eval.seed+1, ...), mean ± std, to judge.json")
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
@@ -73,6 +78,8 @@ def run_command(argv: list[str]) -> dict:
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}
+    if opts.judge is not None:
+        return judge_command(cfg, opts, run_dir, overrides)
     weights = Path(opts.inception_weights or default_weights_path(cfg.cache_dir)).expanduser()
     if not opts.samples_only and not weights.is_file():  # before any sampling
         sys.exit(missing_weights_message(weights))
@@ -82,6 +89,40 @@ def run_command(argv: list[str]) -> dict:
         return sample_and_score(cfg, opts, hw, reads_run_weights(run_dir, overrides), weights)
     finally:
         hw.teardown()
+
+
+def judge_command(cfg, opts, run_dir, overrides) -> dict:
+    """``--judge N``: the judge's metrics of the policy under N eval seeds, written to ``judge.json``."""
+    if opts.judge < 1:
+        sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
+    hw = instantiate(cfg.hardware)
+    hw.setup()
+    try:
+        device = hw.torch_device
+        run_dir = reads_run_weights(run_dir, overrides)
+        data, tokenizer, policy = build_models(cfg, device, run_dir)
+        scale, temperature = sampling_settings(cfg, opts)
+        sampling = {"temperature": temperature,
+                    "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
+        seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
+        try:
+            metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, device, hw.autocast)
+        except ValueError as e:
+            sys.exit(str(e))
+        settings = {"run": str(run_dir) if run_dir else None, "cfg_scale": scale, "temperature": temperature,
+                    "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item}
+        out = Path(opts.out or Path(run_dir or "outputs") / "eval" /
+                   f"judge-cfg{scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}")
+        write_judgement(out, metrics, settings)
+        return {"metrics": metrics, **settings}
+    finally:
+        hw.teardown()
+
+
+def sampling_settings(cfg, opts) -> tuple[float, float]:
+    """``(cfg_scale, temperature)``: the options', else the run's rollout's."""
+    return (cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
+            cfg.rollout.temperature if opts.temperature is None else opts.temperature)
 
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
@@ -97,8 +138,7 @@ def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
     """Sample, write ``samples.npz`` and ``samples.png``, and (unless ``--samples-only``) ``metrics.json``."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, run_dir)
-    scale = cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale
-    temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
+    scale, temperature = sampling_settings(cfg, opts)
     seed = cfg.eval.seed if opts.seed is None else opts.seed
     batch_size = opts.batch_size or cfg.eval.batch_size
     sampling = {"temperature": temperature, "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}

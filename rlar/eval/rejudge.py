@@ -1,0 +1,55 @@
+"""``rlar-eval --judge N``: the embedded judge's metrics of a policy under N evaluation seeds, as mean and sample std.
+
+One evaluation's sampling noise (about 2 units of ``eval/fd`` at 4 samples per held-out digit, docs/evaluation.md)
+is as large as many differences worth knowing, such as RL against the prior at its best temperature; repeating the
+evaluation under seeds ``eval.seed``, ``eval.seed + 1``, ... and averaging tells them apart. The seed ``eval.seed``
+repeats the run's own evaluation exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlar.eval.evaluate import JUDGE_METRICS, evaluate_under
+from rlar.eval.model.scorer import build_eval_model
+
+
+def unscored(images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
+    """The reward of a judge-only evaluation: none (zeros ``[N]``, no components); only the judge's metrics count."""
+    return torch.zeros(len(images), device=images.device), {}
+
+
+def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, seeds: list[int], device,
+                     autocast=None) -> dict:
+    """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's metrics (``JUDGE_METRICS``) of
+    ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed in ``seeds``."""
+    if cfg.get("text_encoder") is not None:
+        raise ValueError("rlar-eval --judge scores class-conditional policies; a text-conditioned run "
+                         f"(text_encoder={cfg.text_encoder._target_}) is judged by its own evaluations "
+                         "(eval/attr/*): rerun it with another eval.seed instead")
+    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
+    runs = [evaluate_under(policy, tokenizer, unscored, data, OmegaConf.merge(cfg.eval, {"seed": seed}), sampling,
+                           device, autocast, eval_model) for seed in seeds]
+    result = {}
+    for name in JUDGE_METRICS:
+        values = [run[f"eval/{name}"] for run in runs]
+        result[f"eval/{name}"] = {"mean": statistics.fmean(values),
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return result
+
+
+def write_judgement(out: Path, metrics: dict, settings: dict) -> Path:
+    """``out/judge.json`` (the settings and the metrics); prints one line per metric."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "judge.json"
+    path.write_text(json.dumps({**settings, "metrics": metrics}, indent=2))
+    for name, m in metrics.items():
+        print(f"{name} {m['mean']:.4g} ± {m['std']:.2g} over {len(m['values'])} eval seeds "
+              f"({' '.join(f'{v:.4g}' for v in m['values'])})")
+    print(f"-> {path}")
+    return path
