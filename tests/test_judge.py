@@ -16,7 +16,8 @@ READERS = {"class_consistency": "reward.classifier", "perceptual_digits": "rewar
            "loo_fd": "reward.classifier", "discriminator": "reward.classifier",
            "vapi_digits": "reward.components.perceptual_digits.classifier",
            "perceptual_efficiency": "reward.components.perceptual_digits.classifier",
-           "class_loo_fd": "reward.components.fd.classifier"}
+           "class_loo_fd": "reward.components.fd.classifier",
+           "discriminator_loo_fd": "reward.components.disc.classifier"}
 
 
 @pytest.mark.parametrize("option", sorted(READERS))
