@@ -76,7 +76,7 @@ def test_an_unknown_study_names_the_known_ones():
 @pytest.fixture
 def tiny_study(tmp_path, tiny):
     """Two settings x two seeds of the tiny default, 3 iterations with an evaluation every one: GRPO with the
-    default reward (a discriminator, which learns), REINFORCE with -L2 (which does not)."""
+    default reward (a discriminator and a moving-average FD, which learn), REINFORCE with -L2 (which does not)."""
     path = tmp_path / "tiny_study.yaml"
     fixed = [o for o in tiny if not o.startswith(("train.iterations=", "eval.every="))]
     path.write_text(json.dumps({  # JSON is YAML
