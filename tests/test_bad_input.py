@@ -16,6 +16,7 @@ from rlar.config.dir_name import MAX_NAME_BYTES, dir_name
 from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
 from rlar.data.decode import load_image
+from rlar.eval import cli
 from rlar.runtime.cache import load_checkpoint
 
 
@@ -87,3 +88,14 @@ def test_a_run_with_a_long_override_list_makes_its_directory(tmp_path):
     (run_dir,) = Path(tmp_path, "outputs", "default").iterdir()
     assert len(run_dir.name) <= MAX_NAME_BYTES
     assert temperature in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the full overrides stay
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--judge", "0"], r"--judge takes the number of eval seeds, at least 1, got 0"),
+    (["text_encoder=embedded", "data.captions=attributes", "--judge", "2"],
+     r"--judge scores class-conditional policies; a text-conditioned run"),
+])
+def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, message, monkeypatch):
+    monkeypatch.setattr(cli, "build_models", None)  # nothing may be built, trained or read
+    with pytest.raises(SystemExit, match=message):
+        cli.run_command(args)

@@ -17,7 +17,7 @@ from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
-from rlar.eval.rejudge import judge_over_seeds, write_judgement
+from rlar.eval.rejudge import check_judgeable, judge_over_seeds, write_judgement
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.rollout.sampling import cfg_scales
 
@@ -64,7 +64,7 @@ def main() -> None:
 
 def run_command(argv: list[str]) -> dict:
     """Run ``rlar-eval argv``; returns the metrics written to ``metrics.json`` (``{}`` for ``--make-reference``
-    and ``--samples-only``)."""
+    and ``--samples-only``), or with ``--judge`` the record written to ``judge.json``."""
     opts = parser().parse_intermixed_args(argv)
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
@@ -78,51 +78,48 @@ def run_command(argv: list[str]) -> dict:
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}
-    if opts.judge is not None:
-        return judge_command(cfg, opts, run_dir, overrides)
     weights = Path(opts.inception_weights or default_weights_path(cfg.cache_dir)).expanduser()
-    if not opts.samples_only and not weights.is_file():  # before any sampling
+    if opts.judge is not None:  # before any model is built
+        if opts.judge < 1:
+            sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
+        try:
+            check_judgeable(cfg)
+        except ValueError as e:
+            sys.exit(str(e))
+    elif not opts.samples_only and not weights.is_file():  # before any sampling
         sys.exit(missing_weights_message(weights))
     hw = instantiate(cfg.hardware)
     hw.setup()
     try:
-        return sample_and_score(cfg, opts, hw, reads_run_weights(run_dir, overrides), weights)
-    finally:
-        hw.teardown()
-
-
-def judge_command(cfg, opts, run_dir, overrides) -> dict:
-    """``--judge N``: the judge's metrics of the policy under N eval seeds, written to ``judge.json``."""
-    if opts.judge < 1:
-        sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
-    hw = instantiate(cfg.hardware)
-    hw.setup()
-    try:
-        device = hw.torch_device
         run_dir = reads_run_weights(run_dir, overrides)
-        data, tokenizer, policy = build_models(cfg, device, run_dir)
-        scale, temperature = sampling_settings(cfg, opts)
-        sampling = {"temperature": temperature,
-                    "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
-        seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
-        try:
-            metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, device, hw.autocast)
-        except ValueError as e:
-            sys.exit(str(e))
-        settings = {"run": str(run_dir) if run_dir else None, "cfg_scale": scale, "temperature": temperature,
-                    "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item}
-        out = Path(opts.out or Path(run_dir or "outputs") / "eval" /
-                   f"judge-cfg{scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}")
-        write_judgement(out, metrics, settings)
-        return {"metrics": metrics, **settings}
+        if opts.judge is not None:
+            return judge_and_write(cfg, opts, hw, run_dir)
+        return sample_and_score(cfg, opts, hw, run_dir, weights)
     finally:
         hw.teardown()
 
 
-def sampling_settings(cfg, opts) -> tuple[float, float]:
-    """``(cfg_scale, temperature)``: the options', else the run's rollout's."""
-    return (cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
-            cfg.rollout.temperature if opts.temperature is None else opts.temperature)
+def judge_and_write(cfg, opts, hw, run_dir) -> dict:
+    """``--judge N``: the judge's metrics of the policy under N eval seeds, written to ``judge.json``."""
+    data, tokenizer, policy = build_models(cfg, hw.torch_device, run_dir)
+    scale, temperature, sampling = sampling_settings(cfg, opts, policy)
+    seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
+    metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
+    settings = {"run": str(run_dir) if run_dir else None, "cfg_scale": scale, "temperature": temperature,
+                "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item}
+    out = Path(opts.out or Path(run_dir or "outputs") / "eval" /
+               f"judge-cfg{scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}")
+    write_judgement(out, metrics, settings)
+    return {"metrics": metrics, **settings}
+
+
+def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
+    """``(cfg_scale, temperature, sampling)``: the options' scale and temperature, else the run's rollout's, and the
+    sampling arguments they give ``policy``."""
+    scale = cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale
+    temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
+    return scale, temperature, {"temperature": temperature,
+                                "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
 
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
@@ -138,10 +135,9 @@ def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
     """Sample, write ``samples.npz`` and ``samples.png``, and (unless ``--samples-only``) ``metrics.json``."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, run_dir)
-    scale, temperature = sampling_settings(cfg, opts)
+    scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed = cfg.eval.seed if opts.seed is None else opts.seed
     batch_size = opts.batch_size or cfg.eval.batch_size
-    sampling = {"temperature": temperature, "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
     settings = f"n{opts.num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
     out = Path(opts.out or Path(run_dir or "outputs") / "eval" / settings)
     labels = class_balanced_labels(opts.num_samples, data.num_classes)  # [N]

@@ -24,14 +24,19 @@ def unscored(images: torch.Tensor, targets: torch.Tensor | None = None, meta: di
     return torch.zeros(len(images), device=images.device), {}
 
 
-def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, seeds: list[int], device,
-                     autocast=None) -> dict:
-    """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's metrics (``JUDGE_METRICS``) of
-    ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed in ``seeds``."""
+def check_judgeable(cfg: DictConfig) -> None:
+    """Refuse (``ValueError``) a config the judge-only evaluation cannot condition: a text-conditioned one."""
     if cfg.get("text_encoder") is not None:
         raise ValueError("rlar-eval --judge scores class-conditional policies; a text-conditioned run "
                          f"(text_encoder={cfg.text_encoder._target_}) is judged by its own evaluations "
                          "(eval/attr/*): rerun it with another eval.seed instead")
+
+
+def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, seeds: list[int], device,
+                     autocast=None) -> dict:
+    """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's metrics (``JUDGE_METRICS``) of
+    ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed in ``seeds``
+    (a class-conditional ``cfg``: :func:`check_judgeable`)."""
     eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
     runs = [evaluate_under(policy, tokenizer, unscored, data, OmegaConf.merge(cfg.eval, {"seed": seed}), sampling,
                            device, autocast, eval_model) for seed in seeds]
