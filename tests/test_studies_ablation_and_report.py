@@ -21,6 +21,7 @@ from rlar.studies.report import (
     collect_runs,
     defining,
     eval_model_table,
+    judged_table,
     ranking,
     relative_change,
     write_report,
@@ -76,12 +77,13 @@ def test_an_unknown_study_names_the_known_ones():
 @pytest.fixture
 def tiny_study(tmp_path, tiny):
     """Two settings x two seeds of the tiny default, 3 iterations with an evaluation every one: GRPO with the
-    default reward (a discriminator and a moving-average FD, which learn), REINFORCE with -L2 (which does not)."""
+    default reward (a discriminator and a moving-average FD, which learn), REINFORCE with -L2 (which does not);
+    every run and the prior judged over 2 eval seeds."""
     path = tmp_path / "tiny_study.yaml"
     fixed = [o for o in tiny if not o.startswith(("train.iterations=", "eval.every="))]
     path.write_text(json.dumps({  # JSON is YAML
         "title": "tiny", "overrides": [*fixed, "train.iterations=3", "eval.every=1"], "seeds": [0, 1],
-        "settings": {"grpo": ["algorithm=grpo"], "reinforce": ["algorithm=reinforce", "reward=l2"]}}))
+        "settings": {"grpo": ["algorithm=grpo"], "reinforce": ["algorithm=reinforce", "reward=l2"]}, "judge": 2}))
     return load_study(path)
 
 
@@ -126,6 +128,25 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
         assert [tb_scalars(r.path, "eval/reward") for r in runs] == [
             pytest.approx([h["eval/reward"] for h in s["history"]]) for s in summaries]
+    # judged over 2 eval seeds: the first repeats each run's own final evaluation (and the prior's, its first)
+    section = text.split("**Judged over 2 eval seeds**")[1]
+    judged_rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+                   if line.startswith("| ") and not line.startswith("| |")}
+    prior_files = sorted((outputs / "ablations" / "judged" / "tiny_study").glob("prior-*/judge.json"))
+    assert len(prior_files) == 1 and "prior" in judged_rows  # the tiny default evaluates unguided only
+    prior_fd = json.loads(prior_files[0].read_text())["metrics"]["eval/fd"]["values"][0]
+    assert prior_fd == pytest.approx(json.loads((run_dirs[0] / "summary.json").read_text())["eval_fd_before"])
+    for label, runs in collect_runs(tiny_study, outputs).items():
+        means = []
+        for r in runs:
+            judged = json.loads(next((r.path / "eval").glob("judge-*-seeds*/judge.json")).read_text())["metrics"]
+            assert judged["eval/fd"]["values"][0] == pytest.approx(r.summary["eval_fd_after"])
+            assert len(judged["eval/fd"]["values"]) == 2
+            means.append(judged["eval/fd"]["mean"])
+        cells = [c.strip() for c in judged_rows[label].strip("|").split("|")]
+        means_ = torch.tensor(means, dtype=torch.float64)
+        assert cells[1] == f"{means_.mean():.2f} ± {means_.std():.2f}"
+        assert cells[-1] == " / ".join(f"{m:.2f}" for m in means)
     assert "train.iterations=3" in text and "by mean final eval/fd (lower first)" in text
     assert "eval/precision prior | eval/precision final" in text and "eval/diversity final" in text
     with Image.open(tmp_path / "report" / "curves.png") as image:
@@ -172,3 +193,31 @@ def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measur
     assert attribute_notes(runs).startswith("\n- **eval/attr/***")
     runs["plain"] = [Run(Path("."), 0, 0.0, 0.0, 3, summary={}, reward="r")]  # a run without captions: no table
     assert eval_model_table(runs, ATTRIBUTE_COLUMNS) == "" and attribute_notes(runs) == ""
+
+
+def test_the_judged_table_averages_each_runs_mean_over_eval_seeds():
+    def judged(fd_values, acc):
+        metrics = {f"eval/{m}": {"values": [acc, acc], "mean": acc} for m in ("class_acc", "precision", "recall",
+                                                                             "diversity")}
+        return {**metrics, "eval/fd": {"values": fd_values, "mean": sum(fd_values) / len(fd_values)}}
+
+    prior = {"prior": judged([30.0, 34.0], 0.8)}
+    settings = {"rl": [judged([18.0, 20.0], 0.9), judged([22.0, 24.0], 0.95)], "empty": []}
+    rows = judged_table(prior, settings).splitlines()
+    assert rows[0] == ("| | eval/fd | eval/class_acc | eval/precision | eval/recall | eval/diversity "
+                       "| eval/fd per run |")
+    # the prior: mean ± sample std over its eval seeds (sqrt(8) = 2.83)
+    assert rows[2] == "| prior | 32.00 ± 2.83 | 0.800 ± 0.000 | 0.800 ± 0.000 | 0.800 ± 0.000 | 0.800 ± 0.000 | – |"
+    # a setting: runs' means 19 and 23, so 21 ± sqrt(8); class_acc 0.9 and 0.95 give 0.925 ± 0.035
+    assert rows[3] == ("| rl | 21.00 ± 2.83 | 0.925 ± 0.035 | 0.925 ± 0.035 | 0.925 ± 0.035 | 0.925 ± 0.035 "
+                       "| 19.00 / 23.00 |")
+    assert len(rows) == 4  # a setting without finished runs has no row
+
+
+def test_a_study_judge_must_be_a_positive_count(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps({"title": "t", "seeds": [0], "settings": {"a": []}, "judge": 0}))
+    with pytest.raises(ValueError, match="judge is the number of eval seeds"):
+        load_study(path)
+    path.write_text(json.dumps({"title": "t", "seeds": [0], "settings": {"a": []}, "judge": 3}))
+    assert load_study(path).judge == 3

@@ -17,7 +17,7 @@ from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
-from rlar.eval.rejudge import check_judgeable, judge_over_seeds, write_judgement
+from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, write_judgement
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.rollout.sampling import cfg_scales
 
@@ -107,8 +107,7 @@ def judge_and_write(cfg, opts, hw, run_dir) -> dict:
     metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
     settings = {"run": str(run_dir) if run_dir else None, "cfg_scale": scale, "temperature": temperature,
                 "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item}
-    out = Path(opts.out or Path(run_dir or "outputs") / "eval" /
-               f"judge-cfg{scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}")
+    out = Path(opts.out or judgement_dir(Path(run_dir or "outputs") / "eval", scale, temperature, seeds))
     write_judgement(out, metrics, settings)
     return {"metrics": metrics, **settings}
 

@@ -48,6 +48,12 @@ def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, s
     return result
 
 
+def judgement_dir(base: str | Path, cfg_scale: float, temperature: float, seeds: list[int]) -> Path:
+    """``base/judge-cfg<s>-temp<t>-seeds<a>-<b>``: where ``rlar-eval --judge`` writes ``judge.json`` by default
+    (``base``: the run's ``eval/`` folder)."""
+    return Path(base) / f"judge-cfg{cfg_scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}"
+
+
 def write_judgement(out: Path, metrics: dict, settings: dict) -> Path:
     """``out/judge.json`` (the settings and the metrics); prints one line per metric."""
     out.mkdir(parents=True, exist_ok=True)

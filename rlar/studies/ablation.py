@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("study", help="a name in experiments/ (e.g. algorithms) or the path of a study YAML")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. hardware.num_threads=1")
     parser.add_argument("--outputs", default="outputs", help="the outputs root the runs write to (default: outputs)")
-    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs")
+    parser.add_argument("--report-only", action="store_true", help="write the report from finished runs (and, with "
+                        "the study's judge: N, judge the runs not judged yet)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     try:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.report_only:
         run_sweeps(study, args.overrides, args.outputs)
-    report = write_report(study, args.outputs)
+    report = write_report(study, args.outputs, extra=args.overrides)
     print(f"report: {report}")
 
 

@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
+from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
@@ -168,6 +169,39 @@ def eval_model_table(runs: dict[str, list[Run]], metrics: tuple = EVAL_MODEL_COL
     return "\n".join(lines)
 
 
+def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgement]]) -> str:
+    """One row per prior (mean ± std over the eval seeds) and per setting (the mean over its runs of each run's mean
+    over the eval seeds, ± their std over the runs), with each run's mean eval/fd."""
+    lines = ["| | " + " | ".join(f"eval/{m}" for m in JUDGE_METRICS) + " | eval/fd per run |",
+             "|---|" + "---|" * (len(JUDGE_METRICS) + 1)]
+    digits = {"fd": 2}
+    for label, judged in priors.items():
+        cells = [mean_std(judged[f"eval/{m}"]["values"], digits.get(m, 3)) for m in JUDGE_METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | – |")
+    for label, runs in settings.items():
+        if runs:
+            cells = [mean_std([r[f"eval/{m}"]["mean"] for r in runs], digits.get(m, 3)) for m in JUDGE_METRICS]
+            per_run = " / ".join(f"{r['eval/fd']['mean']:.2f}" for r in runs)
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {per_run} |")
+    return "\n".join(lines)
+
+
+def judged_section(study: Study, runs: dict[str, list[Run]], outputs: str | Path, extra: list[str] = ()) -> str:
+    """The section of the study's ``judge: N`` (empty without it): the judged table and what it reads; judges what
+    is not judged yet (``rlar.studies.judged``)."""
+    if study.judge is None:
+        return ""
+    n = study.judge
+    priors, settings = study_judgements(study, {k: [r.path for r in g] for k, g in runs.items()}, outputs, extra)
+    return f"""**Judged over {n} eval seeds** (the study file's `judge: {n}`): each run's final policy and the prior,
+evaluated by the judge under eval seeds `eval.seed` to `eval.seed + {n - 1}` at their own sampling settings
+(`rlar-eval RUN_DIR --judge {n}`; each run's `eval/judge-*/judge.json`). A prior row's ± is the std over the eval
+seeds (one evaluation's noise); a setting's is the std over its runs of each run's {n}-seed mean.
+
+{judged_table(priors, settings)}
+"""
+
+
 def eval_model_notes(cfg) -> str:
     """The bullets that explain ``eval_model_table``'s columns."""
     if not cfg.eval.get("classifier"):
@@ -261,8 +295,10 @@ def moving_average(curve: dict[int, float], steps: list[int], window: int) -> li
     return [statistics.mean(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))]
 
 
-def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str | Path | None = None) -> Path:
-    """Write ``REPORT.md`` and ``curves.png`` into ``report_dir`` (default: ``experiments/<study>/``)."""
+def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str | Path | None = None,
+                 extra: list[str] = ()) -> Path:
+    """Write ``REPORT.md`` and ``curves.png`` into ``report_dir`` (default: ``experiments/<study>/``). With the
+    study's ``judge: N``, judge what is not judged yet (``extra``: overrides for that, e.g. the thread count)."""
     runs = collect_runs(study, outputs)
     if not any(runs.values()):
         raise FileNotFoundError(f"no finished runs of study {study.name!r} under {sweep_dir(outputs)}; "
@@ -298,6 +334,8 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 {eval_model_table(runs)}
 
 {eval_model_table(runs, ATTRIBUTE_COLUMNS)}
+
+{judged_section(study, runs, outputs, extra)}
 
 **Ranking** by mean final {"eval/fd (lower first)" if by_judge(runs) else "eval reward"} (Δ: the step to the next
 setting, and its size in units of the larger of the two settings' std over seeds): {ranking(runs)}.

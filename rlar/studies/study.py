@@ -20,6 +20,7 @@ class Study:
     seeds: list[int]                   # hardware.seed values, one run each per setting
     settings: dict[str, list[str]]     # label -> overrides that define the setting
     notes: str = ""
+    judge: int | None = None           # also judge each run and the prior over this many eval seeds (studies/judged.py)
 
     @property
     def report_dir(self) -> Path:
@@ -36,13 +37,17 @@ def load_study(study: str | Path) -> Study:
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no study {str(study)!r}: {path} does not exist; studies: {', '.join(known)}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes"}
+    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes", "judge"}
     if unknown or not raw.get("settings"):
-        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes; "
+        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes, judge; "
                          f"got unknown {sorted(unknown)} or no settings")
+    judge = raw.get("judge")
+    if judge is not None and (not isinstance(judge, int) or judge < 1):
+        raise ValueError(f"{path}: judge is the number of eval seeds to judge every run over, at least 1, "
+                         f"got {judge!r}; leave it out to report each run's own final evaluation only")
     return Study(name=path.stem, path=path, title=raw.get("title", path.stem), overrides=list(raw.get("overrides", [])),
                  seeds=list(raw.get("seeds", [0])), settings={str(k): list(v) for k, v in raw["settings"].items()},
-                 notes=raw.get("notes", ""))
+                 notes=raw.get("notes", ""), judge=judge)
 
 
 RUN_NAME = "ablations"  # the runs' ``name``: they land in ``outputs/ablations/multirun/``

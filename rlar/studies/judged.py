@@ -1,0 +1,61 @@
+"""A study's runs judged over several eval seeds (the study file's ``judge: N``): each run's final policy, and the
+prior, evaluated by the embedded judge under ``eval.seed``, ..., ``eval.seed + N - 1`` (``rlar-eval --judge N``),
+so that a setting's numbers are not one evaluation's draw (about 2 units of eval/fd, docs/evaluation.md).
+
+A run's judgement is its ``eval/judge-.../judge.json``, written once and read again; the prior's lands in
+``outputs/ablations/judged/<study>/``, keyed by the study's overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlar.config.store import compose_config
+from rlar.eval.cli import run_command
+from rlar.eval.rejudge import judgement_dir
+from rlar.studies.study import RUN_NAME, Study
+
+Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as judge.json holds it
+
+
+def read_or_judge(path: Path, argv: list[str]) -> Judgement:
+    """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there."""
+    if not path.is_file():
+        run_command(argv)
+    return json.loads(path.read_text())["metrics"]
+
+
+def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
+    """A finished run's final policy under ``n`` eval seeds, at its own sampling settings."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
+    out = judgement_dir(run_dir / "eval", cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
+    return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)])
+
+
+def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str] = ()) -> dict[str, Judgement]:
+    """The study's prior under ``n`` eval seeds: ``{"prior": ...}`` unguided (the rollout's guidance scale), and
+    ``{"prior, guidance <s>": ...}`` when the study's evaluations also sample under guidance ``s``."""
+    cfg = compose_config(list(study.overrides))
+    key = hashlib.sha1(json.dumps(list(study.overrides)).encode()).hexdigest()[:10]
+    scales = {"prior": cfg.rollout.cfg_scale}
+    if cfg.eval.get("guided_cfg_scale") is not None:
+        scales[f"prior, guidance {cfg.eval.guided_cfg_scale:g}"] = cfg.eval.guided_cfg_scale
+    result = {}
+    for label, scale in scales.items():
+        out = Path(outputs) / RUN_NAME / "judged" / study.name / f"prior-{key}-cfg{scale:g}-seeds{n}"
+        argv = [*study.overrides, *extra, "--judge", str(n), "--cfg-scale", str(scale), "--out", str(out)]
+        result[label] = read_or_judge(out / "judge.json", argv)
+    return result
+
+
+def study_judgements(study: Study, run_dirs: dict[str, list[Path]], outputs: str | Path, extra: list[str] = ()
+                     ) -> tuple[dict[str, Judgement], dict[str, list[Judgement]]]:
+    """``(priors, settings)``: :func:`prior_judgements` and each setting's runs' :func:`run_judgement`, over the
+    study's ``judge`` eval seeds."""
+    priors = prior_judgements(study, study.judge, outputs, extra)
+    return priors, {label: [run_judgement(d, study.judge, extra) for d in dirs] for label, dirs in run_dirs.items()}
