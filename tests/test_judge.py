@@ -17,7 +17,8 @@ READERS = {"class_consistency": "reward.classifier", "perceptual_digits": "rewar
            "vapi_digits": "reward.components.perceptual_digits.classifier",
            "perceptual_efficiency": "reward.components.perceptual_digits.classifier",
            "class_loo_fd": "reward.components.fd.classifier",
-           "discriminator_loo_fd": "reward.components.disc.classifier"}
+           "discriminator_loo_fd": "reward.components.disc.classifier",
+           "discriminator_loo_fd_class": "reward.components.cls.classifier"}
 
 
 @pytest.mark.parametrize("option", sorted(READERS))

@@ -218,7 +218,11 @@ BRIEF = {"class_consistency": ["reward.classifier.train.steps=20"],
                           "reward.components.fd.classifier.train.steps=20"],
          "discriminator_loo_fd": ["reward.components.disc.classifier.train.steps=20",
                                   "reward.components.disc.warmup_steps=5",
-                                  "reward.components.fd.classifier.train.steps=20"]}
+                                  "reward.components.fd.classifier.train.steps=20"],
+         "discriminator_loo_fd_class": ["reward.components.disc.classifier.train.steps=20",
+                                        "reward.components.disc.warmup_steps=5",
+                                        "reward.components.fd.classifier.train.steps=20",
+                                        "reward.components.cls.classifier.train.steps=20"]}
 
 
 @pytest.fixture(scope="module")
