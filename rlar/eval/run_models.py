@@ -3,6 +3,7 @@ composed from overrides, for evaluation outside the training loop."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -38,15 +39,23 @@ def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def trained_nothing(run_dir: str | Path) -> bool:
+    """Whether the run trained 0 iterations (``train.iterations=0``, its summary says so): it saved no weights, and
+    its policy is the one its config builds (the prior)."""
+    summary = Path(run_dir) / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("iterations") == 0
+
+
 def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
     """``(data, tokenizer, policy)`` of ``cfg`` on ``device``: the policy as ``policy.checkpoint`` (or the cached
-    prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights."""
+    prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights (none
+    for a run that trained nothing: :func:`trained_nothing`)."""
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
     policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     if cfg.rollout.mode == "schedule":
         policy = ScheduleDecoder(policy, **cfg.schedule)
-    if run_dir is not None:
+    if run_dir is not None and not trained_nothing(run_dir):
         strict_load(policy, exported_policy(Path(run_dir) / "checkpoints"), f"the policy of {run_dir}")
     return data, tokenizer, policy.to(device).eval().requires_grad_(False)
 
@@ -54,4 +63,3 @@ def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
 def reads_run_weights(run_dir: str | Path | None, overrides: list[str]) -> str | Path | None:
     """The run dir whose fine-tuned weights are loaded: none when ``policy.checkpoint=...`` is overridden."""
     return None if any(o.startswith("policy.checkpoint=") for o in overrides) else run_dir
-

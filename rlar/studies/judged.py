@@ -53,9 +53,10 @@ def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str]
     return result
 
 
-def study_judgements(study: Study, run_dirs: dict[str, list[Path]], outputs: str | Path, extra: list[str] = ()
-                     ) -> tuple[dict[str, Judgement], dict[str, list[Judgement]]]:
-    """``(priors, settings)``: :func:`prior_judgements` and each setting's runs' :func:`run_judgement`, over the
-    study's ``judge`` eval seeds."""
-    priors = prior_judgements(study, study.judge, outputs, extra)
-    return priors, {label: [run_judgement(d, study.judge, extra) for d in dirs] for label, dirs in run_dirs.items()}
+def study_judgements(study: Study, trained: dict[str, list[Path]], untrained: dict[str, Path], outputs: str | Path,
+                     extra: list[str] = ()) -> tuple[dict[str, Judgement], dict[str, list[Judgement]]]:
+    """``(priors, settings)`` over the study's ``judge`` eval seeds: :func:`prior_judgements` and each ``untrained``
+    setting's one run (its seeds repeat one evaluation of the prior), then each ``trained`` setting's runs."""
+    n = study.judge
+    priors = prior_judgements(study, n, outputs, extra) | {k: run_judgement(d, n, extra) for k, d in untrained.items()}
+    return priors, {label: [run_judgement(d, n, extra) for d in dirs] for label, dirs in trained.items()}

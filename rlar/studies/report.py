@@ -192,11 +192,14 @@ def judged_section(study: Study, runs: dict[str, list[Run]], outputs: str | Path
     if study.judge is None:
         return ""
     n = study.judge
-    priors, settings = study_judgements(study, {k: [r.path for r in g] for k, g in runs.items()}, outputs, extra)
+    trained = {k: [r.path for r in g] for k, g in runs.items() if any(r.iterations for r in g)}
+    untrained = {k: g[0].path for k, g in runs.items() if g and not any(r.iterations for r in g)}
+    priors, settings = study_judgements(study, trained, untrained, outputs, extra)
     return f"""**Judged over {n} eval seeds** (the study file's `judge: {n}`): each run's final policy and the prior,
 evaluated by the judge under eval seeds `eval.seed` to `eval.seed + {n - 1}` at their own sampling settings
-(`rlar-eval RUN_DIR --judge {n}`; each run's `eval/judge-*/judge.json`). A prior row's ± is the std over the eval
-seeds (one evaluation's noise); a setting's is the std over its runs of each run's {n}-seed mean.
+(`rlar-eval RUN_DIR --judge {n}`; each run's `eval/judge-*/judge.json`). The prior's rows, and those of settings
+that train nothing (their seeds repeat one evaluation, so one run is judged), come first: their ± is the std over
+the eval seeds (one evaluation's noise); a trained setting's is the std over its runs of each run's {n}-seed mean.
 
 {judged_table(priors, settings)}
 """
