@@ -1,0 +1,79 @@
+"""rlar.studies.filter_ceiling: which draws the filtered policy keeps, and that the judge reads exactly those."""
+
+import json
+
+import pytest
+import torch
+
+from rlar.studies.filter_ceiling import accepted_first, check_scores_on_its_own, kept_metrics
+
+
+def test_accepted_first_keeps_the_first_accepted_draws_then_tops_up_with_rejected_ones():
+    accepted = torch.tensor([[False, True, False, True, True],
+                             [False, False, False, False, True],
+                             [True, True, True, True, True]])
+    assert accepted_first(accepted, 2).tolist() == [[1, 3], [4, 0], [0, 1]]
+    assert accepted_first(accepted, 5)[1].tolist() == [4, 0, 1, 2, 3]
+    with pytest.raises(ValueError, match="--draws must be at least eval.samples_per_item"):
+        accepted_first(accepted, 6)
+
+
+class Recorder:
+    """Stands in for the judge: returns what it was given."""
+
+    def metrics(self, features, hits, labels):
+        return {"features": features, "hits": hits, "labels": labels}
+
+
+def test_kept_metrics_reads_the_kept_draws_of_each_item_with_its_class():
+    n, draws = 3, 4
+    features = torch.arange(n * draws, dtype=torch.float).view(n, draws, 1).expand(n, draws, 2)  # item*4 + draw
+    hits = torch.arange(n * draws).view(n, draws) % 3 == 0
+    keep = torch.tensor([[2, 0], [3, 1], [0, 2]])
+    seen = kept_metrics(Recorder(), features, hits, torch.tensor([7, 8, 9]), keep)
+    assert seen["features"][:, 0].tolist() == [2, 0, 7, 5, 8, 10]
+    assert seen["hits"].tolist() == [False, True, False, False, False, False]
+    assert seen["labels"].tolist() == [7, 7, 8, 8, 9, 9]
+
+
+class Scorer:
+    """A reward that scores on its own, or (``learns``) one that builds state on its first call."""
+
+    learning = True
+
+    def __init__(self, learns: bool):
+        self.learns, self.state = learns, {}
+
+    def __call__(self, images, targets=None, meta=None):
+        if self.learns:
+            self.state = {"buffer": images}
+        return images.flatten(1).mean(1), {}
+
+    def state_dict(self):
+        return self.state
+
+
+def test_a_reward_that_learns_across_calls_is_refused_and_its_learning_flag_restored():
+    images, labels = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
+    check_scores_on_its_own(Scorer(learns=False), images, labels)
+    learner = Scorer(learns=True)
+    with pytest.raises(ValueError, match="learns across calls.*reward=class_consistency"):
+        check_scores_on_its_own(learner, images, labels)
+    assert learner.learning is True
+
+
+@pytest.mark.slow
+def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path):
+    """Through the command on the tiny default: a threshold below every class probability accepts every draw and one
+    above them accepts none; either way the judge reads the first draws, so the filtered row is the policy's."""
+    from rlar.studies.filter_ceiling import main
+
+    args = [*tiny, "reward=class_consistency", "reward.classifier.train.steps=20", "eval.samples_per_item=2",
+            "--draws", "3", "--judge", "2"]
+    for threshold, accepted in ((-1.0, 1.0), (1.0, 0.0)):
+        record = main([*args, "--threshold", str(threshold), "--out", str(tmp_path / str(threshold))])
+        written = json.loads((tmp_path / str(threshold) / "filter.json").read_text())
+        assert written == json.loads(json.dumps(record))
+        assert written["seeds"] == [1234, 1235] and written["accepted"]["values"] == [accepted, accepted]
+        assert written["filtered"] == written["policy"]
+        assert 0 <= written["policy"]["class_acc"]["mean"] <= 1 and written["policy"]["fd"]["mean"] > 0
