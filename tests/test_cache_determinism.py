@@ -29,3 +29,18 @@ def test_the_cache_holds_the_same_weights_whatever_the_global_random_state(tmp_p
     for one, other in zip(first, second, strict=True):
         assert one.keys() == other.keys()
         assert all(torch.equal(one[k], other[k]) for k in one)
+
+
+@pytest.mark.slow  # pretrains two priors (a few steps each)
+def test_a_prior_pretrained_with_dropout_is_its_own_cache_entry(tmp_path):
+    """policy.dropout changes what pretraining learns, so it keys the cached prior (the default 0 stays out of the
+    key, which keeps the entries cached before it): a dropout run never loads a prior pretrained without it."""
+    import json
+
+    for dropout in (0.0, 0.3):
+        cfg = compose_config([f"cache_dir={tmp_path}", *SHORT, f"policy.dropout={dropout}"])
+        data = instantiate(cfg.data)
+        instantiate(cfg.policy, tokenizer=instantiate(cfg.tokenizer, data=data), data=data, text_encoder=None)
+    specs = [json.loads(p.read_text())["spec"]["arch"] for p in sorted(tmp_path.glob("gpt_prior-*.json"))]
+    assert sorted(spec.get("dropout", 0.0) for spec in specs) == [0.0, 0.3]
+    assert all("dropout" not in spec for spec in specs if spec.get("dropout", 0.0) == 0.0)

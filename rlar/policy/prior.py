@@ -156,10 +156,11 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder: T
         arch["condition_mode"] = spec.condition_mode
     with seeded(spec.pretrain.seed):  # the prior's initial weights: what it pretrains to depends only on its key
         policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
+    key = {**arch, "dropout": spec.dropout} if spec.dropout else arch  # pretrained with it; 0 stays out of the key
     if spec.checkpoint:
         if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
-            cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
+            cached_prior(policy, "gpt_prior", key, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
                          text_encoder)
         return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
-    return cached_prior(policy, "gpt_prior", arch, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
+    return cached_prior(policy, "gpt_prior", key, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
                         text_encoder)
