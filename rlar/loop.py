@@ -51,9 +51,12 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
     out = Path(output_dir or cfg.get("output_dir") or ".")
     try:
         with run_lock(out) if distributed.is_main() else contextlib.nullcontext():
-            return train(build_run(cfg, hw, output_dir))
-    finally:
-        hw.teardown()
+            summary = train(build_run(cfg, hw, output_dir))
+    except BaseException:
+        hw.teardown(clean=False)
+        raise
+    hw.teardown()
+    return summary
 
 
 def train(run: Run) -> dict:

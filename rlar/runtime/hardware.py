@@ -75,8 +75,12 @@ class Hardware:
             log.info("rank %d of %d (%s, %s)", dist.get_rank(), dist.get_world_size(), backend, self.strategy)
         self.seed_everything()
 
-    def teardown(self) -> None:
+    def teardown(self, clean: bool = True) -> None:
+        """Destroy the process group; after a clean exit (``clean``) first wait for every rank, so that none closes
+        its connections while another still uses them (a rank that failed must not wait for the others)."""
         if distributed.is_distributed():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
     def seed_everything(self) -> None:
