@@ -104,8 +104,8 @@ class RewardClassifierTrainSchema(ClassifierTrainSchema):
 
 @dataclass
 class RewardClassifierSchema(EvalClassifierSchema):
-    """The classifier a reward reads (class_consistency, perceptual_digits, loo_fd, compositional): the judge's
-    architecture, trained from another seed, so that the reward never reads the judge."""
+    """The classifier a reward reads (class_consistency, perceptual_digits, loo_fd, coverage, compositional): the
+    judge's architecture, trained from another seed, so that the reward never reads the judge."""
 
     train: ClassifierTrainSchema = field(default_factory=RewardClassifierTrainSchema)
 

@@ -35,6 +35,18 @@ class LazyClassifier:
         return self.model
 
 
+def request_groups(count: int, meta: dict | None, class_conditional: bool, reward: str) -> torch.Tensor:
+    """``[count]``: the group each image is scored in, its requested class (``meta["labels"]``, a null-class request
+    -1) when ``class_conditional``, else -1 for all (all the data)."""
+    if not class_conditional:
+        return torch.full((count,), -1)
+    labels = (meta or {}).get("labels")
+    if labels is None or len(labels) != count:
+        raise ValueError(f"reward={reward} with class_conditional=true needs meta['labels'] with one label per "
+                         f"image ({count}), got {None if labels is None else len(labels)}")
+    return torch.as_tensor(labels).long().cpu().clamp_min(-1)
+
+
 class ClassConsistencyReward(Reward):
     """``reward(images, targets, meta) -> (p [N], {"class_prob": [N]})``: the classifier's softmax probability of
     the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the largest class

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.reward.classifier import LazyClassifier
+from rlar.reward.classifier import LazyClassifier, request_groups
 
 Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
 
@@ -80,13 +80,7 @@ class LeaveOneOutFDReward(Reward):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
-        groups = torch.full((len(images),), -1)  # [N]
-        if self.class_conditional:
-            labels = (meta or {}).get("labels")
-            if labels is None or len(labels) != len(images):
-                raise ValueError(f"reward=loo_fd with class_conditional=true needs meta['labels'] with one label per "
-                                 f"image ({len(images)}), got {None if labels is None else len(labels)}")
-            groups = torch.as_tensor(labels).long().cpu().clamp_min(-1)
+        groups = request_groups(len(images), meta, self.class_conditional, "loo_fd")  # [N]
         reference, features = self.data_moments(images.device), self.features(images)  # [N, F]
         reward = torch.full((len(images),), float("nan"), dtype=torch.float64)
         for g in groups.unique().tolist():

@@ -111,6 +111,17 @@ class LeaveOneOutFDRewardSchema(ClassifierRewardSchema):
 
 
 @dataclass
+class CoverageRewardSchema(ClassifierRewardSchema):
+    """The reward classifier's features are the feature space."""
+
+    _target_: str = "rlar.reward.coverage.CoverageReward"
+    k: int = 3  # each train digit's ball reaches its k-th nearest train digit (the real manifold of eval/precision)
+    bank_size: int = 128  # recent samples' features kept per class next to the batch; 0 = the batch alone
+    class_conditional: bool = True  # per requested class (meta['labels']) against that class's data
+    chunk_size: int = 256  # images per classifier forward pass
+
+
+@dataclass
 class DiscriminatorRewardSchema(ClassifierRewardSchema):
     """An online discriminator of the data against the policy's samples, in the reward classifier's features."""
 
@@ -147,6 +158,7 @@ REWARD_SCHEMAS = {
     "class_consistency": ClassConsistencyRewardSchema,
     "perceptual_digits": PerceptualDigitsRewardSchema,
     "loo_fd": LeaveOneOutFDRewardSchema,
+    "coverage": CoverageRewardSchema,
     "discriminator": DiscriminatorRewardSchema,
     "compositional": CompositionalRewardSchema,
 }
