@@ -35,6 +35,13 @@ class LazyClassifier:
         return self.model
 
 
+def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``[N, F]`` on the CPU: the reward classifier's penultimate features of ``images [N, C, H, W]``, ``chunk_size``
+    images per forward pass."""
+    model = classifier.get(images.device)
+    return torch.cat([model.features(x) for x in images.split(chunk_size)]).cpu()
+
+
 def request_groups(count: int, meta: dict | None, class_conditional: bool, reward: str) -> torch.Tensor:
     """``[count]``: the group each image is scored in, its requested class (``meta["labels"]``, a null-class request
     -1) when ``class_conditional``, else -1 for all (all the data)."""

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.manifold import knn_radii
-from rlar.reward.classifier import LazyClassifier, request_groups
+from rlar.reward.classifier import LazyClassifier, classifier_features, request_groups
 
 
 def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
@@ -31,7 +31,7 @@ class CoverageReward(Reward):
     features, next to a bank of the last ``bank_size`` samples' features, over the train split's features, each with
     the ball reaching its ``k``-th nearest train neighbour (the real manifold of improved precision; the per-sample
     form of the density-and-coverage "coverage"). It rewards samples that land on the data where the policy's recent
-    samples do not: diversity that stays on the manifold, unlike an entropy bonus.
+    samples do not: diversity that stays on the manifold.
 
     ``class_conditional``: per requested class (``meta["labels"]``) against that class's data with its own bank (a
     null-class request, label < 0, against all the data). The bank moves while ``learning`` is True (evaluation
@@ -58,8 +58,7 @@ class CoverageReward(Reward):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, F]`` float64 on the CPU: the reward classifier's penultimate features."""
-        model = self.classifier.get(images.device)
-        return torch.cat([model.features(x) for x in images.split(self.chunk_size)]).double().cpu()
+        return classifier_features(self.classifier, images, self.chunk_size).double()
 
     def data_manifold(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """The train split's features and k-NN radii, over all of it (-1) and, if class-conditional, per class."""

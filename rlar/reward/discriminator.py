@@ -15,7 +15,7 @@ from torch import nn
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.reward.classifier import LazyClassifier
+from rlar.reward.classifier import LazyClassifier, classifier_features
 from rlar.runtime import distributed
 from rlar.runtime.cache import seeded
 
@@ -73,8 +73,7 @@ class DiscriminatorReward(Reward):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, F]`` float32 on the CPU: the reward classifier's penultimate features."""
-        model = self.classifier.get(images.device)
-        return torch.cat([model.features(x) for x in images.split(self.chunk_size)]).float().cpu()
+        return classifier_features(self.classifier, images, self.chunk_size).float()
 
     def build(self, device) -> None:
         """The train split's features and the discriminator (standardized by the data's feature statistics)."""

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.reward.classifier import LazyClassifier, request_groups
+from rlar.reward.classifier import LazyClassifier, classifier_features, request_groups
 
 Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
 
@@ -65,8 +65,7 @@ class LeaveOneOutFDReward(Reward):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, F]`` float64 on the CPU: the reward classifier's penultimate features."""
-        model = self.classifier.get(images.device)
-        return torch.cat([model.features(x) for x in images.split(self.chunk_size)]).double().cpu()
+        return classifier_features(self.classifier, images, self.chunk_size).double()
 
     def data_moments(self, device) -> dict[int, Moments]:
         """The train split's moments, over all of it (-1) and, if class-conditional, per class; computed once."""
