@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install rlar with its dependencies
 
-run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, the default reward: a learned density ratio plus leave-one-out FD) on this machine
+run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, the default reward) on this machine
 	$(VENV)/bin/rlar-run $(ARGS)
 
 test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "not slow", 2 single-threaded workers); PYTEST_ARGS passes on

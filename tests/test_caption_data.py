@@ -200,7 +200,8 @@ def test_the_digits_text_task_and_a_prompt_set_train_end_to_end(tiny, cache_dir,
     out = tmp_path / "prompts"
     summary = train_rl_loop(compose_config([
         *tiny, "data=prompts", f"data.path={prompts}", *reward, "reward.data={_target_:rlar.data.digits.DigitsData}",
-        f"tokenizer.checkpoint={tokenizer}", f"policy.checkpoint={prior}", "eval.classifier=false"]), out)
+        f"tokenizer.checkpoint={tokenizer}", f"policy.checkpoint={prior}", "eval.classifier=false",
+        "algorithm.ntp_weight=0"]), out)  # no images: no ground-truth codes for GRPO's next-token term
     last = summary["history"][-1]
     assert {"eval/attr/thickness_acc", "eval/attr/slant_acc"} <= set(last) and "eval/fd" not in last
     assert len(tb_scalars(out, "reward/thickness_ok")) == 2 and summary["iterations"] == 2

@@ -25,9 +25,9 @@ WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with 
 RGB = ["data=image_folder", "data.root=/images"]
 WITH_DATA = {name: RGB for name in ("llamagen_vq16", "llamagen_vq8", "taming_vqgan", "ibq")}
 # prompts without images: no judge, checkpoints for the tokenizer and prior (here only their existence is checked),
-# a reward that reads no target image
-WITH_DATA["prompts"] = ["data.path=/prompts.txt", "eval.classifier=false", f"tokenizer.checkpoint={__file__}",
-                        f"policy.checkpoint={__file__}", "reward=sharpness"]
+# a reward that reads no target image, no next-token term (no ground-truth codes)
+WITH_DATA["prompts"] = ["data.path=/prompts.txt", "eval.classifier=false", "algorithm.ntp_weight=0",
+                        f"tokenizer.checkpoint={__file__}", f"policy.checkpoint={__file__}", "reward=sharpness"]
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)

@@ -1,6 +1,7 @@
 """Smoke runs of the embedded default at a tiny size: outputs, TensorBoard, resume, multirun."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -29,13 +30,15 @@ def test_cli_run_writes_summary_tensorboard_and_checkpoint(tiny, tmp_path):
     assert {"eval_reward_before", "eval_reward_after", "history", "timings"} <= summary.keys()
     # the default reward sums z-scores over each evaluation batch (here one): its mean is 0; its terms are logged
     assert abs(summary["eval_reward_before"]) < 1e-5 and abs(summary["eval_reward_after"]) < 1e-5
-    assert {"eval/reward/disc", "eval/reward/fd"} <= summary["history"][-1].keys()
+    assert {"eval/reward/disc", "eval/reward/fd", "eval/reward/cls"} <= summary["history"][-1].keys()
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2
 
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert "reward/mean" in events.Tags()["scalars"]
     assert len(events.Scalars("reward/mean")) == 2
+    # GRPO's next-token term on the batch's own digits: a cross-entropy over 64 codes, so positive and below log 64
+    assert all(0 < e.value < math.log(64) for e in events.Scalars("loss/ntp"))
     for tag in ("loss/policy", "policy/ratio_max_abs_dev", "time/rollout", "eval/reward", "perf/tokens_per_s"):
         assert tag in events.Tags()["scalars"], tag
     image = events.Images("samples/input_then_group")[0]
