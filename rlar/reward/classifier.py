@@ -54,6 +54,16 @@ def request_groups(count: int, meta: dict | None, class_conditional: bool, rewar
     return torch.as_tensor(labels).long().cpu().clamp_min(-1)
 
 
+def data_groups(features: torch.Tensor, labels: torch.Tensor, class_conditional: bool) -> dict[int, torch.Tensor]:
+    """The train split's ``features [M, F]`` in the groups :func:`request_groups` scores against: all of them (-1)
+    and, when ``class_conditional``, each class's (``labels [M]``)."""
+    groups = {-1: features}
+    if class_conditional:
+        labels = labels.cpu()
+        groups |= {c: features[labels == c] for c in labels.unique().tolist()}
+    return groups
+
+
 class ClassConsistencyReward(Reward):
     """``reward(images, targets, meta) -> (p [N], {"class_prob": [N]})``: the classifier's softmax probability of
     the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the largest class

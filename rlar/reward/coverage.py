@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.manifold import knn_radii
-from rlar.reward.classifier import LazyClassifier, classifier_features, request_groups
+from rlar.reward.classifier import LazyClassifier, classifier_features, data_groups, request_groups
 
 
 def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
@@ -64,9 +64,7 @@ class CoverageReward(Reward):
         """The train split's features and k-NN radii, over all of it (-1) and, if class-conditional, per class."""
         if self.reference is None:
             features = self.features(self.data.train_images.to(device))  # [M, F]
-            labels = self.data.train_labels.cpu()
-            groups = {-1: features} | ({c: features[labels == c] for c in labels.unique().tolist()}
-                                       if self.class_conditional else {})
+            groups = data_groups(features, self.data.train_labels, self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
             if too_small:
                 raise ValueError(f"reward=coverage: reward.k={self.k} needs more than k train images per group, "

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.reward.classifier import LazyClassifier, classifier_features, request_groups
+from rlar.reward.classifier import LazyClassifier, classifier_features, data_groups, request_groups
 
 Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
 
@@ -71,10 +71,8 @@ class LeaveOneOutFDReward(Reward):
         """The train split's moments, over all of it (-1) and, if class-conditional, per class; computed once."""
         if self.reference is None:
             features = self.features(self.data.train_images.to(device))  # [M, F]
-            self.reference = {-1: gaussian_fit(features)}
-            if self.class_conditional:
-                labels = self.data.train_labels.cpu()
-                self.reference |= {c: gaussian_fit(features[labels == c]) for c in labels.unique().tolist()}
+            groups = data_groups(features, self.data.train_labels, self.class_conditional)
+            self.reference = {g: gaussian_fit(f) for g, f in groups.items()}
         return self.reference
 
     @torch.no_grad()
