@@ -114,7 +114,8 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu")
     real = model.metrics(*model.describe(data.eval_images, data.eval_labels), data.eval_labels)
     assert real["eval/class_acc"] > 0.95 and 0 <= real["eval/fd"] < 1e-4
-    assert real["eval/precision"] == real["eval/recall"] == 1 and real["eval/diversity"] == pytest.approx(1)
+    assert real["eval/precision"] == real["eval/recall"] == real["eval/coverage"] == 1
+    assert real["eval/diversity"] == pytest.approx(1)
     train = model.metrics(*model.describe(data.train_images[:359], data.train_labels[:359]), data.train_labels[:359])
     noise = model.metrics(*model.describe(noise_images(359), data.eval_labels), data.eval_labels)
     assert train["eval/class_acc"] > 0.95
@@ -124,6 +125,8 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     # k-NN balls of the real manifold: some of it counts as precise (0.4-0.6 by classifier), none of it covers data
     assert train["eval/precision"] > noise["eval/precision"] + 0.2
     assert noise["eval/recall"] < 0.05 < 0.8 < train["eval/recall"]
+    assert noise["eval/coverage"] < 0.05 < 0.8 < train["eval/coverage"]
+    assert noise["eval/density"] < train["eval/density"]
     assert noise["eval/diversity"] < 0.5 * train["eval/diversity"]
 
 
@@ -134,7 +137,8 @@ def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny
     for entry in summary["history"]:
         assert 0 <= entry["eval/class_acc"] <= 1 and entry["eval/fd"] > 0
         assert 0 <= entry["eval/precision"] <= 1 and 0 <= entry["eval/recall"] <= 1 and entry["eval/diversity"] > 0
-    for metric in ("precision", "recall", "diversity"):
+        assert 0 <= entry["eval/coverage"] <= 1 and entry["eval/density"] >= 0
+    for metric in ("precision", "recall", "density", "coverage", "diversity"):
         assert summary[f"eval_{metric}_before"] == summary["history"][0][f"eval/{metric}"]
         assert tb_scalars(tmp_path / "on", f"eval/{metric}")[-1] == pytest.approx(summary[f"eval_{metric}_after"])
     assert summary["eval_fd_before"] == summary["history"][0]["eval/fd"]

@@ -21,8 +21,8 @@ def test_accepted_first_keeps_the_first_accepted_draws_then_tops_up_with_rejecte
 class Recorder:
     """Stands in for the judge: returns what it was given."""
 
-    def metrics(self, features, hits, labels):
-        return {"features": features, "hits": hits, "labels": labels}
+    def metrics(self, features, hits, labels, per_item=1):
+        return {"features": features, "hits": hits, "labels": labels, "per_item": per_item}
 
 
 def test_kept_metrics_reads_the_kept_draws_of_each_item_with_its_class():
@@ -33,7 +33,7 @@ def test_kept_metrics_reads_the_kept_draws_of_each_item_with_its_class():
     seen = kept_metrics(Recorder(), features, hits, torch.tensor([7, 8, 9]), keep)
     assert seen["features"][:, 0].tolist() == [2, 0, 7, 5, 8, 10]
     assert seen["hits"].tolist() == [False, True, False, False, False, False]
-    assert seen["labels"].tolist() == [7, 7, 8, 8, 9, 9]
+    assert seen["labels"].tolist() == [7, 7, 8, 8, 9, 9] and seen["per_item"] == 2
 
 
 class Scorer:

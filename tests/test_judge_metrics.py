@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlar.eval.model import manifold
-from rlar.eval.model.manifold import class_spreads, precision_recall, relative_diversity
+from rlar.eval.model.manifold import class_spreads, density_coverage, precision_recall, relative_diversity
+from rlar.eval.model.scorer import EvalModel
 
 
 def on_a_line(*xs):
@@ -48,6 +49,71 @@ def test_precision_and_recall_match_brute_force_at_k3(seed, rows, monkeypatch):
 def test_precision_and_recall_need_more_than_k_points():
     assert all(math.isnan(v) for v in precision_recall(torch.randn(10, 2), torch.randn(3, 2), k=3))
     assert precision_recall(torch.randn(10, 2), torch.randn(4, 2), k=3)[0] >= 0
+
+
+def test_density_and_coverage_by_hand():
+    # k=1 balls around the real points 0, 1, 3: [-1, 1], [0, 2], [1, 5]; fake -2, 0.2, 6, 6.5
+    # 0.2 lies in the first two balls, the others in none: density (0 + 2 + 0 + 0) / (1 * 4); the third ball is empty
+    density, coverage = density_coverage(on_a_line(0, 1, 3), on_a_line(-2, 0.2, 6, 6.5), k=1)
+    assert density == pytest.approx(1 / 2) and coverage == pytest.approx(2 / 3)
+
+
+def test_an_outlying_sample_widens_recall_but_not_coverage():
+    # k=1: the samples 0.1 and 1.1 reach the real points 0, 1 and 2 (recall 3/5); a sample at 30 has a ball of
+    # radius 28.9 that reaches 10 and 11 too (recall 1). The real points' balls, [-1, 1], [0, 2], [1, 3], [9, 11],
+    # [10, 12], hold 0.1 twice and 1.1 twice either way: coverage 3/5; density 4 / 2, then 4 / 3 (30 in none)
+    real, near = on_a_line(0, 1, 2, 10, 11), on_a_line(0.1, 1.1)
+    far = torch.cat([near, on_a_line(30)])
+    assert precision_recall(real, near, k=1)[1] == pytest.approx(3 / 5) and precision_recall(real, far, k=1)[1] == 1
+    assert density_coverage(real, near, k=1) == (pytest.approx(2), pytest.approx(3 / 5))
+    assert density_coverage(real, far, k=1) == (pytest.approx(4 / 3), pytest.approx(3 / 5))
+
+
+@pytest.mark.parametrize("seed,rows", [(0, 512), (1, 7)])  # 7: distances a few rows at a time
+def test_density_and_coverage_match_the_authors_implementation(seed, rows, monkeypatch):
+    prdc = pytest.importorskip("prdc")  # a dev dependency: installed wherever the tests are
+    monkeypatch.setattr(manifold, "ROWS", rows)
+    g = torch.Generator().manual_seed(seed)
+    real, fake = torch.randn(60, 4, generator=g), 0.6 * torch.randn(45, 4, generator=g) + 0.5
+    expected = prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)
+    density, coverage = density_coverage(real, fake, k=5)
+    assert density == pytest.approx(expected["density"]) and coverage == pytest.approx(expected["coverage"])
+    assert precision_recall(real, fake, k=5) == pytest.approx((expected["precision"], expected["recall"]))
+    assert 0 < coverage < 1 and density > 0
+
+
+def test_density_and_coverage_need_more_than_k_real_points():
+    assert all(math.isnan(v) for v in density_coverage(torch.randn(5, 2), torch.randn(8, 2), k=5))
+    assert all(math.isnan(v) for v in density_coverage(torch.randn(8, 2), torch.randn(0, 2), k=5))
+
+
+class Features:
+    """A stand-in for the judge's classifier: its features are the images' pixels, its classes their first one."""
+
+    metrics = {"eval_accuracy": 1.0}
+
+    def to(self, device):
+        return self
+
+    def features(self, images):
+        return images.flatten(1)
+
+    def head(self, features):
+        return torch.nn.functional.one_hot(features[:, 0].long(), 10).float()
+
+
+def test_coverage_is_read_over_one_draw_per_item_and_averaged():
+    real = torch.rand(12, 1, 1, 8, generator=torch.Generator().manual_seed(0))
+    judge = EvalModel(Features(), real, torch.zeros(12, dtype=torch.long), "cpu")
+    first, second = torch.rand(2, 12, 8, generator=torch.Generator().manual_seed(1)) + 0.2
+    samples = torch.stack([first, second], 1).flatten(0, 1)  # [24, 8]: each item's two draws adjacent
+    read = judge.metrics(samples, torch.ones(24, dtype=torch.bool), torch.zeros(24, dtype=torch.long), per_item=2)
+    each = [density_coverage(real.flatten(1), draw, k=5) for draw in (first, second)]
+    assert read["eval/coverage"] == pytest.approx((each[0][1] + each[1][1]) / 2)
+    assert read["eval/density"] == pytest.approx((each[0][0] + each[1][0]) / 2)
+    assert read["eval/coverage"] < density_coverage(real.flatten(1), samples, k=5)[1]  # both draws at once: more
+    with pytest.raises(ValueError, match="not 5 draws per item"):
+        judge.metrics(samples, torch.ones(24, dtype=torch.bool), torch.zeros(24, dtype=torch.long), per_item=5)
 
 
 def test_diversity_by_hand():

@@ -120,9 +120,9 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         fd_before, fd_after = summaries[0]["eval_fd_before"], torch.tensor([s["eval_fd_after"] for s in summaries])
         assert fd_cells[1:3] == [f"{fd_before:.3f}", f"{fd_after.mean():.3f} ± {fd_after.std():.3f}"]
         assert fd_cells[3] == f"{100 * (fd_after.mean() - fd_before) / fd_before:+.1f} %"
-        # then class_acc, precision, recall and diversity, three cells each
+        # then class_acc, precision, recall, density, coverage and diversity, three cells each
         diversity_after = torch.tensor([s["eval_diversity_after"] for s in summaries])
-        assert fd_cells[13:15] == [f"{summaries[0]['eval_diversity_before']:.3f}",
+        assert fd_cells[19:21] == [f"{summaries[0]['eval_diversity_before']:.3f}",
                                    f"{diversity_after.mean():.3f} ± {diversity_after.std():.3f}"]
         # the curve is read back from TensorBoard: the evaluations of iterations 0..3
         assert [r.curves["eval/reward"][3] for r in runs] == pytest.approx(after)
@@ -198,19 +198,18 @@ def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measur
 def test_the_judged_table_averages_each_runs_mean_over_eval_seeds():
     def judged(fd_values, acc):
         metrics = {f"eval/{m}": {"values": [acc, acc], "mean": acc} for m in ("class_acc", "precision", "recall",
-                                                                             "diversity")}
+                                                                             "density", "coverage", "diversity")}
         return {**metrics, "eval/fd": {"values": fd_values, "mean": sum(fd_values) / len(fd_values)}}
 
     prior = {"prior": judged([30.0, 34.0], 0.8)}
     settings = {"rl": [judged([18.0, 20.0], 0.9), judged([22.0, 24.0], 0.95)], "empty": []}
     rows = judged_table(prior, settings).splitlines()
-    assert rows[0] == ("| | eval/fd | eval/class_acc | eval/precision | eval/recall | eval/diversity "
-                       "| eval/fd per run |")
+    assert rows[0] == ("| | eval/fd | eval/class_acc | eval/precision | eval/recall | eval/density | eval/coverage "
+                       "| eval/diversity | eval/fd per run |")
     # the prior: mean ± sample std over its eval seeds (sqrt(8) = 2.83)
-    assert rows[2] == "| prior | 32.00 ± 2.83 | 0.800 ± 0.000 | 0.800 ± 0.000 | 0.800 ± 0.000 | 0.800 ± 0.000 | – |"
+    assert rows[2] == "| prior | 32.00 ± 2.83" + " | 0.800 ± 0.000" * 6 + " | – |"
     # a setting: runs' means 19 and 23, so 21 ± sqrt(8); class_acc 0.9 and 0.95 give 0.925 ± 0.035
-    assert rows[3] == ("| rl | 21.00 ± 2.83 | 0.925 ± 0.035 | 0.925 ± 0.035 | 0.925 ± 0.035 | 0.925 ± 0.035 "
-                       "| 19.00 / 23.00 |")
+    assert rows[3] == "| rl | 21.00 ± 2.83" + " | 0.925 ± 0.035" * 6 + " | 19.00 / 23.00 |"
     assert len(rows) == 4  # a setting without finished runs has no row
 
 
@@ -221,3 +220,18 @@ def test_a_study_judge_must_be_a_positive_count(tmp_path):
         load_study(path)
     path.write_text(json.dumps({"title": "t", "seeds": [0], "settings": {"a": []}, "judge": 3}))
     assert load_study(path).judge == 3
+
+
+def test_a_judgement_without_one_of_the_judges_metrics_is_judged_anew(tmp_path, monkeypatch):
+    from rlar.eval.evaluate import JUDGE_METRICS
+    from rlar.studies import judged as judged_module
+
+    path = tmp_path / "judge.json"
+    every = {f"eval/{m}": {"mean": 0.5, "values": [0.5]} for m in JUDGE_METRICS}
+    older = {k: v for k, v in every.items() if k != "eval/coverage"}  # written before the judge measured coverage
+    path.write_text(json.dumps({"metrics": older}))
+    calls = []
+    monkeypatch.setattr(judged_module, "run_command",
+                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"metrics": every})))
+    assert judged_module.read_or_judge(path, ["RUN", "--judge", "1"]) == every and calls == [["RUN", "--judge", "1"]]
+    assert judged_module.read_or_judge(path, ["RUN", "--judge", "1"]) == every and len(calls) == 1  # read again

@@ -1,8 +1,8 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
 evaluation model, the judge (``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
-``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision and recall of class-balanced samples
-(``eval/inception_*``), and for data whose eval captions are digit captions the prompts' attribute accuracy
-(``eval/attr/*``)."""
+``eval/density``, ``eval/coverage``, ``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision and
+recall of class-balanced samples (``eval/inception_*``), and for data whose eval captions are digit captions the
+prompts' attribute accuracy (``eval/attr/*``)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
     ``eval_cfg.samples_per_item`` free-running samples for each held-out image (its class condition, or with
     ``text_encoder`` its caption; no prefix); with
-    ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall`` and ``eval/diversity``
+    ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``, ``eval/density``,
+    ``eval/coverage`` and ``eval/diversity``
     of the samples. With ``eval_cfg.guided_cfg_scale``, the
     same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
     ``eval/inception_*`` (``rlar.eval.inception_eval``). Data with eval captions passes each item's caption to the
@@ -143,7 +144,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     if eval_model is not None:
         result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
                                          distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool(),
-                                         distributed.gather_rows(labels.repeat_interleave(k))[real]))
+                                         distributed.gather_rows(labels.repeat_interleave(k))[real], per_item=k))
     for name, parts in checks.items():  # the fraction passed among the samples whose prompt asks it
         result[metric_name(name)] = float(distributed.gather_rows(torch.cat(parts).to(device))[real].nanmean())
     if inception is not None:
@@ -151,7 +152,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     return result
 
 
-JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "diversity")  # the judge's (eval.classifier)
+# the judge's (eval.classifier)
+JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "density", "coverage", "diversity")
 ATTRIBUTE_METRICS = ("attr/class_acc", "attr/thickness_acc", "attr/slant_acc", "attr/all_acc")  # captioned eval
 
 

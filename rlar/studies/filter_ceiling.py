@@ -58,7 +58,7 @@ def kept_metrics(eval_model: EvalModel, features: torch.Tensor, hits: torch.Tens
     and the items' classes ``labels [n]``."""
     rows = torch.arange(len(keep))[:, None]
     return eval_model.metrics(features[rows, keep].flatten(0, 1), hits[rows, keep].flatten(),
-                              labels.repeat_interleave(keep.shape[1]))
+                              labels.repeat_interleave(keep.shape[1]), per_item=keep.shape[1])
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 prior, evaluated by the embedded judge under ``eval.seed``, ..., ``eval.seed + N - 1`` (``rlar-eval --judge N``),
 so that a setting's numbers are not one evaluation's draw (about 2 units of eval/fd, docs/evaluation.md).
 
-A run's judgement is its ``eval/judge-.../judge.json``, written once and read again; the prior's lands in
+A run's judgement is its ``eval/judge-.../judge.json``, written once and read again (judged anew when it lacks one
+of the judge's metrics: written before the judge measured it); the prior's lands in
 ``outputs/ablations/judged/<study>/``, keyed by the study's overrides.
 """
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
+from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
 from rlar.studies.study import RUN_NAME, Study
 
@@ -23,10 +25,15 @@ Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as 
 
 
 def read_or_judge(path: Path, argv: list[str]) -> Judgement:
-    """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there."""
-    if not path.is_file():
+    """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there or lacks
+    one of ``JUDGE_METRICS``."""
+    if not (path.is_file() and has_every_metric(json.loads(path.read_text())["metrics"])):
         run_command(argv)
     return json.loads(path.read_text())["metrics"]
+
+
+def has_every_metric(judgement: Judgement) -> bool:
+    return all(f"eval/{m}" in judgement for m in JUDGE_METRICS)
 
 
 def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:

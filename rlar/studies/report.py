@@ -215,7 +215,11 @@ def eval_model_notes(cfg) -> str:
             f"one table: here {cfg.eval.samples_per_item} per digit); **eval/class_acc**: the share of samples the "
             "classifier reads as the class they were asked for; **eval/precision**, **eval/recall**: improved "
             "precision (fidelity: the share of samples inside the held-out digits' 3-nearest-neighbour manifold in "
-            "the same feature space) and recall (coverage: the share of held-out digits inside the samples' manifold); "
+            "the same feature space) and recall (the share of held-out digits inside the samples' manifold); "
+            "**eval/density**, **eval/coverage**: the same from the held-out digits' 5-nearest-neighbour balls alone "
+            "(density: how many balls hold a sample, per sample over 5, 1 for samples spread like the digits; "
+            "coverage: the share of balls that hold a sample), which an outlying sample cannot widen as it widens "
+            "recall; "
             "**eval/diversity**: the samples' mean within-class feature distance relative to the held-out digits' "
             "(1 = as varied, 0 = one image per class); *change*: final mean relative to the prior's.")
     if guided is not None:

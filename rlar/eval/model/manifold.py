@@ -1,5 +1,6 @@
 """Fidelity and diversity apart, in a feature space: improved precision and recall (k-nearest-neighbour
-manifolds), and the within-class spread of samples relative to the real data's."""
+manifolds), density and coverage (the same balls around the real points only, so that outlying samples cannot
+widen them), and the within-class spread of samples relative to the real data's."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
         return float("nan"), float("nan")
     real, fake = real.double().cpu(), fake.double().cpu()
     return coverage(fake, real, knn_radii(real, k)), coverage(real, fake, knn_radii(fake, k))
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    """Density (how many real points' balls hold a sample, averaged over ``fake [N, F]`` and divided by ``k``: 1 for
+    samples distributed like ``real [M, F]``, above 1 where they crowd the dense regions) and coverage (the fraction
+    of real points whose ball holds some sample), each ball reaching the real point's k-th nearest real neighbour;
+    NaN unless ``real`` has more than ``k`` points and ``fake`` any. In float64."""
+    if len(real) <= k or not len(fake):
+        return float("nan"), float("nan")
+    real, fake = real.double().cpu(), fake.double().cpu()
+    radii = knn_radii(real, k)  # [M]
+    balls_held = torch.zeros(len(real), dtype=torch.bool)  # [M]
+    memberships = 0.0
+    for x in fake.split(ROWS):
+        inside = torch.cdist(x, real) <= radii[None]  # [rows, M]
+        memberships += float(inside.sum())
+        balls_held |= inside.any(0)
+    return memberships / (k * len(fake)), float(balls_held.double().mean())
 
 
 def class_spreads(features: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:

@@ -1,7 +1,9 @@
-"""The judge's metrics of generated samples: ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``
-and ``eval/diversity``, in the evaluation classifier's feature space."""
+"""The judge's metrics of generated samples: ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
+``eval/density``, ``eval/coverage`` and ``eval/diversity``, in the evaluation classifier's feature space."""
 
 from __future__ import annotations
+
+import statistics
 
 import torch
 from omegaconf import DictConfig
@@ -10,7 +12,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.eval.model.manifold import precision_recall, relative_diversity
+from rlar.eval.model.manifold import density_coverage, precision_recall, relative_diversity
 
 
 class EvalModel:
@@ -40,17 +42,26 @@ class EvalModel:
         """The class ``[N]`` the classifier sees in images of ``features [N, F]`` (from :meth:`describe`)."""
         return self.classifier.head(features.to(self.device)).argmax(1)
 
-    def metrics(self, features: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Of samples with ``features [N, F]`` asked for classes ``labels [N]``: ``eval/class_acc`` (the fraction of
-        ``hits [N]``), ``eval/fd`` (against the real images'; NaN below 2 samples), ``eval/precision`` and
-        ``eval/recall`` (improved, k = 3; NaN below 4) and ``eval/diversity`` (within-class spread relative to the
-        real images'). All but class_acc depend on N: compare values over the same number of samples."""
+    def metrics(self, features: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor,
+                per_item: int = 1) -> dict[str, float]:
+        """Of samples with ``features [N, F]`` asked for classes ``labels [N]``, ``per_item`` adjacent draws per
+        item: ``eval/class_acc`` (the fraction of ``hits [N]``), ``eval/fd`` (against the real images'; NaN below 2
+        samples), ``eval/precision`` and ``eval/recall`` (improved, k = 3; NaN below 4), ``eval/density`` and
+        ``eval/coverage`` (k = 5, the real images' balls alone; the mean over the ``per_item`` sets of one draw per
+        item, since coverage grows with the samples per real image) and ``eval/diversity`` (within-class spread
+        relative to the real images'). All but class_acc and density depend on N: compare values over the same
+        number of samples."""
         features = features.cpu()
         fd = (frechet_distance(*gaussian_fit(features), self.real_mean, self.real_cov) if len(features) >= 2
               else float("nan"))
         precision, recall = precision_recall(self.real_features, features)
+        if len(features) % per_item:
+            raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
+        draws = features.view(-1, per_item, features.shape[1]).unbind(1)  # per_item x [N / per_item, F]
+        density, coverage = (statistics.fmean(v) for v in zip(*(density_coverage(self.real_features, d)
+                                                                 for d in draws), strict=True))
         return {"eval/class_acc": float(hits.float().mean()), "eval/fd": fd, "eval/precision": precision,
-                "eval/recall": recall,
+                "eval/recall": recall, "eval/density": density, "eval/coverage": coverage,
                 "eval/diversity": relative_diversity(self.real_features, self.real_labels, features, labels.cpu())}
 
 
