@@ -30,7 +30,8 @@ def test_rlar_eval_of_a_tiny_run(tiny, cache_dir, inception_weights, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     for key in ("eval_inception_fid_before", "eval_inception_fid_after", "eval_inception_is_after"):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
-    assert {"eval/inception_precision", "eval/inception_recall"} <= summary["history"][-1].keys()
+    assert {"eval/inception_precision", "eval/inception_recall", "eval/inception_density",
+            "eval/inception_coverage"} <= summary["history"][-1].keys()
 
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "-m", "rlar.eval", str(run), "--num-samples", "20", "--batch-size", "10",

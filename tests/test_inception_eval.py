@@ -63,9 +63,9 @@ def test_fid_and_is_match_torchmetrics_on_the_same_images(digits, inception_weig
 def test_identical_sets_have_zero_fid_and_full_precision_and_recall(digits):
     """Zero exactly, where the libraries' eigenvalues of C1 C2 (2048 x 2048, rank 3) leave an error."""
     _, _, (pool, logits), _ = digits
-    metrics = inception_metrics(pool, logits, pool)
+    metrics = inception_metrics(pool, logits, pool, coverage_neighbours=2)  # 4 images: density needs more than k
     assert metrics["fid"] == pytest.approx(0.0, abs=1e-6)
-    assert metrics["precision"] == metrics["recall"] == 1.0
+    assert metrics["precision"] == metrics["recall"] == metrics["coverage"] == 1.0
 
 
 def brute_force_precision_recall(samples: torch.Tensor, reference: torch.Tensor, k: int) -> tuple[float, float]:
@@ -165,4 +165,6 @@ def test_inception_eval_scores_class_balanced_samples(features, digits, gpt):
     images = generate_images(gpt, CodesAsImages(), labels, sampling, 3, torch.Generator().manual_seed(3), "cpu")
     pool, logits = features(to_uint8_hwc(images))
     expected = inception_metrics(pool, logits, reference_pool)
-    assert scored == {f"eval/inception_{k}": expected[k] for k in ("fid", "is", "precision", "recall")}
+    # 4 reference images: density and coverage (k = 5) are NaN on both sides
+    assert scored == pytest.approx({f"eval/inception_{k}": expected[k]
+                                    for k in ("fid", "is", "precision", "recall", "density", "coverage")}, nan_ok=True)

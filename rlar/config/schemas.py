@@ -112,7 +112,7 @@ class RewardClassifierSchema(EvalClassifierSchema):
 
 @dataclass
 class InceptionEvalSchema:
-    """eval/inception_fid, eval/inception_is, eval/inception_precision, eval/inception_recall (docs/evaluation.md)."""
+    """eval/inception_fid, _is, _precision, _recall, _density and _coverage (docs/evaluation.md)."""
 
     enabled: bool = False
     # the FID Inception-v3 weights (a local file, never downloaded);

@@ -159,5 +159,6 @@ def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "
+          f"density {metrics['density']:.4g}  coverage {metrics['coverage']:.4g}  "
           f"({len(samples)} samples vs {len(reference)} reference images) -> {out / 'metrics.json'}")
     return record

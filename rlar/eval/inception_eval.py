@@ -16,6 +16,8 @@ from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.model.frechet import gaussian_fit
 from rlar.runtime import distributed
 
+INCEPTION_METRICS = ("fid", "is", "precision", "recall", "density", "coverage")  # as eval/inception_<name>
+
 
 class InceptionEval:
     """``num_samples`` samples, labels ``0..num_classes-1`` in turn, scored against ``reference`` uint8
@@ -28,7 +30,7 @@ class InceptionEval:
 
     def __call__(self, policy: Policy, tokenizer: Tokenizer, sampling: dict, batch_size: int, seed: int, device,
                  autocast=None) -> dict[str, float]:
-        """``eval/inception_fid``, ``eval/inception_is``, ``eval/inception_precision``, ``eval/inception_recall``."""
+        """``eval/inception_<metric>`` of ``INCEPTION_METRICS``."""
         labels = class_balanced_labels(self.num_samples, self.num_classes)  # [N]
         per_rank = -(-self.num_samples // distributed.world_size())
         rows = torch.arange(per_rank) + distributed.rank() * per_rank  # this rank's rows, padded past N
@@ -40,7 +42,7 @@ class InceptionEval:
         pool = distributed.gather_rows(pool.to(device)).cpu()[real]
         logits = distributed.gather_rows(logits.to(device)).cpu()[real]
         metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_fit)
-        return {f"eval/inception_{name}": metrics[name] for name in ("fid", "is", "precision", "recall")}
+        return {f"eval/inception_{name}": metrics[name] for name in INCEPTION_METRICS}
 
 
 def build_inception_eval(data: ImageData, inception_cfg: DictConfig, cache_dir: str | None, batch_size: int,
