@@ -57,3 +57,12 @@ def test_the_datas_row_is_the_held_out_half_judged_against_the_other(tiny, tmp_p
     for m in JUDGE_METRICS:
         assert result[REAL][m]["values"][1] == pytest.approx(expected[f"eval/{m}"], nan_ok=True)
     assert 0 <= result["prior"]["coverage"]["mean"] <= 1 and result["prior"]["fd"]["mean"] > 0
+
+
+def test_bad_input_is_refused_with_the_value_and_the_fix(tiny, capsys):
+    from rlar.studies.data_reference import main
+
+    with pytest.raises(SystemExit, match="--splits 1: at least 2 splits"):
+        main([*tiny, "--splits", "1"])
+    with pytest.raises(SystemExit, match="reads the judge: set eval.classifier=true"):
+        main([*tiny, "eval.classifier=false"])

@@ -1,8 +1,8 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
 evaluation model, the judge (``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
-``eval/density``, ``eval/coverage``, ``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision and
-recall of class-balanced samples (``eval/inception_*``), and for data whose eval captions are digit captions the
-prompts' attribute accuracy (``eval/attr/*``)."""
+``eval/density``, ``eval/coverage``, ``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision,
+recall, density and coverage of class-balanced samples (``eval/inception_*``), and for data whose eval captions are
+digit captions the prompts' attribute accuracy (``eval/attr/*``)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from rlar.eval.image_arrays import read_images, to_uint8_hwc
 from rlar.eval.inception import InceptionFeatures, default_weights_path
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.model.frechet import gaussian_fit
+from rlar.eval.model.manifold import real_balls
 from rlar.runtime import distributed
 
 INCEPTION_METRICS = ("fid", "is", "precision", "recall", "density", "coverage")  # as eval/inception_<name>
@@ -27,6 +28,7 @@ class InceptionEval:
         self.features, self.num_samples, self.num_classes = features, num_samples, num_classes
         self.reference_pool = features(reference)[0]  # [M, 2048]
         self.reference_fit = gaussian_fit(self.reference_pool)  # mean [2048], covariance [2048, 2048]
+        self.reference_radii = real_balls(self.reference_pool)  # [M] or None: density's and coverage's balls
 
     def __call__(self, policy: Policy, tokenizer: Tokenizer, sampling: dict, batch_size: int, seed: int, device,
                  autocast=None) -> dict[str, float]:
@@ -41,7 +43,8 @@ class InceptionEval:
         real = distributed.gather_rows((rows < self.num_samples).to(device, torch.uint8)).bool().cpu()
         pool = distributed.gather_rows(pool.to(device)).cpu()[real]
         logits = distributed.gather_rows(logits.to(device)).cpu()[real]
-        metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_fit)
+        metrics = inception_metrics(pool, logits, self.reference_pool, self.reference_fit,
+                                    reference_radii=self.reference_radii)
         return {f"eval/inception_{name}": metrics[name] for name in INCEPTION_METRICS}
 
 

@@ -10,15 +10,17 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.eval.model.manifold import density_coverage
+from rlar.eval.model.manifold import DENSITY_COVERAGE_K, density_coverage
 
 
 def inception_metrics(pool: torch.Tensor, logits: torch.Tensor, reference_pool: torch.Tensor,
                       reference_fit: tuple[torch.Tensor, torch.Tensor] | None = None, is_splits: int = 10,
-                      neighbours: int = 3, coverage_neighbours: int = 5) -> dict[str, float]:
+                      neighbours: int = 3, coverage_neighbours: int = DENSITY_COVERAGE_K,
+                      reference_radii: torch.Tensor | None = None) -> dict[str, float]:
     """``fid``, ``is``, ``is_std``, ``precision``, ``recall``, ``density``, ``coverage`` of samples
     (``pool [N, 2048]``, ``logits [N, 1008]``) against reference images (``reference_pool [M, 2048]``;
-    ``reference_fit``: its ``gaussian_fit``, if already computed).
+    ``reference_fit``: its ``gaussian_fit``, ``reference_radii``: its ``knn_radii`` for ``coverage_neighbours``, if
+    already computed).
 
     FID: Fréchet distance of Gaussian fits of the pool features (N, M >= 2). IS: exp E KL(p(y|x) || p(y)) over
     ``min(is_splits, N)`` splits, mean and std. Precision / recall: improved precision and recall (k-NN
@@ -36,7 +38,7 @@ def inception_metrics(pool: torch.Tensor, logits: torch.Tensor, reference_pool: 
     prc = {KEY_METRIC_PRECISION: float("nan"), KEY_METRIC_RECALL: float("nan")}
     if min(len(pool), len(reference_pool)) > neighbours:
         prc = prc_features_to_metric(pool, reference_pool, prc_neighborhood=neighbours, verbose=False)
-    density, coverage = density_coverage(reference_pool, pool, coverage_neighbours)
+    density, coverage = density_coverage(reference_pool, pool, coverage_neighbours, reference_radii)
     return {"fid": fid, "is": isc[KEY_METRIC_ISC_MEAN], "is_std": isc[KEY_METRIC_ISC_STD],
             "precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL], "density": density,
             "coverage": coverage}

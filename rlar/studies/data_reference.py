@@ -30,6 +30,7 @@ from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.scorer import EvalModel
 from rlar.eval.rejudge import check_judgeable
 from rlar.eval.run_models import build_models, run_config
+from rlar.studies.report import mean_std
 
 REAL = "held-out half (the data)"
 
@@ -87,8 +88,7 @@ def table(result: dict) -> str:
     lines = ["| | " + " | ".join(f"eval/{m}" for m in JUDGE_METRICS) + " | recall − prior's | coverage − prior's |",
              "|---|" + "---|" * (len(JUDGE_METRICS) + 2)]
     for name, metrics in result.items():
-        cells = [f"{metrics[m]['mean']:.{2 if m == 'fd' else 3}f} ± {metrics[m]['std']:.{2 if m == 'fd' else 3}f}"
-                 for m in JUDGE_METRICS]
+        cells = [mean_std(metrics[m]["values"], 2 if m == "fd" else 3) for m in JUDGE_METRICS]
         diffs = ["–" if name == "prior" else f"{metrics[m]['minus_prior']['mean']:+.3f} ± "
                  f"{metrics[m]['minus_prior']['se']:.3f}" for m in ("recall", "coverage")]
         lines.append(f"| {name} | " + " | ".join(cells + diffs) + " |")

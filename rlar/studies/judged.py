@@ -27,9 +27,11 @@ Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as 
 def read_or_judge(path: Path, argv: list[str]) -> Judgement:
     """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there or lacks
     one of ``JUDGE_METRICS``."""
-    if not (path.is_file() and has_every_metric(json.loads(path.read_text())["metrics"])):
+    judgement = json.loads(path.read_text())["metrics"] if path.is_file() else {}
+    if not has_every_metric(judgement):
         run_command(argv)
-    return json.loads(path.read_text())["metrics"]
+        judgement = json.loads(path.read_text())["metrics"]
+    return judgement
 
 
 def has_every_metric(judgement: Judgement) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 ROWS = 512  # rows of a distance matrix at a time: [512, M] float64, whatever the set sizes
+DENSITY_COVERAGE_K = 5  # the neighbours of density's and coverage's balls (their authors' choice)
 
 
 def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -31,15 +32,23 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return coverage(fake, real, knn_radii(real, k)), coverage(real, fake, knn_radii(fake, k))
 
 
-def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+def real_balls(real: torch.Tensor, k: int = DENSITY_COVERAGE_K) -> torch.Tensor | None:
+    """``[M]``: the radii of density's and coverage's balls around ``real [M, F]`` (float64), to compute once for a
+    fixed reference; None where there are no more than ``k`` points (the metrics are NaN)."""
+    return knn_radii(real.double().cpu(), k) if len(real) > k else None
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DENSITY_COVERAGE_K,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     """Density (how many real points' balls hold a sample, averaged over ``fake [N, F]`` and divided by ``k``: 1 for
     samples distributed like ``real [M, F]``, above 1 where they crowd the dense regions) and coverage (the fraction
-    of real points whose ball holds some sample), each ball reaching the real point's k-th nearest real neighbour;
-    NaN unless ``real`` has more than ``k`` points and ``fake`` any. In float64."""
+    of real points whose ball holds some sample), each ball reaching the real point's k-th nearest real neighbour
+    (``real_radii [M]``: :func:`real_balls` of ``real``, if already computed); NaN unless ``real`` has more
+    than ``k`` points and ``fake`` any. In float64."""
     if len(real) <= k or not len(fake):
         return float("nan"), float("nan")
     real, fake = real.double().cpu(), fake.double().cpu()
-    radii = knn_radii(real, k)  # [M]
+    radii = real_balls(real, k) if real_radii is None else real_radii  # [M]
     balls_held = torch.zeros(len(real), dtype=torch.bool)  # [M]
     memberships = 0.0
     for x in fake.split(ROWS):

@@ -12,12 +12,13 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.eval.model.manifold import density_coverage, precision_recall, relative_diversity
+from rlar.eval.model.manifold import density_coverage, precision_recall, real_balls, relative_diversity
 
 
 class EvalModel:
     """The classifier on ``device``, its features of ``real_images [M, C, H, W]`` (the held-out images the
-    evaluation conditions on, of classes ``real_labels [M]``) and their Gaussian fit, computed once.
+    evaluation conditions on, of classes ``real_labels [M]``), their Gaussian fit and their density / coverage
+    balls, computed once.
     ``classifier_accuracy``: its held-out accuracy."""
 
     def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, real_labels: torch.Tensor, device,
@@ -27,6 +28,7 @@ class EvalModel:
         self.real_features = torch.cat([self.describe(x)[0] for x in real_images.split(chunk_size)]).cpu()  # [M, F]
         self.real_labels = real_labels.cpu()
         self.real_mean, self.real_cov = gaussian_fit(self.real_features)
+        self.real_radii = real_balls(self.real_features)  # [M] or None
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor, labels: torch.Tensor | None = None
@@ -58,8 +60,8 @@ class EvalModel:
         if len(features) % per_item:
             raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
         draws = features.view(-1, per_item, features.shape[1]).unbind(1)  # per_item x [N / per_item, F]
-        density, coverage = (statistics.fmean(v) for v in zip(*(density_coverage(self.real_features, d)
-                                                                 for d in draws), strict=True))
+        read = [density_coverage(self.real_features, d, real_radii=self.real_radii) for d in draws]
+        density, coverage = (statistics.fmean(v) for v in zip(*read, strict=True))
         return {"eval/class_acc": float(hits.float().mean()), "eval/fd": fd, "eval/precision": precision,
                 "eval/recall": recall, "eval/density": density, "eval/coverage": coverage,
                 "eval/diversity": relative_diversity(self.real_features, self.real_labels, features, labels.cpu())}
