@@ -187,6 +187,33 @@ def test_mixture_nan_propagates_only_from_weighted_components():
     assert torch.allclose(total[[0, 2, 3]], torch.tensor([-1.0, 0.0, 1.0]))  # statistics over 1, 3, 5 only
 
 
+class Counting(Fixed):
+    """A stand-in reward that keeps state across calls (as a discriminator or moving averages do)."""
+
+    calls = 0
+
+    def __call__(self, images, targets, meta=None):
+        self.calls += 1
+        return super().__call__(images, targets, meta)
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state.get("calls", 0)
+
+
+def test_mixture_state_holds_only_the_components_that_keep_state():
+    stateless = WeightedReward({"a": Fixed([1.0]), "b": Fixed([2.0])}, {"a": 1.0, "b": 1.0})
+    assert stateless.state_dict() == {}  # a checkpoint's empty reward entry: nothing learns across calls
+    mix = WeightedReward({"a": Fixed([1.0]), "c": Counting([2.0])}, {"a": 1.0, "c": 1.0})
+    mix(torch.zeros(1, 1, 2, 2), None)
+    assert mix.state_dict() == {"c": {"calls": 1}}
+    resumed = WeightedReward({"a": Fixed([1.0]), "c": Counting([2.0])}, {"a": 1.0, "c": 1.0})
+    resumed.load_state_dict(mix.state_dict())
+    assert resumed.components["c"].calls == 1
+
+
 def test_mixture_builds_configs_and_checks_weights():
     mix = WeightedReward({"psnr": {"_target_": "rlar.reward.metrics.PSNRReward"}}, {"psnr": 1.0})
     assert isinstance(mix.components["psnr"], PSNRReward)

@@ -87,6 +87,19 @@ def tiny_study(tmp_path, tiny):
     return load_study(path)
 
 
+@pytest.mark.parametrize("state, learns", [
+    ({}, False),
+    ({"pixel": {}, "perceptual_digits": {}}, False),  # a mix of stateless rewards, as checkpoints once saved it
+    ({"history": {"-1": [torch.zeros(2)]}}, True),  # loo_fd's moving averages
+    ({"disc": {"model": {"w": torch.zeros(1)}}}, True),  # a mix holding a discriminator
+])
+def test_a_run_s_reward_learns_when_its_checkpoint_holds_reward_state(tmp_path, state, learns):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"reward": state}, tmp_path / "checkpoints" / "last.pt")
+    assert Run(tmp_path, 0, -1.0, -0.5, 10).reward_learns is learns
+    assert Run(tmp_path / "unfinished", 0, -1.0, -0.5, 10).reward_learns is False
+
+
 @pytest.mark.slow
 def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scalars):
     outputs = tmp_path / "outputs"

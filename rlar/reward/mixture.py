@@ -50,7 +50,8 @@ class WeightedReward(Reward):
             component.learning = value
 
     def state_dict(self) -> dict:
-        return {name: c.state_dict() for name, c in self.components.items()}
+        """The components that keep state across calls (a mix of stateless rewards has none)."""
+        return {name: state for name, c in self.components.items() if (state := c.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         for name, component in self.components.items():

@@ -44,11 +44,14 @@ class Run:
 
     @property
     def reward_learns(self) -> bool:
-        """Whether the reward kept state across calls (the checkpoint's ``reward`` entry is not empty: the
-        discriminator, loo_fd's averages): then each evaluation reads it as it was then, and the prior's eval reward
-        and the final one are not on one scale."""
+        """Whether the reward kept state across calls (an entry of the checkpoint's ``reward`` state is not empty: the
+        discriminator, loo_fd's averages; a mix of stateless rewards once saved ``{name: {}}`` per component): then
+        each evaluation reads it as it was then, and the prior's eval reward and the final one are not on one scale."""
         last = self.path / "checkpoints" / "last.pt"
-        return last.is_file() and bool(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("reward"))
+        if not last.is_file():
+            return False
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("reward") or {}
+        return any(bool(value) for value in state.values())
 
     @property
     def seconds_per_iteration(self) -> float | None:
