@@ -211,12 +211,15 @@ def test_a_group_shares_its_token_noise():
 
 
 def test_study_writes_its_table_and_plot(tmp_path):
-    fixed = {s: {n: {"eval/fd": 200.0 + n + s, "eval/class_acc": 0.3, "eval/steps": float(n)} for n in (4, 8)}
-             for s in (0, 1)}
-    learned = {s: {when: {"eval/fd": 150.0 + s, "eval/class_acc": 0.5, "eval/steps": 7.5}
+    judged = {"eval/reward": -0.5, "eval/class_acc": 0.3, "eval/precision": 0.6, "eval/recall": 0.7,
+              "eval/coverage": 0.8}
+    fixed = {s: {n: {**judged, "eval/fd": 200.0 + n + s, "eval/steps": float(n)} for n in (4, 8)} for s in (0, 1)}
+    learned = {s: {when: {**judged, "eval/fd": 150.0 + s, "eval/recall": 0.6 + 0.1 * s, "eval/steps": 7.5}
                    for when in ("before", "after")} for s in (0, 1)}
     plot(fixed, learned, tmp_path / "curves.png")
     text = write_report(fixed, learned, ["hardware.num_threads=1"], tmp_path).read_text()
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert "| fixed arccos | 8 | 208.5 ± 0.7 | 0.300 ± 0.000 | 208.0 / 209.0 |" in text
-    assert "| learned | 7.50 ± 0.00 | 150.5 ± 0.7 |" in text
+    assert ("| fixed arccos | 8 | -0.500 ± 0.000 | 208.5 ± 0.7 | 0.300 ± 0.000 | 0.600 ± 0.000 | 0.700 ± 0.000 | "
+            "0.800 ± 0.000 | 208.0 / 209.0 |") in text
+    assert ("| learned | 7.50 ± 0.00 | -0.500 ± 0.000 | 150.5 ± 0.7 | 0.300 ± 0.000 | 0.600 ± 0.000 | "
+            "0.650 ± 0.071 |") in text

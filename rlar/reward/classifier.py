@@ -104,8 +104,8 @@ def perceptual_distance(model: DigitsClassifier, images: torch.Tensor, targets: 
 
 class PerceptualDigitsReward(Reward):
     """``reward(images, targets, meta) -> (-d [N], {"neg_perceptual_digits": [N]})``, ``d`` the
-    :func:`perceptual_distance` of each sample to its target under the digits evaluation classifier: the stand-in
-    for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
+    :func:`perceptual_distance` of each sample to its target under the reward's own digits classifier (not the
+    judge): the stand-in for ``reward=lpips`` where LPIPS's pretrained backbone cannot be loaded offline."""
 
     reads_targets = True
 

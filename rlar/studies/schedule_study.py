@@ -31,7 +31,10 @@ from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 from rlar.text.build import build_text_encoder  # noqa: E402
 
 REPORT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "arpg_schedule"
-METRICS = ("eval/fd", "eval/class_acc", "eval/steps")
+METRICS = ("eval/reward", "eval/fd", "eval/class_acc", "eval/precision", "eval/recall", "eval/coverage", "eval/steps")
+# the report's columns after the step count: metric and decimals
+COLUMNS = (("eval/reward", 3), ("eval/fd", 1), ("eval/class_acc", 3), ("eval/precision", 3), ("eval/recall", 3),
+           ("eval/coverage", 3))
 
 
 def seed_config(overrides: list[str], seed: int):
@@ -78,6 +81,12 @@ def per_seed(points: list[dict]) -> str:
     return " / ".join(f"{p['eval/fd']:.1f}" for p in points)
 
 
+def row(label: str, steps: str, points: list[dict]) -> str:
+    """One table row: the mean ± std over seeds of every column, then each seed's eval/fd."""
+    cells = [mean_std([p[metric] for p in points], digits) for metric, digits in COLUMNS]
+    return f"| {label} | {steps} | {' | '.join(cells)} | {per_seed(points)} |"
+
+
 def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], overrides: list[str],
                  report_dir: Path) -> Path:
     seeds = sorted(learned)
@@ -85,18 +94,15 @@ def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], ov
              f"`{shlex.join(['python', '-m', 'rlar.studies.schedule_study', *overrides])}`", "",
              f"Seeds {seeds}; every row: one sample per held-out digit (359), `eval.seed` = 1234 + seed; mean ± std "
              "over seeds. Learned: `experiment=arpg_schedule` (GRPO, reward perceptual_digits + 0.5 efficiency).",
-             "", "| decoding | steps | eval/fd | eval/class_acc | per seed fd |", "|---|---|---|---|---|"]
+             "Every evaluation is read by the judge, which no reward reads; eval reward: the training reward "
+             "(perceptual_digits + 0.5 efficiency) of the same samples.", "",
+             "| decoding | steps | eval reward | " + " | ".join(m for m, _ in COLUMNS[1:]) + " | per seed fd |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for n in sorted({n for per_seed in fixed.values() for n in per_seed}):
-        have = [fixed[s][n] for s in seeds if n in fixed[s]]
-        lines.append(f"| fixed arccos | {n} | {mean_std([p['eval/fd'] for p in have], 1)} | "
-                     f"{mean_std([p['eval/class_acc'] for p in have], 3)} | "
-                     f"{per_seed(have)} |")
+        lines.append(row("fixed arccos", str(n), [fixed[s][n] for s in seeds if n in fixed[s]]))
     for when, label in (("before", "learned, before RL (uniform degrees, random order)"), ("after", "learned")):
         pts = [learned[s][when] for s in seeds]
-        lines.append(f"| {label} | {mean_std([p['eval/steps'] for p in pts], 2)} | "
-                     f"{mean_std([p['eval/fd'] for p in pts], 1)} | "
-                     f"{mean_std([p['eval/class_acc'] for p in pts], 3)} | "
-                     f"{per_seed(pts)} |")
+        lines.append(row(label, mean_std([p["eval/steps"] for p in pts], 2), pts))
     path = report_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n\n![quality vs steps](curves.png)\n")
     return path
