@@ -30,7 +30,7 @@ from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.scorer import EvalModel
 from rlar.eval.rejudge import check_judgeable
 from rlar.eval.run_models import build_models, run_config
-from rlar.studies.report import mean_std
+from rlar.studies.report import mean_and_std, mean_std
 
 REAL = "held-out half (the data)"
 
@@ -57,8 +57,8 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
         result[name] = {}
         for m in JUDGE_METRICS:
             values = [j[f"eval/{m}"] for j in judged]
-            result[name][m] = {"mean": statistics.fmean(values),
-                               "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values,
+            mean, std = mean_and_std(values)
+            result[name][m] = {"mean": mean, "std": std, "values": values,
                                "minus_prior": paired(judged, rows["prior"], f"eval/{m}")}
     return result
 

@@ -31,10 +31,10 @@ from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 from rlar.text.build import build_text_encoder  # noqa: E402
 
 REPORT_DIR = Path(__file__).resolve().parents[2] / "experiments" / "arpg_schedule"
-METRICS = ("eval/reward", "eval/fd", "eval/class_acc", "eval/precision", "eval/recall", "eval/coverage", "eval/steps")
 # the report's columns after the step count: metric and decimals
 COLUMNS = (("eval/reward", 3), ("eval/fd", 1), ("eval/class_acc", 3), ("eval/precision", 3), ("eval/recall", 3),
            ("eval/coverage", 3))
+METRICS = (*(metric for metric, _ in COLUMNS), "eval/steps")  # what each evaluation keeps
 
 
 def seed_config(overrides: list[str], seed: int):

@@ -53,12 +53,12 @@ class EvalModel:
         item, since coverage grows with the samples per real image) and ``eval/diversity`` (within-class spread
         relative to the real images'). All but class_acc and density depend on N: compare values over the same
         number of samples."""
+        if len(features) % per_item:
+            raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
         features = features.cpu()
         fd = (frechet_distance(*gaussian_fit(features), self.real_mean, self.real_cov) if len(features) >= 2
               else float("nan"))
         precision, recall = precision_recall(self.real_features, features)
-        if len(features) % per_item:
-            raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
         draws = features.view(-1, per_item, features.shape[1]).unbind(1)  # per_item x [N / per_item, F]
         read = [density_coverage(self.real_features, d, real_radii=self.real_radii) for d in draws]
         density, coverage = (statistics.fmean(v) for v in zip(*read, strict=True))
