@@ -1,5 +1,5 @@
-"""Hydra entry point: ``python -m rlar.run [overrides]`` or ``rlar-run``. Returns the final mean evaluation
-reward, so a sweeper can optimize it."""
+"""Hydra entry point: ``python -m rlar.run [overrides]`` or ``rlar-run``. Returns the last evaluation's
+``optimized_metric`` (the eval reward unless set), so a sweeper can optimize it."""
 
 from __future__ import annotations
 
@@ -34,16 +34,35 @@ def main(cfg: DictConfig) -> float:
         sys.exit(f"config error: {e}")
     summary = train_rl_loop(cfg, output_dir)
     if env_rank() != 0:
-        return summary["eval_reward_after"]
-    reward = hydra.runtime.choices.get("reward")
-    print(f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
-          f"-> after RL {summary['eval_reward_after']:.5f}")
-    for metric in (*JUDGE_METRICS, *ATTRIBUTE_METRICS):
-        key = summary_key(metric)
-        if f"{key}_before" in summary:
-            print(f"eval/{metric}: prior {summary[f'{key}_before']:.4g} -> after RL {summary[f'{key}_after']:.4g}")
+        return optimized_value(summary, cfg.optimized_metric)
+    print("\n".join(closing_lines(summary, hydra.runtime.choices.get("reward"), bool(cfg.reward.get("normalize")))))
     print(f"outputs: {output_dir} (summary.json, tensorboard/, checkpoints/)")
-    return summary["eval_reward_after"]
+    return optimized_value(summary, cfg.optimized_metric)
+
+
+def optimized_value(summary: dict, metric: str) -> float:
+    """The last evaluation's ``metric`` (``eval/fd`` -> ``eval_fd_after``); a metric the run did not measure (a
+    parallel decoder's ``eval/steps``, the prompts' ``eval/attr/*``) exits naming it, with summary.json written."""
+    key = f"{metric.replace('/', '_')}_after"
+    if key not in summary:
+        sys.exit(f"optimized_metric={metric} was not measured by this run (its summary.json has "
+                 f"{sorted(k.removesuffix('_after') for k in summary if k.endswith('_after'))})")
+    return summary[key]
+
+
+def closing_lines(summary: dict, reward: str, normalized: bool) -> list[str]:
+    """A finished run's results, prior -> after RL: the eval reward, each term's own mean for a mix (a mix z-scored
+    over the batch has a mean of 0 by construction), and the judge's metrics."""
+    lines = [f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
+             f"-> after RL {summary['eval_reward_after']:.5f}"
+             + (" (z-scored: 0 by construction; its terms below)" if normalized else "")]
+    first, last = summary["history"][0], summary["history"][-1]
+    lines += [f"{tag}: prior {first[tag]:.4g} -> after RL {last[tag]:.4g}"
+              for tag in first if tag.startswith("eval/reward/") and tag in last]
+    keys = {metric: summary_key(metric) for metric in (*JUDGE_METRICS, *ATTRIBUTE_METRICS)}
+    lines += [f"eval/{metric}: prior {summary[f'{key}_before']:.4g} -> after RL {summary[f'{key}_after']:.4g}"
+              for metric, key in keys.items() if f"{key}_before" in summary]
+    return lines
 
 
 def rank_overrides() -> list[str]:

@@ -36,6 +36,24 @@ def test_bad_values_are_refused_with_the_fix(overrides, message):
         check_config(compose_config(overrides))
 
 
+@pytest.mark.parametrize("overrides", [
+    ["optimized_metric=eval/fid"],                               # not a metric the summary keeps
+    ["optimized_metric=fd"],                                     # no group
+    ["optimized_metric=eval/fd", "eval.classifier=false"],       # the judge is off
+    ["optimized_metric=eval_cfg/fd"],                            # no guided evaluation
+    ["optimized_metric=eval/inception_fid"],                     # Inception FID is off
+])
+def test_an_objective_the_run_does_not_measure_is_refused(overrides):
+    with pytest.raises(ConfigError, match=rf"optimized_metric='{overrides[0].split('=')[1]}' is not measured"):
+        check_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize("overrides", [["optimized_metric=eval/fd"], ["optimized_metric=eval/recall"],
+                                       ["optimized_metric=eval_cfg/class_acc", "eval.guided_cfg_scale=2"]])
+def test_an_objective_the_run_measures_passes(overrides):
+    check_config(compose_config(overrides))
+
+
 def test_a_prefix_within_the_tokens_passes():
     check_config(compose_config(["rollout.mode=prefix", "rollout.prefix_len=64"]))  # digits: 32 px / 4 -> 8x8
 

@@ -45,7 +45,7 @@ def test_search_composes_and_every_searched_value_is_valid(search):
     cfg = compose_with_hydra([f"+hparams_search={search}"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
-    assert sweeper.direction == "maximize"  # rlar.run returns the final eval reward: higher is better
+    assert sweeper.direction == "minimize" and cfg.optimized_metric == "eval/fd"  # rlar.run returns eval/fd
     assert sweeper.storage.startswith("sqlite:///") and sweeper.study_name
     assert sweeper.sampler.seed is not None
     assert 0 < sweeper.max_failure_rate * sweeper.n_jobs <= 1  # tolerates one failed trial per batch
@@ -79,9 +79,9 @@ def test_optuna_study_runs_two_trials_and_continues(tiny, tmp_path):
     assert searched <= trials[0].params.keys()
     runs = sorted(sweep_dir.glob("*/summary.json"))
     assert len(runs) == 2
-    after = sorted(json.loads(p.read_text())["eval_reward_after"] for p in runs)
-    assert sorted(t.value for t in trials) == pytest.approx(after)  # the objective is each run's final eval reward
-    assert study.best_value == max(after)
+    after = sorted(json.loads(p.read_text())["eval_fd_after"] for p in runs)
+    assert sorted(t.value for t in trials) == pytest.approx(after)  # the objective is each run's last eval/fd
+    assert study.best_value == min(after)
 
     proc = optuna_sweep(tiny, sweep_dir, "hydra.sweeper.n_trials=1")  # the same command continues the study
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -165,6 +165,8 @@ class RlarConfig:
     name: str = "default"  # groups runs under outputs/<name>/
     resume: bool = True  # re-running the same command continues from its last checkpoint
     cache_dir: str | None = None  # trained tokenizer and prior; null = $RLAR_CACHE_DIR or ~/.cache/rlar
+    # what `rlar.run` returns, a sweeper's objective: a metric of the last evaluation (eval/fd: minimise it)
+    optimized_metric: str = "eval/reward"
 
 
 def from_options(schema: type, options: dict):

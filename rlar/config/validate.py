@@ -10,6 +10,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
+from rlar.eval.evaluate import HEADLINE_METRICS, JUDGE_METRICS
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.gpt import CONDITION_MODES
@@ -58,6 +59,7 @@ def check_config(cfg: DictConfig) -> None:
     check_parallel_decoding(cfg)
     check_text_conditioning(cfg)
     check_inception_eval(cfg)
+    check_optimized_metric(cfg)
     check_data_without_images(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
@@ -251,6 +253,18 @@ def check_inception_eval(cfg: DictConfig) -> None:
     if inception.num_samples < 2:
         raise ConfigError(f"eval.inception.num_samples must be >= 2 (FID fits a covariance), got "
                           f"{inception.num_samples}")
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """``optimized_metric`` (what ``rlar.run`` returns to a sweeper) is a metric the run's evaluations measure."""
+    group, _, name = cfg.optimized_metric.partition("/")
+    measures = {"eval": True, "eval_cfg": cfg.eval.guided_cfg_scale is not None}
+    needs = {**dict.fromkeys(JUDGE_METRICS, cfg.eval.classifier),
+             **dict.fromkeys(("inception_fid", "inception_is"), cfg.eval.inception.enabled)}
+    if not measures.get(group) or name not in HEADLINE_METRICS or not needs.get(name, True):
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not measured by this run; choose eval/<m> "
+                          f"with m one of {HEADLINE_METRICS} (the judge's need eval.classifier=true, inception_* "
+                          "eval.inception.enabled=true, eval_cfg/<m> eval.guided_cfg_scale)")
 
 
 def check_parallel_decoding(cfg: DictConfig) -> None:

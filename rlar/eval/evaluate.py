@@ -155,6 +155,9 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
 # the judge's (eval.classifier)
 JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "density", "coverage", "diversity")
 ATTRIBUTE_METRICS = ("attr/class_acc", "attr/thickness_acc", "attr/slant_acc", "attr/all_acc")  # captioned eval
+# what the summary keeps of an evaluation (eval_<metric>_before/_after), where measured: the reward, the judge's
+# metrics, Inception FID and IS, the decoding steps of a parallel decoder, the prompts' checks
+HEADLINE_METRICS = ("reward", *JUDGE_METRICS, "inception_fid", "inception_is", "steps", *ATTRIBUTE_METRICS)
 
 
 def summary_key(name: str, group: str = "eval") -> str:
@@ -168,6 +171,5 @@ def headline(result: dict[str, float], when: str) -> dict[str, float]:
     diversity, inception_fid, inception_is, the decoding steps (parallel decoders) and the prompts' attribute
     accuracies (``eval_attr_<check>_acc_<when>``: class, thickness, slant, all) if measured (and
     ``eval_cfg_<metric>_<when>`` of the guided evaluation, if any)."""
-    names = ("reward", *JUDGE_METRICS, "inception_fid", "inception_is", "steps", *ATTRIBUTE_METRICS)
     return {f"{summary_key(name, group)}_{when}": result[f"{group}/{name}"] for group in ("eval", "eval_cfg")
-            for name in names if f"{group}/{name}" in result}
+            for name in HEADLINE_METRICS if f"{group}/{name}" in result}
