@@ -24,6 +24,8 @@ from rlar.studies.report import (
     judged_table,
     ranking,
     relative_change,
+    reward_terms_notes,
+    reward_terms_table,
     write_report,
 )
 from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
@@ -206,6 +208,29 @@ def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measur
     assert attribute_notes(runs).startswith("\n- **eval/attr/***")
     runs["plain"] = [Run(Path("."), 0, 0.0, 0.0, 3, summary={}, reward="r")]  # a run without captions: no table
     assert eval_model_table(runs, ATTRIBUTE_COLUMNS) == "" and attribute_notes(runs) == ""
+
+
+def test_the_reward_terms_table_reads_each_term_from_the_first_and_last_evaluation(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"reward": {"disc": {"model": {"w": torch.zeros(1)}}}}, tmp_path / "checkpoints" / "last.pt")
+
+    def run(cls_after, disc_after, path=Path(".")):
+        history = [{"iteration": 0, "eval/reward": 0.0, "eval/reward/disc": 0.5, "eval/reward/cls": 0.8},
+                   {"iteration": 5, "eval/reward": 0.0, "eval/reward/disc": 9.0, "eval/reward/cls": 0.1},
+                   {"iteration": 10, "eval/reward": 0.0, "eval/reward/disc": disc_after, "eval/reward/cls": cls_after}]
+        return Run(path, 0, 0.0, 0.0, 10, summary={"history": history}, reward="r")
+
+    runs = {"fixed": [run(0.9, -0.5), run(1.1, -1.5)], "learning": [run(0.9, -0.5, tmp_path)]}
+    assert reward_terms_table(runs).splitlines() == [
+        "| setting | reward term | prior | final | change |", "|---|---|---|---|---|",
+        "| fixed | eval/reward/disc | 0.5000 | -1.0000 ± 0.7071 | -300.0 % |",
+        "| fixed | eval/reward/cls | 0.8000 | 1.0000 ± 0.1414 | +25.0 % |",      # (1.0 - 0.8) / 0.8
+        "| learning | eval/reward/disc | 0.5000 | -0.5000 | n/a: the term learns |",  # its checkpoint holds its state
+        "| learning | eval/reward/cls | 0.8000 | 0.9000 | +12.5 % |"]
+    assert reward_terms_notes(runs).startswith("\n- **reward terms**")
+    single = {"l2": [Run(Path("."), 0, -0.2, -0.1, 10, reward="r",
+                         summary={"history": [{"eval/reward": -0.2}, {"eval/reward": -0.1}]})]}
+    assert reward_terms_table(single) == "" and reward_terms_notes(single) == ""  # a reward without terms
 
 
 def test_the_judged_table_averages_each_runs_mean_over_eval_seeds():

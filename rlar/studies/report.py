@@ -8,6 +8,7 @@ TensorBoard's ``EventAccumulator``); runs are grouped into the study's settings 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -42,16 +43,20 @@ class Run:
     summary: dict = field(default_factory=dict)  # the run's summary.json
     reward: str = ""  # the run's reward config (YAML): eval rewards compare only between equal ones
 
-    @property
-    def reward_learns(self) -> bool:
-        """Whether the reward kept state across calls (an entry of the checkpoint's ``reward`` state is not empty: the
-        discriminator, loo_fd's averages; a mix of stateless rewards once saved ``{name: {}}`` per component): then
-        each evaluation reads it as it was then, and the prior's eval reward and the final one are not on one scale."""
+    @functools.cached_property
+    def reward_state(self) -> dict:
+        """The checkpoint's ``reward`` state (``{}`` without one); a mix's holds its terms that keep state by name."""
         last = self.path / "checkpoints" / "last.pt"
         if not last.is_file():
-            return False
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("reward") or {}
-        return any(bool(value) for value in state.values())
+            return {}
+        return torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("reward") or {}
+
+    @property
+    def reward_learns(self) -> bool:
+        """Whether the reward kept state across calls (an entry of its state is not empty: the discriminator, loo_fd's
+        averages; a mix of stateless rewards once saved ``{name: {}}`` per component): then each evaluation reads it
+        as it was then, and the prior's eval reward and the final one are not on one scale."""
+        return any(bool(value) for value in self.reward_state.values())
 
     @property
     def seconds_per_iteration(self) -> float | None:
@@ -170,6 +175,37 @@ def eval_model_table(runs: dict[str, list[Run]], metrics: tuple = EVAL_MODEL_COL
             cells.append(f"{mean_std(sorted(set(before)), 3)} | {mean_std(after, 3)} | {change}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reward_terms_table(runs: dict[str, list[Run]]) -> str:
+    """Each term of a mixed reward on its own (``eval/reward/<name>``, from the first and last evaluation of each
+    run's history) before and after RL, mean ± std over seeds: a mix z-scored over the batch has a mean of 0 however
+    its terms move. A term that keeps state (the checkpoint's) has no change: its prior and final values come from
+    different versions of it. Empty when no run's reward has terms."""
+    rows = []
+    for label, group in runs.items():
+        histories = [r.summary["history"] for r in group if r.summary.get("history")]
+        if not histories or len(histories) < len(group):
+            continue
+        terms = [tag for tag in histories[0][0] if tag.startswith("eval/reward/")
+                 and all(tag in h[0] and tag in h[-1] for h in histories)]
+        for tag in terms:
+            before, after = [h[0][tag] for h in histories], [h[-1][tag] for h in histories]
+            learns = any(r.reward_state.get(tag.removeprefix("eval/reward/")) for r in group)
+            change = "n/a: the term learns" if learns else relative_change(before, after)
+            rows.append(f"| {label} | {tag} | {mean_std(sorted(set(before)))} | {mean_std(after)} | {change} |")
+    header = ["| setting | reward term | prior | final | change |", "|---|---|---|---|---|"]
+    return "\n".join([*header, *rows]) if rows else ""
+
+
+def reward_terms_notes(runs: dict[str, list[Run]]) -> str:
+    """The bullet that explains ``reward_terms_table``, when there is one."""
+    if not reward_terms_table(runs):
+        return ""
+    return ("\n- **reward terms**: each term of the reward's mix on its own, the mean over the same samples before "
+            "z-scoring and weighting (`eval/reward/<term>`); a term that learns (the discriminator, loo_fd's moving "
+            "averages) is read as it is at each evaluation, so only a fixed one (a classifier's probability, a pixel "
+            "loss) has a *change*.")
 
 
 def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgement]]) -> str:
@@ -345,6 +381,8 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 
 {eval_model_table(runs, ATTRIBUTE_COLUMNS)}
 
+{reward_terms_table(runs)}
+
 {judged_section(study, runs, outputs, extra)}
 
 **Ranking** by mean final {"eval/fd (lower first)" if by_judge(runs) else "eval reward"} (Δ: the step to the next
@@ -354,7 +392,7 @@ setting, and its size in units of the larger of the two settings' std over seeds
   {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
   mean relative to it. A reward that learns while it trains (`discriminator`, `loo_fd`) is read as it is at each
   evaluation, so its prior and final values come from different versions of it: read the judge's columns.\
-{eval_model_notes(cfg)}{attribute_notes(runs)}
+{reward_terms_notes(runs)}{eval_model_notes(cfg)}{attribute_notes(runs)}
 - *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
   which others may have been using too.
