@@ -43,7 +43,8 @@ def main(cfg: DictConfig) -> float:
 def optimized_value(summary: dict, metric: str) -> float:
     """The last evaluation's ``metric`` (``eval/fd`` -> ``eval_fd_after``); a metric the run did not measure (a
     parallel decoder's ``eval/steps``, the prompts' ``eval/attr/*``) exits naming it, with summary.json written."""
-    key = f"{metric.replace('/', '_')}_after"
+    group, _, name = metric.partition("/")
+    key = f"{summary_key(name, group)}_after"
     if key not in summary:
         sys.exit(f"optimized_metric={metric} was not measured by this run (its summary.json has "
                  f"{sorted(k.removesuffix('_after') for k in summary if k.endswith('_after'))})")

@@ -184,9 +184,9 @@ def reward_terms_table(runs: dict[str, list[Run]]) -> str:
     different versions of it. Empty when no run's reward has terms."""
     rows = []
     for label, group in runs.items():
-        histories = [r.summary["history"] for r in group if r.summary.get("history")]
-        if not histories or len(histories) < len(group):
+        if not group or not all(r.summary.get("history") for r in group):
             continue
+        histories = [r.summary["history"] for r in group]
         terms = [tag for tag in histories[0][0] if tag.startswith("eval/reward/")
                  and all(tag in h[0] and tag in h[-1] for h in histories)]
         for tag in terms:
