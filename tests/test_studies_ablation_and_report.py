@@ -228,6 +228,14 @@ def test_the_reward_terms_table_reads_each_term_from_the_first_and_last_evaluati
         "| learning | eval/reward/disc | 0.5000 | -0.5000 | n/a: the term learns |",  # its checkpoint holds its state
         "| learning | eval/reward/cls | 0.8000 | 0.9000 | +12.5 % |"]
     assert reward_terms_notes(runs).startswith("\n- **reward terms**")
+    lone = tmp_path / "lone"  # a reward that is not a mix: its state is its own, not keyed by its terms
+    (lone / "checkpoints").mkdir(parents=True)
+    torch.save({"reward": {"model": {"w": torch.zeros(1)}, "buffer": []}}, lone / "checkpoints" / "last.pt")
+    history = [{"eval/reward": 0.5, "eval/reward/disc_logit": 0.5},
+               {"eval/reward": -2.0, "eval/reward/disc_logit": -2.0}]
+    lone_runs = {"discriminator": [Run(lone, 0, 0.5, -2.0, 10, summary={"history": history}, reward="r")]}
+    assert reward_terms_table(lone_runs).splitlines()[-1] == (
+        "| discriminator | eval/reward/disc_logit | 0.5000 | -2.0000 | n/a: the term learns |")
     single = {"l2": [Run(Path("."), 0, -0.2, -0.1, 10, reward="r",
                          summary={"history": [{"eval/reward": -0.2}, {"eval/reward": -0.1}]})]}
     assert reward_terms_table(single) == "" and reward_terms_notes(single) == ""  # a reward without terms

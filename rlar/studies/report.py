@@ -58,6 +58,14 @@ class Run:
         as it was then, and the prior's eval reward and the final one are not on one scale."""
         return any(bool(value) for value in self.reward_state.values())
 
+    def term_learns(self, term: str, terms: set[str]) -> bool:
+        """Whether the reward term ``term`` (of the run's ``terms``, the names of its ``eval/reward/<name>`` tags) kept
+        state: a mix's state holds its stateful terms by name; any other reward's state is its own, read by every
+        term it reports (a lone ``reward=discriminator``'s ``disc_logit``)."""
+        if set(self.reward_state) <= terms:
+            return bool(self.reward_state.get(term))
+        return self.reward_learns
+
     @property
     def seconds_per_iteration(self) -> float | None:
         steps = [sum(self.curves[tag].get(s, 0.0) for tag in TIME_TAGS) for s in self.curves.get("time/rollout", {})]
@@ -189,9 +197,10 @@ def reward_terms_table(runs: dict[str, list[Run]]) -> str:
         histories = [r.summary["history"] for r in group]
         terms = [tag for tag in histories[0][0] if tag.startswith("eval/reward/")
                  and all(tag in h[0] and tag in h[-1] for h in histories)]
+        names = {tag.removeprefix("eval/reward/") for tag in terms}
         for tag in terms:
             before, after = [h[0][tag] for h in histories], [h[-1][tag] for h in histories]
-            learns = any(r.reward_state.get(tag.removeprefix("eval/reward/")) for r in group)
+            learns = any(r.term_learns(tag.removeprefix("eval/reward/"), names) for r in group)
             change = "n/a: the term learns" if learns else relative_change(before, after)
             rows.append(f"| {label} | {tag} | {mean_std(sorted(set(before)))} | {mean_std(after)} | {change} |")
     header = ["| setting | reward term | prior | final | change |", "|---|---|---|---|---|"]
