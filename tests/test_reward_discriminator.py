@@ -1,9 +1,10 @@
-"""reward=discriminator: its logit against the log density ratio of two known Gaussians, its class term, scoring
-without learning, and an exact resume from its state."""
+"""reward=discriminator: its logit against the log density ratio of two known Gaussians, its class term, the bound
+on its logit, scoring without learning, and an exact resume from its state."""
 
 import copy
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from rlar.reward.discriminator import DiscriminatorReward
@@ -50,6 +51,30 @@ def test_the_class_term_scores_a_sample_against_its_own_class():
     with scoring_only(reward):
         logit, _ = reward(torch.ones(2, 1, 1, 1), None, {"labels": torch.tensor([0, 1])})
     assert logit[0] > logit[1] + 2  # +1 is class 0's data, far from class 1's
+
+
+def test_a_sample_far_off_the_data_gets_the_bound_and_the_rest_their_logit():
+    g = torch.Generator().manual_seed(3)
+    real = (1 + torch.randn(1024, generator=g)).view(-1, 1, 1, 1)
+    reward = discriminator(real, torch.zeros(1024, dtype=torch.long), class_conditional=False, warmup_steps=300,
+                           logit_bound=10.0)
+    reward((-1 + torch.randn(1024, generator=g)).view(-1, 1, 1, 1), None, None)
+    grid = torch.tensor([-200.0, -1.0, 0.0, 1.0, 200.0]).view(-1, 1, 1, 1)
+    with scoring_only(reward):
+        bounded, parts = reward(grid, None, None)
+    raw = reward.model(grid.flatten(1), torch.full((5,), -1))  # the MLP extrapolates far outside [-4, 4]
+    assert raw[0] < -10 and raw[-1] > 10 and raw[1:-1].abs().max() < 10, raw
+    assert torch.equal(bounded, torch.tensor([-10.0, *raw[1:-1].tolist(), 10.0]))
+    assert parts["disc_logit"] is bounded
+    reward.logit_bound = None  # the default: the logit as it is
+    with scoring_only(reward):
+        assert torch.equal(reward(grid, None, None)[0], raw)
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0])
+def test_a_bound_that_is_not_positive_is_refused(bound):
+    with pytest.raises(ValueError, match=rf"reward.logit_bound must be > 0 .*got {bound}"):
+        discriminator(torch.zeros(4, 1, 1, 1), torch.zeros(4, dtype=torch.long), logit_bound=bound)
 
 
 def test_scoring_only_leaves_it_unchanged_and_its_state_resumes_exactly():

@@ -47,15 +47,19 @@ class DiscriminatorReward(Reward):
 
     ``class_conditional``: the discriminator also reads the requested class (``meta["labels"]``), so a sample is
     scored against its own class's data. ``targets`` are not read: the data side is the train split alone. While
-    ``learning`` is False (evaluation) it scores without training. Under torchrun every rank adds the global
-    batch's features (gathered) and draws the same data rows, so the discriminators stay identical. Its weights,
-    optimizer, buffer and random stream are its ``state_dict()`` (saved with each checkpoint).
+    ``learning`` is False (evaluation) it scores without training. ``logit_bound``: the reward is the logit clamped
+    to ``[-logit_bound, logit_bound]``, so that a sample the MLP extrapolates to a logit in the thousands weighs no
+    more in its batch's z-scores than one at the bound; None (the default): the logit as it is. Under torchrun
+    every rank adds the global batch's features (gathered) and draws the same data rows, so the discriminators stay
+    identical. Its weights, optimizer, buffer and random stream are its ``state_dict()`` (saved with each checkpoint).
     """
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  class_conditional: bool = True, hidden: int = 128, lr: float = 1e-3, steps: int = 4,
                  warmup_steps: int = 200, batch_size: int = 256, buffer_size: int = 1024, seed: int = 0,
-                 chunk_size: int = 256):
+                 chunk_size: int = 256, logit_bound: float | None = None):
+        if logit_bound is not None and not logit_bound > 0:
+            raise ValueError(f"reward.logit_bound must be > 0 (or null for the raw logit), got {logit_bound}")
         for name, value in (("hidden", hidden), ("steps", steps), ("batch_size", batch_size),
                             ("buffer_size", buffer_size)):
             if value < 1:
@@ -63,7 +67,7 @@ class DiscriminatorReward(Reward):
         self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
         self.class_conditional, self.hidden, self.lr = class_conditional, hidden, lr
         self.steps, self.warmup_steps, self.batch_size, self.buffer_size = steps, warmup_steps, batch_size, buffer_size
-        self.seed, self.chunk_size = seed, chunk_size
+        self.seed, self.chunk_size, self.logit_bound = seed, chunk_size, logit_bound
         self.generator = torch.Generator().manual_seed(seed)
         self.model: ProjectionDiscriminator | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -127,7 +131,10 @@ class DiscriminatorReward(Reward):
         features = self.features(images)  # [N, F]
         if self.learning:
             self.learn(features, labels, images.device)
-        reward = self.model(features, labels).to(images.device)
+        reward = self.model(features, labels)  # [N]
+        if self.logit_bound is not None:
+            reward = reward.clamp(-self.logit_bound, self.logit_bound)
+        reward = reward.to(images.device)
         return reward, {"disc_logit": reward}
 
     def learn(self, features: torch.Tensor, labels: torch.Tensor, device) -> None:

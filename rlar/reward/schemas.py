@@ -135,6 +135,9 @@ class DiscriminatorRewardSchema(ClassifierRewardSchema):
     buffer_size: int = 1024  # the last this many samples' features are its negatives
     seed: int = 0  # its initialization and its draws of data images
     chunk_size: int = 256  # images per classifier forward pass
+    # the reward is the logit clamped to [-bound, bound] (null: no bound, the default; a bound of 10 made the
+    # default recipe worse on every seed, docs/rewards.md)
+    logit_bound: float | None = None
 
 
 @dataclass
