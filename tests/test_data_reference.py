@@ -1,4 +1,5 @@
-"""rlar.studies.data_reference: the held-out halves, the paired differences, and the data's row judged as samples."""
+"""rlar.studies.data_reference: the held-out halves, the paired differences, and the data's rows (as they are and
+through the tokenizer) judged as samples."""
 
 import json
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from rlar.eval.evaluate import JUDGE_METRICS
-from rlar.studies.data_reference import REAL, halves, paired, summarise
+from rlar.studies.data_reference import REAL, RECONSTRUCTED, halves, paired, summarise
 
 
 def test_halves_split_the_items_in_two_by_the_split_number():
@@ -36,7 +37,7 @@ def test_summarise_gives_each_rows_spread_and_its_difference_from_the_prior():
 
 
 @pytest.mark.slow
-def test_the_datas_row_is_the_held_out_half_judged_against_the_other(tiny, tmp_path):
+def test_the_datas_rows_are_the_held_out_half_judged_against_the_other(tiny, tmp_path):
     from rlar.eval.model.build import build_eval_classifier
     from rlar.eval.model.scorer import EvalModel
     from rlar.eval.run_models import build_models, run_config
@@ -46,16 +47,20 @@ def test_the_datas_row_is_the_held_out_half_judged_against_the_other(tiny, tmp_p
     result = main([*args, "--splits", "2", "--cfg-scale", "2", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "data_reference.json").read_text())
     assert written["rows"] == json.loads(json.dumps(result)) and written["splits"] == 2
-    assert list(result) == [REAL, "prior", "prior, guidance 2"]
+    assert list(result) == [REAL, RECONSTRUCTED, "prior", "prior, guidance 2"]
     cfg = run_config(None, args)
-    data = build_models(cfg, "cpu")[0]
+    data, tokenizer, _ = build_models(cfg, "cpu")
     images, labels = data.eval_images[:24], data.eval_labels[:24]
     reference, stand_in = halves(24, split=1)
     judge = EvalModel(build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model), images[reference],
                       labels[reference], "cpu")
-    expected = judge.metrics(*judge.describe(images[stand_in], labels[stand_in]), labels[stand_in])
-    for m in JUDGE_METRICS:
-        assert result[REAL][m]["values"][1] == pytest.approx(expected[f"eval/{m}"], nan_ok=True)
+    with torch.no_grad():
+        through = tokenizer.decode_code(tokenizer.encode_indices(images[stand_in]))  # [12, C, H, W]
+    assert not torch.allclose(through, images[stand_in])  # the tokenizer loses detail: a row of its own
+    for row, shown in ((REAL, images[stand_in]), (RECONSTRUCTED, through)):
+        expected = judge.metrics(*judge.describe(shown, labels[stand_in]), labels[stand_in])
+        for m in JUDGE_METRICS:
+            assert result[row][m]["values"][1] == pytest.approx(expected[f"eval/{m}"], nan_ok=True)
     assert 0 <= result["prior"]["coverage"]["mean"] <= 1 and result["prior"]["fd"]["mean"] > 0
 
 

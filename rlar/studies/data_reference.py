@@ -6,7 +6,9 @@ its paired difference from the prior's (mean ± standard error), to ``data_refer
     python -m rlar.studies.data_reference [key=value ...] [--run RUN_DIR ...] [--temperature T ...]
         [--cfg-scale S ...] [--splits 20]
 
-Rows: the held-out half (of the first ``eval.max_items`` held-out images); the prior (unguided, temperature 1);
+Rows: the held-out half (of the first ``eval.max_items`` held-out images); the same half through the tokenizer
+(encoded and decoded: what a policy that drew the codes of real digits would score, the ceiling of any policy over
+these codes); the prior (unguided, temperature 1);
 the prior at each ``--temperature`` and each ``--cfg-scale``; each ``--run``'s final policy at its own rollout
 settings. Split ``i`` samples under seed ``eval.seed + i``. Half as many images as the held-out split give noisier
 values than an evaluation's: compare rows within one table (docs/evaluation.md).
@@ -33,6 +35,7 @@ from rlar.eval.run_models import build_models, run_config
 from rlar.studies.report import mean_and_std, mean_std
 
 REAL = "held-out half (the data)"
+RECONSTRUCTED = "held-out half, through the tokenizer"
 
 
 def halves(n: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,18 +66,28 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
     return result
 
 
-def data_reference(cfg, data, policies: dict[str, tuple], splits: int, device, autocast=None) -> dict[str, list[dict]]:
-    """``{row: [judgement of split 0, 1, ...]}`` of ``data``'s held-out images and of ``policies`` (``{row: (policy,
-    tokenizer, sampling)}``)."""
+@torch.no_grad()
+def reconstruct(tokenizer, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """``images [M, C, H, W]`` encoded to codes and decoded by ``tokenizer``, ``batch_size`` at a time, on the CPU."""
+    return torch.cat([tokenizer.decode_code(tokenizer.encode_indices(chunk.to(device))).float().cpu()
+                      for chunk in images.split(batch_size)])
+
+
+def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int, device,
+                   autocast=None) -> dict[str, list[dict]]:
+    """``{row: [judgement of split 0, 1, ...]}`` of ``data``'s held-out images, of the same images through
+    ``tokenizer``, and of ``policies`` (``{row: (policy, tokenizer, sampling)}``)."""
     classifier = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)  # trained if not cached
     items = slice(cfg.eval.max_items or None)
     images, labels = data.eval_images[items], data.eval_labels[items]  # [M, C, H, W], [M]
-    rows = {REAL: [], **{name: [] for name in policies}}
+    reconstructed = reconstruct(tokenizer, images, cfg.eval.batch_size, device)  # [M, C, H, W]
+    rows = {REAL: [], RECONSTRUCTED: [], **{name: [] for name in policies}}
     for split in range(splits):  # samples are drawn without gradients (generate_images)
         reference, stand_in = halves(len(labels), split)
         judge = EvalModel(classifier, images[reference], labels[reference], device)
         asked = labels[stand_in]  # [m]
         rows[REAL].append(judge.metrics(*judge.describe(images[stand_in], asked), asked))
+        rows[RECONSTRUCTED].append(judge.metrics(*judge.describe(reconstructed[stand_in], asked), asked))
         for name, (policy, tokenizer, sampling) in policies.items():
             samples = generate_images(policy, tokenizer, asked, sampling, cfg.eval.batch_size,
                                       torch.Generator().manual_seed(cfg.eval.seed + split), device, autocast)
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         data, tokenizer, prior = build_models(cfg, hw.torch_device)
         policies = policies_to_judge(opts, tokenizer, prior, hw.torch_device)
-        result = summarise(data_reference(cfg, data, policies, opts.splits, hw.torch_device, hw.autocast))
+        result = summarise(data_reference(cfg, data, tokenizer, policies, opts.splits, hw.torch_device, hw.autocast))
     finally:
         hw.teardown()
     out = Path(opts.out) / "data_reference.json"
