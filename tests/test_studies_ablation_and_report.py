@@ -42,8 +42,8 @@ def test_every_run_of_a_study_composes_and_passes_the_checks(name):
     study = load_study(name)
     assert study.title and len(study.seeds) >= 3 and len(study.settings) >= 2
     configs = []
-    for setting in study.settings.values():  # one seed each: the seeds' runs differ only in hardware.seed
-        cfg = compose_config([*study.overrides, *setting, f"hardware.seed={study.seeds[-1]}"])
+    for label in study.settings:  # one seed each: the seeds' runs differ only in hardware.seed
+        cfg = compose_config([*study.run_overrides(label), f"hardware.seed={study.seeds[-1]}"])
         check_config(cfg)
         configs.append(cfg)
     # settings differ from each other, and each setting's overrides are what its runs get
@@ -55,10 +55,26 @@ def test_every_run_of_a_study_composes_and_passes_the_checks(name):
         assert f"hardware.seed={','.join(map(str, study.seeds))}" in cmd
 
 
+def test_a_setting_replaces_the_studys_value_of_a_key_it_sets_itself(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("overrides: [optimizer.lr=3.0e-5, reward=discriminator_loo_fd_class, train.iterations=5]\n"
+                    "settings:\n  base: []\n"
+                    "  faster: [optimizer.lr=5.0e-5, +reward@reward.components.cov=coverage]\n")
+    study = load_study(path)
+    assert study.run_overrides("base") == ["optimizer.lr=3.0e-5", "reward=discriminator_loo_fd_class",
+                                           "train.iterations=5"]
+    # the lr is replaced; the reward group stays (a component added under it is another key)
+    assert study.run_overrides("faster") == ["reward=discriminator_loo_fd_class", "train.iterations=5",
+                                             "optimizer.lr=5.0e-5", "+reward@reward.components.cov=coverage"]
+    (cmd,) = [c for c in sweep_commands(study) if "optimizer.lr=5.0e-5" in c]
+    assert "optimizer.lr=3.0e-5" not in cmd
+    assert compose_config(study.run_overrides("faster")).optimizer.lr == 5e-5
+
+
 def test_group_size_study_keeps_the_samples_per_iteration():
     study = load_study("group_size")
-    for setting in study.settings.values():
-        cfg = compose_config([*study.overrides, *setting])
+    for label in study.settings:
+        cfg = compose_config(study.run_overrides(label))
         assert cfg.train.batch_size * cfg.algorithm.num_generations == 64
 
 

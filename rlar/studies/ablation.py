@@ -23,8 +23,8 @@ def sweep_commands(study: Study, extra: list[str] = (), outputs: str | Path = "o
     """One ``python -m rlar.run -m ...`` per setting; ``extra`` overrides go to every run."""
     seeds = ",".join(str(s) for s in study.seeds)
     where = [] if Path(outputs) == Path("outputs") else [f"hydra.sweep.dir={sweep_dir(outputs)}"]
-    return [[sys.executable, "-m", "rlar.run", "-m", f"name={RUN_NAME}", *study.overrides, *setting,
-             f"hardware.seed={seeds}", *extra, *where] for setting in study.settings.values()]
+    return [[sys.executable, "-m", "rlar.run", "-m", f"name={RUN_NAME}", *study.run_overrides(label),
+             f"hardware.seed={seeds}", *extra, *where] for label in study.settings]
 
 
 def run_sweeps(study: Study, extra: list[str] = (), outputs: str | Path = "outputs") -> None:

@@ -92,13 +92,13 @@ def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:
     """The finished runs of each setting (in the study's order), sorted by seed: a run belongs to a setting when
     its overrides are exactly the study's and the setting's (up to the seed and what its dir name leaves out)."""
     runs: dict[str, list[Run]] = {label: [] for label in study.settings}
-    iterations = {k: compose_config([*study.overrides, *v]).train.iterations for k, v in study.settings.items()}
+    iterations = {k: compose_config(study.run_overrides(k)).train.iterations for k in study.settings}
     for summary_path in sorted(sweep_dir(outputs).glob("*/summary.json")):
         run_dir = summary_path.parent
         hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra
         excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
         have = defining(hydra_cfg.overrides.task, excluded)
-        label = next((k for k, v in study.settings.items() if defining([*study.overrides, *v], excluded) == have), None)
+        label = next((k for k in study.settings if defining(study.run_overrides(k), excluded) == have), None)
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         summary = json.loads(summary_path.read_text())
         if label is None or cfg.hardware.seed not in study.seeds or summary["iterations"] != iterations[label]:

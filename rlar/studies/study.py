@@ -22,10 +22,23 @@ class Study:
     notes: str = ""
     judge: int | None = None           # also judge each run and the prior over this many eval seeds (studies/judged.py)
 
+    def run_overrides(self, label: str) -> list[str]:
+        """The overrides of setting ``label``'s runs: the study's, less those whose key the setting sets itself (the
+        setting's value wins), then the setting's."""
+        setting = self.settings[label]
+        own = {override_key(o) for o in setting}
+        return [o for o in self.overrides if override_key(o) not in own] + setting
+
     @property
     def report_dir(self) -> Path:
         """Beside its YAML: ``experiments/<study>/``."""
         return self.path.with_suffix("")
+
+
+def override_key(override: str) -> str:
+    """What an override sets, as written: ``optimizer.lr`` of ``optimizer.lr=3e-5``, ``+reward@reward.components.cov``
+    of ``+reward@reward.components.cov=coverage``."""
+    return override.split("=", 1)[0]
 
 
 def load_study(study: str | Path) -> Study:
