@@ -66,13 +66,6 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
     return result
 
 
-@torch.no_grad()
-def reconstruct(tokenizer, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """``images [M, C, H, W]`` encoded to codes and decoded by ``tokenizer``, ``batch_size`` at a time, on the CPU."""
-    return torch.cat([tokenizer.decode_code(tokenizer.encode_indices(chunk.to(device))).float().cpu()
-                      for chunk in images.split(batch_size)])
-
-
 def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int, device,
                    autocast=None) -> dict[str, list[dict]]:
     """``{row: [judgement of split 0, 1, ...]}`` of ``data``'s held-out images, of the same images through
@@ -80,7 +73,8 @@ def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int
     classifier = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)  # trained if not cached
     items = slice(cfg.eval.max_items or None)
     images, labels = data.eval_images[items], data.eval_labels[items]  # [M, C, H, W], [M]
-    reconstructed = reconstruct(tokenizer, images, cfg.eval.batch_size, device)  # [M, C, H, W]
+    # the frozen tokenizer encodes and decodes its own chunk at a time, without gradients
+    reconstructed = tokenizer.decode_code(tokenizer.encode_indices(images.to(device))).float().cpu()  # [M, C, H, W]
     rows = {REAL: [], RECONSTRUCTED: [], **{name: [] for name in policies}}
     for split in range(splits):  # samples are drawn without gradients (generate_images)
         reference, stand_in = halves(len(labels), split)
@@ -88,8 +82,8 @@ def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int
         asked = labels[stand_in]  # [m]
         rows[REAL].append(judge.metrics(*judge.describe(images[stand_in], asked), asked))
         rows[RECONSTRUCTED].append(judge.metrics(*judge.describe(reconstructed[stand_in], asked), asked))
-        for name, (policy, tokenizer, sampling) in policies.items():
-            samples = generate_images(policy, tokenizer, asked, sampling, cfg.eval.batch_size,
+        for name, (policy, policy_tokenizer, sampling) in policies.items():
+            samples = generate_images(policy, policy_tokenizer, asked, sampling, cfg.eval.batch_size,
                                       torch.Generator().manual_seed(cfg.eval.seed + split), device, autocast)
             rows[name].append(judge.metrics(*judge.describe(samples, asked), asked))
     return rows
