@@ -100,16 +100,24 @@ def test_pair_update_starts_at_the_prior_and_its_loss_falls(gpt):
     assert any(not torch.equal(gpt.state_dict()[k], prior[k]) for k in prior)
 
 
-def test_experiment_guidance_free_is_cca_with_a_guided_evaluation_and_an_rl_variant():
-    cfg = compose_config(["experiment=guidance_free"])
-    assert cfg.algorithm._target_ == "rlar.algorithm.cca.CCA" and cfg.eval.guided_cfg_scale == 2.0
-    assert cfg.rollout.cfg_scale == 1.0  # the fine-tuned policy is evaluated unguided
-    assert set(cfg.reward.components) == {"cls", "fd"} and cfg.reward.components.fd.class_conditional
-    assert rewards_reading_the_judge(cfg) == []
-    check_config(cfg)
-    rl = compose_config(["experiment=guidance_free", "algorithm=grpo", "train.batch_size=8"])
-    assert rl.algorithm._target_.endswith("GRPO") and rl.reward == cfg.reward
-    check_config(rl)
+def test_experiment_guidance_free_is_the_grpo_recipe_and_guidance_free_cca_its_baseline():
+    recipe = compose_config(["experiment=guidance_free"])
+    assert recipe.algorithm._target_.endswith("GRPO") and recipe.algorithm.ntp_weight == 0.1
+    assert list(recipe.reward.components) == ["disc", "fd", "cls", "cov"]
+    assert dict(recipe.reward.weights) == {"disc": 1.0, "fd": 1.0, "cls": 3.0, "cov": 1.0}
+    assert (recipe.optimizer.lr, recipe.train.batch_size, recipe.train.iterations) == (5e-5, 8, 600)
+    assert recipe.eval.guided_cfg_scale == 2.0 and recipe.rollout.cfg_scale == 1.0  # evaluated unguided
+    # the preset is the default reward with the coverage term added, as the studies wrote it on the command line
+    by_hand = compose_config(["+reward@reward.components.cov=coverage", "+reward.weights.cov=1"])
+    assert recipe.reward == by_hand.reward
+    baseline = compose_config(["experiment=guidance_free_cca"])
+    assert baseline.algorithm._target_ == "rlar.algorithm.cca.CCA"
+    assert set(baseline.reward.components) == {"cls", "fd"} and baseline.reward.components.fd.class_conditional
+    assert (baseline.optimizer.lr, baseline.train.batch_size, baseline.train.ema_decay) == (1e-5, 32, None)
+    assert baseline.eval.guided_cfg_scale == 2.0 and baseline.eval.samples_per_item == 4
+    for cfg in (recipe, baseline):
+        assert rewards_reading_the_judge(cfg) == []
+        check_config(cfg)
     assert compose_config(["experiment=guidance_free", "reward=l2"]).reward.kind == "l2"
 
 

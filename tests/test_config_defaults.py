@@ -86,8 +86,11 @@ OPTION_FILES = [p for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))
 @pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_option_files_do_not_repeat_their_schema(path):
     written = yaml.safe_load(path.read_text())
-    entries = [e for e in written.pop("defaults") if isinstance(e, str) and e.startswith("/schema/")]
-    assert entries, f"{path} extends no schema"
+    defaults = [e for e in written.pop("defaults") if isinstance(e, str) and e != "_self_"]
+    entries = [e for e in defaults if e.startswith("/schema/")]
+    options = [e.split("@")[0] for e in defaults if not e.startswith("/")]  # options of its group it extends
+    assert entries or options, f"{path} extends no schema"
+    assert all((path.parent / f"{option}.yaml").is_file() for option in options)  # each is itself checked here
     repeated = []
     for entry in entries:
         defaults, package = schema_of(entry)
