@@ -13,7 +13,9 @@ from PIL import Image
 
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
+from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.studies.ablation import run_sweeps, sweep_commands
+from rlar.studies.judged import prior_judgements, read_or_judge
 from rlar.studies.report import (
     ATTRIBUTE_COLUMNS,
     Run,
@@ -285,15 +287,36 @@ def test_a_study_judge_must_be_a_positive_count(tmp_path):
 
 
 def test_a_judgement_without_one_of_the_judges_metrics_is_judged_anew(tmp_path, monkeypatch):
-    from rlar.eval.evaluate import JUDGE_METRICS
-    from rlar.studies import judged as judged_module
-
     path = tmp_path / "judge.json"
     every = {f"eval/{m}": {"mean": 0.5, "values": [0.5]} for m in JUDGE_METRICS}
     older = {k: v for k, v in every.items() if k != "eval/coverage"}  # written before the judge measured coverage
     path.write_text(json.dumps({"metrics": older}))
     calls = []
-    monkeypatch.setattr(judged_module, "run_command",
+    monkeypatch.setattr("rlar.studies.judged.run_command",
                         lambda argv: calls.append(argv) or path.write_text(json.dumps({"metrics": every})))
-    assert judged_module.read_or_judge(path, ["RUN", "--judge", "1"]) == every and calls == [["RUN", "--judge", "1"]]
-    assert judged_module.read_or_judge(path, ["RUN", "--judge", "1"]) == every and len(calls) == 1  # read again
+    assert read_or_judge(path, ["RUN", "--judge", "1"]) == every and calls == [["RUN", "--judge", "1"]]
+    assert read_or_judge(path, ["RUN", "--judge", "1"]) == every and len(calls) == 1  # read again
+
+
+def test_the_prior_is_judged_anew_when_the_config_it_is_judged_under_changes(tmp_path, monkeypatch):
+    """The prior's judgement is kept under a key of the whole config, not of the overrides as written: an
+    experiment whose defaults change, or another thread count, is judged again; the same config is read back."""
+    judged = []
+
+    def fake_judge(argv):  # stands in for rlar-eval: records the call and writes what it would
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        metrics = {f"eval/{m}": {"mean": float(len(judged))} for m in JUDGE_METRICS}
+        (out / "judge.json").write_text(json.dumps({"metrics": metrics}))
+        judged.append(argv)
+
+    monkeypatch.setattr("rlar.studies.judged.run_command", fake_judge)
+    path = tmp_path / "study.yaml"
+    path.write_text("overrides: [train.iterations=5]\nsettings:\n  base: []\n")
+    study = load_study(path)
+    first = prior_judgements(study, 2, tmp_path)
+    assert prior_judgements(study, 2, tmp_path) == first and len(judged) == 1  # read back, not judged again
+    prior_judgements(study, 2, tmp_path, ["hardware.num_threads=7"])
+    study.overrides = ["train.iterations=5", "eval.samples_per_item=2"]  # as when an experiment's default changes
+    prior_judgements(study, 2, tmp_path)
+    assert len(judged) == 3 and len({argv[argv.index("--out") + 1] for argv in judged}) == 3

@@ -4,7 +4,8 @@ so that a setting's numbers are not one evaluation's draw (about 2 units of eval
 
 A run's judgement is its ``eval/judge-.../judge.json``, written once and read again (judged anew when it lacks one
 of the judge's metrics: written before the judge measured it); the prior's lands in
-``outputs/ablations/judged/<study>/``, keyed by the study's overrides.
+``outputs/ablations/judged/<study>/``, keyed by the whole config it is judged under (the study's overrides
+and the command line's), so that a change to an experiment's defaults or the thread count judges it anew.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
 def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str] = ()) -> dict[str, Judgement]:
     """The study's prior under ``n`` eval seeds: ``{"prior": ...}`` unguided (the rollout's guidance scale), and
     ``{"prior, guidance <s>": ...}`` when the study's evaluations also sample under guidance ``s``."""
-    cfg = compose_config(list(study.overrides))
-    key = hashlib.sha1(json.dumps(list(study.overrides)).encode()).hexdigest()[:10]
+    cfg = compose_config([*study.overrides, *extra])
+    key = hashlib.sha1(json.dumps(OmegaConf.to_container(cfg), sort_keys=True).encode()).hexdigest()[:10]
     scales = {"prior": cfg.rollout.cfg_scale}
     if cfg.eval.get("guided_cfg_scale") is not None:
         scales[f"prior, guidance {cfg.eval.guided_cfg_scale:g}"] = cfg.eval.guided_cfg_scale
