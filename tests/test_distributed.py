@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 import rlar.runtime.distributed
 from rlar.config.store import compose_config
 from rlar.loop import train_rl_loop
+from rlar.policy.gpt import GPT
 from rlar.rollout.sampling import policy_logprobs
 from rlar.run import rank_overrides
 from rlar.runtime.hardware import Hardware
@@ -144,6 +146,28 @@ def test_only_rank_zero_writes_hydra_files(monkeypatch):
     assert rank_overrides() == []
     monkeypatch.setenv("RANK", "1")
     assert rank_overrides() == ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def gloo_worker_threads() -> int:
+    return sum((task / "comm").read_text().strip() == "pt_gloo_runloop" for task in Path("/proc/self/task").iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
+def test_teardown_stops_the_process_groups_threads_under_fsdp(monkeypatch):
+    """FSDP2's mesh is kept alive by PyTorch's caches, and the process group with it: teardown must still stop the
+    group's gloo threads, which left to the interpreter's shutdown can abort a finished run's process."""
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "0"}.items():  # port 0: any free one (no other rank connects)
+        monkeypatch.setenv(name, value)
+    before = gloo_worker_threads()
+    hw = Hardware(strategy="fsdp")
+    hw.setup()
+    policy = hw.prepare(GPT(vocab_size=32, block_size=12, num_classes=5, n_layer=2, n_head=2, n_embd=32))
+    policy(torch.randint(0, 32, (2, 12)), torch.tensor([0, 1])).mean().backward()
+    assert gloo_worker_threads() > before
+    del policy
+    hw.teardown()
+    assert gloo_worker_threads() == before
 
 
 def test_bf16_autocast_keeps_logprobs_fp32(gpt):

@@ -4,9 +4,12 @@ under bf16, CPU offload of the frozen KL reference, one all-gather per rollout).
 from __future__ import annotations
 
 import contextlib
+import gc
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import (
     CPUOffloadPolicy,
     FSDPModule,
@@ -28,13 +31,34 @@ def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     return [block for child in module.children() if isinstance(child, nn.ModuleList) for block in child]
 
 
-def shard(module: nn.Module, param_dtype: torch.dtype | None = None, on_cpu: bool = False) -> nn.Module:
-    """FSDP2 in place: one unit per transformer block, the rest (embeddings, head, norms) in the root unit.
+def fsdp_mesh(device: torch.device) -> DeviceMesh:
+    """The one-dimensional mesh of every process that FSDP2 shards over (one per process: ``release_mesh``)."""
+    return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def release_mesh(mesh: DeviceMesh) -> None:
+    """Let go of ``mesh``'s process groups, so that destroying them stops their worker threads at once.
+
+    PyTorch's DTensor caches keep an FSDP2 mesh alive until the interpreter exits, and the mesh keeps its process
+    group: without this, the group's gloo threads outlive ``destroy_process_group`` and may release a finished
+    collective's tensors while the interpreter shuts down, which aborts the process ("terminate called without an
+    active exception") after a run that succeeded. The sharded modules hold the group too: unreachable by now,
+    they are collected first. (A mesh of an older PyTorch that names its groups without holding them has no
+    registry to clear.)"""
+    gc.collect()
+    getattr(mesh, "_pg_registry", {}).clear()
+
+
+def shard(module: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None,
+          on_cpu: bool = False) -> nn.Module:
+    """FSDP2 in place over ``mesh``: one unit per transformer block, the rest (embeddings, head, norms) in the root
+    unit.
 
     ``param_dtype`` (bf16): the gathered weights and the forward/backward compute in it, the gradients reduced in
     fp32 and the sharded weights (what the optimizer steps) kept fp32. ``on_cpu``: the shards live on the CPU
     and are gathered to the device for each forward pass (a frozen module: the KL reference)."""
-    options = {"mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    options = {"mesh": mesh,
+               "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
                if param_dtype is not None else MixedPrecisionPolicy(),
                "offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if on_cpu else OffloadPolicy()}
     for block in transformer_blocks(module):
@@ -47,14 +71,14 @@ def shard(module: nn.Module, param_dtype: torch.dtype | None = None, on_cpu: boo
 
 
 def wrap(module: nn.Module | None, strategy: str, device: torch.device, trainable: bool = True,
-         param_dtype: torch.dtype | None = None, on_cpu: bool = False):
+         param_dtype: torch.dtype | None = None, on_cpu: bool = False, mesh: DeviceMesh | None = None):
     """The module the training pass calls: a DDP wrapper (trainable modules only; replicas need no wrapper to
-    sample), or the module itself, sharded in place under FSDP2 (with ``param_dtype``, see ``shard``).
+    sample), or the module itself, sharded in place under FSDP2 over ``mesh`` (with ``param_dtype``, see ``shard``).
     ``on_cpu`` (frozen modules): kept on the CPU between calls (FSDP2's CPU offload, else ``CPUResident``)."""
     if module is None:
         return module
     if strategy == "fsdp":
-        return shard(module, param_dtype, on_cpu)
+        return shard(module, mesh, param_dtype, on_cpu)
     if on_cpu:
         return CPUResident(module)
     if strategy == "none" or not trainable:

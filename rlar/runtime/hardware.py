@@ -6,17 +6,18 @@ import contextlib
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
 
 from rlar.contracts import RasterPolicy, StaticStepPolicy
 from rlar.rollout.static_decode import use_static_decode
 from rlar.runtime import distributed
-from rlar.runtime.data_parallel import wrap
+from rlar.runtime.data_parallel import fsdp_mesh, release_mesh, wrap
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Hardware:
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; null keeps torch's default
     timeout_min: int = 30  # how long a collective waits for the other ranks before failing
+    mesh: DeviceMesh | None = field(default=None, init=False, repr=False)  # FSDP2's, made by ``setup``
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -73,14 +75,20 @@ class Hardware:
             dist.init_process_group(backend, timeout=timedelta(minutes=self.timeout_min),
                                     device_id=device if device.type == "cuda" else None)
             log.info("rank %d of %d (%s, %s)", dist.get_rank(), dist.get_world_size(), backend, self.strategy)
+        if self.strategy == "fsdp":
+            self.mesh = fsdp_mesh(device)
         self.seed_everything()
 
     def teardown(self, clean: bool = True) -> None:
         """Destroy the process group; after a clean exit (``clean``) first wait for every rank, so that none closes
-        its connections while another still uses them (a rank that failed must not wait for the others)."""
+        its connections while another still uses them (a rank that failed must not wait for the others). FSDP2's
+        mesh lets go of the group first, so that its threads stop now, not while the interpreter shuts down."""
         if distributed.is_distributed():
             if clean:
                 dist.barrier()
+            if self.mesh is not None:
+                release_mesh(self.mesh)
+                self.mesh = None
             dist.destroy_process_group()
 
     def seed_everything(self) -> None:
@@ -112,4 +120,4 @@ class Hardware:
                 log.warning("hardware.compile_decode: %s has no static decode step; it decodes eagerly",
                             type(module).__name__)
         param_dtype = torch.bfloat16 if self.precision == "bf16" else None
-        return wrap(module, self.strategy, self.torch_device, trainable, param_dtype, on_cpu)
+        return wrap(module, self.strategy, self.torch_device, trainable, param_dtype, on_cpu, self.mesh)
