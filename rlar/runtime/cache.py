@@ -69,6 +69,11 @@ def load_checkpoint(path: str | os.PathLike, what: str):
                          f"{e}); give a file written by torch.save (a state dict), or re-download it") from e
 
 
+def spec_key(spec: dict, length: int = 12) -> str:
+    """A short hash of ``spec``'s content, the same whatever the order of its keys: the name of what it built."""
+    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
                     build: Callable[[], tuple[dict, dict]]) -> tuple[dict, Path]:
     """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build()`` on a miss.
@@ -76,8 +81,7 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
     ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON.
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    key = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = cache_dir / f"{name}-{key}.pt"
+    path = cache_dir / f"{name}-{spec_key(spec)}.pt"
     if path.is_file():
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path

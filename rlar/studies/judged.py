@@ -10,7 +10,6 @@ and the command line's), so that a change to an experiment's defaults or the thr
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
+from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
 
 Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as judge.json holds it
@@ -51,7 +51,7 @@ def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str]
     """The study's prior under ``n`` eval seeds: ``{"prior": ...}`` unguided (the rollout's guidance scale), and
     ``{"prior, guidance <s>": ...}`` when the study's evaluations also sample under guidance ``s``."""
     cfg = compose_config([*study.overrides, *extra])
-    key = hashlib.sha1(json.dumps(OmegaConf.to_container(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    key = spec_key(OmegaConf.to_container(cfg), length=10)
     scales = {"prior": cfg.rollout.cfg_scale}
     if cfg.eval.get("guided_cfg_scale") is not None:
         scales[f"prior, guidance {cfg.eval.guided_cfg_scale:g}"] = cfg.eval.guided_cfg_scale
