@@ -49,10 +49,10 @@ def release_mesh(mesh: DeviceMesh) -> None:
     getattr(mesh, "_pg_registry", {}).clear()
 
 
-def shard(module: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None,
+def shard(module: nn.Module, mesh: DeviceMesh | None, param_dtype: torch.dtype | None = None,
           on_cpu: bool = False) -> nn.Module:
-    """FSDP2 in place over ``mesh``: one unit per transformer block, the rest (embeddings, head, norms) in the root
-    unit.
+    """FSDP2 in place over ``mesh`` (None: a mesh of FSDP2's own, which ``release_mesh`` cannot reach): one unit per
+    transformer block, the rest (embeddings, head, norms) in the root unit.
 
     ``param_dtype`` (bf16): the gathered weights and the forward/backward compute in it, the gradients reduced in
     fp32 and the sharded weights (what the optimizer steps) kept fp32. ``on_cpu``: the shards live on the CPU
