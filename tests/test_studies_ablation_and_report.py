@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from rlar.config.store import compose_config
@@ -28,9 +29,11 @@ from rlar.studies.report import (
     relative_change,
     reward_terms_notes,
     reward_terms_table,
+    table,
     write_report,
+    zscored_note,
 )
-from rlar.studies.study import EXPERIMENTS_DIR, load_study, sweep_dir
+from rlar.studies.study import EXPERIMENTS_DIR, Study, load_study, sweep_dir
 
 STUDIES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -139,13 +142,14 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] == "0, 1"
-        assert cells[3] == f"{before:.4f}"
         after_ = torch.tensor(after, dtype=torch.float64)
-        assert cells[4] == f"{after_.mean():.4f} ± {after_.std():.4f}"  # sample std over the seeds
-        assert cells[5] == " / ".join(f"{a:.4f}" for a in after)
-        if label == "grpo":  # its prior and final eval rewards are read by different discriminators
-            assert cells[6] == "n/a: the reward learns"
+        if label == "grpo":  # the default reward z-scores its terms over each batch: its mean is 0 whatever moved
+            assert after_.abs().max() < 1e-5
+            assert cells[3:7] == ["0 (z-scored)", "0 (z-scored)", "–", "n/a: z-scored over each batch; its terms below"]
         else:
+            assert cells[3] == f"{before:.4f}"
+            assert cells[4] == f"{after_.mean():.4f} ± {after_.std():.4f}"  # sample std over the seeds
+            assert cells[5] == " / ".join(f"{a:.4f}" for a in after)
             assert cells[6] == f"{100 * (after_.mean() - before) / abs(before):+.1f} %"  # the change of the mean
         # the evaluation model's table: eval/fd prior, final (mean ± std) and the relative change of the means
         fd_row = [line for line in text.splitlines() if line.startswith(f"| {label} |")][1]
@@ -196,6 +200,19 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
     table = re.compile(r"^\| (grpo|reinforce) \|.*", re.M)
     assert [m.group(0).rsplit("|", 2)[0] for m in table.finditer(again)] == [
         m.group(0).rsplit("|", 2)[0] for m in table.finditer(text)]  # all but the s / it column
+
+
+def test_a_reward_that_z_scores_its_terms_reports_no_mean_of_its_own():
+    study = Study("s", Path("s.yaml"), "t", [], [0, 1], {"mix": [], "l2": ["reward=l2"]})
+    mix = OmegaConf.to_yaml(compose_config([]).reward)  # the default: three terms, z-scored over the batch
+    runs = {"mix": [Run(Path("."), s, 0.0, 1e-8, 3, reward=mix) for s in (0, 1)],
+            "l2": [Run(Path("."), s, -0.2, -0.1, 3, reward="_target_: l2\nnormalize: false\n") for s in (0, 1)]}
+    rows = table(study, runs).splitlines()
+    assert rows[2] == ("| mix | none | 0, 1 | 0 (z-scored) | 0 (z-scored) | – "
+                       "| n/a: z-scored over each batch; its terms below | – |")
+    assert rows[3] == "| l2 | `reward=l2` | 0, 1 | -0.2000 | -0.1000 ± 0.0000 | -0.1000 / -0.1000 | +50.0 % | – |"
+    assert Run(Path("."), 0, 0.0, 0.0, 3, reward="r").reward_normalized is False  # not a mapping
+    assert "mean of 0 by construction" in zscored_note(runs) and zscored_note({"l2": runs["l2"]}) == ""
 
 
 def test_relative_change_of_the_means_and_a_zero_prior():

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -57,6 +58,13 @@ class Run:
         averages; a mix of stateless rewards once saved ``{name: {}}`` per component): then each evaluation reads it
         as it was then, and the prior's eval reward and the final one are not on one scale."""
         return any(bool(value) for value in self.reward_state.values())
+
+    @property
+    def reward_normalized(self) -> bool:
+        """Whether the reward z-scores its terms over each batch (a mix's ``normalize``): its mean is then 0 by
+        construction, whatever the samples, and only its terms say how they moved."""
+        config = yaml.safe_load(self.reward) if self.reward else None
+        return isinstance(config, dict) and bool(config.get("normalize"))
 
     def term_learns(self, term: str, terms: set[str]) -> bool:
         """Whether the reward term ``term`` (of the run's ``terms``, the names of its ``eval/reward/<name>`` tags) kept
@@ -132,12 +140,17 @@ def table(study: Study, runs: dict[str, list[Run]]) -> str:
         if not group:
             lines.append(f"| {label} | {overrides} | 0 | – | – | – | – | – |")
             continue
+        speeds = [s for r in group if (s := r.seconds_per_iteration) is not None]
+        speed = f"{statistics.mean(speeds):.2f}" if speeds else "–"
+        seeds = ", ".join(str(r.seed) for r in group)
+        if all(r.reward_normalized for r in group):
+            lines.append(f"| {label} | {overrides} | {seeds} | 0 (z-scored) | 0 (z-scored) | – "
+                         f"| n/a: z-scored over each batch; its terms below | {speed} |")
+            continue
         per_seed = " / ".join(f"{r.after:.4f}" for r in group)
         change = ("n/a: the reward learns" if any(r.reward_learns for r in group)
                   else relative_change([r.before for r in group], [r.after for r in group]))
-        speeds = [s for r in group if (s := r.seconds_per_iteration) is not None]
-        speed = f"{statistics.mean(speeds):.2f}" if speeds else "–"
-        lines.append(f"| {label} | {overrides} | {', '.join(str(r.seed) for r in group)} "
+        lines.append(f"| {label} | {overrides} | {seeds} "
                      f"| {mean_std(sorted({r.before for r in group}))} | {mean_std([r.after for r in group])} "
                      f"| {per_seed} | {change} | {speed} |")
     return "\n".join(lines)
@@ -215,6 +228,14 @@ def reward_terms_notes(runs: dict[str, list[Run]]) -> str:
             "z-scoring and weighting (`eval/reward/<term>`); a term that learns (the discriminator, loo_fd's moving "
             "averages) is read as it is at each evaluation, so only a fixed one (a classifier's probability, a pixel "
             "loss) has a *change*.")
+
+
+def zscored_note(runs: dict[str, list[Run]]) -> str:
+    """The sentence that explains the eval reward table's ``0 (z-scored)`` rows, when it has one."""
+    if not any(r.reward_normalized for group in runs.values() for r in group):
+        return ""
+    return (" A mix that z-scores its terms over each batch (`normalize`) has a mean of 0 by construction: its "
+            "terms say what moved.")
 
 
 def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgement]]) -> str:
@@ -401,6 +422,7 @@ setting, and its size in units of the larger of the two settings' std over seeds
   {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
   mean relative to it. A reward that learns while it trains (`discriminator`, `loo_fd`) is read as it is at each
   evaluation, so its prior and final values come from different versions of it: read the judge's columns.\
+{zscored_note(runs)}\
 {reward_terms_notes(runs)}{eval_model_notes(cfg)}{attribute_notes(runs)}
 - *per seed* lists each seed's final eval reward in the order of the *seeds* column; *s / it* is the mean wall
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
