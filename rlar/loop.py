@@ -82,17 +82,18 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
     ``Stopped`` at the end of the iteration."""
     t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
+    shown = progress_metrics(run)
     for it in progress:
         step = it + 1
         if run.algorithm.trains_on_data:  # CCA: the batch's data pairs, nothing sampled or scored
-            metrics, shown = pair_iteration(run, next(batches), step), "loss/cca"
+            metrics = pair_iteration(run, next(batches), step)
         else:
-            metrics, shown = iteration(run, next(batches), step), "reward/mean"
+            metrics = iteration(run, next(batches), step)
             unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
-        progress.set_postfix({shown: f"{metrics[shown]:.4f}"})
+        progress.set_postfix({key: f"{metrics[key]:.4g}" for key in shown if key in metrics})
         if step % run.cfg.eval.every == 0 or step == t.iterations:
             result = evaluation(run)
             summary["history"].append({"iteration": step, **result})
@@ -107,6 +108,17 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
             run.logger.close()
             raise Stopped(f"stopped by {stop.received or 'a signal on another rank'} after iteration {step}: "
                           f"checkpoint saved in {run.checkpointer.record_path}; run the same command to resume")
+
+
+def progress_metrics(run: Run) -> tuple[str, ...]:
+    """What the progress bar shows after each iteration: CCA's loss, the rollout's mean reward, or, for a mix that
+    z-scores its terms over the batch (its mean is 0 by construction), each term's own mean."""
+    if run.algorithm.trains_on_data:
+        return ("loss/cca",)
+    reward = run.cfg.reward
+    if reward.get("normalize") and reward.get("components"):
+        return tuple(f"reward/{name}" for name in reward.components)
+    return ("reward/mean",)
 
 
 def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int) -> int:

@@ -2,13 +2,15 @@
 a critic, the teacher-forced and prefix rollout modes."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
-from rlar.loop import check_scored, train_rl_loop
+from rlar.loop import check_scored, progress_metrics, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
 
 
@@ -81,6 +83,18 @@ def test_a_streak_of_unscored_iterations_stops_at_the_limit():
     assert check_scored(2, scored, 3, 3) == 0  # a scored iteration resets the streak
     with pytest.raises(RuntimeError, match="train.max_nonfinite_iterations=3"):
         check_scored(2, unscored, 3, 3)
+
+
+@pytest.mark.parametrize("overrides, shown", [
+    ([], ("reward/disc", "reward/fd", "reward/cls")),  # the default mix is z-scored: its mean is 0 whatever moved
+    (["reward=l2"], ("reward/mean",)),
+    (["reward=vapi"], ("reward/mean",)),  # a mix that is not z-scored: its mean says what moved
+    (["algorithm=cca"], ("loss/cca",)),
+])
+def test_the_progress_bar_shows_what_moves(overrides, shown):
+    cfg = compose_config(overrides)
+    run = SimpleNamespace(cfg=cfg, algorithm=instantiate(cfg.algorithm))
+    assert progress_metrics(run) == shown
 
 
 @pytest.mark.slow
