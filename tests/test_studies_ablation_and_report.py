@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -22,6 +23,7 @@ from rlar.studies.report import (
     Run,
     attribute_notes,
     collect_runs,
+    curves_figure,
     defining,
     eval_model_table,
     judged_table,
@@ -213,6 +215,26 @@ def test_a_reward_that_z_scores_its_terms_reports_no_mean_of_its_own():
     assert rows[3] == "| l2 | `reward=l2` | 0, 1 | -0.2000 | -0.1000 ± 0.0000 | -0.1000 / -0.1000 | +50.0 % | – |"
     assert Run(Path("."), 0, 0.0, 0.0, 3, reward="r").reward_normalized is False  # not a mapping
     assert "mean of 0 by construction" in zscored_note(runs) and zscored_note({"l2": runs["l2"]}) == ""
+
+
+def test_the_curves_show_every_setting_and_no_z_scored_mean():
+    mix = OmegaConf.to_yaml(compose_config([]).reward)  # the default: z-scored over the batch
+
+    def run(reward, fd):
+        curves = {"eval/reward": {0: 0.0, 10: 0.0}, "reward/mean": {1: 0.0, 2: 0.0}, "eval/fd": {0: 30.0, 10: fd}}
+        return Run(Path("."), 0, 0.0, 0.0, 10, curves=curves, reward=reward)
+
+    runs = {f"setting {i}": [run(mix, 20.0 + i)] for i in range(11)}  # more settings than ten colours
+    fig = curves_figure(runs, "t")
+    assert [ax.get_title() for ax in fig.axes] == ["eval/fd (the judge)"]  # no panel of means that are 0
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"setting {i} (n=1)" for i in range(11)]
+    assert len({line.get_color() for line in fig.axes[0].get_lines()}) == 11
+    runs["l2"] = [run("_target_: l2\n", 40.0)]  # a reward that is not z-scored: its means are drawn, alone
+    fig = curves_figure(runs, "t")
+    assert [ax.get_title().split(" ")[0] for ax in fig.axes] == ["eval/reward", "eval/fd", "reward/mean"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["l2 (n=1)"]
+    assert len(fig.axes[1].get_lines()) == 12
+    plt.close("all")
 
 
 def test_relative_change_of_the_means_and_a_zero_prior():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import json
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
 TIME_TAGS = ("time/rollout", "time/decode", "time/reward", "time/update")
-CURVE_TAGS = ("eval/reward", "eval/fd", "reward/mean", *TIME_TAGS)
+CURVE_TAGS = ("eval/reward", "eval/fd", "eval/class_acc", "eval/recall", "reward/mean", *TIME_TAGS)
 
 
 @dataclass
@@ -334,35 +336,56 @@ def ranking(runs: dict[str, list[Run]]) -> str:
     return text
 
 
-PANELS = (  # tag, moving-average window, title, y label
-    ("eval/reward", 1, "eval/reward (held-out, free-running)", "mean reward (higher is better)"),
-    ("eval/fd", 1, "eval/fd (held-out, free-running)", "Fréchet distance (lower is better)"),
-    ("reward/mean", 10, "reward/mean (rollouts, 10-iteration average)", None),
+PANELS = (  # tag, moving-average window, title, y label, y scale
+    ("eval/reward", 1, "eval/reward (held-out, free-running)", "mean reward (higher is better)", "linear"),
+    ("eval/fd", 1, "eval/fd (the judge)", "Fréchet distance (lower is better)", "log"),
+    ("eval/class_acc", 1, "eval/class_acc (the judge)", "class accuracy (higher is better)", "linear"),
+    ("eval/recall", 1, "eval/recall (the judge)", "recall (diversity, higher is better)", "linear"),
+    ("reward/mean", 10, "reward/mean (rollouts, 10-iteration average)", None, "linear"),
 )
+ZSCORED_TAGS = ("eval/reward", "reward/mean")  # a mix z-scored over the batch has a mean of 0 in every batch
+
+
+def plotted(group: list[Run], tag: str) -> bool:
+    """Whether a setting's runs have a curve for ``tag`` worth drawing: not a z-scored reward's mean."""
+    if tag in ZSCORED_TAGS and all(r.reward_normalized for r in group):
+        return False
+    return any(r.curves.get(tag) for r in group)
 
 
 def plot_curves(runs: dict[str, list[Run]], path: Path, title: str) -> None:
-    """Eval reward and, where measured, eval/fd (mean over seeds, min–max band), and the rollout reward
-    (10-iteration moving average)."""
-    every = [r for group in runs.values() for r in group]
-    panels = [p for p in PANELS if all(r.curves.get(p[0]) for r in every)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), constrained_layout=True)
-    for (label, group), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
-        for ax, (tag, window, _, _) in zip(axes, panels, strict=True):
-            curves = [r.curves[tag] for r in group]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    """``curves_figure`` as a PNG."""
+    fig = curves_figure(runs, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_figure(runs: dict[str, list[Run]], title: str) -> plt.Figure:
+    """Each panel's curve per setting (mean over seeds, min–max band): the eval reward, the judge's eval/fd, class
+    accuracy and recall where measured, and the rollout reward (10-iteration moving average). A setting that trains
+    nothing is one point at iteration 0. The legend, one entry per setting, goes below the panels."""
+    panels = [p for p in PANELS if any(plotted(group, p[0]) for group in runs.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2 + 0.2 * len(runs)), squeeze=False,
+                             layout="constrained")
+    axes = axes[0]
+    palette = plt.get_cmap("tab20").colors  # ten dark colours, then their light pairs: one per setting
+    colors = itertools.cycle(palette[::2] + palette[1::2])
+    for (label, group), color in zip(runs.items(), colors, strict=False):
+        for ax, (tag, window, *_) in zip(axes, panels, strict=True):
+            curves = [r.curves.get(tag, {}) for r in group]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if plotted(group, tag) else []
             if not steps:
                 continue
             values = [[moving_average(c, steps, window)[i] for c in curves] for i in range(len(steps))]
             ax.plot(steps, [statistics.mean(v) for v in values], color=color, label=f"{label} (n={len(group)})",
                     marker="o" if tag.startswith("eval/") else None, markersize=3)
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.2)
-    for ax, (_, _, panel_title, ylabel) in zip(axes, panels, strict=True):
-        ax.set(title=panel_title, xlabel="iteration", ylabel=ylabel)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: mean over seeds, band = min–max")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for ax, (_, _, panel_title, ylabel, scale) in zip(axes, panels, strict=True):
+        ax.set(title=panel_title, xlabel="iteration", ylabel=ylabel, yscale=scale)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda hl: len(hl[1]))
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=1 if len(panels) < 3 else 2)
+    fig.suptitle(textwrap.fill(f"{title}: mean over seeds, band = min–max", 40 * len(panels)))
+    return fig
 
 
 def moving_average(curve: dict[int, float], steps: list[int], window: int) -> list[float]:
