@@ -451,7 +451,7 @@ setting, and its size in units of the larger of the two settings' std over seeds
   time of one iteration (rollout, decode, reward, update: TensorBoard `time/*`) on the machine that ran it,
   which others may have been using too.
 
-![learning curves: eval reward, eval/fd and rollout reward per setting, mean over seeds with a min–max band](curves.png)
+![curves per setting: the judge's eval/fd, class accuracy, recall and the reward (mean, min–max band)](curves.png)
 
 **Reproduce.** The command runs each setting as one Hydra multirun over the seeds (`--dry-run` prints them),
 then rewrites this file from the runs in `outputs/ablations/multirun/<overrides>/` (finished runs are reused,
