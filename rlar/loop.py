@@ -283,8 +283,15 @@ def evaluate_prior(run: Run) -> dict:
     """The summary of a fresh run: the prior's evaluation (``eval_*_before``, and the history's iteration 0)."""
     before = evaluation(run)
     run.logger.scalars(before, 0)
-    log.info("prior: eval reward %.5f", before["eval/reward"])
+    log.info("prior: %s", evaluation_line(before, run.cfg.reward))
     return {**headline(before, "before"), "history": [{"iteration": 0, **before}]}
+
+
+def evaluation_line(result: dict, reward) -> str:
+    """An evaluation for the log: its eval reward (not a mix z-scored over the batch: 0 by construction) and the
+    judge's eval/fd and class accuracy where measured."""
+    shown = [] if reward.get("normalize") else ["eval/reward"]
+    return ", ".join(f"{tag} {result[tag]:.5g}" for tag in (*shown, "eval/fd", "eval/class_acc") if tag in result)
 
 
 def warm_up(run: Run, batches, summary: dict) -> None:
@@ -338,6 +345,5 @@ def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -
     if distributed.is_main():
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     run.logger.close()
-    log.info("eval reward: prior %.5f -> after RL %.5f; outputs in %s",
-             summary["eval_reward_before"], summary["eval_reward_after"], out)
+    log.info("after RL: %s; outputs in %s", evaluation_line(summary["history"][-1], run.cfg.reward), out)
     return summary

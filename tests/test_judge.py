@@ -1,5 +1,7 @@
 """The judge's independence: eval/* come from eval.classifier_model, which no reward reads."""
 
+import logging
+
 import pytest
 import torch
 
@@ -52,10 +54,13 @@ def test_without_a_judge_nothing_is_refused():
                                                      "eval.classifier=false"])) == []
 
 
-def test_the_reward_classifier_is_another_cached_model(tmp_path):
+def test_the_reward_classifier_is_another_cached_model(tmp_path, caplog):
     data = DigitsData()
-    judge = build_eval_classifier(data, tmp_path, {"train": BRIEF})
-    reward = LazyClassifier(data, {"train": BRIEF}, tmp_path).get("cpu")
+    with caplog.at_level(logging.INFO, logger="rlar.eval.model.build"):
+        judge = build_eval_classifier(data, tmp_path, {"train": BRIEF})
+        reward = LazyClassifier(data, {"train": BRIEF}, tmp_path).get("cpu")
+    built = [r.getMessage().split(" ")[:2] for r in caplog.records if r.name == "rlar.eval.model.build"]
+    assert built == [["judge", "classifier"], ["reward", "classifier"]]  # the log says which it built
     assert reward.source != judge.source and len(list(tmp_path.rglob("*.pt"))) == 2
     assert not torch.equal(reward.head.weight, judge.head.weight)
     same = LazyClassifier(data, {"train": {**BRIEF, "seed": 0}}, tmp_path).get("cpu")

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
-from rlar.loop import check_scored, progress_metrics, train_rl_loop
+from rlar.loop import check_scored, evaluation_line, progress_metrics, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
 
 
@@ -95,6 +95,14 @@ def test_the_progress_bar_shows_what_moves(overrides, shown):
     cfg = compose_config(overrides)
     run = SimpleNamespace(cfg=cfg, algorithm=instantiate(cfg.algorithm))
     assert progress_metrics(run) == shown
+
+
+def test_the_log_gives_the_judges_numbers_and_a_reward_mean_only_where_it_means_something():
+    result = {"eval/reward": 1e-9, "eval/fd": 30.6123, "eval/class_acc": 0.8441, "eval/recall": 0.88}
+    assert evaluation_line(result, compose_config([]).reward) == "eval/fd 30.612, eval/class_acc 0.8441"
+    assert evaluation_line({**result, "eval/reward": -0.2}, compose_config(["reward=l2"]).reward) == (
+        "eval/reward -0.2, eval/fd 30.612, eval/class_acc 0.8441")
+    assert evaluation_line({"eval/reward": -0.2}, compose_config(["reward=l2"]).reward) == "eval/reward -0.2"
 
 
 @pytest.mark.slow

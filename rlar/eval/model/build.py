@@ -56,5 +56,6 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
     model.eval().requires_grad_(False)
     model.source = str(path)
     model.metrics = {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels)}
-    log.info("eval classifier %s: held-out accuracy %.4f", model.source, model.metrics["eval_accuracy"])
+    role = "judge" if schema is EvalClassifierSchema else "reward"  # the cache names both eval_classifier
+    log.info("%s classifier %s: held-out accuracy %.4f", role, model.source, model.metrics["eval_accuracy"])
     return model
