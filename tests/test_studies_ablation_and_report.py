@@ -234,6 +234,8 @@ def test_the_curves_show_every_setting_and_no_z_scored_mean():
     assert [ax.get_title().split(" ")[0] for ax in fig.axes] == ["eval/reward", "eval/fd", "reward/mean"]
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["l2 (n=1)"]
     assert len(fig.axes[1].get_lines()) == 12
+    unjudged = {"mix": [Run(Path("."), 0, 0.0, 0.0, 10, reward=mix, curves={"eval/reward": {0: 0.0, 10: 0.0}})]}
+    assert [ax.get_title().split(" ")[0] for ax in curves_figure(unjudged, "t").axes] == ["eval/reward"]  # all there is
     plt.close("all")
 
 

@@ -346,9 +346,10 @@ PANELS = (  # tag, moving-average window, title, y label, y scale
 ZSCORED_TAGS = ("eval/reward", "reward/mean")  # a mix z-scored over the batch has a mean of 0 in every batch
 
 
-def plotted(group: list[Run], tag: str) -> bool:
-    """Whether a setting's runs have a curve for ``tag`` worth drawing: not a z-scored reward's mean."""
-    if tag in ZSCORED_TAGS and all(r.reward_normalized for r in group):
+def plotted(group: list[Run], tag: str, zscored: bool = False) -> bool:
+    """Whether a setting's runs have a curve for ``tag`` worth drawing: not a z-scored reward's mean, unless
+    ``zscored`` (when nothing else was measured)."""
+    if tag in ZSCORED_TAGS and all(r.reward_normalized for r in group) and not zscored:
         return False
     return any(r.curves.get(tag) for r in group)
 
@@ -364,7 +365,8 @@ def curves_figure(runs: dict[str, list[Run]], title: str) -> plt.Figure:
     """Each panel's curve per setting (mean over seeds, min–max band): the eval reward, the judge's eval/fd, class
     accuracy and recall where measured, and the rollout reward (10-iteration moving average). A setting that trains
     nothing is one point at iteration 0. The legend, one entry per setting, goes below the panels."""
-    panels = [p for p in PANELS if any(plotted(group, p[0]) for group in runs.values())]
+    zscored = not any(plotted(group, p[0]) for p in PANELS for group in runs.values())  # nothing else to draw
+    panels = [p for p in PANELS if any(plotted(group, p[0], zscored) for group in runs.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2 + 0.2 * len(runs)), squeeze=False,
                              layout="constrained")
     axes = axes[0]
@@ -373,7 +375,7 @@ def curves_figure(runs: dict[str, list[Run]], title: str) -> plt.Figure:
     for (label, group), color in zip(runs.items(), colors, strict=False):
         for ax, (tag, window, *_) in zip(axes, panels, strict=True):
             curves = [r.curves.get(tag, {}) for r in group]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if plotted(group, tag) else []
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if plotted(group, tag, zscored) else []
             if not steps:
                 continue
             values = [[moving_average(c, steps, window)[i] for c in curves] for i in range(len(steps))]
