@@ -16,6 +16,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.eval.evaluate import JUDGE_METRICS
+from rlar.studies.ablation import main as ablation_main
 from rlar.studies.ablation import run_sweeps, sweep_commands
 from rlar.studies.judged import prior_judgements, read_or_judge
 from rlar.studies.report import (
@@ -92,6 +93,14 @@ def test_a_run_matches_its_setting_however_a_value_is_spelled():
     assert defining(recorded, {"train.iterations"}) == defining(asked, {"train.iterations"})
     assert defining(recorded, set()) != defining(["name=ablations", "optimizer.lr=1e-4", "train.iterations=100"], set())
     assert defining(recorded, {"train.iterations"}) == {"name=ablations", "optimizer.lr=3e-05"}  # seed dropped too
+
+
+@pytest.mark.parametrize("argv", [["cfg", "hardware.num_threads=1", "--dry-run"],
+                                  ["cfg", "--dry-run", "hardware.num_threads=1"]])  # as experiments/README writes it
+def test_the_overrides_may_come_before_or_after_the_flags(argv, capsys):
+    ablation_main(argv)
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 2 and all("hardware.num_threads=1" in c.split(" ") for c in commands)
 
 
 def test_an_unknown_study_names_the_known_ones():

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs (and, with "
                         "the study's judge: N, judge the runs not judged yet)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the flags: cfg --report-only hardware.x=1
     try:
         study = load_study(args.study)
     except (FileNotFoundError, ValueError) as e:
