@@ -25,6 +25,7 @@ from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
 from rlar.policy.conditioning import Condition
 from rlar.policy.prior import teacher_forced_ce
+from rlar.reward.mixture import zscored
 from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
@@ -115,9 +116,8 @@ def progress_metrics(run: Run) -> tuple[str, ...]:
     z-scores its terms over the batch (its mean is 0 by construction), each term's own mean."""
     if run.algorithm.trains_on_data:
         return ("loss/cca",)
-    reward = run.cfg.reward
-    if reward.get("normalize") and reward.get("components"):
-        return tuple(f"reward/{name}" for name in reward.components)
+    if zscored(run.cfg.reward):
+        return tuple(f"reward/{name}" for name in run.cfg.reward.components)
     return ("reward/mean",)
 
 
@@ -290,7 +290,7 @@ def evaluate_prior(run: Run) -> dict:
 def evaluation_line(result: dict, reward) -> str:
     """An evaluation for the log: its eval reward (not a mix z-scored over the batch: 0 by construction) and the
     judge's eval/fd and class accuracy where measured."""
-    shown = [] if reward.get("normalize") else ["eval/reward"]
+    shown = [] if zscored(reward) else ["eval/reward"]
     return ", ".join(f"{tag} {result[tag]:.5g}" for tag in (*shown, "eval/fd", "eval/class_acc") if tag in result)
 
 

@@ -15,6 +15,7 @@ from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import ConfigError, check_config
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key
 from rlar.loop import train_rl_loop
+from rlar.reward.mixture import zscored
 from rlar.runtime.distributed import env_rank
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> float:
     summary = train_rl_loop(cfg, output_dir)
     if env_rank() != 0:
         return optimized_value(summary, cfg.optimized_metric)
-    print("\n".join(closing_lines(summary, hydra.runtime.choices.get("reward"), bool(cfg.reward.get("normalize")))))
+    print("\n".join(closing_lines(summary, hydra.runtime.choices.get("reward"), zscored(cfg.reward))))
     print(f"outputs: {output_dir} (summary.json, tensorboard/, checkpoints/)")
     return optimized_value(summary, cfg.optimized_metric)
 

@@ -21,6 +21,12 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.isfinite(), torch.zeros_like(x), x)
 
 
+def zscored(reward: Mapping | None) -> bool:
+    """Whether the reward config ``reward`` is a mix that z-scores its terms over each batch (``normalize``): its
+    mean is then 0 by construction, whatever the samples, and only its terms say what moved."""
+    return isinstance(reward, Mapping) and bool(reward.get("normalize"))
+
+
 class WeightedReward(Reward):
     """``reward = sum_k weights[k] * components[k]`` (each z-scored over the batch first if ``normalize``).
 

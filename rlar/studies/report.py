@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
+from rlar.reward.mixture import zscored  # noqa: E402
 from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
@@ -61,12 +62,10 @@ class Run:
         as it was then, and the prior's eval reward and the final one are not on one scale."""
         return any(bool(value) for value in self.reward_state.values())
 
-    @property
+    @functools.cached_property
     def reward_normalized(self) -> bool:
-        """Whether the reward z-scores its terms over each batch (a mix's ``normalize``): its mean is then 0 by
-        construction, whatever the samples, and only its terms say how they moved."""
-        config = yaml.safe_load(self.reward) if self.reward else None
-        return isinstance(config, dict) and bool(config.get("normalize"))
+        """Whether the run's reward is a mix z-scored over each batch (``rlar.reward.mixture.zscored``)."""
+        return zscored(yaml.safe_load(self.reward) if self.reward else None)
 
     def term_learns(self, term: str, terms: set[str]) -> bool:
         """Whether the reward term ``term`` (of the run's ``terms``, the names of its ``eval/reward/<name>`` tags) kept
@@ -346,10 +345,10 @@ PANELS = (  # tag, moving-average window, title, y label, y scale
 ZSCORED_TAGS = ("eval/reward", "reward/mean")  # a mix z-scored over the batch has a mean of 0 in every batch
 
 
-def plotted(group: list[Run], tag: str, zscored: bool = False) -> bool:
+def plotted(group: list[Run], tag: str, zscored_means: bool = False) -> bool:
     """Whether a setting's runs have a curve for ``tag`` worth drawing: not a z-scored reward's mean, unless
-    ``zscored`` (when nothing else was measured)."""
-    if tag in ZSCORED_TAGS and all(r.reward_normalized for r in group) and not zscored:
+    ``zscored_means`` (when nothing else was measured)."""
+    if tag in ZSCORED_TAGS and all(r.reward_normalized for r in group) and not zscored_means:
         return False
     return any(r.curves.get(tag) for r in group)
 
@@ -365,8 +364,8 @@ def curves_figure(runs: dict[str, list[Run]], title: str) -> plt.Figure:
     """Each panel's curve per setting (mean over seeds, min–max band): the eval reward, the judge's eval/fd, class
     accuracy and recall where measured, and the rollout reward (10-iteration moving average). A setting that trains
     nothing is one point at iteration 0. The legend, one entry per setting, goes below the panels."""
-    zscored = not any(plotted(group, p[0]) for p in PANELS for group in runs.values())  # nothing else to draw
-    panels = [p for p in PANELS if any(plotted(group, p[0], zscored) for group in runs.values())]
+    zscored_means = not any(plotted(group, p[0]) for p in PANELS for group in runs.values())  # nothing else to draw
+    panels = [p for p in PANELS if any(plotted(group, p[0], zscored_means) for group in runs.values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2 + 0.2 * len(runs)), squeeze=False,
                              layout="constrained")
     axes = axes[0]
@@ -375,7 +374,7 @@ def curves_figure(runs: dict[str, list[Run]], title: str) -> plt.Figure:
     for (label, group), color in zip(runs.items(), colors, strict=False):
         for ax, (tag, window, *_) in zip(axes, panels, strict=True):
             curves = [r.curves.get(tag, {}) for r in group]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if plotted(group, tag, zscored) else []
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if plotted(group, tag, zscored_means) else []
             if not steps:
                 continue
             values = [[moving_average(c, steps, window)[i] for c in curves] for i in range(len(steps))]
