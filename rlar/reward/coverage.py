@@ -1,5 +1,6 @@
-"""A distribution-level reward for diversity on the data's manifold: each sample's share of the train digits it
-covers, in the feature space of the reward's own classifier (never the judge's)."""
+"""Distribution-level rewards for diversity on the data's manifold: each sample's share of the train digits it
+covers, with the train digits' balls (coverage) or the samples' own (recall), in the feature space of the reward's
+own classifier (never the judge's)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,28 @@ def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tenso
     samples and the bank sum to the fraction of real points covered; a sample off the manifold scores 0, and one in
     a region the others already cover scores less than one that covers what nobody else does.
     """
-    covers = torch.cdist(torch.cat([samples, bank]), real) <= radii[None]  # [N + B, M]
+    return split_credit(torch.cdist(torch.cat([samples, bank]), real) <= radii[None], len(samples))
+
+
+def recall_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N]``: the Shapley value of each of ``samples [N, F]`` in the recall of the real points ``real [M, F]``.
+
+    As :func:`coverage_shares`, but each ball is a generated point's (of the samples and ``bank [B, F]``), reaching
+    its ``k``-th nearest other generated point: the manifold of improved recall. A sample among near-copies of itself
+    has a small ball and covers little; one alone near real points the others miss covers most. All 0 while there
+    are no more than ``k`` generated points (no ball is defined).
+    """
+    generated = torch.cat([samples, bank])  # [N + B, F]
+    if len(generated) <= k:
+        return samples.new_zeros(len(samples))
+    return split_credit(torch.cdist(generated, real) <= knn_radii(generated, k)[:, None], len(samples))
+
+
+def split_credit(covers: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n]``: the first ``n`` rows' shares of ``covers [P, M]`` (row p's ball holds real point m): each covered
+    point's credit 1 / M split evenly among the rows that cover it."""
     per_point = covers.sum(0).clamp_min(1)  # [M]: how many cover each real point
-    return (covers[: len(samples)].double() / per_point).sum(1) / len(real)
+    return (covers[:n].double() / per_point).sum(1) / covers.shape[1]
 
 
 class CoverageReward(Reward):
@@ -37,6 +57,8 @@ class CoverageReward(Reward):
     null-class request, label < 0, against all the data). The bank moves while ``learning`` is True (evaluation
     scores without moving it) and is the reward's ``state_dict()``. ``targets`` are ignored.
     """
+
+    name = "coverage"  # the component's key, and the reward's name in errors
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  k: int = 3, bank_size: int = 128, class_conditional: bool = True, chunk_size: int = 256):
@@ -67,21 +89,40 @@ class CoverageReward(Reward):
             groups = data_groups(features, self.data.train_labels, self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
             if too_small:
-                raise ValueError(f"reward=coverage: reward.k={self.k} needs more than k train images per group, "
+                raise ValueError(f"reward={self.name}: reward.k={self.k} needs more than k train images per group, "
                                  f"got {too_small}; lower reward.k")
             self.reference = {g: (f, knn_radii(f, self.k)) for g, f in groups.items()}
         return self.reference
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
-        groups = request_groups(len(images), meta, self.class_conditional, "coverage")  # [N]
+        groups = request_groups(len(images), meta, self.class_conditional, self.name)  # [N]
         manifold, features = self.data_manifold(images.device), self.features(images)  # [N, F]
         reward = torch.empty(len(images), dtype=torch.float64)
         for g in groups.unique().tolist():
             rows = groups == g
             bank = self.bank.get(g, features.new_zeros(0, features.shape[1]))  # [B, F]
-            reward[rows] = coverage_shares(features[rows], bank, *manifold[g])
+            reward[rows] = self.shares(features[rows], bank, *manifold[g])
             if self.learning and self.bank_size:  # the newest samples join the bank, the oldest leave it
                 self.bank[g] = torch.cat([bank, features[rows]])[-self.bank_size:]
         reward = reward.float().to(images.device)
-        return reward, {"coverage": reward}
+        return reward, {self.name: reward}
+
+    def shares(self, samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
+               ) -> torch.Tensor:
+        """``[N]``: each sample's share (:func:`coverage_shares`)."""
+        return coverage_shares(samples, bank, real, radii)
+
+
+class RecallReward(CoverageReward):
+    """``reward(images, targets, meta) -> (r [N], {"recall": r})``: as :class:`CoverageReward`, with
+    :func:`recall_shares`: each ball is a generated point's (the batch's and the bank's), reaching its ``k``-th
+    nearest generated neighbour, so it rewards samples far from the policy's other samples that still reach real
+    digits (the per-sample form of improved recall)."""
+
+    name = "recall"
+
+    def shares(self, samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
+               ) -> torch.Tensor:
+        """``[N]``: each sample's share (:func:`recall_shares`; the real points' own radii are not read)."""
+        return recall_shares(samples, bank, real, self.k)

@@ -122,6 +122,13 @@ class CoverageRewardSchema(ClassifierRewardSchema):
 
 
 @dataclass
+class RecallRewardSchema(CoverageRewardSchema):
+    """As coverage, with the generated points' balls: each reaches its k-th nearest sample of the batch and bank."""
+
+    _target_: str = "rlar.reward.coverage.RecallReward"
+
+
+@dataclass
 class DiscriminatorRewardSchema(ClassifierRewardSchema):
     """An online discriminator of the data against the policy's samples, in the reward classifier's features."""
 
@@ -162,6 +169,7 @@ REWARD_SCHEMAS = {
     "perceptual_digits": PerceptualDigitsRewardSchema,
     "loo_fd": LeaveOneOutFDRewardSchema,
     "coverage": CoverageRewardSchema,
+    "recall": RecallRewardSchema,
     "discriminator": DiscriminatorRewardSchema,
     "compositional": CompositionalRewardSchema,
 }
