@@ -73,6 +73,19 @@ class Run:
         return x[distributed.rank() * local_batch:][:local_batch].to(self.device)
 
 
+def build_generator(cfg: DictConfig, data: ImageData, device) -> tuple[Tokenizer, Policy, TextEncoder | None]:
+    """The tokenizer, the policy and the text encoder (None: class labels) of ``cfg``, made on the CPU, then moved
+    to ``device``: a cache miss (the tokenizer, the prior pretrained on its codes) trains where the data is, and the
+    cache holds the same entry whatever device a run uses. With ``rollout.mode=schedule`` the policy is the
+    decoding-schedule network around the frozen ARPG (rlar.schedule)."""
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    text_encoder = build_text_encoder(cfg)  # where the prior is built; the embedded one is trained with it
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=text_encoder)
+    if cfg.rollout.mode == "schedule":
+        policy = ScheduleDecoder(policy, **cfg.schedule)
+    return tokenizer.to(device), policy.to(device), None if text_encoder is None else text_encoder.to(device)
+
+
 def check_batch_fits(batch_size: int, train_items: int) -> None:
     """``train.batch_size`` is at most the train split's size: refused before the tokenizer and the evaluation."""
     if batch_size > train_items:
@@ -95,12 +108,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
-        tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
-        text_encoder = build_text_encoder(cfg)  # where the prior is built; the embedded one is trained with it
-        policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=text_encoder).to(device)
-        text_encoder = None if text_encoder is None else text_encoder.to(device)
-        if cfg.rollout.mode == "schedule":  # the ARPG frozen, a decoding-schedule network the policy (rlar.schedule)
-            policy = ScheduleDecoder(policy, **cfg.schedule).to(device)
+        tokenizer, policy, text_encoder = build_generator(cfg, data, device)
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
     inception = (build_inception_eval(data, cfg.eval.inception, cfg.cache_dir, cfg.eval.batch_size, device)
                  if cfg.eval.inception.enabled else None)

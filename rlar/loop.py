@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
 from rlar.runtime.cache import atomic_write_text
+from rlar.runtime.clock import phase_time
 from rlar.runtime.data_parallel import gathered
 from rlar.runtime.logger import images_due
 from rlar.runtime.random_streams import gather_rng, restore_rng
@@ -148,13 +148,13 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     G = run.algorithm.num_generations
     timings = {}
 
-    tic = time.perf_counter()  # the rollout's time includes encoding its captions
+    tic = phase_time(run.device)  # the rollout's time includes encoding its captions
     condition = batch_conditions(run, labels, prompts)  # [b] class labels, or caption features
     run.policy.eval()
     with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
         codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
         rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
-    timings["time/rollout"] = time.perf_counter() - tic
+    timings["time/rollout"] = phase_time(run.device) - tic
 
     meta = reward_meta(rollout, prompts, G)
     samples, rewards, components, reward_metrics = decode_and_score(
@@ -162,11 +162,11 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
         run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
     timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
 
-    tic = time.perf_counter()
+    tic = phase_time(run.device)
     global_rewards = distributed.gather_rows(rewards)  # [B*G]
     adv, returns, valid, adv_stats = advantages(run, rollout, rewards, global_rewards, all_labels, all_indices)
     stats = update(run, rollout, adv, returns) if distributed.any_rank(bool(valid.any()), run.device) else {}
-    timings["time/update"] = time.perf_counter() - tic
+    timings["time/update"] = phase_time(run.device) - tic
     lr = run.scheduler.get_last_lr()[0]  # the lr of this iteration's optimizer steps
     run.scheduler.step()  # once per iteration, whether or not the update ran
 
@@ -193,12 +193,12 @@ def pair_iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict
     optimizer step; logs and returns its metrics."""
     all_images, all_labels, _ = batch
     images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b]
-    tic = time.perf_counter()
+    tic = phase_time(run.device)
     codes = run.tokenizer.encode_indices(images)  # [b, T]
     negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
     stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
                         run.cfg.train.max_grad_norm, run.hw.autocast)
-    timings = {"time/update": time.perf_counter() - tic}
+    timings = {"time/update": phase_time(run.device) - tic}
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     metrics = {**distributed.mean_over_ranks({**stats, "optimizer/lr": lr}, run.device), **timings}

@@ -57,14 +57,19 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
 
     def fake_run(name, nproc, hardware, out, iterations):
         runs.append((name, nproc, iterations))
-        return {"returncode": 1 if name == "fsdp_1proc" else 0, "seconds": 30.0, "log_tail": "boom",
+        failed = name == "fsdp_1proc"
+        return {"returncode": int(failed), "seconds": 30.0, "log_tail": "ChildFailedError",
+                "first_error": "Traceback (most recent call last):\nboom" if failed else None,
                 "timings": {"time/rollout": 0.1, "time/update": 0.2}, "peak_cuda_mib": 900.0}
 
     def fake_decode(sizes, batch, bandwidth):
         assert bandwidth == 4.8e12
         measured = {"tokens_per_s": 1e4, "step_ms": 6.4, "peak_mem_gib": 2.0, "bytes_per_step": 3e8,
                     "bandwidth_fraction": 0.25}
-        return {f"{sizes[0]}/eager": measured, "GPT-L/eager": {"error": "OutOfMemoryError: CUDA out of memory"}}
+        yield f"{sizes[0]}/eager", measured
+        written = json.loads((tmp_path / "gpu_check.json").read_text())
+        assert written["decode"] == {f"{sizes[0]}/eager": measured}  # on disk before the next one starts
+        yield "GPT-L/eager", {"error": "OutOfMemoryError: CUDA out of memory"}
 
     monkeypatch.setattr(gpu_check, "run_default", fake_run)
     monkeypatch.setattr(gpu_check, "decode_checks", fake_decode)
@@ -72,7 +77,18 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
     assert [r[0] for r in runs][:3] == ["cuda_fp32", "cuda_bf16", "cuda_bf16_compile"]
     assert ("ddp_1proc", 1, 3) in runs and ("fsdp_1proc", 1, 3) in runs
     out = capsys.readouterr()
-    assert "GPT-B/eager" in out.out and "25.0%" in out.out and "fsdp_1proc failed" in out.err
+    assert "GPT-B/eager" in out.out and "25.0%" in out.out
+    assert "fsdp_1proc failed:\nTraceback (most recent call last):\nboom" in out.err  # the cause, not the tail
     assert "GPT-L/eager" in out.out and "GPT-L/eager failed:\nOutOfMemoryError" in out.err
     written = json.loads((tmp_path / "gpu_check.json").read_text())
     assert written["bandwidth_gbs"] == 4800 and written["runs"]["cuda_bf16"]["timings"]["time/update"] == 0.2
+
+
+def test_first_error_finds_the_cause_before_torchruns_report():
+    log = ("rank 0 starts\nError executing job with overrides: ['hardware=ddp']\nTraceback (most recent call last):\n"
+           "  File \"rlar/build.py\"\nRuntimeError: Expected all tensors to be on the same device\n"
+           + "progress\n" * 500 + "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")
+    error = gpu_check.first_error(log)
+    assert error.startswith("Error executing job") and "same device" in error and len(error) == 3000
+    assert "same device" not in log[-2000:]  # the tail alone misses it
+    assert gpu_check.first_error("all went well") is None

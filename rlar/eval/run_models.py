@@ -9,11 +9,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlar.build import build_generator
 from rlar.config.schemas import RlarConfig
 from rlar.config.store import compose_config, register_schemas
 from rlar.runtime.ema import exported_policy
-from rlar.schedule.decoder import ScheduleDecoder
-from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
 
@@ -51,13 +50,10 @@ def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
     prior) gives it, then, with ``run_dir`` and no ``policy.checkpoint`` override, the run's fine-tuned weights (none
     for a run that trained nothing: :func:`trained_nothing`)."""
     data = instantiate(cfg.data)
-    tokenizer = instantiate(cfg.tokenizer, data=data).to(device)
-    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
-    if cfg.rollout.mode == "schedule":
-        policy = ScheduleDecoder(policy, **cfg.schedule)
+    tokenizer, policy, _ = build_generator(cfg, data, device)
     if run_dir is not None and not trained_nothing(run_dir):
         strict_load(policy, exported_policy(Path(run_dir) / "checkpoints"), f"the policy of {run_dir}")
-    return data, tokenizer, policy.to(device).eval().requires_grad_(False)
+    return data, tokenizer, policy.eval().requires_grad_(False)
 
 
 def reads_run_weights(run_dir: str | Path | None, overrides: list[str]) -> str | Path | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from rlar.contracts import Reward, Tokenizer
+from rlar.runtime.clock import phase_time
 
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
@@ -30,10 +30,10 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     nothing), ``time/decode``, and ``time/reward``: the scoring time not hidden behind decoding.
     """
     n = len(tokens)
-    tic = time.perf_counter()
+    tic = phase_time(tokens.device)
     if not chunk_size or chunk_size >= n:
         samples = tokenizer.decode_code(tokens)
-        decoded = time.perf_counter()
+        decoded = phase_time(tokens.device)
         rewards, components = reward_fn(samples, targets, meta)
     else:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score") as worker:
@@ -43,13 +43,13 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
                 images = tokenizer.decode_code(tokens[lo:hi])
                 part = None if targets is None else targets[lo:hi]  # no targets: data without images
                 chunks.append((images, worker.submit(reward_fn, images, part, _slice_meta(meta, n, lo, hi))))
-            decoded = time.perf_counter()
+            decoded = phase_time(tokens.device)
             results = [future.result() for _, future in chunks]
         samples = torch.cat([images for images, _ in chunks])
         rewards = torch.cat([r for r, _ in results])
         components = {k: torch.cat([c[k] for _, c in results]) for k in results[0][1]}
     metrics = reward_fn.metrics()
-    metrics.update({"time/decode": decoded - tic, "time/reward": time.perf_counter() - decoded})
+    metrics.update({"time/decode": decoded - tic, "time/reward": phase_time(tokens.device) - decoded})
     return samples, rewards, components, metrics
 
 

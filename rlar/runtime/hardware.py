@@ -28,7 +28,7 @@ STRATEGIES = ("none", "ddp", "fsdp")
 @dataclass
 class Hardware:
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio and decoder stay fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio and tokenizer stay fp32)
     strategy: str = "none"  # none | ddp | fsdp (FSDP2), for processes launched by torchrun
     tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     compile: bool = False  # torch.compile the policy's teacher-forced forward (the update's pass)
@@ -54,14 +54,21 @@ class Hardware:
             raise ValueError(f"hardware.strategy={self.strategy!r} needs processes launched by torchrun, e.g. "
                              f"`torchrun --nproc_per_node=2 -m rlar.run hardware={self.strategy}`; for one "
                              "process use hardware=cpu or hardware=cuda")
+        if (self.strategy != "none" and torch.device(self.device).index is not None
+                and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1):
+            raise ValueError(f"hardware.device={self.device!r} puts every torchrun process of this machine on one GPU; "
+                             "use hardware.device=cuda (each process takes cuda:LOCAL_RANK)")
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "cuda" and self.strategy != "none":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device(self.device)
+        """This process's device; a GPU always with its index (``torch.cuda.set_device`` and NCCL refuse a bare
+        ``cuda``): the one named (``cuda:1``), else ``cuda:LOCAL_RANK`` under torchrun, else ``cuda:0``."""
+        device = torch.device(self.device)
+        if device.type != "cuda" or device.index is not None:
+            return device
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if self.strategy != "none" else 0)
 
     def setup(self) -> None:
         """Join the process group (under torchrun), pick this rank's GPU, set TF32, seed everything."""

@@ -50,6 +50,13 @@ def default_runs() -> dict[str, tuple[int, list[str]]]:
     return runs
 
 
+def first_error(log: str, length: int = 3000) -> str | None:
+    """The log from its first traceback (or Hydra's "Error executing job"), where the cause is: under torchrun the
+    log ends with the launcher's own report, which names no cause."""
+    starts = [i for i in (log.find("Traceback (most recent call last)"), log.find("Error executing job")) if i >= 0]
+    return log[min(starts):][:length] if starts else None
+
+
 def run_default(name: str, nproc: int, hardware: list[str], out: Path, iterations: int) -> dict:
     """One short run of the embedded default (quickly trained tokenizer and prior, shared through ``out/cache``)."""
     run_dir, measures = out / "runs" / name, out / "measures" / name
@@ -65,7 +72,8 @@ def run_default(name: str, nproc: int, hardware: list[str], out: Path, iteration
         code, log = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         code, log = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
-    result = {"returncode": code, "seconds": time.perf_counter() - tic, "log_tail": str(log)[-2000:]}
+    result = {"returncode": code, "seconds": time.perf_counter() - tic, "log_tail": str(log)[-2000:],
+              "first_error": first_error(str(log))}
     summary = run_dir / "summary.json"
     if summary.is_file():
         result["timings"] = json.loads(summary.read_text())["timings"]
@@ -75,25 +83,26 @@ def run_default(name: str, nproc: int, hardware: list[str], out: Path, iteration
     return result
 
 
-def decode_checks(sizes, batch: int, bandwidth: float | None) -> dict:
-    """Eager (and compiled-decode) sampling of each LlamaGen size, as ``hardware=cuda`` prepares the policy."""
+def decode_checks(sizes, batch: int, bandwidth: float | None):
+    """Eager (and compiled-decode) sampling of each LlamaGen size, as ``hardware=cuda`` prepares the policy: yields
+    ``(name, result)`` as each finishes, so that a caller keeps what was measured if a later one dies."""
     variants = {"eager": {}} | ({"compile_decode": {"compile_decode": True}} if has_compile_decode() else {})
-    results = {}
     for size in sizes:
         for variant, extra in variants.items():
-            hw = Hardware(device="cuda", precision="bf16", tf32=True, **extra)
-            hw.setup()
-            torch.manual_seed(0)
-            policy = LlamaGen(CODEBOOK_SIZE, TOKENS, CLASSES, size=size).to(hw.torch_device).eval()
-            torch.nn.init.normal_(policy.output.weight, std=0.02)  # zero-initialized: every logit would be equal
-            policy = hw.prepare(policy, trainable=False)
+            policy = None
             try:
-                results[f"{size}/{variant}"] = measure_decode(policy, batch, hw.autocast, bandwidth, weight_bytes=2)
+                hw = Hardware(device="cuda", precision="bf16", tf32=True, **extra)
+                hw.setup()
+                torch.manual_seed(0)
+                policy = LlamaGen(CODEBOOK_SIZE, TOKENS, CLASSES, size=size).to(hw.torch_device).eval()
+                torch.nn.init.normal_(policy.output.weight, std=0.02)  # zero-initialized: every logit would be equal
+                policy = hw.prepare(policy, trainable=False)
+                result = measure_decode(policy, batch, hw.autocast, bandwidth, weight_bytes=2)
             except Exception as e:  # out of memory, a compile error: reported with the other results, not fatal
-                results[f"{size}/{variant}"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                result = {"error": f"{type(e).__name__}: {e}"[:2000]}
             del policy
             torch.cuda.empty_cache()
-    return results
+            yield f"{size}/{variant}", result
 
 
 def table(result: dict) -> str:
@@ -144,14 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, (nproc, hardware) in default_runs().items():
             result["runs"][name] = run_default(name, nproc, hardware, out, args.iterations)
             (out / "gpu_check.json").write_text(json.dumps(result, indent=2))  # kept if a later part dies
-    result["decode"] = decode_checks(args.sizes, args.batch, bandwidth)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    for name, measured in decode_checks(args.sizes, args.batch, bandwidth):
+        result["decode"][name] = measured
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     print(f"written: {out / 'gpu_check.json'}")
     failed = [name for name, r in result["runs"].items() if r["returncode"] != 0]
     failed += [name for name, r in result["decode"].items() if "error" in r]
     for name in failed:
-        details = result["runs"][name]["log_tail"] if name in result["runs"] else result["decode"][name]["error"]
+        run = result["runs"].get(name)
+        details = (run["first_error"] or run["log_tail"]) if run else result["decode"][name]["error"]
         print(f"\n{name} failed:\n{details}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlar.tokenizer.taming_blocks import full_precision
+
 
 class FrozenTokenizer(nn.Module):
     """Wraps a VQ model that has ``encode_indices(images) -> [B, h*w]`` and ``decode_code(codes) -> images``.
@@ -33,17 +35,20 @@ class FrozenTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
-        """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major)."""
-        return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
+        """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major), in fp32 whatever autocast the
+        caller runs under (``hardware.precision=bf16`` is for the policy)."""
+        with full_precision(images.device):
+            return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
 
     @torch.no_grad()
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time."""
+        """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time in fp32."""
         if codes.shape[-1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} codes per image (grid {self.grid}), got {codes.shape[-1]}")
         if codes.min() < 0 or codes.max() >= self.codebook_size:
             raise ValueError(f"codes must be in [0, {self.codebook_size - 1}], got [{codes.min()}, {codes.max()}]")
-        return torch.cat([self.vq.decode_code(c) for c in codes.split(self.chunk_size)]).clamp(-1, 1)
+        with full_precision(codes.device):
+            return torch.cat([self.vq.decode_code(c) for c in codes.split(self.chunk_size)]).clamp(-1, 1)
 
 
 def build_tokenizer_frozen(vq_model: nn.Module) -> FrozenTokenizer:
