@@ -10,7 +10,8 @@ from rlar.build import build_generator
 from rlar.config.store import compose_config
 from rlar.runtime.clock import phase_time
 from rlar.runtime.hardware import Hardware
-from rlar.tokenizer.frozen import FrozenTokenizer
+from rlar.tokenizer import frozen
+from rlar.tokenizer.frozen import FrozenTokenizer, without_tf32
 
 
 @pytest.fixture
@@ -71,9 +72,12 @@ def test_a_cache_miss_trains_on_the_cpu_before_the_models_move(tiny, tmp_path, m
     assert text_encoder is None
 
 
-def test_the_tokenizer_reads_and_writes_in_fp32_under_the_policys_bf16_autocast(tiny):
+def test_the_tokenizer_reads_and_writes_in_fp32_under_the_policys_bf16_autocast(tiny, monkeypatch):
     """``hardware.precision=bf16`` autocasts the rollout, whose context the tokenizer encodes: in bf16 its nearest-code
-    argmins would flip, and the codes would differ from the fp32 ones the prior was trained on."""
+    argmins would flip, and the codes would differ from the fp32 ones the prior was trained on. (TF32, which flips
+    them less often, is turned off by ``without_tf32`` on a GPU: tested below.)"""
+    entered, real = [], frozen.without_tf32
+    monkeypatch.setattr(frozen, "without_tf32", lambda device: entered.append(device) or real(device))
     cfg = compose_config(tiny)
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
@@ -84,6 +88,7 @@ def test_the_tokenizer_reads_and_writes_in_fp32_under_the_policys_bf16_autocast(
         assert torch.equal(tokenizer.encode_indices(images), codes)
         under_autocast = tokenizer.decode_code(codes)
     assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, decoded)
+    assert entered == [images.device] * 2  # each encoding asked for IEEE fp32 on the images' device
 
 
 def test_a_phase_on_a_gpu_is_timed_once_its_queued_kernels_ran(monkeypatch):
@@ -93,3 +98,19 @@ def test_a_phase_on_a_gpu_is_timed_once_its_queued_kernels_ran(monkeypatch):
     before = phase_time("cpu")
     assert waited == []
     assert phase_time(torch.device("cuda", 1)) >= before and waited == [torch.device("cuda", 1)]
+
+
+def test_tf32_is_off_while_a_gpu_tokenizer_encodes_and_restored_after():
+    """``hardware.tf32`` turns TF32 on for the policy; the nearest-code argmins need IEEE fp32 (the flags are plain
+    settings: no GPU needed to read them)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with without_tf32(torch.device("cpu")):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # nothing to do there
+        with pytest.raises(RuntimeError, match="inside"), without_tf32(torch.device("cuda", 0)):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            raise RuntimeError("inside")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from rlar.tokenizer.taming_blocks import full_precision
+
+
+@contextlib.contextmanager
+def without_tf32(device: torch.device):
+    """TF32 off for the block on CUDA (matmuls and cuDNN convolutions; restored after): TF32 keeps 10 mantissa bits,
+    enough to flip nearest-code argmins near ties."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 class FrozenTokenizer(nn.Module):
@@ -35,14 +52,15 @@ class FrozenTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
-        """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major), in fp32 whatever autocast the
-        caller runs under (``hardware.precision=bf16`` is for the policy)."""
-        with full_precision(images.device):
+        """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major), in IEEE fp32 whatever autocast or
+        TF32 setting the caller runs under (``hardware.precision`` and ``hardware.tf32`` are for the policy)."""
+        with full_precision(images.device), without_tf32(images.device):
             return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
 
     @torch.no_grad()
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time in fp32."""
+        """codes ``[B, h*w]`` -> images ``[B, C, H, W]`` in [-1, 1], decoded ``chunk_size`` at a time without
+        autocast (TF32 as ``hardware.tf32`` sets it: pixels, unlike codes, do not flip)."""
         if codes.shape[-1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} codes per image (grid {self.grid}), got {codes.shape[-1]}")
         if codes.min() < 0 or codes.max() >= self.codebook_size:
