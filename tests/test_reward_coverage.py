@@ -142,6 +142,9 @@ def test_bad_settings_and_missing_labels_are_refused():
         CoverageReward(None, None, bank_size=-1)
     with pytest.raises(ValueError, match="lower reward.k"):
         reward_on(train, torch.arange(6) % 3, k=3)(torch.randn(2, 1, 1, 2), None, {"labels": torch.tensor([0, 1])})
+    recall = reward_on(train, torch.arange(6) % 3, kind=RecallReward, k=3)  # its balls are the samples': 2 digits do
+    assert recall(torch.randn(2, 1, 1, 2), None, {"labels": torch.tensor([0, 1])})[0].shape == (2,)
+    assert all(radii is None for _, radii in recall.reference.values())  # no train radii computed
     with pytest.raises(ValueError, match="meta\\['labels'\\]"):
         reward_on(train, torch.zeros(6, dtype=torch.long))(torch.randn(2, 1, 1, 2))
 

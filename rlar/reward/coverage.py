@@ -59,6 +59,7 @@ class CoverageReward(Reward):
     """
 
     name = "coverage"  # the component's key, and the reward's name in errors
+    real_balls = True  # balls around the train digits, reaching the k-th nearest: more than k digits per group
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  k: int = 3, bank_size: int = 128, class_conditional: bool = True, chunk_size: int = 256):
@@ -69,7 +70,7 @@ class CoverageReward(Reward):
                              f"got {bank_size}")
         self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
         self.k, self.bank_size, self.class_conditional, self.chunk_size = k, bank_size, class_conditional, chunk_size
-        self.reference: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # group -> (features, radii)
+        self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None  # group -> (features, radii)
         self.bank: dict[int, torch.Tensor] = {}  # group -> the last bank_size samples' features [B, F]
 
     def state_dict(self) -> dict:
@@ -82,16 +83,17 @@ class CoverageReward(Reward):
         """``[N, F]`` float64 on the CPU: the reward classifier's penultimate features."""
         return classifier_features(self.classifier, images, self.chunk_size).double()
 
-    def data_manifold(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """The train split's features and k-NN radii, over all of it (-1) and, if class-conditional, per class."""
+    def data_manifold(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The train split's features and, for balls around the train digits (``real_balls``), their k-NN radii,
+        over all of it (-1) and, if class-conditional, per class."""
         if self.reference is None:
             features = self.features(self.data.train_images.to(device))  # [M, F]
             groups = data_groups(features, self.data.train_labels, self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
-            if too_small:
+            if too_small and self.real_balls:
                 raise ValueError(f"reward={self.name}: reward.k={self.k} needs more than k train images per group, "
                                  f"got {too_small}; lower reward.k")
-            self.reference = {g: (f, knn_radii(f, self.k)) for g, f in groups.items()}
+            self.reference = {g: (f, knn_radii(f, self.k) if self.real_balls else None) for g, f in groups.items()}
         return self.reference
 
     @torch.no_grad()
@@ -121,8 +123,8 @@ class RecallReward(CoverageReward):
     digits (the per-sample form of improved recall)."""
 
     name = "recall"
+    real_balls = False  # the balls are the generated points': a group may have any number of train digits
 
-    def shares(self, samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
-               ) -> torch.Tensor:
-        """``[N]``: each sample's share (:func:`recall_shares`; the real points' own radii are not read)."""
+    def shares(self, samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: None) -> torch.Tensor:
+        """``[N]``: each sample's share (:func:`recall_shares`)."""
         return recall_shares(samples, bank, real, self.k)
