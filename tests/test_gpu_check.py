@@ -71,8 +71,15 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
         assert written["decode"] == {f"{sizes[0]}/eager": measured}  # on disk before the next one starts
         yield "GPT-L/eager", {"error": "OutOfMemoryError: CUDA out of memory"}
 
+    def fake_recipe(out):
+        return {"fsdp_1proc": {"returncode": 0, "seconds": 40.0, "peak_cuda_mib": 5000.0, "first_error": None,
+                               "timings": {"time/rollout": 1.0}, "log_tail": ""},
+                "resume_1proc": {"returncode": "timeout", "seconds": 150.0, "peak_cuda_mib": float("nan"),
+                                 "first_error": None, "timings": {}, "log_tail": "still sampling"}}
+
     monkeypatch.setattr(gpu_check, "run_default", fake_run)
     monkeypatch.setattr(gpu_check, "decode_checks", fake_decode)
+    monkeypatch.setattr(gpu_check, "recipe_check", fake_recipe)
     assert gpu_check.main(["--out", str(tmp_path), "--iterations", "3", "--sizes", "GPT-B"]) == 1  # fsdp failed
     assert [r[0] for r in runs][:3] == ["cuda_fp32", "cuda_bf16", "cuda_bf16_compile"]
     assert ("ddp_1proc", 1, 3) in runs and ("fsdp_1proc", 1, 3) in runs
@@ -80,8 +87,10 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
     assert "GPT-B/eager" in out.out and "25.0%" in out.out
     assert "fsdp_1proc failed:\nTraceback (most recent call last):\nboom" in out.err  # the cause, not the tail
     assert "GPT-L/eager" in out.out and "GPT-L/eager failed:\nOutOfMemoryError" in out.err
+    assert "llamagen_recipe/fsdp_1proc" in out.out and "llamagen_recipe/resume_1proc failed:\nstill sampling" in out.err
     written = json.loads((tmp_path / "gpu_check.json").read_text())
     assert written["bandwidth_gbs"] == 4800 and written["runs"]["cuda_bf16"]["timings"]["time/update"] == 0.2
+    assert written["recipe"]["fsdp_1proc"]["peak_cuda_mib"] == 5000.0
 
 
 def test_first_error_finds_the_cause_before_torchruns_report():

@@ -2,6 +2,7 @@
 released layouts, 2-process FSDP2 with a sharded checkpoint, then a resume in one process."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -61,3 +62,30 @@ def test_summary_is_consistent(rehearsed):
     assert summary["eval_reward_after"] == summary["history"][-1]["eval/reward"]
     assert summary["history"][1] == result["phases"]["fsdp_2proc"]["summary"]["history"][-1]
     assert set(summary["timings"]) == {"time/rollout", "time/decode", "time/reward", "time/update"}
+
+
+@pytest.mark.parametrize(("device", "processes", "expected", "absent"), [
+    ("cpu", 2, ["--nproc_per_node=2", "hardware=fsdp", "hardware.device=cpu", "hardware.precision=fp32"], []),
+    ("cuda", 1, ["--nproc_per_node=1", "hardware=fsdp", "hardware.device=cuda"], ["hardware.precision=fp32"]),
+])
+def test_the_runs_on_the_cpu_or_on_gpus(device, processes, expected, absent, monkeypatch, tmp_path):
+    """On GPUs the runs keep the recipe's bf16, one process per GPU; the resume runs on the same kind of device."""
+    launched = {}
+    monkeypatch.setattr(rehearsal, "run_phase", lambda cmd, work, name, threads, timeout_s: launched.update(
+        {name: (cmd, timeout_s)}))
+    settings = rehearsal.Settings(device=device, processes=processes, timeout_s=60)
+    rehearsal.sharded_run(tmp_path, settings)
+    rehearsal.one_process_resume(tmp_path, settings)
+    sharded, timeout = launched[f"fsdp_{processes}proc"]
+    assert timeout == 60 and all(o in sharded for o in expected) and not any(o in sharded for o in absent)
+    resume, _ = launched["resume_1proc"]
+    assert f"hardware={device}" in resume and "torch.distributed.run" not in resume
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        rehearsal.Settings(device="cuda:0")
+
+
+@pytest.mark.slow
+def test_a_run_over_its_time_limit_is_killed_and_reported(tmp_path):
+    phase = rehearsal.run_phase([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, "sleeper", 1,
+                                timeout_s=1)
+    assert phase["returncode"] == "timeout" and phase["seconds"] < 30 and phase["peak_rss_mib"] == {}

@@ -7,6 +7,9 @@
 2. KV-cached decoding of LlamaGen GPT-B and GPT-L (random weights, 16,384 codes, 256 tokens, batch ``--batch``,
    bf16 autocast as ``hardware=cuda`` runs it), eager and, when it exists, with the compiled decode: tokens/s,
    peak memory, and the fraction of the device's memory bandwidth a step reaches (``rlar/studies/decode_roofline.py``).
+3. The LlamaGen recipe as ``make rehearsal`` runs it (GPT-B, random weights, 256 px, full-width VQ-16, the VA-pi
+   reward, ``data=hf_disk``) in bf16 on the GPU: one FSDP2 process saving a sharded checkpoint, then a resume with
+   ``hardware=cuda`` (``--skip-recipe`` leaves it out).
 
 Without a GPU it says so and exits 0.
 """
@@ -26,6 +29,7 @@ import torch
 
 from rlar.policy.llamagen import LlamaGen
 from rlar.runtime.hardware import Hardware
+from rlar.studies import rehearsal
 from rlar.studies.decode_roofline import device_bandwidth, measure_decode
 from rlar.studies.measured_run import MEASURE_DIR
 
@@ -83,6 +87,19 @@ def run_default(name: str, nproc: int, hardware: list[str], out: Path, iteration
     return result
 
 
+def recipe_check(out: Path) -> dict:
+    """The LlamaGen recipe as ``make rehearsal`` runs it (GPT-B, random weights, 256 px, the VA-pi reward, hf_disk
+    data) on this GPU with the full-width VQ-16: one FSDP2 process saving a sharded checkpoint, then a resume with
+    ``hardware=cuda``; per phase its exit code, seconds, peak GPU memory and mean seconds per loop phase."""
+    settings = rehearsal.Settings(device="cuda", processes=1, tokenizer_ch=128, timeout_s=RUN_TIMEOUT_S)
+    phases = rehearsal.rehearse(out / "rehearsal", settings)["phases"]
+    return {name: {"returncode": phase["returncode"], "seconds": phase["seconds"],
+                   "peak_cuda_mib": max((phase.get("peak_cuda_mib") or {}).values(), default=float("nan")),
+                   "timings": (phase["summary"] or {}).get("timings", {}),
+                   "first_error": first_error(phase["log_tail"]), "log_tail": phase["log_tail"][-2000:]}
+            for name, phase in phases.items() if "returncode" in phase}
+
+
 def decode_checks(sizes, batch: int, bandwidth: float | None):
     """Eager (and compiled-decode) sampling of each LlamaGen size, as ``hardware=cuda`` prepares the policy: yields
     ``(name, result)`` as each finishes, so that a caller keeps what was measured if a later one dies."""
@@ -108,7 +125,8 @@ def decode_checks(sizes, batch: int, bandwidth: float | None):
 def table(result: dict) -> str:
     lines = [f"GPU check on {result['device']} ({result['bandwidth_gbs'] or 'unknown'} GB/s peak bandwidth)", "",
              f"{'run':<26} {'exit':>7} {'seconds':>8} {'s/iter':>7} {'peak GPU MiB':>13}"]
-    for name, r in result["runs"].items():
+    runs = {**result["runs"], **{f"llamagen_recipe/{name}": r for name, r in result.get("recipe", {}).items()}}
+    for name, r in runs.items():
         per_iter = sum(r.get("timings", {}).values())
         lines.append(f"{name:<26} {r['returncode']!s:>7} {r['seconds']:>8.1f} {per_iter:>7.3f} "
                      f"{r.get('peak_cuda_mib', float('nan')):>13.0f}")
@@ -134,7 +152,8 @@ def parse_args(argv):
     parser.add_argument("--sizes", nargs="+", default=list(DECODE_SIZES), help="LlamaGen sizes to decode with")
     parser.add_argument("--bandwidth-gbs", type=float, help="the device's peak memory bandwidth (GB/s), if not in "
                         "rlar/studies/decode_roofline.py's table")
-    parser.add_argument("--skip-runs", action="store_true", help="only the decoding measurements")
+    parser.add_argument("--skip-runs", action="store_true", help="no runs of the default")
+    parser.add_argument("--skip-recipe", action="store_true", help="no run of the LlamaGen recipe (the rehearsal)")
     return parser.parse_args(argv)
 
 
@@ -156,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, measured in decode_checks(args.sizes, args.batch, bandwidth):
         result["decode"][name] = measured
         (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    if not args.skip_recipe:
+        result["recipe"] = recipe_check(out)
+        (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     print(f"written: {out / 'gpu_check.json'}")
-    failed = [name for name, r in result["runs"].items() if r["returncode"] != 0]
-    failed += [name for name, r in result["decode"].items() if "error" in r]
-    for name in failed:
-        run = result["runs"].get(name)
-        details = (run["first_error"] or run["log_tail"]) if run else result["decode"][name]["error"]
+    runs = {**result["runs"], **{f"llamagen_recipe/{name}": r for name, r in result.get("recipe", {}).items()}}
+    failed = {name: r["first_error"] or r["log_tail"] for name, r in runs.items() if r["returncode"] != 0}
+    failed |= {name: r["error"] for name, r in result["decode"].items() if "error" in r}
+    for name, details in failed.items():
         print(f"\n{name} failed:\n{details}", file=sys.stderr)
     return 1 if failed else 0
 

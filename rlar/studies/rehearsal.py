@@ -10,6 +10,9 @@ With ``policy.size=GPT-B`` at 256 px and random weights, it runs every step the 
 3. ``torchrun --nproc_per_node=2`` with FSDP2 on the CPU for a few iterations, saving a sharded checkpoint;
 4. a resume of that run in one process, one iteration further (DCP reshards 2 -> 1).
 
+``--device cuda`` runs the same on GPUs in the recipe's bf16 (``--processes``: at most one per GPU; ``make
+gpu-check`` runs it with one, and the full-width VQ-16).
+
 It prints each phase's seconds, each process's peak resident memory and the runs' mean seconds per loop phase,
 and writes them to ``<work>/rehearsal.json``. Options that other work adds (``hardware.compile_decode``, a
 rollout micro-batch) are tried with ``--set key=value``, or made the rehearsal's default by one more entry in
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,7 +59,15 @@ class Settings:
     iterations: int = 2  # the 2-process run; the resume runs one more
     eval_items: int = 2
     workers: int = 1  # DataLoader workers decoding the images (the recipe uses 8)
+    device: str = "cpu"  # cpu (fp32, gloo) or cuda (the recipe's bf16, NCCL; at most one process per GPU)
+    processes: int = 2  # the sharded run's torchrun processes; the resume runs in one
+    timeout_s: int = 0  # each run's time limit in seconds (0: none)
     extra: list[str] = field(default_factory=list)  # more overrides for both runs (--set key=value)
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"the rehearsal's device must be cpu or cuda (each process takes cuda:LOCAL_RANK), got "
+                             f"{self.device!r}")
 
 
 def write_images(root: Path, s: Settings) -> tuple[list[str], list[int]]:
@@ -117,33 +129,48 @@ def recipe_overrides(work: Path, s: Settings) -> list[str]:
     ]
 
 
-def run_phase(cmd: list[str], work: Path, name: str, threads: int) -> dict:
+def run_phase(cmd: list[str], work: Path, name: str, threads: int, timeout_s: int = 0) -> dict:
     """Run ``cmd`` (a ``rlar.studies.measured_run`` launch) with each process measuring itself, its output in
-    ``work/<name>.log``; its exit code, seconds, per-process peak memory and log tail."""
+    ``work/<name>.log``, killed with its whole process group after ``timeout_s`` (0: never; exit code "timeout");
+    its exit code, seconds, per-process peak memory (and peak GPU memory, when it used one) and log tail."""
     measures, log = work / "measures" / name, work / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), MEASURE_DIR: str(measures)}
     print(f"{name}: running (log: {log})", flush=True)
     tic = time.perf_counter()
     with log.open("w") as sink:
-        proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=work, env=env)
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=work, env=env, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s or None)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+            proc.wait()
+            code = "timeout"
     seconds = time.perf_counter() - tic
-    ranks = sorted(measures.glob("rank*.json")) if measures.is_dir() else []
-    peaks = {p.stem: json.loads(p.read_text())["peak_rss_mib"] for p in ranks}
-    return {"returncode": proc.returncode, "seconds": seconds, "peak_rss_mib": peaks,
-            "log_tail": log.read_text()[-3000:]}
+    ranks = [json.loads(p.read_text()) for p in sorted(measures.glob("rank*.json"))] if measures.is_dir() else []
+    result = {"returncode": code, "seconds": seconds, "log_tail": log.read_text()[-3000:],
+              "peak_rss_mib": {f"rank{r['rank']}": r["peak_rss_mib"] for r in ranks}}
+    if any("peak_cuda_mib" in r for r in ranks):
+        result["peak_cuda_mib"] = {f"rank{r['rank']}": r["peak_cuda_mib"] for r in ranks if "peak_cuda_mib" in r}
+    return result
 
 
-def two_process_run(work: Path, s: Settings) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "rlar.studies.measured_run", *recipe_overrides(work, s), "hardware=fsdp", "hardware.device=cpu",
-           "hardware.precision=fp32", f"train.iterations={s.iterations}", "train.checkpoint_format=sharded"]
-    return run_phase(cmd, work, "fsdp_2proc", threads=max(1, (os.cpu_count() or 2) // 2))
+def on_device(s: Settings) -> list[str]:
+    """The runs' device: the CPU in fp32, or GPUs in the recipe's own precision (bf16)."""
+    return ["hardware.device=cpu", "hardware.precision=fp32"] if s.device == "cpu" else ["hardware.device=cuda"]
+
+
+def sharded_run(work: Path, s: Settings) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.processes}", "-m",
+           "rlar.studies.measured_run", *recipe_overrides(work, s), "hardware=fsdp", *on_device(s),
+           f"train.iterations={s.iterations}", "train.checkpoint_format=sharded"]
+    threads = max(1, (os.cpu_count() or 2) // s.processes)
+    return run_phase(cmd, work, f"fsdp_{s.processes}proc", threads, s.timeout_s)
 
 
 def one_process_resume(work: Path, s: Settings) -> dict:
-    cmd = [sys.executable, "-m", "rlar.studies.measured_run", *recipe_overrides(work, s), "hardware=cpu",
-           "hardware.precision=fp32", f"train.iterations={s.iterations + 1}", "train.checkpoint_format=sharded"]
-    return run_phase(cmd, work, "resume_1proc", threads=os.cpu_count() or 1)
+    cmd = [sys.executable, "-m", "rlar.studies.measured_run", *recipe_overrides(work, s), f"hardware={s.device}",
+           *on_device(s), f"train.iterations={s.iterations + 1}", "train.checkpoint_format=sharded"]
+    return run_phase(cmd, work, "resume_1proc", os.cpu_count() or 1, s.timeout_s)
 
 
 def checkpoint_state(checkpoints: Path) -> dict | None:
@@ -174,7 +201,7 @@ def rehearse(work: Path, s: Settings) -> dict:
     tokenizer_params = write_tokenizer_checkpoint(work / "vq_ds16_c2i.pt", s)
     result["phases"]["checkpoints"] = {"seconds": time.perf_counter() - tic, "policy_params": policy_params,
                                        "tokenizer_params": tokenizer_params}
-    for name, phase in (("fsdp_2proc", two_process_run), ("resume_1proc", one_process_resume)):
+    for name, phase in ((f"fsdp_{s.processes}proc", sharded_run), ("resume_1proc", one_process_resume)):
         result["phases"][name] = phase(work, s)
         summary = work / "run" / "summary.json"
         result["phases"][name]["summary"] = json.loads(summary.read_text()) if summary.is_file() else None
