@@ -101,3 +101,14 @@ def test_first_error_finds_the_cause_before_torchruns_report():
     assert error.startswith("Error executing job") and "same device" in error and len(error) == 3000
     assert "same device" not in log[-2000:]  # the tail alone misses it
     assert gpu_check.first_error("all went well") is None
+
+
+def test_a_row_holds_the_first_error_of_the_whole_log_and_the_largest_peaks(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("Traceback (most recent call last):\nValueError: the cause\n" + "launcher report\n" * 1000)
+    phase = {"returncode": 1, "seconds": 3.0, "log": str(log), "log_tail": log.read_text()[-3000:],
+             "peak_rss_mib": {"rank0": 900.0, "rank1": 950.0}, "peak_cuda_mib": {"rank0": 70.0}}
+    row = gpu_check.check_row(phase, {"time/rollout": 0.5})
+    assert "the cause" in row["first_error"] and "the cause" not in phase["log_tail"]
+    assert (row["peak_rss_mib"], row["peak_cuda_mib"], row["timings"]) == (950.0, 70.0, {"time/rollout": 0.5})
+    assert "peak_cuda_mib" not in gpu_check.check_row({**phase, "peak_cuda_mib": {}}, {})  # no GPU used

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from rlar.studies import rehearsal
+from rlar.studies import measured_run, rehearsal
 
 # 4 x 4 tokens and 20 images; the rest as make rehearsal: 2 items per process with G = 2 (2 minibatches accumulated
 # per optimizer step), a DataLoader worker, 2 iterations + 1, 2 evaluation items (one per process)
@@ -86,6 +86,6 @@ def test_the_runs_on_the_cpu_or_on_gpus(device, processes, expected, absent, mon
 
 @pytest.mark.slow
 def test_a_run_over_its_time_limit_is_killed_and_reported(tmp_path):
-    phase = rehearsal.run_phase([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, "sleeper", 1,
-                                timeout_s=1)
+    phase = measured_run.run_phase([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, "sleeper", 1,
+                                   timeout_s=1)
     assert phase["returncode"] == "timeout" and phase["seconds"] < 30 and phase["peak_rss_mib"] == {}

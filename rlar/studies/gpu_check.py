@@ -20,9 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ from rlar.policy.llamagen import LlamaGen
 from rlar.runtime.hardware import Hardware
 from rlar.studies import rehearsal
 from rlar.studies.decode_roofline import device_bandwidth, measure_decode
-from rlar.studies.measured_run import MEASURE_DIR
+from rlar.studies.measured_run import run_phase
 
 DECODE_SIZES = ("GPT-B", "GPT-L")
 CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-16)
@@ -63,41 +61,40 @@ def first_error(log: str, length: int = 3000) -> str | None:
 
 def run_default(name: str, nproc: int, hardware: list[str], out: Path, iterations: int) -> dict:
     """One short run of the embedded default (quickly trained tokenizer and prior, shared through ``out/cache``)."""
-    run_dir, measures = out / "runs" / name, out / "measures" / name
+    run_dir = out / "runs" / name
     args = [*hardware, f"train.iterations={iterations}", f"cache_dir={out / 'cache'}", "tokenizer.train.steps=100",
             "policy.pretrain.steps=100", "eval.max_items=64", "eval.classifier_model.train.steps=50",
             "logger.image_every=0", "resume=false", f"hydra.run.dir={run_dir}"]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
     cmd = [sys.executable, *launcher, "-m", "rlar.studies.measured_run", *args]
-    tic = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, MEASURE_DIR: str(measures)},
-                              timeout=RUN_TIMEOUT_S)
-        code, log = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        code, log = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
-    result = {"returncode": code, "seconds": time.perf_counter() - tic, "log_tail": str(log)[-2000:],
-              "first_error": first_error(str(log))}
+    phase = run_phase(cmd, out, name, os.cpu_count() or 1, RUN_TIMEOUT_S)
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        result["timings"] = json.loads(summary.read_text())["timings"]
-    rank0 = measures / "rank0.json"
-    if rank0.is_file():
-        result.update({k: v for k, v in json.loads(rank0.read_text()).items() if k.startswith("peak")})
-    return result
+    return check_row(phase, json.loads(summary.read_text())["timings"] if summary.is_file() else {})
 
 
 def recipe_check(out: Path) -> dict:
     """The LlamaGen recipe as ``make rehearsal`` runs it (GPT-B, random weights, 256 px, the VA-pi reward, hf_disk
     data) on this GPU with the full-width VQ-16: one FSDP2 process saving a sharded checkpoint, then a resume with
-    ``hardware=cuda``; per phase its exit code, seconds, peak GPU memory and mean seconds per loop phase."""
+    ``hardware=cuda``; a row per phase."""
     settings = rehearsal.Settings(device="cuda", processes=1, tokenizer_ch=128, timeout_s=RUN_TIMEOUT_S)
     phases = rehearsal.rehearse(out / "rehearsal", settings)["phases"]
-    return {name: {"returncode": phase["returncode"], "seconds": phase["seconds"],
-                   "peak_cuda_mib": max((phase.get("peak_cuda_mib") or {}).values(), default=float("nan")),
-                   "timings": (phase["summary"] or {}).get("timings", {}),
-                   "first_error": first_error(phase["log_tail"]), "log_tail": phase["log_tail"][-2000:]}
+    return {name: check_row(phase, (phase["summary"] or {}).get("timings", {}))
             for name, phase in phases.items() if "returncode" in phase}
+
+
+def check_row(phase: dict, timings: dict) -> dict:
+    """A launch's row of the check (``phase``: what :func:`run_phase` returns): exit code, seconds, the first
+    traceback of its whole log, its log tail, the largest peak memory of its processes, and the run's mean seconds
+    per loop phase (``timings``; empty when it did not finish)."""
+    row = {"returncode": phase["returncode"], "seconds": phase["seconds"], "timings": timings,
+           "first_error": first_error(Path(phase["log"]).read_text()), "log_tail": phase["log_tail"][-2000:]}
+    row |= {peak: max(phase[peak].values()) for peak in ("peak_rss_mib", "peak_cuda_mib") if phase.get(peak)}
+    return row
+
+
+def all_runs(result: dict) -> dict:
+    """The default's runs and the recipe's phases (``llamagen_recipe/<phase>``), each a :func:`check_row`."""
+    return {**result["runs"], **{f"llamagen_recipe/{name}": r for name, r in result.get("recipe", {}).items()}}
 
 
 def decode_checks(sizes, batch: int, bandwidth: float | None):
@@ -125,8 +122,7 @@ def decode_checks(sizes, batch: int, bandwidth: float | None):
 def table(result: dict) -> str:
     lines = [f"GPU check on {result['device']} ({result['bandwidth_gbs'] or 'unknown'} GB/s peak bandwidth)", "",
              f"{'run':<26} {'exit':>7} {'seconds':>8} {'s/iter':>7} {'peak GPU MiB':>13}"]
-    runs = {**result["runs"], **{f"llamagen_recipe/{name}": r for name, r in result.get("recipe", {}).items()}}
-    for name, r in runs.items():
+    for name, r in all_runs(result).items():
         per_iter = sum(r.get("timings", {}).values())
         lines.append(f"{name:<26} {r['returncode']!s:>7} {r['seconds']:>8.1f} {per_iter:>7.3f} "
                      f"{r.get('peak_cuda_mib', float('nan')):>13.0f}")
@@ -180,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     print(f"written: {out / 'gpu_check.json'}")
-    runs = {**result["runs"], **{f"llamagen_recipe/{name}": r for name, r in result.get("recipe", {}).items()}}
-    failed = {name: r["first_error"] or r["log_tail"] for name, r in runs.items() if r["returncode"] != 0}
+    failed = {name: r["first_error"] or r["log_tail"] for name, r in all_runs(result).items() if r["returncode"] != 0}
     failed |= {name: r["error"] for name, r in result["decode"].items() if "error" in r}
     for name, details in failed.items():
         print(f"\n{name} failed:\n{details}", file=sys.stderr)

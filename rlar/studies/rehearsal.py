@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +36,7 @@ from PIL import Image
 
 from rlar.policy.llamagen import LlamaGen
 from rlar.runtime.checkpoint import shards_of
-from rlar.studies.measured_run import MEASURE_DIR
+from rlar.studies.measured_run import run_phase
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
 
 CODEBOOK_SIZE = 16384  # LlamaGen's VQ-16 codes, the c2i models' vocabulary
@@ -127,31 +125,6 @@ def recipe_overrides(work: Path, s: Settings) -> list[str]:
         f"eval.max_items={s.eval_items}", f"eval.batch_size={s.eval_items}", "eval.classifier_model.train.steps=20",
         "logger.image_every=1", f"cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'run'}", *s.extra,
     ]
-
-
-def run_phase(cmd: list[str], work: Path, name: str, threads: int, timeout_s: int = 0) -> dict:
-    """Run ``cmd`` (a ``rlar.studies.measured_run`` launch) with each process measuring itself, its output in
-    ``work/<name>.log``, killed with its whole process group after ``timeout_s`` (0: never; exit code "timeout");
-    its exit code, seconds, per-process peak memory (and peak GPU memory, when it used one) and log tail."""
-    measures, log = work / "measures" / name, work / f"{name}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), MEASURE_DIR: str(measures)}
-    print(f"{name}: running (log: {log})", flush=True)
-    tic = time.perf_counter()
-    with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=work, env=env, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s or None)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
-            proc.wait()
-            code = "timeout"
-    seconds = time.perf_counter() - tic
-    ranks = [json.loads(p.read_text()) for p in sorted(measures.glob("rank*.json"))] if measures.is_dir() else []
-    result = {"returncode": code, "seconds": seconds, "log_tail": log.read_text()[-3000:],
-              "peak_rss_mib": {f"rank{r['rank']}": r["peak_rss_mib"] for r in ranks}}
-    if any("peak_cuda_mib" in r for r in ranks):
-        result["peak_cuda_mib"] = {f"rank{r['rank']}": r["peak_cuda_mib"] for r in ranks if "peak_cuda_mib" in r}
-    return result
 
 
 def on_device(s: Settings) -> list[str]:
