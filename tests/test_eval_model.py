@@ -2,6 +2,7 @@
 and the class_consistency and perceptual_digits rewards."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,32 @@ def test_perceptual_digits_is_zero_for_identical_and_grows_with_changes(classifi
     assert other.mean() < noised.mean() < 0
     distance = perceptual_distance(classifier, noise_images(4), -noise_images(4, seed=1))
     assert ((distance > 0) & (distance <= 2)).all()
+
+
+class FixedLogits(torch.nn.Module):
+    """A stand-in classifier: each image's logits are its first pixels, so the class probabilities are set by hand."""
+
+    def forward(self, images):
+        return images.flatten(1)[:, :3]  # [N, 3]
+
+
+def test_class_consistency_threshold_accepts_or_rejects(data, tmp_path):
+    """Two samples asked for class 0 with p(0) = 0.9 and 0.5, one asked for class 2 with p(2) = 0.2 (hand-computed
+    softmaxes): by the probability, and accepted at a threshold of 0.5 (the boundary included)."""
+    logits = torch.tensor([[math.log(9), 0.0, -math.inf], [0.0, 0.0, -math.inf], [math.log(3), 0.0, 0.0]])
+    images = torch.nn.functional.pad(logits, (0, 1021)).view(3, 1, 32, 32)
+    labels = torch.tensor([0, 0, 2])
+    by_prob = ClassConsistencyReward(data, TINY_TRAIN, tmp_path)
+    by_prob.classifier.get = lambda device: FixedLogits()
+    assert torch.allclose(by_prob(images, None, {"labels": labels})[0], torch.tensor([0.9, 0.5, 0.2]))
+    accept = ClassConsistencyReward(data, TINY_TRAIN, tmp_path, threshold=0.5)
+    accept.classifier.get = lambda device: FixedLogits()
+    reward, components = accept(images, None, {"labels": labels})
+    assert reward.tolist() == [1.0, 1.0, 0.0]
+    assert torch.allclose(components["class_prob"], torch.tensor([0.9, 0.5, 0.2]))  # logged as it was
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"reward.threshold must be in \\(0, 1\\].*got {bad}"):
+            ClassConsistencyReward(data, TINY_TRAIN, tmp_path, threshold=bad)
 
 
 def test_rewards_build_the_classifier_lazily(data, tmp_path):

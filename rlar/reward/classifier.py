@@ -65,15 +65,23 @@ def data_groups(features: torch.Tensor, labels: torch.Tensor, class_conditional:
 
 
 class ClassConsistencyReward(Reward):
-    """``reward(images, targets, meta) -> (p [N], {"class_prob": [N]})``: the classifier's softmax probability of
-    the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the largest class
-    probability, i.e. that the sample shows some class. ``targets`` are ignored.
+    """``reward(images, targets, meta) -> (r [N], {"class_prob": p [N]})``: ``p`` the classifier's softmax
+    probability of the requested class ``meta["labels"] [N]``, in [0, 1]; a negative (null-class) label scores the
+    largest class probability, i.e. that the sample shows some class; ``r`` is ``p``. ``targets`` are ignored.
 
     The probability rather than its log: bounded, so one unrecognisable sample cannot dominate a batch's statistics.
+    ``threshold``: the reward is 1 where that probability is at least ``threshold``, else 0 (accept or reject), so
+    that among accepted samples a prototypical one scores no more than an unusual one; under a KL to the prior
+    (``algorithm.beta``) the policy that maximises it is the prior reweighted toward its accepted samples.
     """
 
-    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
+    def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
+                 threshold: float | None = None):
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ValueError(f"reward.threshold must be in (0, 1] (a class probability), got {threshold}; "
+                             f"e.g. reward.threshold=0.9, or null for the probability itself")
         self.classifier = LazyClassifier(data, classifier, cache_dir)
+        self.threshold = threshold
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
@@ -84,8 +92,9 @@ class ClassConsistencyReward(Reward):
         probs = self.classifier.get(images.device)(images).softmax(1)  # [N, K]
         labels = torch.as_tensor(labels, device=images.device).long()  # [N]
         asked = probs.gather(1, labels.clamp_min(0)[:, None])[:, 0]
-        reward = torch.where(labels >= 0, asked, probs.amax(1))
-        return reward, {"class_prob": reward}
+        prob = torch.where(labels >= 0, asked, probs.amax(1))  # [N]
+        reward = prob if self.threshold is None else (prob >= self.threshold).float()
+        return reward, {"class_prob": prob}
 
 
 def perceptual_distance(model: DigitsClassifier, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

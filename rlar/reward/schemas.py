@@ -92,6 +92,7 @@ class ClassifierRewardSchema:
 @dataclass
 class ClassConsistencyRewardSchema(ClassifierRewardSchema):
     _target_: str = "rlar.reward.classifier.ClassConsistencyReward"
+    threshold: float | None = None  # 1 where the class probability is >= threshold, else 0; null: the probability
 
 
 @dataclass
