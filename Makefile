@@ -26,7 +26,7 @@ run: $(STAMP)  ## fine-tune the embedded default (digits, VQ, GPT, GRPO, the def
 	$(VENV)/bin/rlar-run $(ARGS)
 
 test: $(STAMP)  ## the fast tests: no training run, no subprocess (pytest -m "not slow", 2 single-threaded workers); PYTEST_ARGS passes on
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 RLAR_BUILD_THREADS=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## every test, the slow ones too (training runs, subprocesses, servers, torchrun); what CI runs
 	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)

@@ -44,3 +44,62 @@ def test_a_prior_pretrained_with_dropout_is_its_own_cache_entry(tmp_path):
     specs = [json.loads(p.read_text())["spec"]["arch"] for p in sorted(tmp_path.glob("gpt_prior-*.json"))]
     assert sorted(spec.get("dropout", 0.0) for spec in specs) == [0.0, 0.3]
     assert all("dropout" not in spec for spec in specs if spec.get("dropout", 0.0) == 0.0)
+
+
+@pytest.mark.slow  # trains a tokenizer and a prior twice (a few steps each)
+def test_the_cache_holds_the_same_weights_whatever_the_runs_thread_count(tmp_path):
+    """Thread counts split floating-point sums differently; without a fixed build count even three steps end in
+    other weights (measured), so a cache would depend on the hardware.num_threads of whichever run built it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = build_tokenizer_and_prior(tmp_path / "a", global_seed=0)
+        torch.set_num_threads(3)
+        three_threads = build_tokenizer_and_prior(tmp_path / "b", global_seed=0)
+        assert torch.get_num_threads() == 3  # the run's own count is back after the build
+    finally:
+        torch.set_num_threads(before)
+    for one, other in zip(one_thread, three_threads, strict=True):
+        assert all(torch.equal(one[k], other[k]) for k in one)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 2), ("1", 1), ("3", 3)])
+def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp_path, monkeypatch, setting,
+                                                                              expected):
+    from rlar.runtime.cache import BUILD_THREADS, cached_artifact
+
+    assert BUILD_THREADS == 2  # the count the docs' caches were built on
+    if setting is None:
+        monkeypatch.delenv("RLAR_BUILD_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("RLAR_BUILD_THREADS", setting)
+    seen = []
+
+    def build():
+        seen.append(torch.get_num_threads())
+        return {"w": torch.zeros(1)}, {}
+
+    def failing_build():
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("out of memory")
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(5)
+        cached_artifact(tmp_path, "probe", {"n": 1}, build)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            cached_artifact(tmp_path, "probe", {"n": 2}, failing_build)
+        assert torch.get_num_threads() == 5
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [expected, expected]
+
+
+@pytest.mark.parametrize("setting", ["0", "two", "-1", ""])
+def test_a_bad_build_thread_count_is_refused_with_the_fix_named(tmp_path, monkeypatch, setting):
+    from rlar.runtime.cache import cached_artifact
+
+    monkeypatch.setenv("RLAR_BUILD_THREADS", setting)
+    with pytest.raises(ValueError, match=r"RLAR_BUILD_THREADS=.*unset it"):
+        cached_artifact(tmp_path, "probe", {"n": 1}, lambda: ({}, {}))
+    assert not list(tmp_path.iterdir())  # nothing built, nothing written

@@ -15,6 +15,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+BUILD_THREADS = 2  # CPU threads of every cache build, whatever the run's own count; $RLAR_BUILD_THREADS overrides
+
 
 def default_cache_dir() -> Path:
     """``$RLAR_CACHE_DIR``, else ``~/.cache/rlar``."""
@@ -29,6 +31,30 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def build_thread_count() -> int:
+    """``$RLAR_BUILD_THREADS``, else :data:`BUILD_THREADS`: the CPU threads a cache build runs on. Entries built on
+    another count hold other weights under the same key, so an override wants its own ``cache_dir``."""
+    value = os.environ.get("RLAR_BUILD_THREADS", str(BUILD_THREADS))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"RLAR_BUILD_THREADS={value!r} is not a positive whole number of threads; unset it (cache "
+                         f"builds then run on {BUILD_THREADS}) or set it to one, e.g. RLAR_BUILD_THREADS=1")
+    return int(value)
+
+
+@contextmanager
+def build_threads(count: int) -> Iterator[None]:
+    """Torch's CPU thread count set to ``count`` inside, restored afterwards. The thread count splits
+    floating-point sums differently, and a few hundred training steps carry the last bits into other weights, so a
+    cache built at one fixed count is the same whatever ``hardware.num_threads`` the building run had (on one
+    kind of CPU: another instruction set still sums differently)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -78,15 +104,18 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
                     build: Callable[[], tuple[dict, dict]]) -> tuple[dict, Path]:
     """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build()`` on a miss.
 
-    ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON.
+    ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON. It runs on
+    :func:`build_thread_count` CPU threads, so the entry does not depend on the building run's thread count.
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = cache_dir / f"{name}-{spec_key(spec)}.pt"
     if path.is_file():
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path
-    log.info("%s: not cached yet, training it (cached afterwards at %s)", name, path)
-    state, metrics = build()
+    threads = build_thread_count()
+    log.info("%s: not cached yet, training it on %d CPU threads (cached afterwards at %s)", name, threads, path)
+    with build_threads(threads):
+        state, metrics = build()
     atomic_torch_save(state, path)
     path.with_suffix(".json").write_text(json.dumps({"spec": spec, "metrics": metrics}, indent=2, default=str))
     return state, path
