@@ -2,6 +2,8 @@
 random states (another hardware.seed, another command such as rlar-prepare) are the same weights, and building
 them leaves the caller's random state as it was."""
 
+import json
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -35,8 +37,6 @@ def test_the_cache_holds_the_same_weights_whatever_the_global_random_state(tmp_p
 def test_a_prior_pretrained_with_dropout_is_its_own_cache_entry(tmp_path):
     """policy.dropout changes what pretraining learns, so it keys the cached prior (the default 0 stays out of the
     key, which keeps the entries cached before it): a dropout run never loads a prior pretrained without it."""
-    import json
-
     for dropout in (0.0, 0.3):
         cfg = compose_config([f"cache_dir={tmp_path}", *SHORT, f"policy.dropout={dropout}"])
         data = instantiate(cfg.data)
@@ -66,7 +66,7 @@ def test_the_cache_holds_the_same_weights_whatever_the_runs_thread_count(tmp_pat
 @pytest.mark.parametrize("setting, expected", [(None, 2), ("1", 1), ("3", 3)])
 def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp_path, monkeypatch, setting,
                                                                               expected):
-    from rlar.runtime.cache import BUILD_THREADS, cached_artifact
+    from rlar.runtime.cache import BUILD_THREADS, cached_artifact, spec_key
 
     assert BUILD_THREADS == 2  # the count the docs' caches were built on
     if setting is None:
@@ -86,13 +86,18 @@ def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(5)
-        cached_artifact(tmp_path, "probe", {"n": 1}, build)
+        _, path = cached_artifact(tmp_path, "probe", {"n": 1}, build)
         with pytest.raises(RuntimeError, match="out of memory"):
             cached_artifact(tmp_path, "probe", {"n": 2}, failing_build)
         assert torch.get_num_threads() == 5
     finally:
         torch.set_num_threads(before)
     assert seen == [expected, expected]
+    # the default count keeps the spec (and the entries built before it); another count keys entries of its own
+    default_path = tmp_path / f"probe-{spec_key({'n': 1})}.pt"
+    assert (path == default_path) == (expected == BUILD_THREADS)
+    recorded = json.loads(path.with_suffix(".json").read_text())["spec"]
+    assert recorded == ({"n": 1} if expected == BUILD_THREADS else {"n": 1, "build_threads": expected})
 
 
 @pytest.mark.parametrize("setting", ["0", "two", "-1", ""])

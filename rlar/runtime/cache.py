@@ -34,8 +34,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def build_thread_count() -> int:
-    """``$RLAR_BUILD_THREADS``, else :data:`BUILD_THREADS`: the CPU threads a cache build runs on. Entries built on
-    another count hold other weights under the same key, so an override wants its own ``cache_dir``."""
+    """``$RLAR_BUILD_THREADS``, else :data:`BUILD_THREADS`: the CPU threads a cache build runs on."""
     value = os.environ.get("RLAR_BUILD_THREADS", str(BUILD_THREADS))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"RLAR_BUILD_THREADS={value!r} is not a positive whole number of threads; unset it (cache "
@@ -105,14 +104,17 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
     """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build()`` on a miss.
 
     ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON. It runs on
-    :func:`build_thread_count` CPU threads, so the entry does not depend on the building run's thread count.
+    :func:`build_thread_count` CPU threads, so the entry does not depend on the building run's thread count; a count
+    other than :data:`BUILD_THREADS` builds other weights, so it enters the spec (and the key) as ``build_threads``.
     """
+    threads = build_thread_count()
+    if threads != BUILD_THREADS:
+        spec = {**spec, "build_threads": threads}
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = cache_dir / f"{name}-{spec_key(spec)}.pt"
     if path.is_file():
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path
-    threads = build_thread_count()
     log.info("%s: not cached yet, training it on %d CPU threads (cached afterwards at %s)", name, threads, path)
     with build_threads(threads):
         state, metrics = build()
