@@ -108,3 +108,34 @@ def test_a_bad_build_thread_count_is_refused_with_the_fix_named(tmp_path, monkey
     with pytest.raises(ValueError, match=r"RLAR_BUILD_THREADS=.*unset it"):
         cached_artifact(tmp_path, "probe", {"n": 1}, lambda: ({}, {}))
     assert not list(tmp_path.iterdir())  # nothing built, nothing written
+
+
+def test_a_cache_copied_elsewhere_keeps_its_keys(tmp_path, monkeypatch):
+    """The prior's key names its tokenizer by the cache file's name, not its path: a cache copied to another
+    machine (another home) or mounted at another path is read, not trained again."""
+    import shutil
+
+    import rlar.policy.prior
+
+    build_tokenizer_and_prior(tmp_path / "here", global_seed=0)
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the copied cache was not found: the prior was pretrained again")
+
+    monkeypatch.setattr(rlar.policy.prior, "pretrain_gpt", no_training)
+    monkeypatch.setattr("rlar.tokenizer.build.train_digits_vq", no_training)
+    copied = build_tokenizer_and_prior(tmp_path / "there", global_seed=0)
+    original = torch.load(next((tmp_path / "here").glob("gpt_prior-*.pt")), weights_only=True)
+    assert all(torch.equal(original[k], copied[1][k]) for k in original)
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == sorted(
+        p.name for p in (tmp_path / "here").iterdir())  # nothing new was written
+
+
+def test_a_tokenizer_outside_the_cache_is_keyed_by_its_path(tmp_path):
+    from rlar.runtime.cache import source_key
+
+    assert source_key(str(tmp_path / "cache" / "digits_vq-0123456789ab.pt"), tmp_path / "cache") == \
+        "digits_vq-0123456789ab.pt"
+    checkpoint = str(tmp_path / "checkpoints" / "vq.pt")
+    assert source_key(checkpoint, tmp_path / "cache") == checkpoint

@@ -18,7 +18,7 @@ from rlar.policy.exported import folder_or_file
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
-from rlar.runtime.cache import cached_artifact, seeded
+from rlar.runtime.cache import cached_artifact, seeded, source_key
 from rlar.text.conditions import captions_fingerprint, split_captions
 from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.frozen import FrozenTokenizer
@@ -126,7 +126,8 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
             state = {"policy": state, "text_encoder": text_encoder.state_dict()}
         return state, {"final_train_loss": sum(losses[-50:]) / len(losses[-50:]), "eval_loss": float(eval_loss)}
 
-    spec = {"arch": arch, "pretrain": pretrain, "tokenizer": tokenizer.source, "data": data.fingerprint()}
+    spec = {"arch": arch, "pretrain": pretrain, "tokenizer": source_key(tokenizer.source, cache_dir),
+            "data": data.fingerprint()}
     if text_encoder is not None:
         spec["text"] = {"encoder": text_encoder.spec(), "captions": captions_fingerprint(data)}
     state, path = cached_artifact(cache_dir, name, spec, build)

@@ -33,6 +33,15 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def source_key(source: str, cache_dir: str | os.PathLike | None) -> str:
+    """How a cache key names a model another one is built from (the prior's tokenizer): an entry of this cache by
+    its file name, which holds its own key, so a cache copied to another machine or mounted at another path keeps
+    its keys; any other file (a checkpoint) by its path."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = Path(source).expanduser()
+    return path.name if path.parent.resolve() == root.resolve() else source
+
+
 def build_thread_count() -> int:
     """``$RLAR_BUILD_THREADS``, else :data:`BUILD_THREADS`: the CPU threads a cache build runs on."""
     value = os.environ.get("RLAR_BUILD_THREADS", str(BUILD_THREADS))
