@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from rlar.runtime.cache import default_cache_dir
+from rlar.runtime.cache import cache_root
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURES = ("2048", "logits_unbiased")  # pool features (FID, precision/recall) [N, 2048]; logits (IS) [N, 1008]
@@ -18,7 +18,7 @@ FEATURES = ("2048", "logits_unbiased")  # pool features (FID, precision/recall) 
 
 def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the weights are looked for when no path is given: ``<cache_dir>/inception/`` + ``WEIGHTS_NAME``."""
-    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "inception" / WEIGHTS_NAME
+    return cache_root(cache_dir) / "inception" / WEIGHTS_NAME
 
 
 def missing_weights_message(path: Path) -> str:

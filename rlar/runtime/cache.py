@@ -23,6 +23,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RLAR_CACHE_DIR", Path.home() / ".cache" / "rlar")).expanduser()
 
 
+def cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """The config's ``cache_dir``, else :func:`default_cache_dir`."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Torch's global random state seeded with ``seed`` inside, restored afterwards: a model built (initialised,
@@ -37,9 +42,8 @@ def source_key(source: str, cache_dir: str | os.PathLike | None) -> str:
     """How a cache key names a model another one is built from (the prior's tokenizer): an entry of this cache by
     its file name, which holds its own key, so a cache copied to another machine or mounted at another path keeps
     its keys; any other file (a checkpoint) by its path."""
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = Path(source).expanduser()
-    return path.name if path.parent.resolve() == root.resolve() else source
+    return path.name if path.parent.resolve() == cache_root(cache_dir).resolve() else source
 
 
 def build_thread_count() -> int:
@@ -119,8 +123,7 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
     threads = build_thread_count()
     if threads != BUILD_THREADS:
         spec = {**spec, "build_threads": threads}
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = cache_dir / f"{name}-{spec_key(spec)}.pt"
+    path = cache_root(cache_dir) / f"{name}-{spec_key(spec)}.pt"
     if path.is_file():
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path
