@@ -3,12 +3,15 @@ random states (another hardware.seed, another command such as rlar-prepare) are 
 them leaves the caller's random state as it was."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
+import rlar.policy.prior
 from rlar.config.store import compose_config
+from rlar.runtime.cache import BUILD_THREADS, cached_artifact, source_key, spec_key
 
 SHORT = ["tokenizer.train.steps=3", "policy.pretrain.steps=2", "policy.pretrain.batch_size=8"]
 
@@ -66,8 +69,6 @@ def test_the_cache_holds_the_same_weights_whatever_the_runs_thread_count(tmp_pat
 @pytest.mark.parametrize("setting, expected", [(None, 2), ("1", 1), ("3", 3)])
 def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp_path, monkeypatch, setting,
                                                                               expected):
-    from rlar.runtime.cache import BUILD_THREADS, cached_artifact, spec_key
-
     assert BUILD_THREADS == 2  # the count the docs' caches were built on
     if setting is None:
         monkeypatch.delenv("RLAR_BUILD_THREADS", raising=False)
@@ -102,8 +103,6 @@ def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp
 
 @pytest.mark.parametrize("setting", ["0", "two", "-1", ""])
 def test_a_bad_build_thread_count_is_refused_with_the_fix_named(tmp_path, monkeypatch, setting):
-    from rlar.runtime.cache import cached_artifact
-
     monkeypatch.setenv("RLAR_BUILD_THREADS", setting)
     with pytest.raises(ValueError, match=r"RLAR_BUILD_THREADS=.*unset it"):
         cached_artifact(tmp_path, "probe", {"n": 1}, lambda: ({}, {}))
@@ -113,10 +112,6 @@ def test_a_bad_build_thread_count_is_refused_with_the_fix_named(tmp_path, monkey
 def test_a_cache_copied_elsewhere_keeps_its_keys(tmp_path, monkeypatch):
     """The prior's key names its tokenizer by the cache file's name, not its path: a cache copied to another
     machine (another home) or mounted at another path is read, not trained again."""
-    import shutil
-
-    import rlar.policy.prior
-
     build_tokenizer_and_prior(tmp_path / "here", global_seed=0)
     shutil.copytree(tmp_path / "here", tmp_path / "there")
 
@@ -133,8 +128,6 @@ def test_a_cache_copied_elsewhere_keeps_its_keys(tmp_path, monkeypatch):
 
 
 def test_a_tokenizer_outside_the_cache_is_keyed_by_its_path(tmp_path):
-    from rlar.runtime.cache import source_key
-
     assert source_key(str(tmp_path / "cache" / "digits_vq-0123456789ab.pt"), tmp_path / "cache") == \
         "digits_vq-0123456789ab.pt"
     checkpoint = str(tmp_path / "checkpoints" / "vq.pt")
