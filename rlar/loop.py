@@ -70,9 +70,9 @@ def train(run: Run) -> dict:
         summary = evaluate_prior(run)
         warm_up(run, batches, summary)
     time_totals: dict[str, float] = {}
-    progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
-                    disable=not distributed.is_main())
-    with StopRequest().listening() as stop:
+    with StopRequest().listening() as stop:  # before the bar is drawn: a signal seen after "RL:" is always caught
+        progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
+                        disable=not distributed.is_main())
         iterations(run, batches, progress, summary, time_totals, stop)
     progress.close()
     return finish(run, summary, time_totals, start)

@@ -31,6 +31,20 @@ from rlar.run import cli
 sys.argv[0] = "rlar-run"
 cli()
 """
+# the CLI, sending itself SIGTERM as the RL progress bar is drawn: the earliest moment a stop must be caught
+SIGTERM_AS_THE_BAR_APPEARS = """
+import os, signal, sys
+import rlar.loop as loop
+real = loop.tqdm
+def signalling_tqdm(*args, **kwargs):
+    if kwargs.get("desc") == "RL":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+loop.tqdm = signalling_tqdm
+from rlar.run import cli
+sys.argv[0] = "rlar-run"
+cli()
+"""
 
 
 def command(tiny, out, *extra, script=None, iterations=ITERATIONS):
@@ -131,6 +145,18 @@ def test_sigterm_saves_at_the_end_of_the_iteration_and_the_same_command_resumes(
     stopped_at = recorded_iteration(tmp_path)
     assert f"stopped by SIGTERM after iteration {stopped_at}" in err and "run the same command to resume" in err
     assert 1 <= stopped_at < ITERATIONS  # saved although checkpoint_every=100
+    finished(cmd)
+    record, summary = outcome(tmp_path)
+    assert_identical(record["policy"], uninterrupted[0]["policy"], "policy")
+    assert_identical(record["ema"], uninterrupted[0]["ema"], "ema")
+
+
+def test_sigterm_as_the_progress_bar_appears_stops_after_the_first_iteration(tiny, tmp_path, uninterrupted):
+    cmd = command(tiny, tmp_path, "train.ema_decay=0.9", "train.checkpoint_every=100")
+    proc = subprocess.run(command(tiny, tmp_path, "train.ema_decay=0.9", "train.checkpoint_every=100",
+                                  script=SIGTERM_AS_THE_BAR_APPEARS), capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "stopped by SIGTERM after iteration 1" in proc.stderr and recorded_iteration(tmp_path) == 1
     finished(cmd)
     record, summary = outcome(tmp_path)
     assert_identical(record["policy"], uninterrupted[0]["policy"], "policy")
