@@ -112,7 +112,7 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_sets():
 
 @pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
-    model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu")
+    model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu", data.train_images.split(256))
     real = model.metrics(*model.describe(data.eval_images, data.eval_labels), data.eval_labels)
     assert real["eval/class_acc"] > 0.95 and 0 <= real["eval/fd"] < 1e-4
     assert real["eval/precision"] == real["eval/recall"] == real["eval/coverage"] == 1
@@ -129,6 +129,9 @@ def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
     assert noise["eval/coverage"] < 0.05 < 0.8 < train["eval/coverage"]
     assert noise["eval/density"] < train["eval/density"]
     assert noise["eval/diversity"] < 0.5 * train["eval/diversity"]
+    # copies of the train split are what only eval/memorization sees: held-out digits sit at its 5 % by construction
+    assert train["eval/memorization"] == 1 and real["eval/memorization"] == pytest.approx(0.05, abs=1 / 359)
+    assert noise["eval/memorization"] < 0.05
 
 
 @pytest.mark.slow
@@ -138,8 +141,8 @@ def test_tiny_run_reports_fd_and_class_acc_without_changing_the_eval_reward(tiny
     for entry in summary["history"]:
         assert 0 <= entry["eval/class_acc"] <= 1 and entry["eval/fd"] > 0
         assert 0 <= entry["eval/precision"] <= 1 and 0 <= entry["eval/recall"] <= 1 and entry["eval/diversity"] > 0
-        assert 0 <= entry["eval/coverage"] <= 1 and entry["eval/density"] >= 0
-    for metric in ("precision", "recall", "density", "coverage", "diversity"):
+        assert 0 <= entry["eval/coverage"] <= 1 and entry["eval/density"] >= 0 and 0 <= entry["eval/memorization"] <= 1
+    for metric in ("precision", "recall", "density", "coverage", "diversity", "memorization"):
         assert summary[f"eval_{metric}_before"] == summary["history"][0][f"eval/{metric}"]
         assert tb_scalars(tmp_path / "on", f"eval/{metric}")[-1] == pytest.approx(summary[f"eval_{metric}_after"])
     assert summary["eval_fd_before"] == summary["history"][0]["eval/fd"]

@@ -7,6 +7,7 @@ import torch
 
 from rlar.eval.model import manifold
 from rlar.eval.model.manifold import class_spreads, density_coverage, precision_recall, relative_diversity
+from rlar.eval.model.memorization import copy_threshold, memorization
 from rlar.eval.model.scorer import EvalModel
 
 
@@ -126,3 +127,25 @@ def test_diversity_by_hand():
     assert relative_diversity(real, real_labels, fake, fake_labels) == pytest.approx(2 / (5 + 4 / 3))
     assert relative_diversity(real, real_labels, real, real_labels) == pytest.approx(1.0)
     assert math.isnan(relative_diversity(real, real_labels, fake[4:], fake_labels[4:]))
+
+
+def test_memorization_by_hand():
+    train, held_out = on_a_line(0, 10), on_a_line(1, 2, 3, 4, 5)  # held-out distances to the train split: 1 ... 5
+    threshold = copy_threshold(held_out, train)  # their 5 % quantile: 1 + 0.05 * 4 * (2 - 1)
+    assert threshold == pytest.approx(1.2)
+    # distances 0 (a copy), 1.2 (on the boundary), 1.5 and 5: two within it
+    assert memorization(on_a_line(0, 11.2, 8.5, 5), train, threshold) == pytest.approx(1 / 2)
+    assert math.isnan(memorization(on_a_line(), train, threshold))
+
+
+def test_the_judge_reads_copies_of_its_train_split_and_not_held_out_images():
+    g = torch.Generator().manual_seed(0)
+    train, held_out = torch.rand(60, 1, 1, 8, generator=g), torch.rand(20, 1, 1, 8, generator=g)
+    judge = EvalModel(Features(), held_out, torch.zeros(20, dtype=torch.long), "cpu", train_batches=train.split(16))
+    labels, hits = torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.bool)
+    copies = judge.metrics(train[:20].flatten(1) + 1e-9, hits, labels)
+    # the held-out images themselves: only the nearest of 20 lies within their own 5 % quantile (19 * 0.05 < 1)
+    novel = judge.metrics(held_out.flatten(1), hits, labels)
+    assert copies["eval/memorization"] == 1 and novel["eval/memorization"] == pytest.approx(1 / 20)
+    without_train = EvalModel(Features(), held_out, labels, "cpu")
+    assert math.isnan(without_train.metrics(held_out.flatten(1), hits, labels)["eval/memorization"])

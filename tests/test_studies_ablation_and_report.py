@@ -312,18 +312,19 @@ def test_the_reward_terms_table_reads_each_term_from_the_first_and_last_evaluati
 def test_the_judged_table_averages_each_runs_mean_over_eval_seeds():
     def judged(fd_values, acc):
         metrics = {f"eval/{m}": {"values": [acc, acc], "mean": acc} for m in ("class_acc", "precision", "recall",
-                                                                             "density", "coverage", "diversity")}
+                                                                             "density", "coverage", "diversity",
+                                                                             "memorization")}
         return {**metrics, "eval/fd": {"values": fd_values, "mean": sum(fd_values) / len(fd_values)}}
 
     prior = {"prior": judged([30.0, 34.0], 0.8)}
     settings = {"rl": [judged([18.0, 20.0], 0.9), judged([22.0, 24.0], 0.95)], "empty": []}
     rows = judged_table(prior, settings).splitlines()
     assert rows[0] == ("| | eval/fd | eval/class_acc | eval/precision | eval/recall | eval/density | eval/coverage "
-                       "| eval/diversity | eval/fd per run |")
+                       "| eval/diversity | eval/memorization | eval/fd per run |")
     # the prior: mean ± sample std over its eval seeds (sqrt(8) = 2.83)
-    assert rows[2] == "| prior | 32.00 ± 2.83" + " | 0.800 ± 0.000" * 6 + " | – |"
+    assert rows[2] == "| prior | 32.00 ± 2.83" + " | 0.800 ± 0.000" * 7 + " | – |"
     # a setting: runs' means 19 and 23, so 21 ± sqrt(8); class_acc 0.9 and 0.95 give 0.925 ± 0.035
-    assert rows[3] == "| rl | 21.00 ± 2.83" + " | 0.925 ± 0.035" * 6 + " | 19.00 / 23.00 |"
+    assert rows[3] == "| rl | 21.00 ± 2.83" + " | 0.925 ± 0.035" * 7 + " | 19.00 / 23.00 |"
     assert len(rows) == 4  # a setting without finished runs has no row
 
 

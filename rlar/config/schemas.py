@@ -88,8 +88,9 @@ class ClassifierTrainSchema:
 @dataclass
 class EvalClassifierSchema:
     """A small CNN of the data's classes, trained on the train split on first use, then cached. As
-    ``eval.classifier_model`` it is the judge of eval/fd, eval/class_acc, eval/precision, eval/recall and
-    eval/diversity, which no reward may read (``rlar.config.validate`` refuses a reward classifier of the same spec)."""
+    ``eval.classifier_model`` it is the judge of eval/fd, eval/class_acc, eval/precision, eval/recall,
+    eval/diversity and eval/memorization, which no reward may read (``rlar.config.validate`` refuses a reward
+    classifier of the same spec)."""
 
     input_size: int = 32  # images are resized to this (a multiple of 8)
     width: int = 16  # channels of the first of three conv blocks (then 2x, 4x)

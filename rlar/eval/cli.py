@@ -48,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", help=f"the Inception weights file (default: <cache_dir>/inception/"
                                                f"{default_weights_path().name})")
     p.add_argument("--judge", type=int, metavar="N",
-                   help="instead of Inception metrics: the embedded judge's eval/fd, class_acc, precision, recall and "
-                        "diversity under N eval seeds (eval.seed, eval.seed+1, ...), mean ± std, to judge.json")
+                   help="instead of Inception metrics: the embedded judge's eval/fd, class_acc, precision, recall, "
+                        "density, coverage, diversity and memorization under N eval seeds (eval.seed, "
+                        "eval.seed+1, ...), mean ± std, to judge.json")
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")

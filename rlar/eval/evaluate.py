@@ -1,8 +1,8 @@
 """Evaluation: free-running samples for the held-out conditions, scored by the training reward and the embedded
 evaluation model, the judge (``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
-``eval/density``, ``eval/coverage``, ``eval/diversity``), with ``eval.inception`` Inception FID, IS, precision,
-recall, density and coverage of class-balanced samples (``eval/inception_*``), and for data whose eval captions are
-digit captions the prompts' attribute accuracy (``eval/attr/*``)."""
+``eval/density``, ``eval/coverage``, ``eval/diversity``, ``eval/memorization``), with ``eval.inception`` Inception
+FID, IS, precision, recall, density and coverage of class-balanced samples (``eval/inception_*``), and for data
+whose eval captions are digit captions the prompts' attribute accuracy (``eval/attr/*``)."""
 
 from __future__ import annotations
 
@@ -54,12 +54,11 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
              text_encoder: TextEncoder | None = None) -> dict[str, float]:
     """Mean reward (``eval/reward``, and each reward component's mean, ``eval/reward/<name>``) of
     ``eval_cfg.samples_per_item`` free-running samples for each held-out image (its class condition, or with
-    ``text_encoder`` its caption; no prefix); with
-    ``eval_model``, also its ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``, ``eval/density``,
-    ``eval/coverage`` and ``eval/diversity``
-    of the samples. With ``eval_cfg.guided_cfg_scale``, the
-    same evaluation again under that classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also
-    ``eval/inception_*`` (``rlar.eval.inception_eval``). Data with eval captions passes each item's caption to the
+    ``text_encoder`` its caption; no prefix); with ``eval_model``, also its ``eval/class_acc``, ``eval/fd``,
+    ``eval/precision``, ``eval/recall``, ``eval/density``, ``eval/coverage``, ``eval/diversity`` and
+    ``eval/memorization`` of the samples. With ``eval_cfg.guided_cfg_scale``, the same evaluation again under that
+    classifier-free guidance scale, as ``eval_cfg/*``. With ``inception``, also ``eval/inception_*``
+    (``rlar.eval.inception_eval``). Data with eval captions passes each item's caption to the
     reward (``meta["prompts"]``); when they are all digit captions (``rlar.data.captions``), also the fraction of
     samples that pass each check their prompt asks, ``eval/attr/thickness_acc``, ``eval/attr/slant_acc`` and, with
     ``eval_model`` (the class it sees), ``eval/attr/class_acc`` and ``eval/attr/all_acc`` (every check passed).
@@ -153,7 +152,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
 
 
 # the judge's (eval.classifier)
-JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "density", "coverage", "diversity")
+JUDGE_METRICS = ("fd", "class_acc", "precision", "recall", "density", "coverage", "diversity", "memorization")
 ATTRIBUTE_METRICS = ("attr/class_acc", "attr/thickness_acc", "attr/slant_acc", "attr/all_acc")  # captioned eval
 # what the summary keeps of an evaluation (eval_<metric>_before/_after), where measured: the reward, the judge's
 # metrics, Inception FID and IS, the decoding steps of a parallel decoder, the prompts' checks

@@ -1,34 +1,43 @@
 """The judge's metrics of generated samples: ``eval/class_acc``, ``eval/fd``, ``eval/precision``, ``eval/recall``,
-``eval/density``, ``eval/coverage`` and ``eval/diversity``, in the evaluation classifier's feature space."""
+``eval/density``, ``eval/coverage``, ``eval/diversity`` and ``eval/memorization``, in the evaluation classifier's
+feature space."""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 
 import torch
 from omegaconf import DictConfig
 
 from rlar.data.batches import ImageData
+from rlar.data.on_access import chunks
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.eval.model.manifold import density_coverage, precision_recall, real_balls, relative_diversity
+from rlar.eval.model.memorization import copy_threshold, memorization
 
 
 class EvalModel:
     """The classifier on ``device``, its features of ``real_images [M, C, H, W]`` (the held-out images the
     evaluation conditions on, of classes ``real_labels [M]``), their Gaussian fit and their density / coverage
-    balls, computed once.
+    balls, computed once; with ``train_batches`` (the train split's images, ``[B, C, H, W]`` at a time), also the
+    train split's features and how near held-out images come to them, for ``eval/memorization``.
     ``classifier_accuracy``: its held-out accuracy."""
 
     def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, real_labels: torch.Tensor, device,
-                 chunk_size: int = 256):
+                 train_batches: Iterable[torch.Tensor] | None = None, chunk_size: int = 256):
         self.classifier, self.device = classifier.to(device), device
         self.classifier_accuracy = classifier.metrics["eval_accuracy"]
         self.real_features = torch.cat([self.describe(x)[0] for x in real_images.split(chunk_size)]).cpu()  # [M, F]
         self.real_labels = real_labels.cpu()
         self.real_mean, self.real_cov = gaussian_fit(self.real_features)
         self.real_radii = real_balls(self.real_features)  # [M] or None
+        self.train_features = None if train_batches is None else torch.cat(
+            [self.describe(x)[0].cpu() for x in train_batches])  # [T, F]
+        self.copy_threshold = (None if self.train_features is None
+                               else copy_threshold(self.real_features, self.train_features))
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor, labels: torch.Tensor | None = None
@@ -50,9 +59,11 @@ class EvalModel:
         item: ``eval/class_acc`` (the fraction of ``hits [N]``), ``eval/fd`` (against the real images'; NaN below 2
         samples), ``eval/precision`` and ``eval/recall`` (improved, k = 3; NaN below 4), ``eval/density`` and
         ``eval/coverage`` (k = 5, the real images' balls alone; the mean over the ``per_item`` sets of one draw per
-        item, since coverage grows with the samples per real image) and ``eval/diversity`` (within-class spread
-        relative to the real images'). All but class_acc and density depend on N: compare values over the same
-        number of samples."""
+        item, since coverage grows with the samples per real image), ``eval/diversity`` (within-class spread
+        relative to the real images') and ``eval/memorization`` (the share of samples nearer a train image than
+        95 % of the real images are: about 0.05 unless samples copy train images; NaN without the train split).
+        All but class_acc, density and memorization depend on N: compare values over the same number of
+        samples."""
         if len(features) % per_item:
             raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
         features = features.cpu()
@@ -64,12 +75,19 @@ class EvalModel:
         density, coverage = (statistics.fmean(v) for v in zip(*read, strict=True))
         return {"eval/class_acc": float(hits.float().mean()), "eval/fd": fd, "eval/precision": precision,
                 "eval/recall": recall, "eval/density": density, "eval/coverage": coverage,
-                "eval/diversity": relative_diversity(self.real_features, self.real_labels, features, labels.cpu())}
+                "eval/diversity": relative_diversity(self.real_features, self.real_labels, features, labels.cpu()),
+                "eval/memorization": (float("nan") if self.train_features is None
+                                      else memorization(features, self.train_features, self.copy_threshold))}
 
 
 def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device) -> EvalModel:
     """The classifier of ``eval.classifier_model`` (cached) with the statistics of the held-out images that the
-    evaluation uses (the first ``eval.max_items``)."""
+    evaluation uses (the first ``eval.max_items``) and of the whole train split (read a chunk at a time)."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
     items = slice(eval_cfg.max_items or None)
-    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device)
+    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device, train_batches(data))
+
+
+def train_batches(data: ImageData, size: int = 256):
+    """The train split's images ``[size, C, H, W]`` at a time, in order (decoded on access for data on disk)."""
+    return data.train_batches(chunks(len(data.train_labels), size))
