@@ -39,7 +39,7 @@ def test_summarise_gives_each_rows_spread_and_its_difference_from_the_prior():
 @pytest.mark.slow
 def test_the_datas_rows_are_the_held_out_half_judged_against_the_other(tiny, tmp_path):
     from rlar.eval.model.build import build_eval_classifier
-    from rlar.eval.model.scorer import EvalModel, train_batches
+    from rlar.eval.model.scorer import EvalModel, train_features
     from rlar.eval.run_models import build_models, run_config
     from rlar.studies.data_reference import main
 
@@ -52,8 +52,8 @@ def test_the_datas_rows_are_the_held_out_half_judged_against_the_other(tiny, tmp
     data, tokenizer, _ = build_models(cfg, "cpu")
     images, labels = data.eval_images[:24], data.eval_labels[:24]
     reference, stand_in = halves(24, split=1)
-    judge = EvalModel(build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model), images[reference],
-                      labels[reference], "cpu", train_batches(data))
+    classifier = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)
+    judge = EvalModel(classifier, images[reference], labels[reference], "cpu", train_features(classifier, data, "cpu"))
     with torch.no_grad():
         through = tokenizer.decode_code(tokenizer.encode_indices(images[stand_in]))  # [12, C, H, W]
     assert not torch.allclose(through, images[stand_in])  # the tokenizer loses detail: a row of its own

@@ -10,7 +10,7 @@ from rlar.data.captions import caption_checks, parse_caption
 from rlar.data.digits import DigitsData
 from rlar.eval.evaluate import evaluate, headline
 from rlar.eval.model.classifier import DigitsClassifier
-from rlar.eval.model.scorer import EvalModel, train_batches
+from rlar.eval.model.scorer import EvalModel, train_features
 from rlar.policy.gpt import GPT
 from rlar.rollout.sampling import cfg_scales
 from rlar.tokenizer.digits_vq import DigitsVQ
@@ -45,8 +45,8 @@ def parts():
 
 def run(parts, data, judge: bool = True):
     tokenizer, policy, classifier = parts
-    eval_model = (EvalModel(classifier, data.eval_images[:ITEMS], data.eval_labels[:ITEMS], "cpu", train_batches(data))
-                  if judge else None)
+    eval_model = (EvalModel(classifier, data.eval_images[:ITEMS], data.eval_labels[:ITEMS], "cpu",
+                            train_features(classifier, data, "cpu")) if judge else None)
     reward = Recording()
     sampling = {"temperature": 1.0, "cfg_scale": cfg_scales(64, 1.0)}
     return evaluate(policy, tokenizer, reward, data, EVAL, sampling, "cpu", eval_model=eval_model), reward, eval_model

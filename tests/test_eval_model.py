@@ -15,6 +15,7 @@ import rlar.eval.model.build
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.eval.model import EvalModel, build_eval_classifier, frechet_distance, gaussian_fit
+from rlar.eval.model.scorer import train_features
 from rlar.eval.model.train import random_shift
 from rlar.loop import train_rl_loop
 from rlar.reward.classifier import ClassConsistencyReward, PerceptualDigitsReward, perceptual_distance
@@ -112,7 +113,7 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_sets():
 
 @pytest.mark.slow  # the classifier fixture trains the default classifier (300 steps)
 def test_class_acc_and_fd_separate_real_digits_from_noise(classifier, data):
-    model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu", data.train_images.split(256))
+    model = EvalModel(classifier, data.eval_images, data.eval_labels, "cpu", train_features(classifier, data, "cpu"))
     real = model.metrics(*model.describe(data.eval_images, data.eval_labels), data.eval_labels)
     assert real["eval/class_acc"] > 0.95 and 0 <= real["eval/fd"] < 1e-4
     assert real["eval/precision"] == real["eval/recall"] == real["eval/coverage"] == 1

@@ -141,7 +141,7 @@ def test_memorization_by_hand():
 def test_the_judge_reads_copies_of_its_train_split_and_not_held_out_images():
     g = torch.Generator().manual_seed(0)
     train, held_out = torch.rand(60, 1, 1, 8, generator=g), torch.rand(20, 1, 1, 8, generator=g)
-    judge = EvalModel(Features(), held_out, torch.zeros(20, dtype=torch.long), "cpu", train_batches=train.split(16))
+    judge = EvalModel(Features(), held_out, torch.zeros(20, dtype=torch.long), "cpu", train.flatten(1))
     labels, hits = torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.bool)
     copies = judge.metrics(train[:20].flatten(1) + 1e-9, hits, labels)
     # the held-out images themselves: only the nearest of 20 lies within their own 5 % quantile (19 * 0.05 < 1)

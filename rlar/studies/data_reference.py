@@ -29,7 +29,7 @@ from rlar.config.validate import ConfigError, check_config
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.build import build_eval_classifier
-from rlar.eval.model.scorer import EvalModel, train_batches
+from rlar.eval.model.scorer import EvalModel, train_features
 from rlar.eval.rejudge import check_judgeable
 from rlar.eval.run_models import build_models, run_config
 from rlar.studies.report import mean_and_std, mean_std
@@ -76,9 +76,10 @@ def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int
     # the frozen tokenizer encodes and decodes its own chunk at a time, without gradients
     reconstructed = tokenizer.decode_code(tokenizer.encode_indices(images.to(device))).float().cpu()  # [M, C, H, W]
     rows = {REAL: [], RECONSTRUCTED: [], **{name: [] for name in policies}}
+    train = train_features(classifier, data, device)  # [T, F]: the same for every split
     for split in range(splits):  # samples are drawn without gradients (generate_images)
         reference, stand_in = halves(len(labels), split)
-        judge = EvalModel(classifier, images[reference], labels[reference], device, train_batches(data))
+        judge = EvalModel(classifier, images[reference], labels[reference], device, train)
         asked = labels[stand_in]  # [m]
         rows[REAL].append(judge.metrics(*judge.describe(images[stand_in], asked), asked))
         rows[RECONSTRUCTED].append(judge.metrics(*judge.describe(reconstructed[stand_in], asked), asked))

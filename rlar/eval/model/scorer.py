@@ -22,22 +22,20 @@ from rlar.eval.model.memorization import copy_threshold, memorization
 class EvalModel:
     """The classifier on ``device``, its features of ``real_images [M, C, H, W]`` (the held-out images the
     evaluation conditions on, of classes ``real_labels [M]``), their Gaussian fit and their density / coverage
-    balls, computed once; with ``train_batches`` (the train split's images, ``[B, C, H, W]`` at a time), also the
-    train split's features and how near held-out images come to them, for ``eval/memorization``.
+    balls, computed once; with ``train_features [T, F]`` (the classifier's features of the train split:
+    :func:`train_features`), also how near held-out images come to them, for ``eval/memorization``.
     ``classifier_accuracy``: its held-out accuracy."""
 
     def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, real_labels: torch.Tensor, device,
-                 train_batches: Iterable[torch.Tensor] | None = None, chunk_size: int = 256):
+                 train_features: torch.Tensor | None = None, chunk_size: int = 256):
         self.classifier, self.device = classifier.to(device), device
         self.classifier_accuracy = classifier.metrics["eval_accuracy"]
-        self.real_features = torch.cat([self.describe(x)[0] for x in real_images.split(chunk_size)]).cpu()  # [M, F]
+        self.real_features = features_of(self.classifier, real_images.split(chunk_size), device)  # [M, F]
         self.real_labels = real_labels.cpu()
         self.real_mean, self.real_cov = gaussian_fit(self.real_features)
         self.real_radii = real_balls(self.real_features)  # [M] or None
-        self.train_features = None if train_batches is None else torch.cat(
-            [self.describe(x)[0].cpu() for x in train_batches])  # [T, F]
-        self.copy_threshold = (None if self.train_features is None
-                               else copy_threshold(self.real_features, self.train_features))
+        self.train_features = train_features
+        self.copy_threshold = None if train_features is None else copy_threshold(self.real_features, train_features)
 
     @torch.no_grad()
     def describe(self, images: torch.Tensor, labels: torch.Tensor | None = None
@@ -85,9 +83,18 @@ def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | Non
     evaluation uses (the first ``eval.max_items``) and of the whole train split (read a chunk at a time)."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
     items = slice(eval_cfg.max_items or None)
-    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device, train_batches(data))
+    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device,
+                     train_features(classifier, data, device))
 
 
-def train_batches(data: ImageData, size: int = 256):
-    """The train split's images ``[size, C, H, W]`` at a time, in order (decoded on access for data on disk)."""
-    return data.train_batches(chunks(len(data.train_labels), size))
+@torch.no_grad()
+def features_of(classifier: DigitsClassifier, batches: Iterable[torch.Tensor], device) -> torch.Tensor:
+    """``[N, F]`` on the CPU: the features of the images of ``batches`` (each ``[B, C, H, W]``), in order."""
+    classifier.to(device)
+    return torch.cat([classifier.features(x.to(device)).cpu() for x in batches])
+
+
+def train_features(classifier: DigitsClassifier, data: ImageData, device, size: int = 256) -> torch.Tensor:
+    """``[T, F]``: the features of the whole train split, ``size`` images at a time (decoded on access for data on
+    disk), for :class:`EvalModel`'s ``eval/memorization``."""
+    return features_of(classifier, data.train_batches(chunks(len(data.train_labels), size)), device)
