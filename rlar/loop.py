@@ -61,20 +61,21 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
 
 
 def train(run: Run) -> dict:
-    """Evaluate the prior and warm up (a fresh run), or resume; iterate; evaluate and save on schedule."""
+    """Evaluate the prior and warm up (a fresh run), or resume; iterate; evaluate and save on schedule. A stop signal
+    at any moment saves at the end of the current step (the prior's evaluation, a warm-up step or an iteration)."""
     t = run.cfg.train
-    start, summary = resume(run) if run.cfg.resume else (0, {})
-    # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
-    batches = run.data.batches(t.batch_size, run.generators["data"], start=t.warmup_steps + start if start else 0)
-    if start == 0:
-        summary = evaluate_prior(run)
-        warm_up(run, batches, summary)
     time_totals: dict[str, float] = {}
-    with StopRequest().listening() as stop:  # before the bar is drawn: a signal seen after "RL:" is always caught
-        progress = tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
-                        disable=not distributed.is_main())
-        iterations(run, batches, progress, summary, time_totals, stop)
-    progress.close()
+    with StopRequest().listening() as stop:  # before any work: no signal is lost between two steps
+        start, warmed, summary = resume(run) if run.cfg.resume else (0, 0, {})
+        if not summary:  # a fresh run
+            summary = evaluate_prior(run)
+            stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
+        # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
+        batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start)
+        warm_up(run, batches, summary, warmed, stop)
+        with tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
+                  disable=not distributed.is_main()) as progress:
+            iterations(run, batches, progress, summary, time_totals, stop)
     return finish(run, summary, time_totals, start)
 
 
@@ -101,14 +102,21 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
             run.logger.scalars(result, step)
         due = step % t.checkpoint_every == 0 or step == t.iterations
         if due:
-            save(run, step, summary)
-        if distributed.any_rank(stop.received is not None, run.device):
-            if not due:
-                save(run, step, summary)
-            progress.close()
-            run.logger.close()
-            raise Stopped(f"stopped by {stop.received or 'a signal on another rank'} after iteration {step}: "
-                          f"checkpoint saved in {run.checkpointer.record_path}; run the same command to resume")
+            save(run, step, summary, t.warmup_steps)
+        stop_if_requested(run, stop, summary, step, t.warmup_steps, f"iteration {step}", saved=due)
+
+
+def stop_if_requested(run: Run, stop: StopRequest, summary: dict, iteration: int, warmed: int, after: str,
+                      saved: bool = False) -> None:
+    """Where a stop signal reached any rank: save the run as it is after ``after`` (unless ``saved`` already) and
+    raise ``Stopped``; the same command resumes from there."""
+    if not distributed.any_rank(stop.received is not None, run.device):
+        return
+    if not saved:
+        save(run, iteration, summary, warmed)
+    run.logger.close()
+    raise Stopped(f"stopped by {stop.received or 'a signal on another rank'} after {after}: checkpoint saved in "
+                  f"{run.checkpointer.record_path}; run the same command to resume")
 
 
 def progress_metrics(run: Run) -> tuple[str, ...]:
@@ -250,12 +258,12 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
             **({} if rollout.steps is None else {"rollout/steps": float(rollout.steps.float().mean())})}
 
 
-def resume(run: Run) -> tuple[int, dict]:
-    """``(iteration, summary)`` of the last checkpoint, with the algorithm's and the reward's state, the lr schedule
-    and the random streams restored; ``(0, {})`` when there is none."""
+def resume(run: Run) -> tuple[int, int, dict]:
+    """``(iteration, warm-up steps done, summary)`` of the last checkpoint, with the algorithm's and the reward's
+    state, the lr schedule and the random streams restored; ``(0, 0, {})`` when there is none."""
     state = run.checkpointer.load()
     if state is None:
-        return 0, {}
+        return 0, 0, {}
     if state["iteration"] > run.cfg.train.iterations:
         raise ValueError(f"train.iterations={run.cfg.train.iterations} is lower than the {state['iteration']} "
                          f"iterations of the checkpoint {run.checkpointer.record_path}: set train.iterations >= "
@@ -267,8 +275,11 @@ def resume(run: Run) -> tuple[int, dict]:
     else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
         log.warning("%s has no lr schedule: the schedule starts at its first step", run.checkpointer.record_path)
     restore_rng(run.generators, state["rng"], state["iteration"], run.hw.seed)
-    log.info("resumed from %s at iteration %d", run.checkpointer.record_path, state["iteration"])
-    return state["iteration"], state["summary"]
+    # a record written before a warm-up could be stopped was saved after the whole warm-up
+    warmed = state.get("warmup_done", run.cfg.train.warmup_steps)
+    log.info("resumed from %s at iteration %d, after %d of %d warm-up steps", run.checkpointer.record_path,
+             state["iteration"], warmed, run.cfg.train.warmup_steps)
+    return state["iteration"], warmed, state["summary"]
 
 
 def evaluation(run: Run) -> dict[str, float]:
@@ -294,29 +305,34 @@ def evaluation_line(result: dict, reward) -> str:
     return ", ".join(f"{tag} {result[tag]:.5g}" for tag in (*shown, "eval/fd", "eval/class_acc") if tag in result)
 
 
-def warm_up(run: Run, batches, summary: dict) -> None:
-    """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes) before RL; the last
-    loss goes to the summary as ``warmup_ce``."""
+def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> None:
+    """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes) before RL, from
+    step ``done`` on (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after
+    the step."""
     steps = run.cfg.train.warmup_steps
-    for i in tqdm(range(steps), desc="supervised warm-up", leave=False, disable=not (steps and distributed.is_main())):
-        all_images, all_labels, all_indices = next(batches)
-        captions = run.data.captions_of(run.this_rank(all_indices))
-        condition = batch_conditions(run, run.this_rank(all_labels), captions)
-        loss = teacher_forced_ce(run.train_policy.train(), run.tokenizer.encode_indices(run.this_rank(all_images)),
-                                 condition)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        summary["warmup_ce"] = loss.item()
-        run.logger.scalars({"warmup/ce": loss.item()}, i)
+    with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
+              disable=not (steps and distributed.is_main())) as progress:
+        for i in progress:
+            all_images, all_labels, all_indices = next(batches)
+            captions = run.data.captions_of(run.this_rank(all_indices))
+            condition = batch_conditions(run, run.this_rank(all_labels), captions)
+            loss = teacher_forced_ce(run.train_policy.train(),
+                                     run.tokenizer.encode_indices(run.this_rank(all_images)), condition)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            summary["warmup_ce"] = loss.item()
+            run.logger.scalars({"warmup/ce": loss.item()}, i)
+            stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")
 
 
-def save(run: Run, iteration: int, summary: dict) -> None:
-    """The checkpoint of ``iteration``: weights, their average and the optimizer (``run.checkpointer``), the
-    algorithm's and the reward's state, the lr schedule, the summary so far and every rank's random streams."""
+def save(run: Run, iteration: int, summary: dict, warmed: int) -> None:
+    """The checkpoint of ``iteration`` after ``warmed`` warm-up steps: weights, their average and the optimizer
+    (``run.checkpointer``), the algorithm's and the reward's state, the lr schedule, the summary so far and every
+    rank's random streams."""
     run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "reward": run.reward.state_dict(),
-                           "scheduler": run.scheduler.state_dict(),
-                           "iteration": iteration, "summary": summary, "rng": gather_rng(run.generators)})
+                           "scheduler": run.scheduler.state_dict(), "iteration": iteration, "warmup_done": warmed,
+                           "summary": summary, "rng": gather_rng(run.generators)})
 
 
 def earlier_timings(out: Path) -> dict:

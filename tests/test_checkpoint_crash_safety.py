@@ -147,3 +147,43 @@ def test_orphaned_temporary_files_are_removed_at_start(tmp_path):
         folder.mkdir()
     loaded(tmp_path, "consolidated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def fresh_adamw(seed: int):
+    """``(modules, optimizer)`` drawn from ``seed``, before the optimizer's first step."""
+    torch.manual_seed(seed)
+    modules = nn.ModuleDict({"policy": nn.Linear(3, 2)})
+    return modules, torch.optim.AdamW(modules["policy"].parameters(), lr=1e-2)
+
+
+def adam_step(modules, optimizer) -> torch.Tensor:
+    """One update on a fixed batch; returns the weights after it."""
+    modules["policy"](torch.ones(4, 3)).square().sum().backward()
+    optimizer.step()
+    return modules["policy"].weight.detach().clone()
+
+
+@pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
+def test_a_save_before_the_first_update_leaves_the_optimizer_fresh(tmp_path, fmt):
+    """A stop after the prior's evaluation saves before any update. Asking DCP for the optimizer's state would create
+    it by a step at lr 0 (step count 1, zero moments), and every later Adam step would differ from a run never saved;
+    instead the optimizer is left out of the record, and both the saving run and the resumed one step as a fresh
+    optimizer does. Two saves at the same iteration (a stop after the prior's evaluation, then one in the warm-up)
+    write different shard folders: the current one is never overwritten."""
+    never_saved = adam_step(*fresh_adamw(0))
+    modules, optimizer = fresh_adamw(0)
+    checkpointer = Checkpointer(tmp_path, modules, optimizer, fmt)
+    checkpointer.save({"iteration": 0, "warmup_done": 0})
+    assert not optimizer.state
+    resumed_modules, resumed_optimizer = fresh_adamw(1)
+    record = Checkpointer(tmp_path, resumed_modules, resumed_optimizer, fmt).load()
+    assert record["optimizer_stepped"] is False and not resumed_optimizer.state
+    assert torch.equal(adam_step(modules, optimizer), never_saved)
+    assert torch.equal(adam_step(resumed_modules, resumed_optimizer), never_saved)
+    checkpointer.save({"iteration": 0, "warmup_done": 1})  # after the warm-up's first update: its state is saved
+    again_modules, again_optimizer = fresh_adamw(2)
+    assert Checkpointer(tmp_path, again_modules, again_optimizer, fmt).load()["optimizer_stepped"] is True
+    assert [float(s["step"]) for s in again_optimizer.state.values()] == [1.0, 1.0]
+    assert torch.equal(again_modules["policy"].weight, never_saved)
+    if fmt == "sharded":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last_sharded.1"]

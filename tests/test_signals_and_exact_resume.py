@@ -2,6 +2,7 @@
 cannot recompute exactly, and a re-run with another computation is refused."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -31,21 +32,26 @@ from rlar.run import cli
 sys.argv[0] = "rlar-run"
 cli()
 """
-# the CLI, sending itself SIGTERM as the RL progress bar is drawn: the earliest moment a stop must be caught
-SIGTERM_AS_THE_BAR_APPEARS = """
+# the CLI, sending itself SIGTERM at the moment SIGNAL_AT names: as the progress bar of that name is drawn (the
+# earliest moment a stop must be caught in that phase), or "evaluation": as the first evaluation (the prior's) begins
+SIGTERM_AT = """
 import os, signal, sys
 import rlar.loop as loop
-real = loop.tqdm
-def signalling_tqdm(*args, **kwargs):
-    if kwargs.get("desc") == "RL":
-        os.kill(os.getpid(), signal.SIGTERM)
-    return real(*args, **kwargs)
-loop.tqdm = signalling_tqdm
+at = os.environ["SIGNAL_AT"]
+def signalling(real, fires):
+    def call(*args, **kwargs):
+        if fires(kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    return call
+if at == "evaluation":
+    loop.evaluation = signalling(loop.evaluation, lambda kwargs: True)
+else:
+    loop.tqdm = signalling(loop.tqdm, lambda kwargs: kwargs.get("desc") == at)
 from rlar.run import cli
 sys.argv[0] = "rlar-run"
 cli()
 """
-
 
 def command(tiny, out, *extra, script=None, iterations=ITERATIONS):
     head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "rlar.run"]
@@ -151,16 +157,50 @@ def test_sigterm_saves_at_the_end_of_the_iteration_and_the_same_command_resumes(
     assert_identical(record["ema"], uninterrupted[0]["ema"], "ema")
 
 
+def signalled_at(moment: str, cmd: list[str]) -> subprocess.CompletedProcess:
+    """``cmd`` (a ``command``) through ``SIGTERM_AT``, signalled at ``moment``: it must stop with status 1."""
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_AT, *cmd[3:]], capture_output=True, text=True,
+                          env={**os.environ, "SIGNAL_AT": moment})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    return proc
+
+
+def record_of(out) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+
+
 def test_sigterm_as_the_progress_bar_appears_stops_after_the_first_iteration(tiny, tmp_path, uninterrupted):
     cmd = command(tiny, tmp_path, "train.ema_decay=0.9", "train.checkpoint_every=100")
-    proc = subprocess.run(command(tiny, tmp_path, "train.ema_decay=0.9", "train.checkpoint_every=100",
-                                  script=SIGTERM_AS_THE_BAR_APPEARS), capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    proc = signalled_at("RL", cmd)
     assert "stopped by SIGTERM after iteration 1" in proc.stderr and recorded_iteration(tmp_path) == 1
     finished(cmd)
     record, summary = outcome(tmp_path)
     assert_identical(record["policy"], uninterrupted[0]["policy"], "policy")
     assert_identical(record["ema"], uninterrupted[0]["ema"], "ema")
+
+
+def test_sigterm_in_the_prior_evaluation_and_in_the_warm_up_loses_nothing(tiny, tmp_path, uninterrupted):
+    """A signal during the prior's evaluation stops after it, one during the warm-up after the warm-up step; each
+    stop saves what was computed, the same command goes on from there without recomputing it, and the run ends
+    bit-identical to one never stopped."""
+    warm = ("train.warmup_steps=3", "train.ema_decay=0.9")
+    whole = tmp_path / "whole"
+    finished(command(tiny, whole, *warm))
+    cmd = command(tiny, tmp_path / "stopped", *warm)
+    stopped = tmp_path / "stopped"
+    proc = signalled_at("evaluation", cmd)
+    assert "stopped by SIGTERM after the prior's evaluation" in proc.stderr
+    record = record_of(stopped)
+    assert (record["iteration"], record["warmup_done"]) == (0, 0)
+    assert [h["iteration"] for h in record["summary"]["history"]] == [0] and "warmup_ce" not in record["summary"]
+    proc = signalled_at("supervised warm-up", cmd)
+    assert "stopped by SIGTERM after warm-up step 1 of 3" in proc.stderr
+    # the prior's evaluation was read back, not run again (the run's log, appended to by every start, has it once)
+    assert (stopped / "run.log").read_text().count("[rlar.loop][INFO] - prior:") == 1
+    record = record_of(stopped)
+    assert (record["iteration"], record["warmup_done"]) == (0, 1) and "warmup_ce" in record["summary"]
+    finished(cmd)
+    assert_identical(outcome(stopped), outcome(whole), "stopped in the prior's evaluation and in the warm-up")
 
 
 def test_a_rerun_with_another_computation_is_refused_and_keeps_the_record(tiny, tmp_path):

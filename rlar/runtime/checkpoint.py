@@ -1,13 +1,14 @@
 """Checkpoints that resume on any number of processes, through ``torch.distributed.checkpoint``'s state-dict API.
 
 ``checkpoints/last.pt`` (written by rank 0, last, so it is the commit point) holds the loop's state; with
-``train.checkpoint_format=consolidated`` it also holds the full policy (``policy``: a plain state dict, loadable
-as ``policy.checkpoint``), critic, the policy's average (``ema``, the same kind of state dict) and optimizer;
-with ``sharded``, those live in DCP shards under ``checkpoints/last_sharded.<iteration>/``, written by every rank
-in parallel and resharded on load; ``last.pt`` names that folder, so the shards and the record become current
-together, and older folders are removed after. A crash at any point leaves the previous or the new checkpoint
-current, never a mix; what a killed save left behind is removed at the next start or save. Shards are read
-through ``rlar.runtime.safe_dcp``: nothing in a run directory is unpickled.
+``train.checkpoint_format=consolidated`` it also holds the full policy (``policy``: a plain state dict, loadable as
+``policy.checkpoint``), critic, the policy's average (``ema``, the same kind of state dict) and optimizer; with
+``sharded``, those live in DCP shards under ``checkpoints/last_sharded.<step>/`` (the loop's steps so far: warm-up
+steps plus iterations, so every save writes a new folder), written by every rank in parallel and resharded on load;
+``last.pt`` names that folder, so the shards and the record become current together, and older folders are removed
+after. A crash at any point leaves the previous or the new checkpoint current, never a mix; what a killed save left
+behind is removed at the next start or save. Shards are read through ``rlar.runtime.safe_dcp``: nothing in a run
+directory is unpickled.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
@@ -36,7 +38,7 @@ from rlar.runtime.safe_dcp import SafePlanner, SafeReader
 
 FORMATS = ("consolidated", "sharded")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-SHARDS = re.compile(r"last_sharded(\.\d+)?")  # the folders a record may name: last_sharded (older rlar), .<iteration>
+SHARDS = re.compile(r"last_sharded(\.\d+)?")  # the folders a record may name: last_sharded (older rlar), .<step>
 
 
 @contextlib.contextmanager
@@ -69,12 +71,16 @@ class Checkpointer:
     def save(self, loop_state: dict) -> None:
         """Collective: every rank calls it. A full disk raises ``OSError`` naming the path and the space needed,
         with the previous checkpoint still current."""
-        record = {**loop_state, "format": self.format}
+        # before the first update (a stop after the prior's evaluation) the optimizer has no state, and none is saved:
+        # DCP would create it by a step at lr 0, which shifts Adam's bias correction in every later step
+        stepped = bool(self.optimizer.state)
+        record = {**loop_state, "format": self.format, "optimizer_stepped": stepped}
         try:
             if self.format == "sharded":
-                record["shards"] = self.save_shards(loop_state["iteration"])
+                record["shards"] = self.save_shards(loop_state["iteration"] + loop_state.get("warmup_done", 0),
+                                                    stepped)
             else:
-                model, optim = get_state_dict(self.modules, self.optimizer, options=FULL)
+                model, optim = self.state_dicts(stepped, FULL)
                 record.update(split_state(model, self.modules.keys()), optimizer=optim)
             if distributed.is_main():
                 atomic_torch_save(record, self.record_path)
@@ -92,15 +98,16 @@ class Checkpointer:
             self.remove_leftovers(record.get("shards"))
         distributed.barrier()
 
-    def save_shards(self, iteration: int) -> str:
-        """Every rank writes its DCP shards to ``last_sharded.<iteration>/``; returns that folder's name."""
-        name = f"last_sharded.{iteration}"
-        model, optim = get_state_dict(self.modules, self.optimizer)
+    def save_shards(self, step: int, stepped: bool) -> str:
+        """Every rank writes its DCP shards (the optimizer's only once ``stepped``) to ``last_sharded.<step>/``;
+        returns that folder's name."""
+        name = f"last_sharded.{step}"
+        model, optim = self.state_dicts(stepped)
         if distributed.is_main():
             shutil.rmtree(self.directory / name, ignore_errors=True)  # an earlier save of it, never recorded
         distributed.barrier()
         with quiet_single_process():
-            dcp.save({"model": model, "optim": optim}, checkpoint_id=self.directory / name)
+            dcp.save({"model": model, **({"optim": optim} if stepped else {})}, checkpoint_id=self.directory / name)
         distributed.barrier()
         return name
 
@@ -132,23 +139,38 @@ class Checkpointer:
             return None
         if "format" not in record:
             raise RuntimeError(f"{self.record_path} was written by an older rlar; remove it or run with resume=false")
+        stepped = record.get("optimizer_stepped", True)  # older records were all saved after an update
         if record["format"] == "sharded":
             shards = shards_of(record)
             if not SHARDS.fullmatch(shards):
                 raise RuntimeError(f"{self.record_path} names shards {shards!r}, not a folder rlar writes")
-            model, optim = get_state_dict(self.modules, self.optimizer)
-            state = {"model": model, "optim": optim}
+            model, optim = self.state_dicts(stepped)
+            state = {"model": model, **({"optim": optim} if stepped else {})}
             reader = SafeReader(self.directory / shards)
             reader.read_metadata()  # refuses a crafted file here, with its own error (DCP would wrap it)
             with quiet_single_process():
                 dcp.load(state, storage_reader=reader, planner=SafePlanner())
-            set_state_dict(self.modules, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optim"])
+            self.restore(state["model"], state.get("optim"))
         else:
             parts = {name: record[name] for name in self.modules.keys()}
-            set_state_dict(self.modules, self.optimizer, model_state_dict=join_state(parts),
-                           optim_state_dict=record["optimizer"], options=StateDictOptions(full_state_dict=True))
+            self.restore(join_state(parts), record["optimizer"], StateDictOptions(full_state_dict=True))
         return record
+
+    def state_dicts(self, with_optimizer: bool, options: StateDictOptions | None = None) -> tuple[dict, dict | None]:
+        """``(model state, optimizer state)``, the latter ``None`` unless ``with_optimizer`` (asking DCP for the
+        optimizer's state creates it where there is none)."""
+        if with_optimizer:
+            return get_state_dict(self.modules, self.optimizer, options=options)
+        return get_model_state_dict(self.modules, options=options), None
+
+    def restore(self, model: dict, optim: dict | None, options: StateDictOptions | None = None) -> None:
+        """Load ``model`` into the modules and ``optim`` (``None``: a record saved before the first update, which
+        leaves the optimizer fresh) into the optimizer."""
+        if optim is None:
+            set_model_state_dict(self.modules, model, options=options)
+        else:
+            set_state_dict(self.modules, self.optimizer, model_state_dict=model, optim_state_dict=optim,
+                           options=options)
 
     def export_policy(self, path: str | Path, name: str = "policy") -> None:
         """Collective: the full module ``name`` (the policy, or its average ``ema``) as a plain state dict at
@@ -160,7 +182,7 @@ class Checkpointer:
 
 
 def shards_of(record: dict | None) -> str | None:
-    """The shard folder a record names: ``last_sharded.<iteration>`` (older rlar: ``last_sharded``); ``None`` for
+    """The shard folder a record names: ``last_sharded.<step>`` (older rlar: ``last_sharded``); ``None`` for
     no record or a consolidated one."""
     return record.get("shards", "last_sharded") if record and record.get("format") == "sharded" else None
 

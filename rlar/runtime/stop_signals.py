@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT stop a run at the end of its current iteration, after a checkpoint: the same command resumes.
+"""SIGTERM and SIGINT stop a run at the end of its current step (the prior's evaluation, a warm-up step or an
+iteration), after a checkpoint: the same command resumes.
 
 A second signal while stopping is handled as before (SIGINT: ``KeyboardInterrupt``), so a stuck run can still be
 interrupted.
