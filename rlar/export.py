@@ -1,10 +1,11 @@
-"""``rlar-export RUN_DIR OUT_DIR [--push-to-hub REPO]`` (or ``python -m rlar.export``): a run's policy as a
-shareable folder (``model.safetensors`` + ``config.json``), loadable as ``policy.checkpoint=OUT_DIR``, optionally
-uploaded to the Hugging Face Hub.
+"""``rlar-export RUN_DIR [RUN_DIR ...] OUT_DIR [--weight W] [--push-to-hub REPO]`` (or ``python -m rlar.export``): a
+run's policy, or the weight soup of several runs, as a shareable folder (``model.safetensors`` + ``config.json``),
+loadable as ``policy.checkpoint=OUT_DIR``, optionally uploaded to the Hugging Face Hub.
 
 The policy is rebuilt as the run built it (its ``.hydra/config.yaml``: data, tokenizer, policy) and loaded
 strictly from the run's last checkpoint, so the folder holds what the run trained, checked against its config: the
-moving average of its weights when the run kept one (``train.ema_decay``), as its evaluations did.
+moving average of its weights when the run kept one (``train.ema_decay``), as its evaluations did. Several runs of
+one prior (seeds, say) give their soup, ``prior + W * (average - prior)`` (``rlar.policy.soup``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar.policy.exported import write_policy_folder
+from rlar.policy.soup import weight_soup
 from rlar.runtime.ema import exported_policy
 from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
@@ -30,9 +32,8 @@ def run_policy_weights(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir} has no checkpoints/last.pt: give the output directory of an rlar run")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the policy of the run in ``run_dir`` to ``out_dir``; returns ``out_dir``."""
-    run_dir = Path(run_dir)
+def recorded_config(run_dir: Path):
+    """The config a run recorded (``.hydra/config.yaml``), refused for a decoding-schedule run."""
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing: give the output directory of an rlar run")
@@ -40,13 +41,35 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if cfg.rollout.mode == "schedule":
         raise ValueError("rollout.mode=schedule trains a decoding-schedule network over a frozen ARPG; rlar-export "
                          "exports gpt, llamagen and arpg policies")
-    cfg.policy.checkpoint = str(run_policy_weights(run_dir))
+    return cfg
+
+
+def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float = 1.0) -> Path:
+    """Write the policy of the run in ``run_dirs`` (one), or the weight soup of several (``rlar.policy.soup``:
+    ``prior + weight * (average - prior)``), to ``out_dir``; returns ``out_dir``. The runs must share their data,
+    tokenizer and policy config, so that they were fine-tuned from one prior."""
+    run_dirs = [Path(r) for r in run_dirs]
+    cfg, *others = [recorded_config(r) for r in run_dirs]
+    for run_dir, other in zip(run_dirs[1:], others, strict=True):
+        for group in ("data", "tokenizer", "policy"):
+            if other[group] != cfg[group]:
+                raise ValueError(f"{run_dir} has another {group} config than {run_dirs[0]}: a soup averages runs "
+                                 "fine-tuned from one prior, on the same data and tokenizer")
+    if weight == 1.0:  # the prior is not read: build the policy from the run's weights (no pretraining on a miss)
+        cfg.policy.checkpoint = str(run_policy_weights(run_dirs[0]))
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    # built and checked as the run built it
+    # built and checked as the run built it: with a weight other than 1, the prior the runs started from
     policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
-    strict_load(policy, exported_policy(run_dir / "checkpoints"), f"the policy of {run_dir}")  # its EMA, if kept
-    return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
+    policies = [exported_policy(r / "checkpoints") for r in run_dirs]  # each run's EMA, if kept
+    if len(run_dirs) == 1 and weight == 1.0:
+        strict_load(policy, policies[0], f"the policy of {run_dirs[0]}")
+        return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
+    prior = None if weight == 1.0 else {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    strict_load(policy, weight_soup(policies, [str(r) for r in run_dirs], weight, prior),
+                f"the soup of {len(run_dirs)} runs")
+    recipe = {"runs": [str(r.resolve()) for r in run_dirs], "weight": weight}
+    return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir, soup=recipe)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
@@ -61,12 +84,18 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlar-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="the output directory of an rlar run (outputs/<name>/<overrides>)")
-    parser.add_argument("out_dir", help="the folder to write: model.safetensors and config.json")
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR [RUN_DIR ...] OUT_DIR",
+                        help="the output directory of an rlar run (outputs/<name>/<overrides>), or of several for "
+                             "their weight soup; then the folder to write: model.safetensors and config.json")
+    parser.add_argument("--weight", type=float, default=1.0,
+                        help="the soup's share of the runs' average: prior + weight * (average - prior); 1 (the "
+                             "default) is the average itself, below 1 moves toward the prior the runs started from")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo (user/name)")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
     args = parser.parse_args(argv)
-    out = export_run(args.run_dir, args.out_dir)
+    if len(args.paths) < 2:
+        parser.error("give RUN_DIR (one or more) then OUT_DIR")
+    out = export_runs(args.paths[:-1], args.paths[-1], args.weight)
     print(f"exported: {out} (load it with policy.checkpoint={out})")
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(out, args.push_to_hub, args.private)}")

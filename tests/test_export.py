@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from rlar.config.schemas import from_options
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
-from rlar.export import export_run, main
+from rlar.export import export_runs, main
 from rlar.policy.arpg import ARPG
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.gpt import GPT
@@ -92,28 +92,66 @@ def test_an_export_for_another_architecture_is_refused(tmp_path):
         load(options, folder, data=SimpleNamespace(num_classes=7))
 
 
-@pytest.mark.slow
-def test_rlar_export_of_a_run_directory(tmp_path, tiny, capsys):
-    """A run directory as rlar-run leaves it (.hydra/config.yaml, checkpoints/last.pt), without training: the
-    folder holds the checkpoint's policy, and policy.checkpoint=FOLDER passes the config checks and loads it."""
-    cfg = compose_config(tiny)
-    run = tmp_path / "outputs" / "default"
+def saved_run(root, cfg, seed, ema_seed=None):
+    """A run directory as rlar-run leaves it (.hydra/config.yaml, checkpoints/last.pt), without training: a GPT of
+    ``cfg`` drawn from ``seed`` (and its average from ``ema_seed``); returns ``(run_dir, the evaluated policy)``."""
+    run = root / f"seed{seed}"
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
-    torch.manual_seed(3)
-    policy = GPT(tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes, n_layer=cfg.policy.n_layer,
-                 n_head=cfg.policy.n_head, n_embd=cfg.policy.n_embd)
+    policies = {}
+    for name, drawn_from in (("policy", seed), ("ema", ema_seed)):
+        if drawn_from is not None:
+            torch.manual_seed(drawn_from)
+            policies[name] = GPT(tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes,
+                                 n_layer=cfg.policy.n_layer, n_head=cfg.policy.n_head, n_embd=cfg.policy.n_embd)
     (run / "checkpoints").mkdir()
-    torch.save({"policy": policy.state_dict(), "format": "consolidated", "iteration": 2},
+    torch.save({**{k: v.state_dict() for k, v in policies.items()}, "format": "consolidated", "iteration": 2},
                run / "checkpoints" / "last.pt")
+    return run, policies.get("ema", policies["policy"])
+
+
+@pytest.mark.slow
+def test_rlar_export_of_a_run_directory(tmp_path, tiny, capsys):
+    """The folder holds the checkpoint's policy, and policy.checkpoint=FOLDER passes the config checks and loads
+    it."""
+    cfg = compose_config(tiny)
+    run, policy = saved_run(tmp_path / "outputs", cfg, seed=3)
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
     out = tmp_path / "shared"
     main([str(run), str(out)])
     assert f"policy.checkpoint={out}" in capsys.readouterr().out
+    assert "soup" not in json.loads((out / "config.json").read_text())
     check_config(compose_config([*tiny, f"policy.checkpoint={out}"]))
     loaded = instantiate(cfg.policy, checkpoint=str(out), tokenizer=tokenizer, data=data)
     assert same_weights(loaded, policy)
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
-        export_run(run, tmp_path / "again")
+        export_runs([run], tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_rlar_export_of_several_runs_writes_their_soup_toward_the_prior(tmp_path, tiny):
+    """Two runs of one prior (one kept an average, which is what it evaluated): ``--weight 0.5`` writes
+    prior + 0.5 * (average of the two - prior), tensor by tensor, with its recipe in config.json; a run of another
+    policy config is refused by name."""
+    cfg = compose_config(tiny)
+    (a, policy_a), (b, policy_b) = saved_run(tmp_path, cfg, seed=3), saved_run(tmp_path, cfg, seed=4, ema_seed=5)
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data).state_dict()  # the cached prior
+    out = tmp_path / "soup"
+    main([str(a), str(b), str(out), "--weight", "0.5"])
+    soup = instantiate(cfg.policy, checkpoint=str(out), tokenizer=tokenizer, data=data).state_dict()
+    for key, value in prior.items():
+        mean = (policy_a.state_dict()[key].double() + policy_b.state_dict()[key].double()) / 2
+        assert torch.equal(soup[key], (value.double() + 0.5 * (mean - value.double())).float()), key
+    assert not torch.equal(soup["head.weight"], prior["head.weight"])
+    recipe = json.loads((out / "config.json").read_text())["soup"]
+    assert recipe == {"runs": [str(a.resolve()), str(b.resolve())], "weight": 0.5}
+    other = compose_config([*tiny, "policy.n_embd=64"])
+    c, _ = saved_run(tmp_path / "other", other, seed=6)
+    with pytest.raises(ValueError, match=f"{c} has another policy config than {a}: a soup averages runs"):
+        export_runs([a, c], tmp_path / "refused")

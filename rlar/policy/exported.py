@@ -14,9 +14,10 @@ FORMAT = "rlar-policy"
 ARCHITECTURE = ("vocab_size", "block_size", "num_classes")  # what the policy was built for (tokenizer, data)
 
 
-def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path) -> Path:
+def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path, soup: dict | None = None) -> Path:
     """Write ``policy``'s weights and config to ``out_dir``. ``options``: its resolved policy config (``_target_``
-    and the schema's fields); ``checkpoint`` and ``cache_dir`` are dropped (they name this machine's files)."""
+    and the schema's fields); ``checkpoint`` and ``cache_dir`` are dropped (they name this machine's files).
+    ``soup``: how a weight soup was made (its runs and weight), recorded in the config."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # tied weights share memory, which safetensors refuses: each tensor is written on its own
@@ -24,7 +25,8 @@ def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path) -
     save_file(state, out / WEIGHTS, metadata={"format": "pt"})
     config = {"format": FORMAT, "class": type(policy).__name__,
               **{k: int(getattr(policy, k)) for k in ARCHITECTURE},
-              "policy": {k: v for k, v in options.items() if k not in ("checkpoint", "cache_dir")}}
+              "policy": {k: v for k, v in options.items() if k not in ("checkpoint", "cache_dir")},
+              **({"soup": soup} if soup else {})}
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
