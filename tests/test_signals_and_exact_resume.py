@@ -53,6 +53,7 @@ sys.argv[0] = "rlar-run"
 cli()
 """
 
+
 def command(tiny, out, *extra, script=None, iterations=ITERATIONS):
     head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "rlar.run"]
     tiny = [o for o in tiny if not o.startswith(("train.iterations=", "train.checkpoint_every="))]
@@ -182,7 +183,7 @@ def test_sigterm_as_the_progress_bar_appears_stops_after_the_first_iteration(tin
 def test_sigterm_in_the_prior_evaluation_and_in_the_warm_up_loses_nothing(tiny, tmp_path, uninterrupted):
     """A signal during the prior's evaluation stops after it, one during the warm-up after the warm-up step; each
     stop saves what was computed, the same command goes on from there without recomputing it, and the run ends
-    bit-identical to one never stopped."""
+    bit-identical to one never stopped. (``uninterrupted`` filled the cache: both runs here load the models.)"""
     warm = ("train.warmup_steps=3", "train.ema_decay=0.9")
     whole = tmp_path / "whole"
     finished(command(tiny, whole, *warm))

@@ -38,10 +38,10 @@ def test_policies_that_cannot_be_averaged_are_refused_by_name():
     with pytest.raises(ValueError, match="'steps' is not a floating-point tensor and differs between run_a and run_b"):
         weight_soup([state(1.0), state(2.0, steps=8)], NAMES)
     wider = {**state(2.0), "w": torch.zeros(2, 4)}
-    with pytest.raises(ValueError, match=r"'w' of the policy of run_b is \(2, 4\) torch.float32, the soup's first "
-                                         r"has \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"'w' of the policy of run_b is \(2, 4\) torch.float32, run_a has \(2, 3\)"):
         weight_soup([state(1.0), wider], NAMES)
     extra = {**state(2.0), "gate": torch.zeros(1)}
-    with pytest.raises(ValueError, match=r"the policy of run_b has other weights than the soup's first: extra "
-                                         r"\['gate'\]"):
+    with pytest.raises(ValueError, match=r"the policy of run_b has other weights than run_a: extra \['gate'\]"):
         weight_soup([state(1.0), extra], NAMES)
+    with pytest.raises(ValueError, match=r"the policy of run_a has other weights than the prior: extra \['gate'\]"):
+        weight_soup([extra, extra], NAMES, weight=0.5, prior=state(0.0))

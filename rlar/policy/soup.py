@@ -19,9 +19,10 @@ def weight_soup(policies: list[dict[str, torch.Tensor]], names: list[str], weigh
         raise ValueError("a soup needs at least one policy")
     if weight != 1.0 and prior is None:
         raise ValueError(f"a soup weight of {weight} moves the average toward the prior: give the prior's weights")
-    first, reference = policies[0], prior if prior is not None else policies[0]
+    first = policies[0]
+    reference, reference_name = (prior, "the prior") if prior is not None else (first, names[0])
     for name, state in zip(names, policies, strict=True):
-        check_same_layout(state, reference, name)
+        check_same_layout(state, reference, name, reference_name)
     soup = {}
     for key, value in first.items():
         if not value.is_floating_point():
@@ -32,20 +33,22 @@ def weight_soup(policies: list[dict[str, torch.Tensor]], names: list[str], weigh
                                  f"{', '.join(differing)}: such tensors cannot be averaged")
             soup[key] = value.clone()
             continue
-        mean = torch.stack([state[key].double() for state in policies]).mean(0)
+        mean = sum(state[key].double() for state in policies) / len(policies)  # one float64 copy at a time
         mixed = mean if weight == 1.0 else prior[key].double() + weight * (mean - prior[key].double())
         soup[key] = mixed.to(value.dtype)
     return soup
 
 
-def check_same_layout(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], name: str) -> None:
-    """``state`` has ``reference``'s keys, shapes and dtypes, else an error naming ``name`` and the first mismatch."""
+def check_same_layout(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], name: str,
+                      reference_name: str) -> None:
+    """``state`` (the policy of ``name``) has the keys, shapes and dtypes of ``reference`` (``reference_name``), else
+    an error naming both and the first mismatch."""
     if state.keys() != reference.keys():
         extra, missing = sorted(state.keys() - reference.keys()), sorted(reference.keys() - state.keys())
-        raise ValueError(f"the policy of {name} has other weights than the soup's first: extra {extra[:3]}, missing "
+        raise ValueError(f"the policy of {name} has other weights than {reference_name}: extra {extra[:3]}, missing "
                          f"{missing[:3]}; a soup averages policies of one architecture")
     for key, value in reference.items():
         if state[key].shape != value.shape or state[key].dtype != value.dtype:
             raise ValueError(f"'{key}' of the policy of {name} is {tuple(state[key].shape)} {state[key].dtype}, "
-                             f"the soup's first has {tuple(value.shape)} {value.dtype}: a soup averages policies of "
+                             f"{reference_name} has {tuple(value.shape)} {value.dtype}: a soup averages policies of "
                              "one architecture")
