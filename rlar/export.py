@@ -65,7 +65,7 @@ def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float =
     if len(run_dirs) == 1 and weight == 1.0:
         strict_load(policy, policies[0], f"the policy of {run_dirs[0]}")
         return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
-    prior = None if weight == 1.0 else {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    prior = None if weight == 1.0 else policy.state_dict()  # read in full by weight_soup before the load below
     strict_load(policy, weight_soup(policies, [str(r) for r in run_dirs], weight, prior),
                 f"the soup of {len(run_dirs)} runs")
     recipe = {"runs": [str(r.resolve()) for r in run_dirs], "weight": weight}

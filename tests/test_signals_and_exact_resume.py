@@ -70,9 +70,12 @@ def wait_for(condition, proc, seconds=600):
         time.sleep(0.05)
 
 
+def record_of(out) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+
+
 def recorded_iteration(out) -> int:
-    path = out / "checkpoints" / "last.pt"
-    return torch.load(path, weights_only=True)["iteration"] if path.is_file() else 0
+    return record_of(out)["iteration"] if (out / "checkpoints" / "last.pt").is_file() else 0
 
 
 def finished(cmd):
@@ -164,10 +167,6 @@ def signalled_at(moment: str, cmd: list[str]) -> subprocess.CompletedProcess:
                           env={**os.environ, "SIGNAL_AT": moment})
     assert proc.returncode == 1, proc.stderr[-3000:]
     return proc
-
-
-def record_of(out) -> dict:
-    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)
 
 
 def test_sigterm_as_the_progress_bar_appears_stops_after_the_first_iteration(tiny, tmp_path, uninterrupted):
