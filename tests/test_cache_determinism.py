@@ -76,11 +76,11 @@ def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp
         monkeypatch.setenv("RLAR_BUILD_THREADS", setting)
     seen = []
 
-    def build():
+    def build(checkpoint):
         seen.append(torch.get_num_threads())
         return {"w": torch.zeros(1)}, {}
 
-    def failing_build():
+    def failing_build(checkpoint):
         seen.append(torch.get_num_threads())
         raise RuntimeError("out of memory")
 
@@ -105,7 +105,7 @@ def test_a_cache_build_runs_on_its_own_thread_count_and_restores_the_callers(tmp
 def test_a_bad_build_thread_count_is_refused_with_the_fix_named(tmp_path, monkeypatch, setting):
     monkeypatch.setenv("RLAR_BUILD_THREADS", setting)
     with pytest.raises(ValueError, match=r"RLAR_BUILD_THREADS=.*unset it"):
-        cached_artifact(tmp_path, "probe", {"n": 1}, lambda: ({}, {}))
+        cached_artifact(tmp_path, "probe", {"n": 1}, lambda checkpoint: ({}, {}))
     assert not list(tmp_path.iterdir())  # nothing built, nothing written
 
 

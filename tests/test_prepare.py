@@ -1,7 +1,10 @@
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -14,3 +17,43 @@ def test_prepare_trains_then_reuses_the_cache(tiny, tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert "using cached" in second.stderr + second.stdout
     assert "not cached yet" not in second.stderr + second.stdout
+
+
+# rlar.prepare, sending itself SIGTERM as the prior's pretraining finishes step SIGNAL_AT
+SIGTERM_IN_PRETRAINING = """
+import os, signal, sys
+import rlar.policy.prior as prior
+class Bar(prior.tqdm):
+    def update(self, n=1):
+        super().update(n)
+        if self.n == int(os.environ["SIGNAL_AT"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+prior.tqdm = Bar
+from rlar.prepare import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_prior_pretraining_saves_it_and_the_next_build_resumes_it(tiny, tmp_path):
+    settings = [o for o in tiny if o.startswith(("tokenizer", "policy"))]
+
+    def prepare(cache: str, *launch: str, **env: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, *launch, *settings, f"cache_dir={tmp_path / cache}", f"hydra.run.dir={tmp_path}/run"]
+        return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env})
+
+    assert prepare("never_stopped", "-m", "rlar.prepare").returncode == 0
+    stopped = prepare("stopped", "-c", SIGTERM_IN_PRETRAINING, SIGNAL_AT="15")
+    assert stopped.returncode == 1, stopped.stderr[-2000:]
+    assert re.search(r"stopped by SIGTERM while building gpt_prior .*after step 15 of 40", stopped.stderr)
+    assert sorted(p.name.split("-")[0] + "".join(p.suffixes) for p in (tmp_path / "stopped").iterdir()) == [
+        "digits_vq.json", "digits_vq.pt", "gpt_prior.partial.pt"]  # the tokenizer, and the prior's saved state
+    resumed = prepare("stopped", "-m", "rlar.prepare")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the build at step 15" in resumed.stdout + resumed.stderr
+    entries = {}
+    for cache in ("never_stopped", "stopped"):
+        assert not list((tmp_path / cache).glob("*.partial.pt"))
+        entries[cache] = torch.load(next((tmp_path / cache).glob("gpt_prior-*.pt")), weights_only=True)
+    assert entries["stopped"].keys() == entries["never_stopped"].keys()
+    assert all(torch.equal(entries["stopped"][k], entries["never_stopped"][k]) for k in entries["stopped"])

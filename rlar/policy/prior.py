@@ -18,6 +18,7 @@ from rlar.policy.exported import folder_or_file
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
+from rlar.runtime.build_checkpoint import BuildCheckpoint
 from rlar.runtime.cache import cached_artifact, seeded, source_key
 from rlar.text.conditions import captions_fingerprint, split_captions
 from rlar.text.encoder import TextEncoder
@@ -54,11 +55,13 @@ def trained_with(policy, text_encoder: TextEncoder | None) -> list[torch.nn.Para
 
 def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, batch_size: int,
                  label_dropout: float, generator: torch.Generator, progress=None, captions: list[str] | None = None,
-                 text_encoder: TextEncoder | None = None) -> list[float]:
+                 text_encoder: TextEncoder | None = None, checkpoint: BuildCheckpoint | None = None) -> list[float]:
     """Teacher-forced cross-entropy on codes ``[N, T]`` with class labels ``[N]``, or with ``text_encoder`` the
     items' ``captions``; conditions are replaced by the null condition (null class, null caption) with probability
     ``label_dropout`` (so that classifier-free guidance has an unconditional model). A trainable text encoder is
-    trained with the policy. Returns the loss curve."""
+    trained with the policy. Returns the loss curve. ``checkpoint`` (a cache build's) saves the state when a stop
+    signal comes, and resumes from it."""
+    checkpoint = checkpoint or BuildCheckpoint()
     params = trained_with(policy, text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     # one-cycle: 5% warm-up (at least 2 steps, as OneCycleLR divides by warm-up steps - 1), cosine decay;
@@ -67,9 +70,11 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
              if steps >= 3 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
     losses = []
     policy.train()
+    state = {"policy": policy, "optimizer": opt, "schedule": sched, "generator": generator, "losses": losses}
     if text_encoder is not None:
         text_encoder.train()
-    for _ in range(steps):
+        state["text_encoder"] = text_encoder
+    for step in range(checkpoint.resume(state, progress), steps):
         idx = torch.randint(len(codes), (batch_size,), generator=generator)
         x, y = codes[idx], labels[idx].clone()
         drop = torch.rand(batch_size, generator=generator) < label_dropout
@@ -86,6 +91,7 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
+        checkpoint.step_done(step + 1, steps, state)
     return losses
 
 
@@ -108,14 +114,15 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
     trainable = text_encoder is not None and text_encoder.trainable
     captions = None if text_encoder is None else {s: split_captions(data, s) for s in ("train", "eval")}
 
-    def build():
+    def build(checkpoint):
         generator = torch.Generator().manual_seed(pretrain["seed"])
         codes = tokenizer.encode_indices(data.train_images)  # [N, T]
         # seeded apart from the caller's random state: a run that pretrains ends as one that loads the cache
         with seeded(pretrain["seed"]), tqdm(total=pretrain["steps"], desc=f"pretrain {name}", leave=False) as bar:
             losses = pretrain_gpt(policy, codes, data.train_labels, pretrain["steps"], pretrain["lr"],
                                   pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar,
-                                  captions=None if captions is None else captions["train"], text_encoder=text_encoder)
+                                  captions=None if captions is None else captions["train"], text_encoder=text_encoder,
+                                  checkpoint=checkpoint)
         with torch.no_grad():
             condition = data.eval_labels
             if text_encoder is not None:

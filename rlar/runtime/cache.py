@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from rlar.runtime.build_checkpoint import BuildCheckpoint
+from rlar.runtime.stop_signals import Stopped, StopRequest
+
 log = logging.getLogger(__name__)
 
 BUILD_THREADS = 2  # CPU threads of every cache build, whatever the run's own count; $RLAR_BUILD_THREADS overrides
@@ -113,12 +116,14 @@ def spec_key(spec: dict, length: int = 12) -> str:
 
 
 def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
-                    build: Callable[[], tuple[dict, dict]]) -> tuple[dict, Path]:
-    """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build()`` on a miss.
+                    build: Callable[[BuildCheckpoint], tuple[dict, dict]]) -> tuple[dict, Path]:
+    """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build(checkpoint)`` on a miss.
 
     ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON. It runs on
     :func:`build_thread_count` CPU threads, so the entry does not depend on the building run's thread count; a count
     other than :data:`BUILD_THREADS` builds other weights, so it enters the spec (and the key) as ``build_threads``.
+    A stop signal during the build ends it at the end of its loop's current step, saved through ``checkpoint`` (the
+    next build resumes there), or, when the loop was done, once the entry is written: ``Stopped`` either way.
     """
     threads = build_thread_count()
     if threads != BUILD_THREADS:
@@ -128,8 +133,13 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path
     log.info("%s: not cached yet, training it on %d CPU threads (cached afterwards at %s)", name, threads, path)
-    with build_threads(threads):
-        state, metrics = build()
-    atomic_torch_save(state, path)
-    path.with_suffix(".json").write_text(json.dumps({"spec": spec, "metrics": metrics}, indent=2, default=str))
+    with build_threads(threads), StopRequest().listening() as stop:
+        checkpoint = BuildCheckpoint(path.with_name(f"{path.stem}.partial.pt"), f"{name} ({path.name})", stop)
+        state, metrics = build(checkpoint)
+        atomic_torch_save(state, path)
+        path.with_suffix(".json").write_text(json.dumps({"spec": spec, "metrics": metrics}, indent=2, default=str))
+        checkpoint.finished()
+    if stop.received:
+        raise Stopped(f"stopped by {stop.received} while building {name}, after its last step: cached at {path}; "
+                      "run the same command to go on")
     return state, path

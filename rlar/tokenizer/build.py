@@ -36,11 +36,11 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
         model.load_state_dict(load_checkpoint(spec.checkpoint, "tokenizer.checkpoint"))
         source = str(spec.checkpoint)
     else:
-        def build():
+        def build(checkpoint):
             generator = torch.Generator().manual_seed(train["seed"])
             with tqdm(total=train["steps"], desc="train tokenizer", leave=False) as bar:
                 train_digits_vq(model, data.train_images, train["steps"], train["lr"], train["batch_size"],
-                                generator, progress=bar)
+                                generator, progress=bar, checkpoint=checkpoint)
             return model.state_dict(), _quality(model, data)
 
         spec_key = {"arch": arch, "train": train, "data": data.fingerprint()}

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.runtime.build_checkpoint import BuildCheckpoint
+
 
 def _res_block(ch: int) -> nn.Module:
     return nn.Sequential(nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 1))
@@ -80,15 +82,18 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_digits_vq(model: DigitsVQ, images: torch.Tensor, steps: int, lr: float, batch_size: int,
-                    generator: torch.Generator, progress=None) -> DigitsVQ:
-    """Train the autoencoder on ``images [N, C, H, W]``; codes unused for 50 steps restart on encoder outputs."""
+                    generator: torch.Generator, progress=None, checkpoint: BuildCheckpoint | None = None) -> DigitsVQ:
+    """Train the autoencoder on ``images [N, C, H, W]``; codes unused for 50 steps restart on encoder outputs.
+    ``checkpoint`` (a cache build's) saves the state when a stop signal comes, and resumes from it."""
+    checkpoint = checkpoint or BuildCheckpoint()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     usage = torch.zeros(model.codebook_size)
     with torch.no_grad():  # start the codebook on encoder outputs so that every code is in use
         z = model.encoder(images[torch.randperm(len(images), generator=generator)[:256]])
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         model.codebook.weight.copy_(flat[torch.randperm(len(flat), generator=generator)[: model.codebook_size]])
-    for step in range(steps):
+    state = {"model": model, "optimizer": opt, "generator": generator, "usage": usage}
+    for step in range(checkpoint.resume(state, progress), steps):
         batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
         recon, vq_loss, codes = model(batch)
         loss = F.mse_loss(recon, batch) + vq_loss
@@ -102,6 +107,7 @@ def train_digits_vq(model: DigitsVQ, images: torch.Tensor, steps: int, lr: float
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
+        checkpoint.step_done(step + 1, steps, state)
     return model.eval()
 
 

@@ -41,12 +41,13 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
     with seeded(train["seed"]):  # the loop's random state stays untouched
         model = DigitsClassifier(**arch)
 
-        def build():
+        def build(checkpoint):
             generator = torch.Generator().manual_seed(train["seed"])
             tic = time.perf_counter()
             with tqdm(total=train["steps"], desc="train eval classifier", leave=False) as bar:
                 train_classifier(model, data.train_images, data.train_labels, train["steps"], train["lr"],
-                                 train["batch_size"], train["max_shift"], generator, progress=bar)
+                                 train["batch_size"], train["max_shift"], generator, progress=bar,
+                                 checkpoint=checkpoint)
             return model.state_dict(), {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels),
                                         "train_seconds": time.perf_counter() - tic}
 

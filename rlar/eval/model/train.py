@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rlar.eval.model.classifier import DigitsClassifier
+from rlar.runtime.build_checkpoint import BuildCheckpoint
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -23,11 +24,15 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 def train_classifier(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
-                     batch_size: int, max_shift: int, generator: torch.Generator, progress=None) -> DigitsClassifier:
-    """Adam on the cross-entropy of random batches of ``images [N, C, H, W]`` / ``labels [N]``, each shifted."""
+                     batch_size: int, max_shift: int, generator: torch.Generator, progress=None,
+                     checkpoint: BuildCheckpoint | None = None) -> DigitsClassifier:
+    """Adam on the cross-entropy of random batches of ``images [N, C, H, W]`` / ``labels [N]``, each shifted.
+    ``checkpoint`` (a cache build's) saves the state when a stop signal comes, and resumes from it."""
+    checkpoint = checkpoint or BuildCheckpoint()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in range(steps):
+    state = {"model": model, "optimizer": opt, "generator": generator}
+    for step in range(checkpoint.resume(state, progress), steps):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         loss = F.cross_entropy(model(random_shift(images[idx], max_shift, generator)), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -36,6 +41,7 @@ def train_classifier(model: DigitsClassifier, images: torch.Tensor, labels: torc
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
+        checkpoint.step_done(step + 1, steps, state)
     return model.eval()
 
 
