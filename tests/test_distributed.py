@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo): DDP and FSDP2 runs of the embedded default, checkpoints across world sizes."""
 
+import copy
 import json
 import logging
 import math
@@ -152,13 +153,44 @@ def gloo_worker_threads() -> int:
     return sum((task / "comm").read_text().strip() == "pt_gloo_runloop" for task in Path("/proc/self/task").iterdir())
 
 
+def one_process_group(monkeypatch) -> None:
+    """The environment torchrun gives a world of one process."""
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "0"}.items():  # port 0: any free one (no other rank connects)
+        monkeypatch.setenv(name, value)
+
+
+def test_fsdp_gradients_equal_the_unwrapped_models_without_a_warning(monkeypatch, recwarn):
+    """The logits are a view (a Linear over [N, T, D]), which FSDP2 warns of: an in-place op on them would skip its
+    pre-backward hook. The loss reads them out of place, so the sharded gradients are the unwrapped model's."""
+    one_process_group(monkeypatch)
+    torch.manual_seed(0)
+    plain = GPT(vocab_size=32, block_size=12, num_classes=5, n_layer=2, n_head=2, n_embd=32)
+    tokens, labels = torch.randint(0, 32, (3, 12)), torch.tensor([0, 1, 4])
+    hw = Hardware(strategy="fsdp")
+    hw.setup()
+    try:  # the sharded model and its gradients are gone before teardown, which then stops the group's threads
+        sharded = {name: grad.full_tensor() for name, grad in gradients(hw.prepare(copy.deepcopy(plain)), tokens,
+                                                                        labels).items()}
+    finally:
+        hw.teardown()
+    for name, grad in gradients(plain, tokens, labels).items():
+        torch.testing.assert_close(sharded[name], grad, rtol=1e-5, atol=1e-7)
+    assert not [w for w in recwarn if "view tensor" in str(w.message)]
+
+
+def gradients(model, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gradients of the mean guided, tempered log-probability of ``tokens [N, T]``."""
+    logp, _ = policy_logprobs(model, tokens, labels, temperature=0.7, cfg_scale=2.0)  # [N, T, V]
+    logp.mean().backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
 def test_teardown_stops_the_process_groups_threads_under_fsdp(monkeypatch):
     """FSDP2's mesh is kept alive by PyTorch's caches, and the process group with it: teardown must still stop the
     group's gloo threads, which left to the interpreter's shutdown can abort a finished run's process."""
-    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": "0"}.items():  # port 0: any free one (no other rank connects)
-        monkeypatch.setenv(name, value)
+    one_process_group(monkeypatch)
     before = gloo_worker_threads()
     hw = Hardware(strategy="fsdp")
     hw.setup()

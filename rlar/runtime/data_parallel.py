@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -61,6 +62,9 @@ def shard(module: nn.Module, mesh: DeviceMesh | None, param_dtype: torch.dtype |
                "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
                if param_dtype is not None else MixedPrecisionPolicy(),
                "offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if on_cpu else OffloadPolicy()}
+    # a Linear over [N, T, D] returns a view, so FSDP2 warns that an in-place op on the logits would skip its
+    # pre-backward hook; rlar only reads them (a new tensor at the first op: fp32, guidance, log-softmax)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
     for block in transformer_blocks(module):
         fully_shard(block, **options)
     fully_shard(module, **options)
