@@ -12,10 +12,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from safetensors.torch import load_file
 
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.eval.evaluate import JUDGE_METRICS
+from rlar.runtime.ema import exported_policy
 from rlar.studies.ablation import main as ablation_main
 from rlar.studies.ablation import run_sweeps, sweep_commands
 from rlar.studies.judged import prior_judgements, read_or_judge
@@ -112,12 +114,13 @@ def test_an_unknown_study_names_the_known_ones():
 def tiny_study(tmp_path, tiny):
     """Two settings x two seeds of the tiny default, 3 iterations with an evaluation every one: GRPO with the
     default reward (a discriminator and a moving-average FD, which learn), REINFORCE with -L2 (which does not);
-    every run and the prior judged over 2 eval seeds."""
+    every run, the prior and each setting's soup of its two runs judged over 2 eval seeds."""
     path = tmp_path / "tiny_study.yaml"
     fixed = [o for o in tiny if not o.startswith(("train.iterations=", "eval.every="))]
     path.write_text(json.dumps({  # JSON is YAML
         "title": "tiny", "overrides": [*fixed, "train.iterations=3", "eval.every=1"], "seeds": [0, 1],
-        "settings": {"grpo": ["algorithm=grpo"], "reinforce": ["algorithm=reinforce", "reward=l2"]}, "judge": 2}))
+        "settings": {"grpo": ["algorithm=grpo"], "reinforce": ["algorithm=reinforce", "reward=l2"]}, "judge": 2,
+        "soup": True}))
     return load_study(path)
 
 
@@ -195,6 +198,19 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         means_ = torch.tensor(means, dtype=torch.float64)
         assert cells[1] == f"{means_.mean():.2f} ± {means_.std():.2f}"
         assert cells[-1] == " / ".join(f"{m:.2f}" for m in means)
+    # each setting's soup: the average of its runs' evaluated weights, judged under the runs' config
+    for label, runs in collect_runs(tiny_study, outputs).items():
+        folder = next(f for f in (outputs / "ablations" / "soups" / "tiny_study").iterdir()
+                      if json.loads((f / "config.json").read_text())["soup"]["runs"] == [str(r.path.resolve())
+                                                                                         for r in runs])
+        soup = load_file(folder / "model.safetensors")
+        evaluated = [exported_policy(r.path / "checkpoints") for r in runs]
+        for key, value in soup.items():
+            torch.testing.assert_close(value, (evaluated[0][key] + evaluated[1][key]) / 2)
+        judged = json.loads((folder / "judge-seeds2" / "judge.json").read_text())["metrics"]
+        fd = torch.tensor(judged["eval/fd"]["values"], dtype=torch.float64)
+        cells = [c.strip() for c in judged_rows[f"{label}: soup of its 2 runs"].strip("|").split("|")]
+        assert cells[1] == f"{fd.mean():.2f} ± {fd.std():.2f}"
     assert "train.iterations=3" in text and "by mean final eval/fd (lower first)" in text
     assert "eval/precision prior | eval/precision final" in text and "eval/diversity final" in text
     with Image.open(tmp_path / "report" / "curves.png") as image:
@@ -326,6 +342,18 @@ def test_the_judged_table_averages_each_runs_mean_over_eval_seeds():
     # a setting: runs' means 19 and 23, so 21 ± sqrt(8); class_acc 0.9 and 0.95 give 0.925 ± 0.035
     assert rows[3] == "| rl | 21.00 ± 2.83" + " | 0.925 ± 0.035" * 7 + " | 19.00 / 23.00 |"
     assert len(rows) == 4  # a setting without finished runs has no row
+    # the soup of a setting's runs: one model, mean ± std over its eval seeds, after the settings
+    with_soup = judged_table(prior, settings, {"rl": judged([16.0, 17.0], 0.97)}).splitlines()
+    assert with_soup[:4] == rows
+    assert with_soup[4] == "| rl: soup of its 2 runs | 16.50 ± 0.71" + " | 0.970 ± 0.000" * 7 + " | – |"
+
+
+@pytest.mark.parametrize("study, error", [({"soup": True}, "needs judge: N"), ({"soup": "yes", "judge": 2}, "soup=")])
+def test_a_study_soup_is_true_or_false_and_needs_the_judge(tmp_path, study, error):
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps({"title": "t", "seeds": [0, 1], "settings": {"a": []}, **study}))
+    with pytest.raises(ValueError, match=error):
+        load_study(path)
 
 
 def test_a_study_judge_must_be_a_positive_count(tmp_path):

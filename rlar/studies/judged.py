@@ -19,6 +19,7 @@ from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
+from rlar.export import export_runs, run_policy_weights
 from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
 
@@ -63,10 +64,29 @@ def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str]
     return result
 
 
+def soup_judgement(study: Study, run_dirs: list[Path], n: int, outputs: str | Path, extra: list[str] = ()
+                   ) -> Judgement:
+    """The uniform weight soup of ``run_dirs`` (``rlar-export``) under ``n`` eval seeds, with the first run's config
+    (its sampling settings). It lands in ``outputs/ablations/soups/<study>/``, keyed by the runs and the time their
+    final weights were written, so that a run trained again makes a new soup."""
+    written = {d.name: run_policy_weights(d).stat().st_mtime_ns for d in run_dirs}
+    folder = Path(outputs) / RUN_NAME / "soups" / study.name / f"soup-{spec_key(written, length=10)}"
+    if not (folder / "config.json").is_file():  # written after the weights
+        export_runs(run_dirs, folder)
+    out = folder / f"judge-seeds{n}"
+    argv = [str(run_dirs[0]), *extra, f"policy.checkpoint={folder}", "--judge", str(n), "--out", str(out)]
+    return read_or_judge(out / "judge.json", argv)
+
+
 def study_judgements(study: Study, trained: dict[str, list[Path]], untrained: dict[str, Path], outputs: str | Path,
-                     extra: list[str] = ()) -> tuple[dict[str, Judgement], dict[str, list[Judgement]]]:
-    """``(priors, settings)`` over the study's ``judge`` eval seeds: :func:`prior_judgements` and each ``untrained``
-    setting's one run (its seeds repeat one evaluation of the prior), then each ``trained`` setting's runs."""
+                     extra: list[str] = ()) -> tuple[dict[str, Judgement], dict[str, list[Judgement]],
+                                                     dict[str, Judgement]]:
+    """``(priors, settings, soups)`` over the study's ``judge`` eval seeds: :func:`prior_judgements` and each
+    ``untrained`` setting's one run (its seeds repeat one evaluation of the prior), each ``trained`` setting's runs,
+    and with the study's ``soup``, the soup of each trained setting's runs (two or more)."""
     n = study.judge
     priors = prior_judgements(study, n, outputs, extra) | {k: run_judgement(d, n, extra) for k, d in untrained.items()}
-    return priors, {label: [run_judgement(d, n, extra) for d in dirs] for label, dirs in trained.items()}
+    settings = {label: [run_judgement(d, n, extra) for d in dirs] for label, dirs in trained.items()}
+    soups = {label: soup_judgement(study, dirs, n, outputs, extra) for label, dirs in trained.items()
+             if study.soup and len(dirs) > 1}
+    return priors, settings, soups

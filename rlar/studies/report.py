@@ -239,9 +239,11 @@ def zscored_note(runs: dict[str, list[Run]]) -> str:
             "terms say what moved.")
 
 
-def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgement]]) -> str:
-    """One row per prior (mean ± std over the eval seeds) and per setting (the mean over its runs of each run's mean
-    over the eval seeds, ± their std over the runs), with each run's mean eval/fd."""
+def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgement]],
+                 soups: dict[str, Judgement] | None = None) -> str:
+    """One row per prior (mean ± std over the eval seeds), per setting (the mean over its runs of each run's mean
+    over the eval seeds, ± their std over the runs), with each run's mean eval/fd, and per soup of a setting's runs
+    (mean ± std over the eval seeds)."""
     lines = ["| | " + " | ".join(f"eval/{m}" for m in JUDGE_METRICS) + " | eval/fd per run |",
              "|---|" + "---|" * (len(JUDGE_METRICS) + 1)]
     digits = {"fd": 2}
@@ -253,6 +255,9 @@ def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgemen
             cells = [mean_std([r[f"eval/{m}"]["mean"] for r in runs], digits.get(m, 3)) for m in JUDGE_METRICS]
             per_run = " / ".join(f"{r['eval/fd']['mean']:.2f}" for r in runs)
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {per_run} |")
+    for label, judged in (soups or {}).items():
+        cells = [mean_std(judged[f"eval/{m}"]["values"], digits.get(m, 3)) for m in JUDGE_METRICS]
+        lines.append(f"| {label}: soup of its {len(settings[label])} runs | " + " | ".join(cells) + " | – |")
     return "\n".join(lines)
 
 
@@ -264,14 +269,18 @@ def judged_section(study: Study, runs: dict[str, list[Run]], outputs: str | Path
     n = study.judge
     trained = {k: [r.path for r in g] for k, g in runs.items() if any(r.iterations for r in g)}
     untrained = {k: g[0].path for k, g in runs.items() if g and not any(r.iterations for r in g)}
-    priors, settings = study_judgements(study, trained, untrained, outputs, extra)
+    priors, settings, soups = study_judgements(study, trained, untrained, outputs, extra)
+    soup_note = """A soup row (the study file's `soup: true`) is the uniform weight soup of the setting's runs
+(`rlar-export RUN_DIR... OUT_DIR`: the average of their evaluated weights, one model at the cost of the runs' training),
+judged like the prior: its ± is the std over the eval seeds.
+""" if soups else ""
     return f"""**Judged over {n} eval seeds** (the study file's `judge: {n}`): each run's final policy and the prior,
 evaluated by the judge under eval seeds `eval.seed` to `eval.seed + {n - 1}` at their own sampling settings
 (`rlar-eval RUN_DIR --judge {n}`; each run's `eval/judge-*/judge.json`). The prior's rows, and those of settings
 that train nothing (their seeds repeat one evaluation, so one run is judged), come first: their ± is the std over
 the eval seeds (one evaluation's noise); a trained setting's is the std over its runs of each run's {n}-seed mean.
-
-{judged_table(priors, settings)}
+{soup_note}
+{judged_table(priors, settings, soups)}
 """
 
 

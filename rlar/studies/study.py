@@ -21,6 +21,7 @@ class Study:
     settings: dict[str, list[str]]     # label -> overrides that define the setting
     notes: str = ""
     judge: int | None = None           # also judge each run and the prior over this many eval seeds (studies/judged.py)
+    soup: bool = False                 # with judge: also judge each trained setting's weight soup of its runs
 
     def run_overrides(self, label: str) -> list[str]:
         """The overrides of setting ``label``'s runs: the study's, less those whose key the setting sets itself (the
@@ -50,17 +51,20 @@ def load_study(study: str | Path) -> Study:
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no study {str(study)!r}: {path} does not exist; studies: {', '.join(known)}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes", "judge"}
+    unknown = raw.keys() - {"title", "overrides", "seeds", "settings", "notes", "judge", "soup"}
     if unknown or not raw.get("settings"):
-        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes, judge; "
+        raise ValueError(f"{path}: expected keys title, overrides, seeds, settings, notes, judge, soup; "
                          f"got unknown {sorted(unknown)} or no settings")
-    judge = raw.get("judge")
+    judge, soup = raw.get("judge"), raw.get("soup", False)
     if judge is not None and (not isinstance(judge, int) or judge < 1):
         raise ValueError(f"{path}: judge is the number of eval seeds to judge every run over, at least 1, "
                          f"got {judge!r}; leave it out to report each run's own final evaluation only")
+    if not isinstance(soup, bool) or (soup and judge is None):
+        raise ValueError(f"{path}: soup={soup!r}: soup: true judges each setting's weight soup of its runs, and needs "
+                         "judge: N (the eval seeds to judge it over); otherwise leave soup out")
     return Study(name=path.stem, path=path, title=raw.get("title", path.stem), overrides=list(raw.get("overrides", [])),
                  seeds=list(raw.get("seeds", [0])), settings={str(k): list(v) for k, v in raw["settings"].items()},
-                 notes=raw.get("notes", ""), judge=judge)
+                 notes=raw.get("notes", ""), judge=judge, soup=soup)
 
 
 RUN_NAME = "ablations"  # the runs' ``name``: they land in ``outputs/ablations/multirun/``
