@@ -165,7 +165,8 @@ class Algorithm(Protocol):
     """An RL algorithm (``rlar.algorithm.algorithms``): ``num_generations`` samples per item; ``beta``: the KL
     coefficient to the frozen prior; ``value_head``: learns a critic (then it also has ``vf_coef``, ``gamma`` and
     ``gae_lambda``: PPO); ``stats_key``: what a condition is for per-condition statistics (``class`` | ``image``).
-    The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``).
+    The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``;
+    ``old_logprobs``: the ratio's old log-probs, ``auto`` | ``sampler`` | ``recompute``).
     ``trains_on_data`` is False: it learns from sampled rollouts (``DataPairAlgorithm`` learns from data pairs)."""
 
     trains_on_data: bool
@@ -179,6 +180,7 @@ class Algorithm(Protocol):
     entropy_coef: float
     kl_estimator: str
     ntp_weight: float
+    old_logprobs: str
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from rlar.algorithm.pair_update import pair_update
-from rlar.algorithm.update import policy_update, value_advantages
+from rlar.algorithm.update import policy_update, recomputes_old_logprobs, value_advantages
 from rlar.build import Run, build_run
 from rlar.eval.evaluate import evaluate, headline
 from rlar.policy.conditioning import Condition
@@ -238,9 +238,10 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
 
 def update(run: Run, rollout: Rollout, adv: torch.Tensor, returns: torch.Tensor | None) -> dict[str, float]:
     """The algorithm's update of the policy (and critic) on this rollout; its mean stats."""
+    recompute = recomputes_old_logprobs(run.algorithm.old_logprobs, run.hw.precision)
     return policy_update(run.train_policy, run.optimizer, run.algorithm, rollout, adv, run.sampling,
                          run.cfg.train.max_grad_norm, run.generators["update"], run.hw.autocast, run.ref_policy,
-                         run.train_critic, returns)
+                         run.train_critic, returns, recompute)
 
 
 def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.Tensor], rank_stats: dict,
@@ -249,7 +250,7 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
     component's mean, the per-rank stats (reward service, update) averaged over ranks, the advantages' stats,
     timings, throughput and, for parallel decoders, the mean decoding steps."""
     finite = global_rewards.isfinite()
-    components = {k: distributed.gather_rows(v) for k, v in components.items()}  # {name: [B*G]}
+    components = distributed.gather_named_rows(components, len(rollout.tokens), device)  # {name: [B*G]}
     return {"reward/mean": float(global_rewards[finite].mean()) if finite.any() else float("nan"),
             "reward/std": float(global_rewards[finite].std()) if finite.sum() > 1 else 0.0,
             **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},

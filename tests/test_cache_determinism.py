@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 import rlar.policy.prior
 from rlar.config.store import compose_config
-from rlar.runtime.cache import BUILD_THREADS, cached_artifact, source_key, spec_key
+from rlar.runtime.cache import BUILD_THREADS, cached_artifact, seeded, source_key, spec_key
 
 SHORT = ["tokenizer.train.steps=3", "policy.pretrain.steps=2", "policy.pretrain.batch_size=8"]
 
@@ -132,3 +132,15 @@ def test_a_tokenizer_outside_the_cache_is_keyed_by_its_path(tmp_path):
         "digits_vq-0123456789ab.pt"
     checkpoint = str(tmp_path / "checkpoints" / "vq.pt")
     assert source_key(checkpoint, tmp_path / "cache") == checkpoint
+
+
+def test_seeded_seeds_the_cpu_alone_and_restores_it(monkeypatch):
+    """A build seeds the CPU's generator (where it runs); the GPUs' generators, which ``torch.manual_seed`` would
+    reseed for good, are left to the run (its dropout)."""
+    torch.manual_seed(7)
+    before, reseeded = torch.get_rng_state(), []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    with seeded(5):
+        inside = torch.rand(3)
+    assert torch.equal(inside, torch.rand(3, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(torch.get_rng_state(), before) and reseeded == []

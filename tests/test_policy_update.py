@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlar.algorithm.algorithms import GRPO, PPO
-from rlar.algorithm.update import policy_update
+from rlar.algorithm.update import policy_update, recomputes_old_logprobs
 from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
@@ -104,3 +104,43 @@ def test_entropy_bonus_raises_entropy():
                                   torch.Generator().manual_seed(0))
         entropies[coef] = stats["policy/entropy"]
     assert entropies[1.0] > entropies[0.0] + 1e-3
+
+
+def bf16_update(policy, mode: str, extra: list[str], recompute: bool) -> dict[str, float]:
+    """One GRPO update under CPU bf16 autocast of a guided, tempered rollout of 4 items x 4 generations."""
+    cfg = compose_config([f"rollout.mode={mode}", "rollout.cfg_scale=2.0", "rollout.temperature=0.7", *extra])
+    sampling = {"temperature": 0.7, "cfg_scale": cfg_scales(16, 2.0, cfg.rollout.cfg_interval)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rollout = collect_rollout(policy.eval(), torch.randint(0, 32, (4, 16), generator=torch.Generator()),
+                                  torch.tensor([0, 1, 2, 3]), 4, cfg.rollout, torch.Generator().manual_seed(0))
+    algo = GRPO(4, minibatch_size=8)
+    adv, _, _ = algo.advantages(torch.randn(16, generator=torch.Generator().manual_seed(1)),
+                                torch.arange(4).repeat_interleave(4))
+    return policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-2), algo, rollout, adv, sampling, 1.0,
+                         torch.Generator().manual_seed(0), lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+                         recompute=recompute)
+
+
+@pytest.mark.parametrize("mode,extra", MODES)
+@pytest.mark.parametrize("kind", ["gpt", "llamagen"])
+def test_under_bf16_recomputed_old_logprobs_make_the_first_ratio_exactly_one(kind, mode, extra):
+    stats = bf16_update(tiny_policy(kind), mode, extra, recompute=True)
+    assert stats["policy/ratio_max_abs_dev"] == 0.0 and 0.0 <= stats["policy/sampler_logprob_dev"] < 0.1
+
+
+def test_the_bf16_sampler_rounds_apart_from_the_update_which_recomputing_removes():
+    """The KV-cached bf16 sampler and the update's bf16 teacher-forced pass round differently (here a GPT of width
+    128): the sampler's log-probs put the first ratio off 1; recomputed, it is exactly 1, and the difference is
+    reported as policy/sampler_logprob_dev."""
+    stats = {}
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        policy = GPT(vocab_size=32, block_size=16, num_classes=4, n_layer=2, n_head=4, n_embd=128)
+        stats[recompute] = bf16_update(policy, "autoregressive", [], recompute)
+    assert 0.0 < stats[False]["policy/ratio_max_abs_dev"] < 0.1 and stats[True]["policy/ratio_max_abs_dev"] == 0.0
+    assert 0.0 < stats[True]["policy/sampler_logprob_dev"] < 0.1 and "policy/sampler_logprob_dev" not in stats[False]
+
+
+def test_the_old_logprobs_are_recomputed_under_bf16_unless_set():
+    assert [recomputes_old_logprobs(setting, precision) for setting in ("auto", "sampler", "recompute")
+            for precision in ("fp32", "bf16")] == [False, True, False, False, True, True]

@@ -35,3 +35,15 @@ def test_chunked_scoring_gives_the_same_rewards():
     assert reward_fn.calls == [4, 4, 2]
     assert torch.allclose(whole[0], chunked[0]) and torch.allclose(whole[1], chunked[1])
     assert chunked[3]["reward/calls"] == 3.0 and chunked[3]["time/reward"] >= 0
+
+
+def test_the_scoring_thread_starts_on_the_gpu_of_the_tokens(monkeypatch):
+    """CUDA's current device is per thread: without this, a reward on a bare ``cuda`` device (torchrun's rank k on
+    cuda:k) would copy the chunks of its worker thread to cuda:0, away from its weights."""
+    from rlar.reward.scoring import same_device_as
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    same_device_as(torch.device("cuda", 3))
+    same_device_as(torch.device("cpu"))
+    assert chosen == [torch.device("cuda", 3)]

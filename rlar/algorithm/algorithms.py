@@ -16,6 +16,7 @@ from rlar.algorithm.losses import AGGREGATIONS, clipped_surrogate, reinforce_los
 from rlar.algorithm.stats import ConditionStats
 
 BASELINES = ("batch", "condition")
+OLD_LOGPROBS = ("auto", "sampler", "recompute")
 
 
 def check_minibatch(minibatch_size: int, num_generations: int) -> None:
@@ -36,6 +37,9 @@ class Common:
     # next-token cross-entropy on the ground-truth codes (VA-pi's regulariser; rollout.mode=teacher_forced: the
     # same forward pass)
     ntp_weight: float = 0.0
+    # the old log-probs of the ratio: the sampler's (KV-cached), or recomputed by the update's own forward pass
+    # before it (under bf16 the two differ by ~1e-2); auto: recompute under bf16 autocast only
+    old_logprobs: str = "auto"  # auto | sampler | recompute
     value_head = False  # only PPO may learn a critic
     trains_on_data = False  # learns from sampled rollouts (rlar.algorithm.cca trains on data pairs)
 
@@ -46,6 +50,8 @@ class Common:
             raise ValueError(f"algorithm.beta must be >= 0, got {self.beta}")
         if self.stats_key not in ("class", "image"):
             raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
+        if self.old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"algorithm.old_logprobs must be one of {OLD_LOGPROBS}, got {self.old_logprobs!r}")
         if self.grad_accum < 1:
             raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
         if self.ntp_weight < 0:

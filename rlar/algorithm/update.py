@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,27 @@ def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollo
     valid = adv[mask]
     adv = torch.where(mask, (adv - valid.mean()) / (valid.std() + 1e-8), 0.0)
     return adv, returns
+
+
+def recomputes_old_logprobs(old_logprobs: str, precision: str) -> bool:
+    """``algorithm.old_logprobs``: ``recompute``, or ``auto`` under bf16 autocast, where the sampler's KV-cached
+    log-probs differ from the update's by ~1e-2 (in fp32 by ~1e-6)."""
+    return old_logprobs == "recompute" or (old_logprobs == "auto" and precision == "bf16")
+
+
+@torch.no_grad()
+def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int) -> torch.Tensor:
+    """``[N, T]`` log-probs of the rollout's actions under the update's own forward pass (teacher-forced, in
+    minibatches of ``minibatch_size`` rows), 0 where a token is not an action: the ratio's old log-probs then
+    differ from the new ones only by what the update changed, not by the sampler's numerics (KV cache, bf16)."""
+    old = torch.zeros_like(rollout.logprobs)
+    for idx in torch.arange(len(old)).split(minibatch_size):
+        context, tokens, labels, schedule = _rows(rollout, idx)
+        with autocast():
+            logp_all, _ = rollout_logprobs(policy, context, labels, sampling, schedule)
+        logp = logp_all.gather(-1, tokens[..., None])[..., 0].float()  # [n, T]
+        old[idx] = torch.where(rollout.mask[idx], logp, 0.0)
+    return old
 
 
 def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float:
@@ -123,16 +145,22 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
 
 def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
-                  critic=None, returns: torch.Tensor | None = None) -> dict[str, float]:
+                  critic=None, returns: torch.Tensor | None = None, recompute: bool = False) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
     ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats.
 
-    ``policy/ratio_max_abs_dev`` is measured on the first minibatch before any step: it must be ~0.
-    ``policy`` and ``critic`` may be DDP/FSDP2-wrapped: gradients are all-reduced only in the backward pass that
-    precedes an optimizer step.
+    ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
+    largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
+    first minibatch before any step: it must be ~0. ``policy`` and ``critic`` may be DDP/FSDP2-wrapped: gradients
+    are all-reduced only in the backward pass that precedes an optimizer step.
     """
     policy.train()
     autocast = autocast or contextlib.nullcontext
+    sampler_dev = None
+    if recompute and rollout.trace is None:  # a learned schedule's actions are scored by its own small network
+        old = recomputed_logprobs(policy, rollout, sampling, autocast, algorithm.minibatch_size)
+        sampler_dev = float((old - rollout.logprobs)[rollout.mask].abs().max()) if rollout.mask.any() else 0.0
+        rollout = dataclasses.replace(rollout, logprobs=old)
     sums: dict[str, float] = defaultdict(float)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     groups = len(adv) // algorithm.num_generations
@@ -159,4 +187,6 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     if first is not None:
         out["policy/ratio_max_abs_dev"] = first
     out["policy/minibatches"] = float(count)
+    if sampler_dev is not None:
+        out["policy/sampler_logprob_dev"] = sampler_dev
     return out

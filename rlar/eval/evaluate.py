@@ -94,7 +94,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         parsed_prompts(prompts))
     images, labels = None if images is None else images.to(device), labels.to(device)
     k = eval_cfg.samples_per_item
-    rewards, components, features, hits, steps, checks = [], defaultdict(list), [], [], [], defaultdict(list)
+    rewards, components, features, hits, steps, checks = [], [], [], [], [], defaultdict(list)
     for lo in range(0, len(labels), eval_cfg.batch_size):
         batch = slice(lo, lo + eval_cfg.batch_size)
         y = labels[batch]
@@ -117,8 +117,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         targets = None if images is None else images[batch].repeat_interleave(k, 0)
         reward, parts = reward_fn(samples, targets, meta)  # [b*k], {name: [b*k]}
         rewards.append(reward)
-        for name, part in parts.items():
-            components[name].append(part.float())
+        components.append(parts)
         f = None
         if eval_model is not None:
             f, hit = eval_model.describe(samples, asked)  # [b*k, F], [b*k]
@@ -129,15 +128,17 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
             for name, passed in caption_checks(samples, repeated(asks[batch], k), seen).items():
                 checks[name].append(passed)  # [b*k]: 1, 0, or NaN where the prompt asks nothing of it
     policy.train(was_training)
+    terms = {name: torch.cat([parts[name].float() if name in parts else torch.full_like(r, float("nan"))
+                              for parts, r in zip(components, rewards, strict=True)]).to(device)
+             for name in sorted(set().union(*components))}  # [n] each; NaN for a batch that did not report it
     real = distributed.gather_rows(real.to(device, torch.uint8).repeat_interleave(k)).bool()
     rewards = distributed.gather_rows(torch.cat(rewards))[real]
     finite = rewards[rewards.isfinite()]
     result = {"eval/reward": float(finite.mean()) if finite.numel() else float("nan"),
               "eval/reward_std": float(finite.std()) if finite.numel() > 1 else 0.0,
               "eval/nan_count": float((~rewards.isfinite()).sum())}
-    for name, parts in components.items():  # e.g. the pixel and perceptual terms of reward=vapi, each on its own
-        values = distributed.gather_rows(torch.cat(parts))[real]
-        result[f"eval/reward/{name}"] = float(values.nanmean())
+    for name, values in distributed.gather_named_rows(terms, len(real) // distributed.world_size(), device).items():
+        result[f"eval/reward/{name}"] = float(values[real].nanmean())  # e.g. reward=vapi's pixel, perceptual terms
     if steps:  # decoding steps per sample of a parallel decoder
         result["eval/steps"] = float(distributed.gather_rows(torch.cat(steps))[real].mean())
     if eval_model is not None:

@@ -36,7 +36,8 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
         decoded = phase_time(tokens.device)
         rewards, components = reward_fn(samples, targets, meta)
     else:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score") as worker:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score", initializer=same_device_as,
+                                initargs=(tokens.device,)) as worker:
             chunks = []
             for lo in range(0, n, chunk_size):
                 hi = min(lo + chunk_size, n)
@@ -51,6 +52,14 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     metrics = reward_fn.metrics()
     metrics.update({"time/decode": decoded - tic, "time/reward": phase_time(tokens.device) - decoded})
     return samples, rewards, components, metrics
+
+
+def same_device_as(device: torch.device) -> None:
+    """A worker thread's start: CUDA's current device is per thread (a new thread starts on ``cuda:0``), so the
+    worker takes ``device``'s, and a reward that names a bare ``cuda`` (``device: ${hardware.device}`` under
+    torchrun) means this process's GPU there too."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 @contextmanager

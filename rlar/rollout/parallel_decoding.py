@@ -18,6 +18,7 @@ from rlar.contracts import ParallelDecoder, ParallelPolicy
 from rlar.rollout.draws import categorical_at, step_uniforms, uniforms
 from rlar.rollout.sampling import (
     StartTokens,
+    cache_dtype,
     guided_logprobs,
     is_guided,
     row_chunks,
@@ -132,7 +133,7 @@ def decode_rows(policy: ParallelPolicy, labels: torch.Tensor | None, orders: tor
     tokens = torch.zeros(n, seq_len, dtype=torch.long, device=device)
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
 
-    cache = policy.new_cache(rows_n, device)
+    cache = policy.new_cache(rows_n, device, cache_dtype(device))
     ids = policy.class_ids(model_labels, rows_n, device)[:, None]  # [N or 2N, 1]
     rows = torch.zeros_like(ids)  # the class slot's RoPE row
     done = 0

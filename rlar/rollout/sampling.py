@@ -87,6 +87,12 @@ def truncate(logp: torch.Tensor, top_k: int | None, top_p: float | None) -> torc
     return logp
 
 
+def cache_dtype(device: torch.device) -> torch.dtype | None:
+    """The KV cache's dtype: autocast's (bf16) inside autocast, whose keys and values are computed in it (so the
+    cache holds them exactly, in half the memory of fp32), else the weights' (None)."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 def row_chunks(n: int, micro_batch_size: int | None) -> list[slice]:
     """The rows ``0..n-1`` in chunks of ``micro_batch_size`` (None: one chunk of all rows)."""
     if micro_batch_size is not None and micro_batch_size < 1:
@@ -140,7 +146,7 @@ def sample_rows(policy, prefix: torch.Tensor, labels: Conditions, max_len: int, 
     logprobs = torch.zeros(n, max_len, dtype=torch.float32, device=device)
 
     if use_cache:
-        cache = policy.new_cache(n * (2 if guided else 1), device)
+        cache = policy.new_cache(n * (2 if guided else 1), device, cache_dtype(device))
         logits = policy.prefill(model_labels, doubled(prefix), cache)  # [N or 2N, V]
     for t in range(k, max_len):
         if not use_cache:  # forward() ignores the last input token, so tokens[:, t] is a placeholder

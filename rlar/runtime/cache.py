@@ -33,11 +33,11 @@ def cache_root(cache_dir: str | os.PathLike | None) -> Path:
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Torch's global random state seeded with ``seed`` inside, restored afterwards: a model built (initialised,
-    trained) here is the same whatever ran before, so a cached artifact depends only on its key, and the caller's
-    random state stays untouched."""
+    """Torch's global CPU random state seeded with ``seed`` inside, restored afterwards: a model built (initialised,
+    trained; on the CPU) here is the same whatever ran before, so a cached artifact depends only on its key, and the
+    caller's random state stays untouched (the GPUs' too: ``torch.manual_seed`` would reseed them for good)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
 
 

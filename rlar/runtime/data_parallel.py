@@ -28,8 +28,12 @@ SAMPLING_METHODS = ("prefill", "step", "hidden_states", "decode_step")
 
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a policy: the children of its top-level ``nn.ModuleList`` (``blocks``, ``layers``)."""
-    return [block for child in module.children() if isinstance(child, nn.ModuleList) for block in child]
+    """The repeated blocks of a policy: the items of its outermost ``nn.ModuleList``s, at any depth (GPT's ``blocks``,
+    LlamaGen's ``layers``, ARPG's ``layers.self_dec`` and ``layers.cross_dec``); a list inside a block stays in it."""
+    blocks = []
+    for child in module.children():
+        blocks.extend(child if isinstance(child, nn.ModuleList) else transformer_blocks(child))
+    return blocks
 
 
 def fsdp_mesh(device: torch.device) -> DeviceMesh:

@@ -78,6 +78,17 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_named_rows(named: dict[str, torch.Tensor], rows: int, device) -> dict[str, torch.Tensor]:
+    """:func:`gather_rows` of each named ``[rows]`` tensor, over the names of every rank: a name this rank lacks (a
+    remote reward whose servers all failed here reports no components) gathers NaN rows, so that every rank makes
+    the same collectives."""
+    if not is_distributed():
+        return named
+    names = sorted(set().union(*gather_objects(sorted(named))))
+    return {name: gather_rows(named[name] if name in named else torch.full((rows,), float("nan"), device=device))
+            for name in names}
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when ``flag`` is True on some rank."""
     if not is_distributed():

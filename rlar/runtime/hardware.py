@@ -28,7 +28,7 @@ STRATEGIES = ("none", "ddp", "fsdp")
 @dataclass
 class Hardware:
     device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio and tokenizer stay fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the policy; log-softmax, ratio, loss and tokenizer in fp32)
     strategy: str = "none"  # none | ddp | fsdp (FSDP2), for processes launched by torchrun
     tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     compile: bool = False  # torch.compile the policy's teacher-forced forward (the update's pass)

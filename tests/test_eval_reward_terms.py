@@ -1,0 +1,70 @@
+"""Each term of a reward is averaged over the samples that reported it: a call that reports no terms (a remote
+reward whose servers all failed on that batch) counts as NaN rows, on one process and across processes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlar.contracts import Reward
+from rlar.data.digits import DigitsData
+from rlar.eval.evaluate import evaluate
+from rlar.policy.gpt import GPT
+from rlar.rollout.sampling import cfg_scales
+from rlar.tokenizer.digits_vq import DigitsVQ
+from rlar.tokenizer.frozen import FrozenTokenizer
+
+
+class FailingEveryOtherCall(Reward):
+    """The mean ink of each sample, reported as the term ``ink`` by every other call only."""
+
+    def __init__(self):
+        self.reported = []
+
+    def __call__(self, images, targets=None, meta=None):
+        score = images.float().flatten(1).mean(1)  # [n]
+        if len(self.reported) % 2:
+            self.reported.append(None)
+            return score, {}
+        self.reported.append(score)
+        return score, {"ink": score}
+
+
+def test_a_batch_without_a_term_counts_as_nan_rows_of_it():
+    torch.manual_seed(0)
+    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
+    reward = FailingEveryOtherCall()
+    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 10, "samples_per_item": 2, "batch_size": 4,
+                                 "guided_cfg_scale": None})
+    result = evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg, {"temperature": 1.0,
+                      "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
+    assert [r is None for r in reward.reported] == [False, True, False]  # batches of 8, 8 and 4 samples
+    reported = torch.cat([r for r in reward.reported if r is not None])  # [12]
+    assert result["eval/reward/ink"] == pytest.approx(float(reported.mean()))
+
+
+GATHER = """
+import torch, torch.distributed as dist
+from rlar.runtime import distributed
+dist.init_process_group("gloo")
+named = {"a": torch.tensor([1.0, 2.0])} if dist.get_rank() == 0 else {"b": torch.tensor([3.0, 4.0])}
+out = distributed.gather_named_rows(named, 2, "cpu")
+if dist.get_rank() == 1:
+    print({k: v.tolist() for k, v in out.items()})
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ranks_with_different_terms_gather_the_same_names(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "{'a': [1.0, 2.0, nan, nan], 'b': [nan, nan, 3.0, 4.0]}" in proc.stdout
