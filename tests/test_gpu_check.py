@@ -60,7 +60,9 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
         failed = name == "fsdp_1proc"
         return {"returncode": int(failed), "seconds": 30.0, "log_tail": "ChildFailedError",
                 "first_error": "Traceback (most recent call last):\nboom" if failed else None,
-                "timings": {"time/rollout": 0.1, "time/update": 0.2}, "peak_cuda_mib": 900.0}
+                "timings": {"time/rollout": 0.1, "time/update": 0.2}, "peak_cuda_mib": 900.0,
+                **({} if failed else {"ratio": {"policy/ratio_max_abs_dev": 0.0,
+                                                "policy/sampler_logprob_dev": 0.0123}})}
 
     def fake_decode(sizes, batch, bandwidth):
         assert bandwidth == 4.8e12
@@ -85,6 +87,7 @@ def test_with_a_gpu_it_writes_one_json_and_a_table(monkeypatch, capsys, tmp_path
     assert ("ddp_1proc", 1, 3) in runs and ("fsdp_1proc", 1, 3) in runs
     out = capsys.readouterr()
     assert "GPT-B/eager" in out.out and "25.0%" in out.out
+    assert " 0.012" in next(line for line in out.out.splitlines() if line.startswith("cuda_bf16 "))
     assert "fsdp_1proc failed:\nTraceback (most recent call last):\nboom" in out.err  # the cause, not the tail
     assert "GPT-L/eager" in out.out and "GPT-L/eager failed:\nOutOfMemoryError" in out.err
     assert "llamagen_recipe/fsdp_1proc" in out.out and "llamagen_recipe/resume_1proc failed:\nstill sampling" in out.err
@@ -112,3 +115,16 @@ def test_a_row_holds_the_first_error_of_the_whole_log_and_the_largest_peaks(tmp_
     assert "the cause" in row["first_error"] and "the cause" not in phase["log_tail"]
     assert (row["peak_rss_mib"], row["peak_cuda_mib"], row["timings"]) == (950.0, 70.0, {"time/rollout": 0.5})
     assert "peak_cuda_mib" not in gpu_check.check_row({**phase, "peak_cuda_mib": {}}, {})  # no GPU used
+
+
+def test_a_run_s_ratio_checks_are_the_largest_logged_values(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert gpu_check.ratio_checks(tmp_path) == {}  # the run died before its first iteration
+    with SummaryWriter(tmp_path / "tensorboard") as writer:
+        for step, (ratio, sampler) in enumerate([(0.0, 0.011), (0.0, 0.017), (0.0, 0.009)]):
+            writer.add_scalar("policy/ratio_max_abs_dev", ratio, step)
+            writer.add_scalar("policy/sampler_logprob_dev", sampler, step)
+    checks = gpu_check.ratio_checks(tmp_path)
+    assert checks["policy/ratio_max_abs_dev"] == 0.0
+    assert checks["policy/sampler_logprob_dev"] == pytest.approx(0.017)

@@ -69,8 +69,8 @@ def measure_decode(policy, batch: int, autocast, bandwidth: float | None, weight
         tic = time.perf_counter()
         sample_codes_with_logprobs(policy, start, seq_len)
         torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - tic
         cache_bytes = policy.new_cache(1, device, cache_dtype(device)).keys[0].element_size()  # as the sampler's
-    seconds = time.perf_counter() - tic
     moved = decode_bytes_per_step(params_read_per_step(policy), weight_bytes, policy.n_layer, policy.n_embd, batch,
                                   seq_len, cache_bytes)
     step_s = seconds / seq_len  # seq_len model calls: the prefill of the class token, then a step per token

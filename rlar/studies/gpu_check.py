@@ -30,10 +30,14 @@ from rlar.runtime.hardware import Hardware
 from rlar.studies import rehearsal
 from rlar.studies.decode_roofline import device_bandwidth, measure_decode
 from rlar.studies.measured_run import run_phase
+from rlar.studies.report import read_scalars
 
 DECODE_SIZES = ("GPT-B", "GPT-L")
 CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-16)
 RUN_TIMEOUT_S = 150
+# the largest over a run's iterations: the first ratio's distance from 1 (bf16 recomputes the old log-probs: 0), and
+# the bf16 sampler's log-probs against the update's pass
+RATIO_TAGS = ("policy/ratio_max_abs_dev", "policy/sampler_logprob_dev")
 
 
 def has_compile_decode() -> bool:
@@ -69,7 +73,15 @@ def run_default(name: str, nproc: int, hardware: list[str], out: Path, iteration
     cmd = [sys.executable, *launcher, "-m", "rlar.studies.measured_run", *args]
     phase = run_phase(cmd, out, name, os.cpu_count() or 1, RUN_TIMEOUT_S)
     summary = run_dir / "summary.json"
-    return check_row(phase, json.loads(summary.read_text())["timings"] if summary.is_file() else {})
+    return check_row(phase, json.loads(summary.read_text())["timings"] if summary.is_file() else {}) | {
+        "ratio": ratio_checks(run_dir)}
+
+
+def ratio_checks(run_dir: Path) -> dict[str, float]:
+    """The largest value over the run's iterations of each of :data:`RATIO_TAGS` it logged ({} before any)."""
+    if not (run_dir / "tensorboard").is_dir():
+        return {}
+    return {tag: max(values.values()) for tag, values in read_scalars(run_dir, RATIO_TAGS).items() if values}
 
 
 def recipe_check(out: Path) -> dict:
@@ -121,11 +133,15 @@ def decode_checks(sizes, batch: int, bandwidth: float | None):
 
 def table(result: dict) -> str:
     lines = [f"GPU check on {result['device']} ({result['bandwidth_gbs'] or 'unknown'} GB/s peak bandwidth)", "",
-             f"{'run':<26} {'exit':>7} {'seconds':>8} {'s/iter':>7} {'peak GPU MiB':>13}"]
+             f"{'run':<26} {'exit':>7} {'seconds':>8} {'s/iter':>7} {'peak GPU MiB':>13} {'max|r-1|':>9} "
+             f"{'sampler dev':>11}"]
     for name, r in all_runs(result).items():
         per_iter = sum(r.get("timings", {}).values())
+        ratio = r.get("ratio", {})
         lines.append(f"{name:<26} {r['returncode']!s:>7} {r['seconds']:>8.1f} {per_iter:>7.3f} "
-                     f"{r.get('peak_cuda_mib', float('nan')):>13.0f}")
+                     f"{r.get('peak_cuda_mib', float('nan')):>13.0f} "
+                     f"{ratio.get('policy/ratio_max_abs_dev', float('nan')):>9.2g} "
+                     f"{ratio.get('policy/sampler_logprob_dev', float('nan')):>11.2g}")
     lines += ["", f"{'decode (batch ' + str(result['batch']) + ', 256 tokens)':<30} {'tokens/s':>10} "
               f"{'ms/step':>8} {'peak GiB':>9} {'MB/step':>8} {'of bandwidth':>13}"]
     for name, r in result["decode"].items():
