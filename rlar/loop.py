@@ -232,7 +232,8 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     rollout.mask = rollout.mask & valid[:, None]
     returns = None
     if run.critic is not None:
-        adv, returns = value_advantages(run.policy, run.critic, run.algorithm, rollout, rewards, run.sampling)
+        adv, returns = value_advantages(run.policy, run.critic, run.algorithm, rollout, rewards, run.sampling,
+                                        run.hw.autocast)
     return adv, returns, valid, stats
 
 

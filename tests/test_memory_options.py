@@ -163,3 +163,18 @@ def test_a_reference_on_the_cpu_gives_the_same_loss_and_kl():
     assert all(torch.equal(offloaded_weights[k], weights[k]) for k in weights)
     assert len(offloaded_seen) == stats["policy/minibatches"] == 4  # one call (and move) per minibatch
     assert set(offloaded_seen) == {torch.device("cpu")} and home == torch.device("cpu")
+
+
+def test_an_offloaded_reference_runs_on_its_inputs_device_and_keeps_its_cpu_weights():
+    """Each call runs the module with copies of its weights on the input's device (here the meta device, which holds
+    no data: a copy back from it would fail) and leaves the CPU weights as they were."""
+    from rlar.runtime.offload import CPUResident
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3)
+    before = {k: v.clone() for k, v in linear.state_dict().items()}
+    resident = CPUResident(linear)
+    out = resident(torch.empty(2, 4, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 3)
+    assert all(t.device.type == "cpu" for t in resident.parameters())
+    assert all(torch.equal(linear.state_dict()[k], v) for k, v in before.items())

@@ -144,3 +144,27 @@ def test_the_bf16_sampler_rounds_apart_from_the_update_which_recomputing_removes
 def test_the_old_logprobs_are_recomputed_under_bf16_unless_set():
     assert [recomputes_old_logprobs(setting, precision) for setting in ("auto", "sampler", "recompute")
             for precision in ("fp32", "bf16")] == [False, True, False, False, True, True]
+
+
+def test_the_critic_reads_the_rollout_in_minibatches_with_the_same_values(monkeypatch):
+    """GAE's values come from minibatches of algorithm.minibatch_size rows (never the whole rollout's logits at
+    once): the same advantages and returns as one pass over all rows."""
+    import rlar.algorithm.update
+    from rlar.algorithm.update import value_advantages
+
+    rows, recompute = [], rlar.algorithm.update.rollout_logprobs
+    monkeypatch.setattr(rlar.algorithm.update, "rollout_logprobs",
+                        lambda policy, context, *args, **kwargs: rows.append(len(context)) or recompute(
+                            policy, context, *args, **kwargs))
+    torch.manual_seed(0)
+    policy, critic = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16), torch.nn.Linear(
+        16, 1)
+    rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (4, 8)), torch.tensor([0, 1, 0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    rewards = torch.randn(16, generator=torch.Generator().manual_seed(1))
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    whole, in_four = (value_advantages(policy, critic, PPO(num_generations=4, minibatch_size=size, value_head=True),
+                                       rollout, rewards, sampling) for size in (16, 4))
+    assert rows == [16, 4, 4, 4, 4]
+    torch.testing.assert_close(in_four[0], whole[0])
+    torch.testing.assert_close(in_four[1], whole[1])

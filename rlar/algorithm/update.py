@@ -52,11 +52,17 @@ def rollout_logprobs(policy, context: torch.Tensor, labels, sampling: dict, sche
 
 @torch.no_grad()
 def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
-                     sampling: dict):
+                     sampling: dict, autocast=None):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
-    (advantages ``[N, T]``, returns ``[N, T]``)."""
-    _, hidden = rollout_logprobs(policy, rollout.context, rollout.condition, sampling, rollout.schedule, hidden=True)
-    values = critic(hidden.float())[..., 0]  # [N, T]
+    (advantages ``[N, T]``, returns ``[N, T]``). The hidden states come from the update's pass (under its
+    ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
+    autocast = autocast or contextlib.nullcontext
+    values = torch.zeros_like(rollout.logprobs)  # [N, T]
+    for idx in torch.arange(len(values)).split(algorithm.minibatch_size):
+        context, _, labels, schedule = _rows(rollout, idx)
+        with autocast():
+            _, hidden = rollout_logprobs(policy, context, labels, sampling, schedule, hidden=True)
+        values[idx] = critic(hidden.float())[..., 0]
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
     valid = adv[mask]
@@ -119,7 +125,8 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
             logp_all, hidden = rollout_logprobs(policy, context, labels, sampling, schedule,
                                                 hidden=critic is not None)
         logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(algorithm.entropy_coef)):  # else a statistic
+            entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
     loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
     stats["loss/policy"] = loss.item()
     if algorithm.entropy_coef:
