@@ -66,3 +66,13 @@ def test_each_bad_input_gets_the_documented_error(overrides, fragment, monkeypat
     if "CUDA is not available" in fragment and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     assert fragment in error_of(overrides)
+
+
+def test_under_torchrun_the_minibatches_split_each_process_s_share(monkeypatch):
+    """Each of torchrun's processes updates on its own share of the global batch, so that share must split into
+    minibatches (the table's row for 8 processes); a global batch that does not split over the processes is
+    refused when the run is built, with its own message."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert "train.batch_size / 8 processes * num_generations = 24 sequences per process do not split" in error_of(
+        ["train.batch_size=24", "algorithm.minibatch_size=16"])
+    check_config(compose_config(["train.batch_size=16", "algorithm.minibatch_size=16"]))  # 2 x 8 = 16: one minibatch

@@ -168,3 +168,48 @@ def test_the_critic_reads_the_rollout_in_minibatches_with_the_same_values(monkey
     assert rows == [16, 4, 4, 4, 4]
     torch.testing.assert_close(in_four[0], whole[0])
     torch.testing.assert_close(in_four[1], whole[1])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, None), (5, None), (None, 0.8)])
+def test_teacher_forced_draws_read_each_cdf_once_and_draw_what_g_copies_would(top_k, top_p):
+    """G draws per position from one CDF (the logits are not copied G times): the tokens, log-probs and the
+    generator's state after are those of drawing from G adjacent copies of each row."""
+    from rlar.rollout.draws import categorical
+    from rlar.rollout.sampling import policy_logprobs, truncate
+
+    cfg = compose_config(["rollout.mode=teacher_forced", "rollout.temperature=0.7", f"rollout.top_k={top_k or 'null'}",
+                          f"rollout.top_p={top_p or 'null'}"])
+    policy = tiny_policy("gpt").eval()
+    gt, labels = torch.randint(0, 32, (3, 16), generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2])
+    drawn_with = torch.Generator().manual_seed(0)
+    rollout = collect_rollout(policy, gt, labels, 4, cfg.rollout, drawn_with)
+    copied_with = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        logp = policy_logprobs(policy, gt, labels, 0.7, 1.0)[0].repeat_interleave(4, 0)  # [12, 16, V]: G copies
+    actions = categorical(truncate(logp.flatten(0, 1), top_k, top_p).exp(), copied_with).view(12, 16)
+    assert torch.equal(rollout.tokens, actions)
+    assert torch.equal(rollout.logprobs, logp.gather(-1, actions[..., None])[..., 0])
+    assert torch.equal(drawn_with.get_state(), copied_with.get_state())
+
+
+def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
+    """Two minibatches under grad_accum=4 (a recipe for fewer processes run on more) take the step two accumulated
+    minibatches take: the mean of their gradients, not half of it."""
+    from rlar.algorithm.update import accumulation_window
+
+    assert [accumulation_window(c, 10, 4) for c in range(1, 11)] == [4] * 8 + [2, 2]
+    assert [accumulation_window(c, 2, 16) for c in (1, 2)] == [2, 2]
+    weights = {}
+    for accum in (2, 4):
+        torch.manual_seed(0)
+        policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+        rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
+        algo = GRPO(num_generations=4, minibatch_size=4, grad_accum=accum)
+        adv, _, _ = algo.advantages(torch.randn(8, generator=torch.Generator().manual_seed(1)),
+                                    torch.tensor([0] * 4 + [1] * 4))
+        stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
+                              {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
+        assert stats["policy/minibatches"] == 2
+        weights[accum] = policy.state_dict()
+    assert all(torch.allclose(weights[4][k], weights[2][k], atol=1e-7) for k in weights[2])

@@ -188,6 +188,8 @@ def test_experiment_vapi_llamagen_xxl_is_the_published_recipe():
     per_gpu_sequences = t.batch_size // gpus * a.num_generations  # 16 images x G
     assert per_gpu_sequences // a.minibatch_size // a.grad_accum == 1  # one optimizer step per rollout
     assert set(cfg.reward.components) == {"pixel", "lpips"} and cfg.reward.weights == {"pixel": 1.0, "lpips": 1.0}
+    # VA-pi's --uncond-prob, drawn in the rollout; no embedded judge on ImageNet; LPIPS scored 32 images at a time
+    assert (cfg.rollout.label_dropout, cfg.eval.classifier, t.score_chunk_size) == (0.1, False, 32)
 
 
 @pytest.mark.slow

@@ -91,6 +91,14 @@ def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, mini
     return old
 
 
+def accumulation_window(count: int, total: int, grad_accum: int) -> int:
+    """The minibatches whose gradients the optimizer step of minibatch ``count`` (1-based, of ``total``) averages:
+    ``grad_accum``, or fewer in a last, partial window (fewer minibatches on this rank than ``grad_accum``, e.g. a
+    recipe for 8 GPUs run on 16), so that every step sees a mean gradient."""
+    start = (count - 1) // grad_accum * grad_accum
+    return min(grad_accum, total - start)
+
+
 def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float:
     """Clip the gradient norm (when ``max_grad_norm`` is set), step, clear; returns the norm before clipping."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
@@ -178,10 +186,11 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
             count += 1
             steps = count % algorithm.grad_accum == 0
+            window = accumulation_window(count, total, algorithm.grad_accum)
             with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
                 loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
                                              critic, returns)
-                (loss / algorithm.grad_accum).backward()
+                (loss / window).backward()
             if steps:
                 stats["policy/grad_norm"] = clip_and_step(params, optimizer, max_grad_norm)
             if first is None:

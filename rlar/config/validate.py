@@ -17,6 +17,7 @@ from rlar.policy.gpt import CONDITION_MODES
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
+from rlar.runtime.distributed import env_world_size
 from rlar.runtime.ema import check_decay
 
 
@@ -85,11 +86,13 @@ def check_config(cfg: DictConfig) -> None:
     if built["algorithm"].trains_on_data:
         check_data_pairs(cfg)
     else:
-        g = cfg.algorithm.num_generations
-        sequences = cfg.train.batch_size * g
-        if sequences % cfg.algorithm.minibatch_size and cfg.algorithm.minibatch_size < sequences:
-            raise ConfigError(f"train.batch_size*num_generations={cfg.train.batch_size * g} sequences do not split "
-                              f"into minibatches of algorithm.minibatch_size={cfg.algorithm.minibatch_size}")
+        g, world, mb = cfg.algorithm.num_generations, env_world_size(), cfg.algorithm.minibatch_size
+        sequences = cfg.train.batch_size // world * g  # each process updates on its own share (a global batch
+        # that does not split over the processes is refused when the run is built)
+        if sequences % mb and mb < sequences:
+            per_process = f" / {world} processes" if world > 1 else ""
+            raise ConfigError(f"train.batch_size{per_process} * num_generations = {sequences} sequences per process "
+                              f"do not split into minibatches of algorithm.minibatch_size={mb}")
     if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
         raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
     if cfg.train.iterations < 0:

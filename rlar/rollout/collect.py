@@ -17,7 +17,7 @@ import torch
 
 from rlar.contracts import Policy
 from rlar.policy.conditioning import Condition, as_condition, class_labels
-from rlar.rollout.draws import categorical, uniforms
+from rlar.rollout.draws import categorical_at, uniforms
 from rlar.rollout.parallel_decoding import sample_parallel
 from rlar.rollout.sampling import cfg_scales, policy_logprobs, sample_multiple_generations, truncate
 from rlar.rollout.types import Rollout
@@ -45,6 +45,17 @@ def drop_labels(labels: Condition | torch.Tensor | None, prob: float, generator:
         return labels.dropped(uniforms((len(labels),), generator, labels.device) < prob)
     drop = uniforms(labels.shape, generator, labels.device) < prob
     return torch.where(drop, torch.full_like(labels, -1), labels)
+
+
+def teacher_forced_draws(logp: torch.Tensor, g: int, top_k: int | None, top_p: float | None,
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """``g`` draws ``[B, G, T]`` at each position of the log-probs ``logp [B, T, V]``, each from its (truncated)
+    distribution: one CDF per position read at ``g`` uniforms, never ``g`` copies of the logits. The uniforms are
+    those ``g`` adjacent copies of each row would read, row after row."""
+    b, t_len, _ = logp.shape
+    probs = truncate(logp.flatten(0, 1), top_k, top_p).exp()  # [B*T, V]
+    u = uniforms((b * g * t_len, 1), generator, logp.device).view(b, g, t_len).transpose(1, 2)  # [B, T, G]
+    return categorical_at(probs, u.reshape(b * t_len, g)).view(b, t_len, g).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -83,10 +94,9 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: Condi
         return Rollout(tokens, tokens, logprobs, rep, mask, targets, given)
     if mode == "teacher_forced":
         logp, _ = policy_logprobs(policy, context, labels, rollout_cfg.temperature, scales)  # [B, T, V]
-        logp = logp.repeat_interleave(g, 0)  # [B*G, T, V]
-        draw = truncate(logp.flatten(0, 1), rollout_cfg.top_k, rollout_cfg.top_p).exp()
-        actions = categorical(draw, generator).view(b * g, t_len)
-        logprobs = logp.gather(-1, actions[..., None])[..., 0]
+        actions = teacher_forced_draws(logp, g, rollout_cfg.top_k, rollout_cfg.top_p, generator)  # [B, G, T]
+        logprobs = logp[:, None].expand(-1, g, -1, -1).gather(-1, actions[..., None])[..., 0]  # [B, G, T]
+        actions, logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B*G, T]
         mask = torch.ones_like(actions, dtype=torch.bool)
         return Rollout(context.repeat_interleave(g, 0), actions, logprobs, rep, mask, targets)
     if mode in ("parallel", "schedule"):

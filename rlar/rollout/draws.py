@@ -36,8 +36,8 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch
 
 
 def categorical_at(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """:func:`categorical` at given uniforms ``u [N, 1]`` (drawn ahead, e.g. so that any split of the rows into
-    chunks reads the numbers an unchunked draw would): codes ``[N, 1]`` long."""
+    """:func:`categorical` at given uniforms ``u [N, K]`` (drawn ahead, e.g. so that any split of the rows into
+    chunks reads the numbers an unchunked draw would): codes ``[N, K]`` long, K draws from each row."""
     cdf = probs.float().cumsum(-1)  # [N, V]
     u = u.to(probs.device) * cdf[:, -1:]  # [N, 1]
     draw = torch.searchsorted(cdf, u, right=True)  # [N, 1]

@@ -20,6 +20,11 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", 0))
 
 
+def env_world_size() -> int:
+    """The processes torchrun started (1 when not launched by torchrun); readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
