@@ -29,7 +29,7 @@ from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
-from rlar.runtime.cache import atomic_write_text
+from rlar.runtime.atomic_files import atomic_write_text
 from rlar.runtime.clock import phase_time
 from rlar.runtime.data_parallel import gathered
 from rlar.runtime.logger import images_due

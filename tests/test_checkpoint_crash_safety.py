@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlar.runtime import cache, checkpoint
+from rlar.runtime import atomic_files, checkpoint
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.safe_dcp import UnsafeCheckpoint
 
@@ -97,8 +97,8 @@ def the_old_shards(arg):
 
 CRASH_POINTS = {  # name -> (where and when to crash, the iteration current afterwards)
     "writing shards": ((checkpoint.dcp, "save", always), 1),
-    "writing the record": ((cache.torch, "save", a_file), 1),
-    "replacing the record": ((cache.os, "replace", always), 1),
+    "writing the record": ((atomic_files.torch, "save", a_file), 1),
+    "replacing the record": ((atomic_files.os, "replace", always), 1),
     "removing the old shards": ((checkpoint.shutil, "rmtree", the_old_shards), 2),
 }
 
@@ -130,7 +130,7 @@ def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, 
             open(f, "wb").write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cache.torch, "save", full)
+    monkeypatch.setattr(atomic_files.torch, "save", full)
     with pytest.raises(OSError, match=rf"no space left .* {re.escape(str(tmp_path))}: it needs about [0-9,]+ bytes"):
         saved(tmp_path, fmt, 2, seed=2)
     monkeypatch.undo()

@@ -18,7 +18,7 @@ ITERATIONS = 4
 # the CLI, with os.replace slowed down on the save of iteration 2's record: a kill then lands inside that save
 SLOW_SECOND_SAVE = """
 import os, sys, time
-import rlar.runtime.cache as cache
+import rlar.runtime.atomic_files as atomic_files
 real, saves = os.replace, []
 def slow_replace(src, dst):
     if str(dst).endswith("last.pt"):
@@ -26,8 +26,8 @@ def slow_replace(src, dst):
         if len(saves) == 2:
             time.sleep(120)
     return real(src, dst)
-cache.os = type(sys)("slow_os")
-cache.os.__dict__.update(os.__dict__, replace=slow_replace)
+atomic_files.os = type(sys)("slow_os")
+atomic_files.os.__dict__.update(os.__dict__, replace=slow_replace)
 from rlar.run import cli
 sys.argv[0] = "rlar-run"
 cli()

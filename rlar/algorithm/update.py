@@ -50,18 +50,25 @@ def rollout_logprobs(policy, context: torch.Tensor, labels, sampling: dict, sche
     return arpg_logprobs(policy, context, labels, **schedule, temperature=sampling["temperature"], hidden=hidden)
 
 
+def update_passes(policy, rollout: Rollout, sampling: dict, autocast, size: int, hidden: bool = False):
+    """The update's forward pass over the rollout's rows, ``size`` at a time (under ``autocast``; None: none):
+    ``(idx [n], tokens [n, T], log-probs [n, T, V], final hidden states [n, T, D] or None)`` per minibatch."""
+    autocast = autocast or contextlib.nullcontext
+    for idx in torch.arange(len(rollout.tokens)).split(size):
+        context, tokens, labels, schedule = _rows(rollout, idx)
+        with autocast():
+            logp_all, states = rollout_logprobs(policy, context, labels, sampling, schedule, hidden=hidden)
+        yield idx, tokens, logp_all, states
+
+
 @torch.no_grad()
 def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
                      sampling: dict, autocast=None):
     """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
     (advantages ``[N, T]``, returns ``[N, T]``). The hidden states come from the update's pass (under its
     ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
-    autocast = autocast or contextlib.nullcontext
     values = torch.zeros_like(rollout.logprobs)  # [N, T]
-    for idx in torch.arange(len(values)).split(algorithm.minibatch_size):
-        context, _, labels, schedule = _rows(rollout, idx)
-        with autocast():
-            _, hidden = rollout_logprobs(policy, context, labels, sampling, schedule, hidden=True)
+    for idx, _, _, hidden in update_passes(policy, rollout, sampling, autocast, algorithm.minibatch_size, hidden=True):
         values[idx] = critic(hidden.float())[..., 0]
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
@@ -82,10 +89,7 @@ def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, mini
     minibatches of ``minibatch_size`` rows), 0 where a token is not an action: the ratio's old log-probs then
     differ from the new ones only by what the update changed, not by the sampler's numerics (KV cache, bf16)."""
     old = torch.zeros_like(rollout.logprobs)
-    for idx in torch.arange(len(old)).split(minibatch_size):
-        context, tokens, labels, schedule = _rows(rollout, idx)
-        with autocast():
-            logp_all, _ = rollout_logprobs(policy, context, labels, sampling, schedule)
+    for idx, tokens, logp_all, _ in update_passes(policy, rollout, sampling, autocast, minibatch_size):
         logp = logp_all.gather(-1, tokens[..., None])[..., 0].float()  # [n, T]
         old[idx] = torch.where(rollout.mask[idx], logp, 0.0)
     return old

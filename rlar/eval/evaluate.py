@@ -130,7 +130,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     policy.train(was_training)
     terms = {name: torch.cat([parts[name].float() if name in parts else torch.full_like(r, float("nan"))
                               for parts, r in zip(components, rewards, strict=True)]).to(device)
-             for name in sorted(set().union(*components))}  # [n] each; NaN for a batch that did not report it
+             for name in dict.fromkeys(name for parts in components for name in parts)}  # [n] each, in the order
+    # the reward reports them; NaN for a batch that did not report one
     real = distributed.gather_rows(real.to(device, torch.uint8).repeat_interleave(k)).bool()
     rewards = distributed.gather_rows(torch.cat(rewards))[real]
     finite = rewards[rewards.isfinite()]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
+from rlar.runtime.atomic_files import atomic_torch_save
 from rlar.runtime.stop_signals import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ class BuildCheckpoint:
             return
         snapshot = {"step": steps_done, "state": {k: state_of(v) for k, v in state.items()},
                     "torch_rng": torch.get_rng_state()}
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        torch.save(snapshot, tmp)
-        os.replace(tmp, self.path)
+        atomic_torch_save(snapshot, self.path)
         raise Stopped(f"stopped by {self.stop.received} while building {self.what}, after step {steps_done} of "
                       f"{total}: saved in {self.path}; run the same command to resume the build")
 

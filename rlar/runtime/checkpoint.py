@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from rlar.runtime import distributed
-from rlar.runtime.cache import atomic_torch_save
+from rlar.runtime.atomic_files import atomic_torch_save
 from rlar.runtime.safe_dcp import SafePlanner, SafeReader
 
 FORMATS = ("consolidated", "sharded")
