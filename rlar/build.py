@@ -67,10 +67,15 @@ class Run:
         """The weights evaluation samples and an export writes: the moving average when on, else the policy."""
         return self.policy if self.ema is None else self.ema.module
 
+    @property
+    def share(self) -> slice:
+        """This rank's rows of a global batch of ``train.batch_size`` items: ``B / world`` of them."""
+        local_batch = self.cfg.train.batch_size // distributed.world_size()
+        return slice(distributed.rank() * local_batch, (distributed.rank() + 1) * local_batch)
+
     def this_rank(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's items of a global batch, on its device: ``[B / world, ...]``, each with all its generations."""
-        local_batch = self.cfg.train.batch_size // distributed.world_size()
-        return x[distributed.rank() * local_batch:][:local_batch].to(self.device)
+        return x[self.share].to(self.device)
 
 
 def build_generator(cfg: DictConfig, data: ImageData, device) -> tuple[Tokenizer, Policy, TextEncoder | None]:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def train(run: Run) -> dict:
             summary = evaluate_prior(run)
             stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
-        batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start)
+        batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)
         warm_up(run, batches, summary, warmed, stop)
         with tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
                   disable=not distributed.is_main()) as progress:
@@ -146,12 +147,12 @@ def batch_conditions(run: Run, labels: torch.Tensor, captions: list[str] | None)
 
 
 def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor], step: int) -> dict[str, float]:
-    """One RL iteration on the global batch ``(images [B, C, H, W] (None: data without images), labels [B],
-    indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward (and, with a
+    """One RL iteration on the global batch ``(this rank's images [b, C, H, W] (None: data without images), labels
+    [B], indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward (and, with a
     text encoder, condition the policy)."""
-    all_images, all_labels, all_indices = batch
+    images, all_labels, all_indices = batch
     labels = run.this_rank(all_labels)  # [b], b = B / world
-    images = None if all_images is None else run.this_rank(all_images)  # [b, C, H, W]
+    images = None if images is None else images.to(run.device)  # [b, C, H, W]
     prompts = run.data.captions_of(run.this_rank(all_indices))  # b captions, or None
     G = run.algorithm.num_generations
     timings = {}
@@ -173,10 +174,11 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     tic = phase_time(run.device)
     global_rewards = distributed.gather_rows(rewards)  # [B*G]
     adv, returns, valid, adv_stats = advantages(run, rollout, rewards, global_rewards, all_labels, all_indices)
-    stats = update(run, rollout, adv, returns) if distributed.any_rank(bool(valid.any()), run.device) else {}
+    updates = distributed.any_rank(bool(valid.any()), run.device)
+    stats = update(run, rollout, adv, returns) if updates else {}
     timings["time/update"] = phase_time(run.device) - tic
     lr = run.scheduler.get_last_lr()[0]  # the lr of this iteration's optimizer steps
-    run.scheduler.step()  # once per iteration, whether or not the update ran
+    step_schedule(run.scheduler, updates)
 
     metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
                                 adv_stats, timings, rollout, run.device)
@@ -184,6 +186,15 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     if images is not None and images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
     return metrics
+
+
+def step_schedule(scheduler, updated: bool) -> None:
+    """Step the learning-rate schedule: once per iteration, whether or not the update ran (an iteration without a
+    finite reward skips it, and PyTorch's warning that the schedule moved before the optimizer would mislead)."""
+    with warnings.catch_warnings():
+        if not updated:
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
 
 
 def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int) -> dict:
@@ -196,11 +207,11 @@ def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: in
 
 
 def pair_iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
-    """One iteration of an algorithm that trains on data pairs (CCA) on the global batch ``(images [B, C, H, W],
-    labels [B], indices [B])``: this rank's images' codes under their labels and under mismatched ones, one
-    optimizer step; logs and returns its metrics."""
-    all_images, all_labels, _ = batch
-    images, labels = run.this_rank(all_images), run.this_rank(all_labels)  # [b, C, H, W], [b]
+    """One iteration of an algorithm that trains on data pairs (CCA) on the global batch ``(this rank's images
+    [b, C, H, W], labels [B], indices [B])``: this rank's images' codes under their labels and under mismatched
+    ones, one optimizer step; logs and returns its metrics."""
+    images, all_labels, _ = batch
+    images, labels = images.to(run.device), run.this_rank(all_labels)  # [b, C, H, W], [b]
     tic = phase_time(run.device)
     codes = run.tokenizer.encode_indices(images)  # [b, T]
     negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
@@ -315,11 +326,11 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> N
     with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
               disable=not (steps and distributed.is_main())) as progress:
         for i in progress:
-            all_images, all_labels, all_indices = next(batches)
+            images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
             captions = run.data.captions_of(run.this_rank(all_indices))
             condition = batch_conditions(run, run.this_rank(all_labels), captions)
             loss = teacher_forced_ce(run.train_policy.train(),
-                                     run.tokenizer.encode_indices(run.this_rank(all_images)), condition)
+                                     run.tokenizer.encode_indices(images.to(run.device)), condition)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()

@@ -9,9 +9,14 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 
 import rlar.data.on_access
+import rlar.data.stored
 from rlar.data.batches import holdout_split
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
+from rlar.eval.cli import split_images
+from rlar.eval.image_arrays import to_uint8_hwc
+from rlar.eval.model.classifier import DigitsClassifier
+from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,58 @@ def test_nothing_is_decoded_before_a_batch_asks(sources, monkeypatch):
     assert decoded == []  # the construction decoded the eval split only
     next(data.batches(8, torch.Generator().manual_seed(0)))
     assert len(decoded) == 8
+
+
+def test_a_process_decodes_only_its_share_of_each_batch(sources, monkeypatch):
+    decoded = []
+    load_image = rlar.data.on_access.load_image
+    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
+                        load_image(source, *a))
+    _, kwargs, _ = sources["image_folder"]
+    data = ImageFolderData(**kwargs, image_size=32, channels=1)
+    whole_images, whole_labels, whole_idx = next(data.batches(8, torch.Generator().manual_seed(0)))
+    decoded.clear()
+    images, labels, idx = next(data.batches(8, torch.Generator().manual_seed(0), share=slice(2, 4)))
+    assert len(decoded) == 2  # the second of four processes reads two images of the batch of eight
+    assert torch.equal(images, whole_images[2:4])
+    assert torch.equal(labels, whole_labels) and torch.equal(idx, whole_idx)  # labels and indices stay whole
+
+
+def test_the_first_train_images_of_a_reference_are_the_only_ones_decoded(sources, monkeypatch):
+    decoded = []
+    load_image = rlar.data.on_access.load_image
+    _, kwargs, _ = sources["image_folder"]
+    data = ImageFolderData(**kwargs, image_size=32, channels=1)
+    whole = to_uint8_hwc(data.train_images)  # [N, 32, 32, 3]
+    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
+                        load_image(source, *a))
+    assert np.array_equal(split_images(data, "train", 5), whole[:5]) and len(decoded) == 5
+    assert np.array_equal(split_images(data, "train", None), whole)
+    assert np.array_equal(split_images(data, "eval", 3), to_uint8_hwc(data.eval_images[:3]))
+
+
+def test_a_train_split_larger_than_memory_is_refused_before_decoding(sources, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source))
+    monkeypatch.setattr(rlar.data.stored, "physical_memory", lambda: 2**30)  # 1 GiB
+    _, kwargs, _ = sources["image_folder"]
+    data = ImageFolderData(**kwargs, image_size=32, channels=1)
+    data.train_labels = torch.zeros(300_000, dtype=torch.long)  # 300k images of 1x32x32: 1.1 GiB as float32
+    with pytest.raises(ValueError, match=r"300000 images of 1x32x32 take 1.1 GiB .*1.0 GiB .*data\.max_images=N"):
+        _ = data.train_images
+    with pytest.raises(ValueError, match=r"reward\.classifier"):  # a classifier reward is refused when built
+        LazyClassifier(data, None, None)
+    assert decoded == []
+
+
+def test_a_rewards_train_features_read_the_split_a_chunk_at_a_time(sources, monkeypatch):
+    _, kwargs, _ = sources["image_folder"]
+    data = ImageFolderData(**kwargs, image_size=32, channels=1)
+    classifier = LazyClassifier(data, None, None)
+    classifier.model = DigitsClassifier().eval()  # built: nothing to train
+    expected = classifier_features(classifier, data.train_images, 16)  # [N, F]
+    monkeypatch.setattr(ImageFolderData, "train_images", property(lambda self: pytest.fail("read whole")))
+    assert torch.equal(train_split_features(classifier, data, "cpu", 16), expected)
 
 
 @pytest.fixture

@@ -106,9 +106,10 @@ def test_the_log_gives_the_judges_numbers_and_a_reward_mean_only_where_it_means_
 
 
 @pytest.mark.slow
-def test_a_reward_that_scores_nothing_stops_the_run(tiny, tmp_path):
+def test_a_reward_that_scores_nothing_stops_the_run(tiny, tmp_path, recwarn):
     cfg = compose_config([*tiny, "train.iterations=5", "train.max_nonfinite_iterations=2"])
     OmegaConf.set_struct(cfg, False)
     cfg.reward = {"_target_": f"{__name__}.NaNReward", "kind": "l2"}
     with pytest.raises(RuntimeError, match="iteration 2: no reward was finite"):
         train_rl_loop(cfg, tmp_path)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # no update ran: nothing to warn of

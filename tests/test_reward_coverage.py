@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from train_split import TrainSplit
 
 from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
@@ -90,7 +91,7 @@ class Flatten(nn.Module):
 
 def reward_on(train_images, train_labels, kind=CoverageReward, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
-    reward = kind(SimpleNamespace(train_images=train_images, train_labels=train_labels), None, **options)
+    reward = kind(TrainSplit(train_images, train_labels), None, **options)
     reward.classifier = SimpleNamespace(get=lambda device: Flatten())
     return reward
 

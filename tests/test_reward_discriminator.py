@@ -6,12 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
+from train_split import TrainSplit
 
 from rlar.reward.discriminator import DiscriminatorReward
 from rlar.reward.scoring import scoring_only
 
 
-class Flat:
+class Flat(nn.Module):
     """A stand-in for the reward classifier: the features are the pixels."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -20,7 +22,7 @@ class Flat:
 
 def discriminator(real: torch.Tensor, labels: torch.Tensor, **options) -> DiscriminatorReward:
     """A reward over train images ``real [M, 1, 1, 1]`` (1-d features) with the flat classifier."""
-    data = SimpleNamespace(train_images=real, train_labels=labels)
+    data = TrainSplit(real, labels)
     reward = DiscriminatorReward(data, None, **{"hidden": 32, "lr": 3e-3, "batch_size": 256, **options})
     reward.classifier = SimpleNamespace(get=lambda device: Flat())
     return reward

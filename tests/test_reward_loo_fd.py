@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from train_split import TrainSplit
 
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
@@ -70,7 +71,7 @@ class Flatten(nn.Module):
 
 def reward_on(train_images, train_labels, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
-    reward = LeaveOneOutFDReward(SimpleNamespace(train_images=train_images, train_labels=train_labels), None,
+    reward = LeaveOneOutFDReward(TrainSplit(train_images, train_labels), None,
                                  **options)
     reward.classifier = SimpleNamespace(get=lambda device: Flatten())
     return reward

@@ -31,15 +31,21 @@ class ImageData:
             return None
         return [self.train_captions[i] for i in indices.tolist()]
 
+    def check_train_images_fit(self) -> None:
+        """Raise, naming the fix, if ``train_images`` (the whole split at once) could not fit in memory; data held in
+        memory already fits."""
+
     def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The train images ``[B, C, H, W]`` in [-1, 1] of each index batch ``[B]`` of ``index_batches``, in order."""
         return (self.train_images[idx] for idx in index_batches)
 
-    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0, share: slice = slice(None)
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Shuffled ``(images [B, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
-        epoch; ``indices`` identify the images (for per-image statistics). An epoch's order is drawn from ``generator``
-        when its first batch is asked for; the stream starts at its batch ``start`` (a resumed run's next batch)."""
+        """Shuffled ``(images [b, C, H, W], labels [B], indices [B])`` batches of the train split, epoch after
+        epoch; ``indices`` identify the images (for per-image statistics). Only the rows ``share`` of each batch
+        have their images read (a process's share under data parallelism: b = B / world; all of them by default),
+        while labels and indices cover the whole batch. An epoch's order is drawn from ``generator`` when its first
+        batch is asked for; the stream starts at its batch ``start`` (a resumed run's next batch)."""
         n = len(self.train_labels)
         if not 0 < batch_size <= n:
             raise ValueError(f"batch size {batch_size} must be in [1, {n}] (the train split's size)")
@@ -50,7 +56,8 @@ class ImageData:
             order = torch.randperm(n, generator=generator)
             starts = range(skip * batch_size, n - batch_size + 1, batch_size)
             index_batches = [order[i : i + batch_size] for i in starts]
-            for idx, images in zip(index_batches, self.train_batches(index_batches), strict=True):
+            shares = [idx[share] for idx in index_batches]
+            for idx, images in zip(index_batches, self.train_batches(shares), strict=True):
                 yield images, self.train_labels[idx], idx
             skip = 0
 

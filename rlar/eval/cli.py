@@ -9,10 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 
 from rlar.config.validate import ConfigError, check_config
+from rlar.data.batches import ImageData
+from rlar.data.decode import DECODE_BATCH
+from rlar.data.on_access import chunks
 from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
@@ -124,11 +128,19 @@ def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
     """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (the first ``max_images``)."""
-    data = instantiate(cfg.data)
-    images = to_uint8_hwc((data.eval_images if split == "eval" else data.train_images)[:max_images])  # [N, H, W, 3]
+    images = split_images(instantiate(cfg.data), split, max_images)  # [N, H, W, 3]
     path = write_npz(out, images)
     write_grid(path.with_suffix(".png"), images)
     print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")
+
+
+def split_images(data: ImageData, split: str, max_images: int | None) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]``: the first ``max_images`` images of ``split`` (None: all), the train split decoded a
+    chunk at a time (only the images asked for)."""
+    if split == "eval":
+        return to_uint8_hwc(data.eval_images[:max_images])
+    count = min(len(data.train_labels), max_images or len(data.train_labels))
+    return np.concatenate([to_uint8_hwc(x) for x in data.train_batches(chunks(count, DECODE_BATCH))])
 
 
 def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:

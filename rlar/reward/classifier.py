@@ -17,13 +17,16 @@ from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
+from rlar.eval.model.scorer import train_features
 
 
 class LazyClassifier:
     """``get(device)``: the reward's classifier of ``data`` (``settings`` over ``RewardClassifierSchema``'s
-    defaults; None = those defaults), built (or read from the cache) on first use."""
+    defaults; None = those defaults), built (or read from the cache) on first use, trained on the whole train split
+    at once."""
 
     def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
+        data.check_train_images_fit()  # refused with the reward, before the run computes anything
         self.data, self.settings, self.cache_dir = data, settings, cache_dir
         self.model: DigitsClassifier | None = None
 
@@ -40,6 +43,12 @@ def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_
     images per forward pass."""
     model = classifier.get(images.device)
     return torch.cat([model.features(x) for x in images.split(chunk_size)]).cpu()
+
+
+def train_split_features(classifier: LazyClassifier, data: ImageData, device, chunk_size: int) -> torch.Tensor:
+    """``[M, F]`` on the CPU: the reward classifier's features of ``data``'s whole train split, ``chunk_size`` images
+    per forward pass on ``device`` (data on disk is decoded a chunk at a time, never held whole)."""
+    return train_features(classifier.get(device), data, device, chunk_size)
 
 
 def request_groups(count: int, meta: dict | None, class_conditional: bool, reward: str) -> torch.Tensor:

@@ -10,7 +10,13 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.manifold import knn_radii
-from rlar.reward.classifier import LazyClassifier, classifier_features, data_groups, request_groups
+from rlar.reward.classifier import (
+    LazyClassifier,
+    classifier_features,
+    data_groups,
+    request_groups,
+    train_split_features,
+)
 
 
 def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor
@@ -87,7 +93,7 @@ class CoverageReward(Reward):
         """The train split's features and, for balls around the train digits (``real_balls``), their k-NN radii,
         over all of it (-1) and, if class-conditional, per class."""
         if self.reference is None:
-            features = self.features(self.data.train_images.to(device))  # [M, F]
+            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [M, F]
             groups = data_groups(features, self.data.train_labels, self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
             if too_small and self.real_balls:

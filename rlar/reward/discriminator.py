@@ -15,7 +15,7 @@ from torch import nn
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.reward.classifier import LazyClassifier, classifier_features
+from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features
 from rlar.runtime import distributed
 from rlar.runtime.cache import seeded
 
@@ -81,7 +81,7 @@ class DiscriminatorReward(Reward):
 
     def build(self, device) -> None:
         """The train split's features and the discriminator (standardized by the data's feature statistics)."""
-        features = self.features(self.data.train_images.to(device))  # [M, F]
+        features = train_split_features(self.classifier, self.data, device, self.chunk_size).float()  # [M, F]
         labels = self.data.train_labels.long().cpu()
         self.real = features, labels if self.class_conditional else torch.full_like(labels, -1)
         with seeded(self.seed):

@@ -9,7 +9,13 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
-from rlar.reward.classifier import LazyClassifier, classifier_features, data_groups, request_groups
+from rlar.reward.classifier import (
+    LazyClassifier,
+    classifier_features,
+    data_groups,
+    request_groups,
+    train_split_features,
+)
 
 Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
 
@@ -70,7 +76,7 @@ class LeaveOneOutFDReward(Reward):
     def data_moments(self, device) -> dict[int, Moments]:
         """The train split's moments, over all of it (-1) and, if class-conditional, per class; computed once."""
         if self.reference is None:
-            features = self.features(self.data.train_images.to(device))  # [M, F]
+            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [M, F]
             groups = data_groups(features, self.data.train_labels, self.class_conditional)
             self.reference = {g: gaussian_fit(f) for g, f in groups.items()}
         return self.reference
