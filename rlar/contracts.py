@@ -141,7 +141,8 @@ class Reward(Protocol):
     (``reward=discriminator``, ``loo_fd``'s moving averages) learns only while ``learning`` is True (evaluation scores
     with it False) and keeps what it learned in ``state_dict()``, which checkpoints save. The rewards of
     ``rlar.reward`` subclass this protocol: by default they report no metrics, are never absent, read no targets
-    and keep no state."""
+    and keep no state. ``close()`` releases what the reward holds (a remote reward's threads and HTTP client); the
+    loop calls it when the run ends."""
 
     may_be_absent: bool = False
     reads_targets: bool = False
@@ -157,6 +158,9 @@ class Reward(Protocol):
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 

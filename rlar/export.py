@@ -74,12 +74,22 @@ def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float =
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
     """Upload ``folder`` to the Hugging Face Hub model repository ``repo_id`` (created if needed; ``hf auth login``
-    first); returns the commit URL."""
+    first); returns the commit URL. With ``private``, an existing public repo is refused before any upload."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
+    if private:
+        check_private(api, repo_id)
     return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="rlar-export"))
+
+
+def check_private(api, repo_id: str) -> None:
+    """Refuses ``repo_id`` unless the Hub says it is private: ``create_repo(private=True, exist_ok=True)`` leaves
+    an existing repo's visibility as it was."""
+    if not api.repo_info(repo_id).private:
+        raise ValueError(f"--private was given, but the Hub repo {repo_id} already exists and is public: nothing was "
+                         "uploaded; make the repo private in its settings on the Hub, or push to a new repo name")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the soup's share of the runs' average: prior + weight * (average - prior); 1 (the "
                              "default) is the average itself, below 1 moves toward the prior the runs started from")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repo (user/name)")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument("--private", action="store_true",
+                        help="create the Hub repo private (an existing public one is refused)")
     args = parser.parse_args(argv)
     if len(args.paths) < 2:
         parser.error("give RUN_DIR (one or more) then OUT_DIR")

@@ -53,7 +53,11 @@ def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) 
     out = Path(output_dir or cfg.get("output_dir") or ".")
     try:
         with run_lock(out) if distributed.is_main() else contextlib.nullcontext():
-            summary = train(build_run(cfg, hw, output_dir))
+            run = build_run(cfg, hw, output_dir)
+            try:
+                summary = train(run)
+            finally:
+                run.reward.close()  # a remote reward's threads and HTTP client
     except BaseException:
         hw.teardown(clean=False)
         raise
@@ -164,6 +168,7 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
         codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
         rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
     timings["time/rollout"] = phase_time(run.device) - tic
+    sampled_tokens = rollout.sampled_tokens  # before the rows without a finite reward leave the mask
 
     meta = reward_meta(rollout, prompts, G)
     samples, rewards, components, reward_metrics = decode_and_score(
@@ -181,7 +186,7 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     step_schedule(run.scheduler, updates)
 
     metrics = iteration_metrics(global_rewards, components, {**reward_metrics, **stats, "optimizer/lr": lr},
-                                adv_stats, timings, rollout, run.device)
+                                adv_stats, timings, rollout, sampled_tokens, run.device)
     run.logger.scalars(metrics, step)
     if images is not None and images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
@@ -256,18 +261,23 @@ def update(run: Run, rollout: Rollout, adv: torch.Tensor, returns: torch.Tensor 
                          run.train_critic, returns, recompute)
 
 
+DEVIATIONS = ("policy/ratio_max_abs_dev", "policy/sampler_logprob_dev")  # maxima: the largest over ranks
+
+
 def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.Tensor], rank_stats: dict,
-                      adv_stats: dict, timings: dict[str, float], rollout: Rollout, device) -> dict[str, float]:
+                      adv_stats: dict, timings: dict[str, float], rollout: Rollout, sampled_tokens: int, device
+                      ) -> dict[str, float]:
     """The iteration's metrics: reward mean and std over the global batch's finite rewards ``[B*G]``, each reward
-    component's mean, the per-rank stats (reward service, update) averaged over ranks, the advantages' stats,
-    timings, throughput and, for parallel decoders, the mean decoding steps."""
+    component's mean, the per-rank stats (reward service, update) averaged over ranks (deviations: their largest),
+    the advantages' stats, timings, throughput (``sampled_tokens`` of the rollout) and, for parallel decoders, the
+    mean decoding steps."""
     finite = global_rewards.isfinite()
     components = distributed.gather_named_rows(components, len(rollout.tokens), device)  # {name: [B*G]}
     return {"reward/mean": float(global_rewards[finite].mean()) if finite.any() else float("nan"),
             "reward/std": float(global_rewards[finite].std()) if finite.sum() > 1 else 0.0,
             **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},
-            **distributed.mean_over_ranks(rank_stats, device), **adv_stats, **timings,
-            "perf/tokens_per_s": rollout.sampled_tokens / timings["time/rollout"],
+            **distributed.mean_over_ranks(rank_stats, device, maxima=DEVIATIONS), **adv_stats, **timings,
+            "perf/tokens_per_s": sampled_tokens / timings["time/rollout"],
             **({} if rollout.steps is None else {"rollout/steps": float(rollout.steps.float().mean())})}
 
 

@@ -98,6 +98,13 @@ def test_grpo_refuses_fewer_than_two_generations():
         GRPO(num_generations=1)
 
 
+def test_ppo_refuses_a_group_baseline_of_one_generation():
+    with pytest.raises(ValueError, match="every advantage would be 0"):
+        PPO(num_generations=1, minibatch_size=1)
+    PPO(num_generations=1, minibatch_size=1, baseline="batch")  # the batch mean is a baseline
+    PPO(num_generations=1, minibatch_size=1, value_head=True)  # GAE replaces the baseline
+
+
 def test_reinforce_is_on_policy():
     with pytest.raises(ValueError, match="on-policy"):
         Reinforce(epochs=2)
@@ -149,6 +156,15 @@ def test_grpo_drops_zero_variance_groups():
     adv, keep, stats = algo.advantages(torch.tensor([1.0, 1.0, 0.0, 2.0]), torch.zeros(4, dtype=torch.long))
     assert keep.tolist() == [False, False, True, True]
     assert stats["adv/frac_zero_std"] == 0.5
+
+
+def test_a_group_equal_but_for_a_nan_is_dropped_as_zero_variance():
+    algo = GRPO(num_generations=4, minibatch_size=4, drop_zero_std_groups=True)
+    nan = float("nan")
+    rewards = torch.tensor([nan, 0.7, 0.7, 0.7, nan, nan, nan, 0.2, 0.1, nan, 0.3, 0.3])
+    _, keep, stats = algo.advantages(rewards, torch.zeros(12, dtype=torch.long))
+    assert keep.tolist() == [False] * 8 + [True] * 4  # equal finite rewards, one finite reward, then a spread
+    assert stats["adv/frac_zero_std"] == pytest.approx(2 / 3)
 
 
 def test_reinforce_condition_baseline_by_hand():

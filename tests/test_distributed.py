@@ -38,6 +38,98 @@ def torchrun(args, cwd, nproc=2):
     return proc
 
 
+REDUCE = """
+import torch
+import torch.distributed as dist
+from rlar.runtime import distributed
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+stats = {"loss/policy": 1.0 + 2 * rank, "policy/ratio_max_abs_dev": [0.25, 0.0625][rank]}
+out = distributed.mean_over_ranks(stats, "cpu", maxima=("policy/ratio_max_abs_dev",))
+mean, std = distributed.mean_std_over_ranks(torch.tensor([[1.0, 2.0], [3.0, 4.0, 5.0]][rank]))
+if rank == 1:
+    print(sorted(out.items()), round(mean.item(), 6), round(std.item(), 6))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_and_advantages_pool_every_rank(tmp_path):
+    """PPO's value-head advantages are normalized by the moments of every rank's rows, as in one process."""
+    (tmp_path / "reduce.py").write_text(REDUCE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "reduce.py")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pooled = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)}" in (
+        proc.stdout)
+
+
+BATCH_REWARDS = """
+import sys
+import torch
+import torch.distributed as dist
+from torch import nn
+from rlar.data.batches import ImageData
+from rlar.reward.coverage import CoverageReward
+from rlar.reward.loo_fd import LeaveOneOutFDReward
+
+
+class Flatten(nn.Module):
+    def features(self, images):
+        return images.flatten(1)  # [N, 2]: the pixels are the features
+
+
+class TrainSplit(ImageData):
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.train_images, self.train_labels = torch.randn(20, 1, 1, 2, generator=g), torch.arange(20) % 2
+
+
+def rewards():
+    made = [LeaveOneOutFDReward(TrainSplit(), None, ema=0.5, class_conditional=True),
+            CoverageReward(TrainSplit(), None, bank_size=5)]
+    for reward in made:
+        reward.classifier.model = Flatten()
+    return made
+
+
+g = torch.Generator().manual_seed(1)
+batches = [torch.randn(8, 1, 1, 2, generator=g) for _ in range(2)]  # [8, 1, 1, 2] each: two global batches
+labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+rank = 0
+if sys.argv[1] == "two":
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+rows = slice(None) if sys.argv[1] == "one" else slice(4 * rank, 4 * rank + 4)
+made = rewards()
+scores = [[r(b[rows], None, {"labels": labels[rows]})[0] for b in batches] for r in made]
+torch.save({"scores": scores, "states": [r.state_dict() for r in made]}, sys.argv[2].format(rank))
+"""
+
+
+@pytest.mark.slow
+def test_batch_rewards_score_and_learn_on_two_processes_as_on_one(tmp_path):
+    """loo_fd's moving averages and coverage's bank are built from the global batch on every process (a resumed
+    run reads rank 0's), and each sample is scored against the global batch, as one process scores it."""
+    script = tmp_path / "batch_rewards.py"
+    script.write_text(BATCH_REWARDS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), "one", str(tmp_path / "one.pt")], check=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "two", str(tmp_path / "rank{}.pt")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, *ranks = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "rank0.pt", "rank1.pt"))
+    for r, per_reward in enumerate(one["scores"]):
+        for b, whole in enumerate(per_reward):
+            halves = torch.cat([ranks[0]["scores"][r][b], ranks[1]["scores"][r][b]])  # [8]: rank 0's rows first
+            torch.testing.assert_close(halves, whole)
+    for state in (ranks[0]["states"], ranks[1]["states"]):
+        torch.testing.assert_close(state, one["states"])
+
+
 def weights(path, key=None):
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state[key] if key else state

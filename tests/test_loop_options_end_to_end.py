@@ -31,6 +31,9 @@ def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
     cfg.reward = {"_target_": f"{__name__}.HalfNaNReward", "kind": "l2"}
     summary = train_rl_loop(cfg, tmp_path)
     assert tb_scalars(tmp_path, "reward/nonfinite_count") == [8.0, 8.0]  # half of 4 items x 4 generations
+    sampled = [rate * seconds for rate, seconds in zip(tb_scalars(tmp_path, "perf/tokens_per_s"),
+                                                        tb_scalars(tmp_path, "time/rollout"), strict=True)]
+    assert sampled == pytest.approx([16 * 64] * 2, rel=1e-4)  # every sampled token, scored or not
     assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "reward/mean"))
     assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
     assert summary["history"][-1]["eval/nan_count"] == 2.0  # 4 held-out items x 1 sample, half NaN
@@ -70,11 +73,16 @@ def test_rollout_modes_run_end_to_end_with_ratio_one(tiny, tmp_path, tb_scalars)
 
 
 class NaNReward(ReconstructionReward):
-    """A reward model that scores nothing."""
+    """A reward model that scores nothing; ``closed`` counts the calls of its ``close``."""
+
+    closed = 0
 
     def __call__(self, images, targets, meta=None):
         reward, parts = super().__call__(images, targets, meta)
         return torch.full_like(reward, float("nan")), parts
+
+    def close(self):
+        NaNReward.closed += 1
 
 
 def test_a_streak_of_unscored_iterations_stops_at_the_limit():
@@ -110,6 +118,8 @@ def test_a_reward_that_scores_nothing_stops_the_run(tiny, tmp_path, recwarn):
     cfg = compose_config([*tiny, "train.iterations=5", "train.max_nonfinite_iterations=2"])
     OmegaConf.set_struct(cfg, False)
     cfg.reward = {"_target_": f"{__name__}.NaNReward", "kind": "l2"}
+    closed = NaNReward.closed
     with pytest.raises(RuntimeError, match="iteration 2: no reward was finite"):
         train_rl_loop(cfg, tmp_path)
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # no update ran: nothing to warn of
+    assert NaNReward.closed == closed + 1  # the reward is closed when the run ends, also on an error

@@ -194,12 +194,12 @@ def test_teacher_forced_draws_read_each_cdf_once_and_draw_what_g_copies_would(to
 
 def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
     """Two minibatches under grad_accum=4 (a recipe for fewer processes run on more) take the step two accumulated
-    minibatches take: the mean of their gradients, not half of it."""
+    minibatches take: the mean of their gradients, not half of it; the logged gradient norm is that step's."""
     from rlar.algorithm.update import accumulation_window
 
     assert [accumulation_window(c, 10, 4) for c in range(1, 11)] == [4] * 8 + [2, 2]
     assert [accumulation_window(c, 2, 16) for c in (1, 2)] == [2, 2]
-    weights = {}
+    weights, norms = {}, {}
     for accum in (2, 4):
         torch.manual_seed(0)
         policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
@@ -211,5 +211,6 @@ def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
         stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
                               {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
         assert stats["policy/minibatches"] == 2
-        weights[accum] = policy.state_dict()
+        weights[accum], norms[accum] = policy.state_dict(), stats["policy/grad_norm"]
     assert all(torch.allclose(weights[4][k], weights[2][k], atol=1e-7) for k in weights[2])
+    assert norms[4] == pytest.approx(norms[2], rel=1e-6) and norms[2] > 0  # one step each, of the same gradient

@@ -1,5 +1,6 @@
 """Decoding and scoring in chunks (train.score_chunk_size) gives the rewards of one whole call."""
 
+import pytest
 import torch
 
 from rlar.reward.reconstruction import ReconstructionReward
@@ -47,3 +48,64 @@ def test_the_scoring_thread_starts_on_the_gpu_of_the_tokens(monkeypatch):
     same_device_as(torch.device("cuda", 3))
     same_device_as(torch.device("cpu"))
     assert chosen == [torch.device("cuda", 3)]
+
+
+class ChangingComponents(ReconstructionReward):
+    """Call i reports the components ``names[i]`` (none: a remote chunk no server scored, its rewards NaN)."""
+
+    def __init__(self, names):
+        super().__init__("l2")
+        self.names = iter(names)
+
+    def __call__(self, images, targets, meta=None):
+        names = next(self.names)
+        rewards = super().__call__(images, targets, meta)[0] if names else torch.full((len(images),), float("nan"))
+        return rewards, {name: torch.full((len(images),), float(i)) for i, name in enumerate(names)}
+
+
+@pytest.mark.parametrize("names", [[(), ("a",), ("a", "b")], [("a", "b"), ("b",), ()]],
+                         ids=["first-chunk-failed", "later-chunks-failed"])
+def test_chunks_reporting_other_components_give_nan_rows(names):
+    """Every component any chunk reports, NaN in the rows of the chunks that lack it, so a failed remote chunk
+    is NaN rows (and the run goes on) rather than a KeyError or no components at all."""
+    from rlar.reward.scoring import decode_and_score
+    from rlar.tokenizer.digits_vq import DigitsVQ
+    from rlar.tokenizer.frozen import FrozenTokenizer
+
+    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+    tokens, targets = torch.randint(0, 16, (10, 64)), torch.rand(10, 1, 32, 32) * 2 - 1  # [N, T], [N, C, H, W]
+    _, rewards, components, _ = decode_and_score(tokenizer, ChangingComponents(names), tokens, targets, {},
+                                                 chunk_size=4)
+    rows = [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert list(components) == list(dict.fromkeys(n for chunk in names for n in chunk))
+    for name, column in components.items():
+        assert column.shape == (10,)
+        for chunk, rows_of_chunk in zip(names, rows, strict=True):
+            assert column[rows_of_chunk].isnan().all() == (name not in chunk)
+    for chunk, rows_of_chunk in zip(names, rows, strict=True):
+        assert rewards[rows_of_chunk].isnan().all() == (not chunk)
+
+
+def test_remote_chunk_no_server_scored_gives_nan_rows(monkeypatch):
+    """The remote client reports no components for a call no server scored: chunked scoring NaN-fills them."""
+    from rlar.reward.remote.client import RemoteReward
+    from rlar.reward.scoring import decode_and_score
+    from rlar.tokenizer.digits_vq import DigitsVQ
+    from rlar.tokenizer.frozen import FrozenTokenizer
+
+    def score_chunk(images, targets, meta, slot):  # the second call's only chunk: no server scored it
+        n = len(images)
+        return (None, None, 0) if slot == 1 else (torch.zeros(n), {"l2": torch.ones(n)}, 0)
+
+    client = RemoteReward(["http://127.0.0.1:9"], retries=0, health_timeout_s=0.5)  # nothing listens: never called
+    monkeypatch.setattr(client, "score_chunk", score_chunk)
+    try:
+        tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+        tokens, targets = torch.randint(0, 16, (10, 64)), torch.rand(10, 1, 32, 32) * 2 - 1
+        _, rewards, components, metrics = decode_and_score(tokenizer, client, tokens, targets, {}, chunk_size=4)
+    finally:
+        client.close()
+    assert rewards[4:8].isnan().all() and (rewards[[0, 1, 2, 3, 8, 9]] == 0).all()
+    assert list(components) == ["l2"] and components["l2"][4:8].isnan().all()
+    assert (components["l2"][[0, 1, 2, 3, 8, 9]] == 1).all()
+    assert metrics["reward/remote_failed_items"] == 4.0

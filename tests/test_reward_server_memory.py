@@ -66,3 +66,26 @@ def test_requests_after_a_timeout_are_served(server):
     for _ in range(3):
         resp = httpx.post(f"http://127.0.0.1:{server}/score", content=encode_request(x, None, None), timeout=10)
         assert resp.status_code == 200 and resp.json()["scores"] == [0.0]
+
+
+def test_a_body_timeout_is_408_on_python_3_10_too(monkeypatch):
+    """On Python 3.10 ``asyncio.wait_for`` raises ``asyncio.TimeoutError``, not the builtin ``TimeoutError``: the
+    server still answers 408, not 500."""
+    import asyncio
+
+    from rlar.reward.remote import app
+    from rlar.reward.remote.wire import WireError
+
+    class AsyncioTimeoutError(Exception):
+        """Python 3.10's ``asyncio.TimeoutError``: no subclass of the builtin ``TimeoutError``."""
+
+    async def wait_for(awaitable, timeout):
+        awaitable.close()  # never awaited: the body never arrives
+        raise AsyncioTimeoutError
+
+    monkeypatch.setattr(app.asyncio, "TimeoutError", AsyncioTimeoutError)
+    monkeypatch.setattr(app.asyncio, "wait_for", wait_for)
+    service = RewardService(sum_reward, "sum", "sum", "cpu", body_timeout_s=1.0)
+    with pytest.raises(WireError, match="--body-timeout") as caught:
+        asyncio.run(service.read_body(None))
+    assert caught.value.status == 408

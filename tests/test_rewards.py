@@ -170,6 +170,15 @@ def test_mixture_weighted_sum_and_reported_components():
     assert torch.equal(components["b/double"], torch.tensor([0.0, 20.0, -8.0]))
 
 
+def test_closing_a_mixture_closes_each_component():
+    closed = []
+    parts = {name: Fixed([0.0]) for name in ("a", "b")}
+    for name, part in parts.items():
+        part.close = lambda name=name: closed.append(name)
+    WeightedReward(parts, {"a": 1.0, "b": 0.0}).close()
+    assert closed == ["a", "b"]  # a remote component's threads are released whatever its weight
+
+
 def test_mixture_normalize_z_scores_each_component():
     mix = WeightedReward({"a": Fixed([1.0, 2.0, 3.0]), "b": Fixed([5.0, 5.0, 5.0])}, {"a": 1.0, "b": 3.0},
                          normalize=True)

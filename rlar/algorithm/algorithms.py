@@ -6,6 +6,7 @@ Every algorithm also carries the regularizers the skeleton applies: KL to the fr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -104,9 +105,10 @@ class GRPO(Common):
         adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.drop_zero_std_groups:
-            r = rewards.view(-1, self.num_generations).nan_to_num(0, posinf=0, neginf=0)
-            spread = r.amax(1) - r.amin(1)
-            keep = (spread > 0).repeat_interleave(self.num_generations)
+            r = rewards.view(-1, self.num_generations)  # [groups, G]; a non-finite reward is no sample
+            finite = r.isfinite()
+            spread = r.masked_fill(~finite, -math.inf).amax(1) - r.masked_fill(~finite, math.inf).amin(1)
+            keep = (spread > 0).repeat_interleave(self.num_generations)  # all non-finite: -inf
         return adv, keep, stats
 
     def loss(self, logp, old_logp, adv, mask):
@@ -187,6 +189,10 @@ class PPO(Common):
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.baseline not in ("group", "batch"):
             raise ValueError(f"algorithm.baseline must be 'group' or 'batch' for PPO, got {self.baseline!r}")
+        if self.baseline == "group" and self.num_generations < 2 and not self.value_head:
+            raise ValueError("PPO with algorithm.baseline=group and algorithm.num_generations=1 subtracts each reward "
+                             "from itself: every advantage would be 0; set algorithm.num_generations>=2, "
+                             "algorithm.baseline=batch or algorithm.value_head=true")
         check_minibatch(self.minibatch_size, self.num_generations)
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -16,6 +16,7 @@ from rlar.algorithm.losses import aggregate
 from rlar.contracts import Algorithm, TokenPolicy
 from rlar.rollout.parallel_decoding import arpg_logprobs
 from rlar.rollout.sampling import policy_logprobs
+from rlar.runtime import distributed
 from rlar.runtime.data_parallel import gradient_sync
 
 if TYPE_CHECKING:
@@ -64,16 +65,16 @@ def update_passes(policy, rollout: Rollout, sampling: dict, autocast, size: int,
 @torch.no_grad()
 def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
                      sampling: dict, autocast=None):
-    """GAE from the critic's values at rollout time, normalized over the batch's action tokens:
-    (advantages ``[N, T]``, returns ``[N, T]``). The hidden states come from the update's pass (under its
-    ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
+    """GAE from the critic's values at rollout time, normalized over the global batch's action tokens (every
+    process's): (advantages ``[N, T]``, returns ``[N, T]``). The hidden states come from the update's pass (under
+    its ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
     values = torch.zeros_like(rollout.logprobs)  # [N, T]
     for idx, _, _, hidden in update_passes(policy, rollout, sampling, autocast, algorithm.minibatch_size, hidden=True):
         values[idx] = critic(hidden.float())[..., 0]
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
-    valid = adv[mask]
-    adv = torch.where(mask, (adv - valid.mean()) / (valid.std() + 1e-8), 0.0)
+    mean, std = distributed.mean_std_over_ranks(adv[mask])  # over the global batch, as one process would
+    adv = torch.where(mask, (adv - mean) / (std + 1e-8), 0.0)
     return adv, returns
 
 
@@ -166,7 +167,8 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None, recompute: bool = False) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
-    ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats.
+    ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats: over minibatches,
+    ``policy/grad_norm`` over optimizer steps (before clipping).
 
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
     largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
@@ -184,7 +186,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     params = [p for group in optimizer.param_groups for p in group["params"]]
     groups = len(adv) // algorithm.num_generations
     total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
-    count, first = 0, None
+    count, first, norms = 0, None, []  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
     for _ in range(algorithm.epochs):
         for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
@@ -196,14 +198,16 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
                                              critic, returns)
                 (loss / window).backward()
             if steps:
-                stats["policy/grad_norm"] = clip_and_step(params, optimizer, max_grad_norm)
+                norms.append(clip_and_step(params, optimizer, max_grad_norm))
             if first is None:
                 first = stats.get("policy/ratio_max_abs_dev")
             for key, value in stats.items():
                 sums[key] += value
     if count % algorithm.grad_accum:  # a last, partial accumulation still counts
-        clip_and_step(params, optimizer, max_grad_norm)
+        norms.append(clip_and_step(params, optimizer, max_grad_norm))
     out = {key: value / count for key, value in sums.items()}
+    if norms:
+        out["policy/grad_norm"] = sum(norms) / len(norms)
     if first is not None:
         out["policy/ratio_max_abs_dev"] = first
     out["policy/minibatches"] = float(count)

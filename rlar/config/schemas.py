@@ -58,7 +58,7 @@ class TrainSchema:
     batch_size: int = 8  # images per iteration (over all processes); each gets algorithm.num_generations samples
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 50
-    warmup_steps: int = 0  # teacher-forced cross-entropy steps on the train split before RL starts
+    warmup_steps: int = 0  # teacher-forced cross-entropy steps on the train split before RL (KL reference: the prior)
     # decode and score in chunks of this many images, the next chunk decoding while the last is scored (for slow
     # or remote rewards); batch-level reward normalization then applies per chunk. null = decode everything, then
     # score once

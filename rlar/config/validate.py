@@ -25,8 +25,9 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and the fix."""
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` naming the bad value and the fix."""
+def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
+    """Raise ``ConfigError`` naming the bad value and the fix. ``inception_eval=False``: for a command that never runs
+    ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked."""
     built = {}
     for group in ("algorithm", "hardware"):  # cheap objects whose constructors check their values
         try:
@@ -59,7 +60,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
     check_text_conditioning(cfg)
-    check_inception_eval(cfg)
+    if inception_eval:
+        check_inception_eval(cfg)
     check_optimized_metric(cfg)
     check_data_without_images(cfg)
     check_sizes(cfg)
@@ -284,6 +286,10 @@ def check_parallel_decoding(cfg: DictConfig) -> None:
         return
     if r.mode == "schedule":
         check_learned_schedule(cfg)
+    if r.mode == "parallel" and cfg.algorithm.get("value_head"):
+        raise ConfigError("algorithm.value_head=true runs GAE over raster positions, and policy=arpg decodes them in "
+                          "a random order, several per step, so its returns would follow pixel position, not "
+                          "decoding time; set algorithm.value_head=false (PPO's batch-normalized advantages)")
     if r.num_iter < 1:
         raise ConfigError(f"rollout.num_iter must be >= 1, got {r.num_iter}")
     if r.schedule not in SCHEDULES:

@@ -22,17 +22,18 @@ from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, write_judgement
-from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
+from rlar.eval.run_models import build_models, checkpoint_tag, is_run_dir, judged_weights, reads_run_weights, run_config
 from rlar.rollout.sampling import cfg_scales
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
-       rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S]
+       rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
        rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train] [--max-images M]
 
 RUN_DIR (a run's output directory): its recorded config (.hydra/config.yaml) and its fine-tuned policy
 (checkpoints/last.pt); key=value overrides apply to that config (policy.checkpoint=PATH evaluates that checkpoint
 instead). Without RUN_DIR the overrides compose a config as `python -m rlar.run` does (policy.checkpoint=...,
 tokenizer=..., data=...)."""
+NUM_SAMPLES = 1000  # --num-samples by default
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,20 +42,26 @@ def parser() -> argparse.ArgumentParser:
                                             "and score them with Inception FID, IS, precision and recall "
                                             "(docs/evaluation.md).")
     p.add_argument("args", nargs="*", help="[RUN_DIR] then key=value config overrides")
-    p.add_argument("--num-samples", type=int, default=1000, help="images to sample, class-balanced (default 1000)")
+    p.add_argument("--num-samples", type=int, help=f"images to sample, class-balanced (default {NUM_SAMPLES}; not "
+                                                  "with --judge: it samples eval.samples_per_item per held-out item)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's rollout's)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's rollout's)")
-    p.add_argument("--batch-size", type=int, help="sampling and Inception batch size (default: eval.batch_size)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: eval.seed)")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/eval/<settings>, else outputs/eval/<settings>)")
+    p.add_argument("--batch-size", type=int, help="sampling and Inception batch size, as eval.batch_size (default: "
+                                                  "eval.batch_size; with --judge held-out items per batch)")
+    p.add_argument("--seed", type=int, help="sampling seed, as eval.seed (default: eval.seed; with --judge the first "
+                                            "eval seed)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval/<settings>, else outputs/eval/<settings>; "
+                                 "with policy.checkpoint=PATH in <stem>-<hash of PATH>/ there)")
     p.add_argument("--reference", help="reference images: an .npz (arr_0 uint8 [N, H, W, 3]) or an image folder "
-                                       "(default: the data's held-out split)")
-    p.add_argument("--inception-weights", help=f"the Inception weights file (default: <cache_dir>/inception/"
+                                       "(default: the data's held-out split; not with --judge, which compares with "
+                                       "the held-out split)")
+    p.add_argument("--inception-weights", help=f"the Inception weights file, as eval.inception.weights (default: "
+                                               f"eval.inception.weights, else <cache_dir>/inception/"
                                                f"{default_weights_path().name})")
     p.add_argument("--judge", type=int, metavar="N",
                    help="instead of Inception metrics: the embedded judge's eval/fd, class_acc, precision, recall, "
-                        "density, coverage, diversity and memorization under N eval seeds (eval.seed, "
-                        "eval.seed+1, ...), mean ± std, to judge.json")
+                        "density, coverage, diversity and memorization under N eval seeds (--seed or eval.seed, "
+                        "then +1, ...), mean ± std, to judge.json; needs no Inception weights")
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
@@ -71,22 +78,23 @@ def run_command(argv: list[str]) -> dict:
     """Run ``rlar-eval argv``; returns the metrics written to ``metrics.json`` (``{}`` for ``--make-reference``
     and ``--samples-only``), or with ``--judge`` the record written to ``judge.json``."""
     opts = parser().parse_intermixed_args(argv)
+    if opts.judge is not None:
+        check_judge_options(opts)
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
     overrides = opts.args[1:] if run_dir else opts.args
     try:
         cfg = run_config(run_dir, overrides)
-        check_config(cfg)
+        apply_options(cfg, opts)
+        check_config(cfg, inception_eval=False)  # eval.inception is the training's; the options say what is read
     except (ConfigError, ValueError) as e:
         sys.exit(f"config error: {e}")
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}
-    weights = Path(opts.inception_weights or default_weights_path(cfg.cache_dir)).expanduser()
+    weights = Path(cfg.eval.inception.weights or default_weights_path(cfg.cache_dir)).expanduser()
     if opts.judge is not None:  # before any model is built
-        if opts.judge < 1:
-            sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
         try:
             check_judgeable(cfg)
         except ValueError as e:
@@ -96,23 +104,53 @@ def run_command(argv: list[str]) -> dict:
     hw = instantiate(cfg.hardware)
     hw.setup()
     try:
-        run_dir = reads_run_weights(run_dir, overrides)
+        judged = judged_weights(cfg, reads_run_weights(run_dir, overrides))
         if opts.judge is not None:
-            return judge_and_write(cfg, opts, hw, run_dir)
-        return sample_and_score(cfg, opts, hw, run_dir, weights)
+            return judge_and_write(cfg, opts, hw, judged, eval_dir(run_dir, judged))
+        return sample_and_score(cfg, opts, hw, judged, eval_dir(run_dir, judged), weights)
     finally:
         hw.teardown()
 
 
-def judge_and_write(cfg, opts, hw, run_dir) -> dict:
-    """``--judge N``: the judge's metrics of the policy under N eval seeds, written to ``judge.json``."""
-    data, tokenizer, policy = build_models(cfg, hw.torch_device, run_dir)
+def check_judge_options(opts: argparse.Namespace) -> None:
+    """Refuse (exit) what ``--judge`` cannot honour: fewer than 1 seed, and the options of the Inception metrics."""
+    if opts.judge < 1:
+        sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
+    if opts.num_samples is not None:
+        sys.exit(f"--num-samples {opts.num_samples} does not apply to --judge, which samples eval.samples_per_item "
+                 "images per held-out item: drop it, or set eval.samples_per_item=K")
+    if opts.reference is not None:
+        sys.exit(f"--reference {opts.reference} does not apply to --judge, which compares with the data's held-out "
+                 "split: drop it, or leave out --judge for Inception metrics against it")
+
+
+def apply_options(cfg, opts: argparse.Namespace) -> None:
+    """``--seed``, ``--batch-size`` and ``--inception-weights``, where given, as ``cfg.eval.seed``,
+    ``cfg.eval.batch_size`` and ``cfg.eval.inception.weights`` (what the samples and ``--judge`` read)."""
+    for key, value in (("seed", opts.seed), ("batch_size", opts.batch_size)):
+        if value is not None:
+            cfg.eval[key] = value
+    if opts.inception_weights:
+        cfg.eval.inception.weights = opts.inception_weights
+
+
+def eval_dir(run_dir: str | None, judged: dict) -> Path:
+    """The default folder of the outputs' folders: ``RUN_DIR/eval``, else ``outputs/eval``; for weights from
+    ``policy.checkpoint`` (``judged``: :func:`judged_weights`), its own :func:`checkpoint_tag` folder in it."""
+    base = Path(run_dir or "outputs") / "eval"
+    return base / checkpoint_tag(judged["checkpoint"]) if judged["checkpoint"] else base
+
+
+def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
+    """``--judge N``: the judge's metrics of the policy (``judged``: :func:`judged_weights`) under N eval seeds,
+    written to ``judge.json`` (in ``--out``, else a folder of the settings in ``base``)."""
+    data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
     metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
-    settings = {"run": str(run_dir) if run_dir else None, "cfg_scale": scale, "temperature": temperature,
-                "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item}
-    out = Path(opts.out or judgement_dir(Path(run_dir or "outputs") / "eval", scale, temperature, seeds))
+    settings = {**judged, "cfg_scale": scale, "temperature": temperature, "seeds": seeds,
+                "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
+    out = Path(opts.out or judgement_dir(base, scale, temperature, seeds))
     write_judgement(out, metrics, settings)
     return {"metrics": metrics, **settings}
 
@@ -143,16 +181,17 @@ def split_images(data: ImageData, split: str, max_images: int | None) -> np.ndar
     return np.concatenate([to_uint8_hwc(x) for x in data.train_batches(chunks(count, DECODE_BATCH))])
 
 
-def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
-    """Sample, write ``samples.npz`` and ``samples.png``, and (unless ``--samples-only``) ``metrics.json``."""
+def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> dict:
+    """Sample the policy (``judged``: :func:`judged_weights`), write ``samples.npz`` and ``samples.png``, and (unless
+    ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base``."""
     device = hw.torch_device
-    data, tokenizer, policy = build_models(cfg, device, run_dir)
+    data, tokenizer, policy = build_models(cfg, device, judged["run"])
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
-    seed = cfg.eval.seed if opts.seed is None else opts.seed
-    batch_size = opts.batch_size or cfg.eval.batch_size
-    settings = f"n{opts.num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
-    out = Path(opts.out or Path(run_dir or "outputs") / "eval" / settings)
-    labels = class_balanced_labels(opts.num_samples, data.num_classes)  # [N]
+    seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
+    num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
+    settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
+    out = Path(opts.out or base / settings)
+    labels = class_balanced_labels(num_samples, data.num_classes)  # [N]
     images = generate_images(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
                              device, hw.autocast)
     samples = to_uint8_hwc(images)  # [N, H, W, 3]
@@ -166,7 +205,7 @@ def sample_and_score(cfg, opts, hw, run_dir, weights: Path) -> dict:
     features = InceptionFeatures(weights, device, batch_size)
     pool, logits = features(samples)
     metrics = inception_metrics(pool, logits, features(reference)[0])
-    record = {**metrics, "num_samples": len(samples), "num_reference": len(reference),
+    record = {**metrics, **judged, "num_samples": len(samples), "num_reference": len(reference),
               "reference": opts.reference or f"held-out split of data ({cfg.data._target_})", "cfg_scale": scale,
               "temperature": temperature, "seed": seed, "inception_weights": str(weights)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))

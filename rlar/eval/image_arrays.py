@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from rlar.data.decode import to_8bit
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -39,7 +41,7 @@ def check_layout(images: np.ndarray, what: str) -> None:
 
 def read_images(path: str | os.PathLike) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` from an ``.npz`` (its ``arr_0``) or from every image under a folder (sorted, any depth,
-    converted to RGB; all of one size)."""
+    converted to RGB, 16-bit grayscale scaled to 8 bits; all of one size)."""
     path = Path(path).expanduser()
     if path.is_dir():
         return read_folder(path)
@@ -61,7 +63,7 @@ def read_folder(root: Path) -> np.ndarray:
     images = []
     for file in files:
         with Image.open(file) as image:
-            images.append(np.asarray(image.convert("RGB")))
+            images.append(np.asarray(to_8bit(image).convert("RGB")))  # [H, W, 3]
     sizes = {image.shape for image in images}
     if len(sizes) > 1:
         raise ValueError(f"the images under '{root}' have {len(sizes)} sizes ({sorted(sizes)[:3]} ...); resize and "

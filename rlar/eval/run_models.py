@@ -3,6 +3,7 @@ composed from overrides, for evaluation outside the training loop."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -59,3 +60,17 @@ def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):
 def reads_run_weights(run_dir: str | Path | None, overrides: list[str]) -> str | Path | None:
     """The run dir whose fine-tuned weights are loaded: none when ``policy.checkpoint=...`` is overridden."""
     return None if any(o.startswith("policy.checkpoint=") for o in overrides) else run_dir
+
+
+def judged_weights(cfg: DictConfig, run_dir: str | Path | None) -> dict:
+    """``{"run", "checkpoint"}``, absolute paths, to record beside the metrics: the run dir whose weights are
+    evaluated (:func:`reads_run_weights`), else ``policy.checkpoint`` (both None: the prior the config builds)."""
+    checkpoint = cfg.policy.get("checkpoint") if run_dir is None else None
+    return {"run": None if run_dir is None else str(Path(run_dir).expanduser().resolve()),
+            "checkpoint": str(Path(checkpoint).expanduser().resolve()) if checkpoint else None}
+
+
+def checkpoint_tag(checkpoint: str) -> str:
+    """``<stem>-<8 hex digits>``: a folder name of a checkpoint, its stem and a hash of its absolute path, so that two
+    checkpoints of one name (``.../a/last.pt``, ``.../b/last.pt``) get two folders."""
+    return f"{Path(checkpoint).stem}-{hashlib.sha256(checkpoint.encode()).hexdigest()[:8]}"

@@ -18,6 +18,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.scorer import train_features
+from rlar.runtime import distributed
 
 
 class LazyClassifier:
@@ -49,6 +50,19 @@ def train_split_features(classifier: LazyClassifier, data: ImageData, device, ch
     """``[M, F]`` on the CPU: the reward classifier's features of ``data``'s whole train split, ``chunk_size`` images
     per forward pass on ``device`` (data on disk is decoded a chunk at a time, never held whole)."""
     return train_features(classifier.get(device), data, device, chunk_size)
+
+
+def batch_rows(features: torch.Tensor, groups: torch.Tensor, learning: bool, device
+               ) -> tuple[torch.Tensor, torch.Tensor, slice]:
+    """What a reward that scores samples against their batch (``loo_fd``, ``coverage``) scores: while it learns (in
+    training, where every process scores as many rows), every process's ``features [N, F]`` and ``groups [N]``
+    gathered, and this process's rows among them, so that its scores and the state it keeps are one process's;
+    else (an evaluation, one process) its own rows."""
+    if not learning or not distributed.is_distributed():
+        return features, groups, slice(None)
+    gathered = [distributed.gather_rows(x.to(device)).cpu() for x in (features, groups)]  # [world * N, ...]
+    start = distributed.rank() * len(features)
+    return gathered[0], gathered[1], slice(start, start + len(features))
 
 
 def request_groups(count: int, meta: dict | None, class_conditional: bool, reward: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.manifold import knn_radii
 from rlar.reward.classifier import (
     LazyClassifier,
+    batch_rows,
     classifier_features,
     data_groups,
     request_groups,
@@ -106,14 +107,15 @@ class CoverageReward(Reward):
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
         groups = request_groups(len(images), meta, self.class_conditional, self.name)  # [N]
         manifold, features = self.data_manifold(images.device), self.features(images)  # [N, F]
-        reward = torch.empty(len(images), dtype=torch.float64)
+        features, groups, mine = batch_rows(features, groups, self.learning, images.device)  # training: [world*N]
+        reward = torch.empty(len(features), dtype=torch.float64)
         for g in groups.unique().tolist():
             rows = groups == g
             bank = self.bank.get(g, features.new_zeros(0, features.shape[1]))  # [B, F]
             reward[rows] = self.shares(features[rows], bank, *manifold[g])
             if self.learning and self.bank_size:  # the newest samples join the bank, the oldest leave it
                 self.bank[g] = torch.cat([bank, features[rows]])[-self.bank_size:]
-        reward = reward.float().to(images.device)
+        reward = reward[mine].float().to(images.device)
         return reward, {self.name: reward}
 
     def shares(self, samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, radii: torch.Tensor

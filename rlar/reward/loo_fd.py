@@ -11,6 +11,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.reward.classifier import (
     LazyClassifier,
+    batch_rows,
     classifier_features,
     data_groups,
     request_groups,
@@ -85,11 +86,12 @@ class LeaveOneOutFDReward(Reward):
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
         groups = request_groups(len(images), meta, self.class_conditional, "loo_fd")  # [N]
         reference, features = self.data_moments(images.device), self.features(images)  # [N, F]
-        reward = torch.full((len(images),), float("nan"), dtype=torch.float64)
+        features, groups, mine = batch_rows(features, groups, self.learning, images.device)  # training: [world*N]
+        reward = torch.full((len(features),), float("nan"), dtype=torch.float64)
         for g in groups.unique().tolist():
             rows = groups == g
             reward[rows] = leave_one_out_fd(features[rows], reference[g], self.history.get(g), self.ema)
             if self.learning and rows.sum() >= 2:  # the average moves to the moments just scored with
                 self.history[g] = mix(gaussian_fit(features[rows]), self.history.get(g), self.ema)
-        reward = reward.float().to(images.device)
+        reward = reward[mine].float().to(images.device)
         return reward, {"loo_fd": reward}

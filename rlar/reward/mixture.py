@@ -63,6 +63,10 @@ class WeightedReward(Reward):
         for name, component in self.components.items():
             component.load_state_dict(state.get(name, {}))
 
+    def close(self) -> None:
+        for component in self.components.values():
+            component.close()
+
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
         total = torch.zeros(images.shape[0], device=images.device)  # [N]
         # [N]: scored by some weighted component (all True when none is weighted: the total is then 0)

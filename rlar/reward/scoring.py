@@ -48,10 +48,22 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
             results = [future.result() for _, future in chunks]
         samples = torch.cat([images for images, _ in chunks])
         rewards = torch.cat([r for r, _ in results])
-        components = {k: torch.cat([c[k] for _, c in results]) for k in results[0][1]}
+        components = concat_components([c for _, c in results], [len(images) for images, _ in chunks])
     metrics = reward_fn.metrics()
     metrics.update({"time/decode": decoded - tic, "time/reward": phase_time(tokens.device) - decoded})
     return samples, rewards, components, metrics
+
+
+def concat_components(parts: list[dict[str, torch.Tensor]], sizes: list[int]) -> dict[str, torch.Tensor]:
+    """``{component: [N]}`` of the chunks' ``{component: [n_i]}`` (``n_i = sizes[i]``): every name any chunk reports,
+    in first-seen order, NaN in the rows of a chunk without it (a remote chunk no server scored reports none)."""
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    out = {}
+    for name in names:
+        like = next(part[name] for part in parts if name in part)  # [n_i]: dtype and device of the NaN rows
+        out[name] = torch.cat([part.get(name, like.new_full((size,), float("nan")))
+                               for part, size in zip(parts, sizes, strict=True)])
+    return out
 
 
 def same_device_as(device: torch.device) -> None:

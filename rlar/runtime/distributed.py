@@ -103,14 +103,33 @@ def any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-def mean_over_ranks(stats: dict[str, float], device) -> dict[str, float]:
-    """The mean of each value over ranks (every rank passes the same keys)."""
+def mean_std_over_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and the (unbiased) std of ``values [n]`` pooled over every rank's rows; outside torchrun, this
+    rank's."""
+    if not is_distributed():
+        return values.mean(), values.std()
+    v = values.double()
+    moments = torch.stack([v.new_tensor(float(v.numel())), v.sum(), v.square().sum()])  # [3]
+    dist.all_reduce(moments)
+    n, total, squares = moments
+    mean = total / n
+    var = (squares - n * mean**2) / (n - 1)
+    return mean.to(values.dtype), var.clamp_min(0).sqrt().to(values.dtype)
+
+
+def mean_over_ranks(stats: dict[str, float], device, maxima: tuple[str, ...] = ()) -> dict[str, float]:
+    """The mean of each value over ranks, the largest for the keys in ``maxima`` (a deviation's maximum is the
+    largest on any rank); every rank passes the same keys."""
     if not is_distributed() or not stats:
         return stats
-    keys = sorted(stats)
-    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return dict(zip(keys, (values / world_size()).tolist(), strict=True))
+    out = {}
+    for op, keys in ((dist.ReduceOp.SUM, sorted(k for k in stats if k not in maxima)),
+                     (dist.ReduceOp.MAX, sorted(k for k in stats if k in maxima))):
+        if keys:
+            values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
+            dist.all_reduce(values, op=op)
+            out.update(zip(keys, (values / (world_size() if op == dist.ReduceOp.SUM else 1)).tolist(), strict=True))
+    return out
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from rlar.loop import DEVIATIONS
 from rlar.policy.llamagen import LlamaGen
 from rlar.runtime.hardware import Hardware
 from rlar.studies import rehearsal
@@ -37,7 +38,7 @@ CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-
 RUN_TIMEOUT_S = 150
 # the largest over a run's iterations: the first ratio's distance from 1 (bf16 recomputes the old log-probs: 0), and
 # the bf16 sampler's log-probs against the update's pass
-RATIO_TAGS = ("policy/ratio_max_abs_dev", "policy/sampler_logprob_dev")
+RATIO_TAGS = DEVIATIONS
 
 
 def has_compile_decode() -> bool:

@@ -57,7 +57,7 @@ class RewardService:
         """The request body; ``WireError(408)`` when it is not all received within ``body_timeout_s``."""
         try:
             return await asyncio.wait_for(self.read_limited(request), self.body_timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11, two on 3.10
             raise WireError(408, f"request body not received within {self.body_timeout_s:g} s of this server's "
                                  "--body-timeout") from None
 

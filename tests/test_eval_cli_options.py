@@ -1,0 +1,147 @@
+"""``rlar-eval``'s options and outputs without sampling a real policy: which weights are recorded and where their
+outputs go, what ``--judge`` reads of the other options, a run whose recorded Inception files moved, 16-bit
+reference folders, and precision / recall in bounded memory. The policy, the sampler, the judge and the Inception
+network are stand-ins."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch_fidelity.metric_prc as metric_prc
+from omegaconf import OmegaConf
+from PIL import Image
+
+from rlar.config.store import compose_config
+from rlar.eval import cli
+from rlar.eval.image_arrays import read_images
+from rlar.eval.inception_metrics import inception_metrics
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path):
+    """Stand-ins for the models, the sampler, the judge and the Inception network, in ``tmp_path`` as the working
+    folder; returns the calls of the judge (``judge_over_seeds``'s config and seeds)."""
+    monkeypatch.chdir(tmp_path)
+    for checkpoint in ("a/last.pt", "b/last.pt", "other.pt"):  # policy.checkpoint must exist; the stand-in reads none
+        Path(checkpoint).parent.mkdir(exist_ok=True)
+        Path(checkpoint).write_bytes(b"")
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [24, 1, 8, 8]
+    data = SimpleNamespace(num_classes=10, eval_images=images)
+    monkeypatch.setattr(cli, "build_models", lambda cfg, device, run_dir: (data, None, SimpleNamespace(block_size=4)))
+    monkeypatch.setattr(cli, "generate_images", lambda policy, tokenizer, labels, *rest: torch.rand(
+        len(labels), 1, 8, 8) * 2 - 1)  # [N, 1, 8, 8]
+    monkeypatch.setattr(cli, "InceptionFeatures", lambda *args: lambda x: (torch.rand(len(x), 6),  # pool [n, 6]
+                                                                             torch.rand(len(x), 10)))  # logits
+    calls = []
+
+    def judge(cfg, data, tokenizer, policy, sampling, seeds, device, autocast):
+        calls.append((cfg, seeds))
+        return {"eval/fd": {"mean": 1.0, "std": 0.0, "values": [1.0] * len(seeds)}}
+
+    monkeypatch.setattr(cli, "judge_over_seeds", judge)
+    return calls
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    """A file where the Inception weights are expected (the stand-in network reads nothing)."""
+    path = tmp_path / "inception.pth"
+    path.write_bytes(b"")
+    return str(path)
+
+
+def recorded_run(run: Path, overrides: list[str]) -> Path:
+    """A run dir ``run`` whose recorded config is the one ``overrides`` compose (it saved no weights)."""
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(overrides), run / ".hydra" / "config.yaml")
+    return run
+
+
+@pytest.fixture
+def moved_run(tmp_path):
+    """A run dir recorded with eval.inception on, whose weights file and reference are gone."""
+    return recorded_run(tmp_path / "run", ["eval.inception.enabled=true",
+                                           f"eval.inception.weights={tmp_path}/gone/inception.pth",
+                                           f"eval.inception.reference={tmp_path}/gone/ref.npz"])
+
+
+def only(pattern: str) -> Path:
+    (path,) = Path().glob(pattern)
+    return path
+
+
+def test_two_checkpoints_at_the_same_settings_are_recorded_in_folders_of_their_own(stand_ins, weights_file):
+    for name in ("a", "b"):
+        cli.run_command([f"policy.checkpoint={name}/last.pt", "--judge", "1"])
+        cli.run_command([f"policy.checkpoint={name}/last.pt", "--num-samples", "12",
+                         "--inception-weights", weights_file])
+    judged = sorted(Path("outputs/eval").glob("*/judge-*/judge.json"))
+    scored = sorted(Path("outputs/eval").glob("*/n12-*/metrics.json"))
+    assert len(judged) == len(scored) == 2 and judged[0].parent.parent != judged[1].parent.parent
+    checkpoints = {str(Path.cwd() / name / "last.pt") for name in "ab"}  # recorded as absolute paths
+    for paths in (judged, scored):
+        records = [json.loads(path.read_text()) for path in paths]
+        assert {r["checkpoint"] for r in records} == checkpoints and all(r["run"] is None for r in records)
+        assert all(path.parent.parent.name.startswith("last-") for path in paths)  # <stem>-<hash>/
+
+
+def test_a_run_dir_keeps_its_outputs_and_records_itself(stand_ins, tmp_path):
+    run = recorded_run(tmp_path / "run", [])
+    record = cli.run_command([str(run), "--judge", "1"])
+    assert record["run"] == str(run.resolve()) and record["checkpoint"] is None
+    assert only("run/eval/judge-*/judge.json")
+    cli.run_command([str(run), "policy.checkpoint=other.pt", "--judge", "1"])
+    record = json.loads(only("run/eval/other-*/judge-*/judge.json").read_text())
+    assert record["run"] is None and record["checkpoint"] == str(Path.cwd() / "other.pt")
+
+
+def test_a_run_whose_inception_files_moved_is_still_evaluated(stand_ins, moved_run, weights_file):
+    assert cli.run_command([str(moved_run), "--judge", "1"])["metrics"]  # the judge reads no Inception weights
+    record = cli.run_command([str(moved_run), "--num-samples", "12", "--inception-weights", weights_file])
+    assert record["inception_weights"] == weights_file and record["num_reference"] == 24
+    with pytest.raises(SystemExit, match=f"Inception weights not found at '{moved_run.parent}/gone/inception.pth'"):
+        cli.run_command([str(moved_run), "--num-samples", "12"])  # the run's own weights, then none
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-samples", "500"], r"--num-samples 500 does not apply to --judge.*eval.samples_per_item=K"),
+    (["--reference", "ref.npz"], r"--reference ref.npz does not apply to --judge.*held-out split"),
+])
+def test_judge_refuses_the_options_of_the_inception_metrics(args, message, monkeypatch):
+    monkeypatch.setattr(cli, "run_config", None)  # refused before any config is read
+    with pytest.raises(SystemExit, match=message):
+        cli.run_command(["--judge", "2", *args])
+
+
+def test_judge_starts_at_the_seed_and_samples_at_the_batch_size_given(stand_ins):
+    record = cli.run_command(["--judge", "2", "--seed", "7", "--batch-size", "3"])
+    ((cfg, seeds),) = stand_ins
+    assert seeds == record["seeds"] == [7, 8] and cfg.eval.batch_size == record["batch_size"] == 3
+    assert only("outputs/eval/judge-*-seeds7-8/judge.json")
+
+
+def test_a_16_bit_grayscale_reference_keeps_its_grey_levels(tmp_path):
+    ramp = np.linspace(0, 65535, 64).round().astype(np.uint16)[None].repeat(4, 0)  # [4, 64] uint16
+    (tmp_path / "refs").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "refs" / "ramp.png")  # a 16-bit grayscale PNG
+    images = read_images(tmp_path / "refs")  # [1, 4, 64, 3]
+    assert images.dtype == np.uint8 and images.shape == (1, 4, 64, 3)
+    assert (images == (ramp / 257).round().astype(np.uint8)[None, ..., None]).all()
+
+
+def test_precision_recall_in_blocks_match_the_full_matrices_without_building_them(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(1100, 6, generator=g)  # [N, 6]: more rows than one block, PRC_BATCH
+    reference = torch.randn(1050, 6, generator=g) + 0.5  # [M, 6]
+    full = metric_prc.calculate_precision_recall_full(samples, reference, 3)
+
+    def refuse(*args):
+        raise AssertionError("the full N x N, M x M and M x N distance matrices were built")
+
+    monkeypatch.setattr(metric_prc, "calculate_precision_recall_full", refuse)
+    metrics = inception_metrics(samples, torch.randn(1100, 10, generator=g), reference)
+    assert 0 < full[0] < 1 and 0 < full[1] < 1
+    assert (metrics["precision"], metrics["recall"]) == full
