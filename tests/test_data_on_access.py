@@ -86,11 +86,16 @@ def test_batches_come_in_the_in_memory_order(sources, digits, kind, num_workers)
     assert torch.equal(data.train_images, train_images)
 
 
-def test_nothing_is_decoded_before_a_batch_asks(sources, monkeypatch):
-    decoded = []
-    load_image = rlar.data.on_access.load_image
-    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
+@pytest.fixture
+def decoded(monkeypatch) -> list:
+    """The sources of the images decoded from now on, in order."""
+    sources, load_image = [], rlar.data.on_access.load_image
+    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: sources.append(source) or
                         load_image(source, *a))
+    return sources
+
+
+def test_nothing_is_decoded_before_a_batch_asks(sources, decoded):
     _, kwargs, _ = sources["image_folder"]
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     assert decoded == []  # the construction decoded the eval split only
@@ -98,11 +103,7 @@ def test_nothing_is_decoded_before_a_batch_asks(sources, monkeypatch):
     assert len(decoded) == 8
 
 
-def test_a_process_decodes_only_its_share_of_each_batch(sources, monkeypatch):
-    decoded = []
-    load_image = rlar.data.on_access.load_image
-    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
-                        load_image(source, *a))
+def test_a_process_decodes_only_its_share_of_each_batch(sources, decoded):
     _, kwargs, _ = sources["image_folder"]
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     whole_images, whole_labels, whole_idx = next(data.batches(8, torch.Generator().manual_seed(0)))
@@ -113,14 +114,11 @@ def test_a_process_decodes_only_its_share_of_each_batch(sources, monkeypatch):
     assert torch.equal(labels, whole_labels) and torch.equal(idx, whole_idx)  # labels and indices stay whole
 
 
-def test_the_first_train_images_of_a_reference_are_the_only_ones_decoded(sources, monkeypatch):
-    decoded = []
-    load_image = rlar.data.on_access.load_image
+def test_the_first_train_images_of_a_reference_are_the_only_ones_decoded(sources, decoded):
     _, kwargs, _ = sources["image_folder"]
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     whole = to_uint8_hwc(data.train_images)  # [N, 32, 32, 3]
-    monkeypatch.setattr(rlar.data.on_access, "load_image", lambda source, *a: decoded.append(source) or
-                        load_image(source, *a))
+    decoded.clear()
     assert np.array_equal(split_images(data, "train", 5), whole[:5]) and len(decoded) == 5
     assert np.array_equal(split_images(data, "train", None), whole)
     assert np.array_equal(split_images(data, "eval", 3), to_uint8_hwc(data.eval_images[:3]))
