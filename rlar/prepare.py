@@ -1,4 +1,4 @@
-"""``python -m rlar.prepare [overrides]``: train (or find) the cached tokenizer and prior, without RL."""
+"""``python -m rlar.prepare [overrides]``: train (or find) the cached tokenizer, prior and judge, without RL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.config.store import CONF_DIR, register_schemas
+from rlar.eval.model.build import build_eval_classifier
 from rlar.text.build import build_text_encoder
 
 register_schemas()
@@ -20,6 +21,9 @@ def main(cfg: DictConfig) -> None:
     psnr = tokenizer.metrics.get("psnr_db")
     print(f"tokenizer: {tokenizer.source}" + (f" (held-out PSNR {psnr:.2f} dB)" if psnr is not None else ""))
     print("prior: cached beside it; `python -m rlar.run` with the same settings starts from it")
+    if cfg.eval.classifier:  # the judge of eval/fd and the other eval/* metrics
+        judge = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)
+        print(f"judge: {judge.source} (held-out accuracy {judge.metrics['eval_accuracy']:.4f})")
 
 
 if __name__ == "__main__":

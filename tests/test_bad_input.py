@@ -17,6 +17,7 @@ from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
 from rlar.data.decode import load_image
 from rlar.eval import cli
+from rlar.policy.prior import cached_prior
 from rlar.runtime.cache import load_checkpoint
 
 
@@ -27,7 +28,8 @@ from rlar.runtime.cache import load_checkpoint
     (["algorithm.epochs=0"], r"algorithm.epochs must be >= 1 .*got 0"),
     (["eval.max_items=-1"], r"eval.max_items must be >= 0 .*got -1"),
     (["eval.batch_size=0"], r"eval.batch_size must be >= 1, got 0"),
-    (["rollout.mode=prefix", "rollout.prefix_len=65"], r"prefix_len=65 is more than the 64 tokens per image"),
+    (["rollout.mode=prefix", "rollout.prefix_len=65"], r"prefix_len=65 leaves none of the 64 tokens per image"),
+    (["rollout.mode=prefix", "rollout.prefix_len=64"], r"prefix_len=64 leaves none of the 64 tokens per image"),
     (["data=image_folder", "data.root=/x", "data.channels=1", "tokenizer=llamagen_vq16", "tokenizer.checkpoint=/x"],
      r"data.channels=1 but the tokenizer reads 3-channel images; set data.channels=3"),
 ])
@@ -55,7 +57,12 @@ def test_an_objective_the_run_measures_passes(overrides):
 
 
 def test_a_prefix_within_the_tokens_passes():
-    check_config(compose_config(["rollout.mode=prefix", "rollout.prefix_len=64"]))  # digits: 32 px / 4 -> 8x8
+    check_config(compose_config(["rollout.mode=prefix", "rollout.prefix_len=63"]))  # digits: 8x8, one token sampled
+
+
+def test_a_prior_of_no_pretraining_steps_is_refused_before_the_split_is_encoded():
+    with pytest.raises(ValueError, match=r"policy.pretrain.steps must be >= 1 .* got 0; or give policy.checkpoint"):
+        cached_prior(None, "gpt_prior", {}, None, None, {"steps": 0}, None)  # nothing else is read first
 
 
 def test_a_batch_larger_than_the_train_split_is_refused():

@@ -64,6 +64,8 @@ def test_tokenizer():
     assert tokenizer.source is None and tokenizer.metrics == {}  # an untrained tokenizer: nothing known
     codes = tokenizer.encode_indices(torch.zeros(2, 1, 32, 32))
     assert codes.shape == (2, 64) and tokenizer.decode_code(codes).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"images of \(48, 48\) px give 144 codes.*read 64.*data\.image_size"):
+        tokenizer.encode_indices(torch.zeros(2, 1, 48, 48))  # another resolution: another grid than the policy's
 
 
 def test_rewards_report_no_metrics_by_default():

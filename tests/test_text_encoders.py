@@ -76,8 +76,10 @@ def test_memory_keeps_the_most_recent_captions(tiny_t5):
 
 
 def test_hf_encoder_errors_name_the_fix(tiny_clip_text, tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloaded at run time"):
+    with pytest.raises(FileNotFoundError, match="never downloaded at run time.*download google/flan-t5-xl"):
         T5TextEncoder(str(tmp_path / "nope"), max_length=8)
+    with pytest.raises(FileNotFoundError, match="no CLIPTextModel there.*download openai/clip-vit-large-patch14"):
+        CLIPTextEncoder(str(tmp_path / "nope"), max_length=8)
     with pytest.raises(ValueError, match=r"max_length=20 is more than the 12 positions"):
         CLIPTextEncoder(str(tiny_clip_text[0]), max_length=20)
     with pytest.raises(ValueError, match="text_encoder.dtype='fp8'"):

@@ -21,6 +21,8 @@ OLD_LOGPROBS = ("auto", "sampler", "recompute")
 
 
 def check_minibatch(minibatch_size: int, num_generations: int) -> None:
+    if minibatch_size < 1:
+        raise ValueError(f"algorithm.minibatch_size must be >= 1 (sequences per minibatch), got {minibatch_size}")
     if minibatch_size % num_generations:
         raise ValueError(
             f"algorithm.minibatch_size={minibatch_size} must be a multiple of algorithm.num_generations="

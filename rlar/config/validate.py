@@ -29,7 +29,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix. ``inception_eval=False``: for a command that never runs
     ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked."""
     built = {}
-    for group in ("algorithm", "hardware"):  # cheap objects whose constructors check their values
+    for group in ("algorithm", "hardware", "logger"):  # cheap objects whose constructors check their values
         try:
             built[group] = instantiate(cfg[group])
         except InstantiationException as e:
@@ -51,9 +51,9 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
     if r.cfg_interval is not None and not (len(r.cfg_interval) == 2 and 0 <= r.cfg_interval[0] < r.cfg_interval[1]):
         raise ConfigError(f"rollout.cfg_interval must be [lo, hi) with 0 <= lo < hi, got {list(r.cfg_interval)}")
     tokens = tokens_per_image(cfg)
-    if tokens is not None and r.prefix_len > tokens:
-        raise ConfigError(f"rollout.prefix_len={r.prefix_len} is more than the {tokens} tokens per image of the "
-                          f"tokenizer; set rollout.prefix_len < {tokens}")
+    if tokens is not None and r.prefix_len >= tokens:
+        raise ConfigError(f"rollout.prefix_len={r.prefix_len} leaves none of the {tokens} tokens per image of the "
+                          f"tokenizer to sample; set rollout.prefix_len < {tokens}")
     check_channels(cfg)
     for key in ("token_noise_prob", "label_dropout"):
         if not 0.0 <= r[key] < 1.0:
@@ -124,6 +124,12 @@ def check_sizes(cfg: DictConfig) -> None:
     if t.checkpoint_format not in CHECKPOINT_FORMATS:
         raise ConfigError(f"train.checkpoint_format={t.checkpoint_format!r} is not available; choose one of "
                           f"{CHECKPOINT_FORMATS}")
+    sizes = {"tokenizer.image_size": cfg.tokenizer.get("image_size"), "data.image_size": cfg.data.get("image_size")}
+    if None not in sizes.values() and len(set(sizes.values())) > 1 and has_images(cfg.data):
+        raise ConfigError(f"tokenizer.image_size={sizes['tokenizer.image_size']} but data.image_size="
+                          f"{sizes['data.image_size']}: the tokenizer's grid, and so the policy's positions, follow "
+                          "tokenizer.image_size; set both to the checkpoints' resolution (e.g. 384 for LlamaGen's "
+                          "c2i_XL_384.pt)")
     patch = 4  # the embedded VQ's patch: 4x4 pixels a code
     if str(cfg.tokenizer.get("_target_", "")).endswith("build_digits_vq") and cfg.data.image_size % patch:
         raise ConfigError(f"data.image_size={cfg.data.image_size}: tokenizer=digits_vq codes 4x4 patches; set "

@@ -111,6 +111,9 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
     forcing on the tokenized train split first. ``pretrain``: a :class:`PretrainSchema`'s fields. With a
     ``text_encoder`` the conditions are the data's captions; a trainable one is cached with the policy (the entry
     holds ``{"policy", "text_encoder"}``) and loaded too."""
+    if pretrain["steps"] < 1:  # before the train split is encoded
+        raise ValueError(f"policy.pretrain.steps must be >= 1 (teacher-forced steps of the embedded prior), got "
+                         f"{pretrain['steps']}; or give policy.checkpoint=<a saved policy>")
     trainable = text_encoder is not None and text_encoder.trainable
     captions = None if text_encoder is None else {s: split_captions(data, s) for s in ("train", "eval")}
 

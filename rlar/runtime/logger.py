@@ -1,4 +1,5 @@
-"""TensorBoard logging of scalars and image grids, and what every logger shares: when images are due, the grid."""
+"""TensorBoard logging of scalars and image grids, and what every logger shares: which scalars and images are due,
+the grid."""
 
 from __future__ import annotations
 
@@ -7,6 +8,24 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
+
+EVALUATION_PREFIXES = ("eval/", "eval_cfg/")  # the tags of an evaluation's results (``rlar.eval.evaluate``)
+
+
+def checked_log_every(log_every: int) -> int:
+    """``log_every``, refused (``ValueError``) unless it is a step count of 1 or more."""
+    if log_every < 1:
+        raise ValueError(f"log_every={log_every}: scalars are logged every log_every iterations; set logger.log_every "
+                         "(logger.loggers.<name>.log_every under logger=multi) to 1 or more")
+    return log_every
+
+
+def scalars_due(metrics: dict[str, float], step: int, log_every: int) -> dict[str, float]:
+    """What a logger with ``log_every`` logs of ``metrics`` at ``step``: all of them every ``log_every`` steps (step 0
+    included), an evaluation's results (``eval/*``, ``eval_cfg/*``) whenever they come."""
+    if step % log_every == 0:
+        return metrics
+    return {key: value for key, value in metrics.items() if key.startswith(EVALUATION_PREFIXES)}
 
 
 def images_due(image_every: int, step: int) -> bool:
@@ -27,7 +46,7 @@ def group_grid(targets: torch.Tensor, samples: torch.Tensor, max_rows: int = 4) 
 class TensorBoardLogger:
     def __init__(self, log_dir: str = "tensorboard", log_every: int = 1, image_every: int = 25):
         self.log_dir = log_dir
-        self.log_every = log_every
+        self.log_every = checked_log_every(log_every)
         self.image_every = image_every
         self._writer: SummaryWriter | None = None
 
@@ -36,11 +55,11 @@ class TensorBoardLogger:
         self._writer = SummaryWriter(str(Path(output_dir) / self.log_dir))
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
+        """Those of ``metrics`` due at ``step`` (:func:`scalars_due`)."""
         if self._writer is None:  # never opened: a rank other than 0
             return
-        if step % self.log_every == 0 or step == 0:
-            for key, value in metrics.items():
-                self._writer.add_scalar(key, value, step)
+        for key, value in scalars_due(metrics, step, self.log_every).items():
+            self._writer.add_scalar(key, value, step)
 
     def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None:
         """The grid of :func:`group_grid` under ``tag``."""

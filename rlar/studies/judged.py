@@ -3,7 +3,8 @@ prior, evaluated by the embedded judge under ``eval.seed``, ..., ``eval.seed + N
 so that a setting's numbers are not one evaluation's draw (about 2 units of eval/fd, docs/evaluation.md).
 
 A run's judgement is its ``eval/judge-.../judge.json``, written once and read again (judged anew when it lacks one
-of the judge's metrics: written before the judge measured it); the prior's lands in
+of the judge's metrics: written before the judge measured it, or when the run's weights were saved after it: the run
+extended to more iterations or trained again); the prior's lands in
 ``outputs/ablations/judged/<study>/``, keyed by the whole config it is judged under (the study's overrides
 and the command line's), so that a change to an experiment's defaults or the thread count judges it anew.
 """
@@ -19,6 +20,7 @@ from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
+from rlar.eval.run_models import trained_nothing
 from rlar.export import export_runs, run_policy_weights
 from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
@@ -26,14 +28,27 @@ from rlar.studies.study import RUN_NAME, Study
 Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as judge.json holds it
 
 
-def read_or_judge(path: Path, argv: list[str]) -> Judgement:
-    """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there or lacks
-    one of ``JUDGE_METRICS``."""
-    judgement = json.loads(path.read_text())["metrics"] if path.is_file() else {}
+def read_or_judge(path: Path, argv: list[str], weights: Path | None = None) -> Judgement:
+    """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there, lacks
+    one of ``JUDGE_METRICS`` or is older than ``weights`` (the file of the weights it judges)."""
+    judgement = json.loads(path.read_text())["metrics"] if is_current(path, weights) else {}
     if not has_every_metric(judgement):
         run_command(argv)
         judgement = json.loads(path.read_text())["metrics"]
     return judgement
+
+
+def is_current(path: Path, weights: Path | None) -> bool:
+    """Whether ``path`` exists and was written after ``weights`` (when given) were."""
+    if not path.is_file():
+        return False
+    return weights is None or weights.stat().st_mtime_ns <= path.stat().st_mtime_ns
+
+
+def saved_weights(run_dir: Path) -> Path | None:
+    """``checkpoints/last.pt``, which every save of the run's weights rewrites (a sharded run's record, which a
+    finished run started again leaves as it is); None for a run that trained nothing (it saved no weights)."""
+    return None if trained_nothing(run_dir) else run_dir / "checkpoints" / "last.pt"
 
 
 def has_every_metric(judgement: Judgement) -> bool:
@@ -41,11 +56,12 @@ def has_every_metric(judgement: Judgement) -> bool:
 
 
 def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
-    """A finished run's final policy under ``n`` eval seeds, at its own sampling settings."""
+    """A finished run's final policy under ``n`` eval seeds, at its own sampling settings; judged again when its
+    weights were saved after its judgement."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
     out = judgement_dir(run_dir / "eval", cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
-    return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)])
+    return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)], saved_weights(run_dir))
 
 
 def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str] = ()) -> dict[str, Judgement]:

@@ -11,6 +11,7 @@ import datetime
 import functools
 import itertools
 import json
+import shlex
 import statistics
 import textwrap
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa:
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from rlar.config.dir_name import excluded  # noqa: E402
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
 from rlar.reward.mixture import zscored  # noqa: E402
@@ -89,25 +91,27 @@ def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, fl
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags if tag in have}
 
 
-def defining(overrides, excluded: set[str]) -> frozenset[str]:
-    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out,
-    each as Hydra parses it (``lr=3.0e-5`` as a multirun records it, ``lr=3e-05``)."""
+def defining(overrides, exclude_keys: set[str]) -> frozenset[str]:
+    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out (the
+    ``exclude_keys`` patterns), each as Hydra parses it (``lr=3.0e-5`` as a multirun records it, ``lr=3e-05``)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return frozenset(f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed
-                     if o.key_or_group not in excluded | {"hardware.seed"})
+                     if not excluded(o.key_or_group, [*exclude_keys, "hardware.seed"]))
 
 
-def collect_runs(study: Study, outputs: str | Path) -> dict[str, list[Run]]:
+def collect_runs(study: Study, outputs: str | Path, extra: list[str] = ()) -> dict[str, list[Run]]:
     """The finished runs of each setting (in the study's order), sorted by seed: a run belongs to a setting when
-    its overrides are exactly the study's and the setting's (up to the seed and what its dir name leaves out)."""
+    its overrides are exactly the study's, the setting's and ``extra`` (the command line's, given to every run), up
+    to the seed and what its dir name leaves out, and it ran as many iterations as they set."""
     runs: dict[str, list[Run]] = {label: [] for label in study.settings}
-    iterations = {k: compose_config(study.run_overrides(k)).train.iterations for k in study.settings}
+    asked = {k: [*study.run_overrides(k), *extra] for k in study.settings}
+    iterations = {k: compose_config(overrides).train.iterations for k, overrides in asked.items()}
     for summary_path in sorted(sweep_dir(outputs).glob("*/summary.json")):
         run_dir = summary_path.parent
         hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra
-        excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
-        have = defining(hydra_cfg.overrides.task, excluded)
-        label = next((k for k in study.settings if defining(study.run_overrides(k), excluded) == have), None)
+        exclude_keys = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+        have = defining(hydra_cfg.overrides.task, exclude_keys)
+        label = next((k for k, overrides in asked.items() if defining(overrides, exclude_keys) == have), None)
         cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         summary = json.loads(summary_path.read_text())
         if label is None or cfg.hardware.seed not in study.seeds or summary["iterations"] != iterations[label]:
@@ -407,14 +411,25 @@ def moving_average(curve: dict[int, float], steps: list[int], window: int) -> li
     return [statistics.mean(values[max(0, i + 1 - window): i + 1]) for i in range(len(values))]
 
 
+def study_command(study: Study, extra: list[str] = ()) -> str:
+    """``python -m rlar.studies.ablation <study> [extra]``: what runs the study's runs with ``extra``."""
+    return shlex.join(["python", "-m", "rlar.studies.ablation", study.name, *extra])
+
+
+def make_command(study: Study, extra: list[str] = ()) -> str:
+    """``make ablation STUDY=<study> [ARGS='extra']``: the same as :func:`study_command`."""
+    return f"make ablation STUDY={study.name}" + (f" ARGS={shlex.quote(shlex.join(extra))}" if extra else "")
+
+
 def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str | Path | None = None,
                  extra: list[str] = ()) -> Path:
     """Write ``REPORT.md`` and ``curves.png`` into ``report_dir`` (default: ``experiments/<study>/``). With the
-    study's ``judge: N``, judge what is not judged yet (``extra``: overrides for that, e.g. the thread count)."""
-    runs = collect_runs(study, outputs)
+    study's ``judge: N``, judge what is not judged yet. ``extra``: the command line's overrides, which every run had
+    (the report reads only the runs made with them) and the judge is given (e.g. the thread count)."""
+    runs = collect_runs(study, outputs, extra)
     if not any(runs.values()):
-        raise FileNotFoundError(f"no finished runs of study {study.name!r} under {sweep_dir(outputs)}; "
-                                f"run them first: python -m rlar.studies.ablation {study.name}")
+        raise FileNotFoundError(f"no finished runs of study {study.name!r} with the extra overrides {list(extra)} "
+                                f"under {sweep_dir(outputs)}; run them first: {study_command(study, extra)}")
     out = Path(report_dir or study.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "curves.png", study.title)
@@ -429,7 +444,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
     text = f"""# {study.title}
 
-- **command**: `make ablation STUDY={study.name}` (or `python -m rlar.studies.ablation {study.name}`); the study file is
+- **command**: `{make_command(study, extra)}` (or `{study_command(study, extra)}`); the study file is
   [`experiments/{study.name}.yaml`](../{study.name}.yaml)
 - **config**: the embedded default with {" ".join(f"`{o}`" for o in study.overrides) or "no other overrides"}:
   {iterations} RL iterations (as the setting says), an evaluation every {cfg.eval.every}

@@ -31,11 +31,12 @@ class HFTextEncoder(TextEncoder):
     """A transformers text model (``model_class``) and its tokenizer from the local folder ``model_path``."""
 
     model_class = ""
+    example_repo = ""  # a Hugging Face repository with such a model, named in the hint of a missing folder
 
     def __init__(self, model_path: str, max_length: int, dtype: str = "float32", batch_size: int = 32,
                  feature_cache: str | None = None, memory_cache_size: int = 65536):
         super().__init__()
-        path = local_model_dir(model_path, "text_encoder.model_path", self.model_class, "google/flan-t5-xl")
+        path = local_model_dir(model_path, "text_encoder.model_path", self.model_class, self.example_repo)
         if dtype not in DTYPES:
             raise ValueError(f"text_encoder.dtype={dtype!r}: choose one of {list(DTYPES)}")
         if max_length < 1 or batch_size < 1:
@@ -87,12 +88,14 @@ class T5TextEncoder(HFTextEncoder):
     """``transformers.T5EncoderModel``: FLAN-T5-XL (width 2048) for LlamaGen-T2I, ``max_length`` 120."""
 
     model_class = "T5EncoderModel"
+    example_repo = "google/flan-t5-xl"
 
 
 class CLIPTextEncoder(HFTextEncoder):
     """``transformers.CLIPTextModel``: the text tower of a CLIP model (``max_length`` at most its positions, 77)."""
 
     model_class = "CLIPTextModel"
+    example_repo = "openai/clip-vit-large-patch14"
 
     def check_length(self) -> None:
         positions = self.model.config.max_position_embeddings

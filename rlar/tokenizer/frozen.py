@@ -55,7 +55,12 @@ class FrozenTokenizer(nn.Module):
         """images ``[B, C, H, W]`` in [-1, 1] -> codes ``[B, h*w]`` (row-major), in IEEE fp32 whatever autocast or
         TF32 setting the caller runs under (``hardware.precision`` and ``hardware.tf32`` are for the policy)."""
         with full_precision(images.device), without_tf32(images.device):
-            return torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])
+            codes = torch.cat([self.vq.encode_indices(x) for x in images.split(self.chunk_size)])  # [B, h*w]
+        if codes.shape[-1] != self.num_tokens:
+            raise ValueError(f"images of {tuple(images.shape[-2:])} px give {codes.shape[-1]} codes, and this "
+                             f"tokenizer and the policy read {self.num_tokens} (grid {self.grid}); set data.image_size "
+                             "to the tokenizer's tokenizer.image_size")
+        return codes
 
     @torch.no_grad()
     def decode_code(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""A study's report reads only the runs made with the command line's extra overrides, and a run's judgement is
+judged again once the run's weights were saved after it."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from rlar.eval.evaluate import JUDGE_METRICS
+from rlar.eval.rejudge import judgement_dir
+from rlar.studies.judged import run_judgement
+from rlar.studies.report import collect_runs, write_report
+from rlar.studies.study import RUN_NAME, load_study, sweep_dir
+
+EXCLUDED = ["train.iterations", "name", "hardware", "hardware.num_threads"]  # as the run dirs' names leave out
+
+
+@pytest.fixture
+def study(tmp_path):
+    path = tmp_path / "extra.yaml"
+    path.write_text("overrides: [train.iterations=5]\nseeds: [0, 1]\nsettings:\n  grpo: [algorithm=grpo]\n")
+    return load_study(path)
+
+
+def fake_run(outputs: Path, overrides: list[str], seed: int, iterations: int) -> Path:
+    """A finished run as a study's multirun leaves it: Hydra's records and a summary, no weights."""
+    run_dir = sweep_dir(outputs) / (",".join(sorted(overrides)) + f",hardware.seed={seed}")
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "tensorboard").mkdir()
+    hydra = {"job": {"config": {"override_dirname": {"exclude_keys": EXCLUDED}}},
+             "overrides": {"task": [f"name={RUN_NAME}", *overrides, f"hardware.seed={seed}"]}}
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"hardware": {"seed": seed}, "reward": {}}))
+    summary = {"iterations": iterations, "eval_reward_before": 1.0, "eval_reward_after": 2.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_the_report_reads_only_the_runs_made_with_the_extra_overrides(study, tmp_path):
+    plain = [fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo"], s, 5) for s in (0, 1)]
+    extra = ["algorithm.epochs=2", "train.iterations=7", "hardware.num_threads=1"]
+    with_extra = [fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo", *extra], s, 7) for s in (0, 1)]
+    fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo", "algorithm.epochs=2"], 0, 5)  # at another length
+    assert [r.path for r in collect_runs(study, tmp_path)["grpo"]] == plain
+    assert [r.path for r in collect_runs(study, tmp_path, extra)["grpo"]] == with_extra
+
+
+def test_without_runs_made_with_the_extra_overrides_the_report_names_the_command_that_makes_them(study, tmp_path):
+    fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo"], 0, 5)
+    with pytest.raises(FileNotFoundError, match=f"rlar.studies.ablation {study.name} algorithm.epochs=2$"):
+        write_report(study, tmp_path, tmp_path / "report", extra=["algorithm.epochs=2"])
+
+
+def judged_run(tmp_path: Path, iterations: int) -> tuple[Path, Path]:
+    """A run of ``iterations`` (its weights saved unless 0) and its judgement over 2 eval seeds, written after."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"eval": {"seed": 7}, "rollout": {"cfg_scale": 1.0, "temperature": 1.0}},
+                   run_dir / ".hydra" / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({"iterations": iterations}))
+    if iterations:
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+        os.utime(run_dir / "checkpoints" / "last.pt", ns=(1_000, 1_000))
+    path = judgement_dir(run_dir / "eval", 1.0, 1.0, [7, 8]) / "judge.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"metrics": {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}}))
+    os.utime(path, ns=(2_000, 2_000))
+    return run_dir, path
+
+
+@pytest.mark.parametrize("iterations", [3, 0])  # 0: a run that trained nothing has no weights, its judgement stays
+def test_a_run_s_judgement_is_judged_again_once_its_weights_are_saved_after_it(tmp_path, monkeypatch, iterations):
+    run_dir, path = judged_run(tmp_path, iterations)
+    calls = []
+    rejudged = {f"eval/{m}": {"mean": 2.0} for m in JUDGE_METRICS}
+    monkeypatch.setattr("rlar.studies.judged.run_command",
+                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"metrics": rejudged})))
+    assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 1.0 and not calls  # written after the weights: read
+    if iterations:  # the run extended (or trained again): its weights saved after the judgement
+        os.utime(run_dir / "checkpoints" / "last.pt", ns=(3_000, 3_000))
+        assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and calls == [[str(run_dir), "--judge", "2"]]
+        assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1  # the new one is read again
