@@ -23,12 +23,14 @@ def _adamw(policy: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
 
 def codebook_embeddings(codebook: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
     """Token embeddings ``[V, width]`` with the geometry of ``codebook [V, d]``: the codebook itself when
-    ``d == width``, else a fixed orthonormal map to ``width`` dims; rescaled to std 0.02 (GPT's init)."""
+    ``d == width``, else a fixed orthonormal map to ``width`` dims (an isometry into a wider space, a random
+    orthogonal projection onto a narrower one); rescaled to std 0.02 (GPT's init)."""
     codebook = codebook.detach().float().cpu()  # the map is drawn on the CPU; the embedding's copy_ moves it back
-    if codebook.shape[1] != width:
+    d = codebook.shape[1]
+    if d != width:
         g = torch.Generator().manual_seed(seed)
-        basis, _ = torch.linalg.qr(torch.randn(width, codebook.shape[1], generator=g))  # [width, d], orthonormal
-        codebook = codebook @ basis.T
+        basis, _ = torch.linalg.qr(torch.randn(max(width, d), min(width, d), generator=g))  # orthonormal columns
+        codebook = codebook @ (basis.T if width > d else basis)  # [V, width]
     return codebook * (0.02 / codebook.std().clamp_min(1e-12))
 
 

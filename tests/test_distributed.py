@@ -41,29 +41,34 @@ def torchrun(args, cwd, nproc=2):
 REDUCE = """
 import torch
 import torch.distributed as dist
+from rlar.reward.mixture import zscore
 from rlar.runtime import distributed
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 stats = {"loss/policy": 1.0 + 2 * rank, "policy/ratio_max_abs_dev": [0.25, 0.0625][rank]}
 out = distributed.mean_over_ranks(stats, "cpu", maxima=("policy/ratio_max_abs_dev",))
-mean, std = distributed.mean_std_over_ranks(torch.tensor([[1.0, 2.0], [3.0, 4.0, 5.0]][rank]))
+mine = torch.tensor([[1.0, 2.0], [3.0, 4.0, 5.0]][rank])
+mean, std = distributed.mean_std_over_ranks(mine)
+scores = zscore(torch.cat([mine, torch.tensor([float("nan")])]), pooled=True)  # a NaN is left out, and stays
 if rank == 1:
-    print(sorted(out.items()), round(mean.item(), 6), round(std.item(), 6))
+    print(sorted(out.items()), round(mean.item(), 6), round(std.item(), 6), [round(x, 4) for x in scores.tolist()])
 dist.destroy_process_group()
 """
 
 
 @pytest.mark.slow
 def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_and_advantages_pool_every_rank(tmp_path):
-    """PPO's value-head advantages are normalized by the moments of every rank's rows, as in one process."""
+    """PPO's value-head advantages, and a z-scored mix's terms in training, are standardized by the moments of every
+    rank's rows, as in one process."""
     (tmp_path / "reduce.py").write_text(REDUCE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(tmp_path / "reduce.py")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pooled = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)}" in (
-        proc.stdout)
+    expected = [round(x, 4) for x in ((pooled[2:] - 3.0) / pooled.std()).tolist()] + [float("nan")]
+    assert (f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)} "
+            f"{expected}") in proc.stdout
 
 
 BATCH_REWARDS = """

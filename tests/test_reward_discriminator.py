@@ -97,3 +97,15 @@ def test_scoring_only_leaves_it_unchanged_and_its_state_resumes_exactly():
     resumed.load_state_dict(state)
     for x in batches[2:]:
         assert torch.equal(reward(x, None, meta)[0], resumed(x, None, meta)[0])
+
+
+def test_a_non_finite_sample_is_left_unscored_and_out_of_the_buffer():
+    g = torch.Generator().manual_seed(2)
+    real = (1 + torch.randn(256, generator=g)).view(-1, 1, 1, 1)
+    reward = discriminator(real, torch.zeros(256, dtype=torch.long), class_conditional=False, warmup_steps=20)
+    fake = torch.randn(8, 1, 1, 1, generator=g)
+    fake[3] = float("nan")  # one decoded image with a NaN pixel
+    scores, _ = reward(fake, None, None)
+    assert scores.isnan().tolist() == [i == 3 for i in range(8)]
+    assert len(reward.fake[0]) == 7 and all(p.isfinite().all() for p in reward.model.parameters())
+    assert reward(torch.randn(4, 1, 1, 1, generator=g), None, None)[0].isfinite().all()  # the next batch: scored

@@ -147,3 +147,15 @@ def test_a_tiny_run_trains_on_loo_fd(tiny, tmp_path, tb_scalars):
     assert len(rollout) == 2 and all(math.isfinite(r) for r in rollout)
     assert tb_scalars(tmp_path, "reward/nonfinite_count") == [0.0, 0.0]
     assert math.isfinite(summary["eval_reward_after"]) and math.isfinite(summary["eval_fd_after"])
+
+
+def test_a_non_finite_sample_is_left_unscored_and_out_of_the_moments():
+    g = torch.Generator().manual_seed(4)
+    reward = reward_on(torch.randn(20, 1, 1, 2, generator=g), torch.zeros(20, dtype=torch.long), ema=0.5)
+    batch = torch.randn(6, 1, 1, 2, generator=g)
+    clean, _ = reward_on(torch.randn(20, 1, 1, 2, generator=torch.Generator().manual_seed(4)),
+                         torch.zeros(20, dtype=torch.long), ema=0.5)(batch[[0, 1, 2, 4, 5]])
+    batch[3, 0, 0, 1] = float("nan")
+    scores, _ = reward(batch)
+    assert scores.isnan().tolist() == [i == 3 for i in range(6)]
+    torch.testing.assert_close(scores[[0, 1, 2, 4, 5]], clean)  # as if the sample were not there

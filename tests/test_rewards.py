@@ -9,9 +9,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchvision import models
+from train_split import TrainSplit
 
 from rlar.config.store import CONF_DIR, compose_config
 from rlar.contracts import Reward
+from rlar.reward.classifier import ClassConsistencyReward
 from rlar.reward.metrics import PSNRReward, SSIMReward
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.perceptual import LPIPSReward
@@ -286,3 +288,11 @@ def test_mix_components_are_typed_by_their_schemas():
     assert instantiate(cfg).components["l2"].kind == "l1"
     with pytest.raises(ConfigCompositionException, match="kernel"):
         compose_reward("reward=mix", "reward.components.ssim.kernel=3")
+
+
+def test_an_accept_reject_class_reward_leaves_a_non_finite_image_unscored():
+    reward = ClassConsistencyReward(TrainSplit(torch.zeros(2, 1, 2, 2), torch.arange(2)), None, threshold=0.5)
+    reward.classifier.model = torch.nn.Flatten()  # the pixels are the logits of two classes
+    images = torch.tensor([[4.0, 0.0], [0.0, 4.0], [float("nan"), 0.0]]).view(3, 1, 1, 2)
+    scores, parts = reward(images, None, {"labels": torch.tensor([0, 0, 0])})
+    assert scores[:2].tolist() == [1.0, 0.0] and scores[2].isnan() and parts["class_prob"][2].isnan()

@@ -65,3 +65,19 @@ def test_a_rerun_with_the_same_computation_resumes_and_a_different_one_is_refuse
     assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").algorithm == "grpo"  # written back
 
     check_rerun(OmegaConf.create({**other, "resume": False}), tmp_path, ".hydra", FREE)  # starting over is allowed
+
+
+def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_trains(tmp_path):
+    write_run(tmp_path, CFG, checkpoint=True)
+    check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "run.log").write_text("the new run's log, opened by Hydra")
+    with run_lock(tmp_path), pytest.raises(RunDirLocked):  # another process trains there: nothing is moved
+        check_rerun(OmegaConf.create({**CFG, "resume": False}), tmp_path, ".hydra", FREE)
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    check_rerun(OmegaConf.create({**CFG, "resume": False}), tmp_path, ".hydra", FREE)
+    [kept] = (tmp_path / "replaced").iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "summary.json", "tensorboard"]
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # a plain command after a crash cannot resume it
+    assert (tmp_path / RECORD / "config.yaml").is_file() and (tmp_path / "run.log").is_file()  # this run's record

@@ -69,6 +69,14 @@ def test_each_caption_is_encoded_once_in_memory_and_on_disk(tiny_t5, tmp_path, m
     assert len(list(tmp_path.glob("*.safetensors"))) == 4
 
 
+def test_lowercase_encodes_a_caption_as_its_lower_case(tiny_t5):
+    captions = ["A thick seven", "a thick seven"]
+    cased, _ = T5TextEncoder(str(tiny_t5[0]), max_length=8).encode(captions)
+    lowered, _ = T5TextEncoder(str(tiny_t5[0]), max_length=8, lowercase=True).encode(captions)
+    assert not torch.equal(cased[0], cased[1])  # the word-level vocabulary tells "A" from "a"
+    assert torch.equal(lowered[0], lowered[1]) and torch.equal(lowered[1], cased[1])
+
+
 def test_memory_keeps_the_most_recent_captions(tiny_t5):
     encoder = T5TextEncoder(str(tiny_t5[0]), max_length=10, memory_cache_size=2)
     encoder.encode(["one", "two", "three"])

@@ -39,6 +39,11 @@ def test_reconstruction_reward_is_negative_distance():
     y = torch.tensor([0.0, 0.5]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
     assert torch.allclose(reconstruction_reward(x, y, "l2"), torch.tensor([0.0, -0.25]))
     assert torch.allclose(reconstruction_reward(x, y, "l1"), torch.tensor([0.0, -0.5]))
+    # normalized over the batch: [0, -0.25] -> mean -0.125, std 0.1768; a NaN item stays NaN, alone
+    y3 = torch.cat([y, torch.full((1, 1, 2, 2), float("nan"))])
+    scored = reconstruction_reward(torch.zeros(3, 1, 2, 2), y3, "l2", normalize=True)
+    assert torch.allclose(scored[:2], torch.tensor([0.7071, -0.7071]), atol=1e-4) and scored[2].isnan()
+    assert reconstruction_reward(x[:1], y[:1], "l2", normalize=True).tolist() == [0.0]  # one item: nothing to compare
 
 
 def test_reinforce_update_moves_the_policy_towards_rewarded_samples(policy_and_opt):
@@ -87,6 +92,13 @@ def test_pretrained_codebook_initializes_token_embeddings(tmp_path):
         assert emb.std().item() == pytest.approx(0.02, rel=1e-3)
         scale = torch.cdist(emb, emb)[0, 1:] / torch.cdist(codebook, codebook)[0, 1:]
         assert torch.allclose(scale, scale[0].expand_as(scale), rtol=1e-4)  # the geometry up to one scale
+    wide = torch.randn(16, 256)  # a codebook wider than the model (taming, IBQ: 256): an orthogonal projection
+    policy, _ = build_gpt_policy(None, 16, 6, {"n_embd": 8, "n_head": 2, "n_layer": 1,
+                                               "use_pretrained_codebook": True, "codebook": wide})
+    projected = policy.tok_emb.weight.detach()  # [16, 8]
+    assert projected.shape == (16, 8) and projected.std().item() == pytest.approx(0.02, rel=1e-3)
+    basis, _ = torch.linalg.qr(torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))  # [256, 8]
+    torch.testing.assert_close(projected, wide @ basis * (0.02 / (wide @ basis).std()))  # seed 0's projection
     torch.save({"state_dict": {"quantize.embedding.weight": codebook}}, tmp_path / "vq.ckpt")
     cfg = {"n_embd": 4, "n_head": 2, "n_layer": 1, "use_pretrained_codebook": True,
            "codebook_ckpt_path": tmp_path / "vq.ckpt"}

@@ -9,14 +9,20 @@ that differ.
 
 from __future__ import annotations
 
+import datetime
+import logging
 import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.validate import ConfigError
+from rlar.runtime.run_lock import run_lock
 
+log = logging.getLogger(__name__)
 RECORD = Path("checkpoints") / "hydra"
+# what a run (and rlar-eval of it) writes in its folder; the log stays, Hydra has opened it for this run
+REPLACED = ("checkpoints", "tensorboard", "wandb", "summary.json", "eval")
 
 
 def flat(cfg: dict, prefix: str = "") -> dict:
@@ -38,11 +44,29 @@ def differing_keys(recorded: dict, current: dict, free: list[str]) -> list[str]:
                                                                                 for f in free))
 
 
+def set_aside(out: Path) -> Path | None:
+    """Move a run's outputs (:data:`REPLACED`) from ``out`` into ``out/replaced/<UTC time>/``, under the run lock
+    (refused while another process trains there); returns that folder, or None when there was nothing to move."""
+    found = [out / name for name in REPLACED if (out / name).exists()]
+    if not found:
+        return None
+    folder = out / "replaced" / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    with run_lock(out):
+        folder.mkdir(parents=True)
+        for path in found:
+            path.rename(folder / path.name)
+    log.warning("resume=false: the outputs of the run that was in %s are kept in %s", out, folder)
+    return folder
+
+
 def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free: list[str]) -> None:
-    """Refuse (``ConfigError``) a resumed run whose config differs from the one recorded in ``out``; else record
-    this run's ``.hydra/`` (``hydra_subdir``) as the one later runs compare with."""
+    """Refuse (``ConfigError``) a resumed run whose config differs from the one recorded in ``out``; with
+    ``resume=false``, set the earlier run's outputs aside (:func:`set_aside`: nothing of it is resumed, nothing is
+    lost); then record this run's ``.hydra/`` (``hydra_subdir``) as the one later runs compare with."""
     out = Path(out)
     record, hydra_dir = out / RECORD, out / hydra_subdir if hydra_subdir else None
+    if not cfg.resume:
+        set_aside(out)
     if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
         recorded = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"), resolve=False)
         keys = differing_keys(recorded, OmegaConf.to_container(cfg, resolve=False), free)

@@ -10,10 +10,11 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
-from rlar.eval.evaluate import HEADLINE_METRICS, JUDGE_METRICS
+from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.gpt import CONDITION_MODES
+from rlar.reward.mixture import zscored
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
@@ -115,6 +116,10 @@ def check_sizes(cfg: DictConfig) -> None:
                        "train.score_chunk_size": t.score_chunk_size}.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1 (or null: off), got {value}")
+    if t.score_chunk_size is not None and zscored(cfg.reward):
+        raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
+                          "this reward z-scores its terms over each call (reward.normalize=true): chunks would be "
+                          "standardized apart; set train.score_chunk_size=null or reward.normalize=false")
     if r.top_p is not None and not 0 < r.top_p <= 1:
         raise ConfigError(f"rollout.top_p must be in (0, 1] (or null: off), got {r.top_p}")
     if t.warmup_steps < 0:
@@ -270,12 +275,16 @@ def check_optimized_metric(cfg: DictConfig) -> None:
     """``optimized_metric`` (what ``rlar.run`` returns to a sweeper) is a metric the run's evaluations measure."""
     group, _, name = cfg.optimized_metric.partition("/")
     measures = {"eval": True, "eval_cfg": cfg.eval.guided_cfg_scale is not None}
+    captioned = any(cfg.data.get(key) for key in ("captions", "caption_column")) or not has_images(cfg.data)
     needs = {**dict.fromkeys(JUDGE_METRICS, cfg.eval.classifier),
-             **dict.fromkeys(("inception_fid", "inception_is"), cfg.eval.inception.enabled)}
+             **dict.fromkeys(("inception_fid", "inception_is"), cfg.eval.inception.enabled),
+             "steps": cfg.rollout.mode in ("parallel", "schedule"), **dict.fromkeys(ATTRIBUTE_METRICS, captioned),
+             **dict.fromkeys(("attr/class_acc", "attr/all_acc"), captioned and cfg.eval.classifier)}
     if not measures.get(group) or name not in HEADLINE_METRICS or not needs.get(name, True):
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not measured by this run; choose eval/<m> "
                           f"with m one of {HEADLINE_METRICS} (the judge's need eval.classifier=true, inception_* "
-                          "eval.inception.enabled=true, eval_cfg/<m> eval.guided_cfg_scale)")
+                          "eval.inception.enabled=true, steps a parallel decoder, attr/* captioned data, eval_cfg/<m> "
+                          "eval.guided_cfg_scale)")
 
 
 def check_parallel_decoding(cfg: DictConfig) -> None:

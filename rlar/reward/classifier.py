@@ -116,7 +116,9 @@ class ClassConsistencyReward(Reward):
         labels = torch.as_tensor(labels, device=images.device).long()  # [N]
         asked = probs.gather(1, labels.clamp_min(0)[:, None])[:, 0]
         prob = torch.where(labels >= 0, asked, probs.amax(1))  # [N]
-        reward = prob if self.threshold is None else (prob >= self.threshold).float()
+        if self.threshold is None:
+            return prob, {"class_prob": prob}
+        reward = torch.where(prob.isnan(), prob, (prob >= self.threshold).float())  # a NaN image stays unscored
         return reward, {"class_prob": prob}
 
 

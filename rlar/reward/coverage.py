@@ -33,7 +33,8 @@ def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tenso
 
 
 def recall_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, k: int) -> torch.Tensor:
-    """``[N]``: the Shapley value of each of ``samples [N, F]`` in the recall of the real points ``real [M, F]``.
+    """``[N]``: the Shapley value of each of ``samples [N, F]`` in the recall of the real points ``real [M, F]``, in
+    the game whose balls are fixed at their radii among all the generated points.
 
     As :func:`coverage_shares`, but each ball is a generated point's (of the samples and ``bank [B, F]``), reaching
     its ``k``-th nearest other generated point: the manifold of improved recall. A sample among near-copies of itself

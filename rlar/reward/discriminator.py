@@ -141,7 +141,11 @@ class DiscriminatorReward(Reward):
         """Add the global batch's ``features [N, F]`` and ``labels [N]`` to the buffer, then train (the warm-up
         steps first, on the first batch)."""
         gathered = [distributed.gather_rows(x.to(device)).cpu() for x in (features, labels)]
+        finite = gathered[0].isfinite().all(1)  # a non-finite image's features would make every weight NaN
+        gathered = [x[finite] for x in gathered]
         first = self.fake is None
+        if first and not finite.any():  # nothing to learn from yet
+            return
         self.fake = tuple(gathered) if first else tuple(
             torch.cat([old, new])[-self.buffer_size:] for old, new in zip(self.fake, gathered, strict=True))
         self.train_steps(self.warmup_steps + self.steps if first else self.steps)

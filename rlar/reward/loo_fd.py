@@ -88,8 +88,9 @@ class LeaveOneOutFDReward(Reward):
         reference, features = self.data_moments(images.device), self.features(images)  # [N, F]
         features, groups, mine = batch_rows(features, groups, self.learning, images.device)  # training: [world*N]
         reward = torch.full((len(features),), float("nan"), dtype=torch.float64)
-        for g in groups.unique().tolist():
-            rows = groups == g
+        finite = features.isfinite().all(1)  # [N]: a non-finite image is left unscored (NaN) and out of the moments
+        for g in groups[finite].unique().tolist():
+            rows = (groups == g) & finite
             reward[rows] = leave_one_out_fd(features[rows], reference[g], self.history.get(g), self.ema)
             if self.learning and rows.sum() >= 2:  # the average moves to the moments just scored with
                 self.history[g] = mix(gaussian_fit(features[rows]), self.history.get(g), self.ema)

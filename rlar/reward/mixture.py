@@ -10,14 +10,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.contracts import Reward
+from rlar.runtime import distributed
 
 
-def zscore(x: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0; NaN stays NaN."""
+def zscore(x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+    """``(x - mean) / std`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0; NaN stays NaN.
+    ``pooled``: the mean and std of every process's finite items (a training batch split over processes; every
+    process must call it)."""
     finite = x[x.isfinite()]  # [M]
-    std = finite.std() if finite.numel() > 1 else x.new_zeros(())
+    if pooled and distributed.is_distributed():
+        mean, std = distributed.mean_std_over_ranks(finite)  # NaN std with fewer than 2 items in all
+    else:
+        mean, std = (finite.mean(), finite.std()) if finite.numel() > 1 else (None, x.new_zeros(()))
     if std > 0:
-        return (x - finite.mean()) / std
+        return (x - mean) / std
     return torch.where(x.isfinite(), torch.zeros_like(x), x)
 
 
@@ -77,7 +83,8 @@ class WeightedReward(Reward):
             reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if self.weights[name]:
-                term = self.weights[name] * (zscore(score) if self.normalize else score).float()  # [N]
+                # in training over the global batch (every process scores its rows), in evaluation over this call's
+                term = self.weights[name] * (zscore(score, self.learning) if self.normalize else score).float()
                 if component.may_be_absent:
                     term = torch.where(score.isnan(), 0.0, term)
                 total = total + term

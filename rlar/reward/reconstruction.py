@@ -20,10 +20,14 @@ def pixel_distance(x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
 
 def reconstruction_reward(x: torch.Tensor, x_rec: torch.Tensor, loss_type: str = "l2",
                           normalize: bool = False) -> torch.Tensor:
-    """The seeds' reward: ``-loss(x, x_rec)`` per item ``[N]``; ``normalize`` z-scores over the batch."""
+    """The seeds' reward: ``-loss(x, x_rec)`` per item ``[N]``; ``normalize`` z-scores over the batch's finite items
+    (a NaN item stays NaN alone; with fewer than two finite items, 0)."""
     reward = -pixel_distance(x_rec.float(), x.float(), loss_type)
     if normalize:
-        reward = (reward - reward.mean()) / (reward.std() + 1e-8)
+        finite = reward[reward.isfinite()]  # [M]
+        if finite.numel() < 2:
+            return torch.where(reward.isfinite(), torch.zeros_like(reward), reward)
+        reward = (reward - finite.mean()) / (finite.std() + 1e-8)
     return reward
 
 

@@ -34,7 +34,7 @@ class HFTextEncoder(TextEncoder):
     example_repo = ""  # a Hugging Face repository with such a model, named in the hint of a missing folder
 
     def __init__(self, model_path: str, max_length: int, dtype: str = "float32", batch_size: int = 32,
-                 feature_cache: str | None = None, memory_cache_size: int = 65536):
+                 feature_cache: str | None = None, memory_cache_size: int = 65536, lowercase: bool = False):
         super().__init__()
         path = local_model_dir(model_path, "text_encoder.model_path", self.model_class, self.example_repo)
         if dtype not in DTYPES:
@@ -49,10 +49,10 @@ class HFTextEncoder(TextEncoder):
         model = getattr(transformers, self.model_class).from_pretrained(path, local_files_only=True)
         self.model = model.to(DTYPES[dtype]).eval().requires_grad_(False)
         self.dim = self.model.config.hidden_size
-        self.max_length, self.batch_size, self.dtype = max_length, batch_size, dtype
+        self.max_length, self.batch_size, self.dtype, self.lowercase = max_length, batch_size, dtype, lowercase
         self.check_length()
         self.key = {"class": self.model_class, "model": model_fingerprint(path), "max_length": max_length,
-                    "dtype": dtype}
+                    "dtype": dtype, **({"lowercase": True} if lowercase else {})}  # off: the keys cached before
         self.cache = FeatureCache(self.key, feature_cache, memory_cache_size)
 
     def check_length(self) -> None:
@@ -68,7 +68,8 @@ class HFTextEncoder(TextEncoder):
     def features(self, captions: list[str]) -> list[torch.Tensor]:
         """Each caption's features ``[l, E]`` at its (at most ``max_length``) tokens, in the model's dtype."""
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(captions, max_length=self.max_length, padding="max_length", truncation=True,
+        texts = [c.lower() for c in captions] if self.lowercase else captions
+        batch = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
                                return_tensors="pt").to(device)
         states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return [states[i, batch["attention_mask"][i].bool()] for i in range(len(captions))]

@@ -20,6 +20,7 @@ class HFTextSchema:
     # a folder of per-caption features (safetensors named by a hash of caption and model); null = memory only
     feature_cache: str | None = None
     memory_cache_size: int = 65536  # captions whose features stay in memory (least recently used out first)
+    lowercase: bool = False  # lower-case each caption before tokenizing (as LlamaGen-T2I's T5 captions are)
 
 
 @dataclass
