@@ -60,8 +60,8 @@ class TrainSchema:
     checkpoint_every: int = 50
     warmup_steps: int = 0  # teacher-forced cross-entropy steps on the train split before RL (KL reference: the prior)
     # decode and score in chunks of this many images, the next chunk decoding while the last is scored (for slow
-    # or remote rewards); batch-level reward normalization then applies per chunk. null = decode everything, then
-    # score once
+    # or remote rewards); refused with a reward z-scored over each call (reward.normalize). null = decode
+    # everything, then score once
     score_chunk_size: int | None = None
     # consolidated: one file (rank 0 gathers) | sharded: torch.distributed.checkpoint shards written by every rank
     # (+ checkpoints/policy.pt at the end); both resume on any number of processes

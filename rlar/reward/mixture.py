@@ -13,17 +13,17 @@ from rlar.contracts import Reward
 from rlar.runtime import distributed
 
 
-def zscore(x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-    """``(x - mean) / std`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0; NaN stays NaN.
-    ``pooled``: the mean and std of every process's finite items (a training batch split over processes; every
-    process must call it)."""
+def zscore(x: torch.Tensor, pooled: bool = False, eps: float = 0.0) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` over the finite items of ``[N]`` (unbiased std); 0 where std is 0 (or fewer than
+    two items are finite); NaN stays NaN. ``pooled``: the mean and std of every process's finite items (a training
+    batch split over processes; every process must call it)."""
     finite = x[x.isfinite()]  # [M]
     if pooled and distributed.is_distributed():
         mean, std = distributed.mean_std_over_ranks(finite)  # NaN std with fewer than 2 items in all
     else:
         mean, std = (finite.mean(), finite.std()) if finite.numel() > 1 else (None, x.new_zeros(()))
     if std > 0:
-        return (x - mean) / std
+        return (x - mean) / (std + eps)
     return torch.where(x.isfinite(), torch.zeros_like(x), x)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlar.contracts import Reward
+from rlar.reward.mixture import zscore
 
 KINDS = ("l2", "l1")
 
@@ -23,12 +24,7 @@ def reconstruction_reward(x: torch.Tensor, x_rec: torch.Tensor, loss_type: str =
     """The seeds' reward: ``-loss(x, x_rec)`` per item ``[N]``; ``normalize`` z-scores over the batch's finite items
     (a NaN item stays NaN alone; with fewer than two finite items, 0)."""
     reward = -pixel_distance(x_rec.float(), x.float(), loss_type)
-    if normalize:
-        finite = reward[reward.isfinite()]  # [M]
-        if finite.numel() < 2:
-            return torch.where(reward.isfinite(), torch.zeros_like(reward), reward)
-        reward = (reward - finite.mean()) / (finite.std() + 1e-8)
-    return reward
+    return zscore(reward, eps=1e-8) if normalize else reward
 
 
 class ReconstructionReward(Reward):

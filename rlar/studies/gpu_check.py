@@ -36,9 +36,6 @@ from rlar.studies.report import read_scalars
 DECODE_SIZES = ("GPT-B", "GPT-L")
 CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-16)
 RUN_TIMEOUT_S = 150
-# the largest over a run's iterations: the first ratio's distance from 1 (bf16 recomputes the old log-probs: 0), and
-# the bf16 sampler's log-probs against the update's pass
-RATIO_TAGS = DEVIATIONS
 
 
 def has_compile_decode() -> bool:
@@ -79,10 +76,12 @@ def run_default(name: str, nproc: int, hardware: list[str], out: Path, iteration
 
 
 def ratio_checks(run_dir: Path) -> dict[str, float]:
-    """The largest value over the run's iterations of each of :data:`RATIO_TAGS` it logged ({} before any)."""
+    """The largest value over the run's iterations of each of :data:`rlar.loop.DEVIATIONS` it logged ({} before any):
+    the first ratio's distance from 1 (bf16 recomputes the old log-probs: 0), and the bf16 sampler's log-probs
+    against the update's pass."""
     if not (run_dir / "tensorboard").is_dir():
         return {}
-    return {tag: max(values.values()) for tag, values in read_scalars(run_dir, RATIO_TAGS).items() if values}
+    return {tag: max(values.values()) for tag, values in read_scalars(run_dir, DEVIATIONS).items() if values}
 
 
 def recipe_check(out: Path) -> dict:
