@@ -63,10 +63,15 @@ def test_a_reward_that_learns_across_calls_is_refused_and_its_learning_flag_rest
 
 
 @pytest.mark.slow
-def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path):
+def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path, monkeypatch):
     """Through the command on the tiny default: a threshold below every class probability accepts every draw and one
-    above them accepts none; either way the judge reads the first draws, so the filtered row is the policy's."""
+    above them accepts none; either way the judge reads the first draws, so the filtered row is the policy's. The
+    reward is closed when the study is done (a remote reward's client)."""
+    from rlar.reward.classifier import ClassConsistencyReward
     from rlar.studies.filter_ceiling import main
+
+    closed = []
+    monkeypatch.setattr(ClassConsistencyReward, "close", lambda self: closed.append(self), raising=False)
 
     args = [*tiny, "reward=class_consistency", "reward.classifier.train.steps=20", "eval.samples_per_item=2",
             "--draws", "3", "--judge", "2"]
@@ -77,3 +82,4 @@ def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_o
         assert written["seeds"] == [1234, 1235] and written["accepted"]["values"] == [accepted, accepted]
         assert written["filtered"] == written["policy"]
         assert 0 <= written["policy"]["class_acc"]["mean"] <= 1 and written["policy"]["fd"]["mean"] > 0
+    assert len(closed) == 2

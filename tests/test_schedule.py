@@ -223,3 +223,20 @@ def test_study_writes_its_table_and_plot(tmp_path):
             "0.800 ± 0.000 | 208.0 / 209.0 |") in text
     assert ("| learned | 7.50 ± 0.00 | -0.500 ± 0.000 | 150.5 ± 0.7 | 0.300 ± 0.000 | 0.600 ± 0.000 | "
             "0.650 ± 0.071 |") in text
+
+
+def test_each_token_is_an_exact_draw_of_its_distribution():
+    """With one (forced) step every position is drawn from the ARPG's distribution given the label alone: over
+    many samples a token's frequency is its probability (the sampler records each drawn token's log-probability)."""
+    n = 6000
+    d = decoder(max_steps=1)
+    d.common_noise = False
+    s = d.decode(torch.zeros(n, dtype=torch.long), n, generator=torch.Generator().manual_seed(0))
+    for position in (0, 7):
+        tokens, logprobs = s.tokens[:, position], s.logprobs[:, position]
+        drawn = tokens.unique()
+        probs = torch.stack([logprobs[tokens == v][0].exp() for v in drawn])  # [K]: one per drawn token
+        assert all(torch.allclose(logprobs[tokens == v], p.log()) for v, p in zip(drawn, probs, strict=True))
+        freqs = torch.stack([(tokens == v).float().mean() for v in drawn])
+        assert probs.sum() > 0.99  # what was never drawn has (almost) no mass
+        assert (freqs - probs).abs().max() < 4 * (0.25 / n) ** 0.5  # four standard errors at worst

@@ -2,11 +2,12 @@
 
 At step s each unfinished row reads the ARPG's state (``rlar.schedule.state``), draws a degree k (1..K, at most
 what is left) and k positions without replacement (Gumbel-top-k: a Plackett–Luce draw), then samples the tokens of
-those positions from the ARPG (Gumbel-max with one noise draw per position and code for the whole decoding:
-each position is decoded once, so every token is an exact draw; rows of one group may share that noise, so that
-their rewards differ by their schedules rather than by token luck: common random numbers). Step ``max_steps - 1``
-fills every position left: its degree and positions are forced and score log-probability 0. A row's
-log-probability is the sum over its drawn steps of the degree's and the ordered positions' log-probabilities.
+those positions from the ARPG (each position's token inverts its distribution's CDF at one uniform drawn for that
+position before the decoding: each position is decoded once, so every token is an exact draw; rows of one group may
+share those uniforms, so that their rewards differ by their schedules rather than by token luck: common random
+numbers). Step ``max_steps - 1`` fills every position left: its degree and positions are forced and score
+log-probability 0. A row's log-probability is the sum over its drawn steps of the degree's and the ordered
+positions' log-probabilities.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlar.contracts import ParallelPolicy
-from rlar.rollout.draws import categorical, uniforms
+from rlar.rollout.draws import categorical, categorical_at, uniforms
 from rlar.rollout.sampling import truncate
 from rlar.schedule.network import ScheduleNet, degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
@@ -91,8 +92,7 @@ def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tenso
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
     decoded_at = torch.full((n, seq_len), PENDING, dtype=torch.long, device=device)
     slots = torch.arange(seq_len, device=device)
-    uniform = uniforms((n // shared_noise, seq_len, arpg.vocab_size), rng, device).clamp_min(1e-20)
-    token_noise = -torch.log(-torch.log(uniform)).repeat_interleave(shared_noise, 0)  # [N, T, V] Gumbel
+    token_u = uniforms((n // shared_noise, seq_len), rng, device).repeat_interleave(shared_noise, 0)  # [N, T]
     record = []
     for s in range(max_steps):
         pending = decoded_at == PENDING  # [N, T]
@@ -110,9 +110,10 @@ def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tenso
         picks = gumbel_order(scores, pending, rng)  # [N, T]: pending positions first, in drawn order
         record.append((pooled, progress, uncertainty, pending, degree, picks, (remaining > 0) & (not last)))
         now = torch.zeros_like(pending).scatter(1, picks, slots[None] < degree[:, None])  # [N, T] raster
-        draw = (truncate(logp.flatten(0, 1), top_k, top_p).view_as(logp) + token_noise).argmax(-1)  # [N, T]
-        tokens = torch.where(now, draw, tokens)
-        logprobs = torch.where(now, logp.gather(-1, draw[..., None])[..., 0], logprobs)
+        chosen = logp[now]  # [M, V]: the M positions decoded at this step, row-major
+        draw = categorical_at(truncate(chosen, top_k, top_p).exp(), token_u[now][:, None])  # [M, 1]
+        tokens[now] = draw[:, 0]
+        logprobs[now] = chosen.gather(-1, draw)[:, 0]
         decoded_at = torch.where(now, s, decoded_at)
     trace = ScheduleTrace(*(torch.stack(parts) for parts in zip(*record, strict=True)))
     logp_schedule, _ = schedule_logprob(net, trace)

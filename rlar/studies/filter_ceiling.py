@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -92,20 +93,21 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, run_dir)
     _, _, sampling = sampling_settings(cfg, opts, policy)
-    reward_fn = instantiate(cfg.reward)
-    check_scores_on_its_own(reward_fn, data.eval_images[:2].to(device), data.eval_labels[:2].to(device))
-    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
-    labels = data.eval_labels[slice(cfg.eval.max_items or None)]
-    k = cfg.eval.samples_per_item
     rows = {"policy": [], "filtered": []}
     accepted_rates = []
-    for seed in seeds:
-        features, hits, rewards = draw_and_read(policy, tokenizer, reward_fn, eval_model, labels, opts.draws,
-                                                sampling, cfg.eval, seed, device, hw.autocast)
-        accepted = rewards > opts.threshold  # [n, K]
-        accepted_rates.append(float(accepted.float().mean()))
-        rows["policy"].append(kept_metrics(eval_model, features, hits, labels, torch.arange(k).expand(len(labels), k)))
-        rows["filtered"].append(kept_metrics(eval_model, features, hits, labels, accepted_first(accepted, k)))
+    with closing(instantiate(cfg.reward)) as reward_fn:  # first: a reward that cannot be built fails before any work
+        check_scores_on_its_own(reward_fn, data.eval_images[:2].to(device), data.eval_labels[:2].to(device))
+        eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
+        labels = data.eval_labels[slice(cfg.eval.max_items or None)]
+        k = cfg.eval.samples_per_item
+        for seed in seeds:
+            features, hits, rewards = draw_and_read(policy, tokenizer, reward_fn, eval_model, labels, opts.draws,
+                                                    sampling, cfg.eval, seed, device, hw.autocast)
+            accepted = rewards > opts.threshold  # [n, K]
+            accepted_rates.append(float(accepted.float().mean()))
+            every = torch.arange(k).expand(len(labels), k)
+            rows["policy"].append(kept_metrics(eval_model, features, hits, labels, every))
+            rows["filtered"].append(kept_metrics(eval_model, features, hits, labels, accepted_first(accepted, k)))
     result = {name: {m: mean_std([r[f"eval/{m}"] for r in runs]) for m in JUDGE_METRICS}
               for name, runs in rows.items()}
     return {**result, "accepted": mean_std(accepted_rates)}

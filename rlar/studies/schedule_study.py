@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from contextlib import closing
 from pathlib import Path
 
 import matplotlib
@@ -50,15 +51,15 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
     tokenizer = instantiate(cfg.tokenizer, data=data)
     prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, "cpu")
-    reward = instantiate(cfg.reward)
     r = cfg.rollout
     sampling = {"temperature": r.temperature, "cfg_scale": cfg_scales(prior.block_size, r.cfg_scale)}
     points = {}
-    for n in steps:
-        prior.decoding = {**prior.decoding, "num_iter": n, "schedule": "arccos"}
-        result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, "cpu", None, eval_model)
-        points[n] = {k: result[k] for k in METRICS}
-        print(f"seed {seed} fixed arccos {n} steps: {points[n]}", flush=True)
+    with closing(instantiate(cfg.reward)) as reward:  # a remote reward closes its client
+        for n in steps:
+            prior.decoding = {**prior.decoding, "num_iter": n, "schedule": "arccos"}
+            result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, "cpu", None, eval_model)
+            points[n] = {k: result[k] for k in METRICS}
+            print(f"seed {seed} fixed arccos {n} steps: {points[n]}", flush=True)
     return points
 
 
