@@ -127,11 +127,12 @@ def test_a_cache_copied_elsewhere_keeps_its_keys(tmp_path, monkeypatch):
         p.name for p in (tmp_path / "here").iterdir())  # nothing new was written
 
 
-def test_a_tokenizer_outside_the_cache_is_keyed_by_its_path(tmp_path):
+def test_a_tokenizer_in_the_cache_is_keyed_by_its_name_one_naming_no_file_as_given(tmp_path):
+    """(A checkpoint file is keyed by its content: ``tests/test_cache_keys_content.py``.)"""
     assert source_key(str(tmp_path / "cache" / "digits_vq-0123456789ab.pt"), tmp_path / "cache") == \
         "digits_vq-0123456789ab.pt"
-    checkpoint = str(tmp_path / "checkpoints" / "vq.pt")
-    assert source_key(checkpoint, tmp_path / "cache") == checkpoint
+    missing = str(tmp_path / "checkpoints" / "vq.pt")
+    assert source_key(missing, tmp_path / "cache") == missing
 
 
 def test_seeded_seeds_the_cpu_alone_and_restores_it(monkeypatch):

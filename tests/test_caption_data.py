@@ -54,7 +54,7 @@ def test_hf_disk_reads_a_caption_column_on_access(tmp_path, digits):
                                           "label": labels[lo:hi].tolist(), "text": captions[lo:hi]})
                  for name, (lo, hi) in splits.items()}).save_to_disk(str(tmp_path / "ds"))
     data = HFDiskData(str(tmp_path / "ds"), image_size=32, channels=1, caption_column="text")
-    assert isinstance(data.train_captions, CaptionColumn)  # read from the table when asked, not held as a list
+    assert isinstance(data.train_captions.own, CaptionColumn)  # read from the table when asked, not held as a list
     assert data.eval_captions == captions[48:]
     images, batch_labels, idx = next(data.batches(8, torch.Generator().manual_seed(1)))
     assert data.captions_of(idx) == [captions[i] or "" for i in idx.tolist()]

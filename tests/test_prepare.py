@@ -19,6 +19,17 @@ def test_prepare_trains_then_reuses_the_cache(tiny, tmp_path):
     assert "not cached yet" not in second.stderr + second.stdout
 
 
+@pytest.mark.slow
+def test_prepare_refuses_what_the_run_would_before_any_work(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a one\n" * 10)
+    args = [sys.executable, "-m", "rlar.prepare", "data=prompts", f"data.path={prompts}", f"cache_dir={tmp_path}/c",
+            f"hydra.run.dir={tmp_path}/prep"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and re.match(r"config error: .* has no images \(data=prompts\)", proc.stderr)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+
+
 # rlar.prepare, sending itself SIGTERM as the prior's pretraining finishes step SIGNAL_AT
 SIGTERM_IN_PRETRAINING = """
 import os, signal, sys

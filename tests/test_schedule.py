@@ -134,6 +134,18 @@ def test_schedule_logprob_is_recomputed_from_the_trace():
     assert d.net.position.grad.abs().sum() > 0 and d.generator.head.weight.grad is None
 
 
+def test_the_entropy_bonus_has_finite_gradients():
+    """The entropy of the degree head and of the first position, masked to what is left, differentiates to finite
+    values (an entropy bonus would otherwise write NaN into every weight of the schedule net)."""
+    d = decoder(max_steps=8, max_degree=4)
+    s = d.decode(LABELS, len(LABELS), generator=torch.Generator().manual_seed(3))
+    _, entropy = d(s.trace)
+    entropy.sum().backward()
+    grads = [p.grad for p in d.net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
 def test_grpo_trains_the_schedule_and_never_the_generator():
     """Rewarding fewer steps: GRPO on schedule rollouts lowers the mean step count; ratio 1 on the first pass."""
     d = decoder(max_steps=8, max_degree=4)

@@ -132,7 +132,9 @@ class EvalSchema:
     batch_size: int = 128
     seed: int = 1234
     classifier: bool = True  # eval/class_acc and eval/fd from the embedded evaluation classifier (rlar/eval/model)
-    guided_cfg_scale: float | None = None  # a number: evaluate again under this classifier-free guidance (eval_cfg/*)
+    # a number: evaluate again under this classifier-free guidance (eval_cfg/*), at every token position (not only
+    # rollout.cfg_interval's: a reference the rollout's guidance does not move; ARPG's cfg_schedule still applies)
+    guided_cfg_scale: float | None = None
     classifier_model: EvalClassifierSchema = field(default_factory=EvalClassifierSchema)
     inception: InceptionEvalSchema = field(default_factory=InceptionEvalSchema)
 

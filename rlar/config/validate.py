@@ -218,6 +218,11 @@ def check_data_without_images(cfg: DictConfig) -> None:
         group, name = key.split(".")
         if name in cfg[group] and not cfg[group][name]:
             raise ConfigError(f"{nothing} to train the embedded {group} on; give {key}=<a saved checkpoint>")
+    encoder = cfg.get("text_encoder")
+    if encoder is not None and getattr(get_object(encoder["_target_"]), "trainable", False):
+        raise ConfigError(f"{nothing}: text_encoder=embedded is trained with the prior on the captions of images, and "
+                          "its weights are kept with that prior's cache entry, not with a policy checkpoint; use a "
+                          "frozen encoder (text_encoder=t5 or clip) with data=prompts")
     readers = [path for path, node in reward_nodes(cfg) if getattr(get_object(node["_target_"]), "reads_targets",
                                                                       False)]
     if readers:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MODES = {1: "L", 3: "RGB"}  # channels -> PIL mode
 DECODE_BATCH = 64
+LOADER_SEED = 0  # of each DataLoader's own generator (:func:`loader_generator`)
 
 
 def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
@@ -42,6 +43,14 @@ def to_8bit(image: Image.Image) -> Image.Image:
         return image
     pixels = np.asarray(image, dtype=np.float64)  # [H, W] in [0, 65535]
     return Image.fromarray((pixels / 257.0).round().clip(0, 255).astype(np.uint8))  # [H, W] uint8: mode L
+
+
+def loader_generator() -> torch.Generator:
+    """A DataLoader's own generator, seeded with :data:`LOADER_SEED`: each iterator of a loader draws its workers'
+    base seed from it (decoding draws no random numbers) instead of from torch's global stream, which a run resumed
+    mid-epoch would otherwise read once more than the run it continues (that stream feeds random orders and
+    dropout later)."""
+    return torch.Generator().manual_seed(LOADER_SEED)
 
 
 def warn_unreadable(name: str, reason: str) -> None:
@@ -84,7 +93,7 @@ def decode_all(sources: Sequence, image_size: int, channels: int, num_workers: i
     if len(sources) == 0:
         raise ValueError(f"{where} has no images")
     loader = DataLoader(DecodeImages(sources, image_size, channels), batch_size=DECODE_BATCH,
-                        num_workers=num_workers, collate_fn=collate)
+                        num_workers=num_workers, collate_fn=collate, generator=loader_generator())
     images = torch.empty(len(sources), channels, image_size, image_size, dtype=torch.uint8)  # [N, C, S, S]
     decoded = torch.zeros(len(sources), dtype=torch.bool)
     skipped: list[tuple[str, str]] = []

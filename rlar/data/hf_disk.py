@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -73,6 +74,13 @@ class CaptionColumn:
         return self.dataset[int(i)][self.column] or ""
 
 
+def saved_fingerprint(directory: Path) -> str:
+    """The fingerprint ``datasets`` wrote for the split saved in ``directory`` (``_fingerprint`` of its
+    ``state.json``, written by ``save_to_disk``): a hash of the split's content, or of the operations that made it,
+    so the split saved again with other content gets another one, and the same split at another path keeps it."""
+    return json.loads((directory / "state.json").read_text(encoding="utf-8"))["_fingerprint"]
+
+
 def pick_column(dataset: Dataset, wanted: str | None, candidates: tuple[str, ...], key: str, where: str) -> str:
     """``wanted`` if given, else the first of ``candidates`` that ``dataset`` has; a clear error otherwise."""
     names = [wanted] if wanted else list(candidates)
@@ -105,6 +113,9 @@ class HFDiskData(StoredImageData):
             raise ValueError(f"data.path='{self.path}' has splits {sorted(splits)} but no '{split}'; set "
                              f"data.split=<one of them>")
         self.eval_split = self._eval_split(eval_split, splits)
+        single = (self.path / "state.json").is_file()  # a Dataset (opened as the split 'train'), not a DatasetDict
+        self.saved_fingerprints = {name: saved_fingerprint(self.path if single else self.path / name)
+                                   for name in (split, self.eval_split) if name in splits}
         train, class_label_count = self._read(splits[split], split)
         held_out = None if self.eval_split == HOLDOUT else self._read(splits[self.eval_split], self.eval_split)[0]
         self.store(train, held_out, eval_fraction, split_seed,
@@ -156,5 +167,5 @@ class HFDiskData(StoredImageData):
         return {"name": "hf_disk", "path": str(self.path), "image_size": self.image_size, "channels": self.channels,
                 "split": self.split, "eval_split": self.eval_split, "eval_fraction": self.eval_fraction,
                 "split_seed": self.split_seed, "max_images": self.max_images, "image_column": self.image_column,
-                "label_column": self.label_column, "num_classes": self.num_classes,
-                "num_train": len(self.train_labels), "num_eval": len(self.eval_labels)}
+                "label_column": self.label_column, "num_classes": self.num_classes, "num_train": len(self.train_labels),
+                "num_eval": len(self.eval_labels), "saved": self.saved_fingerprints}

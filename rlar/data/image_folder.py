@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -68,6 +69,26 @@ class SidecarCaptions:
         return path.with_suffix(".txt").read_text(encoding="utf-8").strip()
 
 
+def file_size(path: Path) -> int:
+    """The size of a file in bytes; -1 when it is gone."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def listing_digest(listed: list[tuple[FileSources, torch.Tensor]]) -> str:
+    """A hash of each listed file's path relative to its root, class id (``labels [n]`` of each ``FileSources``) and
+    size in bytes: a file moved to another class, added, removed, renamed or replaced by one of another size changes
+    it, and the same files under another root do not; no file is read."""
+    digest = hashlib.sha1()
+    for k, (files, labels) in enumerate(listed):
+        for relative, label in zip(files.relative.tolist(), labels.tolist(), strict=True):
+            size = file_size(files.root / os.fsdecode(relative))
+            digest.update(b"%d\0%s\0%d\0%d\n" % (k, relative, label, size))
+    return digest.hexdigest()[:16]
+
+
 def check_sidecars(files: list[Path], root: Path) -> None:
     """Every image of ``files`` has its ``.txt`` sidecar; else an error naming how many lack one, and the first."""
     missing = [f for f in files if not f.with_suffix(".txt").is_file()]
@@ -96,6 +117,8 @@ class ImageFolderData(StoredImageData):
         self.root = Path(root).expanduser().absolute()
         self.eval_root = Path(eval_root).expanduser().absolute() if eval_root else None
         self.eval_fraction, self.split_seed, self.max_images = eval_fraction, split_seed, max_images
+        self.listed: list[tuple[FileSources, torch.Tensor]] = []  # each folder's files and labels [n], as read
+        self._files_digest: str | None = None
         self.classes = class_folders(self.root, "root")
         class_ids = {name: i for i, name in enumerate(self.classes)}
         train = self._read(self.root, self.classes, class_ids)
@@ -119,13 +142,17 @@ class ImageFolderData(StoredImageData):
                              f"'{root}'")
         rows = subset_rows(len(files), self.max_images, self.split_seed)
         files = [files[i] for i in rows.tolist()]
-        sources = FileSources(root, files)
+        sources, labels = FileSources(root, files), torch.tensor(labels)[rows]
+        self.listed.append((sources, labels))
         if self.captions == "sidecar":
             check_sidecars(files, root)
-        return sources, torch.tensor(labels)[rows], SidecarCaptions(sources) if self.captions else None
+        return sources, labels, SidecarCaptions(sources) if self.captions else None
 
     def fingerprint(self) -> dict:
+        """The settings, counts and ``files``: :func:`listing_digest` of the files read (hashed on the first call)."""
+        if self._files_digest is None:
+            self._files_digest = listing_digest(self.listed)
         return {"name": "image_folder", "root": str(self.root), "eval_root": str(self.eval_root or ""),
                 "image_size": self.image_size, "channels": self.channels, "eval_fraction": self.eval_fraction,
                 "split_seed": self.split_seed, "max_images": self.max_images, "num_classes": self.num_classes,
-                "num_train": len(self.train_labels), "num_eval": len(self.eval_labels)}
+                "num_train": len(self.train_labels), "num_eval": len(self.eval_labels), "files": self._files_digest}

@@ -3,11 +3,12 @@
 Nothing is decoded ahead: an item is read (in a DataLoader worker, or in this process) when a batch asks for it.
 A file that cannot be decoded is replaced by the next readable image of the same class (positions p+1, p+2, ...,
 wrapping around), so a batch keeps its labels and the replacement depends only on the files, never on the workers.
+Its caption goes with it: :class:`ReplacedCaptions` reads the replacement's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -30,7 +31,8 @@ class SourceRows:
 
 
 class TrainImages(Dataset):
-    """Position ``p`` -> ``(uint8 [C, S, S], [(name, reason)] of the unreadable files met on the way)``.
+    """Position ``p`` -> ``(uint8 [C, S, S], the position it was read from (p, or its replacement's), [(name,
+    reason)] of the unreadable files met on the way)``.
 
     ``sources``: each item a ``(source, name)`` for PIL; ``labels [n]``; ``where`` names the data in messages.
     """
@@ -42,7 +44,7 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, p: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    def __getitem__(self, p: int) -> tuple[torch.Tensor, int, list[tuple[str, str]]]:
         n, label = len(self.labels), self.labels[p]
         failed: list[tuple[str, str]] = []
         for q in range(p, p + n):
@@ -50,7 +52,7 @@ class TrainImages(Dataset):
                 continue
             source, name = self.sources[q % n]
             try:
-                return load_image(source, self.image_size, self.channels), failed
+                return load_image(source, self.image_size, self.channels), q % n, failed
             except Exception as e:  # PIL raises many types for bad files; any of them means "try the next one"
                 failed.append((name, f"{type(e).__name__}: {e}"))
         name, reason = failed[0]
@@ -58,9 +60,30 @@ class TrainImages(Dataset):
                          f"e.g. {name}: {reason}")
 
 
-def collate(items: list) -> tuple[torch.Tensor, list[tuple[str, str]]]:
-    """-> (images uint8 ``[B, C, S, S]``, the ``(name, reason)`` of every unreadable file met)."""
-    return torch.stack([image for image, _ in items]), [f for _, failed in items for f in failed]
+def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """-> (images uint8 ``[B, C, S, S]``, the positions ``[B]`` they were read from, the ``(name, reason)`` of every
+    unreadable file met)."""
+    return (torch.stack([image for image, _, _ in items]), torch.tensor([q for _, q, _ in items], dtype=torch.long),
+            [f for _, _, failed in items for f in failed])
+
+
+class ReplacedCaptions:
+    """Position ``p`` -> the caption of the image read for it: the caption of its replacement ``replaced[p]`` once
+    its file was met unreadable (``replaced``: {p: q}, filled as batches are read), else its own. A caption asked
+    before its image was read is its own file's."""
+
+    def __init__(self, captions: Sequence[str], replaced: dict[int, int]):
+        self.own, self.replaced = captions, replaced  # own: each file's caption, whatever has been read
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def __getitem__(self, p: int) -> str:
+        p = int(p)
+        return self.own[self.replaced.get(p, p)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[p] for p in range(len(self)))
 
 
 def chunks(n: int, size: int) -> list[torch.Tensor]:

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlar.data.batches import ImageData, holdout_split
-from rlar.data.decode import DECODE_BATCH, MODES, decode_all, warn_unreadable
-from rlar.data.on_access import SourceRows, TrainImages, chunks, collate
+from rlar.data.decode import DECODE_BATCH, MODES, decode_all, loader_generator, warn_unreadable
+from rlar.data.on_access import ReplacedCaptions, SourceRows, TrainImages, chunks, collate
 
 Split = tuple[Sequence, torch.Tensor, Sequence | None]  # (image sources, labels [N], captions or None)
 
@@ -75,9 +75,10 @@ class StoredImageData(ImageData):
     decodes the whole split each time it is read (for sets small enough to train the embedded tokenizer, prior and
     classifier on; refused before decoding when it could not fit in memory). The eval split is decoded once and kept
     as uint8 ``[N_eval, C, S, S]`` (its unreadable files left out). ``skipped`` counts the unreadable files met so
-    far, ``skipped_paths`` names them. Captions, when the data has them: the train split's read on access (an
-    unreadable train image's replacement keeps the caption of the image it replaces), the eval split's read once,
-    without those of the images left out."""
+    far, ``skipped_paths`` names them; ``replaced`` maps the train position of each unreadable file met so far to
+    its replacement's. Captions, when the data has them: the train split's read on access (an unreadable train
+    image's caption is its replacement's, once a batch has read it: :class:`ReplacedCaptions`), the eval split's
+    read once, without those of the images left out."""
 
     train_items: TrainImages
     eval_uint8: torch.Tensor
@@ -87,6 +88,7 @@ class StoredImageData(ImageData):
             raise ValueError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         self.image_size, self.channels, self.num_workers = image_size, channels, num_workers
         self.skipped_paths: list[str] = []
+        self.replaced: dict[int, int] = {}  # train position -> the position its image was read from
 
     @property
     def skipped(self) -> int:
@@ -110,10 +112,12 @@ class StoredImageData(ImageData):
         return to_unit_range(self.eval_uint8)
 
     def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Decode each index batch in the DataLoader (a new one for each call: its workers live for one epoch)."""
+        """Decode each index batch in the DataLoader (a new one for each call: its workers live for one epoch; its
+        own generator, so torch's global random stream is not read, see :func:`loader_generator`)."""
         loader = DataLoader(self.train_items, batch_sampler=index_batches, num_workers=self.num_workers,
-                            collate_fn=collate)
-        for images, failed in loader:
+                            collate_fn=collate, generator=loader_generator())
+        for idx, (images, read_from, failed) in zip(index_batches, loader, strict=True):
+            self.replaced.update((p, q) for p, q in zip(idx.tolist(), read_from.tolist(), strict=True) if p != q)
             for name, reason in failed:
                 if name not in self.skipped_paths:
                     warn_unreadable(name, reason)
@@ -145,5 +149,6 @@ class StoredImageData(ImageData):
         if held_out[2] is not None:
             self.eval_captions = [held_out[2][i] for i in kept.tolist()]
         self.train_items = TrainImages(sources, labels, self.image_size, self.channels, where)
-        self.train_labels, self.train_captions = labels, captions
+        self.train_labels = labels
+        self.train_captions = None if captions is None else ReplacedCaptions(captions, self.replaced)
         self.num_classes = count_classes(torch.cat([labels, self.eval_labels]), num_classes, where)

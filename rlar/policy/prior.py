@@ -42,9 +42,27 @@ def check_vocabulary(vocab_size: int, block_size: int, tokenizer: FrozenTokenize
         )
 
 
-def teacher_forced_ce(policy, codes: torch.Tensor, condition: Condition | torch.Tensor | None) -> torch.Tensor:
-    """Next-token cross-entropy of ground-truth codes ``[N, T]`` under teacher forcing."""
-    return F.cross_entropy(policy(codes, condition).flatten(0, 1), codes.flatten())
+def teacher_forced_ce(policy, codes: torch.Tensor, condition: Condition | torch.Tensor | None,
+                      reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy of ground-truth codes ``[N, T]`` under teacher forcing (``reduction``: over the
+    N * T positions, as ``F.cross_entropy``'s)."""
+    return F.cross_entropy(policy(codes, condition).flatten(0, 1), codes.flatten(), reduction=reduction)
+
+
+@torch.no_grad()
+def eval_ce(policy, codes: torch.Tensor, labels: torch.Tensor, batch_size: int, captions: list[str] | None = None,
+            text_encoder: TextEncoder | None = None) -> float:
+    """The teacher-forced cross-entropy of codes ``[N, T]`` (class ``labels [N]``, or with ``text_encoder`` the
+    ``captions``), averaged over all N * T positions, in forward passes of at most ``batch_size`` rows: one pass
+    over all of them would hold logits ``[N, T, V]`` (2000 x 256 x 16384 floats: 33 GB)."""
+    total = 0.0  # summed over the positions seen so far
+    for start in range(0, len(codes), batch_size):
+        rows = slice(start, start + batch_size)  # codes[rows]: [n <= batch_size, T]
+        condition = labels[rows]
+        if text_encoder is not None:
+            condition = text_encoder.condition(list(captions[rows]), labels[rows])
+        total += teacher_forced_ce(policy, codes[rows], condition, reduction="sum").item()
+    return total / codes.numel() if codes.numel() else float("nan")
 
 
 def trained_with(policy, text_encoder: TextEncoder | None) -> list[torch.nn.Parameter]:
@@ -126,11 +144,9 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
                                   pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar,
                                   captions=None if captions is None else captions["train"], text_encoder=text_encoder,
                                   checkpoint=checkpoint)
-        with torch.no_grad():
-            condition = data.eval_labels
-            if text_encoder is not None:
-                condition = text_encoder.eval().condition(list(captions["eval"]), data.eval_labels)
-            eval_loss = teacher_forced_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), condition)
+        eval_loss = eval_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels,
+                            pretrain["batch_size"], None if captions is None else list(captions["eval"]),
+                            None if text_encoder is None else text_encoder.eval())
         state = policy.state_dict()
         if trainable:
             state = {"policy": state, "text_encoder": text_encoder.state_dict()}

@@ -49,5 +49,5 @@ def degree_logprob(logits: torch.Tensor, remaining: torch.Tensor, degree: torch.
     k = torch.arange(1, logits.shape[1] + 1, device=logits.device)
     allowed = (k[None] <= remaining[:, None]) | (k[None] == 1)  # [M, K]; k = 1 keeps finished rows finite
     logp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)  # [M, K]
-    entropy = -torch.where(allowed, logp.exp() * logp, 0.0).sum(-1)
+    entropy = -(logp.exp() * logp.masked_fill(~allowed, 0.0)).sum(-1)  # 0 * -inf never enters the backward
     return logp.gather(1, (degree.clamp(1, logits.shape[1]) - 1)[:, None])[:, 0], entropy

@@ -68,8 +68,9 @@ def schedule_logprob(net: ScheduleNet, trace: ScheduleTrace) -> tuple[torch.Tens
     pending, degree, drawn = flat["pending"], flat["degree"], flat["drawn"]
     logp_degree, entropy_degree = degree_logprob(degree_logits, pending.sum(1), degree)
     logp_positions = plackett_luce_logprob(scores, pending, flat["picks"], torch.where(drawn, degree, 0))
-    first = torch.log_softmax(scores.float().masked_fill(~pending, float("-inf")), dim=-1)  # [S*N, T]
-    entropy_first = -torch.where(pending, first.exp() * first, 0.0).sum(-1)
+    open_rows = pending | ~pending.any(-1, keepdim=True)  # a finished row reads every position: finite, unused
+    first = torch.log_softmax(scores.float().masked_fill(~open_rows, float("-inf")), dim=-1)  # [S*N, T]
+    entropy_first = -(first.exp() * first.masked_fill(~pending, 0.0)).sum(-1)  # 0 * -inf never enters the backward
     logp = torch.where(drawn, logp_degree + logp_positions, 0.0).view(s, n).sum(0)
     entropy = torch.where(drawn, entropy_degree + entropy_first, 0.0).view(s, n).sum(0)
     return logp, entropy

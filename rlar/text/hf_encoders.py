@@ -18,12 +18,41 @@ INSTALL = "pip install -e '.[text]'"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# the small files that shape a caption's features besides the weights: hashed whole (those the folder has)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spiece.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+SAMPLES, SAMPLE_BYTES = 16, 1 << 18  # a weight file's samples: 16 of 256 KiB, evenly spaced from start to end
+
+
+def weight_samples(file: Path, count: int = SAMPLES, sample: int = SAMPLE_BYTES) -> list[bytes]:
+    """``count`` blocks of ``sample`` bytes of ``file``, the first at its start, the last at its end, the others
+    evenly between (the whole file when it is no larger than them): 4 MiB of a 20 GB file."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        if size <= count * sample:
+            return [f.read()]
+        blocks = []
+        for i in range(count):
+            f.seek(i * (size - sample) // (count - 1))
+            blocks.append(f.read(sample))
+        return blocks
+
+
 def model_fingerprint(path: Path) -> str:
-    """A hash of a model folder's ``config.json`` and the names and sizes of its weight files."""
+    """A hash of a model folder's content, independent of where it lies: ``config.json`` and the tokenizer's files
+    whole, and each weight file's name, size and 4 MiB sampled across it (:func:`weight_samples`), so another
+    fine-tune of the same base, or weights overwritten in place, gets a new key without reading gigabytes (a
+    fine-tune that changes only tensors lying between the samples would keep it)."""
     digest = hashlib.sha1((path / "config.json").read_bytes())
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            digest.update(f"{name}:".encode() + hashlib.sha1((path / name).read_bytes()).digest())
     for file in sorted(path.iterdir()):
-        if file.suffix in (".safetensors", ".bin"):
+        if file.suffix in WEIGHT_SUFFIXES:
             digest.update(f"{file.name}:{file.stat().st_size}".encode())
+            for block in weight_samples(file):
+                digest.update(hashlib.sha1(block).digest())
     return digest.hexdigest()[:16]
 
 
