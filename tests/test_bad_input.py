@@ -26,7 +26,7 @@ from rlar.runtime.cache import load_checkpoint
     (["algorithm.clip_eps_high=-0.1"], r"algorithm.clip_eps_high must be >= 0 .*got -0.1"),
     (["algorithm=ppo", "algorithm.clip_eps=-1"], r"algorithm.clip_eps must be >= 0"),
     (["algorithm.epochs=0"], r"algorithm.epochs must be >= 1 .*got 0"),
-    (["eval.max_items=-1"], r"eval.max_items must be >= 0 .*got -1"),
+    (["eval.max_items=-1"], r"eval.max_items must be >= 2 .*got -1"),
     (["eval.batch_size=0"], r"eval.batch_size must be >= 1, got 0"),
     (["rollout.mode=prefix", "rollout.prefix_len=65"], r"prefix_len=65 leaves none of the 64 tokens per image"),
     (["rollout.mode=prefix", "rollout.prefix_len=64"], r"prefix_len=64 leaves none of the 64 tokens per image"),

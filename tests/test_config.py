@@ -21,6 +21,8 @@ NEEDS_FILES = {"hf_disk", "image_folder", "prompts", "clip"}
 # GPU and torchrun options: checked here on the CPU, as rank 0 of a torchrun job of one process
 ELSEWHERE = {"cuda": ["hardware.device=cpu"], "ddp": ["hardware.device=cpu"], "fsdp": ["hardware.device=cpu"]}
 WITH_MODE = {"arpg": ["rollout.mode=parallel"]}  # a parallel decoder goes with its rollout mode
+# a reward of the decoding steps goes with the learned schedule
+WITH_MODE.update({name: ["experiment=arpg_schedule"] for name in ("efficiency", "perceptual_efficiency")})
 # the public tokenizers read RGB: checked with RGB data (the digits are grayscale)
 RGB = ["data=image_folder", "data.root=/images"]
 WITH_DATA = {name: RGB for name in ("llamagen_vq16", "llamagen_vq8", "taming_vqgan", "ibq")}

@@ -2,11 +2,13 @@
 mode, with CFG and temperature), the KL term and the value head train, the entropy bonus raises the entropy; and a
 teacher-forced rollout reads the ground truth."""
 
+import math
+
 import pytest
 import torch
 
 from rlar.algorithm.algorithms import GRPO, PPO
-from rlar.algorithm.update import policy_update, recomputes_old_logprobs
+from rlar.algorithm.update import clip_and_step, policy_update, recomputes_old_logprobs
 from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
@@ -214,3 +216,21 @@ def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
         weights[accum], norms[accum] = policy.state_dict(), stats["policy/grad_norm"]
     assert all(torch.allclose(weights[4][k], weights[2][k], atol=1e-7) for k in weights[2])
     assert norms[4] == pytest.approx(norms[2], rel=1e-6) and norms[2] > 0  # one step each, of the same gradient
+
+
+def test_a_gradient_that_is_not_finite_is_not_stepped(caplog):
+    """A NaN or infinite gradient (an lr far too large, a temperature near 0) leaves the weights and the optimizer's
+    state as they were, with a warning; a finite one steps."""
+    layer = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in layer.parameters()]
+    for bad in (float("nan"), float("inf")):
+        (layer(torch.ones(1, 3)).sum() * bad).backward()
+        with caplog.at_level("WARNING", logger="rlar.algorithm.update"):
+            norm = clip_and_step(list(layer.parameters()), optimizer, None)
+        assert not math.isfinite(norm) and "this optimizer step is skipped" in caplog.text
+        assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before, strict=True))
+        assert not optimizer.state and all(p.grad is None for p in layer.parameters())
+    layer(torch.ones(1, 3)).sum().backward()
+    assert math.isfinite(clip_and_step(list(layer.parameters()), optimizer, 1.0))
+    assert not torch.equal(layer.weight, before[0]) and optimizer.state

@@ -61,6 +61,17 @@ class Common:
             raise ValueError(f"algorithm.ntp_weight must be >= 0, got {self.ntp_weight}")
         if self.epochs < 1:
             raise ValueError(f"algorithm.epochs must be >= 1 (passes over each rollout), got {self.epochs}")
+        for key in ("adv_clip", "loss_constant"):  # null: off / T tokens
+            value = getattr(self, key, None)
+            if value is not None and value <= 0:
+                raise ValueError(f"algorithm.{key} must be > 0 (null: {'no clamp' if key == 'adv_clip' else 'T'}), "
+                                 f"got {value}")
+        for key in ("gamma", "gae_lambda"):
+            value = getattr(self, key, None)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"algorithm.{key} must be in [0, 1] (a discount), got {value}")
+        if getattr(self, "vf_coef", 0) < 0:
+            raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
         for key in ("clip_eps", "clip_eps_high"):
             value = getattr(self, key, None)
             if value is not None and value < 0:

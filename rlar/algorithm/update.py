@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import math
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,8 @@ from rlar.rollout.parallel_decoding import arpg_logprobs
 from rlar.rollout.sampling import policy_logprobs
 from rlar.runtime import distributed
 from rlar.runtime.data_parallel import gradient_sync
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from rlar.rollout.types import Rollout
@@ -105,11 +109,18 @@ def accumulation_window(count: int, total: int, grad_accum: int) -> int:
 
 
 def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float:
-    """Clip the gradient norm (when ``max_grad_norm`` is set), step, clear; returns the norm before clipping."""
+    """Clip the gradient norm (when ``max_grad_norm`` is set), step, clear; returns the norm before clipping. A
+    gradient that is not finite is not stepped (the weights stay finite; a warning says so): the norm is the
+    global one under DDP and FSDP2, so every process skips the same step."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-    optimizer.step()
+    norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2: a DTensor
+    if math.isfinite(norm):
+        optimizer.step()
+    else:
+        log.warning("the gradient norm is %s: this optimizer step is skipped and the weights are left as they were "
+                    "(a lower optimizer.lr, train.max_grad_norm or rollout.temperature closer to 1 avoids it)", norm)
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2: a DTensor
+    return norm
 
 
 def next_token_ce(policy, rollout: Rollout, idx: torch.Tensor, logp_all: torch.Tensor, labels, sampling: dict,

@@ -65,6 +65,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         check_inception_eval(cfg)
     check_optimized_metric(cfg)
     check_data_without_images(cfg)
+    check_step_rewards(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
@@ -96,8 +97,11 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
             per_process = f" / {world} processes" if world > 1 else ""
             raise ConfigError(f"train.batch_size{per_process} * num_generations = {sequences} sequences per process "
                               f"do not split into minibatches of algorithm.minibatch_size={mb}")
-    if cfg.eval.max_items is not None and cfg.eval.max_items < 0:
-        raise ConfigError(f"eval.max_items must be >= 0 (null = the whole held-out split), got {cfg.eval.max_items}")
+    if cfg.eval.max_items is not None and cfg.eval.max_items < 2:
+        raise ConfigError(f"eval.max_items must be >= 2 (a Fréchet distance fits a covariance; null = the whole "
+                          f"held-out split), got {cfg.eval.max_items}")
+    if cfg.train.max_grad_norm is not None and cfg.train.max_grad_norm <= 0:
+        raise ConfigError(f"train.max_grad_norm must be > 0 (null = no clipping), got {cfg.train.max_grad_norm}")
     if cfg.train.iterations < 0:
         raise ConfigError(f"train.iterations must be >= 0 (0 evaluates the prior only), got {cfg.train.iterations}")
     for key in ("train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
@@ -105,6 +109,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         group, name = key.split(".")
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
+    check_group_statistics(cfg)
 
 
 def check_sizes(cfg: DictConfig) -> None:
@@ -170,6 +175,33 @@ def check_text_conditioning(cfg: DictConfig) -> None:
     if cfg.eval.inception.enabled:
         raise ConfigError("eval.inception samples class-balanced labels, not captions; with a text_encoder set "
                           "eval.inception.enabled=false")
+
+
+def check_step_rewards(cfg: DictConfig) -> None:
+    """A reward of the decoding steps (``reward=efficiency``) reads what a learned schedule chooses: any other rollout
+    reports no steps (an error at the first reward) or the same steps for every sample (a constant reward)."""
+    if cfg.rollout.mode == "schedule":
+        return
+    for path, node in reward_nodes(cfg):
+        if getattr(get_object(node["_target_"]), "reads_steps", False):
+            raise ConfigError(f"{path} scores the decoding steps a learned schedule chooses, and "
+                              f"rollout.mode={cfg.rollout.mode} has none to choose; use rollout.mode=schedule "
+                              "(experiment=arpg_schedule) or a reward without it")
+
+
+def check_group_statistics(cfg: DictConfig) -> None:
+    """A reward that fits the statistics of the samples it scores together (``loo_fd``: the batch, or with
+    ``class_conditional`` each requested class's share of it) leaves a set smaller than it needs unscored (NaN):
+    refused when the whole batch is that small, so that no sample could ever be scored."""
+    g = cfg.algorithm.get("num_generations")
+    if g is None:  # an algorithm that samples nothing
+        return
+    for path, node in reward_nodes(cfg):
+        need = getattr(get_object(node["_target_"]), "min_group_samples", 0)
+        if cfg.train.batch_size * g < need:
+            raise ConfigError(f"{path} fits the statistics of the samples it scores together and needs >= {need}, "
+                              f"but train.batch_size * algorithm.num_generations = {cfg.train.batch_size * g}; "
+                              "raise either")
 
 
 def reward_nodes(cfg: DictConfig) -> list[tuple[str, dict]]:

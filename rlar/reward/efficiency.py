@@ -19,6 +19,8 @@ def efficiency(steps: torch.Tensor, target: float, max_steps: float) -> torch.Te
 class EfficiencyReward(Reward):
     """``reward(images, targets, meta) -> (efficiency [N], {"efficiency": [N]})``; reads ``meta["steps"]``."""
 
+    reads_steps = True
+
     def __init__(self, target: int = 8, max_steps: int = 64):
         if not 0 <= target < max_steps:
             raise ValueError(f"reward.target={target} and reward.max_steps={max_steps} must satisfy "

@@ -28,13 +28,16 @@ def mix(moments: Moments, history: Moments | None, ema: float) -> Moments:
     return tuple((1 - ema) * m + ema * h for m, h in zip(moments, history, strict=True))
 
 
+MIN_SAMPLES = 3  # a set that leaves one sample out keeps a covariance
+
+
 def leave_one_out_fd(features: torch.Tensor, reference: Moments, history: Moments | None = None,
                      ema: float = 0.0) -> torch.Tensor:
     """``[N]``: ``r_i = FD(without i) - FD(all)`` of ``features [N, F]`` against the ``reference`` moments, each set's
     moments (its ``gaussian_fit``) mixed with ``history`` by :func:`mix`. Positive: sample i brings the set closer
     to the reference. NaN for all below 3 samples (leaving one out must leave a covariance)."""
     n = len(features)
-    if n < 3:
+    if n < MIN_SAMPLES:
         return torch.full((n,), float("nan"), dtype=torch.float64)
     total = frechet_distance(*mix(gaussian_fit(features), history, ema), *reference)
     keep = ~torch.eye(n, dtype=torch.bool)  # [N, N]: row i leaves sample i out
@@ -54,6 +57,8 @@ class LeaveOneOutFDReward(Reward):
     ignored. Every call moves the averages while ``learning`` is True (evaluation scores without moving them); they
     are the reward's ``state_dict()``, saved with each checkpoint.
     """
+
+    min_group_samples = MIN_SAMPLES  # per group scored together (checked against the config before any work)
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  ema: float = 0.9, class_conditional: bool = False, chunk_size: int = 256):
