@@ -3,7 +3,9 @@
 The loop's random streams are CPU ``torch.Generator``s, so that one seed gives one stream on any machine. PyTorch
 refuses a CPU generator for a CUDA tensor, so no random op here reads a tensor: uniforms are drawn from the stream on
 its own device, moved to the tensor's device, and turned into the draw there (an inverse CDF). A seed then gives the
-same draws on the CPU and on a GPU, up to floating-point ties in the CDF.
+same uniforms on the CPU and on a GPU. The draws match too while the two devices' logits agree: they differ in the
+last bits (other kernels, bf16), so a uniform that falls that close to a boundary of the CDF picks the neighbouring
+code, and an autoregressive sample diverges from there on.
 """
 
 from __future__ import annotations
