@@ -85,6 +85,11 @@ def test_the_text_prior_learns_from_its_captions_and_is_cached_with_its_encoder(
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), third.state_dict().values(),
                                                  strict=True))  # a checkpoint gets the encoder of its prior
     assert torch.equal(loaded.caption.uncond_embedding, policy.caption.uncond_embedding)
+    other = {**options, "pretrain": {**options["pretrain"], "steps": 301}}  # settings whose prior is not cached
+    with pytest.raises(FileNotFoundError, match="reads the embedded text encoder of the prior it was fine-tuned "
+                                                "from.*settings of the run that made the checkpoint"):
+        build_gpt_prior(tokenizer, captioned, EmbeddedTextEncoder(max_length=6, width=32, n_layer=1, n_head=2),
+                        **other, checkpoint=str(cache_dir / "text_policy.pt"))  # nothing is pretrained
 
 
 @pytest.mark.slow

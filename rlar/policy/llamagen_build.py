@@ -8,7 +8,7 @@ from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen import LlamaGen, load_llamagen_state
-from rlar.policy.prior import cached_prior, check_vocabulary
+from rlar.policy.prior import cached_prior, check_vocabulary, encoder_missing
 from rlar.policy.schemas import LlamaGenSchema, RoPETransformerSchema
 from rlar.runtime.cache import seeded
 from rlar.text.encoder import TextEncoder
@@ -27,12 +27,12 @@ def rope_transformer_arch(spec: RoPETransformerSchema, tokenizer: FrozenTokenize
 
 
 def cached_rope_prior(policy, name: str, arch: dict, spec: RoPETransformerSchema, tokenizer: FrozenTokenizer,
-                      data: ImageData, text_encoder: TextEncoder | None = None):
-    """``policy`` with the weights of the cached prior ``name`` (pretrained on a miss), keyed by its architecture
-    after the size preset."""
+                      data: ImageData, text_encoder: TextEncoder | None = None, missing: str | None = None):
+    """``policy`` with the weights of the cached prior ``name`` (pretrained on a miss, or ``missing``: an error),
+    keyed by its architecture after the size preset."""
     resolved = {"n_layer": policy.n_layer, "n_head": policy.n_head, "dim": policy.n_embd}
     return cached_prior(policy, name, {**arch, **resolved}, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
-                        text_encoder)
+                        text_encoder, missing)
 
 
 def text_arch(spec: LlamaGenSchema, text_encoder: TextEncoder | None) -> dict:
@@ -57,6 +57,7 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encod
         policy = LlamaGen(**arch, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
         if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
-            cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data, text_encoder)
+            cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data, text_encoder,
+                              encoder_missing(spec.checkpoint))
         return load_llamagen_state(policy, folder_or_file(spec.checkpoint, policy))
     return cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data, text_encoder)

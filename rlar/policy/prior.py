@@ -123,12 +123,20 @@ def load_gpt_checkpoint(policy: GPT, path: str | dict) -> GPT:
     return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
 
 
+def encoder_missing(checkpoint: str) -> str:
+    """The error when a policy checkpoint's trainable text encoder is not in the cache: a new one, pretrained now,
+    would not be the encoder the policy was trained to read."""
+    return (f"policy.checkpoint={checkpoint} reads the embedded text encoder of the prior it was fine-tuned from, "
+            "which is kept in that prior's cache entry, and there is none for these settings; run with the cache_dir, "
+            "data, tokenizer and policy.pretrain settings of the run that made the checkpoint")
+
+
 def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data: ImageData, pretrain: dict,
-                 cache_dir: str | None, text_encoder: TextEncoder | None = None):
+                 cache_dir: str | None, text_encoder: TextEncoder | None = None, missing: str | None = None):
     """Load into ``policy`` the prior cached under ``name`` for these settings; on a miss, pretrain it with teacher
-    forcing on the tokenized train split first. ``pretrain``: a :class:`PretrainSchema`'s fields. With a
-    ``text_encoder`` the conditions are the data's captions; a trainable one is cached with the policy (the entry
-    holds ``{"policy", "text_encoder"}``) and loaded too."""
+    forcing on the tokenized train split first (``missing``: a miss is an error with this message instead).
+    ``pretrain``: a :class:`PretrainSchema`'s fields. With a ``text_encoder`` the conditions are the data's captions;
+    a trainable one is cached with the policy (the entry holds ``{"policy", "text_encoder"}``) and loaded too."""
     if pretrain["steps"] < 1:  # before the train split is encoded
         raise ValueError(f"policy.pretrain.steps must be >= 1 (teacher-forced steps of the embedded prior), got "
                          f"{pretrain['steps']}; or give policy.checkpoint=<a saved policy>")
@@ -156,7 +164,7 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
             "data": data.fingerprint()}
     if text_encoder is not None:
         spec["text"] = {"encoder": text_encoder.spec(), "captions": captions_fingerprint(data)}
-    state, path = cached_artifact(cache_dir, name, spec, build)
+    state, path = cached_artifact(cache_dir, name, spec, build, missing)
     if trainable:
         text_encoder.load_state_dict(state["text_encoder"])
         state = state["policy"]
@@ -187,7 +195,7 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder: T
     if spec.checkpoint:
         if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
             cached_prior(policy, "gpt_prior", key, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
-                         text_encoder)
+                         text_encoder, missing=encoder_missing(spec.checkpoint))
         return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
     return cached_prior(policy, "gpt_prior", key, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
                         text_encoder)

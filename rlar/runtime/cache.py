@@ -119,8 +119,10 @@ def spec_key(spec: dict, length: int = 12) -> str:
 
 
 def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
-                    build: Callable[[BuildCheckpoint], tuple[dict, dict]]) -> tuple[dict, Path]:
-    """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build(checkpoint)`` on a miss.
+                    build: Callable[[BuildCheckpoint], tuple[dict, dict]], missing: str | None = None
+                    ) -> tuple[dict, Path]:
+    """Return the state dict cached under ``name-<hash(spec)>.pt``, building it with ``build(checkpoint)`` on a miss
+    (``missing``: a miss is an error with this message instead, nothing built).
 
     ``build`` returns ``(state_dict, metrics)``; metrics and spec are written beside it as JSON. It runs on
     :func:`build_thread_count` CPU threads, so the entry does not depend on the building run's thread count; a count
@@ -135,6 +137,8 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
     if path.is_file():
         log.info("%s: using cached %s", name, path)
         return torch.load(path, map_location="cpu", weights_only=True), path
+    if missing is not None:
+        raise FileNotFoundError(f"{missing} (no {path})")
     log.info("%s: not cached yet, training it on %d CPU threads (cached afterwards at %s)", name, threads, path)
     with build_threads(threads), StopRequest().listening() as stop:
         checkpoint = BuildCheckpoint(path.with_name(f"{path.stem}.partial.pt"), f"{name} ({path.name})", stop)
