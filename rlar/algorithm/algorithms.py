@@ -61,17 +61,6 @@ class Common:
             raise ValueError(f"algorithm.ntp_weight must be >= 0, got {self.ntp_weight}")
         if self.epochs < 1:
             raise ValueError(f"algorithm.epochs must be >= 1 (passes over each rollout), got {self.epochs}")
-        for key in ("adv_clip", "loss_constant"):  # null: off / T tokens
-            value = getattr(self, key, None)
-            if value is not None and value <= 0:
-                raise ValueError(f"algorithm.{key} must be > 0 (null: {'no clamp' if key == 'adv_clip' else 'T'}), "
-                                 f"got {value}")
-        for key in ("gamma", "gae_lambda"):
-            value = getattr(self, key, None)
-            if value is not None and not 0 <= value <= 1:
-                raise ValueError(f"algorithm.{key} must be in [0, 1] (a discount), got {value}")
-        if getattr(self, "vf_coef", 0) < 0:
-            raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
         for key in ("clip_eps", "clip_eps_high"):
             value = getattr(self, key, None)
             if value is not None and value < 0:
@@ -109,6 +98,10 @@ class GRPO(Common):
             )
         if self.scale not in SCALES:
             raise ValueError(f"algorithm.scale must be one of {SCALES}, got {self.scale!r}")
+        for key, off in (("adv_clip", "no clamp"), ("loss_constant", "T")):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"algorithm.{key} must be > 0 (null: {off}), got {value}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         check_minibatch(self.minibatch_size, self.num_generations)
@@ -202,6 +195,11 @@ class PPO(Common):
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.baseline not in ("group", "batch"):
             raise ValueError(f"algorithm.baseline must be 'group' or 'batch' for PPO, got {self.baseline!r}")
+        for key in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"algorithm.{key} must be in [0, 1] (a discount), got {getattr(self, key)}")
+        if self.vf_coef < 0:
+            raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
         if self.baseline == "group" and self.num_generations < 2 and not self.value_head:
             raise ValueError("PPO with algorithm.baseline=group and algorithm.num_generations=1 subtracts each reward "
                              "from itself: every advantage would be 0; set algorithm.num_generations>=2, "

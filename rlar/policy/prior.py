@@ -20,7 +20,7 @@ from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
 from rlar.runtime.build_checkpoint import BuildCheckpoint
 from rlar.runtime.cache import cached_artifact, seeded, source_key
-from rlar.text.conditions import captions_fingerprint, split_captions
+from rlar.text.conditions import captions_fingerprint, item_conditions, split_captions
 from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
@@ -58,9 +58,8 @@ def eval_ce(policy, codes: torch.Tensor, labels: torch.Tensor, batch_size: int, 
     total = 0.0  # summed over the positions seen so far
     for start in range(0, len(codes), batch_size):
         rows = slice(start, start + batch_size)  # codes[rows]: [n <= batch_size, T]
-        condition = labels[rows]
-        if text_encoder is not None:
-            condition = text_encoder.condition(list(captions[rows]), labels[rows])
+        condition = item_conditions(text_encoder, labels[rows], None if captions is None else captions[rows],
+                                    codes.device)
         total += teacher_forced_ce(policy, codes[rows], condition, reduction="sum").item()
     return total / codes.numel() if codes.numel() else float("nan")
 
