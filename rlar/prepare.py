@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.config.store import CONF_DIR, register_schemas
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.model.build import build_eval_classifier
 from rlar.text.build import build_text_encoder
 
@@ -18,10 +16,8 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:  # the run's settings: what the run would refuse is refused before anything is trained
+    with exit_on_config_error():  # the run's settings: what the run would refuse is refused before anything is trained
         check_config(cfg)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from rlar.config.rerun import check_rerun
 from rlar.config.store import CONF_DIR, register_schemas
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key
 from rlar.loop import train_rl_loop
 from rlar.reward.mixture import zscored
@@ -27,12 +27,10 @@ register_schemas()
 def main(cfg: DictConfig) -> float:
     hydra = HydraConfig.get()
     output_dir = hydra.runtime.output_dir
-    try:
+    with exit_on_config_error():
         check_config(cfg)
         if env_rank() == 0:
             check_rerun(cfg, output_dir, hydra.output_subdir, list(hydra.job.config.override_dirname.exclude_keys))
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
     summary = train_rl_loop(cfg, output_dir)
     if env_rank() != 0:
         return optimized_value(summary, cfg.optimized_metric)

@@ -1,5 +1,6 @@
 import subprocess
 
+import matplotlib.font_manager  # noqa: F401  on a fresh machine it runs fc-list once to cache the fonts: before the guard
 import numpy as np
 import pytest
 import torch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +26,20 @@ from rlar.runtime.ema import check_decay
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and the fix."""
+
+
+@contextlib.contextmanager
+def exit_on_config_error(*also: type[Exception]):
+    """For a command line: a ``ConfigError`` (or one of ``also``) raised inside exits with ``config error: ...``."""
+    try:
+        yield
+    except (ConfigError, *also) as e:
+        sys.exit(f"config error: {e}")
+
+
+def target_attribute(node: dict, name: str, default=None):
+    """The class attribute ``name`` of the class that ``node`` instantiates (its ``_target_``), without building it."""
+    return getattr(get_object(node["_target_"]), name, default)
 
 
 def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
@@ -183,7 +199,7 @@ def check_step_rewards(cfg: DictConfig) -> None:
     if cfg.rollout.mode == "schedule":
         return
     for path, node in reward_nodes(cfg):
-        if getattr(get_object(node["_target_"]), "reads_steps", False):
+        if target_attribute(node, "reads_steps", False):
             raise ConfigError(f"{path} scores the decoding steps a learned schedule chooses, and "
                               f"rollout.mode={cfg.rollout.mode} has none to choose; use rollout.mode=schedule "
                               "(experiment=arpg_schedule) or a reward without it")
@@ -197,7 +213,7 @@ def check_group_statistics(cfg: DictConfig) -> None:
     if g is None:  # an algorithm that samples nothing
         return
     for path, node in reward_nodes(cfg):
-        need = getattr(get_object(node["_target_"]), "min_group_samples", 0)
+        need = target_attribute(node, "min_group_samples", 0)
         if cfg.train.batch_size * g < need:
             raise ConfigError(f"{path} fits the statistics of the samples it scores together and needs >= {need}, "
                               f"but train.batch_size * algorithm.num_generations = {cfg.train.batch_size * g}; "
@@ -251,12 +267,11 @@ def check_data_without_images(cfg: DictConfig) -> None:
         if name in cfg[group] and not cfg[group][name]:
             raise ConfigError(f"{nothing} to train the embedded {group} on; give {key}=<a saved checkpoint>")
     encoder = cfg.get("text_encoder")
-    if encoder is not None and getattr(get_object(encoder["_target_"]), "trainable", False):
+    if encoder is not None and target_attribute(encoder, "trainable", False):
         raise ConfigError(f"{nothing}: text_encoder=embedded is trained with the prior on the captions of images, and "
                           "its weights are kept with that prior's cache entry, not with a policy checkpoint; use a "
                           "frozen encoder (text_encoder=t5 or clip) with data=prompts")
-    readers = [path for path, node in reward_nodes(cfg) if getattr(get_object(node["_target_"]), "reads_targets",
-                                                                      False)]
+    readers = [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
     if readers:
         raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "
                           "that needs no target (compositional, clip, class_consistency, ...)")

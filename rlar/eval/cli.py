@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import check_config, exit_on_config_error
 from rlar.data.batches import ImageData
 from rlar.data.decode import DECODE_BATCH
 from rlar.data.on_access import chunks
@@ -84,12 +84,10 @@ def run_command(argv: list[str]) -> dict:
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
     overrides = opts.args[1:] if run_dir else opts.args
-    try:
+    with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
         apply_options(cfg, opts)
         check_config(cfg, inception_eval=False)  # eval.inception is the training's; the options say what is read
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"config error: {e}")
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}

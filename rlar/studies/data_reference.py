@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.build import build_eval_classifier
@@ -129,12 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     opts = p.parse_intermixed_args(argv)
     if opts.splits < 2:
         sys.exit(f"--splits {opts.splits}: at least 2 splits are needed for a spread")
-    try:
+    with exit_on_config_error(ValueError):
         cfg = run_config(None, opts.overrides)
         check_config(cfg)
         check_judgeable(cfg)
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"config error: {e}")
     if not cfg.eval.get("classifier"):
         sys.exit("config error: the data reference reads the judge: set eval.classifier=true")
     hw = instantiate(cfg.hardware)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
@@ -127,21 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = opts.args[1:] if run_dir else opts.args
     if opts.judge < 1:
         sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
-    try:
+    with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
         check_config(cfg)
         check_judgeable(cfg)
-    except (ConfigError, ValueError) as e:
-        sys.exit(f"config error: {e}")
     if opts.draws < cfg.eval.samples_per_item:
         sys.exit(f"--draws {opts.draws} must be at least eval.samples_per_item ({cfg.eval.samples_per_item})")
     hw = instantiate(cfg.hardware)
     hw.setup()
+    seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
     try:
-        seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
-        result = filter_ceiling(cfg, opts, reads_run_weights(run_dir, overrides), seeds, hw)
-    except ValueError as e:
-        sys.exit(f"config error: {e}")
+        with exit_on_config_error(ValueError):
+            result = filter_ceiling(cfg, opts, reads_run_weights(run_dir, overrides), seeds, hw)
     finally:
         hw.teardown()
     record = {"run": run_dir, "overrides": overrides, "draws": opts.draws, "threshold": opts.threshold,
