@@ -60,16 +60,19 @@ def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float =
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     # built and checked as the run built it: with a weight other than 1, the prior the runs started from
-    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
+    text_encoder = build_text_encoder(cfg)
+    policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=text_encoder)
     policies = [exported_policy(r / "checkpoints") for r in run_dirs]  # each run's EMA, if kept
     if len(run_dirs) == 1 and weight == 1.0:
         strict_load(policy, policies[0], f"the policy of {run_dirs[0]}")
-        return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir)
+        return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir,
+                                   text_encoder=text_encoder)
     prior = None if weight == 1.0 else policy.state_dict()  # read in full by weight_soup before the load below
     strict_load(policy, weight_soup(policies, [str(r) for r in run_dirs], weight, prior),
                 f"the soup of {len(run_dirs)} runs")
     recipe = {"runs": [str(r.resolve()) for r in run_dirs], "weight": weight}
-    return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir, soup=recipe)
+    return write_policy_folder(policy, OmegaConf.to_container(cfg.policy, resolve=True), out_dir, soup=recipe,
+                               text_encoder=text_encoder)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:

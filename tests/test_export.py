@@ -21,7 +21,9 @@ from rlar.policy.exported import write_policy_folder
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
 from rlar.policy.llamagen_build import rope_transformer_arch
+from rlar.policy.prior import needs_cached_encoder
 from rlar.policy.schemas import POLICY_SCHEMAS
+from rlar.text.embedded import EmbeddedTextEncoder
 
 # what the builders read of the tokenizer and the data when they load a checkpoint
 TOKENIZER = SimpleNamespace(codebook_size=32, num_tokens=16, grid=(4, 4))
@@ -157,3 +159,34 @@ def test_rlar_export_of_several_runs_writes_their_soup_toward_the_prior(tmp_path
     c, _ = saved_run(tmp_path / "other", other, seed=6)
     with pytest.raises(ValueError, match=re.escape(f"{c} has another policy config than {a}: a soup averages runs")):
         export_runs([a, c], tmp_path / "refused")
+
+
+@pytest.mark.parametrize("kind", ["gpt", "llamagen"])
+def test_an_export_carries_the_embedded_text_encoder_its_policy_reads(tmp_path, kind):
+    """The encoder trained with the prior travels with the policy: loading the folder needs no cache entry."""
+    options = {**policy_options(kind), "cache_dir": str(tmp_path / "empty-cache")}  # no prior, no encoder there
+    torch.manual_seed(3)
+    encoder = EmbeddedTextEncoder(max_length=4, width=16, n_layer=1, n_head=2)
+    spec = from_options(POLICY_SCHEMAS[kind], {k: v for k, v in options.items() if k != "_target_"})
+    torch.manual_seed(1)
+    if kind == "gpt":
+        policy = GPT(32, 16, DATA.num_classes, n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd,
+                     caption_dim=16, condition_tokens=4)
+    else:
+        policy = LlamaGen(**rope_transformer_arch(spec, TOKENIZER, DATA), cls_token_num=4, caption_dim=16)
+    folder = write_policy_folder(policy, options, tmp_path / "export", text_encoder=encoder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "text_encoder.safetensors"]
+    assert json.loads((folder / "config.json").read_text())["text_encoder"] == encoder.spec()
+    torch.manual_seed(4)
+    fresh = EmbeddedTextEncoder(max_length=4, width=16, n_layer=1, n_head=2)
+    settings = {k: v for k, v in options.items() if k != "_target_"}
+    build = _locate(options["_target_"])
+    loaded = build(TOKENIZER, DATA, fresh, **{**settings, "checkpoint": str(folder)})
+    assert same_weights(loaded, policy) and same_weights(fresh, encoder)
+    assert not fresh.training and not any(p.requires_grad for p in fresh.parameters())  # frozen for RL
+    other = EmbeddedTextEncoder(vocabulary=("zero", "one"), max_length=4, width=16, n_layer=1, n_head=2)
+    with pytest.raises(ValueError, match="carries a text encoder defined as .* set the text_encoder options"):
+        build(TOKENIZER, DATA, other, **{**settings, "checkpoint": str(folder)})
+    assert not needs_cached_encoder(str(folder), fresh)
+    (folder / "text_encoder.safetensors").unlink()  # an export without it: the encoder comes from the prior's cache
+    assert needs_cached_encoder(str(folder), fresh) and needs_cached_encoder(str(folder / "model.safetensors"), fresh)

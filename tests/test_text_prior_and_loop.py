@@ -10,12 +10,16 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
+from rlar.export import export_runs
 from rlar.loop import train_rl_loop
 from rlar.policy.gpt import GPT
 from rlar.policy.prior import build_gpt_prior, teacher_forced_ce
+from rlar.runtime.ema import exported_policy
+from rlar.text.build import build_text_encoder
 from rlar.text.conditions import item_conditions
 from rlar.text.embedded import EmbeddedTextEncoder
 
@@ -101,10 +105,26 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
                  "text_encoder=embedded", "text_encoder.max_length=6", "text_encoder.width=32",
                  "text_encoder.n_layer=1", "text_encoder.n_head=2", *policy, "rollout.cfg_scale=2.0",
                  "rollout.label_dropout=0.2", "train.warmup_steps=1", "hardware.num_threads=1"]
-    summary = train_rl_loop(compose_config(overrides), tmp_path)
+    cfg = compose_config(overrides)
+    summary = train_rl_loop(cfg, tmp_path)
     assert summary["iterations"] == 2 and summary["eval_reward_after"] == summary["eval_reward_after"]  # not NaN
     assert max(tb_scalars(tmp_path, "policy/ratio_max_abs_dev")) <= 1e-5
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what rlar-run records
+    shared = export_runs([tmp_path], tmp_path / "shared")
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    from_cache, from_folder = build_text_encoder(cfg), build_text_encoder(cfg)
+    instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=from_cache,
+                checkpoint=str(tmp_path / "checkpoints" / "last.pt"))  # the encoder from its prior's cache entry
+    elsewhere = {"pretrain": {**cfg.policy.pretrain, "steps": cfg.policy.pretrain.steps + 1}}  # no prior cached
+    shared_policy = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=from_folder,
+                                checkpoint=str(shared), **elsewhere)
+    evaluated = exported_policy(tmp_path / "checkpoints")  # the run's moving average, which its evaluations sampled
+    assert all(torch.equal(v, evaluated[k]) for k, v in shared_policy.state_dict().items())
+    assert all(torch.equal(x, y) for x, y in zip(from_cache.state_dict().values(), from_folder.state_dict().values(),
+                                                 strict=True))
 
 
 @pytest.mark.slow

@@ -1,34 +1,49 @@
 """A shareable policy: a folder with ``model.safetensors`` (the weights) and ``config.json`` (the composed policy
-config and the architecture it was built with), loadable as ``policy.checkpoint=FOLDER`` (gpt, llamagen, arpg)."""
+config and the architecture it was built with), loadable as ``policy.checkpoint=FOLDER`` (gpt, llamagen, arpg).
+A policy that reads a text encoder trained with its prior (``text_encoder=embedded``) carries that encoder too:
+``text_encoder.safetensors``, its definition in ``config.json``'s ``text_encoder``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+from rlar.text.encoder import TextEncoder
+from rlar.tokenizer.zoo_build import strict_load
+
+WEIGHTS, CONFIG, ENCODER = "model.safetensors", "config.json", "text_encoder.safetensors"
 FORMAT = "rlar-policy"
 ARCHITECTURE = ("vocab_size", "block_size", "num_classes")  # what the policy was built for (tokenizer, data)
 
 
-def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path, soup: dict | None = None) -> Path:
+def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path, soup: dict | None = None,
+                        text_encoder: TextEncoder | None = None) -> Path:
     """Write ``policy``'s weights and config to ``out_dir``. ``options``: its resolved policy config (``_target_``
     and the schema's fields); ``checkpoint`` and ``cache_dir`` are dropped (they name this machine's files).
-    ``soup``: how a weight soup was made (its runs and weight), recorded in the config."""
+    ``soup``: how a weight soup was made (its runs and weight), recorded in the config. ``text_encoder``: the one
+    the policy reads; written when it was trained with the prior (a frozen public one is loaded by its path)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # tied weights share memory, which safetensors refuses: each tensor is written on its own
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in policy.state_dict().items()}
-    save_file(state, out / WEIGHTS, metadata={"format": "pt"})
+    save_file(detached(policy), out / WEIGHTS, metadata={"format": "pt"})
     config = {"format": FORMAT, "class": type(policy).__name__,
               **{k: int(getattr(policy, k)) for k in ARCHITECTURE},
               "policy": {k: v for k, v in options.items() if k not in ("checkpoint", "cache_dir")},
               **({"soup": soup} if soup else {})}
+    if text_encoder is not None and text_encoder.trainable:
+        save_file(detached(text_encoder), out / ENCODER, metadata={"format": "pt"})
+        config["text_encoder"] = text_encoder.spec()
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def detached(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state on the CPU, each tensor its own copy: tied weights share memory, which safetensors
+    refuses."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
 def read_policy_folder(path: str | Path, policy: nn.Module) -> dict:
@@ -47,6 +62,21 @@ def read_policy_folder(path: str | Path, policy: nn.Module) -> dict:
             raise ValueError(f"policy.checkpoint={path} was exported with {key}={config[key]}, but the configured "
                              f"policy has {key}={getattr(policy, key)}; its config.json lists the settings it needs")
     return load_file(folder / WEIGHTS)
+
+
+def load_carried_text_encoder(path: str | Path, text_encoder: TextEncoder) -> bool:
+    """Load into the trainable ``text_encoder`` the encoder that the exported folder ``path`` carries, frozen;
+    False when ``path`` carries none (a checkpoint file, or a folder exported without it)."""
+    folder = Path(path).expanduser()
+    if not (folder / ENCODER).is_file():
+        return False
+    written = json.loads((folder / CONFIG).read_text()).get("text_encoder")
+    if written != text_encoder.spec():
+        raise ValueError(f"policy.checkpoint={path} carries a text encoder defined as {written}, but the configured "
+                         f"one is {text_encoder.spec()}; set the text_encoder options to those of its config.json")
+    strict_load(text_encoder, load_file(folder / ENCODER), f"the text encoder of policy.checkpoint={path}")
+    text_encoder.eval().requires_grad_(False)  # frozen in RL
+    return True
 
 
 def folder_or_file(path: str | Path, policy: nn.Module) -> str | Path | dict:

@@ -8,7 +8,7 @@ from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.exported import folder_or_file
 from rlar.policy.llamagen import LlamaGen, load_llamagen_state
-from rlar.policy.prior import cached_prior, check_vocabulary, encoder_missing
+from rlar.policy.prior import cached_prior, check_vocabulary, encoder_missing, needs_cached_encoder
 from rlar.policy.schemas import LlamaGenSchema, RoPETransformerSchema
 from rlar.runtime.cache import seeded
 from rlar.text.encoder import TextEncoder
@@ -56,7 +56,7 @@ def build_llamagen_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encod
     with seeded(spec.pretrain.seed):  # a cached prior depends only on its key
         policy = LlamaGen(**arch, grad_checkpointing=spec.grad_checkpointing)
     if spec.checkpoint:
-        if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
+        if needs_cached_encoder(spec.checkpoint, text_encoder):
             cached_rope_prior(policy, "llamagen_prior", arch, spec, tokenizer, data, text_encoder,
                               encoder_missing(spec.checkpoint))
         return load_llamagen_state(policy, folder_or_file(spec.checkpoint, policy))

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.conditioning import Condition
-from rlar.policy.exported import folder_or_file
+from rlar.policy.exported import folder_or_file, load_carried_text_encoder
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
@@ -122,12 +122,21 @@ def load_gpt_checkpoint(policy: GPT, path: str | dict) -> GPT:
     return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
 
 
+def needs_cached_encoder(checkpoint: str, text_encoder: TextEncoder | None) -> bool:
+    """Whether a ``policy.checkpoint`` still needs its trainable text encoder from its prior's cache entry (the
+    weights it was pretrained with there): a checkpoint file does; an exported folder that carries the encoder has
+    it loaded into ``text_encoder`` here instead."""
+    trainable = text_encoder is not None and text_encoder.trainable
+    return trainable and not load_carried_text_encoder(checkpoint, text_encoder)
+
+
 def encoder_missing(checkpoint: str) -> str:
     """The error when a policy checkpoint's trainable text encoder is not in the cache: a new one, pretrained now,
     would not be the encoder the policy was trained to read."""
     return (f"policy.checkpoint={checkpoint} reads the embedded text encoder of the prior it was fine-tuned from, "
             "which is kept in that prior's cache entry, and there is none for these settings; run with the cache_dir, "
-            "data, tokenizer and policy.pretrain settings of the run that made the checkpoint")
+            "data, tokenizer and policy.pretrain settings of the run that made the checkpoint, or give the folder "
+            "`rlar-export` wrote there (it carries the encoder)")
 
 
 def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data: ImageData, pretrain: dict,
@@ -192,7 +201,7 @@ def build_gpt_prior(tokenizer: FrozenTokenizer, data: ImageData, text_encoder: T
         policy = GPT(**arch, dropout=spec.dropout, grad_checkpointing=spec.grad_checkpointing)
     key = {**arch, "dropout": spec.dropout} if spec.dropout else arch  # pretrained with it; 0 stays out of the key
     if spec.checkpoint:
-        if text_encoder is not None and text_encoder.trainable:  # its weights: those it was pretrained with
+        if needs_cached_encoder(spec.checkpoint, text_encoder):
             cached_prior(policy, "gpt_prior", key, tokenizer, data, asdict(spec.pretrain), spec.cache_dir,
                          text_encoder, missing=encoder_missing(spec.checkpoint))
         return load_gpt_checkpoint(policy, folder_or_file(spec.checkpoint, policy))
