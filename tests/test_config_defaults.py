@@ -41,6 +41,13 @@ def test_reinforce_generations_are_the_ones_that_run():
     assert instantiate(compose_config(["algorithm=reinforce"]).algorithm).num_generations == 8
 
 
+@pytest.mark.parametrize("reward", ["efficiency", "perceptual_efficiency"])
+def test_the_step_reward_falls_to_zero_at_the_schedules_step_cap(reward):
+    cfg = compose_config(["experiment=arpg_schedule", f"reward={reward}", "schedule.max_steps=12"])
+    node = cfg.reward if reward == "efficiency" else cfg.reward.components.efficiency
+    assert instantiate(node).max_steps == 12
+
+
 @pytest.mark.parametrize("policy", sorted(POLICY_SCHEMAS))
 def test_policy_builder_reads_the_composed_options(policy):
     """The builders take their options through the schema: every composed value reaches the spec unchanged."""

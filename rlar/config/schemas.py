@@ -47,8 +47,8 @@ class ScheduleSchema:
     max_steps: int = 16  # cap on decoding steps: step max_steps fills every position left (forced, log-prob 0)
     max_degree: int = 16  # the degree head's choices: k = 1..max_degree positions per step (at most what is left)
     hidden: int = 64  # width of the schedule network
-    # the G samples of an item share their token noise (Gumbel-max, one draw per position and code): each token
-    # is still an exact draw, and rewards in a group differ by schedule
+    # the G samples of an item share their token uniforms (one per position, inverted through that position's CDF):
+    # each token is still an exact draw, and rewards in a group differ by schedule
     common_noise: bool = True
 
 

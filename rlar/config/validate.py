@@ -303,6 +303,9 @@ def check_channels(cfg: DictConfig) -> None:
     """The data's channels are the tokenizer's (the public tokenizers read RGB)."""
     data, tokenizer = data_channels(cfg), tokenizer_channels(cfg)
     if tokenizer is not None and data != tokenizer:
+        if "channels" not in cfg.data:  # the embedded digits: grayscale, with nothing to set
+            raise ConfigError(f"the embedded digits are 1-channel images and the tokenizer reads {tokenizer}-channel "
+                              "ones; give data=image_folder or data=hf_disk (their data.channels defaults to 3)")
         raise ConfigError(f"data.channels={data} but the tokenizer reads {tokenizer}-channel images; set "
                           f"data.channels={tokenizer} (grayscale files are converted on decoding)")
 

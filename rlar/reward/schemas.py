@@ -57,7 +57,7 @@ class SaturationRewardSchema:
 class EfficiencyRewardSchema:
     _target_: str = "rlar.reward.efficiency.EfficiencyReward"
     target: int = 8  # steps at or below this score 1
-    max_steps: int = 64  # steps at or above this score 0 (64 = one token per step on the default 8x8 grid)
+    max_steps: int = 64  # steps at or above this score 0; reward=efficiency sets it to schedule.max_steps
 
 
 @dataclass
