@@ -140,7 +140,8 @@ def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int
     if unscored >= limit:
         raise RuntimeError(f"iteration {step}: no reward was finite (NaN or inf) for {unscored} iterations in a row "
                            f"(train.max_nonfinite_iterations={limit}); check the reward model (reward=...) or its "
-                           "server, or raise train.max_nonfinite_iterations")
+                           "server, and the policy (rollout/nonfinite_frac: the samples drawn from non-finite "
+                           "logits), or raise train.max_nonfinite_iterations")
     return unscored
 
 
@@ -175,6 +176,7 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
         run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0), meta,
         run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
     timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
+    rewards, reward_metrics["rollout/nonfinite_frac"] = drop_nonfinite_draws(rollout, rewards, step)
 
     tic = phase_time(run.device)
     global_rewards = distributed.gather_rows(rewards)  # [B*G]
@@ -191,6 +193,21 @@ def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Te
     if images is not None and images_due(run.logger.image_every, step):
         run.logger.groups("samples/input_then_group", images, samples, step)
     return metrics
+
+
+def drop_nonfinite_draws(rollout: Rollout, rewards: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+    """``(rewards [N], NaN for each sample whose sampling log-probs were not finite; the fraction of such samples)``.
+    Such a sample was drawn from NaN or inf logits (overflowed weights or activations), from no distribution: it
+    leaves the update as an unscored sample does, with a warning, and its log-probs are zeroed (masked out, they
+    would still turn the masked sums of the loss into NaN)."""
+    broken = ~rollout.logprobs.isfinite().all(-1)  # [N]
+    rollout.logprobs = rollout.logprobs.masked_fill(broken[:, None], 0.0)
+    count = int(broken.sum())
+    if count:
+        log.warning("iteration %d: %d of %d samples were drawn from non-finite logits (NaN or inf) and are left out "
+                    "of the update; if it persists, lower optimizer.lr or set train.max_grad_norm", step, count,
+                    len(broken))
+    return rewards.masked_fill(broken, float("nan")), count / len(broken)
 
 
 def step_schedule(scheduler, updated: bool) -> None:

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from rlar.config.store import compose_config
 from rlar.loop import check_scored, evaluation_line, progress_metrics, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
+from rlar.rollout.collect import collect_rollout
 
 
 class HalfNaNReward(ReconstructionReward):
@@ -38,6 +39,22 @@ def test_nan_rewards_are_excluded_and_counted(tiny, tmp_path, tb_scalars):
     assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
     assert summary["history"][-1]["eval/nan_count"] == 2.0  # 4 held-out items x 1 sample, half NaN
     assert math.isfinite(summary["eval_reward_after"])
+
+
+@pytest.mark.slow
+def test_a_sample_drawn_from_nonfinite_logits_leaves_the_update(tiny, tmp_path, tb_scalars, monkeypatch, caplog):
+    def collect_with_a_broken_row(*args, **kwargs):
+        rollout = collect_rollout(*args, **kwargs)
+        rollout.logprobs[1, 3] = float("nan")  # sample 1 of 16 met a NaN logit row at position 3
+        return rollout
+
+    monkeypatch.setattr("rlar.loop.collect_rollout", collect_with_a_broken_row)
+    train_rl_loop(compose_config([*tiny, "eval.max_items=4", "eval.samples_per_item=1"]), tmp_path)
+    assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))  # the other 15 still update
+    assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "policy/grad_norm"))
+    assert tb_scalars(tmp_path, "reward/nonfinite_count") == [1.0, 1.0]  # unscored: out of the advantages
+    assert tb_scalars(tmp_path, "rollout/nonfinite_frac") == [1 / 16, 1 / 16]
+    assert "1 of 16 samples were drawn from non-finite logits" in caplog.text
 
 
 @pytest.mark.slow
