@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from rlar.algorithm.pair_update import pair_update
 from rlar.algorithm.update import policy_update, recomputes_old_logprobs, value_advantages
 from rlar.build import Run, build_run
+from rlar.config.rerun import record_config
+from rlar.config.validate import check_config
 from rlar.eval.evaluate import evaluate, headline
 from rlar.policy.conditioning import Condition
 from rlar.policy.prior import teacher_forced_ce
@@ -43,17 +45,30 @@ log = logging.getLogger(__name__)
 
 
 def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) -> dict:
-    """Build every part from ``cfg`` and fine-tune; returns the summary (also written to ``summary.json``).
+    """Fine-tune from Python as ``rlar-run`` does (docs/api.md); returns the summary. The config is checked (a
+    ``ConfigError`` names the value and the fix) and recorded in ``OUT/.hydra/config.yaml``, where ``rlar-eval`` and
+    ``rlar-export`` read it; a run of another config already in ``OUT`` is refused (``resume=false`` sets it aside).
+    ``OUT``: ``output_dir``, else ``cfg.output_dir``, else ``outputs/<name>``."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    out = Path(output_dir or cfg.get("output_dir") or Path("outputs") / cfg.name)
+    check_config(cfg)
+    if distributed.env_rank() == 0:
+        record_config(cfg, out)
+    return fine_tune(cfg, out)
+
+
+def fine_tune(cfg: DictConfig, out: str | Path) -> dict:
+    """Build every part from ``cfg`` (checked, and recorded in ``out``: ``rlar-run``, :func:`train_rl_loop`) and
+    fine-tune in ``out``; returns the summary (also written to ``summary.json``).
 
     Under torchrun (``hardware.strategy`` ddp or fsdp) every rank runs this; rank 0 alone writes the output dir.
     """
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     hw = instantiate(cfg.hardware)
     hw.setup()
-    out = Path(output_dir or cfg.get("output_dir") or ".")
+    out = Path(out)
     try:
         with run_lock(out) if distributed.is_main() else contextlib.nullcontext():
-            run = build_run(cfg, hw, output_dir)
+            run = build_run(cfg, hw, out)
             try:
                 summary = train(run)
             finally:

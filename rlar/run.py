@@ -14,7 +14,7 @@ from rlar.config.rerun import check_rerun
 from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key
-from rlar.loop import train_rl_loop
+from rlar.loop import fine_tune
 from rlar.reward.mixture import zscored
 from rlar.runtime.distributed import env_rank
 
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float:
         check_config(cfg)
         if env_rank() == 0:
             check_rerun(cfg, output_dir, hydra.output_subdir, list(hydra.job.config.override_dirname.exclude_keys))
-    summary = train_rl_loop(cfg, output_dir)
+    summary = fine_tune(cfg, output_dir)
     if env_rank() != 0:
         return optimized_value(summary, cfg.optimized_metric)
     print("\n".join(closing_lines(summary, hydra.runtime.choices.get("reward"), zscored(cfg.reward))))

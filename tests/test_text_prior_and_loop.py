@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
@@ -110,9 +109,7 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
     assert summary["iterations"] == 2 and summary["eval_reward_after"] == summary["eval_reward_after"]  # not NaN
     assert max(tb_scalars(tmp_path, "policy/ratio_max_abs_dev")) <= 1e-5
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
-    (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what rlar-run records
-    shared = export_runs([tmp_path], tmp_path / "shared")
+    shared = export_runs([tmp_path], tmp_path / "shared")  # the run's config, recorded by train_rl_loop
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     from_cache, from_folder = build_text_encoder(cfg), build_text_encoder(cfg)

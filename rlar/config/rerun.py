@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlar.config.store import CONF_DIR
 from rlar.config.validate import ConfigError
 from rlar.runtime.run_lock import run_lock
 
@@ -78,3 +79,19 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
                               "run another name (name=...) or directory")
     if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
         shutil.copytree(hydra_dir, record, dirs_exist_ok=True)
+
+
+def name_free_keys() -> list[str]:
+    """The keys kept out of a run directory's name (``rlar/conf/config.yaml``'s ``exclude_keys``), which a re-run
+    may change."""
+    return list(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+
+
+def record_config(cfg: DictConfig, out: str | Path) -> None:
+    """For a run started from Python (``rlar.loop.train_rl_loop``), what ``rlar-run`` and its Hydra do: write
+    ``out/.hydra/config.yaml`` (which ``rlar-eval`` and ``rlar-export`` read), then :func:`check_rerun` against the
+    run already in ``out``."""
+    hydra_dir = Path(out) / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    check_rerun(cfg, out, ".hydra", name_free_keys())

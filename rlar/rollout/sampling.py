@@ -31,7 +31,17 @@ def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, Conditi
         prefix, labels = start_tokens, None
     if prefix.dim() != 2:
         raise ValueError(f"start prefix must be [N, k] token ids, got shape {tuple(prefix.shape)}")
+    if labels is not None and not isinstance(labels, Condition):
+        labels = torch.as_tensor(labels, dtype=torch.long, device=prefix.device)  # a sequence of class ids too
     return prefix.long(), labels
+
+
+def check_labels(policy, labels: Conditions) -> None:
+    """Refuse class labels ``>= policy.num_classes`` (negative ones mean the null class)."""
+    num_classes = getattr(policy, "num_classes", None)
+    if torch.is_tensor(labels) and labels.numel() and num_classes is not None and int(labels.max()) >= num_classes:
+        raise ValueError(f"class label {int(labels.max())} is out of range: the policy has num_classes={num_classes} "
+                         f"(labels 0..{num_classes - 1}; -1 for the null class)")
 
 
 def with_null_class(labels: Conditions, batch: int, device) -> Condition | torch.Tensor:
@@ -114,7 +124,8 @@ def sample_codes_with_logprobs(
     use_cache: bool = True,
     micro_batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``max_len`` tokens per row after an optional ground-truth prefix.
+    """Sample ``max_len`` tokens per row (at most the policy's ``block_size``) after an optional ground-truth prefix;
+    class labels (a tensor or a sequence ``[N]``) must be below the policy's ``num_classes`` (negative: the null class).
 
     Returns tokens ``[N, max_len]`` (the prefix copied in) and log-probs ``[N, max_len]`` fp32, 0 on the
     prefix. ``use_cache=False`` recomputes the whole prefix at every step (the naive sampler, for benchmarks).
@@ -125,6 +136,11 @@ def sample_codes_with_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     prefix, labels = split_start_tokens(start_tokens)
     n, k = prefix.shape
+    block_size = getattr(policy, "block_size", max_len)  # the most tokens the policy reads
+    if not k <= max_len <= block_size:
+        raise ValueError(f"max_len={max_len} must lie between the prefix's length {k} and the policy's "
+                         f"block_size={block_size}")
+    check_labels(policy, labels)
     draws = step_uniforms(n, [1] * (max_len - k), generator, prefix.device)  # [N, max_len - k]
     chunks = [sample_rows(policy, prefix[rows], None if labels is None else labels[rows], max_len, draws[rows],
                           temperature, top_k, top_p, cfg_scale, use_cache) for rows in row_chunks(n, micro_batch_size)]
@@ -198,5 +214,6 @@ def compute_sequence_logprob(
 ) -> torch.Tensor:
     """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
     the sequence log-probability). Differentiable."""
+    check_labels(policy, labels)
     logp = token_logprobs(policy, tokens, labels, temperature, cfg_scale)
     return logp.gather(-1, tokens[..., None])[..., 0]
