@@ -11,14 +11,34 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.build import build_generator
+from rlar.config.rerun import flat
 from rlar.config.schemas import RlarConfig
 from rlar.config.store import compose_config, register_schemas
 from rlar.runtime.ema import exported_policy
 from rlar.tokenizer.zoo_build import strict_load
 
+# the config keys whose values are paths a run reads (policy.checkpoint, data.root, eval.inception.weights, ...)
+PATH_KEYS = ("checkpoint", "path", "root", "eval_root", "eval_path", "model_path", "cache_dir", "feature_cache",
+             "weights", "reference", "class_names_file", "token_file")
+
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / ".hydra" / "config.yaml").is_file()
+
+
+def anchor_relative_paths(recorded: DictConfig, run_dir: str | Path) -> None:
+    """Make absolute each relative path of ``recorded`` (a value of a :data:`PATH_KEYS` key) that is not found from
+    the current directory but is from the one the run started in (Hydra's ``hydra.runtime.cwd``): evaluated from
+    another directory, the run reads what it read."""
+    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return
+    started_in = Path(OmegaConf.load(hydra_file).hydra.runtime.cwd)
+    for key, value in flat(OmegaConf.to_container(recorded, resolve=False)).items():
+        if (key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(value, str) and "${" not in value
+                and not Path(value).expanduser().is_absolute() and not Path(value).exists()
+                and (started_in / value).exists()):
+            OmegaConf.update(recorded, key, str(started_in / value))
 
 
 def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
@@ -29,6 +49,7 @@ def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
     else:
         register_schemas()
         recorded = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+        anchor_relative_paths(recorded, run_dir)
         for override in overrides:
             key = override.split("=", 1)[0]
             if "=" not in override or ("." not in key and OmegaConf.is_dict(recorded.get(key))):
