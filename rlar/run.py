@@ -55,7 +55,7 @@ def closing_lines(summary: dict, reward: str, normalized: bool) -> list[str]:
     over the batch has a mean of 0 by construction), and the judge's metrics."""
     lines = [f"eval reward (reward={reward}, mean over the held-out split): prior {summary['eval_reward_before']:.5f} "
              f"-> after RL {summary['eval_reward_after']:.5f}"
-             + (" (z-scored: 0 by construction; its terms below)" if normalized else "")]
+             + (" (z-scored: 0 by construction where every term is finite; its terms below)" if normalized else "")]
     first, last = summary["history"][0], summary["history"][-1]
     lines += [f"{tag}: prior {first[tag]:.4g} -> after RL {last[tag]:.4g}"
               for tag in first if tag.startswith("eval/reward/") and tag in last]
