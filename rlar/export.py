@@ -16,6 +16,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rlar.eval.run_models import anchor_relative_paths
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.soup import weight_soup
 from rlar.runtime.ema import exported_policy
@@ -38,6 +39,7 @@ def recorded_config(run_dir: Path):
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing: give the output directory of an rlar run")
     cfg = OmegaConf.load(config_file)
+    anchor_relative_paths(cfg, run_dir)  # read from any directory: the files the run read
     if cfg.rollout.mode == "schedule":
         raise ValueError("rollout.mode=schedule trains a decoding-schedule network over a frozen ARPG; rlar-export "
                          "exports gpt, llamagen and arpg policies")
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.paths) < 2:
         parser.error("give RUN_DIR (one or more) then OUT_DIR")
-    out = export_runs(args.paths[:-1], args.paths[-1], args.weight)
+    try:
+        out = export_runs(args.paths[:-1], args.paths[-1], args.weight)
+    except FileNotFoundError as e:  # a run dir without its config or its checkpoint: the message says which
+        parser.exit(1, f"rlar-export: {e}\n")
     print(f"exported: {out} (load it with policy.checkpoint={out})")
     if args.push_to_hub:
         print(f"pushed: {push_to_hub(out, args.push_to_hub, args.private)}")

@@ -16,8 +16,10 @@ from PIL import Image
 
 from rlar.config.store import compose_config
 from rlar.eval import cli
+from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.image_arrays import read_images
 from rlar.eval.inception_metrics import inception_metrics
+from rlar.studies.judged import run_judgement
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def stand_ins(monkeypatch, tmp_path):
 
     def judge(cfg, data, tokenizer, policy, sampling, seeds, device, autocast):
         calls.append((cfg, seeds))
-        return {"eval/fd": {"mean": 1.0, "std": 0.0, "values": [1.0] * len(seeds)}}
+        return {f"eval/{m}": {"mean": 1.0, "std": 0.0, "values": [1.0] * len(seeds)} for m in JUDGE_METRICS}
 
     monkeypatch.setattr(cli, "judge_over_seeds", judge)
     return calls
@@ -54,9 +56,12 @@ def weights_file(tmp_path):
 
 
 def recorded_run(run: Path, overrides: list[str]) -> Path:
-    """A run dir ``run`` whose recorded config is the one ``overrides`` compose (it saved no weights)."""
+    """A run dir ``run`` whose recorded config is the one ``overrides`` compose, with a checkpoint (empty: the
+    stand-in policy reads none)."""
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config(overrides), run / ".hydra" / "config.yaml")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
     return run
 
 
@@ -120,7 +125,34 @@ def test_judge_starts_at_the_seed_and_samples_at_the_batch_size_given(stand_ins)
     record = cli.run_command(["--judge", "2", "--seed", "7", "--batch-size", "3"])
     ((cfg, seeds),) = stand_ins
     assert seeds == record["seeds"] == [7, 8] and cfg.eval.batch_size == record["batch_size"] == 3
-    assert only("outputs/eval/judge-*-seeds7-8/judge.json")
+    assert only("outputs/eval/judge-*-seeds7-8-*/judge.json")
+
+
+def test_judgements_under_other_settings_get_folders_of_their_own_and_a_rerun_finds_its_own(stand_ins):
+    for args in (["--judge", "2"], ["--judge", "2", "--batch-size", "7"], ["--judge", "2", "eval.samples_per_item=2"],
+                 ["--judge", "2", "eval.max_items=40"]):
+        cli.run_command(args)
+    assert len(list(Path("outputs/eval").glob("judge-cfg1-temp1-seeds1234-1235-*/judge.json"))) == 4
+    cli.run_command(["--judge", "2", "eval.batch_size=7"])  # the settings of --batch-size 7: its folder
+    assert len(list(Path("outputs/eval").glob("judge-*/judge.json"))) == 4
+    batch_sizes = {json.loads(p.read_text())["batch_size"] for p in Path("outputs/eval").glob("judge-*/judge.json")}
+    assert 7 in batch_sizes and len(batch_sizes) == 2
+
+
+def test_samples_at_another_batch_size_get_a_folder_of_their_own(stand_ins):
+    for batch_size in ("20", "7", "20"):
+        cli.run_command(["--samples-only", "--num-samples", "20", "--batch-size", batch_size])
+    assert len(list(Path("outputs/eval").glob("n20-cfg1-temp1-seed1234-*/samples.npz"))) == 2
+
+
+def test_a_study_reads_the_judgement_where_rlar_eval_writes_it(stand_ins, tmp_path):
+    run = recorded_run(tmp_path / "run", [])
+    assert run_judgement(run, 2, ["eval.samples_per_item=2"])["eval/fd"]["values"] == [1.0, 1.0]
+    ((cfg, seeds),) = stand_ins
+    assert cfg.eval.samples_per_item == 2 and seeds == [1234, 1235]
+    assert run_judgement(run, 2, ["eval.samples_per_item=2"]) and len(stand_ins) == 1  # found, not judged again
+    run_judgement(run, 2)  # other settings: judged in another folder
+    assert len(stand_ins) == 2 and len(list(run.glob("eval/judge-*/judge.json"))) == 2
 
 
 def test_a_16_bit_grayscale_reference_keeps_its_grey_levels(tmp_path):

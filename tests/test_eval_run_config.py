@@ -1,10 +1,11 @@
-"""rlar-eval of a run started in another directory reads the files the run read: a relative path in its recorded
+"""rlar-eval (and rlar-export) of a run started in another directory reads the files the run read: a relative path in its recorded
 config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``)."""
 
 from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
 from rlar.eval.run_models import run_config
+from rlar.export import recorded_config
 
 
 def test_a_recorded_relative_path_is_read_from_where_the_run_started(tmp_path, monkeypatch):
@@ -22,5 +23,6 @@ def test_a_recorded_relative_path_is_read_from_where_the_run_started(tmp_path, m
     assert read.policy.checkpoint == str(started_in / "shared" / "digits_grpo")
     assert read.tokenizer.checkpoint == "here.pt"  # found from here: left as recorded
     assert read.reward.kind == "l2"
+    assert recorded_config(run).policy.checkpoint == str(started_in / "shared" / "digits_grpo")  # rlar-export's
     monkeypatch.chdir(started_in)
     assert run_config(run, []).policy.checkpoint == "shared/digits_grpo"

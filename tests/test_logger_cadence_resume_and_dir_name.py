@@ -1,6 +1,7 @@
 """Loggers: evaluations logged whatever ``log_every``, ``log_every`` < 1 refused, a resumed run's W&B run continued
-(a fake ``wandb``), and no logger option in the run directory's name."""
+(a fake ``wandb``), no logger option in the run directory's name, and that name one path component."""
 
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlar.config.dir_name import MAX_NAME_BYTES, dir_name
 from rlar.config.store import CONF_DIR, compose_config, register_schemas
 from rlar.runtime.logger import TensorBoardLogger
 from rlar.runtime.wandb_logger import RUN_ID, WandbLogger
@@ -111,3 +113,29 @@ def test_other_overrides_name_the_run_directory_as_hydra_does():
                                           "hardware.seed=2", "optimizer.lr=3e-5"])
     assert hydras == "algorithm=ppo,hardware.seed=2,optimizer.lr=3e-5,rollout.temperature=0.9"
     assert run_dir == f"outputs/default/{hydras}" and subdir == hydras
+
+
+def test_a_value_with_slashes_names_one_run_directory_and_the_same_one_again():
+    overrides = ["policy.checkpoint=shared/digits_grpo", "reward=remote", "reward.urls=[http://127.0.0.1:8711]",
+                 "hardware.seed=1"]
+    run_dir, subdir, _ = hydra_dirs(overrides)
+    assert subdir == ("hardware.seed=1,policy.checkpoint=shared%2Fdigits_grpo,reward.urls=[http:%2F%2F127.0.0.1:8711],"
+                      "reward=remote")
+    assert run_dir == f"outputs/default/{subdir}" and hydra_dirs(overrides)[:2] == (run_dir, subdir)
+
+
+def test_a_long_override_list_with_slashes_gets_one_file_name():
+    long = ",".join(f"policy.checkpoint=runs/{i}/" + "x" * 40 for i in range(10))
+    name = dir_name(long)
+    assert "/" not in name and len(name.encode()) <= MAX_NAME_BYTES and name.startswith("policy.checkpoint=runs%2F0%2F")
+
+
+@pytest.mark.slow
+def test_a_run_with_a_slash_in_a_value_makes_one_directory(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlar.run", "policy.checkpoint=shared/digits_grpo",
+                           "train.iterations=-1"], capture_output=True, text=True, cwd=tmp_path)
+    assert "config error:" in proc.stderr, proc.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["default"]
+    (run_dir,) = (tmp_path / "outputs" / "default").iterdir()
+    assert run_dir.name == "policy.checkpoint=shared%2Fdigits_grpo"  # train.iterations: not in the name
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
+from rlar.eval.run_models import run_config
 from rlar.studies.judged import run_judgement
 from rlar.studies.report import collect_runs, write_report
 from rlar.studies.study import RUN_NAME, load_study, sweep_dir
@@ -58,14 +59,14 @@ def judged_run(tmp_path: Path, iterations: int) -> tuple[Path, Path]:
     """A run of ``iterations`` (its weights saved unless 0) and its judgement over 2 eval seeds, written after."""
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save({"eval": {"seed": 7}, "rollout": {"cfg_scale": 1.0, "temperature": 1.0}},
+    OmegaConf.save({"eval": {"seed": 7}, "rollout": {"cfg_scale": 1.0, "temperature": 1.0}, "hardware": {}},
                    run_dir / ".hydra" / "config.yaml")
     (run_dir / "summary.json").write_text(json.dumps({"iterations": iterations}))
     if iterations:
         (run_dir / "checkpoints").mkdir()
         (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
         os.utime(run_dir / "checkpoints" / "last.pt", ns=(1_000, 1_000))
-    path = judgement_dir(run_dir / "eval", 1.0, 1.0, [7, 8]) / "judge.json"
+    path = judgement_dir(run_dir / "eval", run_config(run_dir, []), 1.0, 1.0, [7, 8]) / "judge.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"metrics": {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}}))
     os.utime(path, ns=(2_000, 2_000))

@@ -1,4 +1,5 @@
-"""The run directory's name: the overrides, or a short hash of them where they are too long for one file name.
+"""The run directory's name: the overrides, each ``/`` written ``%2F`` so that the name is one path component, or
+a short hash of them where they are too long for one file name.
 
 ``hydra.run.dir`` and ``hydra.sweep.subdir`` read ``${rlar_dir_name:${hydra.overrides.task},
 ${hydra.job.config.override_dirname}}``: Hydra's ``override_dirname`` of the job's overrides, except that an
@@ -16,14 +17,17 @@ from omegaconf import OmegaConf
 
 MAX_NAME_BYTES = 255  # NAME_MAX of ext4, XFS, APFS, NTFS
 KEPT_BYTES = 120  # of a long name, the start kept readable before its hash
+SLASH = "%2F"  # what a ``/`` in the overrides (``policy.checkpoint=shared/run``, a URL) is written as
 
 
 def dir_name(overrides: str) -> str:
-    """``overrides`` itself when it fits in a file name, else its first bytes and a hash of the whole."""
-    if len(overrides.encode()) <= MAX_NAME_BYTES:
-        return overrides
+    """``overrides`` as one file name: each ``/`` written :data:`SLASH`; when that is longer than a file name may
+    be, its first bytes and a hash of the whole."""
+    name = overrides.replace("/", SLASH)
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
     digest = hashlib.sha1(overrides.encode()).hexdigest()[:12]
-    start = overrides.encode()[:KEPT_BYTES].decode(errors="ignore")
+    start = name.encode()[:KEPT_BYTES].decode(errors="ignore")
     return f"{start}...{digest}"
 
 

@@ -21,9 +21,18 @@ from rlar.eval.generate import class_balanced_labels, generate_images
 from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
-from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, write_judgement
-from rlar.eval.run_models import build_models, checkpoint_tag, is_run_dir, judged_weights, reads_run_weights, run_config
+from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, settings_key, write_judgement
+from rlar.eval.run_models import (
+    build_models,
+    checkpoint_tag,
+    is_run_dir,
+    judged_weights,
+    reads_run_weights,
+    run_config,
+    trained_nothing,
+)
 from rlar.rollout.sampling import cfg_scales
+from rlar.runtime.ema import no_checkpoint_message
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
        rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
@@ -91,6 +100,8 @@ def run_command(argv: list[str]) -> dict:
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
         return {}
+    run_weights = reads_run_weights(run_dir, overrides)
+    check_saved_weights(run_weights)
     weights = Path(cfg.eval.inception.weights or default_weights_path(cfg.cache_dir)).expanduser()
     if opts.judge is not None:  # before any model is built
         try:
@@ -102,7 +113,7 @@ def run_command(argv: list[str]) -> dict:
     hw = instantiate(cfg.hardware)
     hw.setup()
     try:
-        judged = judged_weights(cfg, reads_run_weights(run_dir, overrides))
+        judged = judged_weights(cfg, run_weights)
         if opts.judge is not None:
             return judge_and_write(cfg, opts, hw, judged, eval_dir(run_dir, judged))
         return sample_and_score(cfg, opts, hw, judged, eval_dir(run_dir, judged), weights)
@@ -120,6 +131,13 @@ def check_judge_options(opts: argparse.Namespace) -> None:
     if opts.reference is not None:
         sys.exit(f"--reference {opts.reference} does not apply to --judge, which compares with the data's held-out "
                  "split: drop it, or leave out --judge for Inception metrics against it")
+
+
+def check_saved_weights(run_dir: str | None) -> None:
+    """Refuse (exit, before anything is built) a run dir whose weights are to be read but that saved none, such as
+    the ``outputs/default`` that ``rlar-prepare`` writes (a run that trained nothing is evaluated as its prior)."""
+    if run_dir and not trained_nothing(run_dir) and not Path(run_dir, "checkpoints", "last.pt").is_file():
+        sys.exit(no_checkpoint_message(run_dir))
 
 
 def apply_options(cfg, opts: argparse.Namespace) -> None:
@@ -148,7 +166,7 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
     settings = {**judged, "cfg_scale": scale, "temperature": temperature, "seeds": seeds,
                 "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
-    out = Path(opts.out or judgement_dir(base, scale, temperature, seeds))
+    out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
     write_judgement(out, metrics, settings)
     return {"metrics": metrics, **settings}
 
@@ -181,14 +199,16 @@ def split_images(data: ImageData, split: str, max_images: int | None) -> np.ndar
 
 def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> dict:
     """Sample the policy (``judged``: :func:`judged_weights`), write ``samples.npz`` and ``samples.png``, and (unless
-    ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base``."""
+    ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base`` (named by the
+    readable ones and :func:`settings_key` of the config and the reference: the samples depend on ``eval.batch_size``
+    too, each batch drawing the stream's next numbers)."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, judged["run"])
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
     settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
-    out = Path(opts.out or base / settings)
+    out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference)}")
     labels = class_balanced_labels(num_samples, data.num_classes)  # [N]
     images = generate_images(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
                              device, hw.autocast)

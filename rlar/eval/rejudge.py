@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlar.eval.evaluate import JUDGE_METRICS, evaluate_under
 from rlar.eval.model.scorer import build_eval_model
+from rlar.runtime.cache import spec_key
 
 
 def unscored(images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
@@ -48,10 +49,17 @@ def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, s
     return result
 
 
-def judgement_dir(base: str | Path, cfg_scale: float, temperature: float, seeds: list[int]) -> Path:
-    """``base/judge-cfg<s>-temp<t>-seeds<a>-<b>``: where ``rlar-eval --judge`` writes ``judge.json`` by default
-    (``base``: the run's ``eval/`` folder)."""
-    return Path(base) / f"judge-cfg{cfg_scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}"
+def settings_key(cfg: DictConfig, **more) -> str:
+    """8 hex digits of the whole config ``cfg`` (unresolved) and ``more``: what an output folder of ``rlar-eval`` is
+    named by beside its readable settings, so that outputs under any other setting (``eval.batch_size``,
+    ``eval.samples_per_item``, any override) land in a folder of their own, and the same command finds its own."""
+    return spec_key({"config": OmegaConf.to_container(cfg, resolve=False), **more}, length=8)
+
+
+def judgement_dir(base: str | Path, cfg: DictConfig, cfg_scale: float, temperature: float, seeds: list[int]) -> Path:
+    """``base/judge-cfg<s>-temp<t>-seeds<a>-<b>-<settings_key(cfg)>``: where ``rlar-eval --judge`` writes
+    ``judge.json`` by default (``base``: the run's ``eval/`` folder; ``cfg``: the config it judges under)."""
+    return Path(base) / f"judge-cfg{cfg_scale:g}-temp{temperature:g}-seeds{seeds[0]}-{seeds[-1]}-{settings_key(cfg)}"
 
 
 def write_judgement(out: Path, metrics: dict, settings: dict) -> Path:

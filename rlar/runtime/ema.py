@@ -46,10 +46,17 @@ def exported_policy(checkpoints: str | Path, ema: bool = True) -> dict[str, torc
     in ``last.pt``; a sharded run exports ``policy.pt`` and ``ema.pt`` when it finishes."""
     checkpoints = Path(checkpoints)
     if not (checkpoints / "last.pt").is_file():
-        raise FileNotFoundError(f"no checkpoints/last.pt under '{checkpoints.parent}': give the output directory of "
-                                "an rlar run that has saved a checkpoint")
+        raise FileNotFoundError(no_checkpoint_message(checkpoints.parent))
     record = load_checkpoint(checkpoints / "last.pt", "the run's last checkpoint")
     if record.get("format") == "sharded":
         path = checkpoints / "ema.pt"
         return load_checkpoint(path if ema and path.is_file() else checkpoints / "policy.pt", "the run's policy")
     return record["ema"] if ema and "ema" in record else record["policy"]
+
+
+def no_checkpoint_message(run_dir: str | Path) -> str:
+    """What to do about a run dir without ``checkpoints/last.pt`` (one ``rlar-prepare`` wrote, or a run that has not
+    saved yet)."""
+    return (f"'{run_dir}' holds no checkpoint (no checkpoints/last.pt): train it first with python -m rlar.run and "
+            "the overrides in its .hydra/overrides.yaml, or give the output directory of an rlar run that has saved a "
+            "checkpoint")

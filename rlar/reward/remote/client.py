@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,9 +44,11 @@ class RemoteReward(Reward):
     """``reward(images, targets, meta) -> (rewards [N], {component: [N]})`` scored by ``urls``.
 
     The batch is split into chunks of ``chunk_size`` sent round-robin from a thread pool; a chunk whose server
-    fails (connection error, timeout, 5xx) is retried on another server in rotation, after ``backoff_s * 2^k``
-    seconds, up to ``retries`` times. A chunk no server scored is NaN (``reward/remote_failed_items``); after
-    ``max_consecutive_failures`` calls in a row that scored no item, the next such call raises ``RuntimeError``.
+    fails (connection error, timeout, 5xx, malformed answer) is retried on another server in rotation, after
+    ``backoff_s * 2^k`` seconds, up to ``retries`` times, unless the request is at fault: a 4xx, or the same 5xx
+    error answered to two of its tries. An error a server answers is logged once (per distinct error). A chunk no
+    server scored is NaN (``reward/remote_failed_items``); after ``max_consecutive_failures`` calls in a row that
+    scored no item, the next such call raises ``RuntimeError``.
     With ``weights``, the reward is ``sum_k weights[k] * components[k]`` (z-scored over the whole batch first if
     ``normalize``) instead of the servers' own total.
     """
@@ -70,11 +73,14 @@ class RemoteReward(Reward):
         self.calls = 0
         self.failed_calls = 0  # consecutive calls that scored no item
         self.unread: dict[str, float] = {}  # totals since metrics() was last read
+        self.warned: set[str] = set()  # the servers' answered errors already logged
+        self.warned_lock = threading.Lock()
 
     def score_chunk(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict, slot: int):
         """``(scores [n], {name: [n]}, retries)`` for one chunk ``[n, C, H, W]``; scores None if no server did."""
         body, n = encode_request(images, targets, meta), images.shape[0]
         tried: list[str] = []
+        answered: list[str] = []  # the 5xx errors of its tries
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -91,14 +97,27 @@ class RemoteReward(Reward):
                 try:
                     return *decode_scores(resp.json(), n), attempt
                 except ValueError as e:
-                    self.pool.set_state(url, True, f"/score: malformed response: {e}")
+                    self.warn_once(url, f"/score: malformed response: {e}")
                     continue
             reason = f"/score answered {resp.status_code}: {response_reason(resp)}"
-            self.pool.set_state(url, True, reason)
-            if resp.status_code < 500:  # the request itself is refused: another server would refuse it too
-                log.warning("reward server %s refused a chunk of %d images: %s", url, n, reason)
+            self.warn_once(url, reason)
+            # refused (4xx), or failed the same way twice (the reward raising on this request): every server would
+            # answer it again; another 5xx (one server's failure) is retried
+            if resp.status_code < 500 or reason in answered:
                 return None, None, attempt
+            answered.append(reason)
         return None, None, self.retries
+
+    def warn_once(self, url: str, reason: str) -> None:
+        """Record ``reason`` as ``url``'s last error (it stays in rotation: it answers) and log it, the first time
+        any server answers it."""
+        self.pool.set_state(url, True, reason)
+        with self.warned_lock:
+            if reason in self.warned:
+                return
+            self.warned.add(reason)
+        log.warning("reward server %s: %s (logged once; reward/remote_failed_items counts the items no server "
+                    "scored)", url, reason)
 
     def combine(self, components: dict[str, torch.Tensor], n: int) -> torch.Tensor:
         """``sum_k weights[k] * components[k]`` ``[n]``; NaN where a weighted component is NaN."""

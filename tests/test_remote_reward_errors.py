@@ -1,0 +1,75 @@
+"""A reward server's answered errors, against the server's app in process (no sockets): logged on the client once
+per distinct error; the reward failing on a request is not sent again and again, one server failing still fails
+over to another."""
+
+import logging
+
+import httpx
+import pytest
+import torch
+from starlette.testclient import TestClient
+
+from rlar.reward.reconstruction import ReconstructionReward
+from rlar.reward.remote import client as remote_client
+from rlar.reward.remote.app import RewardService, create_app
+from rlar.reward.remote.client import RemoteReward
+
+
+class Broken:
+    """A reward whose device fails on every batch, as a server with a bad GPU would."""
+
+    def __call__(self, images, targets=None, meta=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """``serve({host: reward})``: a ``RemoteReward`` over ``http://<host>`` for each, each host answered by the
+    rlar server app around its reward."""
+    apps, clients = {}, []
+    real_client = httpx.Client
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        answer = apps[request.url.host].request(request.method, request.url.path, content=request.read())
+        return httpx.Response(answer.status_code, headers=dict(answer.headers), content=answer.content)
+
+    def make(rewards: dict, **kwargs) -> RemoteReward:
+        for host, reward in rewards.items():
+            apps[host] = TestClient(create_app(RewardService(reward, host, type(reward).__name__, "cpu"))).__enter__()
+        monkeypatch.setattr(remote_client.httpx, "Client",
+                            lambda timeout: real_client(transport=httpx.MockTransport(forward), timeout=timeout))
+        clients.append(RemoteReward([f"http://{host}" for host in rewards], backoff_s=0.0, **kwargs))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+    for app in apps.values():
+        app.__exit__(None, None, None)
+
+
+def images(n):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, 1, 8, 8]
+
+
+def test_a_reward_failing_on_the_request_is_logged_once_and_tried_twice_not_thrice(serve, caplog):
+    reward = serve({"a": ReconstructionReward("l2"), "b": ReconstructionReward("l2")}, chunk_size=3, retries=2)
+    with caplog.at_level(logging.WARNING, logger="rlar.reward.remote"):
+        scores, _ = reward(images(8))  # no targets: l2 raises on the server
+    assert scores.isnan().all()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "/score answered 500: reward failed: AttributeError" in warning
+    metrics = reward.metrics()
+    assert metrics["reward/remote_failed_items"] == 8 and metrics["reward/remote_retries"] == 3  # 1 per chunk
+    assert metrics["reward/remote_servers_up"] == 2
+    assert reward(images(8), images(8))[0].isfinite().all()  # the servers score a request that has targets
+
+
+def test_a_server_whose_reward_fails_is_logged_and_another_server_scores_its_chunks(serve, caplog):
+    reward = serve({"bad": Broken(), "good": ReconstructionReward("l2")}, chunk_size=2)
+    with caplog.at_level(logging.WARNING, logger="rlar.reward.remote"):
+        for _ in range(2):
+            assert reward(images(8), images(8))[0].isfinite().all()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("reward server http://bad: /score answered 500: reward failed: RuntimeError: CUDA")
+    assert reward.metrics()["reward/remote_retries"] == 4  # the 2 chunks of each call sent to bad first
