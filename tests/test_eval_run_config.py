@@ -1,5 +1,5 @@
-"""rlar-eval (and rlar-export) of a run started in another directory reads the files the run read: a relative path in its recorded
-config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``)."""
+"""rlar-eval (and rlar-export) of a run started in another directory reads the files the run read: a relative path
+in its recorded config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``)."""
 
 from omegaconf import OmegaConf
 
