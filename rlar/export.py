@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from rlar.eval.run_models import anchor_relative_paths
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.soup import weight_soup
-from rlar.runtime.ema import exported_policy
+from rlar.runtime.ema import exported_policy, no_checkpoint_message
 from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
@@ -30,7 +30,7 @@ def run_policy_weights(run_dir: Path) -> Path:
     for name in ("policy.pt", "last.pt"):
         if (run_dir / "checkpoints" / name).is_file():
             return run_dir / "checkpoints" / name
-    raise FileNotFoundError(f"{run_dir} has no checkpoints/last.pt: give the output directory of an rlar run")
+    raise FileNotFoundError(no_checkpoint_message(run_dir))
 
 
 def recorded_config(run_dir: Path):
@@ -57,8 +57,11 @@ def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float =
             if other[group] != cfg[group]:
                 raise ValueError(f"{run_dir} has another {group} config than {run_dirs[0]}: a soup averages runs "
                                  "fine-tuned from one prior, on the same data and tokenizer")
-    if weight == 1.0:  # the prior is not read: build the policy from the run's weights (no pretraining on a miss)
-        cfg.policy.checkpoint = str(run_policy_weights(run_dirs[0]))
+    weights = [run_policy_weights(r) for r in run_dirs]  # every run has saved, before anything is built
+    if weight == 1.0 and not Path(cfg.policy.get("checkpoint") or "").expanduser().is_dir():
+        # the prior is not read: build the policy from the run's weights (no pretraining on a miss); an exported
+        # folder stays, for the text encoder it may carry (the run's weights replace its policy below)
+        cfg.policy.checkpoint = str(weights[0])
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     # built and checked as the run built it: with a weight other than 1, the prior the runs started from

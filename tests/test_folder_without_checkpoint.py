@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from rlar import export
 from rlar.config.store import compose_config
 from rlar.eval import cli
-from rlar.runtime.ema import exported_policy
+from rlar.runtime.ema import exported_policy, no_checkpoint_message
 
 
 @pytest.fixture
@@ -53,5 +53,4 @@ def test_rlar_export_of_a_folder_without_a_checkpoint_exits_with_one_line(prepar
     with pytest.raises(SystemExit) as exit_:
         export.main([str(prepared), str(tmp_path / "exported")])
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == f"rlar-export: {prepared} has no checkpoints/last.pt: give the output " \
-                                      "directory of an rlar run\n"
+    assert capsys.readouterr().err == f"rlar-export: {no_checkpoint_message(prepared)}\n"

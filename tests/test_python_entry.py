@@ -38,6 +38,8 @@ def test_a_directory_holding_a_run_of_another_config_is_refused(tmp_path, traine
     train_rl_loop(compose_config(["reward=l2"]), out)
     (out / "checkpoints" / "last.pt").write_bytes(b"")  # as a finished run leaves it
     train_rl_loop(compose_config(["reward=l2", "train.iterations=600"]), out)  # a key kept out of the name: resumes
+    with pytest.raises(ConfigError, match="holds a run with another config: hardware.seed"):
+        train_rl_loop(compose_config(["reward=l2", "hardware.seed=1"]), out)  # another seed is another run
     with pytest.raises(ConfigError, match="holds a run with another config: .*reward"):
         train_rl_loop(compose_config(["reward=l1"]), out)
     assert OmegaConf.load(out / ".hydra" / "config.yaml").reward.kind == "l2"  # the record is the run's

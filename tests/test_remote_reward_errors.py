@@ -34,8 +34,9 @@ def serve(monkeypatch):
         return httpx.Response(answer.status_code, headers=dict(answer.headers), content=answer.content)
 
     def make(rewards: dict, **kwargs) -> RemoteReward:
-        for host, reward in rewards.items():
-            apps[host] = TestClient(create_app(RewardService(reward, host, type(reward).__name__, "cpu"))).__enter__()
+        for host, reward in rewards.items():  # a reward, or an app of its own (``request(method, path, content)``)
+            apps[host] = reward if hasattr(reward, "request") else TestClient(
+                create_app(RewardService(reward, host, type(reward).__name__, "cpu"))).__enter__()
         monkeypatch.setattr(remote_client.httpx, "Client",
                             lambda timeout: real_client(transport=httpx.MockTransport(forward), timeout=timeout))
         clients.append(RemoteReward([f"http://{host}" for host in rewards], backoff_s=0.0, **kwargs))
@@ -45,7 +46,8 @@ def serve(monkeypatch):
     for client in clients:
         client.close()
     for app in apps.values():
-        app.__exit__(None, None, None)
+        if isinstance(app, TestClient):
+            app.__exit__(None, None, None)
 
 
 def images(n):
@@ -73,3 +75,18 @@ def test_a_server_whose_reward_fails_is_logged_and_another_server_scores_its_chu
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("reward server http://bad: /score answered 500: reward failed: RuntimeError: CUDA")
     assert reward.metrics()["reward/remote_retries"] == 4  # the 2 chunks of each call sent to bad first
+
+
+class BadGateway:
+    """A proxy in front of a restarting server: healthy, and the same 502 page to every request to score."""
+
+    def request(self, method, path, content=None):
+        if path == "/health":
+            return httpx.Response(200, json={"ready": True})
+        return httpx.Response(502, headers={"content-type": "text/plain"}, content=b"502 Bad Gateway")
+
+
+def test_servers_failing_alike_on_every_try_are_tried_to_the_retry_limit(serve):
+    reward = serve({"p1": BadGateway(), "p2": BadGateway()}, chunk_size=8, retries=3)
+    assert reward(images(8), images(8))[0].isnan().all()
+    assert reward.metrics()["reward/remote_retries"] == 3  # not given up after two alike answers

@@ -122,6 +122,11 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
     assert all(torch.equal(v, evaluated[k]) for k, v in shared_policy.state_dict().items())
     assert all(torch.equal(x, y) for x, y in zip(from_cache.state_dict().values(), from_folder.state_dict().values(),
                                                  strict=True))
+    # a run fine-tuned from the shared folder, with no prior cached for its settings, exports with its encoder too
+    again = compose_config([*overrides, f"policy.checkpoint={shared}",
+                            f"policy.pretrain.steps={cfg.policy.pretrain.steps + 1}", "train.iterations=1"])
+    train_rl_loop(again, tmp_path / "again")
+    assert (export_runs([tmp_path / "again"], tmp_path / "shared_again") / "text_encoder.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -94,4 +94,6 @@ def record_config(cfg: DictConfig, out: str | Path) -> None:
     hydra_dir = Path(out) / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, hydra_dir / "config.yaml")
-    check_rerun(cfg, out, ".hydra", name_free_keys())
+    # "hardware" frees a switch of the group on the command line, where hardware.seed and .precision name the
+    # run's folder; a Python run's folder holds no overrides, so they are compared (device, strategy, ... stay free)
+    check_rerun(cfg, out, ".hydra", [key for key in name_free_keys() if key != "hardware"])

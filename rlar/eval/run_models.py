@@ -19,7 +19,7 @@ from rlar.tokenizer.zoo_build import strict_load
 
 # the config keys whose values are paths a run reads (policy.checkpoint, data.root, eval.inception.weights, ...)
 PATH_KEYS = ("checkpoint", "path", "root", "eval_root", "eval_path", "model_path", "cache_dir", "feature_cache",
-             "weights", "reference", "class_names_file", "token_file")
+             "weights", "weights_path", "reference", "class_names_file", "token_file")
 
 
 def is_run_dir(path: str | Path) -> bool:

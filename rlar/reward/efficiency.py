@@ -24,7 +24,8 @@ class EfficiencyReward(Reward):
     def __init__(self, target: int = 8, max_steps: int = 64):
         if not 0 <= target < max_steps:
             raise ValueError(f"reward.target={target} and reward.max_steps={max_steps} must satisfy "
-                             "0 <= target < max_steps; set reward.max_steps above reward.target")
+                             "0 <= target < max_steps; set reward.max_steps (reward=efficiency reads "
+                             "schedule.max_steps) above reward.target")
         self.target = target
         self.max_steps = max_steps
 

@@ -101,9 +101,9 @@ class RemoteReward(Reward):
                     continue
             reason = f"/score answered {resp.status_code}: {response_reason(resp)}"
             self.warn_once(url, reason)
-            # refused (4xx), or failed the same way twice (the reward raising on this request): every server would
-            # answer it again; another 5xx (one server's failure) is retried
-            if resp.status_code < 500 or reason in answered:
+            # refused (4xx), or the reward raising on this request twice alike: every server would answer it again;
+            # another 5xx (one server's failure, a proxy's 502 while it restarts) is retried
+            if resp.status_code < 500 or (reason in answered and "reward failed:" in reason):
                 return None, None, attempt
             answered.append(reason)
         return None, None, self.retries
