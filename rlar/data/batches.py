@@ -31,6 +31,11 @@ class ImageData:
             return None
         return [self.train_captions[i] for i in indices.tolist()]
 
+    def eval_images_of(self, items: torch.Tensor | slice) -> torch.Tensor | None:
+        """The eval images ``[M, C, H, W]`` in [-1, 1] of ``items`` (indices ``[M]`` or a slice); None without
+        images."""
+        return None if self.eval_images is None else self.eval_images[items]
+
     def check_train_images_fit(self) -> None:
         """Raise, naming the fix, if ``train_images`` (the whole split at once) could not fit in memory; data held in
         memory already fits."""

@@ -192,7 +192,7 @@ def split_images(data: ImageData, split: str, max_images: int | None) -> np.ndar
     """uint8 ``[N, H, W, 3]``: the first ``max_images`` images of ``split`` (None: all), the train split decoded a
     chunk at a time (only the images asked for)."""
     if split == "eval":
-        return to_uint8_hwc(data.eval_images[:max_images])
+        return to_uint8_hwc(data.eval_images_of(slice(0, max_images)))
     count = min(len(data.train_labels), max_images or len(data.train_labels))
     return np.concatenate([to_uint8_hwc(x) for x in data.train_batches(chunks(count, DECODE_BATCH))])
 

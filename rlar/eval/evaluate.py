@@ -90,7 +90,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     items = slice(eval_cfg.max_items or None)
     prompts = None if data.eval_captions is None else list(data.eval_captions[items])
     images, labels, prompts, asks, real = rank_share(
-        None if data.eval_images is None else data.eval_images[items], data.eval_labels[items], prompts,
+        data.eval_images_of(items), data.eval_labels[items], prompts,
         parsed_prompts(prompts))
     images, labels = None if images is None else images.to(device), labels.to(device)
     k = eval_cfg.samples_per_item

@@ -72,7 +72,7 @@ def data_reference(cfg, data, tokenizer, policies: dict[str, tuple], splits: int
     ``tokenizer``, and of ``policies`` (``{row: (policy, tokenizer, sampling)}``)."""
     classifier = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)  # trained if not cached
     items = slice(cfg.eval.max_items or None)
-    images, labels = data.eval_images[items], data.eval_labels[items]  # [M, C, H, W], [M]
+    images, labels = data.eval_images_of(items), data.eval_labels[items]  # [M, C, H, W], [M]
     # the frozen tokenizer encodes and decodes its own chunk at a time, without gradients
     reconstructed = tokenizer.decode_code(tokenizer.encode_indices(images.to(device))).float().cpu()  # [M, C, H, W]
     rows = {REAL: [], RECONSTRUCTED: [], **{name: [] for name in policies}}

@@ -83,7 +83,7 @@ def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | Non
     evaluation uses (the first ``eval.max_items``) and of the whole train split (read a chunk at a time)."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
     items = slice(eval_cfg.max_items or None)
-    return EvalModel(classifier, data.eval_images[items], data.eval_labels[items], device,
+    return EvalModel(classifier, data.eval_images_of(items), data.eval_labels[items], device,
                      train_features(classifier, data, device))
 
 
