@@ -27,10 +27,10 @@ from rlar.tokenizer.zoo_build import strict_load
 def run_policy_weights(run_dir: Path) -> Path:
     """The file holding the run's final policy: ``checkpoints/policy.pt`` (a sharded run's export at its end),
     else ``checkpoints/last.pt`` (consolidated)."""
-    for name in ("policy.pt", "last.pt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    raise FileNotFoundError(no_checkpoint_message(run_dir))
+    checkpoints = run_dir / "checkpoints"
+    if not (checkpoints / "last.pt").is_file():  # every saved run has it (a sharded one: its record)
+        raise FileNotFoundError(no_checkpoint_message(run_dir))
+    return checkpoints / "policy.pt" if (checkpoints / "policy.pt").is_file() else checkpoints / "last.pt"
 
 
 def recorded_config(run_dir: Path):

@@ -31,8 +31,8 @@ from rlar.eval.run_models import (
     run_config,
     trained_nothing,
 )
+from rlar.export import run_policy_weights
 from rlar.rollout.sampling import cfg_scales
-from rlar.runtime.ema import no_checkpoint_message
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
        rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
@@ -136,8 +136,11 @@ def check_judge_options(opts: argparse.Namespace) -> None:
 def check_saved_weights(run_dir: str | None) -> None:
     """Refuse (exit, before anything is built) a run dir whose weights are to be read but that saved none, such as
     the ``outputs/default`` that ``rlar-prepare`` writes (a run that trained nothing is evaluated as its prior)."""
-    if run_dir and not trained_nothing(run_dir) and not Path(run_dir, "checkpoints", "last.pt").is_file():
-        sys.exit(no_checkpoint_message(run_dir))
+    if run_dir and not trained_nothing(run_dir):
+        try:
+            run_policy_weights(Path(run_dir))
+        except FileNotFoundError as e:
+            sys.exit(str(e))
 
 
 def apply_options(cfg, opts: argparse.Namespace) -> None:

@@ -45,10 +45,10 @@ class RemoteReward(Reward):
 
     The batch is split into chunks of ``chunk_size`` sent round-robin from a thread pool; a chunk whose server
     fails (connection error, timeout, 5xx, malformed answer) is retried on another server in rotation, after
-    ``backoff_s * 2^k`` seconds, up to ``retries`` times, unless the request is at fault: a 4xx, or the same 5xx
-    error answered to two of its tries. An error a server answers is logged once (per distinct error). A chunk no
-    server scored is NaN (``reward/remote_failed_items``); after ``max_consecutive_failures`` calls in a row that
-    scored no item, the next such call raises ``RuntimeError``.
+    ``backoff_s * 2^k`` seconds, up to ``retries`` times, unless the request is at fault: a 4xx, or the reward
+    failing on it (500 ``reward failed: ...``) alike on two of its tries. An error a server answers is logged once
+    (per distinct error). A chunk no server scored is NaN (``reward/remote_failed_items``); after
+    ``max_consecutive_failures`` calls in a row that scored no item, the next such call raises ``RuntimeError``.
     With ``weights``, the reward is ``sum_k weights[k] * components[k]`` (z-scored over the whole batch first if
     ``normalize``) instead of the servers' own total.
     """
