@@ -18,6 +18,7 @@ from rlar.contracts import Algorithm, DataPairAlgorithm, Logger, Policy, Reward,
 from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
+from rlar.reward.build import build_reward
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
@@ -106,11 +107,11 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {world} processes; use a "
                          f"multiple of {world} (each process takes batch_size/{world} items with all their "
                          f"generations)")
-    reward = instantiate(cfg.reward)  # first: a reward that cannot be built fails before any training
     algorithm = instantiate(cfg.algorithm)
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
+        reward = build_reward(cfg, data)  # on the run's data; a reward that cannot be built fails before the models
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer, policy, text_encoder = build_generator(cfg, data, device)

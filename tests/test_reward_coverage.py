@@ -92,7 +92,7 @@ class Flatten(nn.Module):
 def reward_on(train_images, train_labels, kind=CoverageReward, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
     reward = kind(TrainSplit(train_images, train_labels), None, **options)
-    reward.classifier = SimpleNamespace(get=lambda device: Flatten())
+    reward.classifier = SimpleNamespace(get=lambda device: Flatten(), settings=None)
     return reward
 
 

@@ -24,7 +24,7 @@ def discriminator(real: torch.Tensor, labels: torch.Tensor, **options) -> Discri
     """A reward over train images ``real [M, 1, 1, 1]`` (1-d features) with the flat classifier."""
     data = TrainSplit(real, labels)
     reward = DiscriminatorReward(data, None, **{"hidden": 32, "lr": 3e-3, "batch_size": 256, **options})
-    reward.classifier = SimpleNamespace(get=lambda device: Flat())
+    reward.classifier = SimpleNamespace(get=lambda device: Flat(), settings=None)
     return reward
 
 

@@ -1,12 +1,16 @@
 """Rewards from a digits classifier of the judge's architecture (``rlar/eval/model``) but not the judge: class
 consistency, and a perceptual distance in its feature space, the offline stand-in for LPIPS on the digits.
 
-The loop builds rewards before its data, so these take the data (``${data}``), the classifier's settings
-(``reward.classifier``, typed by ``RewardClassifierSchema``: another seed than ``eval.classifier_model``) and
-``${cache_dir}``, and build the classifier on their first call (trained once, then cached).
+These take the data (``${data}``: every component of a run is handed the run's own, rlar.reward.build), the
+classifier's settings (``reward.classifier``, typed by ``RewardClassifierSchema``: another seed than
+``eval.classifier_model``) and ``${cache_dir}``, and build the classifier on their first call (trained once, then
+cached).
 """
 
 from __future__ import annotations
+
+import json
+from weakref import WeakKeyDictionary
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +19,7 @@ from omegaconf import DictConfig
 from rlar.config.schemas import RewardClassifierSchema
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.eval.model.build import build_eval_classifier
+from rlar.eval.model.build import build_eval_classifier, classifier_spec
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.scorer import train_features
 from rlar.runtime import distributed
@@ -46,10 +50,19 @@ def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_
     return torch.cat([model.features(x) for x in images.split(chunk_size)]).cpu()
 
 
+# data -> {(classifier spec, chunk size): [M, F]}: the components of a mix that read one classifier share its features
+_TRAIN_FEATURES: WeakKeyDictionary[ImageData, dict[tuple[str, int], torch.Tensor]] = WeakKeyDictionary()
+
+
 def train_split_features(classifier: LazyClassifier, data: ImageData, device, chunk_size: int) -> torch.Tensor:
     """``[M, F]`` on the CPU: the reward classifier's features of ``data``'s whole train split, ``chunk_size`` images
-    per forward pass on ``device`` (data on disk is decoded a chunk at a time, never held whole)."""
-    return train_features(classifier.get(device), data, device, chunk_size)
+    per forward pass on ``device`` (data on disk is decoded a chunk at a time, never held whole). Computed once per
+    data set and classifier: a second component reading them does not decode the split again. Read-only."""
+    known = _TRAIN_FEATURES.setdefault(data, {})
+    key = (json.dumps(classifier_spec(classifier.settings, RewardClassifierSchema), sort_keys=True), chunk_size)
+    if key not in known:
+        known[key] = train_features(classifier.get(device), data, device, chunk_size)
+    return known[key]
 
 
 def batch_rows(features: torch.Tensor, groups: torch.Tensor, learning: bool, device

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
 from rlar.config.store import compose_config
+from rlar.reward.build import build_reward
 from rlar.reward.remote.client import RemoteReward
 from rlar.reward.remote.launch import start_servers, stop_servers, wait_ready
 
@@ -54,7 +54,7 @@ def seconds_per_call(reward, batch: int, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     overrides = (sys.argv[1:] if argv is None else argv) or ["reward=l2"]
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # what start_servers gives each of the 2 servers
-    local = instantiate(compose_config(overrides).reward)
+    local = build_reward(compose_config(overrides))
     with tempfile.TemporaryDirectory() as logs:
         servers = start_servers(2, free_port_pair(), "127.0.0.1", overrides, Path(logs), devices=[])
         try:

@@ -30,6 +30,7 @@ from rlar.eval.generate import generate_images
 from rlar.eval.model.scorer import EvalModel, build_eval_model
 from rlar.eval.rejudge import check_judgeable
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
+from rlar.reward.build import build_reward
 from rlar.reward.scoring import scoring_only
 
 
@@ -95,7 +96,7 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
     _, _, sampling = sampling_settings(cfg, opts, policy)
     rows = {"policy": [], "filtered": []}
     accepted_rates = []
-    with closing(instantiate(cfg.reward)) as reward_fn:  # first: a reward that cannot be built fails before any work
+    with closing(build_reward(cfg, data)) as reward_fn:  # first: a reward that cannot be built fails before any work
         check_scores_on_its_own(reward_fn, data.eval_images_of(slice(0, 2)).to(device), data.eval_labels[:2].to(device))
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
         labels = data.eval_labels[slice(cfg.eval.max_items or None)]

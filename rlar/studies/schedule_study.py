@@ -27,6 +27,7 @@ from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import evaluate  # noqa: E402
 from rlar.eval.model import build_eval_model  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
+from rlar.reward.build import build_reward  # noqa: E402
 from rlar.rollout.sampling import cfg_scales  # noqa: E402
 from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 from rlar.text.build import build_text_encoder  # noqa: E402
@@ -54,7 +55,7 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
     r = cfg.rollout
     sampling = {"temperature": r.temperature, "cfg_scale": cfg_scales(prior.block_size, r.cfg_scale)}
     points = {}
-    with closing(instantiate(cfg.reward)) as reward:  # a remote reward closes its client
+    with closing(build_reward(cfg, data)) as reward:  # a remote reward closes its client
         for n in steps:
             prior.decoding = {**prior.decoding, "num_iter": n, "schedule": "arccos"}
             result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, "cpu", None, eval_model)

@@ -10,6 +10,7 @@ import uvicorn
 from hydra.utils import instantiate
 
 from rlar.config.store import compose_config
+from rlar.reward.build import build_reward
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, is_loopback, read_token
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(args.overrides)
         hardware = instantiate(cfg.hardware)
         hardware.seed_everything()  # as the training loop does before it builds the reward
-        reward = instantiate(cfg.reward)
+        reward = build_reward(cfg)
         service = RewardService(reward, reward_name(args.overrides, cfg.reward._target_), cfg.reward._target_,
                                 hardware.device, token, args.max_batch, args.max_bytes, args.max_uploads,
                                 args.body_timeout)

@@ -1,0 +1,88 @@
+"""A config's reward is built on one dataset: every component reading ``${data}`` shares the run's, and the
+components reading one classifier share its train-split features."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import rlar.reward.classifier
+from rlar.build import build_run
+from rlar.config.store import compose_config
+from rlar.data.digits import DigitsData
+from rlar.reward.build import build_reward
+from rlar.reward.classifier import LazyClassifier, train_split_features
+
+
+@pytest.fixture
+def data_builds(monkeypatch):
+    """The list of DigitsData built while the test runs (one entry per construction)."""
+    built = []
+    real_init = DigitsData.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DigitsData, "__init__", counting_init)
+    return built
+
+
+def component_data(reward) -> dict:
+    return {name: component.classifier.data for name, component in reward.components.items()}
+
+
+def test_the_default_rewards_three_components_read_one_dataset_built_once(cache_dir, data_builds):
+    reward = build_reward(compose_config([f"cache_dir={cache_dir}"]))
+    assert len(data_builds) == 1  # instantiating the reward config alone built it three times
+    assert [data is data_builds[0] for data in component_data(reward).values()] == [True, True, True]
+
+
+def test_the_runs_own_data_is_handed_to_every_component(cache_dir, data_builds):
+    cfg = compose_config([f"cache_dir={cache_dir}"])
+    data = instantiate(cfg.data)
+    reward = build_reward(cfg, data)
+    assert len(data_builds) == 1
+    assert all(d is data for d in component_data(reward).values())
+
+
+def test_a_component_given_other_data_builds_its_own(cache_dir, data_builds):
+    cfg = compose_config([f"cache_dir={cache_dir}"])
+    cfg.reward.components.fd.data = {**OmegaConf.to_container(cfg.data, resolve=True), "split_seed": 1}
+    data = instantiate(cfg.data)
+    own = component_data(build_reward(cfg, data))
+    assert own["disc"] is data and own["cls"] is data
+    assert own["fd"] is not data and len(data_builds) == 2
+    assert not torch.equal(own["fd"].train_labels, data.train_labels)  # another split, as configured
+
+
+def test_a_reward_reading_no_data_builds_none(data_builds):
+    build_reward(compose_config(["reward=l2"]))
+    assert data_builds == []
+
+
+def test_two_components_on_one_classifier_compute_the_train_features_once(cache_dir, monkeypatch):
+    data = instantiate(compose_config([]).data)
+    calls = []
+    real = rlar.reward.classifier.train_features
+
+    def counting(model, data, device, chunk_size):
+        calls.append(chunk_size)
+        return real(model, data, device, chunk_size)
+
+    monkeypatch.setattr(rlar.reward.classifier, "train_features", counting)
+    settings = {"train": {"steps": 5}}
+    first = train_split_features(LazyClassifier(data, settings, str(cache_dir)), data, "cpu", 256)
+    second = train_split_features(LazyClassifier(data, dict(settings), str(cache_dir)), data, "cpu", 256)
+    assert second is first and calls == [256]
+    other = train_split_features(LazyClassifier(data, {"train": {"steps": 6}}, str(cache_dir)), data, "cpu", 256)
+    train_split_features(LazyClassifier(data, settings, str(cache_dir)), data, "cpu", 128)
+    assert calls == [256, 256, 128] and not torch.equal(other, first)  # another classifier, another chunk size
+
+
+def test_a_run_hands_its_data_to_the_reward(tiny, data_builds, tmp_path):
+    cfg = compose_config(tiny + ["hardware.num_threads=1"])
+    hw = instantiate(cfg.hardware)
+    run = build_run(cfg, hw, tmp_path)
+    assert len(data_builds) == 1
+    assert all(d is run.data for d in component_data(run.reward).values())
