@@ -13,8 +13,7 @@ import rlar.data.stored
 from rlar.data.batches import holdout_split
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
-from rlar.eval.cli import split_images
-from rlar.eval.image_arrays import to_uint8_hwc
+from rlar.eval.image_arrays import split_uint8, to_uint8_hwc
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features
 
@@ -119,9 +118,9 @@ def test_the_first_train_images_of_a_reference_are_the_only_ones_decoded(sources
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     whole = to_uint8_hwc(data.train_images)  # [N, 32, 32, 3]
     decoded.clear()
-    assert np.array_equal(split_images(data, "train", 5), whole[:5]) and len(decoded) == 5
-    assert np.array_equal(split_images(data, "train", None), whole)
-    assert np.array_equal(split_images(data, "eval", 3), to_uint8_hwc(data.eval_images[:3]))
+    assert np.array_equal(split_uint8(data, "train", 5), whole[:5]) and len(decoded) == 5
+    assert np.array_equal(split_uint8(data, "train", None), whole)
+    assert np.array_equal(split_uint8(data, "eval", 3), to_uint8_hwc(data.eval_images[:3]))
 
 
 def test_a_train_split_larger_than_memory_is_refused_before_decoding(sources, monkeypatch):

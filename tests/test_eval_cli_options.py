@@ -17,7 +17,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.eval import cli
 from rlar.eval.evaluate import JUDGE_METRICS
-from rlar.eval.image_arrays import read_images
+from rlar.eval.image_arrays import read_images, to_uint8_hwc
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.studies.judged import run_judgement
 
@@ -31,10 +31,10 @@ def stand_ins(monkeypatch, tmp_path):
         Path(checkpoint).parent.mkdir(exist_ok=True)
         Path(checkpoint).write_bytes(b"")
     images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [24, 1, 8, 8]
-    data = SimpleNamespace(num_classes=10, eval_images=images)
+    data = SimpleNamespace(num_classes=10, eval_labels=torch.zeros(24), eval_images_of=lambda items: images[items])
     monkeypatch.setattr(cli, "build_models", lambda cfg, device, run_dir: (data, None, SimpleNamespace(block_size=4)))
-    monkeypatch.setattr(cli, "generate_images", lambda policy, tokenizer, labels, *rest: torch.rand(
-        len(labels), 1, 8, 8) * 2 - 1)  # [N, 1, 8, 8]
+    monkeypatch.setattr(cli, "generate_uint8", lambda policy, tokenizer, labels, *rest: to_uint8_hwc(torch.rand(
+        len(labels), 1, 8, 8) * 2 - 1))  # [N, 8, 8, 3]
     monkeypatch.setattr(cli, "InceptionFeatures", lambda *args: lambda x: (torch.rand(len(x), 6),  # pool [n, 6]
                                                                              torch.rand(len(x), 10)))  # logits
     calls = []

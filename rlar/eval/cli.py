@@ -9,16 +9,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 
 from rlar.config.validate import check_config, exit_on_config_error
-from rlar.data.batches import ImageData
-from rlar.data.decode import DECODE_BATCH
-from rlar.data.on_access import chunks
-from rlar.eval.generate import class_balanced_labels, generate_images
-from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_grid, write_npz
+from rlar.eval.generate import class_balanced_labels, generate_uint8
+from rlar.eval.image_arrays import read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, settings_key, write_judgement
@@ -185,19 +181,10 @@ def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
     """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (the first ``max_images``)."""
-    images = split_images(instantiate(cfg.data), split, max_images)  # [N, H, W, 3]
+    images = split_uint8(instantiate(cfg.data), split, max_images)  # [N, H, W, 3]
     path = write_npz(out, images)
     write_grid(path.with_suffix(".png"), images)
     print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")
-
-
-def split_images(data: ImageData, split: str, max_images: int | None) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]``: the first ``max_images`` images of ``split`` (None: all), the train split decoded a
-    chunk at a time (only the images asked for)."""
-    if split == "eval":
-        return to_uint8_hwc(data.eval_images_of(slice(0, max_images)))
-    count = min(len(data.train_labels), max_images or len(data.train_labels))
-    return np.concatenate([to_uint8_hwc(x) for x in data.train_batches(chunks(count, DECODE_BATCH))])
 
 
 def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> dict:
@@ -213,16 +200,15 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
     out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference)}")
     labels = class_balanced_labels(num_samples, data.num_classes)  # [N]
-    images = generate_images(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
-                             device, hw.autocast)
-    samples = to_uint8_hwc(images)  # [N, H, W, 3]
+    samples = generate_uint8(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
+                             device, hw.autocast)  # [N, H, W, 3]
     write_npz(out / "samples.npz", samples)
     write_grid(out / "samples.png", samples)
     print(f"samples: {out / 'samples.npz'} (arr_0: uint8 {list(samples.shape)}; {settings}), "
           f"grid {out / 'samples.png'}")
     if opts.samples_only:
         return {}
-    reference = read_images(opts.reference) if opts.reference else to_uint8_hwc(data.eval_images)
+    reference = read_images(opts.reference) if opts.reference else split_uint8(data, "eval")
     features = InceptionFeatures(weights, device, batch_size)
     pool, logits = features(samples)
     metrics = inception_metrics(pool, logits, features(reference)[0])

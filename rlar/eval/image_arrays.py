@@ -4,6 +4,7 @@ and a PNG grid."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from rlar.data.decode import to_8bit
+from rlar.data.batches import ImageData
+from rlar.data.decode import DECODE_BATCH, to_8bit
+from rlar.data.on_access import chunks
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -22,6 +25,32 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
         raise ValueError(f"expected images [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [N, C, H, W]
     return pixels.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def stacked_uint8(batches: Iterable[torch.Tensor], count: int) -> np.ndarray:
+    """uint8 ``[count, H, W, 3]`` of the image batches ``[b, C, H, W]`` in [-1, 1] of ``batches`` (``count`` images
+    in all), each converted as it comes into one array: no float copy of the whole set, no second uint8 copy."""
+    out, start = None, 0
+    for batch in batches:
+        pixels = to_uint8_hwc(batch)  # [b, H, W, 3]
+        if out is None:
+            out = np.empty((count, *pixels.shape[1:]), np.uint8)
+        out[start : start + len(pixels)] = pixels
+        start += len(pixels)
+    if out is None or start != count:
+        raise ValueError(f"expected {count} images, got {start}")
+    return out
+
+
+def split_uint8(data: ImageData, split: str, max_images: int | None = None) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]``: the first ``max_images`` images (None: all) of ``data``'s ``split`` (``train`` or
+    ``eval``), converted a chunk at a time (the train split decoded only as far as asked)."""
+    size = len(data.train_labels if split == "train" else data.eval_labels)
+    count = min(size, max_images or size)
+    positions = chunks(count, DECODE_BATCH)
+    batches = (data.train_batches(positions) if split == "train"
+               else (data.eval_images_of(slice(int(p[0]), int(p[-1]) + 1)) for p in positions))
+    return stacked_uint8(batches, count)
 
 
 def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:

@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from rlar.contracts import Policy, Tokenizer
 from rlar.data.batches import ImageData
-from rlar.eval.generate import class_balanced_labels, generate_images
-from rlar.eval.image_arrays import read_images, to_uint8_hwc
+from rlar.eval.generate import class_balanced_labels, generate_uint8
+from rlar.eval.image_arrays import read_images, split_uint8
 from rlar.eval.inception import InceptionFeatures, default_weights_path
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.model.frechet import gaussian_fit
@@ -37,9 +37,9 @@ class InceptionEval:
         per_rank = -(-self.num_samples // distributed.world_size())
         rows = torch.arange(per_rank) + distributed.rank() * per_rank  # this rank's rows, padded past N
         generator = torch.Generator().manual_seed(seed + distributed.rank())
-        images = generate_images(policy, tokenizer, labels[rows % self.num_samples], sampling, batch_size,
-                                 generator, device, autocast)  # [per_rank, C, H, W]
-        pool, logits = self.features(to_uint8_hwc(images))  # [per_rank, 2048], [per_rank, 1008]
+        images = generate_uint8(policy, tokenizer, labels[rows % self.num_samples], sampling, batch_size,
+                                generator, device, autocast)  # [per_rank, H, W, 3]
+        pool, logits = self.features(images)  # [per_rank, 2048], [per_rank, 1008]
         real = distributed.gather_rows((rows < self.num_samples).to(device, torch.uint8)).bool().cpu()
         pool = distributed.gather_rows(pool.to(device)).cpu()[real]
         logits = distributed.gather_rows(logits.to(device)).cpu()[real]
@@ -54,5 +54,5 @@ def build_inception_eval(data: ImageData, inception_cfg: DictConfig, cache_dir: 
     ``.npz`` or a folder; default: the held-out split)."""
     features = InceptionFeatures(inception_cfg.weights or default_weights_path(cache_dir), device, batch_size)
     reference = (read_images(inception_cfg.reference) if inception_cfg.reference
-                 else to_uint8_hwc(data.eval_images))
+                 else split_uint8(data, "eval"))
     return InceptionEval(features, reference, inception_cfg.num_samples, data.num_classes)
