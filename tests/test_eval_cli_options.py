@@ -17,7 +17,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.eval import cli
 from rlar.eval.evaluate import JUDGE_METRICS
-from rlar.eval.image_arrays import read_images, to_uint8_hwc
+from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_npz
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.studies.judged import run_judgement
 
@@ -101,6 +101,16 @@ def test_a_run_dir_keeps_its_outputs_and_records_itself(stand_ins, tmp_path):
     cli.run_command([str(run), "policy.checkpoint=other.pt", "--judge", "1"])
     record = json.loads(only("run/eval/other-*/judge-*/judge.json").read_text())
     assert record["run"] is None and record["checkpoint"] == str(Path.cwd() / "other.pt")
+
+
+def test_metrics_json_records_the_weights_and_the_reference_as_absolute_paths(stand_ins, tmp_path):
+    Path("inception.pth").write_bytes(b"")
+    write_npz("ref.npz", np.zeros((5, 8, 8, 3), np.uint8))
+    record = cli.run_command(["policy.checkpoint=a/last.pt", "--num-samples", "12", "--inception-weights",
+                              "inception.pth", "--reference", "ref.npz"])
+    written = json.loads(only("outputs/eval/*/n12-*/metrics.json").read_text())
+    assert written["inception_weights"] == record["inception_weights"] == str(tmp_path / "inception.pth")
+    assert written["reference"] == str(tmp_path / "ref.npz") and written["num_reference"] == 5
 
 
 def test_a_run_whose_inception_files_moved_is_still_evaluated(stand_ins, moved_run, weights_file):

@@ -98,7 +98,7 @@ def run_command(argv: list[str]) -> dict:
         return {}
     run_weights = reads_run_weights(run_dir, overrides)
     check_saved_weights(run_weights)
-    weights = Path(cfg.eval.inception.weights or default_weights_path(cfg.cache_dir)).expanduser()
+    weights = Path(cfg.eval.inception.weights or default_weights_path(cfg.cache_dir)).expanduser().absolute()
     if opts.judge is not None:  # before any model is built
         try:
             check_judgeable(cfg)
@@ -213,7 +213,8 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     pool, logits = features(samples)
     metrics = inception_metrics(pool, logits, features(reference)[0])
     record = {**metrics, **judged, "num_samples": len(samples), "num_reference": len(reference),
-              "reference": opts.reference or f"held-out split of data ({cfg.data._target_})", "cfg_scale": scale,
+              "reference": (str(Path(opts.reference).expanduser().absolute()) if opts.reference
+                            else f"held-out split of data ({cfg.data._target_})"), "cfg_scale": scale,
               "temperature": temperature, "seed": seed, "inception_weights": str(weights)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
