@@ -127,6 +127,17 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
                             f"policy.pretrain.steps={cfg.policy.pretrain.steps + 1}", "train.iterations=1"])
     train_rl_loop(again, tmp_path / "again")
     assert (export_runs([tmp_path / "again"], tmp_path / "shared_again") / "text_encoder.safetensors").is_file()
+    # the folder carries the encoder, so prompts without images can fine-tune it: nothing is read from a cache
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a thin {d} leaning left\n" for d in ("zero", "one", "seven", "eight") * 3))
+    kept = [o for o in overrides if o not in ("data.captions=attributes", "train.warmup_steps=1")]  # images only
+    on_prompts = compose_config([*kept, "data=prompts", f"data.path={prompts}",
+                                 f"cache_dir={tmp_path / 'empty-cache'}", f"tokenizer.checkpoint={tokenizer.source}",
+                                 f"policy.checkpoint={shared}", "reward=compositional",
+                                 "reward.classifier.train.steps=20",
+                                 "reward.data={_target_:rlar.data.digits.DigitsData,image_size:16}",
+                                 "eval.classifier=false", "algorithm.ntp_weight=0", "train.iterations=1"])
+    assert train_rl_loop(on_prompts, tmp_path / "on_prompts")["iterations"] == 1
 
 
 @pytest.mark.slow

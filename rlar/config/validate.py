@@ -15,6 +15,7 @@ from rlar.config.validate_shapes import data_channels, has_images, tokenizer_cha
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
 from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
+from rlar.policy.exported import carries_text_encoder
 from rlar.policy.gpt import CONDITION_MODES
 from rlar.reward.mixture import zscored
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
@@ -267,10 +268,12 @@ def check_data_without_images(cfg: DictConfig) -> None:
         if name in cfg[group] and not cfg[group][name]:
             raise ConfigError(f"{nothing} to train the embedded {group} on; give {key}=<a saved checkpoint>")
     encoder = cfg.get("text_encoder")
-    if encoder is not None and target_attribute(encoder, "trainable", False):
+    checkpoint = cfg.policy.get("checkpoint")
+    if encoder is not None and target_attribute(encoder, "trainable", False) and not carries_text_encoder(checkpoint):
         raise ConfigError(f"{nothing}: text_encoder=embedded is trained with the prior on the captions of images, and "
-                          "its weights are kept with that prior's cache entry, not with a policy checkpoint; use a "
-                          "frozen encoder (text_encoder=t5 or clip) with data=prompts")
+                          f"policy.checkpoint={checkpoint} does not carry it (its weights are in that prior's cache "
+                          "entry); give policy.checkpoint=<a folder rlar-export wrote, with text_encoder.safetensors>, "
+                          "or use a frozen encoder (text_encoder=t5 or clip)")
     readers = [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
     if readers:
         raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "

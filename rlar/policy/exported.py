@@ -64,12 +64,17 @@ def read_policy_folder(path: str | Path, policy: nn.Module) -> dict:
     return load_file(folder / WEIGHTS)
 
 
+def carries_text_encoder(path: str | Path | None) -> bool:
+    """Whether ``path`` is an exported folder that carries its policy's trainable text encoder."""
+    return bool(path) and (Path(path).expanduser() / ENCODER).is_file()
+
+
 def load_carried_text_encoder(path: str | Path, text_encoder: TextEncoder) -> bool:
     """Load into the trainable ``text_encoder`` the encoder that the exported folder ``path`` carries, frozen;
     False when ``path`` carries none (a checkpoint file, or a folder exported without it)."""
-    folder = Path(path).expanduser()
-    if not (folder / ENCODER).is_file():
+    if not carries_text_encoder(path):
         return False
+    folder = Path(path).expanduser()
     written = json.loads((folder / CONFIG).read_text()).get("text_encoder")
     if written != text_encoder.spec():
         raise ValueError(f"policy.checkpoint={path} carries a text encoder defined as {written}, but the configured "
