@@ -7,8 +7,10 @@ import torch
 from rlar.algorithm.advantages import group_advantages
 from rlar.algorithm.losses import clipped_surrogate, reinforce_loss
 from rlar.algorithm.update import clip_and_step
+from rlar.config.schemas import OptimizerSchema
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
+from rlar.policy.schemas import GPTSchema
 from rlar.rollout.sampling import Scale, check_labels, compute_sequence_logprob, token_logprobs
 from rlar.runtime.cache import load_checkpoint
 from rlar.tokenizer.digits_vq import DigitsVQ
@@ -41,8 +43,11 @@ def _model_kwargs(cfg: dict, keys: tuple[str, ...], rename: dict[str, str] | Non
 
 
 def _adamw(policy: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(policy.parameters(), lr=cfg.get("lr", 1e-4), betas=tuple(cfg.get("betas", (0.9, 0.95))),
-                             weight_decay=cfg.get("weight_decay", 0.0))
+    """AdamW over ``policy``; ``lr``, ``betas`` and ``weight_decay`` not in ``cfg`` are the Hydra config's."""
+    default = OptimizerSchema()
+    return torch.optim.AdamW(policy.parameters(), lr=cfg.get("lr", default.lr),
+                             betas=tuple(cfg.get("betas", default.betas)),
+                             weight_decay=cfg.get("weight_decay", default.weight_decay))
 
 
 def codebook_embeddings(codebook: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
@@ -85,6 +90,9 @@ def build_gpt_policy(
     ``codebook.weight`` is used).
     """
     _check_keys(cfg, (*MODEL_KEYS, "extra", *OPTIMIZER_KEYS, *CODEBOOK_KEYS), "build_gpt_policy cfg")
+    if gpt_cls is None:  # rlar's GPT: the sizes not given are the Hydra config's (policy=gpt)
+        given = cfg.keys() | dict(cfg.get("extra", {})).keys()
+        cfg = {**{k: getattr(GPTSchema, k) for k in ("n_layer", "n_head", "n_embd") if k not in given}, **cfg}
     policy = (gpt_cls or GPT)(vocab_size=vocab_size, block_size=block_size, **_model_kwargs(cfg, MODEL_KEYS))
     if cfg.get("use_pretrained_codebook"):
         codebook = cfg.get("codebook")

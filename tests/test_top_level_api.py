@@ -14,6 +14,7 @@ from rlar import (
     reinforce_update,
     sample_multiple_generations,
 )
+from rlar.config.store import compose_config
 
 
 @pytest.fixture
@@ -106,3 +107,14 @@ def test_pretrained_codebook_initializes_token_embeddings(tmp_path):
     assert torch.allclose(policy.tok_emb.weight / policy.tok_emb.weight.std(), codebook / codebook.std(), atol=1e-5)
     with pytest.raises(ValueError, match="vocab_size"):
         build_gpt_policy(None, 8, 6, {"n_embd": 4, "n_head": 2, "use_pretrained_codebook": True, "codebook": codebook})
+
+
+def test_what_the_api_config_leaves_out_is_the_hydra_configs_default():
+    cfg = compose_config([])
+    policy, optimizer = build_gpt_policy(None, 16, 6, {"num_classes": 10})
+    assert (len(policy.blocks), policy.n_embd) == (cfg.policy.n_layer, cfg.policy.n_embd)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], list(group["betas"]), group["weight_decay"]) == (
+        cfg.optimizer.lr, list(cfg.optimizer.betas), cfg.optimizer.weight_decay)
+    policy, _ = build_ar_policy(16, 6, {"n_layer": 2, "extra": {"n_embd": 32}})  # given as a key or in extra
+    assert (len(policy.blocks), policy.n_embd) == (2, 32)
