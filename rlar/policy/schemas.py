@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from rlar.config.schemas import RolloutSchema
+
 
 @dataclass
 class PretrainSchema:
@@ -75,9 +77,9 @@ class LlamaGenSchema(RoPETransformerSchema):
 class ParallelDecodingSchema:
     """How evaluation decodes: the rollout's parallel schedule (rollout.num_iter, .schedule, .cfg_schedule)."""
 
-    num_iter: int = 16
-    schedule: str = "arccos"
-    cfg_schedule: str = "constant"
+    num_iter: int = RolloutSchema.num_iter
+    schedule: str = RolloutSchema.schedule
+    cfg_schedule: str = RolloutSchema.cfg_schedule
 
 
 @dataclass
