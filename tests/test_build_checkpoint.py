@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from train_split import TrainSplit
 
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.train import train_classifier
@@ -45,8 +46,8 @@ def tokenizer_loop(progress, checkpoint):
 def classifier_loop(progress, checkpoint):
     torch.manual_seed(0)
     model = DigitsClassifier(width=8)
-    data = images()
-    train_classifier(model, data, torch.arange(len(data)) % 10, STEPS, 2e-3, 16, 2, torch.Generator().manual_seed(0),
+    data = TrainSplit(images(), torch.arange(32) % 10)
+    train_classifier(model, data.train_batches, data.train_labels, STEPS, 2e-3, 16, 2, torch.Generator().manual_seed(0),
                      progress, checkpoint)
     return model.state_dict(), []
 

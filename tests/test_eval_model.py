@@ -16,7 +16,7 @@ from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.eval.model import EvalModel, build_eval_classifier, frechet_distance, gaussian_fit
 from rlar.eval.model.scorer import train_features
-from rlar.eval.model.train import random_shift
+from rlar.eval.model.train import draw_step, random_pixels, shift
 from rlar.loop import train_rl_loop
 from rlar.reward.classifier import ClassConsistencyReward, PerceptualDigitsReward, perceptual_distance
 
@@ -74,13 +74,16 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(data, tmp_path):
 
 def test_random_shift_moves_whole_pixels_and_repeats_the_border():
     image = torch.arange(16.0).view(1, 1, 4, 4)
-    shifted = random_shift(image.repeat(32, 1, 1, 1), 1, torch.Generator().manual_seed(0))  # [32, 1, 4, 4]
+    shifted = shift(image.repeat(32, 1, 1, 1), random_pixels(32, 1, torch.Generator().manual_seed(0)))  # [32, 1, 4, 4]
     for out in shifted:
         matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                    if torch.equal(out[0, 1:3, 1:3], image[0, 0, 1 + dy:3 + dy, 1 + dx:3 + dx])]
         assert matches  # the interior is the image moved by at most one pixel
     assert len({tuple(out.flatten().tolist()) for out in shifted}) > 3
-    assert torch.equal(random_shift(image, 0, torch.Generator()), image)
+    generator, alone = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    idx, pixels = draw_step(10, 4, 0, generator)
+    assert pixels is None and torch.equal(idx, torch.randint(10, (4,), generator=alone))
+    assert torch.equal(generator.get_state(), alone.get_state())  # max_shift 0: nothing drawn for a shift
 
 
 def test_frechet_distance_of_1d_gaussians_is_mean_and_std_gaps():

@@ -36,10 +36,6 @@ class ImageData:
         images."""
         return None if self.eval_images is None else self.eval_images[items]
 
-    def check_train_images_fit(self) -> None:
-        """Raise, naming the fix, if ``train_images`` (the whole split at once) could not fit in memory; data held in
-        memory already fits."""
-
     def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         """The train images ``[B, C, H, W]`` in [-1, 1] of each index batch ``[B]`` of ``index_batches``, in order."""
         return (self.train_images[idx] for idx in index_batches)

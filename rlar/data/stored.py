@@ -63,17 +63,15 @@ def check_fits_in_memory(count: int, channels: int, image_size: int) -> None:
         raise ValueError(
             f"the whole train split was asked for at once: {count} images of {channels}x{image_size}x{image_size} "
             f"take {need / 2**30:.1f} GiB as float32, more than this machine's {have / 2**30:.1f} GiB of memory. What "
-            "reads the split whole: the embedded tokenizer and prior (built on it when not cached) and the digits "
-            "classifiers, the judge's (eval.classifier) and a classifier reward's (reward.classifier). Give a public "
-            "tokenizer and policy checkpoint, set eval.classifier=false, use a reward without a classifier "
-            "(reward=lpips, vapi, clip), or train on fewer images (data.max_images=N)")
+            "reads the split whole: the embedded tokenizer and prior (built on it when not cached). Give a public "
+            "tokenizer and policy checkpoint, or train on fewer images (data.max_images=N)")
 
 
 class StoredImageData(ImageData):
     """Images read from files. The train split is decoded on access: :meth:`train_batches` reads each batch in
     ``num_workers`` DataLoader workers (0: in this process), so memory does not grow with the split; ``train_images``
-    decodes the whole split each time it is read (for sets small enough to train the embedded tokenizer, prior and
-    classifier on; refused before decoding when it could not fit in memory). The eval split is decoded once and kept
+    decodes the whole split each time it is read (for sets small enough to train the embedded tokenizer and prior
+    on; refused before decoding when it could not fit in memory). The eval split is decoded once and kept
     as uint8 ``[N_eval, C, S, S]`` (its unreadable files left out). ``skipped`` counts the unreadable files met so
     far, ``skipped_paths`` names them; ``replaced`` maps the train position of each unreadable file met so far to
     its replacement's. Captions, when the data has them: the train split's read on access (an unreadable train
@@ -94,12 +92,9 @@ class StoredImageData(ImageData):
     def skipped(self) -> int:
         return len(self.skipped_paths)
 
-    def check_train_images_fit(self) -> None:
-        check_fits_in_memory(len(self.train_labels), self.channels, self.image_size)
-
     @property
     def train_images(self) -> torch.Tensor:
-        self.check_train_images_fit()
+        check_fits_in_memory(len(self.train_labels), self.channels, self.image_size)
         n = len(self.train_labels)
         images = torch.empty(n, self.channels, self.image_size, self.image_size)  # [N, C, S, S]
         positions = chunks(n, DECODE_BATCH)

@@ -143,14 +143,23 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     if steps:  # decoding steps per sample of a parallel decoder
         result["eval/steps"] = float(distributed.gather_rows(torch.cat(steps))[real].mean())
     if eval_model is not None:
-        result.update(eval_model.metrics(distributed.gather_rows(torch.cat(features))[real],
-                                         distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool(),
-                                         distributed.gather_rows(labels.repeat_interleave(k))[real], per_item=k))
+        result.update(judged(eval_model, distributed.gather_rows(torch.cat(features))[real],
+                             distributed.gather_rows(torch.cat(hits).to(torch.uint8))[real].bool(),
+                             distributed.gather_rows(labels.repeat_interleave(k))[real], k))
     for name, parts in checks.items():  # the fraction passed among the samples whose prompt asks it
         result[metric_name(name)] = float(distributed.gather_rows(torch.cat(parts).to(device))[real].nanmean())
     if inception is not None:
         result.update(inception(policy, tokenizer, sampling, eval_cfg.batch_size, eval_cfg.seed, device, autocast))
     return result
+
+
+def judged(eval_model: EvalModel, features: torch.Tensor, hits: torch.Tensor, labels: torch.Tensor,
+           per_item: int) -> dict[str, float]:
+    """``eval_model.metrics`` of every rank's samples (gathered: ``features [N, F]``, ``hits [N]``, ``labels [N]``),
+    computed by rank 0 alone (their CPU work grows with the samples times the held-out and train images) and sent to
+    the others."""
+    metrics = eval_model.metrics(features, hits, labels, per_item=per_item) if distributed.is_main() else None
+    return distributed.broadcast_object(metrics)
 
 
 # the judge's (eval.classifier)

@@ -27,11 +27,10 @@ from rlar.runtime import distributed
 
 class LazyClassifier:
     """``get(device)``: the reward's classifier of ``data`` (``settings`` over ``RewardClassifierSchema``'s
-    defaults; None = those defaults), built (or read from the cache) on first use, trained on the whole train split
-    at once."""
+    defaults; None = those defaults), built (or read from the cache) on first use, trained on the train images its
+    batches draw (data on disk decoded on access, never the whole split at once)."""
 
     def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
-        data.check_train_images_fit()  # refused with the reward, before the run computes anything
         self.data, self.settings, self.cache_dir = data, settings, cache_dir
         self.model: DigitsClassifier | None = None
 

@@ -34,7 +34,8 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
                           schema: type = EvalClassifierSchema) -> DigitsClassifier:
     """The frozen classifier (eval mode, CPU) of ``data``'s classes; ``settings``: ``eval.classifier_model`` (the
     judge) or a reward's ``classifier`` (``input_size``, ``width``, ``features``, ``train.*``) over ``schema``'s
-    defaults. It carries ``source`` (the cache file) and ``metrics`` (held-out accuracy). The global random state
+    defaults. It carries ``source`` (the cache file) and ``metrics`` (held-out accuracy). Training reads only the
+    train images its batches draw (``steps x batch_size``; data on disk decoded on access). The global random state
     is left as it was."""
     spec = classifier_spec(settings, schema)
     train, arch = spec["train"], {**spec["arch"], "channels": data.channels, "num_classes": data.num_classes}
@@ -45,10 +46,10 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
             generator = torch.Generator().manual_seed(train["seed"])
             tic = time.perf_counter()
             with tqdm(total=train["steps"], desc="train eval classifier", leave=False) as bar:
-                train_classifier(model, data.train_images, data.train_labels, train["steps"], train["lr"],
+                train_classifier(model, data.train_batches, data.train_labels, train["steps"], train["lr"],
                                  train["batch_size"], train["max_shift"], generator, progress=bar,
                                  checkpoint=checkpoint)
-            return model.state_dict(), {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels),
+            return model.state_dict(), {"eval_accuracy": accuracy(model, data),
                                         "train_seconds": time.perf_counter() - tic}
 
         state, path = cached_artifact(cache_dir, "eval_classifier",
@@ -56,7 +57,7 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
     model.load_state_dict(state)
     model.eval().requires_grad_(False)
     model.source = str(path)
-    model.metrics = {"eval_accuracy": accuracy(model, data.eval_images, data.eval_labels)}
+    model.metrics = {"eval_accuracy": accuracy(model, data)}
     role = "judge" if schema is EvalClassifierSchema else "reward"  # the cache names both eval_classifier
     log.info("%s classifier %s: held-out accuracy %.4f", role, model.source, model.metrics["eval_accuracy"])
     return model

@@ -4,21 +4,51 @@ widen them), and the within-class spread of samples relative to the real data's.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
 
-ROWS = 512  # rows of a distance matrix at a time: [512, M] float64, whatever the set sizes
+# a distance matrix is computed a block of [ROWS, COLUMNS] at a time (float64: 32 MiB), whatever the set sizes
+ROWS, COLUMNS = 512, 8192
 DENSITY_COVERAGE_K = 5  # the neighbours of density's and coverage's balls (their authors' choice)
+
+
+def blocks(n: int, m: int) -> Iterator[tuple[slice, slice]]:
+    """The ``(rows, columns)`` of the blocks of an ``[n, m]`` matrix, row block by row block."""
+    for i in range(0, n, ROWS):
+        for j in range(0, m, COLUMNS):
+            yield slice(i, i + ROWS), slice(j, j + COLUMNS)
+
+
+def smallest_distances(points: torch.Tensor, reference: torch.Tensor, count: int) -> torch.Tensor:
+    """``[N, count]``, ascending: the ``count`` smallest distances from each of ``points [N, F]`` to ``reference
+    [M, F]`` (M >= count), a block at a time."""
+    best = torch.full((len(points), count), math.inf, dtype=points.dtype, device=points.device)  # [N, count]
+    for rows, cols in blocks(len(points), len(reference)):
+        candidates = torch.cat([best[rows], torch.cdist(points[rows], reference[cols])], 1)  # [r, count + c]
+        best[rows] = candidates.topk(count, dim=1, largest=False).values
+    return best
 
 
 def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     """``[N]``: each point's distance to its k-th nearest other point of ``features [N, F]`` (N > k)."""
-    # [rows, N] distances, 0 to the point itself: the first of its k + 1 nearest
-    return torch.cat([torch.cdist(x, features).kthvalue(k + 1, dim=1).values for x in features.split(ROWS)])
+    return smallest_distances(features, features, k + 1)[:, k]  # the nearest (distance 0) is the point itself
+
+
+def ball_blocks(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor
+                ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """``(rows, columns, inside [r, c] bool)``: which of ``points [N, F]`` lie in which ball (``centres [M, F]``,
+    ``radii [M]``, boundary included), a block at a time."""
+    for rows, cols in blocks(len(points), len(centres)):
+        yield rows, cols, torch.cdist(points[rows], centres[cols]) <= radii[None, cols]
 
 
 def coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
     """The fraction of ``points [N, F]`` inside some ball (``centres [M, F]``, ``radii [M]``, boundary included)."""
-    inside = torch.cat([(torch.cdist(x, centres) <= radii[None]).any(1) for x in points.split(ROWS)])  # [N]
+    inside = torch.zeros(len(points), dtype=torch.bool)  # [N]
+    for rows, _, block in ball_blocks(points, centres, radii):
+        inside[rows] |= block.any(1)
     return float(inside.double().mean())
 
 
@@ -51,22 +81,22 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DENSITY_CO
     radii = real_balls(real, k) if real_radii is None else real_radii  # [M]
     balls_held = torch.zeros(len(real), dtype=torch.bool)  # [M]
     memberships = 0.0
-    for x in fake.split(ROWS):
-        inside = torch.cdist(x, real) <= radii[None]  # [rows, M]
+    for _, cols, inside in ball_blocks(fake, real, radii):
         memberships += float(inside.sum())
-        balls_held |= inside.any(0)
+        balls_held[cols] |= inside.any(0)
     return memberships / (k * len(fake)), float(balls_held.double().mean())
 
 
 def class_spreads(features: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
     """``{class: mean distance between two distinct points of that class}`` over the classes of ``labels [N]`` with
-    at least 2 of ``features [N, F]``."""
+    at least 2 of ``features [N, F]``; each class's distances summed a block at a time."""
     spreads = {}
     for c in labels.unique().tolist():
         x = features[labels == c].double().cpu()  # [n_c, F]
         n = len(x)
         if n >= 2:
-            spreads[c] = float(torch.cdist(x, x).sum() / (n * (n - 1)))
+            total = sum(torch.cdist(x[rows], x[cols]).sum() for rows, cols in blocks(n, n))
+            spreads[c] = float(total / (n * (n - 1)))
     return spreads
 
 

@@ -16,21 +16,25 @@ from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.eval.model.manifold import density_coverage, precision_recall, real_balls, relative_diversity
-from rlar.eval.model.memorization import copy_threshold, memorization
+from rlar.eval.model.memorization import TRAIN_IMAGES, copy_threshold, memorization, train_rows
+
+CHUNK_SIZE = 256  # images per forward pass (and converted to floats at a time) for the reference features
 
 
 class EvalModel:
     """The classifier on ``device``, its features of ``real_images [M, C, H, W]`` (the held-out images the
-    evaluation conditions on, of classes ``real_labels [M]``), their Gaussian fit and their density / coverage
-    balls, computed once; with ``train_features [T, F]`` (the classifier's features of the train split:
-    :func:`train_features`), also how near held-out images come to them, for ``eval/memorization``.
-    ``classifier_accuracy``: its held-out accuracy."""
+    evaluation conditions on, of classes ``real_labels [M]``; or their batches, in order), their Gaussian fit and
+    their density / coverage balls, computed once; with ``train_features [T, F]`` (the classifier's features of the
+    train split, or of a subset of it: :func:`train_features`), also how near held-out images come to them, for
+    ``eval/memorization``. ``classifier_accuracy``: its held-out accuracy."""
 
-    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor, real_labels: torch.Tensor, device,
-                 train_features: torch.Tensor | None = None, chunk_size: int = 256):
+    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor | Iterable[torch.Tensor],
+                 real_labels: torch.Tensor, device, train_features: torch.Tensor | None = None,
+                 chunk_size: int = CHUNK_SIZE):
         self.classifier, self.device = classifier.to(device), device
         self.classifier_accuracy = classifier.metrics["eval_accuracy"]
-        self.real_features = features_of(self.classifier, real_images.split(chunk_size), device)  # [M, F]
+        batches = real_images.split(chunk_size) if torch.is_tensor(real_images) else real_images
+        self.real_features = features_of(self.classifier, batches, device)  # [M, F]
         self.real_labels = real_labels.cpu()
         self.real_mean, self.real_cov = gaussian_fit(self.real_features)
         self.real_radii = real_balls(self.real_features)  # [M] or None
@@ -58,8 +62,9 @@ class EvalModel:
         samples), ``eval/precision`` and ``eval/recall`` (improved, k = 3; NaN below 4), ``eval/density`` and
         ``eval/coverage`` (k = 5, the real images' balls alone; the mean over the ``per_item`` sets of one draw per
         item, since coverage grows with the samples per real image), ``eval/diversity`` (within-class spread
-        relative to the real images') and ``eval/memorization`` (the share of samples nearer a train image than
-        95 % of the real images are: about 0.05 unless samples copy train images; NaN without the train split).
+        relative to the real images') and ``eval/memorization`` (the share of samples nearer a train image of
+        ``train_features`` than 95 % of the real images are: about 0.05 unless samples copy train images; NaN
+        without the train split).
         All but class_acc, density and memorization depend on N: compare values over the same number of
         samples."""
         if len(features) % per_item:
@@ -78,13 +83,15 @@ class EvalModel:
                                       else memorization(features, self.train_features, self.copy_threshold))}
 
 
-def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device) -> EvalModel:
+def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device,
+                     train_images: int | None = TRAIN_IMAGES) -> EvalModel:
     """The classifier of ``eval.classifier_model`` (cached) with the statistics of the held-out images that the
-    evaluation uses (the first ``eval.max_items``) and of the whole train split (read a chunk at a time)."""
+    evaluation uses (the first ``eval.max_items``) and of ``train_images`` train images for ``eval/memorization``
+    (all of a smaller split, else a fixed random subset; None: all), each read a chunk at a time."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
-    items = slice(eval_cfg.max_items or None)
-    return EvalModel(classifier, data.eval_images_of(items), data.eval_labels[items], device,
-                     train_features(classifier, data, device))
+    labels = data.eval_labels[: eval_cfg.max_items or None]  # [M]
+    real = (data.eval_images_of(idx) for idx in chunks(len(labels), CHUNK_SIZE))  # [<=256, C, H, W] each
+    return EvalModel(classifier, real, labels, device, train_features(classifier, data, device, limit=train_images))
 
 
 @torch.no_grad()
@@ -94,7 +101,10 @@ def features_of(classifier: DigitsClassifier, batches: Iterable[torch.Tensor], d
     return torch.cat([classifier.features(x.to(device)).cpu() for x in batches])
 
 
-def train_features(classifier: DigitsClassifier, data: ImageData, device, size: int = 256) -> torch.Tensor:
-    """``[T, F]``: the features of the whole train split, ``size`` images at a time (decoded on access for data on
-    disk), for :class:`EvalModel`'s ``eval/memorization``."""
-    return features_of(classifier, data.train_batches(chunks(len(data.train_labels), size)), device)
+def train_features(classifier: DigitsClassifier, data: ImageData, device, size: int = CHUNK_SIZE,
+                   limit: int | None = None) -> torch.Tensor:
+    """``[T, F]``: the features of the train split, or of ``limit`` of its images (a fixed random subset, in
+    order: :func:`train_rows`), ``size`` images at a time (decoded on access for data on disk), for
+    :class:`EvalModel`'s ``eval/memorization``."""
+    rows = train_rows(len(data.train_labels), limit)  # [T]
+    return features_of(classifier, data.train_batches(list(rows.split(size))), device)
