@@ -89,10 +89,10 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
     generator = torch.Generator().manual_seed(eval_cfg.seed + distributed.rank())
     items = slice(eval_cfg.max_items or None)
     prompts = None if data.eval_captions is None else list(data.eval_captions[items])
-    images, labels, prompts, asks, real = rank_share(
-        data.eval_images_of(items), data.eval_labels[items], prompts,
-        parsed_prompts(prompts))
-    images, labels = None if images is None else images.to(device), labels.to(device)
+    labels = data.eval_labels[items]  # [M]
+    positions, labels, prompts, asks, real = rank_share(torch.arange(len(labels)), labels, prompts,
+                                                        parsed_prompts(prompts))
+    labels = labels.to(device)
     k = eval_cfg.samples_per_item
     rewards, components, features, hits, steps, checks = [], [], [], [], [], defaultdict(list)
     for lo in range(0, len(labels), eval_cfg.batch_size):
@@ -114,7 +114,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
                 tokens, _ = sample_multiple_generations(policy, (prefix, condition), policy.block_size, k,
                                                         generator=generator, **sampling)
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
-        targets = None if images is None else images[batch].repeat_interleave(k, 0)
+        images = data.eval_images_of(positions[batch])  # [b, C, H, W] as floats, a batch at a time; None: prompts
+        targets = None if images is None else images.to(device).repeat_interleave(k, 0)
         reward, parts = reward_fn(samples, targets, meta)  # [b*k], {name: [b*k]}
         rewards.append(reward)
         components.append(parts)
