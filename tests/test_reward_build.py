@@ -66,9 +66,9 @@ def test_two_components_on_one_classifier_compute_the_train_features_once(cache_
     calls = []
     real = rlar.reward.classifier.train_features
 
-    def counting(model, data, device, chunk_size):
+    def counting(model, data, device, chunk_size, limit):
         calls.append(chunk_size)
-        return real(model, data, device, chunk_size)
+        return real(model, data, device, chunk_size, limit)
 
     monkeypatch.setattr(rlar.reward.classifier, "train_features", counting)
     settings = {"train": {"steps": 5}}

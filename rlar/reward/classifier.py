@@ -21,6 +21,7 @@ from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.build import build_eval_classifier, classifier_spec
 from rlar.eval.model.classifier import DigitsClassifier
+from rlar.eval.model.memorization import TRAIN_IMAGES, train_rows
 from rlar.eval.model.scorer import train_features
 from rlar.runtime import distributed
 
@@ -49,19 +50,27 @@ def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_
     return torch.cat([model.features(x) for x in images.split(chunk_size)]).cpu()
 
 
-# data -> {(classifier spec, chunk size): [M, F]}: the components of a mix that read one classifier share its features
+# data -> {(classifier spec, chunk size): [T, F]}: the components of a mix that read one classifier share its features
 _TRAIN_FEATURES: WeakKeyDictionary[ImageData, dict[tuple[str, int], torch.Tensor]] = WeakKeyDictionary()
 
 
 def train_split_features(classifier: LazyClassifier, data: ImageData, device, chunk_size: int) -> torch.Tensor:
-    """``[M, F]`` on the CPU: the reward classifier's features of ``data``'s whole train split, ``chunk_size`` images
-    per forward pass on ``device`` (data on disk is decoded a chunk at a time, never held whole). Computed once per
-    data set and classifier: a second component reading them does not decode the split again. Read-only."""
+    """``[T, F]`` on the CPU: the reward classifier's features of ``data``'s reference train images (those of
+    :func:`train_split_labels`: at most ``TRAIN_IMAGES``, the judge's rule), ``chunk_size`` images per forward pass
+    on ``device`` (data on disk is decoded a chunk at a time, never held whole). Computed once per data set and
+    classifier: a second component reading them does not decode them again. Read-only."""
     known = _TRAIN_FEATURES.setdefault(data, {})
     key = (json.dumps(classifier_spec(classifier.settings, RewardClassifierSchema), sort_keys=True), chunk_size)
     if key not in known:
-        known[key] = train_features(classifier.get(device), data, device, chunk_size)
+        known[key] = train_features(classifier.get(device), data, device, chunk_size, limit=TRAIN_IMAGES)
     return known[key]
+
+
+def train_split_labels(data: ImageData) -> torch.Tensor:
+    """``[T]``: the labels of the train images :func:`train_split_features` reads, in its order: the whole split
+    when it has at most ``TRAIN_IMAGES`` images (all 1,438 digits), else the judge's fixed random subset of that
+    many (:func:`train_rows`), so that a reward's cost does not grow with the split."""
+    return data.train_labels[train_rows(len(data.train_labels), TRAIN_IMAGES)]
 
 
 def batch_rows(features: torch.Tensor, groups: torch.Tensor, learning: bool, device
@@ -90,8 +99,8 @@ def request_groups(count: int, meta: dict | None, class_conditional: bool, rewar
 
 
 def data_groups(features: torch.Tensor, labels: torch.Tensor, class_conditional: bool) -> dict[int, torch.Tensor]:
-    """The train split's ``features [M, F]`` in the groups :func:`request_groups` scores against: all of them (-1)
-    and, when ``class_conditional``, each class's (``labels [M]``)."""
+    """The train images' ``features [T, F]`` in the groups :func:`request_groups` scores against: all of them (-1)
+    and, when ``class_conditional``, each class's (``labels [T]``)."""
     groups = {-1: features}
     if class_conditional:
         labels = labels.cpu()

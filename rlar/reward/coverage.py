@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.eval.model.manifold import knn_radii
+from rlar.eval.model.manifold import blocks, knn_radii
 from rlar.reward.classifier import (
     LazyClassifier,
     batch_rows,
@@ -17,6 +17,7 @@ from rlar.reward.classifier import (
     data_groups,
     request_groups,
     train_split_features,
+    train_split_labels,
 )
 
 
@@ -29,7 +30,7 @@ def coverage_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tenso
     samples and the bank sum to the fraction of real points covered; a sample off the manifold scores 0, and one in
     a region the others already cover scores less than one that covers what nobody else does.
     """
-    return split_credit(torch.cdist(torch.cat([samples, bank]), real) <= radii[None], len(samples))
+    return split_credit(inside_balls(torch.cat([samples, bank]), real, radii[None]), len(samples))
 
 
 def recall_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor, k: int) -> torch.Tensor:
@@ -44,7 +45,18 @@ def recall_shares(samples: torch.Tensor, bank: torch.Tensor, real: torch.Tensor,
     generated = torch.cat([samples, bank])  # [N + B, F]
     if len(generated) <= k:
         return samples.new_zeros(len(samples))
-    return split_credit(torch.cdist(generated, real) <= knn_radii(generated, k)[:, None], len(samples))
+    return split_credit(inside_balls(generated, real, knn_radii(generated, k)[:, None]), len(samples))
+
+
+def inside_balls(generated: torch.Tensor, real: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """``[P, M]`` bool: ``cdist(generated [P, F], real [M, F]) <= radii`` (boundary included), ``radii`` ``[1, M]``
+    (balls around the real points) or ``[P, 1]`` (around the generated points), the distances computed a block of
+    :func:`~rlar.eval.model.manifold.blocks` at a time (never the whole float64 matrix)."""
+    inside = torch.empty(len(generated), len(real), dtype=torch.bool)  # [P, M]
+    radii = radii.expand(len(generated), len(real))  # [P, M], a view
+    for rows, cols in blocks(len(generated), len(real)):
+        inside[rows, cols] = torch.cdist(generated[rows], real[cols]) <= radii[rows, cols]
+    return inside
 
 
 def split_credit(covers: torch.Tensor, n: int) -> torch.Tensor:
@@ -56,10 +68,11 @@ def split_credit(covers: torch.Tensor, n: int) -> torch.Tensor:
 
 class CoverageReward(Reward):
     """``reward(images, targets, meta) -> (r [N], {"coverage": r})``: :func:`coverage_shares` of the batch's
-    features, next to a bank of the last ``bank_size`` samples' features, over the train split's features, each with
-    the ball reaching its ``k``-th nearest train neighbour (the real manifold of improved precision; the per-sample
-    form of the density-and-coverage "coverage"). It rewards samples that land on the data where the policy's recent
-    samples do not: diversity that stays on the manifold.
+    features, next to a bank of the last ``bank_size`` samples' features, over the train split's features (or the
+    judge's fixed subset of ``TRAIN_IMAGES`` of a larger split), each with the ball reaching its ``k``-th nearest
+    train neighbour (the real manifold of improved precision; the per-sample form of the density-and-coverage
+    "coverage"). It rewards samples that land on the data where the policy's recent samples do not: diversity that
+    stays on the manifold.
 
     ``class_conditional``: per requested class (``meta["labels"]``) against that class's data with its own bank (a
     null-class request, label < 0, against all the data). The bank moves while ``learning`` is True (evaluation
@@ -92,11 +105,11 @@ class CoverageReward(Reward):
         return classifier_features(self.classifier, images, self.chunk_size).double()
 
     def data_manifold(self, device) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
-        """The train split's features and, for balls around the train digits (``real_balls``), their k-NN radii,
-        over all of it (-1) and, if class-conditional, per class."""
+        """The train images' features and, for balls around the train digits (``real_balls``), their k-NN radii,
+        over all of them (-1) and, if class-conditional, per class."""
         if self.reference is None:
-            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [M, F]
-            groups = data_groups(features, self.data.train_labels, self.class_conditional)
+            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [T, F]
+            groups = data_groups(features, train_split_labels(self.data), self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
             if too_small and self.real_balls:
                 raise ValueError(f"reward={self.name}: reward.k={self.k} needs more than k train images per group, "

@@ -15,7 +15,7 @@ from torch import nn
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features
+from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features, train_split_labels
 from rlar.runtime import distributed
 from rlar.runtime.cache import seeded
 
@@ -43,7 +43,8 @@ class ProjectionDiscriminator(nn.Module):
 class DiscriminatorReward(Reward):
     """``reward(images, targets, meta) -> (logit [N], {"disc_logit": [N]})``: the discriminator's logit of each
     sample, after ``steps`` Adam steps on this call's samples (added to a buffer of the last ``buffer_size`` samples'
-    features) against train-split images of the same classes. The first call trains ``warmup_steps`` steps first.
+    features) against train images of the same classes (the split's, or the judge's fixed subset of ``TRAIN_IMAGES``
+    of a larger one). The first call trains ``warmup_steps`` steps first.
 
     ``class_conditional``: the discriminator also reads the requested class (``meta["labels"]``), so a sample is
     scored against its own class's data. ``targets`` are not read: the data side is the train split alone. While
@@ -71,7 +72,7 @@ class DiscriminatorReward(Reward):
         self.generator = torch.Generator().manual_seed(seed)
         self.model: ProjectionDiscriminator | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.real: tuple[torch.Tensor, torch.Tensor] | None = None  # train split: features [M, F], labels [M]
+        self.real: tuple[torch.Tensor, torch.Tensor] | None = None  # train images: features [T, F], labels [T]
         self.fake: tuple[torch.Tensor, torch.Tensor] | None = None  # the buffer: features [<=S, F], labels [<=S]
         self.restored: dict | None = None  # a checkpoint's state, applied once the discriminator is built
 
@@ -80,12 +81,14 @@ class DiscriminatorReward(Reward):
         return classifier_features(self.classifier, images, self.chunk_size).float()
 
     def build(self, device) -> None:
-        """The train split's features and the discriminator (standardized by the data's feature statistics)."""
-        features = train_split_features(self.classifier, self.data, device, self.chunk_size).float()  # [M, F]
-        labels = self.data.train_labels.long().cpu()
+        """The train images' features and the discriminator (standardized by the data's feature statistics), with a
+        class embedding for every class of the split."""
+        features = train_split_features(self.classifier, self.data, device, self.chunk_size).float()  # [T, F]
+        labels = train_split_labels(self.data).long().cpu()  # [T]
         self.real = features, labels if self.class_conditional else torch.full_like(labels, -1)
+        num_classes = int(self.data.train_labels.max()) + 1
         with seeded(self.seed):
-            self.model = ProjectionDiscriminator(features.shape[1], int(labels.max()) + 1, self.hidden)
+            self.model = ProjectionDiscriminator(features.shape[1], num_classes, self.hidden)
         self.model.mean.copy_(features.mean(0))
         self.model.std.copy_(features.std(0).clamp_min(1e-6))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.5, 0.999))

@@ -16,6 +16,7 @@ from rlar.reward.classifier import (
     data_groups,
     request_groups,
     train_split_features,
+    train_split_labels,
 )
 
 Moments = tuple[torch.Tensor, torch.Tensor]  # mean [F], covariance [F, F], float64
@@ -47,9 +48,10 @@ def leave_one_out_fd(features: torch.Tensor, reference: Moments, history: Moment
 
 class LeaveOneOutFDReward(Reward):
     """``reward(images, targets, meta) -> (r [N], {"loo_fd": r})``: :func:`leave_one_out_fd` of the batch's features
-    against the data's (the train split's, through the reward's classifier, ``RewardClassifierSchema``: another
-    seed than the judge's), with exponential moving averages of the batch moments across calls (decay ``ema``)
-    mixed in, so that a small batch is measured against the distribution the policy has been producing.
+    against the data's (the train split's, or the judge's fixed subset of ``TRAIN_IMAGES`` of a larger one, through
+    the reward's classifier, ``RewardClassifierSchema``: another seed than the judge's), with exponential moving
+    averages of the batch moments across calls (decay ``ema``) mixed in, so that a small batch is measured against
+    the distribution the policy has been producing.
 
     ``class_conditional``: per requested class (``meta["labels"]``), the class's samples against that class's data
     (a null-class request, label < 0, against all the data), each class with its own moving average. A group of
@@ -80,10 +82,10 @@ class LeaveOneOutFDReward(Reward):
         return classifier_features(self.classifier, images, self.chunk_size).double()
 
     def data_moments(self, device) -> dict[int, Moments]:
-        """The train split's moments, over all of it (-1) and, if class-conditional, per class; computed once."""
+        """The train images' moments, over all of them (-1) and, if class-conditional, per class; computed once."""
         if self.reference is None:
-            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [M, F]
-            groups = data_groups(features, self.data.train_labels, self.class_conditional)
+            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [T, F]
+            groups = data_groups(features, train_split_labels(self.data), self.class_conditional)
             self.reference = {g: gaussian_fit(f) for g, f in groups.items()}
         return self.reference
 
