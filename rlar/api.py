@@ -90,7 +90,7 @@ def build_gpt_policy(
     ``codebook.weight`` is used).
     """
     _check_keys(cfg, (*MODEL_KEYS, "extra", *OPTIMIZER_KEYS, *CODEBOOK_KEYS), "build_gpt_policy cfg")
-    if gpt_cls is None:  # rlar's GPT: the sizes not given are the Hydra config's (policy=gpt)
+    if gpt_cls in (None, GPT):  # rlar's GPT: the sizes not given are the Hydra config's (policy=gpt)
         given = cfg.keys() | dict(cfg.get("extra", {})).keys()
         cfg = {**{k: getattr(GPTSchema, k) for k in ("n_layer", "n_head", "n_embd") if k not in given}, **cfg}
     policy = (gpt_cls or GPT)(vocab_size=vocab_size, block_size=block_size, **_model_kwargs(cfg, MODEL_KEYS))

@@ -18,7 +18,7 @@ from rlar.contracts import Algorithm, DataPairAlgorithm, Logger, Policy, Reward,
 from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
-from rlar.reward.build import build_reward
+from rlar.reward.build import build_reward, reads_run_data
 from rlar.rollout.sampling import cfg_scales
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
@@ -107,15 +107,19 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {world} processes; use a "
                          f"multiple of {world} (each process takes batch_size/{world} items with all their "
                          f"generations)")
+    # first, unless it reads the run's data: a reward that cannot be built fails before any other work
+    reward = None if reads_run_data(cfg) else build_reward(cfg)
     algorithm = instantiate(cfg.algorithm)
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
-        reward = build_reward(cfg, data)  # on the run's data; a reward that cannot be built fails before the models
+        if reward is None:
+            reward = build_reward(cfg, data)  # on the run's one dataset, before the models
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer, policy, text_encoder = build_generator(cfg, data, device)
-        eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device) if cfg.eval.classifier else None
+        eval_model = (build_eval_model(data, cfg.eval, cfg.cache_dir, device, memorization=distributed.is_main())
+                      if cfg.eval.classifier else None)  # rank 0 alone computes the judge's metrics
     inception = (build_inception_eval(data, cfg.eval.inception, cfg.cache_dir, cfg.eval.batch_size, device)
                  if cfg.eval.inception.enabled else None)
     # the frozen prior, for the KL term (or CCA's log-ratio to it): never built when beta is 0

@@ -10,7 +10,7 @@ from rlar.eval.model.train import train_classifier
 from rlar.policy.gpt import GPT
 from rlar.policy.prior import pretrain_gpt
 from rlar.runtime.build_checkpoint import BuildCheckpoint
-from rlar.runtime.cache import cached_artifact
+from rlar.runtime.cache import build_thread_count, build_threads, cached_artifact
 from rlar.runtime.stop_signals import Stopped, StopRequest
 from rlar.tokenizer.digits_vq import DigitsVQ, train_digits_vq
 
@@ -112,7 +112,8 @@ def test_the_cache_keeps_no_entry_of_a_stopped_build_and_drops_the_saved_state_w
     assert next(tmp_path.iterdir()).name.endswith(".partial.pt")
     state, path = cached_artifact(tmp_path, "prior", {"n": 1}, build)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".pt"] and path.is_file()
-    never_stopped, _ = prior_loop(None, None)
+    with build_threads(build_thread_count()):  # the cache build's thread count, whatever the test process's
+        never_stopped, _ = prior_loop(None, None)
     assert all(torch.equal(state[k], never_stopped[k]) for k in never_stopped)
 
 

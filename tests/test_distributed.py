@@ -362,3 +362,13 @@ def test_cca_trains_on_two_processes(tiny_cca, tmp_path, cache_dir, strategy):
     trained = weights(out / "checkpoints" / "last.pt", "policy")
     priors = [weights(p) for p in cache_dir.glob("gpt_prior-*.pt")]
     assert priors and all(max((trained[k] - prior[k]).abs().max() for k in trained) > 1e-6 for prior in priors)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_main_process_first_releases_the_other_ranks_when_rank_0_fails(monkeypatch, rank):
+    barriers = []
+    monkeypatch.setattr(rlar.runtime.distributed, "rank", lambda: rank)
+    monkeypatch.setattr(rlar.runtime.distributed, "barrier", lambda: barriers.append(rank))
+    with pytest.raises(ValueError, match="no tokenizer"), rlar.runtime.distributed.main_process_first():
+        raise ValueError("no tokenizer")
+    assert barriers == [rank]  # rank 0 meets the barrier the others wait at, then raises; they run the body after

@@ -131,6 +131,13 @@ def test_judge_refuses_the_options_of_the_inception_metrics(args, message, monke
         cli.run_command(["--judge", "2", *args])
 
 
+@pytest.mark.parametrize("args", [["--num-samples", "0"], ["--make-reference", "ref.npz", "--max-images", "0"]])
+def test_a_count_below_1_is_refused_before_any_config_is_read(args, monkeypatch):
+    monkeypatch.setattr(cli, "run_config", None)
+    with pytest.raises(SystemExit, match=f"{args[-2]} takes a count of at least 1, got 0"):
+        cli.run_command(args)
+
+
 def test_judge_starts_at_the_seed_and_samples_at_the_batch_size_given(stand_ins):
     record = cli.run_command(["--judge", "2", "--seed", "7", "--batch-size", "3"])
     ((cfg, seeds),) = stand_ins

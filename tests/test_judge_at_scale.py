@@ -154,6 +154,21 @@ def test_only_rank_0_computes_the_judges_metrics(monkeypatch):
     assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 1 and sent[-1] == {"eval/fd": 4.0}
 
 
+def test_an_error_of_rank_0s_judge_is_raised_on_every_rank(monkeypatch):
+    class FailingJudge:
+        def metrics(self, features, hits, labels, per_item):
+            raise ValueError("3 samples are not a multiple of per_item=2")
+
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(obj) or sent[0])
+    rows = torch.zeros(3, 2), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="not a multiple of per_item=2"):
+        evaluate.judged(FailingJudge(), *rows, 2)  # rank 0: sends the error, then raises it
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    with pytest.raises(ValueError, match="not a multiple of per_item=2"):
+        evaluate.judged(FailingJudge(), *rows, 2)  # another rank: raises what rank 0 sent, not waiting on it
+
+
 JUDGED = """
 import sys
 import torch

@@ -5,12 +5,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 import rlar.reward.classifier
 from rlar.build import build_run
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
-from rlar.reward.build import build_reward
+from rlar.reward.build import build_reward, reads_run_data
 from rlar.reward.classifier import LazyClassifier, train_split_features
 
 
@@ -86,3 +87,11 @@ def test_a_run_hands_its_data_to_the_reward(tiny, data_builds, tmp_path):
     run = build_run(cfg, hw, tmp_path)
     assert len(data_builds) == 1
     assert all(d is run.data for d in component_data(run.reward).values())
+
+
+def test_a_reward_reading_no_data_is_built_first_and_fails_before_the_data_is_read(data_builds, tmp_path):
+    assert reads_run_data(compose_config([])) and not reads_run_data(compose_config(["reward=l2"]))
+    cfg = compose_config(["reward=clip", "hardware.num_threads=1"])  # no reward.model_path
+    with pytest.raises(MissingMandatoryValue, match="model_path"):
+        build_run(cfg, instantiate(cfg.hardware), tmp_path)
+    assert data_builds == []

@@ -15,6 +15,7 @@ from rlar import (
     sample_multiple_generations,
 )
 from rlar.config.store import compose_config
+from rlar.policy.gpt import GPT
 
 
 @pytest.fixture
@@ -116,5 +117,7 @@ def test_what_the_api_config_leaves_out_is_the_hydra_configs_default():
     group = optimizer.param_groups[0]
     assert (group["lr"], list(group["betas"]), group["weight_decay"]) == (
         cfg.optimizer.lr, list(cfg.optimizer.betas), cfg.optimizer.weight_decay)
+    policy, _ = build_ar_policy(16, 6, {"type": "gpt", "cls": GPT})  # rlar's GPT named explicitly: the same
+    assert (len(policy.blocks), policy.n_embd) == (cfg.policy.n_layer, cfg.policy.n_embd)
     policy, _ = build_ar_policy(16, 6, {"n_layer": 2, "extra": {"n_embd": 32}})  # given as a key or in extra
     assert (len(policy.blocks), policy.n_embd) == (2, 32)

@@ -11,9 +11,13 @@ from rlar.eval.image_arrays import split_uint8, stacked_uint8, to_uint8_hwc
 
 
 class CodesAsImages:
-    """A stand-in tokenizer: the 12 codes of a sample as a 3 x 4 gray image."""
+    """A stand-in tokenizer: the 12 codes of a sample as a 3 x 4 gray image; records the grad mode of each call."""
+
+    def __init__(self):
+        self.grad_enabled = []
 
     def decode_code(self, codes):
+        self.grad_enabled.append(torch.is_grad_enabled())
         return codes.float().view(len(codes), 1, 3, 4) / 15.5 - 1
 
 
@@ -39,11 +43,12 @@ def test_generated_uint8_samples_are_the_float_samples_converted(gpt):
 
 def test_the_callers_grad_mode_and_the_policys_mode_hold_between_and_after_batches(gpt):
     gpt.train()
-    batches = generated_batches(gpt, CodesAsImages(), torch.tensor([0, 1, 2]), {"temperature": 1.0}, 2,
+    tokenizer = CodesAsImages()
+    batches = generated_batches(gpt, tokenizer, torch.tensor([0, 1, 2]), {"temperature": 1.0}, 2,
                                 torch.Generator().manual_seed(0), "cpu")
-    first = next(batches)
-    assert torch.is_grad_enabled() and not first.requires_grad  # no_grad inside the generator only
-    assert len(list(batches)) == 1 and gpt.training  # back to train mode after the last batch
+    next(batches)
+    assert torch.is_grad_enabled() and tokenizer.grad_enabled == [False]  # no_grad inside the generator only
+    assert len(list(batches)) == 1 and gpt.training and tokenizer.grad_enabled == [False, False]
     gpt.eval()
 
 

@@ -85,6 +85,9 @@ def run_command(argv: list[str]) -> dict:
     opts = parser().parse_intermixed_args(argv)
     if opts.judge is not None:
         check_judge_options(opts)
+    for option, value in (("--num-samples", opts.num_samples), ("--max-images", opts.max_images)):
+        if value is not None and value < 1:
+            sys.exit(f"{option} takes a count of at least 1, got {value}")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None

@@ -159,8 +159,16 @@ def judged(eval_model: EvalModel, features: torch.Tensor, hits: torch.Tensor, la
     """``eval_model.metrics`` of every rank's samples (gathered: ``features [N, F]``, ``hits [N]``, ``labels [N]``),
     computed by rank 0 alone (their CPU work grows with the samples times the held-out and train images) and sent to
     the others."""
-    metrics = eval_model.metrics(features, hits, labels, per_item=per_item) if distributed.is_main() else None
-    return distributed.broadcast_object(metrics)
+    metrics = None
+    if distributed.is_main():
+        try:
+            metrics = eval_model.metrics(features, hits, labels, per_item=per_item)
+        except Exception as e:  # sent too: every rank raises it, none waits for metrics that never come
+            metrics = e
+    metrics = distributed.broadcast_object(metrics)
+    if isinstance(metrics, Exception):
+        raise metrics
+    return metrics
 
 
 # the judge's (eval.classifier)

@@ -22,6 +22,11 @@ def build_reward(cfg: DictConfig, data: ImageData | None = None) -> Reward:
     return instantiate(with_data(reward, run_data, data))
 
 
+def reads_run_data(cfg: DictConfig) -> bool:
+    """Whether some component of ``cfg.reward`` reads the run's data (``${data}``)."""
+    return reads_data(OmegaConf.to_container(cfg.reward, resolve=True), OmegaConf.to_container(cfg.data, resolve=True))
+
+
 def reads_data(node: Any, run_data: dict) -> bool:
     """Whether some ``data`` entry of the config tree ``node`` is ``run_data``."""
     if isinstance(node, dict):

@@ -48,12 +48,16 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def main_process_first():
-    """Rank 0 runs the body first (e.g. trains and caches the tokenizer), the others after it (reading the cache)."""
+    """Rank 0 runs the body first (e.g. trains and caches the tokenizer), the others after it (reading the cache).
+    When the body raises on rank 0, the others are released to run it too (and meet the same error) instead of
+    waiting for the barrier's timeout."""
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def broadcast_object(obj):

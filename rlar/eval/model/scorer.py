@@ -84,14 +84,16 @@ class EvalModel:
 
 
 def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device,
-                     train_images: int | None = TRAIN_IMAGES) -> EvalModel:
+                     train_images: int | None = TRAIN_IMAGES, memorization: bool = True) -> EvalModel:
     """The classifier of ``eval.classifier_model`` (cached) with the statistics of the held-out images that the
-    evaluation uses (the first ``eval.max_items``) and of ``train_images`` train images for ``eval/memorization``
-    (all of a smaller split, else a fixed random subset; None: all), each read a chunk at a time."""
+    evaluation uses (the first ``eval.max_items``) and, with ``memorization``, of ``train_images`` train images for
+    ``eval/memorization`` (all of a smaller split, else a fixed random subset; None: all), each read a chunk at a
+    time. Without ``memorization`` (a rank other than 0, which computes no metrics) none is read."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
     labels = data.eval_labels[: eval_cfg.max_items or None]  # [M]
     real = (data.eval_images_of(idx) for idx in chunks(len(labels), CHUNK_SIZE))  # [<=256, C, H, W] each
-    return EvalModel(classifier, real, labels, device, train_features(classifier, data, device, limit=train_images))
+    train = train_features(classifier, data, device, limit=train_images) if memorization else None  # [T, F]
+    return EvalModel(classifier, real, labels, device, train)
 
 
 @torch.no_grad()
