@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.distributed.fsdp import FSDPModule
+from torchrun import torchrun
 
 import rlar.runtime.distributed
 from rlar.config.store import compose_config
@@ -29,13 +30,9 @@ CPU = ["hardware.device=cpu", "hardware.precision=fp32"]
 ACCUM = ["algorithm.grad_accum=2", "train.iterations=3", "eval.every=3"]
 
 
-def torchrun(args, cwd, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "rlar.run", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+def run_under_torchrun(args, cwd, nproc=2):
+    """``rlar-run args`` under torchrun."""
+    return torchrun(["-m", "rlar.run", *args], cwd, nproc)
 
 
 REDUCE = """
@@ -61,10 +58,7 @@ def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_and_advantages_po
     """PPO's value-head advantages, and a z-scored mix's terms in training, are standardized by the moments of every
     rank's rows, as in one process."""
     (tmp_path / "reduce.py").write_text(REDUCE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(tmp_path / "reduce.py")], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun([str(tmp_path / "reduce.py")])
     pooled = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     expected = [round(x, 4) for x in ((pooled[2:] - 3.0) / pooled.std()).tolist()] + [float("nan")]
     assert (f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)} "
@@ -124,10 +118,7 @@ def test_batch_rewards_score_and_learn_on_two_processes_as_on_one(tmp_path):
     script.write_text(BATCH_REWARDS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), "one", str(tmp_path / "one.pt")], check=True, env=env, timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), "two", str(tmp_path / "rank{}.pt")], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun([str(script), "two", str(tmp_path / "rank{}.pt")])
     one, *ranks = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "rank0.pt", "rank1.pt"))
     for r, per_reward in enumerate(one["scores"]):
         for b, whole in enumerate(per_reward):
@@ -149,7 +140,7 @@ def two_process_runs(tiny, tmp_path_factory):
     runs = {}
     for strategy, fmt in (("ddp", "consolidated"), ("fsdp", "sharded")):
         out = root / strategy
-        torchrun([*tiny, *ACCUM, f"hardware={strategy}", *CPU, f"train.checkpoint_format={fmt}",
+        run_under_torchrun([*tiny, *ACCUM, f"hardware={strategy}", *CPU, f"train.checkpoint_format={fmt}",
                   f"hydra.run.dir={out}"], cwd=root)
         runs[strategy] = out
     return root, runs
@@ -211,7 +202,7 @@ def averaged_runs(tiny, tmp_path_factory):
     (sharded), 2 processes each."""
     root = tmp_path_factory.mktemp("averaged")
     for strategy, fmt in (("ddp", "consolidated"), ("fsdp", "sharded")):
-        torchrun([*tiny, *ACCUM, *AVERAGED, f"hardware={strategy}", *CPU, f"train.checkpoint_format={fmt}",
+        run_under_torchrun([*tiny, *ACCUM, *AVERAGED, f"hardware={strategy}", *CPU, f"train.checkpoint_format={fmt}",
                   f"hydra.run.dir={root / strategy}"], cwd=root)
     return root
 
@@ -354,7 +345,8 @@ def test_cca_trains_on_two_processes(tiny_cca, tmp_path, cache_dir, strategy):
     """algorithm=cca: each rank updates on its share of the data pairs, gradients all-reduced once per step (DDP
     replicas stay equal; FSDP2 shards the policy and the frozen reference)."""
     out = tmp_path / strategy
-    torchrun([*tiny_cca, "train.iterations=2", f"hardware={strategy}", *CPU, f"hydra.run.dir={out}"], cwd=tmp_path)
+    run_under_torchrun([*tiny_cca, "train.iterations=2", f"hardware={strategy}", *CPU, f"hydra.run.dir={out}"],
+                       cwd=tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and math.isfinite(summary["eval_fd_after"])
     if strategy == "ddp":

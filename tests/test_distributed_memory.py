@@ -2,28 +2,18 @@
 rollout, and a short run with every memory option on (docs/distributed.md, memory)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from torchrun import torchrun
 
 WORKER = Path(__file__).with_name("torchrun_fsdp_memory.py")
-
-
-def torchrun(args: list[str], cwd: Path) -> None:
-    """``torchrun --nproc_per_node=2 args`` (a script or ``-m module``), one thread per process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
 def fsdp_facts(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_memory") / "facts.json"
-    torchrun([str(WORKER), str(out)], cwd=out.parent)
+    torchrun([str(WORKER), str(out)], cwd=out.parent, env={"PYTHONPATH": str(WORKER.parent.parent)})
     return json.loads(out.read_text())
 
 
@@ -47,7 +37,8 @@ def test_a_rollout_gathers_each_unit_once_not_once_per_token(fsdp_facts):
 def test_an_fsdp_bf16_run_with_every_memory_option(tiny, tmp_path):
     options = ["hardware=fsdp", "hardware.device=cpu", "hardware.precision=bf16", "rollout.micro_batch_size=4",
                "policy.grad_checkpointing=true", "algorithm.beta=0.1", "train.ref_on_cpu=true"]
-    torchrun(["-m", "rlar.run", *tiny, *options, f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    torchrun(["-m", "rlar.run", *tiny, *options, f"hydra.run.dir={tmp_path}"], cwd=tmp_path,
+             env={"PYTHONPATH": str(WORKER.parent.parent)})
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["strategy"] == "fsdp" and summary["world_size"] == 2 and summary["iterations"] == 2
     assert all(h["eval/reward"] == h["eval/reward"] for h in summary["history"])  # finite, not NaN

@@ -3,13 +3,11 @@ text-conditioned prior trained with the embedded text encoder (and cached with i
 the digits with their attribute captions (data.captions=attributes)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from torchrun import torchrun
 
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
@@ -142,17 +140,13 @@ def test_the_loop_fine_tunes_a_text_conditioned_prior_with_guidance(tiny, tmp_pa
 
 @pytest.mark.slow
 def test_ddp_and_fsdp_runs_with_text_conditions_compute_the_same(tiny, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     text = ["data.captions=attributes", "data.image_size=16", "text_encoder=embedded",
             "text_encoder.max_length=6", "text_encoder.width=32", "text_encoder.n_layer=1", "text_encoder.n_head=2",
             "rollout.cfg_scale=2.0", "algorithm.grad_accum=2", "train.iterations=3", "eval.every=3",
             "hardware.device=cpu", "hardware.precision=fp32"]
     for strategy, fmt in (("ddp", "consolidated"), ("fsdp", "sharded")):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlar.run",
-               *tiny, *text, f"hardware={strategy}", f"train.checkpoint_format={fmt}",
-               f"hydra.run.dir={tmp_path / strategy}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        torchrun(["-m", "rlar.run", *tiny, *text, f"hardware={strategy}", f"train.checkpoint_format={fmt}",
+                  f"hydra.run.dir={tmp_path / strategy}"], cwd=tmp_path)
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["replica_max_abs_diff"] == 0.0
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)["policy"]
     fsdp = torch.load(tmp_path / "fsdp" / "checkpoints" / "policy.pt", weights_only=True)
