@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.distributed.fsdp import FSDPModule
-from torchrun import torchrun
+from torchrun import torchrun, torchrun_source
 
 import rlar.runtime.distributed
 from rlar.config.store import compose_config
@@ -57,8 +57,7 @@ dist.destroy_process_group()
 def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_and_advantages_pool_every_rank(tmp_path):
     """PPO's value-head advantages, and a z-scored mix's terms in training, are standardized by the moments of every
     rank's rows, as in one process."""
-    (tmp_path / "reduce.py").write_text(REDUCE)
-    proc = torchrun([str(tmp_path / "reduce.py")])
+    proc = torchrun_source(REDUCE, tmp_path)
     pooled = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     expected = [round(x, 4) for x in ((pooled[2:] - 3.0) / pooled.std()).tolist()] + [float("nan")]
     assert (f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)} "

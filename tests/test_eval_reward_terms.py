@@ -5,7 +5,7 @@ reward whose servers all failed on that batch) counts as NaN rows, on one proces
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torchrun import torchrun
+from torchrun import torchrun_source
 
 from rlar.contracts import Reward
 from rlar.data.digits import DigitsData
@@ -96,7 +96,5 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_ranks_with_different_terms_gather_the_same_names(tmp_path):
-    script = tmp_path / "gather.py"
-    script.write_text(GATHER)
-    proc = torchrun([str(script)])
+    proc = torchrun_source(GATHER, tmp_path)
     assert "{'a': [1.0, 2.0, nan, nan], 'b': [nan, nan, 3.0, 4.0]}" in proc.stdout

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from torchrun import torchrun
+from torchrun import torchrun_source
 
 import rlar.data.on_access
 from rlar.data.batches import ImageData
@@ -189,9 +189,7 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_on_two_processes_rank_0_computes_the_judges_metrics_and_both_report_them(tmp_path):
-    script = tmp_path / "judged.py"
-    script.write_text(JUDGED)
-    proc = torchrun([str(script)])
+    proc = torchrun_source(JUDGED, tmp_path)
     assert proc.stdout.count("computed") == 1 and "rank 0 computed" in proc.stdout  # (the ranks' lines may interleave)
     for rank in (0, 1):
         assert f"rank {rank}: {{'eval/fd': 4.0, 'eval/memorization': nan}}" in proc.stdout

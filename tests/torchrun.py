@@ -14,3 +14,10 @@ def torchrun(args: list[str], cwd=None, nproc: int = 2, env: dict | None = None,
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
+
+
+def torchrun_source(source: str, folder, *args: str) -> subprocess.CompletedProcess:
+    """:func:`torchrun` of the Python ``source``, written to ``folder/script.py``, with ``args``."""
+    script = folder / "script.py"
+    script.write_text(source)
+    return torchrun([str(script), *args])
