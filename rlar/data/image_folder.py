@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,26 @@ def class_folders(root: Path, key: str) -> list[str]:
     return classes
 
 
+def files_under(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, at any depth, from the folders' entries: no ``stat`` per regular file (one per
+    symbolic link). Links to folders are not followed; a folder that cannot be read is passed over."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    yield from files_under(Path(entry.path))
+                elif entry.is_file():
+                    yield Path(entry.path)
+    except PermissionError:
+        return
+
+
 def image_files(root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[list[Path], list[int]]:
     """Every image file (by extension, any depth, sorted) under ``root/<class>`` and its class id."""
     files, labels = [], []
     for name in classes:
-        found = sorted(p for p in (root / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+        found = sorted(p for p in files_under(root / name)
+                       if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
         files += found
         labels += [class_ids[name]] * len(found)
     return files, labels
