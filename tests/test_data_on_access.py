@@ -15,7 +15,7 @@ from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
 from rlar.eval.image_arrays import split_uint8, to_uint8_hwc
 from rlar.eval.model.classifier import DigitsClassifier
-from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features
+from rlar.reward.classifier import LazyClassifier, classifier_features
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_a_rewards_train_features_read_the_split_a_chunk_at_a_time(sources, monk
     classifier.model = DigitsClassifier().eval()  # built: nothing to train
     expected = classifier_features(classifier, data.train_images, 16)  # [N, F]
     monkeypatch.setattr(ImageFolderData, "train_images", property(lambda self: pytest.fail("read whole")))
-    assert torch.equal(train_split_features(classifier, data, "cpu", 16), expected)
+    assert torch.equal(classifier.train_features("cpu", 16), expected)
 
 
 @pytest.fixture

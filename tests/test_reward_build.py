@@ -12,7 +12,7 @@ from rlar.build import build_run
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.reward.build import build_reward, reads_run_data
-from rlar.reward.classifier import LazyClassifier, train_split_features
+from rlar.reward.classifier import reward_classifier
 
 
 @pytest.fixture
@@ -62,8 +62,11 @@ def test_a_reward_reading_no_data_builds_none(data_builds):
     assert data_builds == []
 
 
-def test_two_components_on_one_classifier_compute_the_train_features_once(cache_dir, monkeypatch):
-    data = instantiate(compose_config([]).data)
+def test_the_components_on_one_classifier_share_it_and_read_the_train_features_once(cache_dir, monkeypatch):
+    reward = build_reward(compose_config([f"cache_dir={cache_dir}"]))
+    shared = {id(component.classifier) for component in reward.components.values()}
+    assert len(shared) == 1  # one load, one held-out accuracy pass, one pass over the reference images
+    data = reward.components["disc"].classifier.data
     calls = []
     real = rlar.reward.classifier.train_features
 
@@ -73,12 +76,14 @@ def test_two_components_on_one_classifier_compute_the_train_features_once(cache_
 
     monkeypatch.setattr(rlar.reward.classifier, "train_features", counting)
     settings = {"train": {"steps": 5}}
-    first = train_split_features(LazyClassifier(data, settings, str(cache_dir)), data, "cpu", 256)
-    second = train_split_features(LazyClassifier(data, dict(settings), str(cache_dir)), data, "cpu", 256)
-    assert second is first and calls == [256]
-    other = train_split_features(LazyClassifier(data, {"train": {"steps": 6}}, str(cache_dir)), data, "cpu", 256)
-    train_split_features(LazyClassifier(data, settings, str(cache_dir)), data, "cpu", 128)
-    assert calls == [256, 256, 128] and not torch.equal(other, first)  # another classifier, another chunk size
+    first = reward_classifier(data, settings, str(cache_dir))
+    assert reward_classifier(data, dict(settings), cache_dir) is first  # the cache dir as a Path too
+    assert first.train_features("cpu", 256) is first.train_features("cpu", 256) and calls == [256]
+    other = reward_classifier(data, {"train": {"steps": 6}}, str(cache_dir))
+    assert other is not first and reward_classifier(data, settings, None) is not first  # other settings, cache
+    first.train_features("cpu", 128)
+    assert not torch.equal(other.train_features("cpu", 256), first.train_features("cpu", 256))
+    assert calls == [256, 128, 256]  # another chunk size, another classifier
 
 
 def test_a_run_hands_its_data_to_the_reward(tiny, data_builds, tmp_path):

@@ -4,12 +4,11 @@ recall."""
 
 import itertools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-from train_split import TrainSplit
+from train_split import TrainSplit, stand_in_classifier
 
 from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
@@ -92,7 +91,7 @@ class Flatten(nn.Module):
 def reward_on(train_images, train_labels, kind=CoverageReward, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
     reward = kind(TrainSplit(train_images, train_labels), None, **options)
-    reward.classifier = SimpleNamespace(get=lambda device: Flatten(), settings=None)
+    reward.classifier = stand_in_classifier(reward.data, Flatten())
     return reward
 
 

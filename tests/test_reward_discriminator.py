@@ -2,12 +2,11 @@
 on its logit, scoring without learning, and an exact resume from its state."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-from train_split import TrainSplit
+from train_split import TrainSplit, stand_in_classifier
 
 from rlar.reward.discriminator import DiscriminatorReward
 from rlar.reward.scoring import scoring_only
@@ -24,7 +23,7 @@ def discriminator(real: torch.Tensor, labels: torch.Tensor, **options) -> Discri
     """A reward over train images ``real [M, 1, 1, 1]`` (1-d features) with the flat classifier."""
     data = TrainSplit(real, labels)
     reward = DiscriminatorReward(data, None, **{"hidden": 32, "lr": 3e-3, "batch_size": 256, **options})
-    reward.classifier = SimpleNamespace(get=lambda device: Flat(), settings=None)
+    reward.classifier = stand_in_classifier(reward.data, Flat())
     return reward
 
 

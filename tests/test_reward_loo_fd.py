@@ -2,13 +2,12 @@
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from train_split import TrainSplit
+from train_split import TrainSplit, stand_in_classifier
 
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
@@ -73,7 +72,7 @@ def reward_on(train_images, train_labels, **options):
     """The reward with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of a classifier."""
     reward = LeaveOneOutFDReward(TrainSplit(train_images, train_labels), None,
                                  **options)
-    reward.classifier = SimpleNamespace(get=lambda device: Flatten(), settings=None)
+    reward.classifier = stand_in_classifier(reward.data, Flatten())
     return reward
 
 

@@ -2,12 +2,11 @@
 ``TRAIN_IMAGES`` of them, the judge's fixed subset of a larger split, with those rows' labels; coverage's and recall's
 distances are computed a block at a time."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-from train_split import TrainSplit
+from train_split import TrainSplit, stand_in_classifier
 
 import rlar.eval.model.manifold
 import rlar.reward.classifier
@@ -52,7 +51,7 @@ def split(monkeypatch):
 
 def with_flat_features(reward):
     """``reward`` with the identity's features (images [N, 1, 1, 2] -> [N, 2]) in place of its classifier."""
-    reward.classifier = SimpleNamespace(get=lambda device: Flatten(), settings=None)
+    reward.classifier = stand_in_classifier(reward.data, Flatten())
     return reward
 
 

@@ -10,6 +10,7 @@ cached).
 from __future__ import annotations
 
 import json
+import os
 from weakref import WeakKeyDictionary
 
 import torch
@@ -29,11 +30,13 @@ from rlar.runtime import distributed
 class LazyClassifier:
     """``get(device)``: the reward's classifier of ``data`` (``settings`` over ``RewardClassifierSchema``'s
     defaults; None = those defaults), built (or read from the cache) on first use, trained on the train images its
-    batches draw (data on disk decoded on access, never the whole split at once)."""
+    batches draw (data on disk decoded on access, never the whole split at once). ``train_features``: its features
+    of the reference train images, computed once. The components of a mix share one: :func:`reward_classifier`."""
 
     def __init__(self, data: ImageData, settings: dict | DictConfig | None, cache_dir: str | None):
         self.data, self.settings, self.cache_dir = data, settings, cache_dir
         self.model: DigitsClassifier | None = None
+        self.reference: dict[int, torch.Tensor] = {}  # chunk size -> train features [T, F]
 
     def get(self, device) -> DigitsClassifier:
         if self.model is None:
@@ -42,28 +45,36 @@ class LazyClassifier:
         self.model = self.model.to(device)
         return self.model
 
+    def train_features(self, device, chunk_size: int) -> torch.Tensor:
+        """``[T, F]`` on the CPU: the features of ``data``'s reference train images (those of
+        :func:`train_split_labels`: at most ``TRAIN_IMAGES``, the judge's rule), ``chunk_size`` images per forward
+        pass on ``device`` (data on disk is decoded a chunk at a time, never held whole). Read-only."""
+        if chunk_size not in self.reference:
+            self.reference[chunk_size] = train_features(self.get(device), self.data, device, chunk_size,
+                                                        limit=TRAIN_IMAGES)
+        return self.reference[chunk_size]
+
+
+# data -> {its settings and cache: its classifier}
+_SHARED: WeakKeyDictionary[ImageData, dict[str, LazyClassifier]] = WeakKeyDictionary()
+
+
+def reward_classifier(data: ImageData, settings: dict | DictConfig | None,
+                      cache_dir: str | os.PathLike | None) -> LazyClassifier:
+    """The reward classifier of ``data``, ``settings`` and ``cache_dir``: one for all the rewards that ask for it,
+    so the components of a mix load it, measure its held-out accuracy and read the reference train images once."""
+    key = json.dumps([classifier_spec(settings, RewardClassifierSchema), cache_dir and str(cache_dir)], sort_keys=True)
+    shared = _SHARED.setdefault(data, {})
+    if key not in shared:
+        shared[key] = LazyClassifier(data, settings, cache_dir)
+    return shared[key]
+
 
 def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """``[N, F]`` on the CPU: the reward classifier's penultimate features of ``images [N, C, H, W]``, ``chunk_size``
     images per forward pass."""
     model = classifier.get(images.device)
     return torch.cat([model.features(x) for x in images.split(chunk_size)]).cpu()
-
-
-# data -> {(classifier spec, chunk size): [T, F]}: the components of a mix that read one classifier share its features
-_TRAIN_FEATURES: WeakKeyDictionary[ImageData, dict[tuple[str, int], torch.Tensor]] = WeakKeyDictionary()
-
-
-def train_split_features(classifier: LazyClassifier, data: ImageData, device, chunk_size: int) -> torch.Tensor:
-    """``[T, F]`` on the CPU: the reward classifier's features of ``data``'s reference train images (those of
-    :func:`train_split_labels`: at most ``TRAIN_IMAGES``, the judge's rule), ``chunk_size`` images per forward pass
-    on ``device`` (data on disk is decoded a chunk at a time, never held whole). Computed once per data set and
-    classifier: a second component reading them does not decode them again. Read-only."""
-    known = _TRAIN_FEATURES.setdefault(data, {})
-    key = (json.dumps(classifier_spec(classifier.settings, RewardClassifierSchema), sort_keys=True), chunk_size)
-    if key not in known:
-        known[key] = train_features(classifier.get(device), data, device, chunk_size, limit=TRAIN_IMAGES)
-    return known[key]
 
 
 def train_split_labels(data: ImageData) -> torch.Tensor:
@@ -124,7 +135,7 @@ class ClassConsistencyReward(Reward):
         if threshold is not None and not 0 < threshold <= 1:
             raise ValueError(f"reward.threshold must be in (0, 1] (a class probability), got {threshold}; "
                              f"e.g. reward.threshold=0.9, or null for the probability itself")
-        self.classifier = LazyClassifier(data, classifier, cache_dir)
+        self.classifier = reward_classifier(data, classifier, cache_dir)
         self.threshold = threshold
 
     @torch.no_grad()
@@ -165,7 +176,7 @@ class PerceptualDigitsReward(Reward):
     reads_targets = True
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
-        self.classifier = LazyClassifier(data, classifier, cache_dir)
+        self.classifier = reward_classifier(data, classifier, cache_dir)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, meta: dict | None = None):

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.data.captions import GRAMMAR, caption_checks, parse_caption
-from rlar.reward.classifier import LazyClassifier
+from rlar.reward.classifier import reward_classifier
 
 
 class CompositionalReward(Reward):
@@ -21,7 +21,7 @@ class CompositionalReward(Reward):
     """
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None):
-        self.classifier = LazyClassifier(data, classifier, cache_dir)
+        self.classifier = reward_classifier(data, classifier, cache_dir)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):

@@ -11,12 +11,11 @@ from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.manifold import blocks, knn_radii
 from rlar.reward.classifier import (
-    LazyClassifier,
     batch_rows,
     classifier_features,
     data_groups,
     request_groups,
-    train_split_features,
+    reward_classifier,
     train_split_labels,
 )
 
@@ -89,7 +88,7 @@ class CoverageReward(Reward):
         if bank_size < 0:
             raise ValueError(f"reward.bank_size must be >= 0 (recent samples kept per class; 0 = the batch alone), "
                              f"got {bank_size}")
-        self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
+        self.data, self.classifier = data, reward_classifier(data, classifier, cache_dir)
         self.k, self.bank_size, self.class_conditional, self.chunk_size = k, bank_size, class_conditional, chunk_size
         self.reference: dict[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None  # group -> (features, radii)
         self.bank: dict[int, torch.Tensor] = {}  # group -> the last bank_size samples' features [B, F]
@@ -108,7 +107,7 @@ class CoverageReward(Reward):
         """The train images' features and, for balls around the train digits (``real_balls``), their k-NN radii,
         over all of them (-1) and, if class-conditional, per class."""
         if self.reference is None:
-            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [T, F]
+            features = self.classifier.train_features(device, self.chunk_size).double()  # [T, F]
             groups = data_groups(features, train_split_labels(self.data), self.class_conditional)
             too_small = {g: len(f) for g, f in groups.items() if len(f) <= self.k}
             if too_small and self.real_balls:

@@ -15,7 +15,7 @@ from torch import nn
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.reward.classifier import LazyClassifier, classifier_features, train_split_features, train_split_labels
+from rlar.reward.classifier import classifier_features, reward_classifier, train_split_labels
 from rlar.runtime import distributed
 from rlar.runtime.cache import seeded
 
@@ -65,7 +65,7 @@ class DiscriminatorReward(Reward):
                             ("buffer_size", buffer_size)):
             if value < 1:
                 raise ValueError(f"reward.{name} must be >= 1, got {value}")
-        self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
+        self.data, self.classifier = data, reward_classifier(data, classifier, cache_dir)
         self.class_conditional, self.hidden, self.lr = class_conditional, hidden, lr
         self.steps, self.warmup_steps, self.batch_size, self.buffer_size = steps, warmup_steps, batch_size, buffer_size
         self.seed, self.chunk_size, self.logit_bound = seed, chunk_size, logit_bound
@@ -83,7 +83,7 @@ class DiscriminatorReward(Reward):
     def build(self, device) -> None:
         """The train images' features and the discriminator (standardized by the data's feature statistics), with a
         class embedding for every class of the split."""
-        features = train_split_features(self.classifier, self.data, device, self.chunk_size).float()  # [T, F]
+        features = self.classifier.train_features(device, self.chunk_size).float()  # [T, F]
         labels = train_split_labels(self.data).long().cpu()  # [T]
         self.real = features, labels if self.class_conditional else torch.full_like(labels, -1)
         num_classes = int(self.data.train_labels.max()) + 1

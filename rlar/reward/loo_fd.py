@@ -10,12 +10,11 @@ from rlar.contracts import Reward
 from rlar.data.batches import ImageData
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.reward.classifier import (
-    LazyClassifier,
     batch_rows,
     classifier_features,
     data_groups,
     request_groups,
-    train_split_features,
+    reward_classifier,
     train_split_labels,
 )
 
@@ -66,7 +65,7 @@ class LeaveOneOutFDReward(Reward):
                  ema: float = 0.9, class_conditional: bool = False, chunk_size: int = 256):
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"reward.ema must be in [0, 1) (0 = the batch alone), got {ema}")
-        self.data, self.classifier = data, LazyClassifier(data, classifier, cache_dir)
+        self.data, self.classifier = data, reward_classifier(data, classifier, cache_dir)
         self.ema, self.class_conditional, self.chunk_size = ema, class_conditional, chunk_size
         self.reference: dict[int, Moments] | None = None  # group -> the data's moments; -1 = all the data
         self.history: dict[int, Moments] = {}  # group -> moving average of the rollouts' moments
@@ -84,7 +83,7 @@ class LeaveOneOutFDReward(Reward):
     def data_moments(self, device) -> dict[int, Moments]:
         """The train images' moments, over all of them (-1) and, if class-conditional, per class; computed once."""
         if self.reference is None:
-            features = train_split_features(self.classifier, self.data, device, self.chunk_size).double()  # [T, F]
+            features = self.classifier.train_features(device, self.chunk_size).double()  # [T, F]
             groups = data_groups(features, train_split_labels(self.data), self.class_conditional)
             self.reference = {g: gaussian_fit(f) for g, f in groups.items()}
         return self.reference
