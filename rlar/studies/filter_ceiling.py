@@ -96,7 +96,7 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
     _, _, sampling = sampling_settings(cfg, opts, policy)
     rows = {"policy": [], "filtered": []}
     accepted_rates = []
-    with closing(build_reward(cfg, data)) as reward_fn:  # first: a reward that cannot be built fails before any work
+    with closing(build_reward(cfg, data)) as reward_fn:  # on the run's data; it is checked before any sampling
         check_scores_on_its_own(reward_fn, data.eval_images_of(slice(0, 2)).to(device), data.eval_labels[:2].to(device))
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
         labels = data.eval_labels[slice(cfg.eval.max_items or None)]
