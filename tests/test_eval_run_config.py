@@ -1,10 +1,16 @@
 """rlar-eval (and rlar-export) of a run started in another directory reads the files the run read: a relative path
-in its recorded config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``)."""
+in its recorded config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``). A recorded
+run takes key=value overrides of its own config; what else a command line holds is refused in a line, or left out
+when a study's runs, made with it, are judged."""
 
+import re
+
+import pytest
 from omegaconf import OmegaConf
 
 from rlar.config.store import compose_config
-from rlar.eval.run_models import run_config
+from rlar.eval.cli import run_command
+from rlar.eval.run_models import recorded_run_overrides, run_config
 from rlar.export import recorded_config
 
 
@@ -24,3 +30,34 @@ def test_a_recorded_relative_path_is_read_from_where_the_run_started(tmp_path, m
     assert recorded_config(run).policy.checkpoint == str(started_in / "shared" / "digits_grpo")  # rlar-export's
     monkeypatch.chdir(started_in)
     assert run_config(run, []).policy.checkpoint == "shared/digits_grpo"
+
+
+def recorded_run(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(["reward=l2"]), run / ".hydra" / "config.yaml")
+    return run
+
+
+@pytest.mark.parametrize("override", ["reward=coverage", "+eval.extra=1", "~eval.inception", "hydra.job.chdir=true",
+                                      "hydra/launcher=basic", "eval.seed"])
+def test_a_recorded_run_refuses_what_shapes_a_composition_naming_the_override(tmp_path, override):
+    with pytest.raises(ValueError, match=f"^'{re.escape(override)}': a recorded run takes key=value overrides"):
+        run_config(recorded_run(tmp_path), [override])
+
+
+@pytest.mark.parametrize(("override", "named"), [("eval.nope=1", "eval.nope"),
+                                                ("eval.batch_size=ab", "eval.batch_size")])
+def test_a_recorded_run_names_an_unknown_key_or_a_bad_value(tmp_path, override, named):
+    run = recorded_run(tmp_path)
+    with pytest.raises(ValueError, match=f"^{named}: .* in the config recorded in {re.escape(str(run))}"):
+        run_config(run, [override])
+    with pytest.raises(SystemExit, match=f"^config error: {named}: "):  # rlar-eval's command line says it in a line
+        run_command([str(run), override, "--judge", "1"])
+
+
+def test_a_study_s_command_line_reaches_its_recorded_runs_as_the_values_they_take(tmp_path):
+    run = recorded_run(tmp_path)
+    extra = ["reward=coverage", "hardware.num_threads=1", "+eval.extra=1", "hydra.job.chdir=true", "eval.seed=3"]
+    assert recorded_run_overrides(run, extra) == ["hardware.num_threads=1", "eval.seed=3"]
+    assert run_config(run, recorded_run_overrides(run, extra)).eval.seed == 3

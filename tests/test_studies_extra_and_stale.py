@@ -9,6 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from rlar.config.store import compose_config
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
 from rlar.eval.run_models import run_config
@@ -85,3 +86,24 @@ def test_a_run_s_judgement_is_judged_again_once_its_weights_are_saved_after_it(t
         os.utime(run_dir / "checkpoints" / "last.pt", ns=(3_000, 3_000))
         assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and calls == [[str(run_dir), "--judge", "2"]]
         assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1  # the new one is read again
+
+
+def test_a_study_s_group_and_hydra_overrides_are_in_its_runs_records_and_not_given_to_their_judgement(tmp_path,
+                                                                                                    monkeypatch):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(["reward=coverage", "hardware.num_threads=1"]), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({"iterations": 0}))
+    extra = ["reward=coverage", "hardware.num_threads=1", "hydra.job.chdir=true"]  # what made the run
+    path = judgement_dir(run_dir / "eval", run_config(run_dir, []), 1.0, 1.0, [1234, 1235]) / "judge.json"
+    calls = []
+    judged = {f"eval/{m}": {"mean": 2.0} for m in JUDGE_METRICS}
+
+    def judge(argv):
+        calls.append(argv)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"metrics": judged}))
+
+    monkeypatch.setattr("rlar.studies.judged.run_command", judge)
+    assert run_judgement(run_dir, 2, extra)["eval/fd"]["mean"] == 2.0
+    assert calls == [[str(run_dir), "hardware.num_threads=1", "--judge", "2"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rlar.build import build_generator
 from rlar.config.rerun import flat
@@ -42,8 +43,9 @@ def anchor_relative_paths(recorded: DictConfig, run_dir: str | Path) -> None:
 
 
 def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
-    """A run's recorded config with ``overrides`` (``key=value``) applied, or, without a run dir, the config that
-    ``python -m rlar.run OVERRIDES`` composes. Always on one process (``hardware.strategy=none``)."""
+    """A run's recorded config with ``overrides`` (``key=value`` of its own keys: :func:`sets_a_recorded_value`)
+    applied, or, without a run dir, the config that ``python -m rlar.run OVERRIDES`` composes. Always on one process
+    (``hardware.strategy=none``). A ``ValueError`` names an override a recorded run cannot take."""
     if run_dir is None:
         cfg = compose_config(overrides)
     else:
@@ -51,13 +53,34 @@ def run_config(run_dir: str | Path | None, overrides: list[str]) -> DictConfig:
         recorded = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
         anchor_relative_paths(recorded, run_dir)
         for override in overrides:
-            key = override.split("=", 1)[0]
-            if "=" not in override or ("." not in key and OmegaConf.is_dict(recorded.get(key))):
+            if not sets_a_recorded_value(override, recorded):
                 raise ValueError(f"'{override}': a recorded run takes key=value overrides of its own config (e.g. "
-                                 "hardware.device=cuda), not a new option of a group")
-        cfg = OmegaConf.merge(OmegaConf.structured(RlarConfig), recorded, OmegaConf.from_dotlist(overrides))
+                                 "hardware.device=cuda), not a new option of a group, an added or removed key or "
+                                 "a Hydra setting: its record already holds what those made")
+        try:
+            cfg = OmegaConf.merge(OmegaConf.structured(RlarConfig), recorded, OmegaConf.from_dotlist(overrides))
+        except (ConfigKeyError, ValidationError) as e:
+            raise ValueError(f"{e.full_key}: {e.msg.splitlines()[0]}, in the config recorded in {run_dir} with "
+                             f"the overrides {overrides}") from e
     cfg.hardware.strategy = "none"
     return cfg
+
+
+def sets_a_recorded_value(override: str, recorded: DictConfig) -> bool:
+    """Whether ``override`` sets a value of a recorded run's config (``hardware.device=cuda``), rather than shaping
+    how a run is composed: a group's option (``reward=coverage``), an added or removed key (``+k=v``, ``~k``), or
+    Hydra (``hydra.run.dir=...``, ``hydra/launcher=...``)."""
+    key, is_set, _ = override.partition("=")
+    if not is_set or key.startswith(("+", "~")) or "/" in key or key.split(".", 1)[0] == "hydra":
+        return False
+    return "." in key or not OmegaConf.is_dict(recorded.get(key))
+
+
+def recorded_run_overrides(run_dir: str | Path, overrides: list[str]) -> list[str]:
+    """The ``overrides`` a recorded run takes (:func:`sets_a_recorded_value`) of those it was run with (a study's
+    command line, given to every run and then to their judgement): the others are in its record already."""
+    recorded = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    return [o for o in overrides if sets_a_recorded_value(o, recorded)]
 
 
 def trained_nothing(run_dir: str | Path) -> bool:

@@ -20,7 +20,7 @@ from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
-from rlar.eval.run_models import run_config, trained_nothing
+from rlar.eval.run_models import recorded_run_overrides, run_config, trained_nothing
 from rlar.export import export_runs, run_policy_weights
 from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
@@ -58,7 +58,8 @@ def has_every_metric(judgement: Judgement) -> bool:
 def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
     """A finished run's final policy under ``n`` eval seeds, at its own sampling settings; judged again when its
     weights were saved after its judgement."""
-    cfg = run_config(run_dir, list(extra))  # as rlar-eval reads it: its folder is named by it
+    extra = recorded_run_overrides(run_dir, list(extra))  # the run was made with the rest
+    cfg = run_config(run_dir, extra)  # as rlar-eval reads it: its folder is named by it
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
     out = judgement_dir(run_dir / "eval", cfg, cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
     return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)], saved_weights(run_dir))
@@ -90,7 +91,8 @@ def soup_judgement(study: Study, run_dirs: list[Path], n: int, outputs: str | Pa
     if not (folder / "config.json").is_file():  # written after the weights
         export_runs(run_dirs, folder)
     out = folder / f"judge-seeds{n}"
-    argv = [str(run_dirs[0]), *extra, f"policy.checkpoint={folder}", "--judge", str(n), "--out", str(out)]
+    argv = [str(run_dirs[0]), *recorded_run_overrides(run_dirs[0], list(extra)), f"policy.checkpoint={folder}",
+            "--judge", str(n), "--out", str(out)]
     return read_or_judge(out / "judge.json", argv)
 
 
