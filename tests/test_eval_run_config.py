@@ -1,13 +1,14 @@
 """rlar-eval (and rlar-export) of a run started in another directory reads the files the run read: a relative path
-in its recorded config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``). A recorded
-run takes key=value overrides of its own config; what else a command line holds is refused in a line, or left out
-when a study's runs, made with it, are judged."""
+in its recorded config is anchored at the directory the run started in (Hydra's ``hydra.runtime.cwd``, which a run
+started from Python records too). A recorded run takes key=value overrides of its own config; what else a command
+line holds is refused in a line, or left out when a study's runs, made with it, are judged."""
 
 import re
 
 import pytest
 from omegaconf import OmegaConf
 
+from rlar.config.rerun import record_config
 from rlar.config.store import compose_config
 from rlar.eval.cli import run_command
 from rlar.eval.run_models import recorded_run_overrides, run_config
@@ -61,3 +62,14 @@ def test_a_study_s_command_line_reaches_its_recorded_runs_as_the_values_they_tak
     extra = ["reward=coverage", "hardware.num_threads=1", "+eval.extra=1", "hydra.job.chdir=true", "eval.seed=3"]
     assert recorded_run_overrides(run, extra) == ["hardware.num_threads=1", "eval.seed=3"]
     assert run_config(run, recorded_run_overrides(run, extra)).eval.seed == 3
+
+
+def test_a_run_started_from_python_records_where_it_started_for_its_relative_paths(tmp_path, monkeypatch):
+    started_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (started_in / "shared" / "digits_grpo").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.chdir(started_in)
+    cfg = compose_config(["reward=l2", "policy.checkpoint=shared/digits_grpo"])
+    record_config(cfg, "outputs/r")  # what train_rl_loop records before it trains
+    monkeypatch.chdir(elsewhere)
+    assert run_config(started_in / "outputs" / "r", []).policy.checkpoint == str(started_in / "shared" / "digits_grpo")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -89,11 +90,14 @@ def name_free_keys() -> list[str]:
 
 def record_config(cfg: DictConfig, out: str | Path) -> None:
     """For a run started from Python (``rlar.loop.train_rl_loop``), what ``rlar-run`` and its Hydra do: write
-    ``out/.hydra/config.yaml`` (which ``rlar-eval`` and ``rlar-export`` read), then :func:`check_rerun` against the
-    run already in ``out``."""
+    ``out/.hydra/config.yaml`` and, of Hydra's ``hydra.yaml``, where the run started (``hydra.runtime.cwd``, which
+    anchors its relative paths) and its folder (which ``rlar-eval`` and ``rlar-export`` read), then
+    :func:`check_rerun` against the run already in ``out``."""
     hydra_dir = Path(out) / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    runtime = {"cwd": os.getcwd(), "output_dir": str(Path(out).absolute())}
+    OmegaConf.save({"hydra": {"runtime": runtime}}, hydra_dir / "hydra.yaml")
     # "hardware" frees a switch of the group on the command line, where hardware.seed and .precision name the
     # run's folder; a Python run's folder holds no overrides, so they are compared (device, strategy, ... stay free)
     check_rerun(cfg, out, ".hydra", [key for key in name_free_keys() if key != "hardware"])
