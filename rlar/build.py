@@ -118,7 +118,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer, policy, text_encoder = build_generator(cfg, data, device)
-        eval_model = (build_eval_model(data, cfg.eval, cfg.cache_dir, device, memorization=distributed.is_main())
+        eval_model = (build_eval_model(data, cfg.eval, cfg.cache_dir, device, reference=distributed.is_main())
                       if cfg.eval.classifier else None)  # rank 0 alone computes the judge's metrics
     inception = (build_inception_eval(data, cfg.eval.inception, cfg.cache_dir, cfg.eval.batch_size, device)
                  if cfg.eval.inception.enabled else None)

@@ -1,7 +1,10 @@
 """The judge at the scale of data on disk: its classifier reads only the images its batches draw, eval/memorization
-compares with a bounded subset of the train split, its distances are computed a bounded block at a time, and under
-torchrun rank 0 alone computes its metrics."""
+compares with a bounded subset of the train split, its distances are computed a bounded block at a time, a loaded
+classifier's held-out accuracy is its build's, and under torchrun rank 0 alone computes its metrics and reads the
+held-out and train images they compare with."""
 
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.manifold import class_spreads, density_coverage, knn_radii, precision_recall
 from rlar.eval.model.memorization import copy_threshold, nearest_distances
 from rlar.eval.model.scorer import build_eval_model, features_of, train_features
+from rlar.eval.model.train import accuracy
 from rlar.runtime import distributed
 
 BRIEF = {"train": {"steps": 4, "batch_size": 8}}  # a classifier that learns nothing, trained in a moment
@@ -105,9 +109,40 @@ def test_the_held_out_images_are_converted_to_floats_a_chunk_at_a_time(folder, m
     monkeypatch.setattr(scorer, "CHUNK_SIZE", 4)
     refuse_whole_splits(monkeypatch)
     judge = build_eval_model(data, cfg, str(tmp_path), "cpu")
-    assert sizes == [6, 4, 2]  # the classifier's held-out accuracy (512 at a time), then the judge's reference
+    assert sizes == [4, 2]  # the judge's reference (the classifier's held-out accuracy was measured at its build)
     assert torch.allclose(judge.real_features, expected, atol=1e-6)
 
+
+
+def test_a_judge_built_for_a_rank_that_computes_no_metrics_reads_no_image_and_describes_alike(folder, monkeypatch,
+                                                                                              tmp_path):
+    data = ImageFolderData(root=folder, image_size=32, channels=1)
+    cfg = OmegaConf.create({"max_items": None, "classifier_model": BRIEF})
+    whole = build_eval_model(data, cfg, str(tmp_path), "cpu")
+    images, labels = next(iter(data.train_batches([torch.arange(5)]))), torch.arange(5) % 2  # [5, 1, 32, 32], [5]
+    read = []
+    for name in ("eval_images_of", "train_batches"):
+        monkeypatch.setattr(data, name, lambda *a, name=name: read.append(name))
+    alone = build_eval_model(data, cfg, str(tmp_path), "cpu", reference=False)  # the cached classifier: no training
+    assert read == [] and not alone.has_reference
+    features, hits = alone.describe(images, labels)
+    assert torch.equal(features, whole.describe(images, labels)[0]) and torch.equal(hits, whole.describe(images,
+                                                                                                      labels)[1])
+    with pytest.raises(RuntimeError, match="without the held-out images"):
+        alone.metrics(features, hits, labels)
+
+
+def test_a_loaded_classifier_gives_the_held_out_accuracy_its_build_measured_and_measures_it_without_that_record(
+        folder, tmp_path):
+    data = ImageFolderData(root=folder, image_size=32, channels=1)
+    built = build_eval_classifier(data, tmp_path, BRIEF)
+    record = Path(built.source).with_suffix(".json")
+    recorded = json.loads(record.read_text())["metrics"]["eval_accuracy"]
+    assert built.metrics["eval_accuracy"] == recorded == accuracy(built, data)
+    record.write_text(json.dumps({"spec": {}, "metrics": {"eval_accuracy": 0.125}}))
+    assert build_eval_classifier(data, tmp_path, BRIEF).metrics["eval_accuracy"] == 0.125  # read, not measured
+    record.unlink()  # a build stopped between its two writes
+    assert build_eval_classifier(data, tmp_path, BRIEF).metrics["eval_accuracy"] == recorded  # measured again
 
 def points(n: int, seed: int, dims: int = 3) -> torch.Tensor:
     return torch.randn(n, dims, generator=torch.Generator().manual_seed(seed)).double()  # [n, dims]

@@ -150,3 +150,12 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
         raise Stopped(f"stopped by {stop.received} while building {name}, after its last step: cached at {path}; "
                       "run the same command to go on")
     return state, path
+
+
+def cached_metrics(path: Path) -> dict:
+    """The metrics its build measured of the entry at ``path`` (its ``.json``, written beside it); ``{}`` when that
+    file is missing or unreadable (a build stopped between the two writes)."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text())["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

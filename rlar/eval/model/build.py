@@ -15,7 +15,7 @@ from rlar.config.schemas import EvalClassifierSchema
 from rlar.data.batches import ImageData
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.train import accuracy, train_classifier
-from rlar.runtime.cache import cached_artifact, seeded
+from rlar.runtime.cache import cached_artifact, cached_metrics, seeded
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
                           schema: type = EvalClassifierSchema) -> DigitsClassifier:
     """The frozen classifier (eval mode, CPU) of ``data``'s classes; ``settings``: ``eval.classifier_model`` (the
     judge) or a reward's ``classifier`` (``input_size``, ``width``, ``features``, ``train.*``) over ``schema``'s
-    defaults. It carries ``source`` (the cache file) and ``metrics`` (held-out accuracy). Training reads only the
-    train images its batches draw (``steps x batch_size``; data on disk decoded on access). The global random state
-    is left as it was."""
+    defaults. It carries ``source`` (the cache file) and ``metrics`` (held-out accuracy, as its build measured it).
+    Training reads only the train images its batches draw (``steps x batch_size``; data on disk decoded on access).
+    The global random state is left as it was."""
     spec = classifier_spec(settings, schema)
     train, arch = spec["train"], {**spec["arch"], "channels": data.channels, "num_classes": data.num_classes}
     with seeded(train["seed"]):  # the loop's random state stays untouched
@@ -57,7 +57,8 @@ def build_eval_classifier(data: ImageData, cache_dir: str | None = None, setting
     model.load_state_dict(state)
     model.eval().requires_grad_(False)
     model.source = str(path)
-    model.metrics = {"eval_accuracy": accuracy(model, data)}
+    measured = cached_metrics(path).get("eval_accuracy")  # at its build: a load reads no held-out image
+    model.metrics = {"eval_accuracy": accuracy(model, data) if measured is None else measured}
     role = "judge" if schema is EvalClassifierSchema else "reward"  # the cache names both eval_classifier
     log.info("%s classifier %s: held-out accuracy %.4f", role, model.source, model.metrics["eval_accuracy"])
     return model

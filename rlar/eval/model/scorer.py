@@ -26,13 +26,17 @@ class EvalModel:
     evaluation conditions on, of classes ``real_labels [M]``; or their batches, in order), their Gaussian fit and
     their density / coverage balls, computed once; with ``train_features [T, F]`` (the classifier's features of the
     train split, or of a subset of it: :func:`train_features`), also how near held-out images come to them, for
-    ``eval/memorization``. ``classifier_accuracy``: its held-out accuracy."""
+    ``eval/memorization``. ``classifier_accuracy``: its held-out accuracy. With ``real_images=None`` (a rank that
+    computes no metrics: :func:`build_eval_model`), the classifier alone: :meth:`describe` and :meth:`classify`."""
 
-    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor | Iterable[torch.Tensor],
-                 real_labels: torch.Tensor, device, train_features: torch.Tensor | None = None,
+    def __init__(self, classifier: DigitsClassifier, real_images: torch.Tensor | Iterable[torch.Tensor] | None,
+                 real_labels: torch.Tensor | None, device, train_features: torch.Tensor | None = None,
                  chunk_size: int = CHUNK_SIZE):
         self.classifier, self.device = classifier.to(device), device
         self.classifier_accuracy = classifier.metrics["eval_accuracy"]
+        self.has_reference = real_images is not None
+        if not self.has_reference:
+            return
         batches = real_images.split(chunk_size) if torch.is_tensor(real_images) else real_images
         self.real_features = features_of(self.classifier, batches, device)  # [M, F]
         self.real_labels = real_labels.cpu()
@@ -67,6 +71,9 @@ class EvalModel:
         without the train split).
         All but class_acc, density and memorization depend on N: compare values over the same number of
         samples."""
+        if not self.has_reference:
+            raise RuntimeError("this judge was built without the held-out images (build_eval_model(reference=False): "
+                               "a rank that computes no metrics); build it with them to compute metrics")
         if len(features) % per_item:
             raise ValueError(f"{len(features)} samples are not {per_item} draws per item")
         features = features.cpu()
@@ -84,15 +91,18 @@ class EvalModel:
 
 
 def build_eval_model(data: ImageData, eval_cfg: DictConfig, cache_dir: str | None, device,
-                     train_images: int | None = TRAIN_IMAGES, memorization: bool = True) -> EvalModel:
+                     train_images: int | None = TRAIN_IMAGES, reference: bool = True) -> EvalModel:
     """The classifier of ``eval.classifier_model`` (cached) with the statistics of the held-out images that the
-    evaluation uses (the first ``eval.max_items``) and, with ``memorization``, of ``train_images`` train images for
-    ``eval/memorization`` (all of a smaller split, else a fixed random subset; None: all), each read a chunk at a
-    time. Without ``memorization`` (a rank other than 0, which computes no metrics) none is read."""
+    evaluation uses (the first ``eval.max_items``) and of ``train_images`` train images for ``eval/memorization``
+    (all of a smaller split, else a fixed random subset; None: all), each read a chunk at a time. Without
+    ``reference`` (a rank other than 0: rank 0 computes the metrics and sends them), the classifier alone: no image is
+    read."""
     classifier = build_eval_classifier(data, cache_dir, eval_cfg.classifier_model)
+    if not reference:
+        return EvalModel(classifier, None, None, device)
     labels = data.eval_labels[: eval_cfg.max_items or None]  # [M]
     real = (data.eval_images_of(idx) for idx in chunks(len(labels), CHUNK_SIZE))  # [<=256, C, H, W] each
-    train = train_features(classifier, data, device, limit=train_images) if memorization else None  # [T, F]
+    train = train_features(classifier, data, device, limit=train_images)  # [T, F]
     return EvalModel(classifier, real, labels, device, train)
 
 
