@@ -19,7 +19,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.reward.build import build_reward, reads_run_data
-from rlar.rollout.sampling import cfg_scales
+from rlar.rollout.sampling import scored_sampling
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.ema import policy_ema, update_after_every_step
@@ -140,8 +140,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     logger = instantiate(cfg.logger)
     if distributed.is_main():  # a logger never opened writes nothing
         logger.open(out)
-    sampling = {"temperature": cfg.rollout.temperature,
-                "cfg_scale": cfg_scales(policy.block_size, cfg.rollout.cfg_scale, cfg.rollout.cfg_interval)}
+    sampling = scored_sampling(cfg.rollout, policy.block_size)
     return Run(cfg, hw, out, data, tokenizer, policy, ref_policy, critic, trainable, train_policy, train_critic,
                reward, eval_model, algorithm, optimizer, checkpointer, logger, rank_generators(hw.seed,
                distributed.rank()), sampling, scheduler, ema, inception, text_encoder)

@@ -30,6 +30,7 @@ from rlar.policy.prior import teacher_forced_ce
 from rlar.reward.mixture import zscored
 from rlar.reward.scoring import decode_and_score
 from rlar.rollout.collect import collect_rollout
+from rlar.rollout.sampling import truncated
 from rlar.rollout.types import Rollout
 from rlar.runtime import distributed
 from rlar.runtime.atomic_files import atomic_write_text
@@ -339,10 +340,11 @@ def resume(run: Run) -> tuple[int, int, dict]:
 
 def evaluation(run: Run) -> dict[str, float]:
     """The held-out evaluation of the policy as it is now, or of its moving average when there is one
-    (``rlar.eval.evaluate``)."""
+    (``rlar.eval.evaluate``), drawing as the rollouts draw (their top-k and top-p too)."""
     with gathered(run.evaluated_policy):
-        return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval, run.sampling,
-                        run.device, run.hw.autocast, run.eval_model, run.inception, run.text_encoder)
+        return evaluate(run.evaluated_policy, run.tokenizer, run.reward, run.data, run.cfg.eval,
+                        truncated(run.sampling, run.cfg.rollout), run.device, run.hw.autocast, run.eval_model,
+                        run.inception, run.text_encoder)
 
 
 def evaluate_prior(run: Run) -> dict:

@@ -156,6 +156,19 @@ def test_judgements_under_other_settings_get_folders_of_their_own_and_a_rerun_fi
     assert 7 in batch_sizes and len(batch_sizes) == 2
 
 
+
+def test_the_judge_and_the_samples_draw_with_the_rollouts_top_k_and_top_p(stand_ins, monkeypatch):
+    seen = []
+    judge_over_seeds, generate_uint8 = cli.judge_over_seeds, cli.generate_uint8
+    monkeypatch.setattr(cli, "judge_over_seeds", lambda cfg, data, tokenizer, policy, sampling, *rest: seen.append(
+        sampling) or judge_over_seeds(cfg, data, tokenizer, policy, sampling, *rest))
+    monkeypatch.setattr(cli, "generate_uint8", lambda policy, tokenizer, labels, sampling, *rest: seen.append(
+        sampling) or generate_uint8(policy, tokenizer, labels, sampling, *rest))
+    record = cli.run_command(["--judge", "1", "rollout.top_k=5", "rollout.top_p=0.9", "--temperature", "0.7"])
+    cli.run_command(["--samples-only", "--num-samples", "4", "rollout.top_k=5", "rollout.top_p=0.9"])
+    assert [(s["top_k"], s["top_p"], s["temperature"]) for s in seen] == [(5, 0.9, 0.7), (5, 0.9, 1.0)]
+    assert (record["top_k"], record["top_p"]) == (5, 0.9)
+
 def test_samples_at_another_batch_size_get_a_folder_of_their_own(stand_ins):
     for batch_size in ("20", "7", "20"):
         cli.run_command(["--samples-only", "--num-samples", "20", "--batch-size", batch_size])

@@ -28,7 +28,7 @@ from rlar.eval.run_models import (
     trained_nothing,
 )
 from rlar.export import run_policy_weights
-from rlar.rollout.sampling import cfg_scales
+from rlar.rollout.sampling import evaluation_sampling
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
        rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
@@ -166,7 +166,8 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
     metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
-    settings = {**judged, "cfg_scale": scale, "temperature": temperature, "seeds": seeds,
+    settings = {**judged, "cfg_scale": scale, "temperature": temperature, "top_k": cfg.rollout.top_k,
+                "top_p": cfg.rollout.top_p, "seeds": seeds,
                 "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
     out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
     write_judgement(out, metrics, settings)
@@ -175,11 +176,10 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
 
 def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
     """``(cfg_scale, temperature, sampling)``: the options' scale and temperature, else the run's rollout's, and the
-    sampling arguments they give ``policy``."""
+    sampling arguments they give ``policy`` (with the rollout's top-k and top-p)."""
     scale = cfg.rollout.cfg_scale if opts.cfg_scale is None else opts.cfg_scale
     temperature = cfg.rollout.temperature if opts.temperature is None else opts.temperature
-    return scale, temperature, {"temperature": temperature,
-                                "cfg_scale": cfg_scales(policy.block_size, scale, cfg.rollout.cfg_interval)}
+    return scale, temperature, evaluation_sampling(cfg.rollout, policy.block_size, scale, temperature)
 
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
@@ -218,7 +218,8 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     record = {**metrics, **judged, "num_samples": len(samples), "num_reference": len(reference),
               "reference": (str(Path(opts.reference).expanduser().absolute()) if opts.reference
                             else f"held-out split of data ({cfg.data._target_})"), "cfg_scale": scale,
-              "temperature": temperature, "seed": seed, "inception_weights": str(weights)}
+              "temperature": temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p, "seed": seed,
+              "inception_weights": str(weights)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "

@@ -63,6 +63,28 @@ def cfg_scales(seq_len: int, scale: float, interval=None) -> torch.Tensor:
     return scales
 
 
+def scored_sampling(rollout, block_size: int, cfg_scale: float | None = None,
+                    temperature: float | None = None) -> dict:
+    """The distribution the rollouts draw from and the update scores them under (the log-prob rule): the rollout's
+    ``temperature`` and its guidance scale per position over ``cfg_interval`` (:func:`cfg_scales`), with
+    ``cfg_scale`` and ``temperature`` in place of its own where given."""
+    scale = rollout.cfg_scale if cfg_scale is None else cfg_scale
+    return {"temperature": rollout.temperature if temperature is None else temperature,
+            "cfg_scale": cfg_scales(block_size, scale, rollout.cfg_interval)}
+
+
+def truncated(sampling: dict, rollout) -> dict:
+    """``sampling`` (:func:`scored_sampling`) with the rollout's top-k and top-p: the draws of an evaluation, which
+    samples as the rollouts do."""
+    return {**sampling, "top_k": rollout.top_k, "top_p": rollout.top_p}
+
+
+def evaluation_sampling(rollout, block_size: int, cfg_scale: float | None = None,
+                        temperature: float | None = None) -> dict:
+    """The sampling arguments of an evaluation outside the loop: :func:`scored_sampling` :func:`truncated`."""
+    return truncated(scored_sampling(rollout, block_size, cfg_scale, temperature), rollout)
+
+
 def is_guided(cfg_scale: Scale) -> bool:
     return bool((torch.as_tensor(cfg_scale) != 1).any())
 

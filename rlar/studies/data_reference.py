@@ -32,6 +32,7 @@ from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.scorer import EvalModel, train_features
 from rlar.eval.rejudge import check_judgeable
 from rlar.eval.run_models import build_models, run_config
+from rlar.rollout.sampling import evaluation_sampling
 from rlar.studies.report import mean_and_std, mean_std
 
 REAL = "held-out half (the data)"
@@ -113,8 +114,7 @@ def policies_to_judge(opts, tokenizer, prior, device) -> dict[str, tuple]:
     for run_dir in opts.run:
         run_cfg = run_config(run_dir, [])
         _, run_tokenizer, policy = build_models(run_cfg, device, run_dir)
-        sampling = {"temperature": float(run_cfg.rollout.temperature), "cfg_scale": float(run_cfg.rollout.cfg_scale)}
-        rows[f"run {run_dir}"] = (policy, run_tokenizer, sampling)
+        rows[f"run {run_dir}"] = (policy, run_tokenizer, evaluation_sampling(run_cfg.rollout, policy.block_size))
     return rows
 
 

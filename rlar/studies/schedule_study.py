@@ -28,7 +28,7 @@ from rlar.eval.evaluate import evaluate  # noqa: E402
 from rlar.eval.model import build_eval_model  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
 from rlar.reward.build import build_reward  # noqa: E402
-from rlar.rollout.sampling import cfg_scales  # noqa: E402
+from rlar.rollout.sampling import evaluation_sampling  # noqa: E402
 from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 from rlar.text.build import build_text_encoder  # noqa: E402
 
@@ -52,8 +52,7 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
     tokenizer = instantiate(cfg.tokenizer, data=data)
     prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
     eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, "cpu")
-    r = cfg.rollout
-    sampling = {"temperature": r.temperature, "cfg_scale": cfg_scales(prior.block_size, r.cfg_scale)}
+    sampling = evaluation_sampling(cfg.rollout, prior.block_size)
     points = {}
     with closing(build_reward(cfg, data)) as reward:  # a remote reward closes its client
         for n in steps:
