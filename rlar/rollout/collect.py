@@ -84,7 +84,7 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: Condi
     if mode in ("autoregressive", "prefix"):
         k = rollout_cfg.prefix_len if mode == "prefix" else 0
         prefix = (torch.zeros(b, 0, dtype=torch.long, device=labels.device) if gt_codes is None
-                  else gt_codes[:, :k])  # [B, k]
+                  else context[:, :k])  # [B, k]: the ground truth's first k codes, noised as the context is
         tokens, logprobs = sample_multiple_generations(
             policy, (prefix, labels), t_len, g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
             top_p=rollout_cfg.top_p, cfg_scale=scales, generator=generator,
