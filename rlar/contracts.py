@@ -138,16 +138,19 @@ class Reward(Protocol):
     reward: latency, retries, ...). ``may_be_absent``: NaN means "does not apply" rather than "failed"
     (``rlar.reward.mixture``). ``reads_targets``: it compares samples with their targets, so it cannot score
     data without images (``rlar.config.validate`` refuses it there). ``reads_steps``: it scores ``meta["steps"]``,
-    which only a learned schedule varies (refused with any other rollout). A reward that learns across calls
+    which only a learned schedule varies (refused with any other rollout). ``scores_together``: it scores the
+    samples of one call together (their statistics, or a model trained on them first), so a call must hold the
+    whole batch (``train.score_chunk_size`` is refused with it). A reward that learns across calls
     (``reward=discriminator``, ``loo_fd``'s moving averages) learns only while ``learning`` is True (evaluation scores
     with it False) and keeps what it learned in ``state_dict()``, which checkpoints save. The rewards of
     ``rlar.reward`` subclass this protocol: by default they report no metrics, are never absent, read no targets
-    or steps and keep no state. ``close()`` releases what the reward holds (a remote reward's threads and HTTP
+    or steps, score each sample alone and keep no state. ``close()`` releases what the reward holds (a remote reward's threads and HTTP
     client); the loop calls it when the run ends."""
 
     may_be_absent: bool = False
     reads_targets: bool = False
     reads_steps: bool = False
+    scores_together: bool = False
     learning: bool = True
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None

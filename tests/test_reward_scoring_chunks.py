@@ -1,8 +1,11 @@
-"""Decoding and scoring in chunks (train.score_chunk_size) gives the rewards of one whole call."""
+"""Decoding and scoring in chunks (train.score_chunk_size) gives the rewards of one whole call; a reward that scores
+a call's samples together is refused it."""
 
 import pytest
 import torch
 
+from rlar.config.store import compose_config
+from rlar.config.validate import ConfigError, check_config
 from rlar.reward.reconstruction import ReconstructionReward
 
 
@@ -109,3 +112,20 @@ def test_remote_chunk_no_server_scored_gives_nan_rows(monkeypatch):
     assert list(components) == ["l2"] and components["l2"][4:8].isnan().all()
     assert (components["l2"][[0, 1, 2, 3, 8, 9]] == 1).all()
     assert metrics["reward/remote_failed_items"] == 4.0
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["reward=loo_fd"], r"reward \(LeaveOneOutFDReward\)"),
+    (["reward=coverage"], r"reward \(CoverageReward\)"),
+    (["reward=recall"], r"reward \(RecallReward\)"),
+    (["reward=discriminator"], r"reward \(DiscriminatorReward\)"),
+    (["reward.normalize=false"], r"reward\.components\.\w+ \(\w+Reward\)"),  # the default mix, not z-scored
+])
+def test_a_reward_scoring_a_call_together_is_refused_chunks(overrides, named):
+    with pytest.raises(ConfigError, match=f"score_chunk_size=8 .* {named} scores the samples of a call together"):
+        check_config(compose_config([*overrides, "train.score_chunk_size=8"]), inception_eval=False)
+    check_config(compose_config(overrides), inception_eval=False)  # whole calls: accepted
+
+
+def test_a_reward_scoring_each_sample_alone_takes_chunks():
+    check_config(compose_config(["reward=l2", "train.score_chunk_size=8"]), inception_eval=False)

@@ -142,6 +142,13 @@ def check_sizes(cfg: DictConfig) -> None:
         raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
                           "this reward z-scores its terms over each call (reward.normalize=true): chunks would be "
                           "standardized apart; set train.score_chunk_size=null or reward.normalize=false")
+    together = [(path, node["_target_"]) for path, node in reward_nodes(cfg)
+                if target_attribute(node, "scores_together", False)]
+    if t.score_chunk_size is not None and together:
+        raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
+                          f"{together[0][0]} ({together[0][1].rsplit('.', 1)[-1]}) scores the samples of a call "
+                          "together (their statistics, or a model trained on them first): chunks would be scored "
+                          "apart; set train.score_chunk_size=null")
     if r.top_p is not None and not 0 < r.top_p <= 1:
         raise ConfigError(f"rollout.top_p must be in (0, 1] (or null: off), got {r.top_p}")
     if t.warmup_steps < 0:

@@ -79,6 +79,7 @@ class CoverageReward(Reward):
     """
 
     name = "coverage"  # the component's key, and the reward's name in errors
+    scores_together = True  # each sample against the call's other samples and the bank
     real_balls = True  # balls around the train digits, reaching the k-th nearest: more than k digits per group
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,

@@ -55,6 +55,8 @@ class DiscriminatorReward(Reward):
     identical. Its weights, optimizer, buffer and random stream are its ``state_dict()`` (saved with each checkpoint).
     """
 
+    scores_together = True  # after training on the call's samples
+
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  class_conditional: bool = True, hidden: int = 128, lr: float = 1e-3, steps: int = 4,
                  warmup_steps: int = 200, batch_size: int = 256, buffer_size: int = 1024, seed: int = 0,

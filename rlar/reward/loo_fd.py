@@ -60,6 +60,7 @@ class LeaveOneOutFDReward(Reward):
     """
 
     min_group_samples = MIN_SAMPLES  # per group scored together (checked against the config before any work)
+    scores_together = True  # the moments of the call's samples
 
     def __init__(self, data: ImageData, classifier: dict | DictConfig | None, cache_dir: str | None = None,
                  ema: float = 0.9, class_conditional: bool = False, chunk_size: int = 256):
