@@ -144,8 +144,8 @@ class Reward(Protocol):
     (``reward=discriminator``, ``loo_fd``'s moving averages) learns only while ``learning`` is True (evaluation scores
     with it False) and keeps what it learned in ``state_dict()``, which checkpoints save. The rewards of
     ``rlar.reward`` subclass this protocol: by default they report no metrics, are never absent, read no targets
-    or steps, score each sample alone and keep no state. ``close()`` releases what the reward holds (a remote reward's threads and HTTP
-    client); the loop calls it when the run ends."""
+    or steps, score each sample alone and keep no state. ``close()`` releases what the reward holds (a remote
+    reward's threads and HTTP client); the loop calls it when the run ends."""
 
     may_be_absent: bool = False
     reads_targets: bool = False

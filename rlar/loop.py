@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from rlar.algorithm.pair_update import pair_update
-from rlar.algorithm.update import policy_update, recomputes_old_logprobs, value_advantages
+from rlar.algorithm.update import clip_and_step, policy_update, recomputes_old_logprobs, value_advantages
 from rlar.build import Run, build_run
 from rlar.config.rerun import record_config
 from rlar.config.validate import check_config
@@ -363,9 +363,9 @@ def evaluation_line(result: dict, reward) -> str:
 
 
 def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> None:
-    """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes) before RL, from
-    step ``done`` on (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after
-    the step."""
+    """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes, under
+    ``hardware.precision`` and clipped to ``train.max_grad_norm`` as the update is) before RL, from step ``done`` on
+    (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after the step."""
     steps = run.cfg.train.warmup_steps
     with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
               disable=not (steps and distributed.is_main())) as progress:
@@ -373,11 +373,13 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> N
             images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
             captions = run.data.captions_of(run.this_rank(all_indices))
             condition = batch_conditions(run, run.this_rank(all_labels), captions)
-            loss = teacher_forced_ce(run.train_policy.train(),
-                                     run.tokenizer.encode_indices(images.to(run.device)), condition)
+            codes = run.tokenizer.encode_indices(images.to(run.device))  # [b, T]
+            with run.hw.autocast():  # as the update: hardware.precision, then train.max_grad_norm
+                loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.optimizer.step()
+            params = [p for group in run.optimizer.param_groups for p in group["params"]]
+            clip_and_step(params, run.optimizer, run.cfg.train.max_grad_norm)
             summary["warmup_ce"] = loss.item()
             run.logger.scalars({"warmup/ce": loss.item()}, i)
             stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rlar import loop
 from rlar.config.store import compose_config
 from rlar.loop import check_scored, evaluation_line, progress_metrics, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
@@ -140,3 +141,16 @@ def test_a_reward_that_scores_nothing_stops_the_run(tiny, tmp_path, recwarn):
         train_rl_loop(cfg, tmp_path)
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # no update ran: nothing to warn of
     assert NaNReward.closed == closed + 1  # the reward is closed when the run ends, also on an error
+
+
+def test_the_warm_up_runs_at_the_run_s_precision_and_clips_as_the_update_does(tiny, tmp_path, monkeypatch):
+    under_autocast, clipped = [], []
+    ce, clip = loop.teacher_forced_ce, loop.clip_and_step
+    monkeypatch.setattr(loop, "teacher_forced_ce", lambda *args: under_autocast.append(
+        torch.is_autocast_enabled("cpu")) or ce(*args))
+    monkeypatch.setattr(loop, "clip_and_step", lambda params, optimizer, norm: clipped.append(norm) or clip(
+        params, optimizer, norm))
+    cfg = compose_config([*tiny, "train.warmup_steps=2", "train.iterations=1", "hardware.precision=bf16",
+                          "train.max_grad_norm=0.5"])
+    assert math.isfinite(train_rl_loop(cfg, tmp_path)["warmup_ce"])
+    assert under_autocast == [True, True] and clipped == [0.5, 0.5]  # the two warm-up steps (the update: its own)

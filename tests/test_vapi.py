@@ -52,7 +52,8 @@ def test_a_prefix_rollout_continues_the_noisy_prefix_and_its_update_reads_it(gpt
     cfg = rollout_cfg(mode="prefix", prefix_len=6, token_noise_prob=0.9)
     rollout = collect_rollout(gpt, gt, torch.tensor([0, 1, 2]), 4, cfg, torch.Generator().manual_seed(1))
     prefix = rollout.tokens[:, :6]  # [12, 6]
-    assert torch.equal(prefix, rollout.target_context[:, :6]) and not torch.equal(prefix, gt.repeat_interleave(4, 0)[:, :6])
+    assert torch.equal(prefix, rollout.target_context[:, :6])  # the noisy context's ...
+    assert not torch.equal(prefix, gt.repeat_interleave(4, 0)[:, :6])  # ... not the ground truth
     assert torch.equal(rollout.context, rollout.tokens) and not rollout.mask[:, :6].any()  # read, never scored
     clean = collect_rollout(gpt, gt, torch.tensor([0, 1, 2]), 4, rollout_cfg(mode="prefix", prefix_len=6),
                             torch.Generator().manual_seed(1))
