@@ -19,18 +19,23 @@ from omegaconf import OmegaConf
 from rlar.eval.run_models import anchor_relative_paths
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.soup import weight_soup
-from rlar.runtime.ema import exported_policy, no_checkpoint_message
+from rlar.runtime.checkpoint import SHARDS
+from rlar.runtime.ema import exported_policy, no_checkpoint_message, unfinished_shards_message
 from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
 
 def run_policy_weights(run_dir: Path) -> Path:
     """The file holding the run's final policy: ``checkpoints/policy.pt`` (a sharded run's export at its end),
-    else ``checkpoints/last.pt`` (consolidated)."""
+    else ``checkpoints/last.pt`` (consolidated); a sharded run stopped before its end has neither."""
     checkpoints = run_dir / "checkpoints"
     if not (checkpoints / "last.pt").is_file():  # every saved run has it (a sharded one: its record)
         raise FileNotFoundError(no_checkpoint_message(run_dir))
-    return checkpoints / "policy.pt" if (checkpoints / "policy.pt").is_file() else checkpoints / "last.pt"
+    if (checkpoints / "policy.pt").is_file():
+        return checkpoints / "policy.pt"
+    if any(SHARDS.fullmatch(path.name) for path in checkpoints.iterdir() if path.is_dir()):
+        raise FileNotFoundError(unfinished_shards_message(checkpoints))
+    return checkpoints / "last.pt"
 
 
 def recorded_config(run_dir: Path):

@@ -6,6 +6,7 @@ from torch import nn
 
 from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config
+from rlar.export import run_policy_weights
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.ema import exported_policy, policy_ema, update_after_every_step
 
@@ -75,3 +76,16 @@ def test_exporter_reads_the_policy_of_a_run_without_average(tmp_path):
 def test_decay_outside_the_unit_interval_is_a_config_error(decay):
     with pytest.raises(ConfigError, match=r"train.ema_decay must be in \[0, 1\)"):
         check_config(compose_config([f"train.ema_decay={decay}"]))
+
+
+def test_a_sharded_run_saved_after_its_exports_is_refused_not_read_at_its_old_weights(tmp_path):
+    saved, optimizer = modules(1.0, 2.0)
+    checkpointer = Checkpointer(tmp_path / "checkpoints", saved, optimizer, "sharded")
+    checkpointer.save({"iteration": 1})
+    for name in ("policy", "ema"):  # the run finished (rlar.loop.finish) ...
+        checkpointer.export_policy(tmp_path / "checkpoints" / f"{name}.pt", name)
+    assert run_policy_weights(tmp_path) == tmp_path / "checkpoints" / "policy.pt"
+    checkpointer.save({"iteration": 2})  # ... then was extended, and stopped before its new end
+    for read in (lambda: exported_policy(tmp_path / "checkpoints"), lambda: run_policy_weights(tmp_path)):
+        with pytest.raises(FileNotFoundError, match="shards of a run stopped before its end.*run the same command"):
+            read()

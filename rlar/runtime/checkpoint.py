@@ -38,6 +38,7 @@ from rlar.runtime.safe_dcp import SafePlanner, SafeReader
 
 FORMATS = ("consolidated", "sharded")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+EXPORTS = ("policy.pt", "ema.pt")  # a sharded run's plain state dicts, written when it finishes (export_policy)
 SHARDS = re.compile(r"last_sharded(\.\d+)?")  # the folders a record may name: last_sharded (older rlar), .<step>
 
 
@@ -96,6 +97,9 @@ class Checkpointer:
         distributed.barrier()
         if distributed.is_main():
             self.remove_leftovers(record.get("shards"))
+            if self.format == "sharded":  # the exports of an earlier end no longer hold the record's weights
+                for name in EXPORTS:
+                    (self.directory / name).unlink(missing_ok=True)
         distributed.barrier()
 
     def save_shards(self, step: int, stepped: bool) -> str:

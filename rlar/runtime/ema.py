@@ -43,14 +43,18 @@ def update_after_every_step(optimizer: torch.optim.Optimizer, ema: AveragedModel
 def exported_policy(checkpoints: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
     """The policy weights a run saved under ``checkpoints`` (a plain state dict, loadable as ``policy.checkpoint``):
     its average when it kept one and ``ema`` is True, else the policy itself. A consolidated checkpoint holds both
-    in ``last.pt``; a sharded run exports ``policy.pt`` and ``ema.pt`` when it finishes."""
+    in ``last.pt``; a sharded run exports ``policy.pt`` and ``ema.pt`` when it finishes (and removes them at its next
+    save: they are of its last end), so one stopped before its end has none."""
     checkpoints = Path(checkpoints)
     if not (checkpoints / "last.pt").is_file():
         raise FileNotFoundError(no_checkpoint_message(checkpoints.parent))
     record = load_checkpoint(checkpoints / "last.pt", "the run's last checkpoint")
     if record.get("format") == "sharded":
         path = checkpoints / "ema.pt"
-        return load_checkpoint(path if ema and path.is_file() else checkpoints / "policy.pt", "the run's policy")
+        path = path if ema and path.is_file() else checkpoints / "policy.pt"
+        if not path.is_file():
+            raise FileNotFoundError(unfinished_shards_message(checkpoints))
+        return load_checkpoint(path, "the run's policy")
     return record["ema"] if ema and "ema" in record else record["policy"]
 
 
@@ -60,3 +64,10 @@ def no_checkpoint_message(run_dir: str | Path) -> str:
     return (f"'{run_dir}' holds no checkpoint (no checkpoints/last.pt): train it first with python -m rlar.run and "
             "the overrides in its .hydra/overrides.yaml, or give the output directory of an rlar run that has saved a "
             "checkpoint")
+
+
+def unfinished_shards_message(checkpoints: str | Path) -> str:
+    """What to do about the checkpoints of a sharded run stopped before its end (no ``policy.pt`` export)."""
+    return (f"{checkpoints} holds the shards of a run stopped before its end: train.checkpoint_format=sharded writes "
+            "the policy's weights (policy.pt) when the run finishes; run the same command to finish it (it resumes), "
+            "then evaluate or export it")
