@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlar.config.schemas import RolloutSchema
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
 from rlar.eval.inception import default_weights_path, missing_weights_message
@@ -77,6 +78,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         if not 0.0 <= r[key] < 1.0:
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
+    check_unread_rollout_options(cfg)
     check_text_conditioning(cfg)
     if inception_eval:
         check_inception_eval(cfg)
@@ -356,7 +358,7 @@ def check_parallel_decoding(cfg: DictConfig) -> None:
     """``policy=arpg`` goes with ``rollout.mode=parallel`` (fine-tune ARPG) or ``schedule`` (learn its decoding
     schedule), with a schedule the parallel sampler knows."""
     r = cfg.rollout
-    arpg = str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg")
+    arpg = is_arpg(cfg)
     if arpg and r.mode not in ("parallel", "schedule"):
         raise ConfigError(f"policy=arpg decodes several positions per step in a random order, not in rollout.mode="
                           f"{r.mode!r}; set rollout.mode=parallel (or schedule, to learn its decoding schedule)")
@@ -383,6 +385,33 @@ def check_parallel_decoding(cfg: DictConfig) -> None:
         raise ConfigError("algorithm.ntp_weight > 0 with policy=arpg scores the ground truth in a fresh random order "
                           "per row, which guidance cannot pair with its null-class rows; set rollout.cfg_scale=1 or "
                           "algorithm.ntp_weight=0")
+
+
+def is_arpg(cfg: DictConfig) -> bool:
+    return str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg")
+
+
+def check_unread_rollout_options(cfg: DictConfig) -> None:
+    """A rollout option set off its default where nothing reads it is refused: the parallel sampler's settings with
+    a raster policy, ``micro_batch_size`` where no sampler decodes rows (``teacher_forced``, ``schedule``), token
+    noise where no ground-truth context is read (no prefix, no teacher forcing, no next-token term)."""
+    r, defaults = cfg.rollout, RolloutSchema()
+    unread = {}
+    if not is_arpg(cfg):
+        unread |= dict.fromkeys(("num_iter", "schedule", "cfg_schedule"), "by a raster policy (gpt, llamagen: "
+                                "one position per step); they set policy=arpg's parallel decoding")
+    if r.mode in ("teacher_forced", "schedule"):
+        unread["micro_batch_size"] = (f"in rollout.mode={r.mode}, which decodes no rows (it bounds the "
+                                      "autoregressive, prefix and parallel samplers)")
+    if r.mode not in ("prefix", "teacher_forced") and not cfg.algorithm.get("ntp_weight"):
+        unread["token_noise_prob"] = (f"in rollout.mode={r.mode} without a next-token term, where no ground-truth "
+                                      "context is read (it noises the prefix, the teacher-forced context and the "
+                                      "next-token term's)")
+    for key, where in unread.items():
+        default = getattr(defaults, key)
+        if r[key] != default:
+            raise ConfigError(f"rollout.{key}={r[key]} is read nowhere {where}; set rollout.{key}="
+                              f"{'null' if default is None else default} (its default)")
 
 
 def check_learned_schedule(cfg: DictConfig) -> None:
