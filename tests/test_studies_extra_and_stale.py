@@ -13,7 +13,7 @@ from rlar.config.store import compose_config
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
 from rlar.eval.run_models import run_config
-from rlar.studies.judged import run_judgement
+from rlar.studies.judged import prior_judgements, run_judgement
 from rlar.studies.report import collect_runs, write_report
 from rlar.studies.study import RUN_NAME, load_study, sweep_dir
 
@@ -107,3 +107,22 @@ def test_a_study_s_group_and_hydra_overrides_are_in_its_runs_records_and_not_giv
     monkeypatch.setattr("rlar.studies.judged.run_command", judge)
     assert run_judgement(run_dir, 2, extra)["eval/fd"]["mean"] == 2.0
     assert calls == [[str(run_dir), "hardware.num_threads=1", "--judge", "2"]]
+
+
+def test_a_study_s_guided_prior_is_guided_at_every_position_as_the_runs_eval_cfg_rows_are(tmp_path, monkeypatch):
+    path = tmp_path / "interval.yaml"
+    path.write_text("overrides: ['rollout.cfg_interval=[0.25,0.75]', eval.guided_cfg_scale=2]\nseeds: [0]\n"
+                    "settings:\n  grpo: [algorithm=grpo]\njudge: 2\n")
+    calls = []
+
+    def judge(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "judge.json").write_text(json.dumps({"metrics": {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}}))
+
+    monkeypatch.setattr("rlar.studies.judged.run_command", judge)
+    assert set(prior_judgements(load_study(path), 2, tmp_path)) == {"prior", "prior, guidance 2"}
+    unguided, guided = calls
+    assert "rollout.cfg_interval=null" not in unguided  # the rollouts' own guidance: none, over the interval
+    assert guided.index("rollout.cfg_interval=null") > guided.index("rollout.cfg_interval=[0.25,0.75]")

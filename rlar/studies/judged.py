@@ -76,7 +76,10 @@ def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str]
     result = {}
     for label, scale in scales.items():
         out = Path(outputs) / RUN_NAME / "judged" / study.name / f"prior-{key}-cfg{scale:g}-seeds{n}"
-        argv = [*study.overrides, *extra, "--judge", str(n), "--cfg-scale", str(scale), "--out", str(out)]
+        # the guided row as the runs' eval_cfg/* sample it: guidance at every position, whatever rollout.cfg_interval
+        every_position = [] if label == "prior" else ["rollout.cfg_interval=null"]
+        argv = [*study.overrides, *extra, *every_position, "--judge", str(n), "--cfg-scale", str(scale),
+                "--out", str(out)]
         result[label] = read_or_judge(out / "judge.json", argv)
     return result
 
