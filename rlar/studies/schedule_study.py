@@ -20,7 +20,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from rlar.config.store import compose_config  # noqa: E402
@@ -45,21 +44,26 @@ def seed_config(overrides: list[str], seed: int):
 
 
 def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int, dict[str, float]]:
-    """``{N: {metric: value}}``: the prior decoded with the fixed arccos schedule in N steps."""
+    """``{N: {metric: value}}``: the prior decoded with the fixed arccos schedule in N steps, on the device and at
+    the precision of ``hardware`` (as the learned schedule's runs)."""
     cfg = seed_config(overrides, seed)
-    torch.set_num_threads(cfg.hardware.num_threads or torch.get_num_threads())
+    hw = instantiate(cfg.hardware)
+    hw.setup()
+    device = hw.torch_device
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     prior = instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))
-    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, "cpu")
+    tokenizer, prior = tokenizer.to(device), prior.to(device)
+    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
     sampling = evaluation_sampling(cfg.rollout, prior.block_size)
     points = {}
     with closing(build_reward(cfg, data)) as reward:  # a remote reward closes its client
         for n in steps:
             prior.decoding = {**prior.decoding, "num_iter": n, "schedule": "arccos"}
-            result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, "cpu", None, eval_model)
+            result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, device, hw.autocast, eval_model)
             points[n] = {k: result[k] for k in METRICS}
             print(f"seed {seed} fixed arccos {n} steps: {points[n]}", flush=True)
+    hw.teardown()
     return points
 
 
