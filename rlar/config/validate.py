@@ -429,6 +429,10 @@ def check_learned_schedule(cfg: DictConfig) -> None:
         if value:
             raise ConfigError(f"{key}={value}: rollout.mode=schedule keeps the generator frozen and its actions are "
                               f"schedules, not tokens; set {key} to 0/false (or use rollout.mode=parallel)")
+    if a.get("old_logprobs") == "recompute":
+        raise ConfigError("algorithm.old_logprobs=recompute re-scores the generator's tokens, and "
+                          "rollout.mode=schedule scores schedules with its own small network (no KV cache to differ "
+                          "from); set algorithm.old_logprobs=auto")
     if cfg.hardware.strategy != "none":
         raise ConfigError(f"rollout.mode=schedule runs on one process; got hardware.strategy="
                           f"{cfg.hardware.strategy!r}, use hardware=cpu or hardware=cuda")
