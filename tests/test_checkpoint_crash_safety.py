@@ -1,6 +1,7 @@
 """Checkpoints under attack and under crashes: a crafted DCP ``.metadata`` is refused without running its code; a
 save that dies at any step, or on a full disk, leaves a checkpoint whose record and weights agree."""
 
+import builtins
 import errno
 import os
 import pickle
@@ -88,7 +89,9 @@ def always(arg):
 
 
 def a_file(arg):
-    return isinstance(arg, (str, os.PathLike))
+    """A path, or a file on disk open for writing (the record's torch.save writes through one), not DCP's
+    in-memory buffers."""
+    return isinstance(arg, (str, os.PathLike)) or isinstance(getattr(arg, "name", None), str)
 
 
 def the_old_shards(arg):
@@ -127,7 +130,7 @@ def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, 
 
     def full(obj, f, *args, **kwargs):  # the record's file, or DCP's shards' bytes
         if a_file(f):
-            open(f, "wb").write(b"partial")
+            (f if hasattr(f, "write") else open(f, "wb")).write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(atomic_files.torch, "save", full)
@@ -187,3 +190,14 @@ def test_a_save_before_the_first_update_leaves_the_optimizer_fresh(tmp_path, fmt
     assert torch.equal(again_modules["policy"].weight, never_saved)
     if fmt == "sharded":
         assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last_sharded.1"]
+
+
+def test_a_really_full_disk_is_an_oserror_naming_the_space_needed(tmp_path, monkeypatch):
+    weight = saved(tmp_path, "consolidated", 1, seed=1)
+    monkeypatch.setattr(atomic_files, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    with pytest.raises(OSError, match=rf"no space left .* {re.escape(str(tmp_path))}: it needs about [0-9,]+ bytes"):
+        saved(tmp_path, "consolidated", 2, seed=2)  # torch.save to a path would raise a RuntimeError here
+    monkeypatch.undo()
+    iteration, loaded_weight, _ = loaded(tmp_path, "consolidated")
+    assert iteration == 1 and torch.equal(loaded_weight, weight)
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]

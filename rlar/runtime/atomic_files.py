@@ -10,12 +10,15 @@ import torch
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file. Written through a
+    Python file, so a full disk raises ``OSError`` (ENOSPC), where ``torch.save`` to a path raises a
+    ``RuntimeError`` from its C++ writer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
