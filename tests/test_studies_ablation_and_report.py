@@ -2,7 +2,9 @@
 per setting), reports numbers equal to its runs' summaries, and reuses its finished runs when run again."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -399,3 +401,32 @@ def test_the_prior_is_judged_anew_when_the_config_it_is_judged_under_changes(tmp
     study.overrides = ["train.iterations=5", "eval.samples_per_item=2"]  # as when an experiment's default changes
     prior_judgements(study, 2, tmp_path)
     assert len(judged) == 3 and len({argv[argv.index("--out") + 1] for argv in judged}) == 3
+
+
+SAVES_ON_SIGINT = """
+import signal, sys, time
+stop = []
+signal.signal(signal.SIGINT, lambda *_: stop.append(1))  # as a run does: finish the step, save, then stop
+print("ready", flush=True)
+while not stop:
+    time.sleep(0.01)
+time.sleep(1.0)  # the step and the save, longer than subprocess.run's quarter of a second
+open(sys.argv[1], "w").write("saved")
+"""
+
+PARENT = """
+import sys
+from rlar.studies.ablation import run_until_it_stops
+run_until_it_stops([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+"""
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_during_a_study_waits_for_the_run_to_save(tmp_path):
+    saved = tmp_path / "saved"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, SAVES_ON_SIGINT, str(saved)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert parent.stdout.readline().strip() == "ready"
+    os.killpg(parent.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+    _, err = parent.communicate(timeout=60)
+    assert saved.read_text() == "saved" and "KeyboardInterrupt" in err

@@ -31,7 +31,26 @@ def run_sweeps(study: Study, extra: list[str] = (), outputs: str | Path = "outpu
     """Run every setting's multirun, one after the other; stops at the first failing one."""
     for cmd in sweep_commands(study, extra, outputs):
         print("+", shlex.join(["python", *cmd[1:]]), flush=True)
-        subprocess.run(cmd, check=True)
+        run_until_it_stops(cmd)
+
+
+def run_until_it_stops(cmd: list[str]) -> None:
+    """``subprocess.run(cmd, check=True)``, but a Ctrl-C, which the run receives too and answers by saving at the end
+    of its step, waits for the run to stop instead of killing it (``subprocess.run`` kills it a quarter of a second
+    later, before it has saved); a second Ctrl-C kills it."""
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        print("interrupted: the run saves at the end of its step, then stops (Ctrl-C again kills it)", flush=True)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
