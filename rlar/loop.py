@@ -91,6 +91,8 @@ def train(run: Run) -> dict:
         if not summary:  # a fresh run
             summary = evaluate_prior(run)
             stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
+        elif summary.get("pending_evaluation") is not None:  # saved when its evaluation failed
+            evaluate_into(run, summary, summary["pending_evaluation"])
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
         batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)
         warm_up(run, batches, summary, warmed, stop)
@@ -118,13 +120,31 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
         progress.set_postfix({key: f"{metrics[key]:.4g}" for key in shown if key in metrics})
         if step % run.cfg.eval.every == 0 or step == t.iterations:
-            result = evaluation(run)
-            summary["history"].append({"iteration": step, **result})
-            run.logger.scalars(result, step)
+            evaluate_into(run, summary, step)
         due = step % t.checkpoint_every == 0 or step == t.iterations
         if due:
             save(run, step, summary, t.warmup_steps)
         stop_if_requested(run, stop, summary, step, t.warmup_steps, f"iteration {step}", saved=due)
+
+
+def evaluate_into(run: Run, summary: dict, step: int) -> None:
+    """The evaluation after iteration ``step``, into the summary's history and the logger. On one process, a failing
+    evaluation first saves the run as it is, the evaluation marked pending (``summary["pending_evaluation"]``): the
+    iterations since the last checkpoint are kept, and the same command evaluates first when it resumes. (Under
+    torchrun one rank's error would leave a save, a collective, waiting for the others: the last checkpoint
+    stands.)"""
+    try:
+        result = evaluation(run)
+    except Exception:
+        if distributed.world_size() == 1:
+            summary["pending_evaluation"] = step
+            save(run, step, summary, run.cfg.train.warmup_steps)
+            log.error("the evaluation after iteration %d failed; the run is saved as it is after it in %s, and the "
+                      "same command evaluates it first when it resumes", step, run.checkpointer.record_path)
+        raise
+    summary.pop("pending_evaluation", None)
+    summary["history"].append({"iteration": step, **result})
+    run.logger.scalars(result, step)
 
 
 def stop_if_requested(run: Run, stop: StopRequest, summary: dict, iteration: int, warmed: int, after: str,

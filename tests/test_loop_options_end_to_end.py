@@ -154,3 +154,26 @@ def test_the_warm_up_runs_at_the_run_s_precision_and_clips_as_the_update_does(ti
                           "train.max_grad_norm=0.5"])
     assert math.isfinite(train_rl_loop(cfg, tmp_path)["warmup_ce"])
     assert under_autocast == [True, True] and clipped == [0.5, 0.5]  # the two warm-up steps (the update: its own)
+
+
+@pytest.mark.slow  # three short runs
+def test_a_failed_evaluation_saves_the_run_and_the_same_command_evaluates_it_first(tiny, tmp_path, monkeypatch):
+    overrides = [*tiny, "train.iterations=2", "eval.every=1", "train.checkpoint_every=100"]  # saved at 2 only
+    straight = train_rl_loop(compose_config(overrides), tmp_path / "straight")
+    calls, evaluation = [], loop.evaluation
+
+    def failing_after_iteration_1(run):
+        calls.append(1)
+        if len(calls) == 2:  # the prior's, then iteration 1's
+            raise ConnectionError("the reward server went away")
+        return evaluation(run)
+
+    monkeypatch.setattr(loop, "evaluation", failing_after_iteration_1)
+    with pytest.raises(ConnectionError):
+        train_rl_loop(compose_config(overrides), tmp_path / "failed")
+    record = torch.load(tmp_path / "failed" / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 1 and record["summary"]["pending_evaluation"] == 1
+    monkeypatch.setattr(loop, "evaluation", evaluation)
+    resumed = train_rl_loop(compose_config(overrides), tmp_path / "failed")
+    assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed
+    assert resumed["history"] == straight["history"]  # the same evaluations, iteration 1's made when it resumed
