@@ -13,6 +13,7 @@ from rlar.reward.reconstruction import ReconstructionReward
 from rlar.reward.remote import client as remote_client
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.client import RemoteReward
+from rlar.reward.remote.wire import decode_scores
 
 
 class Broken:
@@ -90,3 +91,38 @@ def test_servers_failing_alike_on_every_try_are_tried_to_the_retry_limit(serve):
     reward = serve({"p1": BadGateway(), "p2": BadGateway()}, chunk_size=8, retries=3)
     assert reward(images(8), images(8))[0].isnan().all()
     assert reward.metrics()["reward/remote_retries"] == 3  # not given up after two alike answers
+
+
+@pytest.mark.parametrize(("scores", "got"), [([[1.0], [2.0]], "got a list among them"),
+                                             ([{"score": 1.0}, 2.0], "got a dict among them"),
+                                             ([1.0, True], "got a bool among them"),
+                                             (["1.0", 2.0], "got a str among them"),
+                                             ([10**400, 1.0], "an integer too large for a float"),
+                                             ({"0": 1.0, "1": 2.0}, "list of 2 numbers, got dict")])
+def test_a_response_with_scores_that_are_not_numbers_is_a_value_error_naming_what_came(scores, got):
+    with pytest.raises(ValueError, match=f"response scores .*{got}"):
+        decode_scores({"scores": scores}, 2)
+    with pytest.raises(ValueError, match=f"response component 'l2' .*{got}"):
+        decode_scores({"scores": [1.0, None], "components": {"l2": scores}}, 2)
+
+
+class NestedScores:
+    """A server answering each score as a one-item list: healthy, and a 200 the client cannot read."""
+
+    def request(self, method, path, content=None):
+        if path == "/health":
+            return httpx.Response(200, json={"ready": True})
+        return httpx.Response(200, json={"scores": [[1.0]] * 4, "components": {}})
+
+
+def test_a_server_answering_scores_that_are_not_numbers_is_logged_and_its_chunks_scored_elsewhere_or_masked(serve,
+                                                                                                          caplog):
+    reward = serve({"nested": NestedScores(), "good": ReconstructionReward("l2")}, chunk_size=4)
+    with caplog.at_level(logging.WARNING, logger="rlar.reward.remote"):
+        assert reward(images(8), images(8))[0].isfinite().all()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("reward server http://nested: /score: malformed response: response scores must hold "
+                              "numbers or nulls, got a list among them")
+    alone = serve({"nested": NestedScores()}, chunk_size=4, retries=1)
+    assert alone(images(8), images(8))[0].isnan().all()  # no server scored them: masked, not a crash
+    assert alone.metrics()["reward/remote_failed_items"] == 8

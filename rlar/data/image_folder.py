@@ -81,7 +81,16 @@ class SidecarCaptions:
 
     def __getitem__(self, i: int) -> str:
         path, _ = self.files[int(i)]
-        return path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        return read_caption(path.with_suffix(".txt"))
+
+
+def read_caption(path: Path) -> str:
+    """The UTF-8 text of the caption file ``path``, surrounding whitespace stripped; else an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.captions=sidecar: caption file '{path}' is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start}); re-save it as UTF-8") from None
 
 
 def file_size(path: Path) -> int:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlar.eval.evaluate import JUDGE_METRICS, evaluate_under
 from rlar.eval.model.scorer import build_eval_model
+from rlar.runtime.atomic_files import atomic_write_text
 from rlar.runtime.cache import spec_key
 
 
@@ -63,10 +64,10 @@ def judgement_dir(base: str | Path, cfg: DictConfig, cfg_scale: float, temperatu
 
 
 def write_judgement(out: Path, metrics: dict, settings: dict) -> Path:
-    """``out/judge.json`` (the settings and the metrics); prints one line per metric."""
+    """``out/judge.json`` (the settings and the metrics), written atomically; prints one line per metric."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "judge.json"
-    path.write_text(json.dumps({**settings, "metrics": metrics}, indent=2))
+    atomic_write_text(path, json.dumps({**settings, "metrics": metrics}, indent=2))  # whole, or the old one
     for name, m in metrics.items():
         print(f"{name} {m['mean']:.4g} ± {m['std']:.2g} over {len(m['values'])} eval seeds "
               f"({' '.join(f'{v:.4g}' for v in m['values'])})")

@@ -12,6 +12,7 @@ and the command line's), so that a change to an experiment's defaults or the thr
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,17 +26,33 @@ from rlar.export import export_runs, run_policy_weights
 from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
 
+log = logging.getLogger(__name__)
 Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as judge.json holds it
 
 
 def read_or_judge(path: Path, argv: list[str], weights: Path | None = None) -> Judgement:
     """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there, lacks
-    one of ``JUDGE_METRICS`` or is older than ``weights`` (the file of the weights it judges)."""
-    judgement = json.loads(path.read_text())["metrics"] if is_current(path, weights) else {}
+    one of ``JUDGE_METRICS``, is unreadable or is older than ``weights`` (the file of the weights it judges)."""
+    judgement = read_judgement(path) if is_current(path, weights) else {}
     if not has_every_metric(judgement):
         run_command(argv)
         judgement = json.loads(path.read_text())["metrics"]
     return judgement
+
+
+def read_judgement(path: Path) -> Judgement:
+    """The metrics of ``path`` (a ``judge.json``); ``{}`` (judge again), with a warning naming it, when it is not a
+    JSON object holding a ``"metrics"`` object (as a judge stopped while writing it leaves it)."""
+    try:
+        judgement = json.loads(path.read_text())
+    except ValueError as e:  # half written, or not UTF-8
+        reason = f"not JSON: {e}"
+    else:
+        if isinstance(judgement, dict) and isinstance(judgement.get("metrics"), dict):
+            return judgement["metrics"]
+        reason = 'no "metrics" object'
+    log.warning("judgement %s is unreadable (%s): judging again", path, reason)
+    return {}
 
 
 def is_current(path: Path, weights: Path | None) -> bool:

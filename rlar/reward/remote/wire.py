@@ -99,10 +99,23 @@ def encode_scores(scores: torch.Tensor, components: dict[str, torch.Tensor]) -> 
 
 
 def from_json_floats(values, n: int, what: str) -> torch.Tensor:
-    """A JSON list of ``n`` floats or nulls -> float32 ``[n]`` (null -> NaN); ``ValueError`` if it is not one."""
+    """A JSON list of ``n`` numbers or nulls -> float32 ``[n]`` (null -> NaN); ``ValueError`` naming what came instead
+    if it is not one (the kind of a bad item, not its value: the warning is logged once per distinct reason)."""
     if not isinstance(values, list) or len(values) != n:
-        raise ValueError(f"response {what} must be a list of {n} numbers")
-    return torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+        got = f"a list of {len(values)}" if isinstance(values, list) else type(values).__name__
+        raise ValueError(f"response {what} must be a list of {n} numbers, got {got}")
+    bad = next((v for v in values if v is not None and not is_number(v)), None)
+    if bad is not None:
+        raise ValueError(f"response {what} must hold numbers or nulls, got a {type(bad).__name__} among them")
+    try:
+        return torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+    except OverflowError:
+        raise ValueError(f"response {what} holds an integer too large for a float") from None
+
+
+def is_number(value) -> bool:
+    """Whether a JSON value is a number (``true``/``false`` are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def decode_scores(payload, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

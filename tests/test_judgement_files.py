@@ -1,0 +1,51 @@
+"""A judgement (``judge.json``) is written whole or not at all, and one left unreadable (half written by a judge
+stopped before writes were atomic, or edited by hand) is judged again with a warning naming it."""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from rlar.eval.evaluate import JUDGE_METRICS
+from rlar.eval.rejudge import write_judgement
+from rlar.studies.judged import read_or_judge
+
+METRICS = {f"eval/{m}": {"mean": 2.0, "std": 0.5, "values": [1.5, 2.5]} for m in JUDGE_METRICS}
+
+
+@pytest.mark.parametrize("text", ['{"metrics": {"eval/fd": {"mean": 1.', '{"seeds": [7, 8]}', '[1, 2]',
+                                  '{"metrics": [1, 2]}'])
+def test_an_unreadable_judgement_newer_than_the_weights_is_judged_again_with_a_warning_naming_it(
+        tmp_path, monkeypatch, caplog, text):
+    weights, path = tmp_path / "last.pt", tmp_path / "judge" / "judge.json"
+    weights.write_bytes(b"weights")
+    os.utime(weights, ns=(1_000, 1_000))
+    path.parent.mkdir()
+    path.write_text(text)
+    os.utime(path, ns=(2_000, 2_000))  # written after the weights: current, were it readable
+    calls = []
+    monkeypatch.setattr("rlar.studies.judged.run_command",
+                        lambda argv: calls.append(argv) or write_judgement(path.parent, METRICS, {"seeds": [7, 8]}))
+    with caplog.at_level(logging.WARNING, logger="rlar.studies.judged"):
+        assert read_or_judge(path, ["run", "--judge", "2"], weights) == METRICS
+    assert calls == [["run", "--judge", "2"]]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"judgement {path} is unreadable (") and warning.endswith("): judging again")
+    assert read_or_judge(path, ["run", "--judge", "2"], weights) == METRICS and len(calls) == 1  # now read
+
+
+def test_a_judgement_interrupted_while_written_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    out = tmp_path / "judge"
+    write_judgement(out, METRICS, {"seeds": [7, 8]})
+    old = (out / "judge.json").read_text()
+    real_write_text = Path.write_text
+
+    def interrupted(self, text, *args, **kwargs):  # half the text written, then the job is stopped
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_judgement(out, {m: {**v, "mean": 3.0} for m, v in METRICS.items()}, {"seeds": [7, 8]})
+    assert (out / "judge.json").read_text() == old and os.listdir(out) == ["judge.json"]  # no temporary file left
