@@ -13,7 +13,7 @@ import rlar.data.stored
 from rlar.data.batches import holdout_split
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
-from rlar.eval.image_arrays import split_uint8, to_uint8_hwc
+from rlar.eval.image_arrays import split_uint8, subset_positions, to_uint8_hwc
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.reward.classifier import LazyClassifier, classifier_features
 
@@ -113,14 +113,16 @@ def test_a_process_decodes_only_its_share_of_each_batch(sources, decoded):
     assert torch.equal(labels, whole_labels) and torch.equal(idx, whole_idx)  # labels and indices stay whole
 
 
-def test_the_first_train_images_of_a_reference_are_the_only_ones_decoded(sources, decoded):
+def test_the_train_images_of_a_reference_are_the_only_ones_decoded(sources, decoded):
     _, kwargs, _ = sources["image_folder"]
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     whole = to_uint8_hwc(data.train_images)  # [N, 32, 32, 3]
     decoded.clear()
-    assert np.array_equal(split_uint8(data, "train", 5), whole[:5]) and len(decoded) == 5
+    train_rows = subset_positions(len(whole), 5).numpy()  # [5]
+    assert np.array_equal(split_uint8(data, "train", 5), whole[train_rows]) and len(decoded) == 5
     assert np.array_equal(split_uint8(data, "train", None), whole)
-    assert np.array_equal(split_uint8(data, "eval", 3), to_uint8_hwc(data.eval_images[:3]))
+    eval_rows = subset_positions(len(data.eval_labels), 3).numpy()  # [3]
+    assert np.array_equal(split_uint8(data, "eval", 3), to_uint8_hwc(data.eval_images)[eval_rows])
 
 
 def test_a_train_split_larger_than_memory_is_refused_before_decoding(sources, monkeypatch):

@@ -43,7 +43,7 @@ def digits(features):
 @pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save", "ignore:std\\(\\)")
 def test_fid_and_is_match_torchmetrics_on_the_same_images(digits, inception_weights):
     samples, reference, (pool, logits), (reference_pool, _) = digits
-    ours = inception_metrics(pool, logits, reference_pool, is_splits=1)
+    ours = inception_metrics(pool, logits, reference_pool)  # 4 samples: one split, as torchmetrics splits=1
 
     # torchmetrics, with torch-fidelity's resize (antialias=False) and the same weights file
     fid = FrechetInceptionDistance(feature_extractor_weights_path=str(inception_weights), antialias=False)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.generate import class_balanced_labels, generate_uint8
-from rlar.eval.image_arrays import read_images, split_uint8, write_grid, write_npz
+from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, settings_key, write_judgement
@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
-    p.add_argument("--max-images", type=int, help="--make-reference: the split's first MAX_IMAGES images only")
+    p.add_argument("--max-images", type=int, help="--make-reference: a fixed random subset of MAX_IMAGES images of "
+                   "the split (every class its share)")
     return p
 
 
@@ -183,7 +184,7 @@ def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
 
 
 def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
-    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (the first ``max_images``)."""
+    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (a fixed random subset of ``max_images``)."""
     images = split_uint8(instantiate(cfg.data), split, max_images)  # [N, H, W, 3]
     path = write_npz(out, images)
     write_grid(path.with_suffix(".png"), images)
@@ -194,9 +195,13 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     """Sample the policy (``judged``: :func:`judged_weights`), write ``samples.npz`` and ``samples.png``, and (unless
     ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base`` (named by the
     readable ones and :func:`settings_key` of the config and the reference: the samples depend on ``eval.batch_size``
-    too, each batch drawing the stream's next numbers)."""
+    too, each batch drawing the stream's next numbers). The reference is read (and so checked) before any sampling;
+    FID compares with its ``mu`` and ``sigma`` where it is an ADM reference batch that has them."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, judged["run"])
+    if not opts.samples_only:
+        reference = read_images(opts.reference) if opts.reference else split_uint8(data, "eval")  # [M, H, W, 3]
+        reference_fit = read_fit(opts.reference) if opts.reference else None
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
@@ -211,18 +216,20 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
           f"grid {out / 'samples.png'}")
     if opts.samples_only:
         return {}
-    reference = read_images(opts.reference) if opts.reference else split_uint8(data, "eval")
     features = InceptionFeatures(weights, device, batch_size)
     pool, logits = features(samples)
-    metrics = inception_metrics(pool, logits, features(reference)[0])
+    metrics = inception_metrics(pool, logits, features(reference)[0], reference_fit)
     record = {**metrics, **judged, "num_samples": len(samples), "num_reference": len(reference),
               "reference": (str(Path(opts.reference).expanduser().absolute()) if opts.reference
-                            else f"held-out split of data ({cfg.data._target_})"), "cfg_scale": scale,
+                            else f"held-out split of data ({cfg.data._target_})"),
+              "fid_reference": (f"mu/sigma of {Path(opts.reference).name}" if reference_fit
+                                else f"features of {len(reference)} images"), "cfg_scale": scale,
               "temperature": temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p, "seed": seed,
               "inception_weights": str(weights)}
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "
           f"density {metrics['density']:.4g}  coverage {metrics['coverage']:.4g}  "
-          f"({len(samples)} samples vs {len(reference)} reference images) -> {out / 'metrics.json'}")
+          f"({len(samples)} samples vs {len(reference)} reference images; FID vs {record['fid_reference']}) -> "
+          f"{out / 'metrics.json'}")
     return record

@@ -1,5 +1,5 @@
-"""Sample sets as arrays: uint8 ``[N, H, W, 3]`` images, ADM-style ``.npz`` files (key ``arr_0``), image folders
-and a PNG grid."""
+"""Sample sets as arrays: uint8 ``[N, H, W, 3]`` images, ADM-style ``.npz`` files (key ``arr_0``; a reference batch's
+FID statistics ``mu`` and ``sigma``), image folders and a PNG grid."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torchvision.utils import make_grid
 
 from rlar.data.batches import ImageData
 from rlar.data.decode import DECODE_BATCH, to_8bit
-from rlar.data.on_access import chunks
 
+SUBSET_SEED = 0  # the fixed random subset of a split that split_uint8 reads for max_images
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -43,14 +43,25 @@ def stacked_uint8(batches: Iterable[torch.Tensor], count: int) -> np.ndarray:
 
 
 def split_uint8(data: ImageData, split: str, max_images: int | None = None) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]``: the first ``max_images`` images (None: all) of ``data``'s ``split`` (``train`` or
-    ``eval``), converted a chunk at a time (the train split decoded only as far as asked)."""
+    """uint8 ``[N, H, W, 3]`` of ``data``'s ``split`` (``train`` or ``eval``): all of it, or where it has more than
+    ``max_images`` images the fixed random subset :func:`subset_positions` of them (in split order), converted a
+    chunk at a time (the train split decoded only as far as asked)."""
     size = len(data.train_labels if split == "train" else data.eval_labels)
-    count = min(size, max_images or size)
-    positions = chunks(count, DECODE_BATCH)
-    batches = (data.train_batches(positions) if split == "train"
-               else (data.eval_images_of(slice(int(p[0]), int(p[-1]) + 1)) for p in positions))
-    return stacked_uint8(batches, count)
+    positions = subset_positions(size, max_images)  # [N]
+    whole = len(positions) == size  # consecutive positions: eval chunks read as slices (views)
+    index_batches = list(positions.split(DECODE_BATCH))
+    batches = (data.train_batches(index_batches) if split == "train"
+               else (data.eval_images_of(slice(int(p[0]), int(p[-1]) + 1) if whole else p) for p in index_batches))
+    return stacked_uint8(batches, len(positions))
+
+
+def subset_positions(size: int, max_images: int | None) -> torch.Tensor:
+    """Positions ``[M]`` of a split of ``size`` images: all of them (None, or ``max_images >= size``), else
+    ``max_images`` drawn without replacement under seed ``SUBSET_SEED`` and sorted, the same on every call; a split
+    listed class by class (an image folder) so gives every class its share rather than the first classes only."""
+    if max_images is None or max_images >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:max_images].sort().values
 
 
 def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:
@@ -83,6 +94,24 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
         images = archive["arr_0"]
     check_layout(images, str(path))
     return images
+
+
+def read_fit(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The FID statistics an ADM reference batch ``.npz`` carries besides ``arr_0``: ``(mu [F], sigma [F, F])`` in
+    float64 (a Gaussian fit of the Inception pool features of a whole training set), which ADM's evaluator's FID
+    compares with instead of the fit of ``arr_0``'s features; None for a folder or an ``.npz`` without them."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        if "mu" not in archive and "sigma" not in archive:
+            return None
+        if "mu" not in archive or "sigma" not in archive:
+            raise ValueError(f"{path}: an ADM reference batch has both 'mu' and 'sigma' (found {list(archive.keys())})")
+        mu, sigma = archive["mu"], archive["sigma"]
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{path}: expected mu [F] and sigma [F, F], got {mu.shape} and {sigma.shape}")
+    return torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
 
 
 def read_folder(root: Path) -> np.ndarray:

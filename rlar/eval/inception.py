@@ -11,6 +11,7 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from rlar.runtime.cache import cache_root
+from rlar.tokenizer.frozen import without_tf32
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURES = ("2048", "logits_unbiased")  # pool features (FID, precision/recall) [N, 2048]; logits (IS) [N, 1008]
@@ -59,11 +60,13 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(pool [N, 2048], logits [N, 1008])`` fp32 on the CPU of ``images`` uint8 ``[N, H, W, 3]``."""
+        """``(pool [N, 2048], logits [N, 1008])`` fp32 on the CPU of ``images`` uint8 ``[N, H, W, 3]``; on CUDA without
+        TF32 (full fp32 matmuls and convolutions, as TensorFlow's and ADM's evaluators compute)."""
         pools, logits = [], []
-        for chunk in np.array_split(images, max(1, -(-len(images) // self.batch_size))):
-            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(self.device)  # [b, 3, H, W] uint8
-            pool, logit = self.net(x)
-            pools.append(pool.float().cpu())
-            logits.append(logit.float().cpu())
+        with without_tf32(torch.device(self.device)):
+            for chunk in np.array_split(images, max(1, -(-len(images) // self.batch_size))):
+                x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(self.device)  # [b, 3, H, W] uint8
+                pool, logit = self.net(x)
+                pools.append(pool.float().cpu())
+                logits.append(logit.float().cpu())
         return torch.cat(pools), torch.cat(logits)

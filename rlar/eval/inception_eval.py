@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from rlar.contracts import Policy, Tokenizer
 from rlar.data.batches import ImageData
 from rlar.eval.generate import class_balanced_labels, generate_uint8
-from rlar.eval.image_arrays import read_images, split_uint8
+from rlar.eval.image_arrays import read_fit, read_images, split_uint8
 from rlar.eval.inception import InceptionFeatures, default_weights_path
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.eval.model.frechet import gaussian_fit
@@ -22,12 +22,14 @@ INCEPTION_METRICS = ("fid", "is", "precision", "recall", "density", "coverage") 
 
 class InceptionEval:
     """``num_samples`` samples, labels ``0..num_classes-1`` in turn, scored against ``reference`` uint8
-    ``[M, H, W, 3]`` (its features computed once, here). Under torchrun each rank samples its share."""
+    ``[M, H, W, 3]`` (its features computed once, here; FID against ``reference_fit``, an ADM reference batch's
+    ``mu`` and ``sigma``, where given, else the fit of those features). Under torchrun each rank samples its share."""
 
-    def __init__(self, features: InceptionFeatures, reference: np.ndarray, num_samples: int, num_classes: int):
+    def __init__(self, features: InceptionFeatures, reference: np.ndarray, num_samples: int, num_classes: int,
+                 reference_fit: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.features, self.num_samples, self.num_classes = features, num_samples, num_classes
         self.reference_pool = features(reference)[0]  # [M, 2048]
-        self.reference_fit = gaussian_fit(self.reference_pool)  # mean [2048], covariance [2048, 2048]
+        self.reference_fit = reference_fit or gaussian_fit(self.reference_pool)  # mean [2048], covariance [2048, 2048]
         self.reference_radii = real_balls(self.reference_pool)  # [M] or None: density's and coverage's balls
 
     def __call__(self, policy: Policy, tokenizer: Tokenizer, sampling: dict, batch_size: int, seed: int, device,
@@ -51,8 +53,9 @@ class InceptionEval:
 def build_inception_eval(data: ImageData, inception_cfg: DictConfig, cache_dir: str | None, batch_size: int,
                          device) -> InceptionEval:
     """The ``eval.inception`` evaluation: the weights file (default under the cache dir), the reference images (an
-    ``.npz`` or a folder; default: the held-out split)."""
+    ``.npz``, whose ``mu`` and ``sigma`` FID uses where it has them, or a folder; default: the held-out split)."""
     features = InceptionFeatures(inception_cfg.weights or default_weights_path(cache_dir), device, batch_size)
-    reference = (read_images(inception_cfg.reference) if inception_cfg.reference
-                 else split_uint8(data, "eval"))
-    return InceptionEval(features, reference, inception_cfg.num_samples, data.num_classes)
+    if not inception_cfg.reference:
+        return InceptionEval(features, split_uint8(data, "eval"), inception_cfg.num_samples, data.num_classes)
+    return InceptionEval(features, read_images(inception_cfg.reference), inception_cfg.num_samples,
+                         data.num_classes, read_fit(inception_cfg.reference))

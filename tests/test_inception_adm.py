@@ -1,0 +1,148 @@
+"""rlar's Inception metrics as ADM's evaluator (openai/guided-diffusion evaluations/evaluator.py) computes them: IS
+over consecutive splits of 5,000 samples, FID against a reference batch's stored ``mu`` and ``sigma``, a reference
+read before any sampling, and ``--make-reference``'s fixed random subset of a split. The policy, the sampler and
+the Inception network are stand-ins."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy import linalg
+
+import rlar.eval.inception_eval as inception_eval
+from rlar.eval import cli
+from rlar.eval.image_arrays import split_uint8, to_uint8_hwc
+from rlar.eval.inception_metrics import inception_metrics
+
+
+def adm_inception_score(logits: np.ndarray, split_size: int = 5000) -> tuple[float, float]:
+    """ADM's ``compute_inception_score`` (in float64, on the softmax of ``logits [N, C]``), and the std of its split
+    scores."""
+    preds = np.exp(logits - logits.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def adm_fid(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """ADM's ``FIDStatistics.frechet_distance`` between the fit of ``features [N, F]`` and ``(mu, sigma)``."""
+    mu1, sigma1 = features.mean(0), np.cov(features, rowvar=False)
+    covmean = linalg.sqrtm(sigma1.dot(sigma)).real
+    return float((mu1 - mu).dot(mu1 - mu) + np.trace(sigma1) + np.trace(sigma) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("n", [4000, 10_000, 15_000])  # 1 split; 2 and 3 of 5,000 (ADM's 50,000: 10)
+def test_inception_score_takes_adm_splits_of_5000_in_order(n):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, 100, generator=g)  # [n, 100]
+    logits[: n // 2] += 12 * torch.nn.functional.one_hot(torch.arange(n // 2) % 40, 100)  # confident first half
+    expected_mean, expected_std = adm_inception_score(logits.double().numpy())
+    metrics = inception_metrics(torch.randn(n, 3, generator=g), logits, torch.randn(8, 3, generator=g))
+    assert (metrics["is"], metrics["is_std"]) == pytest.approx((expected_mean, expected_std), rel=1e-9)
+
+
+def pool_of(images: np.ndarray) -> torch.Tensor:
+    """The stand-in network's pool features ``[n, 6]``: the RGB values of each image's first two pixels."""
+    return torch.from_numpy(images).flatten(1)[:, :6].double() / 255
+
+
+def logits_of(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).flatten(1)[:, 6:16].double() / 64  # [n, 10]
+
+
+@pytest.fixture
+def stand_ins(monkeypatch, tmp_path):
+    """Stand-in models, sampler (random RGB images) and Inception network (:func:`pool_of`, :func:`logits_of`), in
+    ``tmp_path`` as the working folder; returns the sampler's calls."""
+    monkeypatch.chdir(tmp_path)
+    Path("last.pt").write_bytes(b"")
+    Path("inception.pth").write_bytes(b"")
+    images = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [24, 1, 8, 8]
+    data = SimpleNamespace(num_classes=10, eval_labels=torch.zeros(24), eval_images_of=lambda items: images[items])
+    monkeypatch.setattr(cli, "build_models", lambda cfg, device, run_dir: (data, None, SimpleNamespace(block_size=4)))
+    sampled = []
+
+    def generate(policy, tokenizer, labels, *rest):
+        sampled.append(len(labels))
+        return to_uint8_hwc(torch.rand(len(labels), 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+
+    monkeypatch.setattr(cli, "generate_uint8", generate)
+    monkeypatch.setattr(cli, "InceptionFeatures", lambda *args: lambda x: (pool_of(x), logits_of(x)))
+    monkeypatch.setattr(inception_eval, "InceptionFeatures", lambda *args: lambda x: (pool_of(x), logits_of(x)))
+    return sampled
+
+
+def score(reference: str, out: str) -> dict:
+    return cli.run_command(["policy.checkpoint=last.pt", "--num-samples", "12", "--inception-weights",
+                            "inception.pth", "--reference", reference, "--out", out])
+
+
+def test_fid_uses_a_reference_batchs_mu_and_sigma_and_the_other_metrics_its_images(stand_ins):
+    arr_0 = to_uint8_hwc(torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    mu, sigma = np.full(6, 0.9), np.diag(np.linspace(0.01, 0.06, 6))  # far from arr_0's features (mean ~0.5)
+    np.savez("adm.npz", arr_0=arr_0, mu=mu, sigma=sigma)
+    np.savez("plain.npz", arr_0=arr_0)
+    record = score("adm.npz", "with_fit")
+    with np.load("with_fit/samples.npz") as archive:
+        samples = archive["arr_0"]
+    pool = pool_of(samples).numpy()  # [12, 6]
+
+    assert record["fid"] == pytest.approx(adm_fid(pool, mu, sigma), rel=1e-6)
+    assert record["fid_reference"] == "mu/sigma of adm.npz" and record["num_reference"] == 10
+    of_images = inception_metrics(pool_of(samples), logits_of(samples), pool_of(arr_0))
+    for name in ("precision", "recall", "density", "coverage"):  # of arr_0's features
+        assert record[name] == pytest.approx(of_images[name])
+    assert json.loads(Path("with_fit/metrics.json").read_text())["fid_reference"] == "mu/sigma of adm.npz"
+
+    plain = score("plain.npz", "without_fit")
+    reference_pool = pool_of(arr_0).numpy()
+    assert plain["fid"] == pytest.approx(adm_fid(pool, reference_pool.mean(0), np.cov(reference_pool, rowvar=False)),
+                                         rel=1e-6)
+    assert plain["fid"] < record["fid"] / 2 and plain["fid_reference"] == "features of 10 images"
+
+
+def test_the_training_evaluation_compares_with_the_reference_batchs_mu_and_sigma(stand_ins):
+    mu, sigma = np.full(6, 0.9), np.eye(6) / 50
+    np.savez("adm.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=mu, sigma=sigma)
+    config = OmegaConf.create({"weights": "inception.pth", "reference": "adm.npz", "num_samples": 4})
+    built = inception_eval.build_inception_eval(SimpleNamespace(num_classes=2), config, None, 4, "cpu")
+    assert torch.equal(built.reference_fit[0], torch.from_numpy(mu))
+    assert torch.equal(built.reference_fit[1], torch.from_numpy(sigma))
+
+
+@pytest.mark.parametrize("arrays,error", [
+    (None, FileNotFoundError),  # no file
+    ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, ValueError),  # no arr_0
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6)}, ValueError),  # mu without sigma
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6), "sigma": np.eye(5)}, ValueError),
+])
+def test_a_bad_reference_stops_the_command_before_any_sampling(stand_ins, arrays, error):
+    if arrays is not None:
+        np.savez("ref.npz", **arrays)
+    with pytest.raises(error):
+        score("ref.npz", "out")
+    assert stand_ins == [] and not Path("out").exists()
+
+
+@pytest.mark.parametrize("split", ["eval", "train"])
+def test_a_reference_of_a_split_listed_class_by_class_holds_every_class(split):
+    images = torch.linspace(-1, 1, 20).view(20, 1, 1, 1).expand(20, 3, 2, 2)  # [20, 3, 2, 2]: image i is grey i
+    labels = torch.arange(20) // 5  # 4 classes x 5 images, class by class
+    data = SimpleNamespace(eval_labels=labels, eval_images_of=lambda items: images[items], train_labels=labels,
+                           train_batches=lambda index_batches: (images[idx] for idx in index_batches))
+    grey = {int(v): i for i, v in enumerate(to_uint8_hwc(images)[:, 0, 0, 0])}  # grey level -> position
+
+    read = split_uint8(data, split, 8)  # [8, 2, 2, 3]
+    positions = [grey[int(v)] for v in read[:, 0, 0, 0]]
+    assert len(set(positions)) == 8 and positions == sorted(positions)  # distinct, in split order
+    assert set(labels[positions].tolist()) == {0, 1, 2, 3}  # the first 8 would be classes 0 and 1 only
+    assert np.array_equal(split_uint8(data, split, 8), read)  # a fixed subset
+    assert np.array_equal(split_uint8(data, split, 20), to_uint8_hwc(images))  # the whole split, in order
