@@ -3,12 +3,12 @@ stopped before writes were atomic, or edited by hand) is judged again with a war
 
 import logging
 import os
-from pathlib import Path
 
 import pytest
 
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import write_judgement
+from rlar.runtime import atomic_files
 from rlar.studies.judged import read_or_judge
 
 METRICS = {f"eval/{m}": {"mean": 2.0, "std": 0.5, "values": [1.5, 2.5]} for m in JUDGE_METRICS}
@@ -39,13 +39,11 @@ def test_a_judgement_interrupted_while_written_leaves_the_old_one_whole(tmp_path
     out = tmp_path / "judge"
     write_judgement(out, METRICS, {"seeds": [7, 8]})
     old = (out / "judge.json").read_text()
-    real_write_text = Path.write_text
 
-    def interrupted(self, text, *args, **kwargs):  # half the text written, then the job is stopped
-        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+    def interrupted(src, dst):  # the new text written beside it, then the job is stopped before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "write_text", interrupted)
+    monkeypatch.setattr(atomic_files.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_judgement(out, {m: {**v, "mean": 3.0} for m, v in METRICS.items()}, {"seeds": [7, 8]})
     assert (out / "judge.json").read_text() == old and os.listdir(out) == ["judge.json"]  # no temporary file left

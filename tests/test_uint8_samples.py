@@ -1,5 +1,6 @@
 """Sample sets and reference splits are built as uint8 a batch at a time, never as one float32 array."""
 
+import errno
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from rlar.eval.generate import generate_images, generate_uint8, generated_batches
-from rlar.eval.image_arrays import split_uint8, stacked_uint8, subset_positions, to_uint8_hwc
+from rlar.eval.image_arrays import read_images, split_uint8, stacked_uint8, subset_positions, to_uint8_hwc, write_npz
 
 
 class CodesAsImages:
@@ -64,3 +65,21 @@ def test_a_reference_split_is_converted_a_chunk_at_a_time():
     assert np.array_equal(split_uint8(data, "eval"), to_uint8_hwc(images))
     assert [(s.start, s.stop) for s in asked] == [(0, 64), (64, 128), (128, 150)]
     assert np.array_equal(split_uint8(data, "eval", 10), to_uint8_hwc(images[subset_positions(150, 10)]))
+
+
+def test_samples_npz_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    old, new = np.zeros((2, 4, 4, 3), np.uint8), np.full((3, 4, 4, 3), 7, np.uint8)
+    path = write_npz(tmp_path / "samples", old)  # named as np.savez names it
+    assert path == tmp_path / "samples.npz" and np.array_equal(read_images(path), old)
+    savez = np.savez
+
+    def full_disk(file, **arrays):
+        file.write(b"PK half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError):
+        write_npz(path, new)
+    assert np.array_equal(read_images(path), old) and sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]
+    monkeypatch.setattr(np, "savez", savez)
+    assert np.array_equal(read_images(write_npz(path, new)), new)

@@ -29,6 +29,7 @@ from rlar.eval.run_models import (
 )
 from rlar.export import run_policy_weights
 from rlar.rollout.sampling import evaluation_sampling
+from rlar.runtime.atomic_files import atomic_write_text
 
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
        rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
@@ -226,7 +227,7 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
                                 else f"features of {len(reference)} images"), "cfg_scale": scale,
               "temperature": temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p, "seed": seed,
               "inception_weights": str(weights)}
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "
           f"density {metrics['density']:.4g}  coverage {metrics['coverage']:.4g}  "

@@ -14,6 +14,7 @@ from torchvision.utils import make_grid
 
 from rlar.data.batches import ImageData
 from rlar.data.decode import DECODE_BATCH, to_8bit
+from rlar.runtime.atomic_files import atomic_write
 
 SUBSET_SEED = 0  # the fixed random subset of a split that split_uint8 reads for max_images
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -69,9 +70,8 @@ def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:
     reads)."""
     check_layout(images, str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=images)
-    return path
+    path = path if path.suffix == ".npz" else path.with_name(f"{path.name}.npz")  # as np.savez names it
+    return atomic_write(path, lambda file: np.savez(file, arr_0=images))  # whole, or the old file
 
 
 def check_layout(images: np.ndarray, what: str) -> None:

@@ -4,34 +4,35 @@ see the old or the new content."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside ``path``, then rename: a crash never leaves half a file. Written through a
-    Python file, so a full disk raises ``OSError`` (ENOSPC), where ``torch.save`` to a path raises a
-    ``RuntimeError`` from its C++ writer."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``: a crash never leaves half a
+    file. Through a Python file, so a full disk raises ``OSError`` (ENOSPC)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as file:
-            torch.save(obj, file)
+            write(file)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write` (to a path, its C++ writer would raise a ``RuntimeError`` on a
+    full disk, not an ``OSError``)."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """``path.write_text(text)`` through a temporary file and a rename: readers see the old or the new text."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``path.write_text(text)`` (UTF-8) through :func:`atomic_write`: readers see the old or the new text."""
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
