@@ -17,7 +17,7 @@ from PIL import Image
 from rlar.config.store import compose_config
 from rlar.eval import cli
 from rlar.eval.evaluate import JUDGE_METRICS
-from rlar.eval.image_arrays import read_images, to_uint8_hwc, write_npz
+from rlar.eval.image_arrays import read_images, stacked_uint8, to_uint8_hwc, write_npz
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.studies.judged import run_judgement
 
@@ -207,3 +207,24 @@ def test_precision_recall_in_blocks_match_the_full_matrices_without_building_the
     metrics = inception_metrics(samples, torch.randn(1100, 10, generator=g), reference)
     assert 0 < full[0] < 1 and 0 < full[1] < 1
     assert (metrics["precision"], metrics["recall"]) == full
+
+
+def test_image_size_resizes_the_samples_and_the_default_reference_as_llamagen_does(stand_ins, weights_file,
+                                                                                    monkeypatch, caplog):
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1  # [6, 3, 8, 8]
+    monkeypatch.setattr(cli, "generate_uint8", lambda policy, tokenizer, labels, sampling, batch_size, generator,
+                        device, autocast, image_size: stacked_uint8([images[: len(labels)]], len(labels), image_size))
+    record = cli.run_command(["--num-samples", "6", "--image-size", "4", "--samples-only"])
+    samples = read_images(only("outputs/eval/n6-cfg1-temp1-seed1234-px4-*/samples.npz"))
+    bicubic = torch.nn.functional.interpolate(images, size=(4, 4), mode="bicubic").clamp(-1, 1)  # LlamaGen's resize
+    assert record == {} and np.array_equal(samples, to_uint8_hwc(bicubic))
+    weights = ["--inception-weights", weights_file]
+    with caplog.at_level("WARNING"):
+        record = cli.run_command(["--num-samples", "6", "--image-size", "4", *weights])  # vs the held-out split
+    assert record["image_size"] == 4 and record["num_reference"] == 24 and "px" not in caplog.text  # resized too
+    write_npz("ref8.npz", np.zeros((5, 8, 8, 3), np.uint8))
+    with caplog.at_level("WARNING"):
+        cli.run_command(["--num-samples", "6", "--image-size", "4", "--reference", "ref8.npz", *weights])
+    assert "the samples are (4, 4) px and the reference (8, 8) px" in caplog.text
+    with pytest.raises(SystemExit, match="--image-size 4 does not apply to --judge"):
+        cli.run_command(["--judge", "1", "--image-size", "4"])

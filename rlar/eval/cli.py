@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from rlar.export import run_policy_weights
 from rlar.rollout.sampling import evaluation_sampling
 from rlar.runtime.atomic_files import atomic_write_text
 
+log = logging.getLogger(__name__)
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
        rlar-eval [RUN_DIR] [key=value ...] --judge N [--temperature T] [--cfg-scale S] [--seed S] [--batch-size B]
        rlar-eval --make-reference OUT.npz [RUN_DIR] [key=value ...] [--split eval|train] [--max-images M]
+                 [--image-size S]
 
 RUN_DIR (a run's output directory): its recorded config (.hydra/config.yaml) and its fine-tuned policy
 (checkpoints/last.pt); key=value overrides apply to that config (policy.checkpoint=PATH evaluates that checkpoint
@@ -68,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
                    help="instead of Inception metrics: the embedded judge's eval/fd, class_acc, precision, recall, "
                         "density, coverage, diversity and memorization under N eval seeds (--seed or eval.seed, "
                         "then +1, ...), mean ± std, to judge.json; needs no Inception weights")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="resize the samples (and the default reference, the held-out split) to S x S px, bicubic, as "
+                        "LlamaGen's image_size_eval (e.g. 256 for a 384-px model against ADM's 256-px references; "
+                        "not with --judge)")
     p.add_argument("--samples-only", action="store_true", help="write the samples and the grid, compute no metric")
     p.add_argument("--make-reference", metavar="OUT.npz", help="write the .npz of a data split, then stop")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="the split of --make-reference")
@@ -87,7 +94,8 @@ def run_command(argv: list[str]) -> dict:
     opts = parser().parse_intermixed_args(argv)
     if opts.judge is not None:
         check_judge_options(opts)
-    for option, value in (("--num-samples", opts.num_samples), ("--max-images", opts.max_images)):
+    for option, value in (("--num-samples", opts.num_samples), ("--max-images", opts.max_images),
+                          ("--image-size", opts.image_size)):
         if value is not None and value < 1:
             sys.exit(f"{option} takes a count of at least 1, got {value}")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
@@ -99,7 +107,7 @@ def run_command(argv: list[str]) -> dict:
         apply_options(cfg, opts)
         check_config(cfg, inception_eval=False)  # eval.inception is the training's; the options say what is read
     if opts.make_reference:
-        make_reference(cfg, opts.make_reference, opts.split, opts.max_images)
+        make_reference(cfg, opts.make_reference, opts.split, opts.max_images, opts.image_size)
         return {}
     run_weights = reads_run_weights(run_dir, overrides)
     check_saved_weights(run_weights)
@@ -132,6 +140,9 @@ def check_judge_options(opts: argparse.Namespace) -> None:
     if opts.reference is not None:
         sys.exit(f"--reference {opts.reference} does not apply to --judge, which compares with the data's held-out "
                  "split: drop it, or leave out --judge for Inception metrics against it")
+    if opts.image_size is not None:
+        sys.exit(f"--image-size {opts.image_size} does not apply to --judge, whose classifier reads the data's own "
+                 "size: drop it, or leave out --judge for Inception metrics at that size")
 
 
 def check_saved_weights(run_dir: str | None) -> None:
@@ -184,9 +195,10 @@ def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
     return scale, temperature, evaluation_sampling(cfg.rollout, policy.block_size, scale, temperature)
 
 
-def make_reference(cfg, out: str, split: str, max_images: int | None) -> None:
-    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (a fixed random subset of ``max_images``)."""
-    images = split_uint8(instantiate(cfg.data), split, max_images)  # [N, H, W, 3]
+def make_reference(cfg, out: str, split: str, max_images: int | None, image_size: int | None) -> None:
+    """The ``.npz`` (and grid) of the ``split`` images of ``cfg.data`` (a fixed random subset of ``max_images``),
+    resized to ``image_size`` where given."""
+    images = split_uint8(instantiate(cfg.data), split, max_images, image_size)  # [N, H, W, 3]
     path = write_npz(out, images)
     write_grid(path.with_suffix(".png"), images)
     print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")
@@ -200,23 +212,30 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     FID compares with its ``mu`` and ``sigma`` where it is an ADM reference batch that has them."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, judged["run"])
+    size = opts.image_size
     if not opts.samples_only:
-        reference = read_images(opts.reference) if opts.reference else split_uint8(data, "eval")  # [M, H, W, 3]
+        reference = (read_images(opts.reference) if opts.reference
+                     else split_uint8(data, "eval", image_size=size))  # [M, H, W, 3]
         reference_fit = read_fit(opts.reference) if opts.reference else None
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
-    settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}"
-    out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference)}")
+    settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}" + (f"-px{size}" if size else "")
+    resizing = {} if size is None else {"image_size": size}  # (the key of a folder without it: as before)
+    out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference, **resizing)}")
     labels = class_balanced_labels(num_samples, data.num_classes)  # [N]
     samples = generate_uint8(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
-                             device, hw.autocast)  # [N, H, W, 3]
+                             device, hw.autocast, size)  # [N, H, W, 3]
     write_npz(out / "samples.npz", samples)
     write_grid(out / "samples.png", samples)
     print(f"samples: {out / 'samples.npz'} (arr_0: uint8 {list(samples.shape)}; {settings}), "
           f"grid {out / 'samples.png'}")
     if opts.samples_only:
         return {}
+    if reference.shape[1:3] != samples.shape[1:3]:
+        log.warning("the samples are %s px and the reference %s px: Inception resizes both to 299 px, but FID "
+                    "compares images of different detail; --image-size S resizes the samples", samples.shape[1:3],
+                    reference.shape[1:3])
     features = InceptionFeatures(weights, device, batch_size)
     pool, logits = features(samples)
     metrics = inception_metrics(pool, logits, features(reference)[0], reference_fit)
@@ -226,7 +245,7 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
               "fid_reference": (f"mu/sigma of {Path(opts.reference).name}" if reference_fit
                                 else f"features of {len(reference)} images"), "cfg_scale": scale,
               "temperature": temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p, "seed": seed,
-              "inception_weights": str(weights)}
+              "image_size": samples.shape[1], "inception_weights": str(weights)}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "

@@ -29,11 +29,12 @@ def generate_images(policy: Policy, tokenizer: Tokenizer, labels: torch.Tensor, 
 
 
 def generate_uint8(policy: Policy, tokenizer: Tokenizer, labels: torch.Tensor, sampling: dict, batch_size: int,
-                   generator: torch.Generator, device, autocast=None) -> np.ndarray:
-    """:func:`generate_images` as uint8 ``[N, H, W, 3]``, each batch converted as it comes: never the whole set in
-    float32 (4x the bytes: about 40 GB for 50,000 samples at 256 px)."""
+                   generator: torch.Generator, device, autocast=None, image_size: int | None = None) -> np.ndarray:
+    """:func:`generate_images` as uint8 ``[N, H, W, 3]`` (resized to ``image_size`` where given:
+    ``rlar.eval.image_arrays.resized``), each batch converted as it comes: never the whole set in float32 (4x the
+    bytes: about 40 GB for 50,000 samples at 256 px)."""
     return stacked_uint8(generated_batches(policy, tokenizer, labels, sampling, batch_size, generator, device,
-                                           autocast), len(labels))
+                                           autocast), len(labels), image_size)
 
 
 @torch.no_grad()  # around each step of the generator, not around the caller's code between them

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -28,12 +29,13 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return pixels.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def stacked_uint8(batches: Iterable[torch.Tensor], count: int) -> np.ndarray:
+def stacked_uint8(batches: Iterable[torch.Tensor], count: int, image_size: int | None = None) -> np.ndarray:
     """uint8 ``[count, H, W, 3]`` of the image batches ``[b, C, H, W]`` in [-1, 1] of ``batches`` (``count`` images
-    in all), each converted as it comes into one array: no float copy of the whole set, no second uint8 copy."""
+    in all), each converted as it comes into one array: no float copy of the whole set, no second uint8 copy. With
+    ``image_size``, each batch is first resized to ``image_size`` x ``image_size`` (:func:`resized`)."""
     out, start = None, 0
     for batch in batches:
-        pixels = to_uint8_hwc(batch)  # [b, H, W, 3]
+        pixels = to_uint8_hwc(batch if image_size is None else resized(batch, image_size))  # [b, H, W, 3]
         if out is None:
             out = np.empty((count, *pixels.shape[1:]), np.uint8)
         out[start : start + len(pixels)] = pixels
@@ -43,17 +45,27 @@ def stacked_uint8(batches: Iterable[torch.Tensor], count: int) -> np.ndarray:
     return out
 
 
-def split_uint8(data: ImageData, split: str, max_images: int | None = None) -> np.ndarray:
+def resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``images [N, C, H, W]`` in [-1, 1] resized to ``[N, C, image_size, image_size]`` as LlamaGen's sampling scripts
+    resize to their ``image_size_eval`` (bicubic, no antialiasing; e.g. a 384-px model's samples to ADM's 256-px
+    references), clamped to [-1, 1]."""
+    if images.shape[-2:] == (image_size, image_size):
+        return images
+    return F.interpolate(images.float(), size=(image_size, image_size), mode="bicubic").clamp(-1, 1)
+
+
+def split_uint8(data: ImageData, split: str, max_images: int | None = None,
+                image_size: int | None = None) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` of ``data``'s ``split`` (``train`` or ``eval``): all of it, or where it has more than
     ``max_images`` images the fixed random subset :func:`subset_positions` of them (in split order), converted a
-    chunk at a time (the train split decoded only as far as asked)."""
+    chunk at a time (the train split decoded only as far as asked), resized to ``image_size`` where given."""
     size = len(data.train_labels if split == "train" else data.eval_labels)
     positions = subset_positions(size, max_images)  # [N]
     whole = len(positions) == size  # consecutive positions: eval chunks read as slices (views)
     index_batches = list(positions.split(DECODE_BATCH))
     batches = (data.train_batches(index_batches) if split == "train"
                else (data.eval_images_of(slice(int(p[0]), int(p[-1]) + 1) if whole else p) for p in index_batches))
-    return stacked_uint8(batches, len(positions))
+    return stacked_uint8(batches, len(positions), image_size)
 
 
 def subset_positions(size: int, max_images: int | None) -> torch.Tensor:
