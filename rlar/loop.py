@@ -93,6 +93,8 @@ def train(run: Run) -> dict:
             stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
         elif summary.get("pending_evaluation") is not None:  # saved when its evaluation failed
             evaluate_into(run, summary, summary["pending_evaluation"])
+            save(run, start, summary, warmed)  # resolved: a later start does not evaluate it again
+            stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
         batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)
         warm_up(run, batches, summary, warmed, stop)

@@ -156,24 +156,33 @@ def test_the_warm_up_runs_at_the_run_s_precision_and_clips_as_the_update_does(ti
     assert under_autocast == [True, True] and clipped == [0.5, 0.5]  # the two warm-up steps (the update: its own)
 
 
-@pytest.mark.slow  # three short runs
-def test_a_failed_evaluation_saves_the_run_and_the_same_command_evaluates_it_first(tiny, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def straight_two_iterations(tiny, tmp_path_factory):
+    """The summary of a run of 2 iterations evaluated after each, never interrupted."""
     overrides = [*tiny, "train.iterations=2", "eval.every=1", "train.checkpoint_every=100"]  # saved at 2 only
-    straight = train_rl_loop(compose_config(overrides), tmp_path / "straight")
+    return overrides, train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
+
+
+@pytest.mark.slow  # four short runs each
+@pytest.mark.parametrize("failing", [1, 2])  # the evaluation of iteration 1, or of the last one
+def test_a_failed_evaluation_saves_the_run_and_the_same_command_evaluates_it_first(straight_two_iterations, tmp_path,
+                                                                                  monkeypatch, failing):
+    overrides, straight = straight_two_iterations
     calls, evaluation = [], loop.evaluation
 
-    def failing_after_iteration_1(run):
+    def failing_once(run):
         calls.append(1)
-        if len(calls) == 2:  # the prior's, then iteration 1's
+        if len(calls) == failing + 1:  # the prior's evaluation is the first call
             raise ConnectionError("the reward server went away")
         return evaluation(run)
 
-    monkeypatch.setattr(loop, "evaluation", failing_after_iteration_1)
+    monkeypatch.setattr(loop, "evaluation", failing_once)
     with pytest.raises(ConnectionError):
-        train_rl_loop(compose_config(overrides), tmp_path / "failed")
-    record = torch.load(tmp_path / "failed" / "checkpoints" / "last.pt", weights_only=True)
-    assert record["iteration"] == 1 and record["summary"]["pending_evaluation"] == 1
-    monkeypatch.setattr(loop, "evaluation", evaluation)
-    resumed = train_rl_loop(compose_config(overrides), tmp_path / "failed")
+        train_rl_loop(compose_config(overrides), tmp_path)
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == failing and record["summary"]["pending_evaluation"] == failing
+    resumed = train_rl_loop(compose_config(overrides), tmp_path)
     assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed
-    assert resumed["history"] == straight["history"]  # the same evaluations, iteration 1's made when it resumed
+    assert resumed["history"] == straight["history"]  # the same evaluations, the failed one made when it resumed
+    calls.clear()
+    assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"] and not calls
