@@ -41,7 +41,8 @@ def recorded_run(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["reward=coverage", "+eval.extra=1", "~eval.inception", "hydra.job.chdir=true",
-                                      "hydra/launcher=basic", "eval.seed"])
+                                      "hydra/launcher=basic", "eval.seed", "experiment=guidance_free",
+                                      "text_encoder=clip", "hparams_search=optuna"])
 def test_a_recorded_run_refuses_what_shapes_a_composition_naming_the_override(tmp_path, override):
     with pytest.raises(ValueError, match=f"^'{re.escape(override)}': a recorded run takes key=value overrides"):
         run_config(recorded_run(tmp_path), [override])

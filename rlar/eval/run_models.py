@@ -14,7 +14,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from rlar.build import build_generator
 from rlar.config.rerun import flat
 from rlar.config.schemas import RlarConfig
-from rlar.config.store import compose_config, register_schemas
+from rlar.config.store import CONF_DIR, compose_config, register_schemas
 from rlar.runtime.ema import exported_policy
 from rlar.tokenizer.zoo_build import strict_load
 
@@ -73,7 +73,8 @@ def sets_a_recorded_value(override: str, recorded: DictConfig) -> bool:
     key, is_set, _ = override.partition("=")
     if not is_set or key.startswith(("+", "~")) or "/" in key or key.split(".", 1)[0] == "hydra":
         return False
-    return "." in key or not OmegaConf.is_dict(recorded.get(key))
+    is_group = (CONF_DIR / key).is_dir() or OmegaConf.is_dict(recorded.get(key))  # experiment=..., text_encoder=...
+    return "." in key or not is_group
 
 
 def recorded_run_overrides(run_dir: str | Path, overrides: list[str]) -> list[str]:
