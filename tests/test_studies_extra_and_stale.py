@@ -126,3 +126,22 @@ def test_a_study_s_guided_prior_is_guided_at_every_position_as_the_runs_eval_cfg
     unguided, guided = calls
     assert "rollout.cfg_interval=null" not in unguided  # the rollouts' own guidance: none, over the interval
     assert guided.index("rollout.cfg_interval=null") > guided.index("rollout.cfg_interval=[0.25,0.75]")
+    keys = [Path(argv[argv.index("--out") + 1]).name.split("-")[1] for argv in calls]  # prior-<key>-cfg<s>-seeds<n>
+    assert keys[0] != keys[1]  # judged under other configs: folders of their own, whatever the two scales
+
+
+def test_a_judgement_made_before_evaluations_drew_with_top_k_is_judged_again(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(["rollout.top_k=16"]), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({"iterations": 0}))
+    path = judgement_dir(run_dir / "eval", run_config(run_dir, []), 1.0, 1.0, [1234, 1235]) / "judge.json"
+    path.parent.mkdir(parents=True)
+    old = {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}
+    path.write_text(json.dumps({"metrics": old}))  # no top_k: sampled untruncated
+    calls = []
+    new = {f"eval/{m}": {"mean": 2.0} for m in JUDGE_METRICS}
+    monkeypatch.setattr("rlar.studies.judged.run_command", lambda argv: calls.append(argv) or path.write_text(
+        json.dumps({"top_k": 16, "top_p": None, "metrics": new})))
+    assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1
+    assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1  # recorded with it: read

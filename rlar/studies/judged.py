@@ -30,26 +30,32 @@ log = logging.getLogger(__name__)
 Judgement = dict[str, dict]  # "eval/<metric>" -> {"mean", "std", "values"}, as judge.json holds it
 
 
-def read_or_judge(path: Path, argv: list[str], weights: Path | None = None) -> Judgement:
+def read_or_judge(path: Path, argv: list[str], weights: Path | None = None, settings: dict | None = None
+                  ) -> Judgement:
     """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there, lacks
-    one of ``JUDGE_METRICS``, is unreadable or is older than ``weights`` (the file of the weights it judges)."""
-    judgement = read_judgement(path) if is_current(path, weights) else {}
-    if not has_every_metric(judgement):
+    one of ``JUDGE_METRICS``, is unreadable, is older than ``weights`` (the file of the weights it judges) or records
+    other ``settings`` than these (a setting it does not record counts as None: a judgement made before evaluations
+    honoured ``rollout.top_k`` recorded none)."""
+    record = read_judgement(path) if is_current(path, weights) else {}
+    if any(record.get(key) != value for key, value in (settings or {}).items()):
+        record = {}
+    if not has_every_metric(record.get("metrics", {})):
         run_command(argv)
-        judgement = json.loads(path.read_text())["metrics"]
-    return judgement
+        record = json.loads(path.read_text())
+    return record["metrics"]
 
 
-def read_judgement(path: Path) -> Judgement:
-    """The metrics of ``path`` (a ``judge.json``); ``{}`` (judge again), with a warning naming it, when it is not a
-    JSON object holding a ``"metrics"`` object (as a judge stopped while writing it leaves it)."""
+def read_judgement(path: Path) -> dict:
+    """The record of ``path`` (a ``judge.json``: settings and ``"metrics"``); ``{}`` (judge again), with a warning
+    naming it, when it is not a JSON object holding a ``"metrics"`` object (as a judge stopped while writing it leaves
+    it)."""
     try:
-        judgement = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError as e:  # half written, or not UTF-8
         reason = f"not JSON: {e}"
     else:
-        if isinstance(judgement, dict) and isinstance(judgement.get("metrics"), dict):
-            return judgement["metrics"]
+        if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+            return record
         reason = 'no "metrics" object'
     log.warning("judgement %s is unreadable (%s): judging again", path, reason)
     return {}
@@ -79,25 +85,31 @@ def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
     cfg = run_config(run_dir, extra)  # as rlar-eval reads it: its folder is named by it
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
     out = judgement_dir(run_dir / "eval", cfg, cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
-    return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)], saved_weights(run_dir))
+    return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)], saved_weights(run_dir),
+                         truncation(cfg))
+
+
+def truncation(cfg) -> dict:
+    """The sampler's truncation a judgement of ``cfg`` records (``rlar-eval`` writes it in ``judge.json``)."""
+    return {key: cfg.rollout[key] for key in ("top_k", "top_p")}
 
 
 def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str] = ()) -> dict[str, Judgement]:
     """The study's prior under ``n`` eval seeds: ``{"prior": ...}`` unguided (the rollout's guidance scale), and
     ``{"prior, guidance <s>": ...}`` when the study's evaluations also sample under guidance ``s``."""
     cfg = compose_config([*study.overrides, *extra])
-    key = spec_key(OmegaConf.to_container(cfg), length=10)
     scales = {"prior": cfg.rollout.cfg_scale}
     if cfg.eval.get("guided_cfg_scale") is not None:
         scales[f"prior, guidance {cfg.eval.guided_cfg_scale:g}"] = cfg.eval.guided_cfg_scale
     result = {}
     for label, scale in scales.items():
-        out = Path(outputs) / RUN_NAME / "judged" / study.name / f"prior-{key}-cfg{scale:g}-seeds{n}"
         # the guided row as the runs' eval_cfg/* sample it: guidance at every position, whatever rollout.cfg_interval
-        every_position = [] if label == "prior" else ["rollout.cfg_interval=null"]
-        argv = [*study.overrides, *extra, *every_position, "--judge", str(n), "--cfg-scale", str(scale),
-                "--out", str(out)]
-        result[label] = read_or_judge(out / "judge.json", argv)
+        overrides = [*study.overrides, *extra, *([] if label == "prior" else ["rollout.cfg_interval=null"])]
+        row = compose_config(overrides)  # its folder's key: the config it is judged under
+        key = spec_key(OmegaConf.to_container(row), length=10)
+        out = Path(outputs) / RUN_NAME / "judged" / study.name / f"prior-{key}-cfg{scale:g}-seeds{n}"
+        argv = [*overrides, "--judge", str(n), "--cfg-scale", str(scale), "--out", str(out)]
+        result[label] = read_or_judge(out / "judge.json", argv, settings=truncation(row))
     return result
 
 
