@@ -156,7 +156,6 @@ def test_judgements_under_other_settings_get_folders_of_their_own_and_a_rerun_fi
     assert 7 in batch_sizes and len(batch_sizes) == 2
 
 
-
 def test_the_judge_and_the_samples_draw_with_the_rollouts_top_k_and_top_p(stand_ins, monkeypatch):
     seen = []
     judge_over_seeds, generate_uint8 = cli.judge_over_seeds, cli.generate_uint8
@@ -168,6 +167,7 @@ def test_the_judge_and_the_samples_draw_with_the_rollouts_top_k_and_top_p(stand_
     cli.run_command(["--samples-only", "--num-samples", "4", "rollout.top_k=5", "rollout.top_p=0.9"])
     assert [(s["top_k"], s["top_p"], s["temperature"]) for s in seen] == [(5, 0.9, 0.7), (5, 0.9, 1.0)]
     assert (record["top_k"], record["top_p"]) == (5, 0.9)
+
 
 def test_samples_at_another_batch_size_get_a_folder_of_their_own(stand_ins):
     for batch_size in ("20", "7", "20"):

@@ -113,7 +113,6 @@ def test_the_held_out_images_are_converted_to_floats_a_chunk_at_a_time(folder, m
     assert torch.allclose(judge.real_features, expected, atol=1e-6)
 
 
-
 def test_a_judge_built_for_a_rank_that_computes_no_metrics_reads_no_image_and_describes_alike(folder, monkeypatch,
                                                                                               tmp_path):
     data = ImageFolderData(root=folder, image_size=32, channels=1)
@@ -143,6 +142,7 @@ def test_a_loaded_classifier_gives_the_held_out_accuracy_its_build_measured_and_
     assert build_eval_classifier(data, tmp_path, BRIEF).metrics["eval_accuracy"] == 0.125  # read, not measured
     record.unlink()  # a build stopped between its two writes
     assert build_eval_classifier(data, tmp_path, BRIEF).metrics["eval_accuracy"] == recorded  # measured again
+
 
 def points(n: int, seed: int, dims: int = 3) -> torch.Tensor:
     return torch.randn(n, dims, generator=torch.Generator().manual_seed(seed)).double()  # [n, dims]

@@ -46,7 +46,6 @@ def test_label_dropout_rate_and_null_class():
     assert torch.equal(dropped[~null], labels[~null])
 
 
-
 def test_a_prefix_rollout_continues_the_noisy_prefix_and_its_update_reads_it(gpt):
     gt = torch.randint(32, (3, 12), generator=torch.Generator().manual_seed(0))
     cfg = rollout_cfg(mode="prefix", prefix_len=6, token_noise_prob=0.9)
@@ -58,6 +57,7 @@ def test_a_prefix_rollout_continues_the_noisy_prefix_and_its_update_reads_it(gpt
     clean = collect_rollout(gpt, gt, torch.tensor([0, 1, 2]), 4, rollout_cfg(mode="prefix", prefix_len=6),
                             torch.Generator().manual_seed(1))
     assert torch.equal(clean.tokens[:, :6], gt.repeat_interleave(4, 0)[:, :6])
+
 
 def test_noisy_context_is_the_same_in_rollout_update_and_kl_passes(gpt, monkeypatch):
     """The rollout samples under the noisy context; the update, the KL reference and the NTP term read that same

@@ -84,6 +84,9 @@ class Checkpointer:
                 model, optim = self.state_dicts(stepped, FULL)
                 record.update(split_state(model, self.modules.keys()), optimizer=optim)
             if distributed.is_main():
+                if self.format == "sharded":  # before the record: an export never stands beside a newer record
+                    for name in EXPORTS:  # policy.pt first: ema.pt alone still holds the older record's average
+                        (self.directory / name).unlink(missing_ok=True)
                 atomic_torch_save(record, self.record_path)
         except (OSError, CheckpointException) as e:
             if not disk_full(e):
@@ -97,9 +100,6 @@ class Checkpointer:
         distributed.barrier()
         if distributed.is_main():
             self.remove_leftovers(record.get("shards"))
-            if self.format == "sharded":  # the exports of an earlier end no longer hold the record's weights
-                for name in EXPORTS:
-                    (self.directory / name).unlink(missing_ok=True)
         distributed.barrier()
 
     def save_shards(self, step: int, stepped: bool) -> str:

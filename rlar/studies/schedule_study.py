@@ -49,6 +49,14 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
     cfg = seed_config(overrides, seed)
     hw = instantiate(cfg.hardware)
     hw.setup()
+    try:
+        return arccos_points(cfg, hw, seed, steps)
+    finally:
+        hw.teardown()
+
+
+def arccos_points(cfg, hw, seed: int, steps: list[int]) -> dict[int, dict[str, float]]:
+    """:func:`fixed_points` on ``hw`` (set up)."""
     device = hw.torch_device
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
@@ -63,7 +71,6 @@ def fixed_points(overrides: list[str], seed: int, steps: list[int]) -> dict[int,
             result = evaluate(prior, tokenizer, reward, data, cfg.eval, sampling, device, hw.autocast, eval_model)
             points[n] = {k: result[k] for k in METRICS}
             print(f"seed {seed} fixed arccos {n} steps: {points[n]}", flush=True)
-    hw.teardown()
     return points
 
 
