@@ -1,5 +1,6 @@
 """The loggers: TensorBoard, W&B (offline, its run file read back) and several at once (logger=multi)."""
 
+import errno
 import io
 import json
 import struct
@@ -148,3 +149,17 @@ def test_logger_multi_writes_tensorboard_and_wandb(tmp_path, offline_wandb):
     logger.close()
     assert [e.value for e in tb_events(tmp_path / "tensorboard").Scalars("reward/mean")] == [0.75]
     assert {"reward/mean": 0.75, "iteration": 1}.items() <= wandb_logged(tmp_path)[0].items()
+
+
+def test_a_failed_tensorboard_write_turns_the_logger_off_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    logger = TensorBoardLogger()
+    logger.open(tmp_path)
+    logger.scalars({"reward/mean": 1.0}, 0)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(logger._writer, "add_scalar", lambda *args: (_ for _ in ()).throw(full))
+    with caplog.at_level("WARNING"):
+        logger.scalars({"reward/mean": 2.0}, 1)  # as TensorBoard re-raises its background writer's failure
+    assert "TensorBoard logging under tensorboard failed" in caplog.text and "No space left" in caplog.text
+    logger.scalars({"reward/mean": 3.0}, 2)  # off: nothing written, nothing raised
+    logger.groups("samples", torch.zeros(1, 1, 4, 4), torch.zeros(2, 1, 4, 4), 2)
+    logger.close()

@@ -3,12 +3,14 @@ the grid."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+log = logging.getLogger(__name__)
 EVALUATION_PREFIXES = ("eval/", "eval_cfg/")  # the tags of an evaluation's results (``rlar.eval.evaluate``)
 
 
@@ -56,17 +58,25 @@ class TensorBoardLogger:
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         """Those of ``metrics`` due at ``step`` (:func:`scalars_due`)."""
-        if self._writer is None:  # never opened: a rank other than 0
-            return
-        for key, value in scalars_due(metrics, step, self.log_every).items():
-            self._writer.add_scalar(key, value, step)
+        due = scalars_due(metrics, step, self.log_every)
+        self.write(lambda writer: [writer.add_scalar(key, value, step) for key, value in due.items()])
 
     def groups(self, tag: str, targets: torch.Tensor, samples: torch.Tensor, step: int, max_rows: int = 4) -> None:
         """The grid of :func:`group_grid` under ``tag``."""
-        if self._writer is None:
-            return
-        self._writer.add_image(tag, group_grid(targets, samples, max_rows), step)
+        self.write(lambda writer: writer.add_image(tag, group_grid(targets, samples, max_rows), step))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.write(lambda writer: writer.close())
+        self._writer = None
+
+    def write(self, call) -> None:
+        """``call(writer)``, unless the logger was never opened (a rank other than 0) or is off. A failed write (a full
+        disk: TensorBoard's background writer raises it at the next call) turns the logger off with a warning: the run
+        goes on, and its checkpoints and summary are kept."""
+        if self._writer is None:
+            return
+        try:
+            call(self._writer)
+        except OSError as e:
+            log.warning("TensorBoard logging under %s failed (%s): it is off for the rest of the run", self.log_dir, e)
+            self._writer = None
