@@ -2,9 +2,11 @@
 policy.checkpoint=FOLDER loads them back (gpt, llamagen, arpg), and a folder that is not an export is refused by
 name."""
 
+import errno
 import json
 import re
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ from rlar.config.schemas import from_options
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.export import export_runs, main
+from rlar.policy import exported
 from rlar.policy.arpg import ARPG
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.gpt import GPT
@@ -88,6 +91,24 @@ def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="without model.safetensors and config.json"):
         load(options, empty)
 
+
+
+def test_an_export_stopped_over_an_older_one_is_refused_not_read_half_old(tmp_path, monkeypatch):
+    options = policy_options("gpt")
+    folder = write_policy_folder(fresh_policy("gpt", options), options, tmp_path / "export")
+    old_weights = (folder / "model.safetensors").read_bytes()
+
+    def stopped(tensors, path, metadata=None):  # half the new weights written, then the disk is full
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(exported, "save_file", stopped)
+    with pytest.raises(OSError):
+        write_policy_folder(fresh_policy("gpt", options, seed=2), options, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]  # no config, no temporary file
+    assert (folder / "model.safetensors").read_bytes() == old_weights
+    with pytest.raises(FileNotFoundError, match="is a folder without config.json"):
+        load(options, folder)
 
 def test_an_export_for_another_architecture_is_refused(tmp_path):
     options = policy_options("llamagen")

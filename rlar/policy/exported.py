@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rlar.runtime.atomic_files import atomic_path, atomic_write_text
 from rlar.text.encoder import TextEncoder
 from rlar.tokenizer.zoo_build import strict_load
 
@@ -22,21 +23,26 @@ ARCHITECTURE = ("vocab_size", "block_size", "num_classes")  # what the policy wa
 
 def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path, soup: dict | None = None,
                         text_encoder: TextEncoder | None = None) -> Path:
-    """Write ``policy``'s weights and config to ``out_dir``. ``options``: its resolved policy config (``_target_``
-    and the schema's fields); ``checkpoint`` and ``cache_dir`` are dropped (they name this machine's files).
-    ``soup``: how a weight soup was made (its runs and weight), recorded in the config. ``text_encoder``: the one
-    the policy reads; written when it was trained with the prior (a frozen public one is loaded by its path)."""
+    """Write ``policy``'s weights and config to ``out_dir``, each file whole (a temporary file and a rename), the config
+    last: a folder whose writing was stopped has none and is refused, never read half old. ``options``: its resolved
+    policy config (``_target_`` and the schema's fields); ``checkpoint`` and ``cache_dir`` are dropped (they name
+    this machine's files). ``soup``: how a weight soup was made (its runs and weight), recorded in the config.
+    ``text_encoder``: the one the policy reads; written when it was trained with the prior (a frozen public one is
+    loaded by its path)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(detached(policy), out / WEIGHTS, metadata={"format": "pt"})
+    (out / CONFIG).unlink(missing_ok=True)  # written last: a folder whose writing stopped is no export at all
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(detached(policy), tmp, metadata={"format": "pt"})
     config = {"format": FORMAT, "class": type(policy).__name__,
               **{k: int(getattr(policy, k)) for k in ARCHITECTURE},
               "policy": {k: v for k, v in options.items() if k not in ("checkpoint", "cache_dir")},
               **({"soup": soup} if soup else {})}
     if text_encoder is not None and text_encoder.trainable:
-        save_file(detached(text_encoder), out / ENCODER, metadata={"format": "pt"})
+        with atomic_path(out / ENCODER) as tmp:
+            save_file(detached(text_encoder), tmp, metadata={"format": "pt"})
         config["text_encoder"] = text_encoder.spec()
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
 

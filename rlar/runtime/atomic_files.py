@@ -4,7 +4,8 @@ see the old or the new content."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,17 +15,24 @@ import torch
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """``write(file)`` into a temporary file beside ``path``, then rename it to ``path``: a crash never leaves half a
     file. Through a Python file, so a full disk raises ``OSError`` (ENOSPC)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        write(file)
+    return Path(path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write (a library that writes to a path); renamed to ``path``
+    when the block ends, removed if it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as file:
-            write(file)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
