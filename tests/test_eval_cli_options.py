@@ -39,7 +39,7 @@ def stand_ins(monkeypatch, tmp_path):
                                                                              torch.rand(len(x), 10)))  # logits
     calls = []
 
-    def judge(cfg, data, tokenizer, policy, sampling, seeds, device, autocast):
+    def judge(cfg, data, tokenizer, policy, sampling, seeds, device, autocast, kept=None, identity=None):
         calls.append((cfg, seeds))
         return {f"eval/{m}": {"mean": 1.0, "std": 0.0, "values": [1.0] * len(seeds)} for m in JUDGE_METRICS}
 

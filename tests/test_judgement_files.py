@@ -5,7 +5,9 @@ import logging
 import os
 
 import pytest
+from omegaconf import OmegaConf
 
+from rlar.eval import cli, rejudge
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import write_judgement
 from rlar.runtime import atomic_files
@@ -47,3 +49,33 @@ def test_a_judgement_interrupted_while_written_leaves_the_old_one_whole(tmp_path
     with pytest.raises(KeyboardInterrupt):
         write_judgement(out, {m: {**v, "mean": 3.0} for m, v in METRICS.items()}, {"seeds": [7, 8]})
     assert (out / "judge.json").read_text() == old and os.listdir(out) == ["judge.json"]  # no temporary file left
+
+
+def test_a_judgement_stopped_at_a_seed_resumes_there_for_the_same_weights_only(tmp_path, monkeypatch):
+    judged, stop_at = [], {3}
+
+    def evaluate(policy, tokenizer, reward, data, eval_cfg, *rest):
+        if eval_cfg.seed in stop_at:
+            raise KeyboardInterrupt  # the judgement is stopped while it judges seed 3
+        judged.append(eval_cfg.seed)
+        return {f"eval/{m}": float(eval_cfg.seed + i) for i, m in enumerate(JUDGE_METRICS)}
+
+    monkeypatch.setattr(rejudge, "build_eval_model", lambda *args: None)
+    monkeypatch.setattr(rejudge, "evaluate_under", evaluate)
+    cfg = OmegaConf.create({"eval": {"seed": 1}, "cache_dir": None})
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"weights")
+    run = {"run": None, "checkpoint": str(weights)}
+
+    def judge(seeds):
+        return rejudge.judge_over_seeds(cfg, None, None, None, {}, seeds, "cpu", None, tmp_path / "seeds",
+                                        {"cfg_scale": 1.0, "weights": cli.weights_stamp(run)})
+
+    with pytest.raises(KeyboardInterrupt):
+        judge([1, 2, 3])
+    assert judged == [1, 2] and sorted(p.name for p in (tmp_path / "seeds").iterdir()) == ["seed1.json", "seed2.json"]
+    stop_at.clear()
+    result = judge([1, 2, 3])
+    assert judged == [1, 2, 3] and result["eval/fd"]["values"] == [1.0, 2.0, 3.0]  # 1 and 2 read, 3 judged
+    os.utime(weights, ns=(1, 1))  # other weights (saved again): every seed is judged again
+    assert judge([1, 2, 3])["eval/fd"]["values"] == [1.0, 2.0, 3.0] and judged == [1, 2, 3, 1, 2, 3]

@@ -178,13 +178,30 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
-    metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast)
     settings = {**judged, "cfg_scale": scale, "temperature": temperature, "top_k": cfg.rollout.top_k,
                 "top_p": cfg.rollout.top_p, "seeds": seeds,
                 "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
     out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
+    # each seed kept as it is judged: a judgement stopped at seed 7 resumes there, for the same weights and settings
+    identity = {**{k: v for k, v in settings.items() if k != "seeds"}, "config": settings_key(cfg),
+                "weights": weights_stamp(judged)}
+    metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast,
+                               out / "seeds", identity)
     write_judgement(out, metrics, settings)
     return {"metrics": metrics, **settings}
+
+
+def weights_stamp(judged: dict) -> list:
+    """``[[path, modification time (ns), size], ...]`` of the files holding the judged weights (a run's saved weights,
+    a checkpoint file, the files of an exported folder; none for the prior its config builds)."""
+    if judged["run"] is not None:
+        files = [run_policy_weights(Path(judged["run"]))]
+    elif judged["checkpoint"] is not None:
+        path = Path(judged["checkpoint"])
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+    else:
+        files = []
+    return [[str(f), f.stat().st_mtime_ns, f.stat().st_size] for f in files if f.is_file()]
 
 
 def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:

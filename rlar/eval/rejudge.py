@@ -35,19 +35,40 @@ def check_judgeable(cfg: DictConfig) -> None:
 
 
 def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, seeds: list[int], device,
-                     autocast=None) -> dict:
+                     autocast=None, kept: Path | None = None, identity: dict | None = None) -> dict:
     """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's metrics (``JUDGE_METRICS``) of
     ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed in ``seeds``
-    (a class-conditional ``cfg``: :func:`check_judgeable`)."""
+    (a class-conditional ``cfg``: :func:`check_judgeable`). With ``kept``, each seed's metrics are kept there as it
+    is judged (``seed<s>.json``, with ``identity``: what was judged), and a seed an interrupted judgement of the
+    same ``identity`` left there is read, not judged again."""
     eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
-    runs = [evaluate_under(policy, tokenizer, unscored, data, OmegaConf.merge(cfg.eval, {"seed": seed}), sampling,
-                           device, autocast, eval_model) for seed in seeds]
+
+    def judged(seed: int) -> dict:
+        result = evaluate_under(policy, tokenizer, unscored, data, OmegaConf.merge(cfg.eval, {"seed": seed}), sampling,
+                                device, autocast, eval_model)
+        return {f"eval/{name}": result[f"eval/{name}"] for name in JUDGE_METRICS}
+
+    runs = [judged(seed) if kept is None else kept_seed(kept / f"seed{seed}.json", identity, lambda s=seed: judged(s))
+            for seed in seeds]
     result = {}
     for name in JUDGE_METRICS:
         values = [run[f"eval/{name}"] for run in runs]
         result[f"eval/{name}"] = {"mean": statistics.fmean(values),
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
     return result
+
+
+def kept_seed(path: Path, identity: dict | None, judge) -> dict:
+    """The metrics ``path`` keeps for ``identity``, else ``judge()``'s, then kept there (written whole)."""
+    try:
+        record = json.loads(path.read_text())
+        if record.get("identity") == identity and isinstance(record.get("metrics"), dict):
+            return record["metrics"]
+    except (OSError, ValueError):  # none yet, or unreadable: judged again
+        pass
+    metrics = judge()
+    atomic_write_text(path, json.dumps({"identity": identity, "metrics": metrics}, indent=2))
+    return metrics
 
 
 def settings_key(cfg: DictConfig, **more) -> str:
