@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from rlar.algorithm.pair_update import pair_update
-from rlar.algorithm.update import clip_and_step, policy_update, recomputes_old_logprobs, value_advantages
+from rlar.algorithm.update import (
+    clip_and_step,
+    policy_update,
+    recomputes_old_logprobs,
+    stepped_params,
+    value_advantages,
+)
 from rlar.build import Run, build_run
 from rlar.config.rerun import record_config
 from rlar.config.validate import check_config
@@ -400,8 +406,7 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> N
                 loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            params = [p for group in run.optimizer.param_groups for p in group["params"]]
-            clip_and_step(params, run.optimizer, run.cfg.train.max_grad_norm)
+            clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
             summary["warmup_ce"] = loss.item()
             run.logger.scalars({"warmup/ce": loss.item()}, i)
             stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")

@@ -5,6 +5,7 @@ reward whose servers all failed on that batch) counts as NaN rows, on one proces
 import pytest
 import torch
 from omegaconf import OmegaConf
+from reward_calls import CallsSeen
 from torchrun import torchrun_source
 
 from rlar.contracts import Reward
@@ -45,17 +46,6 @@ def test_a_batch_without_a_term_counts_as_nan_rows_of_it():
     assert result["eval/reward/ink"] == pytest.approx(float(reported.mean()))
 
 
-class TargetsSeen(Reward):
-    """Records each call's targets; scores 0."""
-
-    def __init__(self):
-        self.targets = []
-
-    def __call__(self, images, targets=None, meta=None):
-        self.targets.append(targets)
-        return torch.zeros(len(images)), {}
-
-
 def test_an_evaluation_converts_only_each_batchs_held_out_images():
     class BatchesOnly(DigitsData):  # the whole split as floats is refused
         @property
@@ -74,7 +64,7 @@ def test_an_evaluation_converts_only_each_batchs_held_out_images():
     torch.manual_seed(0)
     tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
     policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
-    reward, data = TargetsSeen(), BatchesOnly()
+    reward, data = CallsSeen(), BatchesOnly()
     eval_cfg = OmegaConf.create({"seed": 3, "max_items": 10, "samples_per_item": 2, "batch_size": 4,
                                  "guided_cfg_scale": None})
     evaluate(policy, tokenizer, reward, data, eval_cfg, {"temperature": 1.0, "cfg_scale": cfg_scales(64, 1.0)}, "cpu")

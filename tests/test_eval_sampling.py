@@ -4,10 +4,10 @@ in the training loop's evaluations and in rlar-eval alike (rlar/rollout/sampling
 import pytest
 import torch
 from omegaconf import OmegaConf
+from reward_calls import CallsSeen
 
 from rlar import loop
 from rlar.config.store import compose_config
-from rlar.contracts import Reward
 from rlar.data.digits import DigitsData
 from rlar.eval.evaluate import evaluate
 from rlar.loop import train_rl_loop
@@ -28,17 +28,6 @@ def test_the_evaluation_sampling_is_the_rollouts_with_the_given_scale_and_temper
     assert (given["top_k"], given["top_p"]) == (5, 0.9)
 
 
-class SamplesSeen(Reward):
-    """Records each call's images; scores 0."""
-
-    def __init__(self):
-        self.images = []
-
-    def __call__(self, images, targets=None, meta=None):
-        self.images.append(images)
-        return torch.zeros(len(images)), {}
-
-
 @pytest.mark.parametrize(("top_k", "same"), [(1, True), (None, False)])
 def test_an_evaluation_under_top_k_1_draws_each_item_s_most_likely_codes(top_k, same):
     torch.manual_seed(0)
@@ -47,7 +36,7 @@ def test_an_evaluation_under_top_k_1_draws_each_item_s_most_likely_codes(top_k, 
     rollout = compose_config([] if top_k is None else [f"rollout.top_k={top_k}"]).rollout
     eval_cfg = OmegaConf.create({"seed": 3, "max_items": 4, "samples_per_item": 2, "batch_size": 4,
                                  "guided_cfg_scale": None})
-    reward = SamplesSeen()
+    reward = CallsSeen()
     evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg, evaluation_sampling(rollout, 64), "cpu")
     draws = torch.cat(reward.images).view(4, 2, -1)  # [items, draws, pixels]
     assert torch.equal(draws[:, 0], draws[:, 1]) == same

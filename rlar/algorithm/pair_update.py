@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import torch
 
-from rlar.algorithm.update import clip_and_step
+from rlar.algorithm.update import clip_and_step, stepped_params
 from rlar.contracts import DataPairAlgorithm
 from rlar.rollout.sampling import policy_logprobs
 from rlar.runtime.data_parallel import gradient_sync
@@ -33,7 +33,7 @@ def pair_update(policy, ref_policy, optimizer, algorithm: DataPairAlgorithm, cod
     """
     policy.train()
     autocast = autocast or contextlib.nullcontext
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params = stepped_params(optimizer)
     n, size = len(codes), algorithm.minibatch_size
     chunks = list(zip(codes.split(size), labels.split(size), negatives.split(size), strict=True))
     sums: dict[str, float] = defaultdict(float)

@@ -108,6 +108,11 @@ def accumulation_window(count: int, total: int, grad_accum: int) -> int:
     return min(grad_accum, total - start)
 
 
+def stepped_params(optimizer) -> list:
+    """Every parameter ``optimizer`` steps (what its gradient norm is clipped over)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def clip_and_step(params: list, optimizer, max_grad_norm: float | None) -> float:
     """Clip the gradient norm (when ``max_grad_norm`` is set), step, clear; returns the norm before clipping. A
     gradient that is not finite is not stepped (the weights stay finite; a warning says so): the norm is the
@@ -194,7 +199,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         sampler_dev = float((old - rollout.logprobs)[rollout.mask].abs().max()) if rollout.mask.any() else 0.0
         rollout = dataclasses.replace(rollout, logprobs=old)
     sums: dict[str, float] = defaultdict(float)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    params = stepped_params(optimizer)
     groups = len(adv) // algorithm.num_generations
     total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
     count, first, norms = 0, None, []  # norms: the gradient norm of each optimizer step

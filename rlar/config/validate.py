@@ -388,6 +388,7 @@ def check_parallel_decoding(cfg: DictConfig) -> None:
 
 
 def is_arpg(cfg: DictConfig) -> bool:
+    """Whether ``policy`` is the parallel decoder ARPG."""
     return str(cfg.policy.get("_target_", "")).startswith("rlar.policy.arpg")
 
 
@@ -408,8 +409,8 @@ def check_unread_rollout_options(cfg: DictConfig) -> None:
     for key, where in unread.items():
         default = getattr(defaults, key)
         if r[key] != default:
-            raise ConfigError(f"rollout.{key}={r[key]} is read nowhere {where}; set rollout.{key}="
-                              f"{'null' if default is None else default} (its default)")
+            raise ConfigError(f"rollout.{key}={r[key]} is read nowhere {where}; set rollout.{key}={default} (its "
+                              "default)")
 
 
 def check_learned_schedule(cfg: DictConfig) -> None:

@@ -29,7 +29,7 @@ from rlar.eval.run_models import (
     trained_nothing,
 )
 from rlar.export import run_policy_weights
-from rlar.rollout.sampling import evaluation_sampling
+from rlar.rollout.sampling import evaluation_sampling, truncation
 from rlar.runtime.atomic_files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -178,8 +178,7 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
-    settings = {**judged, "cfg_scale": scale, "temperature": temperature, "top_k": cfg.rollout.top_k,
-                "top_p": cfg.rollout.top_p, "seeds": seeds,
+    settings = {**judged, "cfg_scale": scale, "temperature": temperature, **truncation(cfg.rollout), "seeds": seeds,
                 "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
     out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
     # each seed kept as it is judged: a judgement stopped at seed 7 resumes there, for the same weights and settings
@@ -261,8 +260,8 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
                             else f"held-out split of data ({cfg.data._target_})"),
               "fid_reference": (f"mu/sigma of {Path(opts.reference).name}" if reference_fit
                                 else f"features of {len(reference)} images"), "cfg_scale": scale,
-              "temperature": temperature, "top_k": cfg.rollout.top_k, "top_p": cfg.rollout.top_p, "seed": seed,
-              "image_size": samples.shape[1], "inception_weights": str(weights)}
+              "temperature": temperature, **truncation(cfg.rollout), "seed": seed, "image_size": samples.shape[1],
+              "inception_weights": str(weights)}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "
           f"precision {metrics['precision']:.4g}  recall {metrics['recall']:.4g}  "

@@ -73,10 +73,15 @@ def scored_sampling(rollout, block_size: int, cfg_scale: float | None = None,
             "cfg_scale": cfg_scales(block_size, scale, rollout.cfg_interval)}
 
 
+def truncation(rollout) -> dict:
+    """The rollout's ``top_k`` and ``top_p``: which tokens it may draw (not the distribution it is scored under)."""
+    return {"top_k": rollout.top_k, "top_p": rollout.top_p}
+
+
 def truncated(sampling: dict, rollout) -> dict:
-    """``sampling`` (:func:`scored_sampling`) with the rollout's top-k and top-p: the draws of an evaluation, which
+    """``sampling`` (:func:`scored_sampling`) with the rollout's :func:`truncation`: the draws of an evaluation, which
     samples as the rollouts do."""
-    return {**sampling, "top_k": rollout.top_k, "top_p": rollout.top_p}
+    return {**sampling, **truncation(rollout)}
 
 
 def evaluation_sampling(rollout, block_size: int, cfg_scale: float | None = None,

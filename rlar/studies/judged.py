@@ -23,6 +23,7 @@ from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
 from rlar.eval.run_models import recorded_run_overrides, run_config, trained_nothing
 from rlar.export import export_runs, run_policy_weights
+from rlar.rollout.sampling import truncation
 from rlar.runtime.cache import spec_key
 from rlar.studies.study import RUN_NAME, Study
 
@@ -86,12 +87,7 @@ def run_judgement(run_dir: Path, n: int, extra: list[str] = ()) -> Judgement:
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
     out = judgement_dir(run_dir / "eval", cfg, cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
     return read_or_judge(out / "judge.json", [str(run_dir), *extra, "--judge", str(n)], saved_weights(run_dir),
-                         truncation(cfg))
-
-
-def truncation(cfg) -> dict:
-    """The sampler's truncation a judgement of ``cfg`` records (``rlar-eval`` writes it in ``judge.json``)."""
-    return {key: cfg.rollout[key] for key in ("top_k", "top_p")}
+                         truncation(cfg.rollout))  # judge.json records it
 
 
 def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str] = ()) -> dict[str, Judgement]:
@@ -109,7 +105,7 @@ def prior_judgements(study: Study, n: int, outputs: str | Path, extra: list[str]
         key = spec_key(OmegaConf.to_container(row), length=10)
         out = Path(outputs) / RUN_NAME / "judged" / study.name / f"prior-{key}-cfg{scale:g}-seeds{n}"
         argv = [*overrides, "--judge", str(n), "--cfg-scale", str(scale), "--out", str(out)]
-        result[label] = read_or_judge(out / "judge.json", argv, settings=truncation(row))
+        result[label] = read_or_judge(out / "judge.json", argv, settings=truncation(row.rollout))
     return result
 
 
