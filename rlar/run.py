@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -18,7 +17,6 @@ from rlar.loop import fine_tune
 from rlar.reward.mixture import zscored
 from rlar.runtime.distributed import env_rank
 
-log = logging.getLogger(__name__)
 register_schemas()
 
 

@@ -146,7 +146,7 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
     """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
     context, tokens, labels, schedule = _rows(rollout, idx)
     mask = rollout.mask[idx]
-    if rollout.trace is not None:  # a learned schedule (rlar.schedule.ScheduleDecoder), re-scored from its trace
+    if rollout.trace is not None:  # a learned schedule (rlar.schedule.decoder.ScheduleDecoder): its trace re-scored
         with autocast():  # as in the rollout
             logp, entropy = policy(rollout.trace.rows(idx))  # [n, 1] each: one action per sample
     else:

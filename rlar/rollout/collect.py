@@ -111,7 +111,7 @@ def collect_rollout(policy: Policy, gt_codes: torch.Tensor | None, labels: Condi
         mask = torch.ones_like(sample.tokens, dtype=torch.bool)
         return Rollout(sample.tokens, sample.tokens, sample.logprobs, rep, mask, targets, given,
                        schedule=sample.schedule(), steps=sample.steps)
-    if mode == "schedule":  # policy: an rlar.schedule.ScheduleDecoder
+    if mode == "schedule":  # policy: an rlar.schedule.decoder.ScheduleDecoder
         sample = policy.decode(rep_labels, b * g, temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k,
                                top_p=rollout_cfg.top_p, cfg_scale=rollout_cfg.cfg_scale, generator=generator,
                                group_size=g)

@@ -1,11 +1,11 @@
 """``make gpu-check``: the CUDA paths on one GPU, in a few minutes, as one JSON and a printed table.
 
 1. The embedded default for ``--iterations`` iterations on ``hardware=cuda`` in fp32 and bf16, with
-   ``hardware.compile`` (and ``hardware.compile_decode`` when the ``Hardware`` schema has it), and under
+   ``hardware.compile``, with ``hardware.compile_decode``, and under
    ``torchrun --nproc_per_node=1`` with ``hardware=ddp`` and ``hardware=fsdp``: exit code, seconds, mean seconds
    per loop phase, peak memory.
 2. KV-cached decoding of LlamaGen GPT-B and GPT-L (random weights, 16,384 codes, 256 tokens, batch ``--batch``,
-   bf16 autocast as ``hardware=cuda`` runs it), eager and, when it exists, with the compiled decode: tokens/s,
+   bf16 autocast as ``hardware=cuda`` runs it), eager and with the compiled decode: tokens/s,
    peak memory, and the fraction of the device's memory bandwidth a step reaches (``rlar/studies/decode_roofline.py``).
 3. The LlamaGen recipe as ``make rehearsal`` runs it (GPT-B, random weights, 256 px, full-width VQ-16, the VA-pi
    reward, ``data=hf_disk``) in bf16 on the GPU: one FSDP2 process saving a sharded checkpoint, then a resume with
@@ -17,7 +17,6 @@ Without a GPU it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -38,19 +37,14 @@ CODEBOOK_SIZE, TOKENS, CLASSES = 16384, 256, 1000  # LlamaGen c2i at 256 px (VQ-
 RUN_TIMEOUT_S = 150
 
 
-def has_compile_decode() -> bool:
-    return "compile_decode" in {f.name for f in dataclasses.fields(Hardware)}
-
-
 def default_runs() -> dict[str, tuple[int, list[str]]]:
     """``name -> (processes under torchrun, 0 = plain python; hardware overrides)``."""
     runs = {"cuda_fp32": (0, ["hardware=cuda", "hardware.precision=fp32"]),
             "cuda_bf16": (0, ["hardware=cuda"]),
-            "cuda_bf16_compile": (0, ["hardware=cuda", "hardware.compile=true"])}
-    if has_compile_decode():
-        runs["cuda_bf16_compile_decode"] = (0, ["hardware=cuda", "hardware.compile_decode=true"])
-    runs["ddp_1proc"] = (1, ["hardware=ddp"])
-    runs["fsdp_1proc"] = (1, ["hardware=fsdp"])
+            "cuda_bf16_compile": (0, ["hardware=cuda", "hardware.compile=true"]),
+            "cuda_bf16_compile_decode": (0, ["hardware=cuda", "hardware.compile_decode=true"]),
+            "ddp_1proc": (1, ["hardware=ddp"]),
+            "fsdp_1proc": (1, ["hardware=fsdp"])}
     return runs
 
 
@@ -112,7 +106,7 @@ def all_runs(result: dict) -> dict:
 def decode_checks(sizes, batch: int, bandwidth: float | None):
     """Eager (and compiled-decode) sampling of each LlamaGen size, as ``hardware=cuda`` prepares the policy: yields
     ``(name, result)`` as each finishes, so that a caller keeps what was measured if a later one dies."""
-    variants = {"eager": {}} | ({"compile_decode": {"compile_decode": True}} if has_compile_decode() else {})
+    variants = {"eager": {}, "compile_decode": {"compile_decode": True}}
     for size in sizes:
         for variant, extra in variants.items():
             policy = None
@@ -151,8 +145,6 @@ def table(result: dict) -> str:
         fraction = "n/a" if r["bandwidth_fraction"] is None else f"{100 * r['bandwidth_fraction']:.1f}%"
         lines.append(f"{name:<30} {r['tokens_per_s']:>10.0f} {r['step_ms']:>8.2f} {r['peak_mem_gib']:>9.2f} "
                      f"{r['bytes_per_step'] / 1e6:>8.1f} {fraction:>13}")
-    if not has_compile_decode():
-        lines.append("(hardware.compile_decode is not a Hardware option here: the compiled decode was skipped)")
     return "\n".join(lines)
 
 
@@ -179,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name()
     bandwidth = device_bandwidth(device, args.bandwidth_gbs)
     result = {"device": device, "bandwidth_gbs": bandwidth and bandwidth / 1e9, "batch": args.batch,
-              "compile_decode_available": has_compile_decode(), "runs": {}, "decode": {}}
+              "runs": {}, "decode": {}}
     if not args.skip_runs:
         for name, (nproc, hardware) in default_runs().items():
             result["runs"][name] = run_default(name, nproc, hardware, out, args.iterations)
