@@ -8,6 +8,7 @@ warm-up, the iterations, and the summary.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -112,43 +113,87 @@ def train(run: Run) -> dict:
 
 def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest) -> None:
     """The RL iterations of ``progress``, evaluating and saving on schedule; on a stop signal, save and raise
-    ``Stopped`` at the end of the iteration."""
+    ``Stopped`` at the end of the iteration. On one process, a failure before an iteration's update (its batch, rollout
+    or reward: a reward server gone) or at the limit of iterations without a finite reward saves the run first
+    (``saved_if_it_fails``, ``rescue_save``)."""
     t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
+    saved_at = None  # the iteration of the last checkpoint this process saved
     shown = progress_metrics(run)
     for it in progress:
         step = it + 1
+        evaluates = step % run.cfg.eval.every == 0 or step == t.iterations
         if run.algorithm.trains_on_data:  # CCA: the batch's data pairs, nothing sampled or scored
             metrics = pair_iteration(run, next(batches), step)
         else:
-            metrics = iteration(run, next(batches), step)
-            unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
+            metrics = iteration(run, batches, step, saved_if_it_fails(run, summary, step - 1, saved_at))
+            try:
+                unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
+            except RuntimeError:
+                rescue_save(run, summary, step, f"iteration {step} was the last one without a finite reward allowed",
+                            pending=step if evaluates else None)
+                raise
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
         progress.set_postfix({key: f"{metrics[key]:.4g}" for key in shown if key in metrics})
-        if step % run.cfg.eval.every == 0 or step == t.iterations:
+        if evaluates:
             evaluate_into(run, summary, step)
         due = step % t.checkpoint_every == 0 or step == t.iterations
         if due:
             save(run, step, summary, t.warmup_steps)
+            saved_at = step
         stop_if_requested(run, stop, summary, step, t.warmup_steps, f"iteration {step}", saved=due)
+
+
+@contextlib.contextmanager
+def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
+    """A block that changes nothing a checkpoint keeps but the random streams and a learning reward's state (an
+    iteration before its update). On one process, an error in it first saves the run exactly as it was after
+    iteration ``done``: those as they were when the block began, the rest as it is. Not when ``done`` is the last
+    checkpoint (``saved_at``), nor under torchrun: a save is collective, and the error may be one rank's alone."""
+    if distributed.world_size() > 1 or done == saved_at:
+        yield
+        return
+    streams = {name: g.get_state() for name, g in run.generators.items()}
+    torch_stream, reward_state = torch.get_rng_state(), copy.deepcopy(run.reward.state_dict())
+    try:
+        yield
+    except Exception:
+        for name, state in streams.items():
+            run.generators[name].set_state(state)
+        torch.set_rng_state(torch_stream)
+        run.reward.load_state_dict(reward_state)
+        rescue_save(run, summary, done, f"iteration {done + 1} failed before its update")
+        raise
+
+
+def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None) -> None:
+    """On one process, before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with
+    ``pending``, the iteration whose evaluation did not run), so the same command resumes there. A failure of the
+    save itself is logged (the last checkpoint stands, and so it does under torchrun: a save is collective)."""
+    if distributed.world_size() > 1:
+        return
+    if pending is not None:
+        summary["pending_evaluation"] = pending
+    try:
+        save(run, done, summary, run.cfg.train.warmup_steps)
+    except Exception:
+        log.exception("%s, and so did saving the run after iteration %d: the last checkpoint stands", what, done)
+        return
+    log.error("%s; the run is saved as it was after iteration %d in %s, and the same command resumes there%s", what,
+              done, run.checkpointer.record_path, " and evaluates it first" if pending is not None else "")
 
 
 def evaluate_into(run: Run, summary: dict, step: int) -> None:
     """The evaluation after iteration ``step``, into the summary's history and the logger. On one process, a failing
     evaluation first saves the run as it is, the evaluation marked pending (``summary["pending_evaluation"]``): the
-    iterations since the last checkpoint are kept, and the same command evaluates first when it resumes. (Under
-    torchrun one rank's error would leave a save, a collective, waiting for the others: the last checkpoint
-    stands.)"""
+    iterations since the last checkpoint are kept, and the same command evaluates first when it resumes
+    (``rescue_save``)."""
     try:
         result = evaluation(run)
     except Exception:
-        if distributed.world_size() == 1:
-            summary["pending_evaluation"] = step
-            save(run, step, summary, run.cfg.train.warmup_steps)
-            log.error("the evaluation after iteration %d failed; the run is saved as it is after it in %s, and the "
-                      "same command evaluates it first when it resumes", step, run.checkpointer.record_path)
+        rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step)
         raise
     summary.pop("pending_evaluation", None)
     summary["history"].append({"iteration": step, **result})
@@ -195,30 +240,32 @@ def batch_conditions(run: Run, labels: torch.Tensor, captions: list[str] | None)
     return item_conditions(run.text_encoder, labels, captions, run.device)
 
 
-def iteration(run: Run, batch: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor], step: int) -> dict[str, float]:
-    """One RL iteration on the global batch ``(this rank's images [b, C, H, W] (None: data without images), labels
-    [B], indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the reward (and, with a
-    text encoder, condition the policy)."""
-    images, all_labels, all_indices = batch
-    labels = run.this_rank(all_labels)  # [b], b = B / world
-    images = None if images is None else images.to(run.device)  # [b, C, H, W]
-    prompts = run.data.captions_of(run.this_rank(all_indices))  # b captions, or None
+def iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
+    """One RL iteration on the next global batch of ``batches`` ``(this rank's images [b, C, H, W] (None: data without
+    images), labels [B], indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the
+    reward (and, with a text encoder, condition the policy). ``before_update``: the context of the batch, the rollout
+    and the reward (``saved_if_it_fails``)."""
     G = run.algorithm.num_generations
     timings = {}
+    with before_update:
+        images, all_labels, all_indices = next(batches)
+        labels = run.this_rank(all_labels)  # [b], b = B / world
+        images = None if images is None else images.to(run.device)  # [b, C, H, W]
+        prompts = run.data.captions_of(run.this_rank(all_indices))  # b captions, or None
 
-    tic = phase_time(run.device)  # the rollout's time includes encoding its captions
-    condition = batch_conditions(run, labels, prompts)  # [b] class labels, or caption features
-    run.policy.eval()
-    with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
-        codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
-        rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
-    timings["time/rollout"] = phase_time(run.device) - tic
-    sampled_tokens = rollout.sampled_tokens  # before the rows without a finite reward leave the mask
+        tic = phase_time(run.device)  # the rollout's time includes encoding its captions
+        condition = batch_conditions(run, labels, prompts)  # [b] class labels, or caption features
+        run.policy.eval()
+        with run.hw.autocast(), gathered(run.policy):  # FSDP2: each block's weights gathered once per rollout
+            codes = None if images is None else run.tokenizer.encode_indices(images)  # [b, T]
+            rollout = collect_rollout(run.policy, codes, condition, G, run.cfg.rollout, run.generators["sample"])
+        timings["time/rollout"] = phase_time(run.device) - tic
+        sampled_tokens = rollout.sampled_tokens  # before the rows without a finite reward leave the mask
 
-    meta = reward_meta(rollout, prompts, G)
-    samples, rewards, components, reward_metrics = decode_and_score(
-        run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0), meta,
-        run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
+        meta = reward_meta(rollout, prompts, G)
+        samples, rewards, components, reward_metrics = decode_and_score(
+            run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0),
+            meta, run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
     timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
     rewards, reward_metrics["rollout/nonfinite_frac"] = drop_nonfinite_draws(rollout, rewards, step)
 

@@ -46,6 +46,34 @@ def test_a_batch_without_a_term_counts_as_nan_rows_of_it():
     assert result["eval/reward/ink"] == pytest.approx(float(reported.mean()))
 
 
+
+class CountingCalls(Reward):
+    """Scores 0 and reports, as a remote reward does, how many calls it got since its metrics were last read."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, targets=None, meta=None):
+        self.calls += 1
+        return torch.zeros(len(images)), {}
+
+    def metrics(self):
+        calls, self.calls = self.calls, 0
+        return {"reward/remote_calls": float(calls)}
+
+
+def test_an_evaluation_reads_what_the_reward_reports_so_the_next_iteration_does_not():
+    torch.manual_seed(0)
+    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
+    reward = CountingCalls()
+    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 10, "samples_per_item": 2, "batch_size": 4,
+                                 "guided_cfg_scale": 2.0})
+    result = evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg, {"temperature": 1.0,
+                      "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
+    assert result["eval/remote_calls"] == 6.0  # 3 batches, unguided and guided
+    assert reward.metrics() == {"reward/remote_calls": 0.0}
+
 def test_an_evaluation_converts_only_each_batchs_held_out_images():
     class BatchesOnly(DigitsData):  # the whole split as floats is refused
         @property

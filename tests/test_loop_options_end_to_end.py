@@ -186,3 +186,55 @@ def test_a_failed_evaluation_saves_the_run_and_the_same_command_evaluates_it_fir
     assert resumed["history"] == straight["history"]  # the same evaluations, the failed one made when it resumed
     calls.clear()
     assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"] and not calls
+
+
+def scoring_that_fails_at(call: int, calls: list, fail):
+    """``rlar.loop.decode_and_score``, but its ``call``-th call scores (so a learning reward learns from the batch)
+    and then ``fail(result)``: raises, or returns what the loop gets instead."""
+    real = loop.decode_and_score
+
+    def scoring(*args):
+        calls.append(1)
+        result = real(*args)
+        return fail(result) if len(calls) == call else result
+
+    return scoring
+
+
+@pytest.mark.slow  # three short runs
+def test_a_reward_failing_before_the_update_saves_the_iteration_before_and_resumes_exactly(straight_two_iterations,
+                                                                                         tmp_path, monkeypatch):
+    overrides, straight = straight_two_iterations  # saved at iteration 2 only
+
+    def server_gone(result):
+        raise ConnectionError("the reward server went away")
+
+    calls = []
+    monkeypatch.setattr(loop, "decode_and_score", scoring_that_fails_at(2, calls, server_gone))
+    with pytest.raises(ConnectionError):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 1 and "pending_evaluation" not in record["summary"]
+    # the default reward learned from iteration 2's batch before the failure: the record keeps its state before it
+    monkeypatch.undo()
+    assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"]
+
+
+@pytest.mark.slow
+def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits(tiny, tmp_path, monkeypatch):
+    overrides = [*tiny, "train.iterations=2", "eval.every=1", "train.checkpoint_every=100",
+                 "train.max_nonfinite_iterations=1"]
+
+    def no_finite_reward(result):
+        samples, rewards, components, metrics = result
+        return samples, torch.full_like(rewards, float("nan")), components, metrics
+
+    monkeypatch.setattr(loop, "decode_and_score", scoring_that_fails_at(2, [], no_finite_reward))
+    with pytest.raises(RuntimeError, match="max_nonfinite_iterations=1"):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 2 and record["summary"]["pending_evaluation"] == 2
+    assert [h["iteration"] for h in record["summary"]["history"]] == [0, 1]
+    monkeypatch.undo()
+    resumed = train_rl_loop(compose_config(overrides), tmp_path)
+    assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed

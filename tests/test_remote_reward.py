@@ -217,6 +217,21 @@ def test_server_killed_mid_sequence_survivor_scores_everything(pair, client_for)
     assert not client.pool.up[a.url] and client.pool.up[b.url]
 
 
+
+def test_an_outage_is_counted_in_rounds_of_calls_not_in_chunks():
+    client = RemoteReward([f"http://127.0.0.1:{free_port()}"], chunk_size=4, retries=0, health_timeout_s=0.2,
+                          max_consecutive_failures=2)  # no server listens there
+    try:
+        x = images(4)
+        for _ in range(2):  # two rounds (iterations) of three chunk calls each: every item NaN, no error
+            for _ in range(3):
+                assert client(x, x)[0].isnan().all()
+            assert client.metrics()["reward/remote_failed_items"] == 12
+        with pytest.raises(RuntimeError, match=r"3 rounds in a row .*reward.max_consecutive_failures=2\)"):
+            client(x, x)
+    finally:
+        client.close()
+
 @pytest.mark.slow
 def test_all_servers_down_gives_nan_then_raises(fleet, client_for):
     a, b = fleet["a"], fleet["b"]

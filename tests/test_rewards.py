@@ -181,6 +181,13 @@ def test_closing_a_mixture_closes_each_component():
     assert closed == ["a", "b"]  # a remote component's threads are released whatever its weight
 
 
+
+def test_a_mixture_reports_what_each_component_reports_of_itself_under_its_name():
+    server = Fixed([0.0])
+    server.metrics = lambda: {"reward/remote_failed_items": 4.0}  # a remote component's service metrics
+    mix = WeightedReward({"server": server, "local": Fixed([1.0])}, {"server": 1.0, "local": 1.0})
+    assert mix.metrics() == {"reward/server/remote_failed_items": 4.0}
+
 def test_mixture_normalize_z_scores_each_component():
     mix = WeightedReward({"a": Fixed([1.0, 2.0, 3.0]), "b": Fixed([5.0, 5.0, 5.0])}, {"a": 1.0, "b": 3.0},
                          normalize=True)

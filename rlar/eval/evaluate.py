@@ -64,7 +64,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
     ``eval_model`` (the class it sees), ``eval/attr/class_acc`` and ``eval/attr/all_acc`` (every check passed).
 
     A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like; a
-    reward that learns across calls scores without learning (``rlar.reward.scoring.scoring_only``).
+    reward that learns across calls scores without learning (``rlar.reward.scoring.scoring_only``). What a reward
+    reports of itself (a remote reward's ``reward/remote_*``) is read once, as ``eval/remote_*``.
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
@@ -76,6 +77,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
             more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
                                   inception, text_encoder)
             result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
+        service = distributed.mean_over_ranks(reward_fn.metrics(), device)  # read here, not by the next iteration
+        result.update({"eval/" + key.removeprefix("reward/"): value for key, value in service.items()})
     return result
 
 

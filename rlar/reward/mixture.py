@@ -61,6 +61,12 @@ class WeightedReward(Reward):
         for component in self.components.values():
             component.learning = value
 
+    def metrics(self) -> dict[str, float]:
+        """What each component reports of itself since the last read, ``reward/<name>/<key>`` for its
+        ``reward/<key>`` (a remote component's latency, retries, ...)."""
+        return {f"reward/{name}/{key.removeprefix('reward/')}": value
+                for name, component in self.components.items() for key, value in component.metrics().items()}
+
     def state_dict(self) -> dict:
         """The components that keep state across calls (a mix of stateless rewards has none)."""
         return {name: state for name, c in self.components.items() if (state := c.state_dict())}

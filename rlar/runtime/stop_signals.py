@@ -1,5 +1,5 @@
-"""SIGTERM and SIGINT stop a run at the end of its current step (the prior's evaluation, a warm-up step or an
-iteration), after a checkpoint: the same command resumes.
+"""SIGTERM, SIGINT and SIGHUP (a closed terminal; not under ``nohup``, which ignores it) stop a run at the end of its
+current step (the prior's evaluation, a warm-up step or an iteration), after a checkpoint: the same command resumes.
 
 A second signal while stopping is handled as before (SIGINT: ``KeyboardInterrupt``), so a stuck run can still be
 interrupted.
@@ -12,6 +12,7 @@ import signal
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANGUP = getattr(signal, "SIGHUP", None)  # none on Windows
 
 
 class StopRequest:
@@ -27,13 +28,15 @@ class StopRequest:
             yield self
             return
         previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+        if HANGUP is not None and signal.getsignal(HANGUP) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays so
+            previous[HANGUP] = signal.getsignal(HANGUP)
 
         def note(signum, frame):
             self.received = signal.Signals(signum).name
             for sig, handler in previous.items():  # a second signal acts as it did before
                 signal.signal(sig, handler)
 
-        for sig in SIGNALS:
+        for sig in previous:
             signal.signal(sig, note)
         try:
             yield self

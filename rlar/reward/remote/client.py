@@ -48,9 +48,11 @@ class RemoteReward(Reward):
     ``backoff_s * 2^k`` seconds, up to ``retries`` times, unless the request is at fault: a 4xx, or the reward
     failing on it (500 ``reward failed: ...``) alike on two of its tries. An error a server answers is logged once
     (per distinct error). A chunk no server scored is NaN (``reward/remote_failed_items``); after
-    ``max_consecutive_failures`` calls in a row that scored no item, the next such call raises ``RuntimeError``.
-    With ``weights``, the reward is ``sum_k weights[k] * components[k]`` (z-scored over the whole batch first if
-    ``normalize``) instead of the servers' own total.
+    ``max_consecutive_failures`` rounds in a row that scored no item, the next round's first call that scores none
+    raises ``RuntimeError``. A round is the calls between two reads of ``metrics()``: the loop reads it once per
+    iteration (its chunks, ``train.score_chunk_size``, are one round) and once per evaluation. With ``weights``, the
+    reward is ``sum_k weights[k] * components[k]`` (z-scored over the whole batch first if ``normalize``) instead of
+    the servers' own total.
     """
 
     def __init__(self, urls: Sequence[str], chunk_size: int = 64, timeout_s: float = 30.0, retries: int = 2,
@@ -71,7 +73,8 @@ class RemoteReward(Reward):
         self.pool = ServerPool(list(urls), self.http, self.headers, health_interval_s, health_timeout_s)
         self.pool.refresh(self.executor)  # logs the servers that do not answer yet
         self.calls = 0
-        self.failed_calls = 0  # consecutive calls that scored no item
+        self.failed_rounds = 0  # consecutive rounds (calls between two reads of metrics()) that scored no item
+        self.round_scored = False  # an item of this round was scored
         self.unread: dict[str, float] = {}  # totals since metrics() was last read
         self.warned: set[str] = set()  # the servers' answered errors already logged
         self.warned_lock = threading.Lock()
@@ -156,21 +159,25 @@ class RemoteReward(Reward):
         for key, value in (("calls", 1.0), ("latency_ms", 1000 * (time.perf_counter() - tic)),
                            ("retries", float(retries)), ("failed_items", float(failed))):
             self.unread[key] = self.unread.get(key, 0.0) + value
-        self.count_failure(n > 0 and failed == n)
+        self.round_scored |= failed < n or n == 0  # an empty call is no outage
+        self.check_outage()
         return scores.to(images.device), {k: v.to(images.device) for k, v in components.items()}
 
-    def count_failure(self, failed: bool) -> None:
-        """Counts calls in a row that scored no item; raises once more than ``max_consecutive_failures`` did."""
-        self.failed_calls = self.failed_calls + 1 if failed else 0
-        if self.failed_calls > self.max_consecutive_failures:
+    def check_outage(self) -> None:
+        """Raises when this round has scored no item yet after ``max_consecutive_failures`` rounds that scored none."""
+        if not self.round_scored and self.failed_rounds >= self.max_consecutive_failures:
             raise RuntimeError(
-                f"remote reward: {self.failed_calls} calls in a row scored no item (more than "
-                f"reward.max_consecutive_failures={self.max_consecutive_failures}); servers: {self.pool.describe()}")
+                f"remote reward: {self.failed_rounds + 1} rounds in a row (an iteration's or an evaluation's calls) "
+                f"scored no item (more than reward.max_consecutive_failures={self.max_consecutive_failures}); "
+                f"servers: {self.pool.describe()}")
 
     def metrics(self) -> dict[str, float]:
         """Since the last read: mean latency per call (ms), retries and items no server scored (totals); and the
-        servers in rotation now. Reading resets the totals."""
+        servers in rotation now. Reading resets the totals and ends a round (``max_consecutive_failures``)."""
         unread, self.unread = self.unread, {}
+        if unread.get("calls"):
+            self.failed_rounds = 0 if self.round_scored else self.failed_rounds + 1
+        self.round_scored = False
         calls = unread.get("calls", 0.0)
         return {"reward/remote_latency_ms": unread.get("latency_ms", 0.0) / max(calls, 1.0),
                 "reward/remote_retries": unread.get("retries", 0.0),

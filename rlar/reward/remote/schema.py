@@ -23,7 +23,8 @@ class RemoteRewardSchema:
     # {component: weight}: reward = weighted sum of the servers' components; {} = the servers' own total
     weights: dict[str, float] = field(default_factory=dict)
     normalize: bool = False  # z-score each component first
-    max_consecutive_failures: int = 3  # after this many calls in a row that scored no item, the next one raises
+    # after this many rounds in a row (an iteration's calls, or an evaluation's) that scored no item, the next raises
+    max_consecutive_failures: int = 3
     # the shared token (Authorization: Bearer) is read from this variable, or from this file; never put the token
     # itself in the config
     token_env: str | None = DEFAULT_TOKEN_ENV
