@@ -95,11 +95,13 @@ def train(run: Run) -> dict:
     time_totals: dict[str, float] = {}
     with StopRequest().listening() as stop:  # before any work: no signal is lost between two steps
         start, warmed, summary = resume(run) if run.cfg.resume else (0, 0, {})
+        # the checkpoint resumed is the run as it stands when its warm-up is done: a failure there saves nothing again
+        saved_at = start if summary and warmed == t.warmup_steps else None
         if not summary:  # a fresh run
             summary = evaluate_prior(run)
             stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
         elif summary.get("pending_evaluation") is not None:  # saved when its evaluation failed
-            evaluate_into(run, summary, summary["pending_evaluation"])
+            evaluate_into(run, summary, summary["pending_evaluation"], rescue=False)  # saved pending already
             save(run, start, summary, warmed)  # resolved: a later start does not evaluate it again
             stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
@@ -107,26 +109,28 @@ def train(run: Run) -> dict:
         warm_up(run, batches, summary, warmed, stop)
         with tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
                   disable=not distributed.is_main()) as progress:
-            iterations(run, batches, progress, summary, time_totals, stop)
+            iterations(run, batches, progress, summary, time_totals, stop, saved_at)
     return finish(run, summary, time_totals, start)
 
 
-def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest) -> None:
+def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest,
+               saved_at: int | None) -> None:
     """The RL iterations of ``progress``, evaluating and saving on schedule; on a stop signal, save and raise
     ``Stopped`` at the end of the iteration. On one process, a failure before an iteration's update (its batch, rollout
     or reward: a reward server gone) or at the limit of iterations without a finite reward saves the run first
-    (``saved_if_it_fails``, ``rescue_save``)."""
+    (``saved_if_it_fails``, ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration
+    of the checkpoint, when it holds the run as it stands then; None: none does)."""
     t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
-    saved_at = None  # the iteration of the last checkpoint this process saved
     shown = progress_metrics(run)
     for it in progress:
         step = it + 1
         evaluates = step % run.cfg.eval.every == 0 or step == t.iterations
+        before_update = saved_if_it_fails(run, summary, step - 1, saved_at)
         if run.algorithm.trains_on_data:  # CCA: the batch's data pairs, nothing sampled or scored
-            metrics = pair_iteration(run, next(batches), step)
+            metrics = pair_iteration(run, batches, step, before_update)
         else:
-            metrics = iteration(run, batches, step, saved_if_it_fails(run, summary, step - 1, saved_at))
+            metrics = iteration(run, batches, step, before_update)
             try:
                 unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
             except RuntimeError:
@@ -185,15 +189,16 @@ def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | No
               done, run.checkpointer.record_path, " and evaluates it first" if pending is not None else "")
 
 
-def evaluate_into(run: Run, summary: dict, step: int) -> None:
+def evaluate_into(run: Run, summary: dict, step: int, rescue: bool = True) -> None:
     """The evaluation after iteration ``step``, into the summary's history and the logger. On one process, a failing
-    evaluation first saves the run as it is, the evaluation marked pending (``summary["pending_evaluation"]``): the
-    iterations since the last checkpoint are kept, and the same command evaluates first when it resumes
-    (``rescue_save``)."""
+    evaluation first saves the run as it is (``rescue``), the evaluation marked pending
+    (``summary["pending_evaluation"]``): the iterations since the last checkpoint are kept, and the same command
+    evaluates first when it resumes (``rescue_save``)."""
     try:
         result = evaluation(run)
     except Exception:
-        rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step)
+        if rescue:
+            rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step)
         raise
     summary.pop("pending_evaluation", None)
     summary["history"].append({"iteration": step, **result})
@@ -319,15 +324,17 @@ def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: in
     return meta
 
 
-def pair_iteration(run: Run, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, float]:
-    """One iteration of an algorithm that trains on data pairs (CCA) on the global batch ``(this rank's images
-    [b, C, H, W], labels [B], indices [B])``: this rank's images' codes under their labels and under mismatched
-    ones, one optimizer step; logs and returns its metrics."""
-    images, all_labels, _ = batch
-    images, labels = images.to(run.device), run.this_rank(all_labels)  # [b, C, H, W], [b]
-    tic = phase_time(run.device)
-    codes = run.tokenizer.encode_indices(images)  # [b, T]
-    negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
+def pair_iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
+    """One iteration of an algorithm that trains on data pairs (CCA) on the next global batch of ``batches`` ``(this
+    rank's images [b, C, H, W], labels [B], indices [B])``: this rank's images' codes under their labels and under
+    mismatched ones, one optimizer step; logs and returns its metrics. ``before_update``: the context of the batch,
+    its codes and its negatives (``saved_if_it_fails``)."""
+    with before_update:
+        images, all_labels, _ = next(batches)
+        images, labels = images.to(run.device), run.this_rank(all_labels)  # [b, C, H, W], [b]
+        tic = phase_time(run.device)
+        codes = run.tokenizer.encode_indices(images)  # [b, T]
+        negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
     stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
                         run.cfg.train.max_grad_norm, run.hw.autocast)
     timings = {"time/update": phase_time(run.device) - tic}

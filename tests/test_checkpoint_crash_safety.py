@@ -124,6 +124,19 @@ def test_a_save_killed_at_any_step_leaves_a_consistent_checkpoint(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last_sharded.3"]
 
 
+def test_saving_the_same_step_again_never_removes_the_checkpoint_it_replaces(tmp_path, monkeypatch):
+    weights = {1: saved(tmp_path, "sharded", 1, seed=1)}  # in last_sharded.1
+    with monkeypatch.context() as patch:
+        crash_at(patch, checkpoint.dcp, "save", always)  # the same step saved again (a rescue save) dies writing
+        with pytest.raises(Crash):
+            saved(tmp_path, "sharded", 1, seed=2)
+    iteration, weight, _ = loaded(tmp_path, "sharded")
+    assert iteration == 1 and torch.equal(weight, weights[1])
+    for seed in (3, 4):  # saved again, twice: each save writes beside the folder the record names, then replaces it
+        weights[seed] = saved(tmp_path, "sharded", 1, seed=seed)
+        assert torch.equal(loaded(tmp_path, "sharded")[1], weights[seed])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last_sharded.1"]
+
 @pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
 def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fmt):
     weight = saved(tmp_path, fmt, 1, seed=1)

@@ -74,6 +74,44 @@ def test_an_evaluation_reads_what_the_reward_reports_so_the_next_iteration_does_
     assert result["eval/remote_calls"] == 6.0  # 3 batches, unguided and guided
     assert reward.metrics() == {"reward/remote_calls": 0.0}
 
+
+class ServersDown(CountingCalls):
+    """No item scored (NaN), and reported as a remote reward reports it; ``scored``: the items it scores anyway."""
+
+    def __init__(self, scored: int = 0):
+        super().__init__()
+        self.scored, self.failed = scored, 0
+
+    def __call__(self, images, targets=None, meta=None):
+        rewards = torch.full((len(images),), float("nan"))
+        rewards[:self.scored] = 0.0
+        self.failed += len(images) - min(self.scored, len(images))
+        return rewards, {}
+
+    def metrics(self):
+        failed, self.failed = self.failed, 0
+        return {"reward/remote_failed_items": float(failed)}
+
+
+@pytest.mark.parametrize("scored", [0, 2])
+def test_an_evaluation_its_reward_servers_scored_nothing_of_raises_instead_of_recording_nan(scored):
+    torch.manual_seed(0)
+    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
+    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 4, "samples_per_item": 2, "batch_size": 4,
+                                 "guided_cfg_scale": None})
+
+    def evaluated():
+        return evaluate(policy, tokenizer, ServersDown(scored), DigitsData(), eval_cfg,
+                        {"temperature": 1.0, "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
+
+    if scored:  # a partial outage: the mean of what was scored, and the count of what was not
+        result = evaluated()
+        assert result["eval/reward"] == 0.0 and result["eval/remote_failed_items"] == 6.0
+    else:
+        with pytest.raises(RuntimeError, match=r"scored none of its samples \(eval/reward NaN\).* 8 items"):
+            evaluated()
+
 def test_an_evaluation_converts_only_each_batchs_held_out_images():
     class BatchesOnly(DigitsData):  # the whole split as floats is refused
         @property

@@ -1,10 +1,14 @@
 """rlar.studies.filter_ceiling: which draws the filtered policy keeps, and that the judge reads exactly those."""
 
 import json
+import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from rlar.reward.remote.client import RemoteReward
+from rlar.studies import filter_ceiling
 from rlar.studies.filter_ceiling import accepted_first, check_scores_on_its_own, kept_metrics
 
 
@@ -83,3 +87,24 @@ def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_o
         assert written["filtered"] == written["policy"]
         assert 0 <= written["policy"]["class_acc"]["mean"] <= 1 and written["policy"]["fd"]["mean"] > 0
     assert len(closed) == 2
+
+
+class Describer:
+    """Stands in for the judge's classifier: one feature per image, every draw a hit."""
+
+    def describe(self, images, labels):
+        return images.flatten(1)[:, :1], torch.ones(len(images), dtype=torch.bool)
+
+
+def test_an_outage_of_the_reward_servers_stops_the_draws_after_max_consecutive_failures_batches(monkeypatch):
+    with socket.socket() as s:  # a port no server listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(filter_ceiling, "generate_images", lambda *args: torch.zeros(12, 1, 8, 8))
+    reward = RemoteReward([dead], retries=0, health_timeout_s=0.2, max_consecutive_failures=1)
+    try:
+        with pytest.raises(RuntimeError, match="max_consecutive_failures=1"):  # each batch of 4 draws is a round
+            filter_ceiling.draw_and_read(None, None, reward, Describer(), torch.tensor([1, 2, 3]), 4, {},
+                                         SimpleNamespace(batch_size=4), 0, "cpu")
+    finally:
+        reward.close()

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar import loop
+from rlar.algorithm.cca import CCA
 from rlar.config.store import compose_config
 from rlar.loop import check_scored, evaluation_line, progress_metrics, train_rl_loop
 from rlar.reward.reconstruction import ReconstructionReward
@@ -219,6 +220,43 @@ def test_a_reward_failing_before_the_update_saves_the_iteration_before_and_resum
     monkeypatch.undo()
     assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"]
 
+
+@pytest.mark.slow  # two short runs
+def test_a_failure_right_after_a_resume_leaves_the_checkpoint_it_resumed_untouched(tiny, tmp_path, monkeypatch):
+    overrides = [*tiny, "train.iterations=1", "train.checkpoint_format=sharded"]
+    train_rl_loop(compose_config(overrides), tmp_path)  # finished: last.pt, last_sharded.1/ and the export policy.pt
+    checkpoints = tmp_path / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()}
+
+    def server_gone(result):
+        raise ConnectionError("the reward server went away")
+
+    monkeypatch.setattr(loop, "decode_and_score", scoring_that_fails_at(1, [], server_gone))
+    with pytest.raises(ConnectionError):  # extended by one iteration, which fails before its update
+        train_rl_loop(compose_config([*overrides[:-2], "train.iterations=2", overrides[-1]]), tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in checkpoints.iterdir()} == before  # nothing saved again
+
+
+@pytest.mark.slow  # three short runs
+def test_cca_failing_before_its_update_saves_the_iteration_before_and_resumes_exactly(tiny_cca, tmp_path,
+                                                                                    tmp_path_factory, monkeypatch):
+    overrides = [*tiny_cca, "train.iterations=2", "eval.every=1", "train.checkpoint_every=100"]
+    straight = train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
+    calls, negatives = [], CCA.negatives
+
+    def failing_once(self, *args):
+        calls.append(1)
+        drawn = negatives(self, *args)  # the update stream has drawn: the record keeps it as it was before
+        if len(calls) == 2:
+            raise OSError("an image of the batch could not be read")
+        return drawn
+
+    monkeypatch.setattr(CCA, "negatives", failing_once)
+    with pytest.raises(OSError):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    monkeypatch.undo()
+    assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"]
 
 @pytest.mark.slow
 def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits(tiny, tmp_path, monkeypatch):

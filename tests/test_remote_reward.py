@@ -339,12 +339,39 @@ def test_training_run_survives_a_server_killed_mid_run(tiny, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_training_run_stops_after_consecutive_failed_iterations(tiny, tmp_path):
+def test_a_server_lost_mid_run_stops_it_after_the_rounds_allowed_saved_and_it_resumes_when_back(pair, tiny, tmp_path,
+                                                                                              monkeypatch):
+    from rlar import loop
+
+    server = pair[0]
+    overrides = [*tiny, "train.iterations=5", "eval.every=100", "train.checkpoint_every=100", "eval.max_items=4",
+                 "reward=remote", f"reward.urls=[{server.url}]", "reward.retries=0",
+                 "reward.max_consecutive_failures=2", "reward.health_timeout_s=0.2", "reward.timeout_s=2"]
+    evaluate_prior = loop.evaluate_prior
+
+    def then_the_server_dies(run):
+        summary = evaluate_prior(run)
+        server.kill()
+        return summary
+
+    monkeypatch.setattr(loop, "evaluate_prior", then_the_server_dies)
+    with pytest.raises(RuntimeError, match=r"3 rounds in a row .*max_consecutive_failures=2\)"):
+        loop.train_rl_loop(compose_config(overrides), tmp_path)  # iterations 1 and 2 unscored, 3 raises
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 2  # saved as it was after the last iteration that ran
+    server.restart()
+    summary = loop.train_rl_loop(compose_config(overrides), tmp_path)
+    assert [h["iteration"] for h in summary["history"]] == [0, 5] and summary["history"][-1]["eval/nan_count"] == 0
+
+
+@pytest.mark.slow
+def test_a_run_whose_reward_servers_are_all_down_stops_at_its_first_evaluation(tiny, tmp_path):
     from rlar.loop import train_rl_loop
 
     dead = f"http://127.0.0.1:{free_port()}"
     cfg = compose_config([*tiny, "train.iterations=5", "eval.max_items=4", "reward=remote", f"reward.urls=[{dead}]",
                           "reward.retries=0", "reward.max_consecutive_failures=2", "reward.health_timeout_s=0.2",
                           "reward.timeout_s=0.5"])
-    with pytest.raises(RuntimeError, match="max_consecutive_failures=2"):
-        train_rl_loop(cfg, tmp_path)
+    with pytest.raises(RuntimeError, match=r"scored none of its samples \(eval/reward NaN\)"):
+        train_rl_loop(cfg, tmp_path)  # the prior's evaluation: nothing is recorded
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()

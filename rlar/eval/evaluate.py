@@ -7,6 +7,7 @@ whose eval captions are digit captions the prompts' attribute accuracy (``eval/a
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 
 import torch
@@ -65,7 +66,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
 
     A fixed seed makes the numbers a function of the policy alone, so before/after RL compare like for like; a
     reward that learns across calls scores without learning (``rlar.reward.scoring.scoring_only``). What a reward
-    reports of itself (a remote reward's ``reward/remote_*``) is read once, as ``eval/remote_*``.
+    reports of itself (a remote reward's ``reward/remote_*``) is read once, as ``eval/remote_*``; an evaluation that its
+    reward servers scored nothing of raises (``check_scored_by_service``).
     Under torchrun each rank samples its share of the items and the rewards and classifier features are gathered.
     ``autocast``: the context of the policy's passes (the tokenizer and the classifier run outside it, in fp32).
     """
@@ -79,7 +81,20 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
             result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
         service = distributed.mean_over_ranks(reward_fn.metrics(), device)  # read here, not by the next iteration
         result.update({"eval/" + key.removeprefix("reward/"): value for key, value in service.items()})
+    check_scored_by_service(result, service)
     return result
+
+
+def check_scored_by_service(result: dict[str, float], service: dict[str, float]) -> None:
+    """Raise where an evaluation's reward scored none of its samples (``eval/reward`` or ``eval_cfg/reward`` NaN) and
+    its service says why: items no reward server scored (``*remote_failed_items``). Its numbers would be recorded as
+    the evaluation's; a raised error leaves it to be made again (``rlar.loop.evaluate_into``)."""
+    failed = sum(value for key, value in service.items() if key.endswith("remote_failed_items"))
+    unscored = [key for key in ("eval/reward", "eval_cfg/reward") if key in result and math.isnan(result[key])]
+    if failed and unscored:
+        raise RuntimeError(f"the evaluation's reward scored none of its samples ({', '.join(unscored)} NaN): no reward "
+                           f"server scored {failed:g} items (the warnings above name each server's error); the "
+                           "evaluation is not recorded")
 
 
 def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,

@@ -39,7 +39,8 @@ from rlar.runtime.safe_dcp import SafePlanner, SafeReader
 FORMATS = ("consolidated", "sharded")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 EXPORTS = ("policy.pt", "ema.pt")  # a sharded run's plain state dicts, written when it finishes (export_policy)
-SHARDS = re.compile(r"last_sharded(\.\d+)?")  # the folders a record may name: last_sharded (older rlar), .<step>
+# the folders a record may name: last_sharded (older rlar), .<step>, .<step>.1 (the same step saved again)
+SHARDS = re.compile(r"last_sharded(\.\d+){0,2}")
 
 
 @contextlib.contextmanager
@@ -103,9 +104,13 @@ class Checkpointer:
         distributed.barrier()
 
     def save_shards(self, step: int, stepped: bool) -> str:
-        """Every rank writes its DCP shards (the optimizer's only once ``stepped``) to ``last_sharded.<step>/``;
-        returns that folder's name."""
+        """Every rank writes its DCP shards (the optimizer's only once ``stepped``) to ``last_sharded.<step>/``, or to
+        ``last_sharded.<step>.1/`` where the record names the first already (the same step saved again: the folder of
+        the current checkpoint is never removed before the new record replaces it); returns that folder's name."""
+        current = distributed.broadcast_object(self.current_shards() if distributed.is_main() else None)
         name = f"last_sharded.{step}"
+        if name == current:
+            name += ".1"
         model, optim = self.state_dicts(stepped)
         if distributed.is_main():
             shutil.rmtree(self.directory / name, ignore_errors=True)  # an earlier save of it, never recorded

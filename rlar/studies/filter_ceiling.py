@@ -76,6 +76,7 @@ def draw_and_read(policy, tokenizer, reward_fn, eval_model: EvalModel, labels: t
         for x, y in zip(images.split(eval_cfg.batch_size), asked.split(eval_cfg.batch_size), strict=True):
             x, y = x.to(device), y.to(device)
             rewards.append(reward_fn(x, None, {"labels": y})[0].float().cpu())
+            reward_fn.metrics()  # each batch a round: a remote reward's max_consecutive_failures counts batches
             f, hit = eval_model.describe(x, y)
             features.append(f.cpu())
             hits.append(hit.cpu())
