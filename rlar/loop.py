@@ -116,9 +116,9 @@ def train(run: Run) -> dict:
 def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest,
                saved_at: int | None) -> None:
     """The RL iterations of ``progress``, evaluating and saving on schedule; on a stop signal, save and raise
-    ``Stopped`` at the end of the iteration. On one process, a failure before an iteration's update (its batch, rollout
-    or reward: a reward server gone) or at the limit of iterations without a finite reward saves the run first
-    (``saved_if_it_fails``, ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration
+    ``Stopped`` at the end of the iteration. On one process a failure before an iteration's update (its batch, rollout
+    or reward: a reward server gone), and on any number the limit of iterations without a finite reward, save the run
+    first (``saved_if_it_fails``, ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration
     of the checkpoint, when it holds the run as it stands then; None: none does)."""
     t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
@@ -135,7 +135,7 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
                 unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
             except RuntimeError:
                 rescue_save(run, summary, step, f"iteration {step} was the last one without a finite reward allowed",
-                            pending=step if evaluates else None)
+                            pending=step if evaluates else None, everywhere=True)  # counted on the global batch
                 raise
         for key, seconds in metrics.items():
             if key.startswith("time/"):
@@ -172,11 +172,13 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
         raise
 
 
-def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None) -> None:
-    """On one process, before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with
-    ``pending``, the iteration whose evaluation did not run), so the same command resumes there. A failure of the
-    save itself is logged (the last checkpoint stands, and so it does under torchrun: a save is collective)."""
-    if distributed.world_size() > 1:
+def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,
+                everywhere: bool = False) -> None:
+    """Before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with ``pending``, the
+    iteration whose evaluation did not run), so the same command resumes there. On one process, or under torchrun
+    where the error comes on ``everywhere`` (every rank at this point: a save is collective; else the last checkpoint
+    stands). A failure of the save itself is logged, and the last checkpoint stands."""
+    if distributed.world_size() > 1 and not everywhere:
         return
     if pending is not None:
         summary["pending_evaluation"] = pending

@@ -363,3 +363,42 @@ def test_main_process_first_releases_the_other_ranks_when_rank_0_fails(monkeypat
     with pytest.raises(ValueError, match="no tokenizer"), rlar.runtime.distributed.main_process_first():
         raise ValueError("no tokenizer")
     assert barriers == [rank]  # rank 0 meets the barrier the others wait at, then raises; they run the body after
+
+
+UNSCORED = """
+import sys
+import torch
+from omegaconf import OmegaConf
+from rlar.config.store import compose_config
+from rlar.contracts import Reward
+from rlar.loop import train_rl_loop
+
+
+class UnscoredInTraining(Reward):
+    '''-1 in an evaluation, NaN in training: a reward that fails once the run trains.'''
+
+    def __call__(self, images, targets=None, meta=None):
+        return torch.full((len(images),), float("nan") if self.learning else -1.0), {}
+
+
+cfg = compose_config(sys.argv[2:])
+OmegaConf.set_struct(cfg, False)
+cfg.reward = {"_target_": "__main__.UnscoredInTraining"}
+try:
+    train_rl_loop(cfg, sys.argv[1])
+except RuntimeError as e:
+    print("raised:", str(e).split(";")[0])
+"""
+
+
+@pytest.mark.slow
+def test_the_limit_of_unscored_iterations_saves_under_torchrun_too(tiny, tmp_path):
+    """Every rank counts the iterations without a finite reward on the global batch, so every rank reaches the limit
+    at the same iteration, and the save (a collective) is made there."""
+    proc = torchrun_source(UNSCORED, tmp_path, str(tmp_path / "run"), *tiny, "hardware=ddp", *CPU,
+                           "train.iterations=4", "train.checkpoint_every=100", "eval.every=2",
+                           "train.max_nonfinite_iterations=2")
+    assert proc.stdout.count("raised: iteration 2: no reward was finite") == 2  # on both ranks
+    record = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 2 and record["summary"]["pending_evaluation"] == 2
+    assert len(record["rng"]["sample"]) == 2  # both ranks' streams
