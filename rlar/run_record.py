@@ -1,0 +1,90 @@
+"""What a checkpoint keeps of a run and how the loop writes and reads it: the scheduled save, the resume, and the
+saves that keep a run whose step failed (``rlar.loop``)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import torch
+
+from rlar.build import Run
+from rlar.runtime import distributed
+from rlar.runtime.random_streams import gather_rng, restore_rng
+
+log = logging.getLogger(__name__)
+
+
+def save(run: Run, iteration: int, summary: dict, warmed: int) -> None:
+    """The checkpoint of ``iteration`` after ``warmed`` warm-up steps: weights, their average and the optimizer
+    (``run.checkpointer``), the algorithm's and the reward's state, the lr schedule, the summary so far and every
+    rank's random streams."""
+    run.checkpointer.save({"algorithm": run.algorithm.state_dict(), "reward": run.reward.state_dict(),
+                           "scheduler": run.scheduler.state_dict(), "iteration": iteration, "warmup_done": warmed,
+                           "summary": summary, "rng": gather_rng(run.generators)})
+
+
+def resume(run: Run) -> tuple[int, int, dict]:
+    """``(iteration, warm-up steps done, summary)`` of the last checkpoint, with the algorithm's and the reward's
+    state, the lr schedule and the random streams restored; ``(0, 0, {})`` when there is none."""
+    state = run.checkpointer.load()
+    if state is None:
+        return 0, 0, {}
+    if state["iteration"] > run.cfg.train.iterations:
+        raise ValueError(f"train.iterations={run.cfg.train.iterations} is lower than the {state['iteration']} "
+                         f"iterations of the checkpoint {run.checkpointer.record_path}: set train.iterations >= "
+                         f"{state['iteration']}, or resume=false (or another name) to start over")
+    run.algorithm.load_state_dict(state["algorithm"])
+    run.reward.load_state_dict(state.get("reward", {}))  # written before rewards kept state: none
+    if "scheduler" in state:
+        run.scheduler.load_state_dict(state["scheduler"])
+    else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
+        log.warning("%s has no lr schedule: the schedule starts at its first step", run.checkpointer.record_path)
+    restore_rng(run.generators, state["rng"], state["iteration"], run.hw.seed)
+    # a record written before a warm-up could be stopped was saved after the whole warm-up
+    warmed = state.get("warmup_done", run.cfg.train.warmup_steps)
+    log.info("resumed from %s at iteration %d, after %d of %d warm-up steps", run.checkpointer.record_path,
+             state["iteration"], warmed, run.cfg.train.warmup_steps)
+    return state["iteration"], warmed, state["summary"]
+
+
+@contextlib.contextmanager
+def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
+    """A block that changes nothing a checkpoint keeps but the random streams and a learning reward's state (an
+    iteration before its update). On one process, an error in it first saves the run exactly as it was after
+    iteration ``done``: those as they were when the block began, the rest as it is. Not when ``done`` is the last
+    checkpoint (``saved_at``), nor under torchrun: a save is collective, and the error may be one rank's alone."""
+    if distributed.world_size() > 1 or done == saved_at:
+        yield
+        return
+    streams = {name: g.get_state() for name, g in run.generators.items()}
+    torch_stream, reward_state = torch.get_rng_state(), copy.deepcopy(run.reward.state_dict())
+    try:
+        yield
+    except Exception:
+        for name, state in streams.items():
+            run.generators[name].set_state(state)
+        torch.set_rng_state(torch_stream)
+        run.reward.load_state_dict(reward_state)
+        rescue_save(run, summary, done, f"iteration {done + 1} failed before its update")
+        raise
+
+
+def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,
+                everywhere: bool = False) -> None:
+    """Before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with ``pending``, the
+    iteration whose evaluation did not run), so the same command resumes there. On one process, or under torchrun
+    where the error comes on ``everywhere`` (every rank at this point: a save is collective; else the last checkpoint
+    stands). A failure of the save itself is logged, and the last checkpoint stands."""
+    if distributed.world_size() > 1 and not everywhere:
+        return
+    if pending is not None:
+        summary["pending_evaluation"] = pending
+    try:
+        save(run, done, summary, run.cfg.train.warmup_steps)
+    except Exception:
+        log.exception("%s, and so did saving the run after iteration %d: the last checkpoint stands", what, done)
+        return
+    log.error("%s; the run is saved as it was after iteration %d in %s, and the same command resumes there%s", what,
+              done, run.checkpointer.record_path, " and evaluates it first" if pending is not None else "")
