@@ -132,9 +132,9 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
             metrics = iteration(run, batches, step, before_update)
             try:
                 unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
-            except RuntimeError:
+            except distributed.RaisedOnEveryRank as error:  # counted on the global batch
                 rescue_save(run, summary, step, f"iteration {step} was the last one without a finite reward allowed",
-                            pending=step if evaluates else None, everywhere=True)  # counted on the global batch
+                            pending=step if evaluates else None, everywhere=error)
                 raise
         for key, seconds in metrics.items():
             if key.startswith("time/"):
@@ -156,9 +156,10 @@ def evaluate_into(run: Run, summary: dict, step: int, rescue: bool = True) -> No
     evaluates first when it resumes (``rescue_save``)."""
     try:
         result = evaluation(run)
-    except Exception:
+    except Exception as error:
         if rescue:
-            rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step)
+            rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step,
+                        everywhere=error)
         raise
     summary.pop("pending_evaluation", None)
     summary["history"].append({"iteration": step, **result})
@@ -189,13 +190,15 @@ def progress_metrics(run: Run) -> tuple[str, ...]:
 
 
 def check_scored(unscored: int, metrics: dict[str, float], limit: int, step: int) -> int:
-    """The count of iterations in a row with no finite reward, this one included; raises at ``limit``."""
+    """The count of iterations in a row with no finite reward, this one included; raises at ``limit`` (on every rank:
+    ``reward/mean`` is the global batch's)."""
     unscored = unscored + 1 if math.isnan(metrics["reward/mean"]) else 0
     if unscored >= limit:
-        raise RuntimeError(f"iteration {step}: no reward was finite (NaN or inf) for {unscored} iterations in a row "
-                           f"(train.max_nonfinite_iterations={limit}); check the reward model (reward=...) or its "
-                           "server, and the policy (rollout/nonfinite_frac: the samples drawn from non-finite "
-                           "logits), or raise train.max_nonfinite_iterations")
+        raise distributed.RaisedOnEveryRank(
+            f"iteration {step}: no reward was finite (NaN or inf) for {unscored} iterations in a row "
+            f"(train.max_nonfinite_iterations={limit}); check the reward model (reward=...) or its server, and the "
+            "policy (rollout/nonfinite_frac: the samples drawn from non-finite logits), or raise "
+            "train.max_nonfinite_iterations")
     return unscored
 
 

@@ -72,12 +72,12 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
 
 
 def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,
-                everywhere: bool = False) -> None:
+                everywhere: Exception | None = None) -> None:
     """Before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with ``pending``, the
     iteration whose evaluation did not run), so the same command resumes there. On one process, or under torchrun
-    where the error comes on ``everywhere`` (every rank at this point: a save is collective; else the last checkpoint
-    stands). A failure of the save itself is logged, and the last checkpoint stands."""
-    if distributed.world_size() > 1 and not everywhere:
+    when the error, ``everywhere``, is one every rank raises here (``RaisedOnEveryRank``: a save is collective; else
+    the last checkpoint stands). A failure of the save itself is logged, and the last checkpoint stands."""
+    if distributed.world_size() > 1 and not isinstance(everywhere, distributed.RaisedOnEveryRank):
         return
     if pending is not None:
         summary["pending_evaluation"] = pending

@@ -365,7 +365,7 @@ def test_main_process_first_releases_the_other_ranks_when_rank_0_fails(monkeypat
     assert barriers == [rank]  # rank 0 meets the barrier the others wait at, then raises; they run the body after
 
 
-UNSCORED = """
+FAILING_REWARDS = """
 import sys
 import torch
 from omegaconf import OmegaConf
@@ -381,24 +381,44 @@ class UnscoredInTraining(Reward):
         return torch.full((len(images),), float("nan") if self.learning else -1.0), {}
 
 
-cfg = compose_config(sys.argv[2:])
+class ServersGoneAfterThePrior(Reward):
+    '''-1, but NaN in every evaluation once the run trained, reported as a remote reward reports unscored items.'''
+
+    trained, failed = False, 0
+
+    def __call__(self, images, targets=None, meta=None):
+        self.trained |= self.learning
+        down = self.trained and not self.learning
+        self.failed += len(images) if down else 0
+        return torch.full((len(images),), float("nan") if down else -1.0), {}
+
+    def metrics(self):
+        failed, self.failed = self.failed, 0
+        return {"reward/remote_failed_items": float(failed)}
+
+
+cfg = compose_config(sys.argv[3:])
 OmegaConf.set_struct(cfg, False)
-cfg.reward = {"_target_": "__main__.UnscoredInTraining"}
+cfg.reward = {"_target_": f"__main__.{sys.argv[1]}"}
 try:
-    train_rl_loop(cfg, sys.argv[1])
+    train_rl_loop(cfg, sys.argv[2])
 except RuntimeError as e:
     print("raised:", str(e).split(";")[0])
 """
 
 
 @pytest.mark.slow
-def test_the_limit_of_unscored_iterations_saves_under_torchrun_too(tiny, tmp_path):
-    """Every rank counts the iterations without a finite reward on the global batch, so every rank reaches the limit
-    at the same iteration, and the save (a collective) is made there."""
-    proc = torchrun_source(UNSCORED, tmp_path, str(tmp_path / "run"), *tiny, "hardware=ddp", *CPU,
+@pytest.mark.parametrize("reward, error", [
+    ("UnscoredInTraining", "iteration 2: no reward was finite"),
+    ("ServersGoneAfterThePrior", "the evaluation's reward scored none of its samples")])
+def test_a_failure_every_rank_raises_saves_under_torchrun_too(tiny, tmp_path, reward, error):
+    """The limit of iterations without a finite reward (counted on the global batch) and an evaluation its reward
+    servers scored nothing of (counted on the gathered samples) come on every rank at the same iteration, so the save
+    (a collective) is made there, the evaluation pending."""
+    proc = torchrun_source(FAILING_REWARDS, tmp_path, reward, str(tmp_path / "run"), *tiny, "hardware=ddp", *CPU,
                            "train.iterations=4", "train.checkpoint_every=100", "eval.every=2",
                            "train.max_nonfinite_iterations=2")
-    assert proc.stdout.count("raised: iteration 2: no reward was finite") == 2  # on both ranks
+    assert proc.stdout.count(f"raised: {error}") == 2  # on both ranks
     record = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert record["iteration"] == 2 and record["summary"]["pending_evaluation"] == 2
     assert len(record["rng"]["sample"]) == 2  # both ranks' streams

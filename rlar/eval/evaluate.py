@@ -88,13 +88,14 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
 def check_scored_by_service(result: dict[str, float], service: dict[str, float]) -> None:
     """Raise where an evaluation's reward scored none of its samples (``eval/reward`` or ``eval_cfg/reward`` NaN) and
     its service says why: items no reward server scored (``*remote_failed_items``). Its numbers would be recorded as
-    the evaluation's; a raised error leaves it to be made again (``rlar.loop.evaluate_into``)."""
+    the evaluation's; a raised error leaves it to be made again (``rlar.loop.evaluate_into``). Both are the same on
+    every rank (gathered, averaged), so every rank raises."""
     failed = sum(value for key, value in service.items() if key.endswith("remote_failed_items"))
     unscored = [key for key in ("eval/reward", "eval_cfg/reward") if key in result and math.isnan(result[key])]
     if failed and unscored:
-        raise RuntimeError(f"the evaluation's reward scored none of its samples ({', '.join(unscored)} NaN): no reward "
-                           f"server scored {failed:g} items (the warnings above name each server's error); the "
-                           "evaluation is not recorded")
+        raise distributed.RaisedOnEveryRank(
+            f"the evaluation's reward scored none of its samples ({', '.join(unscored)} NaN): no reward server scored "
+            f"{failed:g} items (the warnings above name each server's error); the evaluation is not recorded")
 
 
 def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval_cfg, sampling: dict, device,
@@ -184,6 +185,9 @@ def judged(eval_model: EvalModel, features: torch.Tensor, hits: torch.Tensor, la
         except Exception as e:  # sent too: every rank raises it, none waits for metrics that never come
             metrics = e
     metrics = distributed.broadcast_object(metrics)
+    if isinstance(metrics, Exception) and distributed.is_distributed():
+        raise distributed.RaisedOnEveryRank(f"the judge's metrics failed on rank 0: {type(metrics).__name__}: "
+                                            f"{metrics}") from metrics
     if isinstance(metrics, Exception):
         raise metrics
     return metrics

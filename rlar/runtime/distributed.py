@@ -10,6 +10,12 @@ import torch
 import torch.distributed as dist
 
 
+class RaisedOnEveryRank(RuntimeError):
+    """An error every rank raises at the same point, its cause computed from values they share (gathered, reduced or
+    broadcast), so that they may still make a collective, a save, before it goes on
+    (``rlar.run_record.rescue_save``)."""
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
