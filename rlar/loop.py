@@ -134,7 +134,7 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
                 unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
             except distributed.RaisedOnEveryRank as error:  # counted on the global batch
                 rescue_save(run, summary, step, f"iteration {step} was the last one without a finite reward allowed",
-                            pending=step if evaluates else None, everywhere=error)
+                            pending=step if evaluates else None, error=error)
                 raise
         for key, seconds in metrics.items():
             if key.startswith("time/"):
@@ -150,16 +150,16 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
 
 
 def evaluate_into(run: Run, summary: dict, step: int, rescue: bool = True) -> None:
-    """The evaluation after iteration ``step``, into the summary's history and the logger. On one process, a failing
-    evaluation first saves the run as it is (``rescue``), the evaluation marked pending
-    (``summary["pending_evaluation"]``): the iterations since the last checkpoint are kept, and the same command
-    evaluates first when it resumes (``rescue_save``)."""
+    """The evaluation after iteration ``step``, into the summary's history and the logger. A failing evaluation first
+    saves the run as it is (``rescue``; on one process, or under torchrun where every rank raises the error:
+    ``rescue_save``), the evaluation marked pending (``summary["pending_evaluation"]``): the iterations since the last
+    checkpoint are kept, and the same command evaluates first when it resumes."""
     try:
         result = evaluation(run)
     except Exception as error:
         if rescue:
             rescue_save(run, summary, step, f"the evaluation after iteration {step} failed", pending=step,
-                        everywhere=error)
+                        error=error)
         raise
     summary.pop("pending_evaluation", None)
     summary["history"].append({"iteration": step, **result})

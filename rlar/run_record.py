@@ -72,12 +72,12 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
 
 
 def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,
-                everywhere: Exception | None = None) -> None:
-    """Before the error of ``what`` goes on: save the run as it is after iteration ``done`` (with ``pending``, the
+                error: Exception | None = None) -> None:
+    """Before ``error`` (what ``what`` raised) goes on: save the run as it is after iteration ``done`` (``pending``: the
     iteration whose evaluation did not run), so the same command resumes there. On one process, or under torchrun
-    when the error, ``everywhere``, is one every rank raises here (``RaisedOnEveryRank``: a save is collective; else
-    the last checkpoint stands). A failure of the save itself is logged, and the last checkpoint stands."""
-    if distributed.world_size() > 1 and not isinstance(everywhere, distributed.RaisedOnEveryRank):
+    when every rank raises it here (``RaisedOnEveryRank``: a save is collective; else the last checkpoint stands). A
+    failure of the save itself is logged, and the last checkpoint stands."""
+    if distributed.world_size() > 1 and not isinstance(error, distributed.RaisedOnEveryRank):
         return
     if pending is not None:
         summary["pending_evaluation"] = pending
