@@ -50,3 +50,26 @@ def test_the_loop_trains_under_top_k_and_evaluates_under_it_too(tiny, tmp_path, 
                                             "eval.every=1"]), tmp_path)
     assert summary["iterations"] == 1
     assert [(s["top_k"], s["top_p"]) for s in seen] == [(3, 0.9), (3, 0.9)]  # the prior's evaluation, then the final
+
+
+def test_an_evaluation_encodes_its_conditions_outside_the_policy_s_autocast(monkeypatch):
+    """As the rollouts do (rlar.loop.batch_conditions): under a bf16 autocast a text encoder would give other features
+    than the ones the policy trained on, and cache them as fp32 ones."""
+    from rlar.eval import evaluate as evaluate_module
+
+    encode, under_autocast = evaluate_module.item_conditions, []
+
+    def recording(*args):
+        under_autocast.append(torch.is_autocast_enabled("cpu"))
+        return encode(*args)
+
+    monkeypatch.setattr(evaluate_module, "item_conditions", recording)
+    torch.manual_seed(0)
+    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
+    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
+    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 4, "samples_per_item": 2, "batch_size": 2,
+                                 "guided_cfg_scale": None})
+    sampling = evaluation_sampling(compose_config([]).rollout, 64)
+    evaluate(policy, tokenizer, CallsSeen(), DigitsData(), eval_cfg, sampling, "cpu",
+             autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert under_autocast == [False, False]  # two batches

@@ -121,6 +121,9 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         meta = {"labels": y.repeat_interleave(k)}
         if prompts is not None:
             meta["prompts"] = repeated(prompts[batch], k)
+        # the labels, or with a text encoder the features of the eval captions, encoded outside the policy's autocast
+        # as the rollouts encode theirs (under it a bf16 run read other features, and cached them as fp32 ones)
+        condition = item_conditions(text_encoder, y, None if prompts is None else prompts[batch], device)
         with autocast():
             if policy.decodes_in_parallel:  # a parallel decoder (ARPG): its own schedule, fixed or learned
                 tokens, _, n_steps = parallel_generations(policy, (prefix, y), policy.block_size, k,
@@ -128,8 +131,6 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
                 steps.append(n_steps.float())  # [b*k]
                 meta["steps"] = n_steps
             else:
-                # the labels, or with a text encoder the features of the eval captions
-                condition = item_conditions(text_encoder, y, None if prompts is None else prompts[batch], device)
                 tokens, _ = sample_multiple_generations(policy, (prefix, condition), policy.block_size, k,
                                                         generator=generator, **sampling)
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
