@@ -40,6 +40,16 @@ def test_features_are_the_models_hidden_states_of_each_caption_left_padded(which
         assert (features[i, ~mask[i]] == 0).all()
 
 
+
+@pytest.mark.parametrize("which", ["t5", "clip"])
+def test_features_are_computed_in_the_encoders_dtype_under_a_callers_autocast(which, tiny_t5, tiny_clip_text):
+    path, _ = tiny_t5 if which == "t5" else tiny_clip_text
+    encoder = (T5TextEncoder if which == "t5" else CLIPTextEncoder)(str(path), max_length=10)  # float32
+    exact = encoder.features(CAPTIONS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 policy's context: the cache keys them as float32
+        under = encoder.features(CAPTIONS)
+    assert all(f.dtype == torch.float32 and torch.equal(f, g) for f, g in zip(under, exact, strict=True))
+
 def test_long_captions_are_truncated_at_max_length(tiny_t5):
     path, _ = tiny_t5
     features, mask = T5TextEncoder(str(path), max_length=4).encode(["the digit two leaning left", "one"])

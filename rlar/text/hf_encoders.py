@@ -95,12 +95,15 @@ class HFTextEncoder(TextEncoder):
 
     @torch.no_grad()
     def features(self, captions: list[str]) -> list[torch.Tensor]:
-        """Each caption's features ``[l, E]`` at its (at most ``max_length``) tokens, in the model's dtype."""
+        """Each caption's features ``[l, E]`` at its (at most ``max_length``) tokens, computed in the model's dtype
+        (``dtype``, whatever autocast a caller runs under: the cache keys them by it)."""
         device = next(self.model.parameters()).device
         texts = [c.lower() for c in captions] if self.lowercase else captions
         batch = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
                                return_tensors="pt").to(device)
-        states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        with torch.autocast(device.type, enabled=False):
+            states = self.model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
         return [states[i, batch["attention_mask"][i].bool()] for i in range(len(captions))]
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
