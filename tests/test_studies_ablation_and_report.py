@@ -213,7 +213,7 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
         fd = torch.tensor(judged["eval/fd"]["values"], dtype=torch.float64)
         cells = [c.strip() for c in judged_rows[f"{label}: soup of its 2 runs"].strip("|").split("|")]
         assert cells[1] == f"{fd.mean():.2f} ± {fd.std():.2f}"
-    assert "train.iterations=3" in text and "by mean final eval/fd (lower first)" in text
+    assert "train.iterations=3" in text and "**Ranking** by the judged eval/fd above (lower first" in text
     assert "eval/precision prior | eval/precision final" in text and "eval/diversity final" in text
     with Image.open(tmp_path / "report" / "curves.png") as image:
         image.verify()
@@ -281,6 +281,29 @@ def test_settings_rank_by_the_judges_fd_when_every_run_has_it():
     runs["c"] = [Run(Path("."), 0, -1.0, 0.0, 3, summary={}, reward="r")]  # one run without the judge: by reward
     assert ranking(runs).startswith("c > a (Δ 0.1000")
 
+
+
+def test_a_judged_study_ranks_by_the_judged_fd_where_one_evaluation_would_order_it_otherwise():
+    def run(fd):
+        return Run(Path("."), 0, -1.0, 0.0, 3, summary={"eval_fd_after": fd}, reward="r")
+
+    def judged(*fds):
+        return {"eval/fd": {"mean": sum(fds) / len(fds), "values": list(fds)}}
+
+    runs = {"beta=0": [run(19.6), run(19.5)], "beta=0.01": [run(18.9), run(18.9)], "prior": [run(30.0)]}
+    runs["prior"][0].iterations = 0
+    assert ranking(runs).startswith("prior") is False and ranking(runs).startswith("beta=0.01")  # one evaluation
+    priors = {"prior": judged(29.0, 31.0)}  # an untrained setting: its eval seeds
+    settings = {"beta=0": [judged(19.0, 19.4), judged(19.4, 19.4)], "beta=0.01": [judged(19.3, 19.5), judged(19.5)]}
+    # beta=0: runs' means 19.2, 19.4 (19.3 ± 0.141); beta=0.01: 19.4, 19.5 (19.45 ± 0.071); prior: 30 ± 1.414
+    assert ranking(runs, (priors, settings, {})) == "beta=0 > beta=0.01 (Δ 0.15, 1.1 std) > prior (Δ 10.55, 7.5 std)"
+
+
+def test_settings_with_a_z_scored_reward_are_not_ranked_by_its_eval_reward():
+    def run(after):
+        return Run(Path("."), 0, 0.0, after, 3, summary={}, reward="normalize: true\n")  # a z-scored mix
+
+    assert ranking({"a": [run(1e-9)], "b": [run(-1e-9)]}).startswith("none: the eval reward of a mix")
 
 def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measured_them():
     def run(all_before, all_after):

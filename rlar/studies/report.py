@@ -265,15 +265,24 @@ def judged_table(priors: dict[str, Judgement], settings: dict[str, list[Judgemen
     return "\n".join(lines)
 
 
-def judged_section(study: Study, runs: dict[str, list[Run]], outputs: str | Path, extra: list[str] = ()) -> str:
-    """The section of the study's ``judge: N`` (empty without it): the judged table and what it reads; judges what
-    is not judged yet (``rlar.studies.judged``)."""
+def study_judged(study: Study, runs: dict[str, list[Run]], outputs: str | Path, extra: list[str] = ()
+                 ) -> tuple[dict[str, Judgement], dict[str, list[Judgement]], dict[str, Judgement]] | None:
+    """The study's ``judge: N`` judgements ``(priors, settings, soups)`` of its runs (None without it); judges what is
+    not judged yet (``rlar.studies.judged.study_judgements``)."""
     if study.judge is None:
-        return ""
-    n = study.judge
+        return None
     trained = {k: [r.path for r in g] for k, g in runs.items() if any(r.iterations for r in g)}
     untrained = {k: g[0].path for k, g in runs.items() if g and not any(r.iterations for r in g)}
-    priors, settings, soups = study_judgements(study, trained, untrained, outputs, extra)
+    return study_judgements(study, trained, untrained, outputs, extra)
+
+
+def judged_section(study: Study, judged) -> str:
+    """The section of the study's ``judge: N`` (empty without it): the judged table (``study_judged``) and what it
+    reads."""
+    if judged is None:
+        return ""
+    n = study.judge
+    priors, settings, soups = judged
     soup_note = """A soup row (the study file's `soup: true`) is the uniform weight soup of the setting's runs
 (`rlar-export RUN_DIR... OUT_DIR`: the average of their evaluated weights, one model at the cost of the runs' training),
 judged like the prior: its ± is the std over the eval seeds.
@@ -327,19 +336,37 @@ def by_judge(runs: dict[str, list[Run]]) -> bool:
     return all(r.summary.get("eval_fd_after") is not None for group in runs.values() for r in group)
 
 
-def ranking(runs: dict[str, list[Run]]) -> str:
-    """Settings from best to worst, each step with its size in standard deviations over seeds: by mean final eval/fd
-    (the judge, the same for every setting) when every run has it; else by mean final eval reward, only the settings
-    that train (and so evaluate) with the first setting's reward, the others named apart."""
+def ranking_basis(runs: dict[str, list[Run]], judged) -> str:
+    """What ``ranking`` orders the settings by, for the report's text."""
+    if judged is not None:
+        return "the judged eval/fd above (lower first; std: over a setting's runs, or an untrained one's eval seeds)"
     if by_judge(runs):
+        return "mean final eval/fd (lower first; each run's last evaluation)"
+    return "mean final eval reward"
+
+
+def ranking(runs: dict[str, list[Run]], judged=None) -> str:
+    """Settings from best to worst, each step with its size in standard deviations: by the judged eval/fd where the
+    study is judged (``study_judged``: over a trained setting's runs, each the mean over the eval seeds; over an
+    untrained setting's eval seeds); else by mean final eval/fd (the judge, the same for every setting) when every
+    run has it; else by mean final eval reward, only the settings that train (and so evaluate) with the first
+    setting's reward and do not z-score it (its mean is 0 by construction), the others named apart."""
+    fd = judged is not None or by_judge(runs)
+    if judged is not None:
+        priors, settings, _ = judged
+        comparable = {label: [-r["eval/fd"]["mean"] for r in settings[label]] if label in settings
+                      else [-v for v in priors[label]["eval/fd"]["values"]] for label, group in runs.items() if group}
+    elif fd:
         comparable = {label: [-r.summary["eval_fd_after"] for r in group] for label, group in runs.items() if group}
     else:
         first = next(group[0].reward for group in runs.values() if group)
         comparable = {label: [r.after for r in group] for label, group in runs.items()
-                      if group and group[0].reward == first}
+                      if group and group[0].reward == first and not group[0].reward_normalized}
+    if not comparable:
+        return "none: the eval reward of a mix that z-scores its terms is 0 by construction (read its terms)"
     stats = [(*mean_and_std(a), label) for label, a in comparable.items()]
     stats.sort(reverse=True)
-    digits = 2 if by_judge(runs) else 4
+    digits = 2 if fd else 4
     text = f"{stats[0][2]}"
     for (m1, s1, _), (m2, s2, label) in zip(stats, stats[1:], strict=False):
         spread = max(s1, s2)
@@ -442,6 +469,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     spi = cfg.eval.samples_per_item
     samples = "one free-running sample" if spi == 1 else f"each of {spi} free-running samples"
     held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
+    judged = study_judged(study, runs, outputs, extra)
     text = f"""# {study.title}
 
 - **command**: `{make_command(study, extra)}` (or `{study_command(study, extra)}`); the study file is
@@ -464,10 +492,10 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 
 {reward_terms_table(runs)}
 
-{judged_section(study, runs, outputs, extra)}
+{judged_section(study, judged)}
 
-**Ranking** by mean final {"eval/fd (lower first)" if by_judge(runs) else "eval reward"} (Δ: the step to the next
-setting, and its size in units of the larger of the two settings' std over seeds): {ranking(runs)}.
+**Ranking** by {ranking_basis(runs, judged)} (Δ: the step to the next setting, and its size in units of the larger
+of the two settings' std): {ranking(runs, judged)}.
 
 - **eval reward**: the mean over {held_out} of the training reward (`reward={reward}`) of
   {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
