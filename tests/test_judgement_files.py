@@ -1,6 +1,7 @@
 """A judgement (``judge.json``) is written whole or not at all, and one left unreadable (half written by a judge
 stopped before writes were atomic, or edited by hand) is judged again with a warning naming it."""
 
+import json
 import logging
 import os
 
@@ -79,3 +80,12 @@ def test_a_judgement_stopped_at_a_seed_resumes_there_for_the_same_weights_only(t
     assert judged == [1, 2, 3] and result["eval/fd"]["values"] == [1.0, 2.0, 3.0]  # 1 and 2 read, 3 judged
     os.utime(weights, ns=(1, 1))  # other weights (saved again): every seed is judged again
     assert judge([1, 2, 3])["eval/fd"]["values"] == [1.0, 2.0, 3.0] and judged == [1, 2, 3, 1, 2, 3]
+
+
+def test_a_kept_seed_without_a_metric_the_judge_now_measures_is_judged_again(tmp_path):
+    path, identity = tmp_path / "seed1.json", {"cfg_scale": 1.0}
+    every = {f"eval/{m}": 1.0 for m in JUDGE_METRICS}
+    older = {k: v for k, v in every.items() if k != "eval/memorization"}  # kept before the judge measured it
+    path.write_text(json.dumps({"identity": identity, "metrics": older}))
+    assert rejudge.kept_seed(path, identity, lambda: every) == every
+    assert rejudge.kept_seed(path, identity, lambda: pytest.fail("judged again")) == every  # now kept whole

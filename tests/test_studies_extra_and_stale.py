@@ -13,7 +13,7 @@ from rlar.config.store import compose_config
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import judgement_dir
 from rlar.eval.run_models import run_config
-from rlar.studies.judged import prior_judgements, run_judgement
+from rlar.studies.judged import prior_judgements, run_judgement, soup_judgement
 from rlar.studies.report import collect_runs, write_report
 from rlar.studies.study import RUN_NAME, load_study, sweep_dir
 
@@ -145,3 +145,57 @@ def test_a_judgement_made_before_evaluations_drew_with_top_k_is_judged_again(tmp
         json.dumps({"top_k": 16, "top_p": None, "metrics": new})))
     assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1
     assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1  # recorded with it: read
+
+
+def test_a_soup_is_judged_again_under_other_extra_overrides(tmp_path, monkeypatch):
+    runs = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"run{seed}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(compose_config([f"hardware.seed={seed}"]), run_dir / ".hydra" / "config.yaml")
+        (run_dir / "summary.json").write_text(json.dumps({"iterations": 3}))
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+        runs.append(run_dir)
+    monkeypatch.setattr("rlar.studies.judged.export_runs",
+                        lambda dirs, folder: folder.mkdir(parents=True) or (folder / "config.json").write_text("{}"))
+    calls = []
+
+    def judge(argv):
+        calls.append(argv)
+        fd = 2.0 if "hardware.num_threads=2" in argv else 1.0
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "judge.json").write_text(json.dumps({"metrics": {f"eval/{m}": {"mean": fd} for m in JUDGE_METRICS}}))
+
+    monkeypatch.setattr("rlar.studies.judged.run_command", judge)
+    study = load_study_text(tmp_path, "overrides: []\nseeds: [0, 1]\nsettings:\n  grpo: []\njudge: 2\nsoup: true\n")
+    for threads, fd in ((1, 1.0), (2, 2.0), (1, 1.0)):
+        extra = [f"hardware.num_threads={threads}"]
+        assert soup_judgement(study, runs, 2, tmp_path / "outputs", extra)["eval/fd"]["mean"] == fd
+    assert len(calls) == 2  # the third reads the first's judgement back
+
+
+def load_study_text(tmp_path: Path, text: str):
+    path = tmp_path / "soup.yaml"
+    path.write_text(text)
+    return load_study(path)
+
+
+def test_a_learned_schedule_run_made_under_other_overrides_is_not_read_as_this_one(tmp_path, monkeypatch):
+    from rlar.studies import schedule_study
+
+    trained = []
+
+    def train(cfg, out):
+        trained.append(cfg.optimizer.lr)
+        history = [{"iteration": i, **{m: float(cfg.optimizer.lr) for m in schedule_study.METRICS}} for i in (0, 1)]
+        summary = {"iterations": cfg.train.iterations, "history": history}
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(schedule_study, "train_rl_loop", train)
+    for lr in (0.5, 0.25, 0.5):
+        assert schedule_study.learned_point([f"optimizer.lr={lr}"], 0, tmp_path)["after"]["eval/fd"] == lr
+    assert trained == [0.5, 0.25]  # the third is the first's run, read back

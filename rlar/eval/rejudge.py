@@ -59,11 +59,14 @@ def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, s
 
 
 def kept_seed(path: Path, identity: dict | None, judge) -> dict:
-    """The metrics ``path`` keeps for ``identity``, else ``judge()``'s, then kept there (written whole)."""
+    """The metrics ``path`` keeps for ``identity`` (all of the judge's: one kept before the judge measured another is
+    judged again), else ``judge()``'s, then kept there (written whole)."""
     try:
         record = json.loads(path.read_text())
-        if record.get("identity") == identity and isinstance(record.get("metrics"), dict):
-            return record["metrics"]
+        metrics = record.get("metrics")
+        if record.get("identity") == identity and isinstance(metrics, dict) and all(
+                f"eval/{name}" in metrics for name in JUDGE_METRICS):
+            return metrics
     except (OSError, ValueError):  # none yet, or unreadable: judged again
         pass
     metrics = judge()

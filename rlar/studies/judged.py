@@ -118,10 +118,12 @@ def soup_judgement(study: Study, run_dirs: list[Path], n: int, outputs: str | Pa
     folder = Path(outputs) / RUN_NAME / "soups" / study.name / f"soup-{spec_key(written, length=10)}"
     if not (folder / "config.json").is_file():  # written after the weights
         export_runs(run_dirs, folder)
-    out = folder / f"judge-seeds{n}"
-    argv = [str(run_dirs[0]), *recorded_run_overrides(run_dirs[0], list(extra)), f"policy.checkpoint={folder}",
-            "--judge", str(n), "--out", str(out)]
-    return read_or_judge(out / "judge.json", argv)
+    overrides = [*recorded_run_overrides(run_dirs[0], list(extra)), f"policy.checkpoint={folder}"]
+    cfg = run_config(run_dirs[0], overrides)  # what it is judged under: its judgement's folder is keyed by it
+    seeds = list(range(cfg.eval.seed, cfg.eval.seed + n))
+    out = judgement_dir(folder, cfg, cfg.rollout.cfg_scale, cfg.rollout.temperature, seeds)
+    argv = [str(run_dirs[0]), *overrides, "--judge", str(n), "--out", str(out)]
+    return read_or_judge(out / "judge.json", argv, settings=truncation(cfg.rollout))
 
 
 def study_judgements(study: Study, trained: dict[str, list[Path]], untrained: dict[str, Path], outputs: str | Path,

@@ -25,6 +25,7 @@ from hydra.utils import instantiate  # noqa: E402
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import evaluate  # noqa: E402
 from rlar.eval.model import build_eval_model  # noqa: E402
+from rlar.eval.rejudge import settings_key  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
 from rlar.reward.build import build_reward  # noqa: E402
 from rlar.rollout.sampling import evaluation_sampling  # noqa: E402
@@ -75,10 +76,11 @@ def arccos_points(cfg, hw, seed: int, steps: list[int]) -> dict[int, dict[str, f
 
 
 def learned_point(overrides: list[str], seed: int, outputs: Path) -> dict[str, dict[str, float]]:
-    """Train (or re-read) the learned schedule of ``seed``: its evaluation before and after RL."""
-    out = outputs / f"seed{seed}"
-    summary_path = out / "summary.json"
+    """Train (or re-read) the learned schedule of ``seed``: its evaluation before and after RL. Its folder,
+    ``seed<s>-<key>``, is keyed by the whole config, so a run made under other overrides is never read as this one."""
     cfg = seed_config(overrides, seed)
+    out = outputs / f"seed{seed}-{settings_key(cfg)}"
+    summary_path = out / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text())["iterations"] == cfg.train.iterations:
         summary = json.loads(summary_path.read_text())
     else:
