@@ -183,7 +183,7 @@ def test_fsdp_computes_what_ddp_computes(two_process_runs):
 def test_checkpoint_of_two_processes_resumes_in_one(two_process_runs, tiny, strategy, caplog):
     _, runs = two_process_runs
     out = runs[strategy]
-    caplog.set_level(logging.INFO, logger="rlar.loop")
+    caplog.set_level(logging.INFO, logger="rlar.run_record")
     cfg = compose_config([*tiny, *ACCUM, "train.iterations=4", "eval.every=100"])
     summary = train_rl_loop(cfg, out)
     assert "resumed from" in caplog.text and "at iteration 3" in caplog.text
