@@ -4,6 +4,7 @@ classifier's held-out accuracy is its build's, and under torchrun rank 0 alone c
 held-out and train images they compare with."""
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -187,19 +188,37 @@ def test_only_rank_0_computes_the_judges_metrics(monkeypatch):
     assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 1 and sent[-1] == {"eval/fd": 4.0}
 
 
-def test_an_error_of_rank_0s_judge_is_raised_on_every_rank(monkeypatch):
-    class FailingJudge:
-        def metrics(self, features, hits, labels, per_item):
-            raise ValueError("3 samples are not a multiple of per_item=2")
+class JudgeError(Exception):
+    """An error that pickle cannot rebuild from its args (another rank could not receive it as an object)."""
 
-    sent = []
-    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(obj) or sent[0])
+    def __init__(self, count: int, per_item: int):
+        super().__init__(f"{count} samples are not a multiple of per_item={per_item}")
+
+
+class FailingJudge:
+    def metrics(self, features, hits, labels, per_item):
+        raise JudgeError(3, per_item)
+
+
+def test_an_error_of_rank_0s_judge_is_raised_on_every_rank(monkeypatch):
+    sent = []  # what rank 0 broadcast, as another rank unpickles it
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(pickle.loads(pickle.dumps(obj)))
+                        or sent[0])
     rows = torch.zeros(3, 2), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long)
-    with pytest.raises(ValueError, match="not a multiple of per_item=2"):
+    message = r"failed on rank 0: JudgeError: 3 samples are not a multiple of per_item=2"
+    with pytest.raises(distributed.RaisedOnEveryRank, match=message):
         evaluate.judged(FailingJudge(), *rows, 2)  # rank 0: sends the error, then raises it
     monkeypatch.setattr(distributed, "rank", lambda: 1)
-    with pytest.raises(ValueError, match="not a multiple of per_item=2"):
+    with pytest.raises(distributed.RaisedOnEveryRank, match=message):
         evaluate.judged(FailingJudge(), *rows, 2)  # another rank: raises what rank 0 sent, not waiting on it
+
+
+def test_on_one_process_the_judge_s_error_is_raised_as_it_is():
+    rows = torch.zeros(3, 2), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(JudgeError, match="not a multiple of per_item=2"):
+        evaluate.judged(FailingJudge(), *rows, 2)
 
 
 JUDGED = """

@@ -304,6 +304,10 @@ def test_settings_with_a_z_scored_reward_are_not_ranked_by_its_eval_reward():
         return Run(Path("."), 0, 0.0, after, 3, summary={}, reward="normalize: true\n")  # a z-scored mix
 
     assert ranking({"a": [run(1e-9)], "b": [run(-1e-9)]}).startswith("none: the eval reward of a mix")
+    plain = {f"cls-{i}": [Run(Path("."), 0, 0.0, after, 3, summary={}, reward="cls\n")] for i, after in ((1, 0.5),
+                                                                                                    (2, 0.75))}
+    expected = "cls-2 > cls-1 (Δ 0.2500); not ranked, as their eval reward is another function (or a z-scored mix's): a"
+    assert ranking({"a": [run(0.0)], **plain}) == expected  # whichever setting comes first
 
 def test_the_attribute_table_shows_the_prompts_checks_only_when_every_run_measured_them():
     def run(all_before, all_after):

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.text.embedded import EmbeddedTextEncoder
+from rlar.text.feature_cache import FeatureCache
 from rlar.text.hf_encoders import CLIPTextEncoder, T5TextEncoder
 
 CAPTIONS = ["a thick seven", "one", "the digit two leaning left", "one"]
@@ -50,6 +51,16 @@ def test_features_are_computed_in_the_encoders_dtype_under_a_callers_autocast(wh
         under = encoder.features(CAPTIONS)
     assert all(f.dtype == torch.float32 and torch.equal(f, g) for f, g in zip(under, exact, strict=True))
 
+
+def test_features_a_disk_cache_kept_before_they_were_computed_outside_autocast_are_not_read(tiny_t5, tmp_path):
+    path, _ = tiny_t5
+    encoder = T5TextEncoder(str(path), max_length=10, feature_cache=str(tmp_path))
+    older = FeatureCache(encoder.key, str(tmp_path), 4)  # the key the cache had before
+    older.put("one", torch.full((2, 16), 7.0))  # what a bf16 run may have kept there
+    features, mask = encoder.encode(["one"])
+    assert torch.equal(features[0, mask[0]], encoder.features(["one"])[0]) and not (features == 7.0).any()
+
+
 def test_long_captions_are_truncated_at_max_length(tiny_t5):
     path, _ = tiny_t5
     features, mask = T5TextEncoder(str(path), max_length=4).encode(["the digit two leaning left", "one"])
@@ -67,7 +78,7 @@ def test_each_caption_is_encoded_once_in_memory_and_on_disk(tiny_t5, tmp_path, m
     assert torch.equal(encoder.encode(CAPTIONS[::-1])[0], first[0].flip(0))
     assert len(calls) == 1
     files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
-    model_key = json.dumps(encoder.spec(), sort_keys=True)
+    model_key = json.dumps({**encoder.spec(), "autocast": "off"}, sort_keys=True)  # features made outside autocast
     expected = sorted(hashlib.sha1(json.dumps([model_key, c]).encode()).hexdigest() + ".safetensors"
                       for c in set(CAPTIONS))
     assert files == expected

@@ -179,18 +179,20 @@ def judged(eval_model: EvalModel, features: torch.Tensor, hits: torch.Tensor, la
     """``eval_model.metrics`` of every rank's samples (gathered: ``features [N, F]``, ``hits [N]``, ``labels [N]``),
     computed by rank 0 alone (their CPU work grows with the samples times the held-out and train images) and sent to
     the others."""
-    metrics = None
+    metrics = failure = None
     if distributed.is_main():
         try:
             metrics = eval_model.metrics(features, hits, labels, per_item=per_item)
-        except Exception as e:  # sent too: every rank raises it, none waits for metrics that never come
-            metrics = e
-    metrics = distributed.broadcast_object(metrics)
-    if isinstance(metrics, Exception) and distributed.is_distributed():
-        raise distributed.RaisedOnEveryRank(f"the judge's metrics failed on rank 0: {type(metrics).__name__}: "
-                                            f"{metrics}") from metrics
-    if isinstance(metrics, Exception):
-        raise metrics
+        except Exception as e:
+            if not distributed.is_distributed():
+                raise
+            failure = e
+    # its error is sent as text (an exception object may not rebuild on another rank): every rank raises it, none
+    # waits for metrics that never come
+    metrics, error = distributed.broadcast_object((metrics, None if failure is None else
+                                                   f"{type(failure).__name__}: {failure}"))
+    if error is not None:
+        raise distributed.RaisedOnEveryRank(f"the judge's metrics failed on rank 0: {error}") from failure
     return metrics
 
 

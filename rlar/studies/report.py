@@ -359,7 +359,7 @@ def ranking(runs: dict[str, list[Run]], judged=None) -> str:
     elif fd:
         comparable = {label: [-r.summary["eval_fd_after"] for r in group] for label, group in runs.items() if group}
     else:
-        first = next(group[0].reward for group in runs.values() if group)
+        first = next((g[0].reward for g in runs.values() if g and not g[0].reward_normalized), None)
         comparable = {label: [r.after for r in group] for label, group in runs.items()
                       if group and group[0].reward == first and not group[0].reward_normalized}
     if not comparable:
@@ -374,7 +374,7 @@ def ranking(runs: dict[str, list[Run]], judged=None) -> str:
         text += f" > {label} (Δ {m1 - m2:.{digits}f}{size})"
     apart = [label for label, group in runs.items() if group and label not in comparable]
     if apart:
-        text += f"; not ranked, as their eval reward is another function: {', '.join(apart)}"
+        text += f"; not ranked, as their eval reward is another function (or a z-scored mix's): {', '.join(apart)}"
     return text
 
 

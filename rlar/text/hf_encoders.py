@@ -82,7 +82,8 @@ class HFTextEncoder(TextEncoder):
         self.check_length()
         self.key = {"class": self.model_class, "model": model_fingerprint(path), "max_length": max_length,
                     "dtype": dtype, **({"lowercase": True} if lowercase else {})}  # off: the keys cached before
-        self.cache = FeatureCache(self.key, feature_cache, memory_cache_size)
+        # features cached before they were computed outside a caller's autocast may be bf16 ones: not read
+        self.cache = FeatureCache({**self.key, "autocast": "off"}, feature_cache, memory_cache_size)
 
     def check_length(self) -> None:
         """A model-specific limit on ``max_length`` (none by default)."""
