@@ -32,19 +32,24 @@ class FailingEveryOtherCall(Reward):
         return score, {"ink": score}
 
 
-def test_a_batch_without_a_term_counts_as_nan_rows_of_it():
+def evaluated(reward: Reward, max_items: int = 10, guided: float | None = None) -> dict[str, float]:
+    """An evaluation of a tiny untrained policy scored by ``reward``: ``max_items`` items, 2 samples each, 4 items per
+    batch, and with ``guided``, again under that guidance."""
     torch.manual_seed(0)
     tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
     policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
+    eval_cfg = OmegaConf.create({"seed": 3, "max_items": max_items, "samples_per_item": 2, "batch_size": 4,
+                                 "guided_cfg_scale": guided})
+    return evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg,
+                    {"temperature": 1.0, "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
+
+
+def test_a_batch_without_a_term_counts_as_nan_rows_of_it():
     reward = FailingEveryOtherCall()
-    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 10, "samples_per_item": 2, "batch_size": 4,
-                                 "guided_cfg_scale": None})
-    result = evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg, {"temperature": 1.0,
-                      "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
+    result = evaluated(reward)
     assert [r is None for r in reward.reported] == [False, True, False]  # batches of 8, 8 and 4 samples
     reported = torch.cat([r for r in reward.reported if r is not None])  # [12]
     assert result["eval/reward/ink"] == pytest.approx(float(reported.mean()))
-
 
 
 class CountingCalls(Reward):
@@ -63,15 +68,8 @@ class CountingCalls(Reward):
 
 
 def test_an_evaluation_reads_what_the_reward_reports_so_the_next_iteration_does_not():
-    torch.manual_seed(0)
-    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
-    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
     reward = CountingCalls()
-    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 10, "samples_per_item": 2, "batch_size": 4,
-                                 "guided_cfg_scale": 2.0})
-    result = evaluate(policy, tokenizer, reward, DigitsData(), eval_cfg, {"temperature": 1.0,
-                      "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
-    assert result["eval/remote_calls"] == 6.0  # 3 batches, unguided and guided
+    assert evaluated(reward, guided=2.0)["eval/remote_calls"] == 6.0  # 3 batches, unguided and guided
     assert reward.metrics() == {"reward/remote_calls": 0.0}
 
 
@@ -95,22 +93,13 @@ class ServersDown(CountingCalls):
 
 @pytest.mark.parametrize("scored", [0, 2])
 def test_an_evaluation_its_reward_servers_scored_nothing_of_raises_instead_of_recording_nan(scored):
-    torch.manual_seed(0)
-    tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
-    policy = GPT(vocab_size=16, block_size=64, num_classes=10, n_layer=1, n_head=2, n_embd=32).eval()
-    eval_cfg = OmegaConf.create({"seed": 3, "max_items": 4, "samples_per_item": 2, "batch_size": 4,
-                                 "guided_cfg_scale": None})
-
-    def evaluated():
-        return evaluate(policy, tokenizer, ServersDown(scored), DigitsData(), eval_cfg,
-                        {"temperature": 1.0, "cfg_scale": cfg_scales(64, 1.0)}, "cpu")
-
     if scored:  # a partial outage: the mean of what was scored, and the count of what was not
-        result = evaluated()
+        result = evaluated(ServersDown(scored), max_items=4)
         assert result["eval/reward"] == 0.0 and result["eval/remote_failed_items"] == 6.0
     else:
         with pytest.raises(RuntimeError, match=r"scored none of its samples \(eval/reward NaN\).* 8 items"):
-            evaluated()
+            evaluated(ServersDown(scored), max_items=4)
+
 
 def test_an_evaluation_converts_only_each_batchs_held_out_images():
     class BatchesOnly(DigitsData):  # the whole split as floats is refused
