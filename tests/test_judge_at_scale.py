@@ -180,12 +180,14 @@ def test_only_rank_0_computes_the_judges_metrics(monkeypatch):
             return {"eval/fd": float(len(features))}
 
     sent = []
-    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(obj) or {"eval/fd": 5.0})
+    # (metrics, error): what rank 0 sends; the stand-in delivers rank 0's metrics, 5
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(obj) or ({"eval/fd": 5.0}, None))
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     rows = torch.zeros(4, 2), torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.long)
-    assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 0 and sent == [None]
+    assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 0 and sent == [(None, None)]
     monkeypatch.setattr(distributed, "rank", lambda: 0)
-    assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 1 and sent[-1] == {"eval/fd": 4.0}
+    assert evaluate.judged(Judge(), *rows, 1) == {"eval/fd": 5.0} and Judge.calls == 1
+    assert sent[-1] == ({"eval/fd": 4.0}, None)
 
 
 class JudgeError(Exception):
