@@ -185,13 +185,14 @@ def load_study_text(tmp_path: Path, text: str):
 def test_a_learned_schedule_run_made_under_other_overrides_is_not_read_as_this_one(tmp_path, monkeypatch):
     from rlar.studies import schedule_study
 
-    trained = []
+    trained, folders = [], []
 
     def train(cfg, out):
         trained.append(cfg.optimizer.lr)
+        folders.append(out)
         history = [{"iteration": i, **{m: float(cfg.optimizer.lr) for m in schedule_study.METRICS}} for i in (0, 1)]
         summary = {"iterations": cfg.train.iterations, "history": history}
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
 
@@ -199,3 +200,5 @@ def test_a_learned_schedule_run_made_under_other_overrides_is_not_read_as_this_o
     for lr in (0.5, 0.25, 0.5):
         assert schedule_study.learned_point([f"optimizer.lr={lr}"], 0, tmp_path)["after"]["eval/fd"] == lr
     assert trained == [0.5, 0.25]  # the third is the first's run, read back
+    schedule_study.learned_point(["optimizer.lr=0.5", "train.iterations=900"], 0, tmp_path)
+    assert trained == [0.5, 0.25, 0.5] and folders[2] == folders[0]  # more iterations: the first run, extended

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import evaluate  # noqa: E402
@@ -77,9 +78,10 @@ def arccos_points(cfg, hw, seed: int, steps: list[int]) -> dict[int, dict[str, f
 
 def learned_point(overrides: list[str], seed: int, outputs: Path) -> dict[str, dict[str, float]]:
     """Train (or re-read) the learned schedule of ``seed``: its evaluation before and after RL. Its folder,
-    ``seed<s>-<key>``, is keyed by the whole config, so a run made under other overrides is never read as this one."""
+    ``seed<s>-<key>``, is keyed by the whole config but ``train.iterations``, so a run made under other overrides is
+    never read as this one, and more iterations extend it (as a run directory's name leaves them out)."""
     cfg = seed_config(overrides, seed)
-    out = outputs / f"seed{seed}-{settings_key(cfg)}"
+    out = outputs / f"seed{seed}-{settings_key(OmegaConf.merge(cfg, {'train': {'iterations': 0}}))}"
     summary_path = out / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text())["iterations"] == cfg.train.iterations:
         summary = json.loads(summary_path.read_text())
