@@ -7,8 +7,6 @@ import contextlib
 import copy
 import logging
 
-import torch
-
 from rlar.build import Run
 from rlar.runtime import distributed
 from rlar.runtime.random_streams import gather_rng, restore_rng
@@ -58,14 +56,11 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
     if distributed.world_size() > 1 or done == saved_at:
         yield
         return
-    streams = {name: g.get_state() for name, g in run.generators.items()}
-    torch_stream, reward_state = torch.get_rng_state(), copy.deepcopy(run.reward.state_dict())
+    streams, reward_state = gather_rng(run.generators), copy.deepcopy(run.reward.state_dict())  # as save() keeps them
     try:
         yield
     except Exception:
-        for name, state in streams.items():
-            run.generators[name].set_state(state)
-        torch.set_rng_state(torch_stream)
+        restore_rng(run.generators, streams, done, run.hw.seed)
         run.reward.load_state_dict(reward_state)
         rescue_save(run, summary, done, f"iteration {done + 1} failed before its update")
         raise
