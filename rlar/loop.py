@@ -280,10 +280,15 @@ def step_schedule(scheduler, updated: bool) -> None:
 
 def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int) -> dict:
     """What the reward reads beside the images: ``labels [N]``, ``steps [N]`` (parallel decoders) and, for data
-    with captions, ``prompts`` (N strings, each item's caption repeated for its G samples)."""
+    with captions, ``prompts`` (N: each item's caption repeated for its G samples, None for a sample drawn from the
+    null caption by ``rollout.label_dropout``: it saw no prompt, as a dropped class row has label -1)."""
     meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
     if prompts is not None:
-        meta["prompts"] = [p for p in prompts for _ in range(num_generations)]
+        repeated = [p for p in prompts for _ in range(num_generations)]
+        if rollout.condition is not None and rollout.condition.is_text:
+            null = rollout.condition.null.tolist()  # [N]
+            repeated = [None if dropped else p for p, dropped in zip(repeated, null, strict=True)]
+        meta["prompts"] = repeated
     return meta
 
 

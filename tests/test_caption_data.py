@@ -15,6 +15,7 @@ from rlar.data.hf_disk import CaptionColumn, HFDiskData
 from rlar.data.image_folder import ImageFolderData
 from rlar.data.prompts import PromptData
 from rlar.loop import reward_meta
+from rlar.policy.conditioning import Condition
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.types import Rollout
 
@@ -155,6 +156,18 @@ def test_prompts_reach_the_reward_repeated_for_each_generation():
     meta = reward_meta(rollout, ["a one", "a two"], 3)
     assert meta["prompts"] == ["a one"] * 3 + ["a two"] * 3 and torch.equal(meta["labels"], rollout.labels)
     assert "prompts" not in reward_meta(rollout, None, 3)
+
+
+def test_a_sample_drawn_from_the_null_caption_reaches_the_reward_without_a_prompt():
+    """Caption dropout (``rollout.label_dropout``): a row that read the null caption saw no prompt, so the reward
+    gets None for it (absent), as a dropped class row gets label -1."""
+    condition = Condition.of_text(torch.randn(2, 3, 4), labels=torch.tensor([1, 2]))
+    rows = condition.repeat_interleave(3).dropped(torch.tensor([False, True, False, False, False, True]))  # [6]
+    rollout = Rollout(torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4),
+                      rows, torch.ones(6, 4, dtype=torch.bool))
+    meta = reward_meta(rollout, ["a one", "a two"], 3)
+    assert meta["prompts"] == ["a one", None, "a one", "a two", "a two", None]
+    assert meta["labels"].tolist() == [1, -1, 1, 2, 2, -1]
 
 
 def test_a_rollout_without_images_samples_from_the_conditions_alone(gpt):

@@ -73,6 +73,17 @@ def test_real_digits_pass_their_own_captions_and_fail_others(reward):
     assert checks["thickness_ok"].eq(0).all() and checks["slant_ok"].eq(1).all()
 
 
+def test_a_sample_without_a_prompt_is_absent_and_the_others_are_scored_as_alone(reward):
+    images = torch.cat([THICK_VERTICAL, THIN_SLANTED, THIN_SLANTED])
+    value, checks = reward(images, None, {"prompts": ["a thick one", None, "a thin seven leaning right"]})
+    alone, alone_checks = reward(images[[0, 2]], None, {"prompts": ["a thick one", "a thin seven leaning right"]})
+    assert math.isnan(value[1]) and all(math.isnan(v[1]) for v in checks.values())
+    assert torch.equal(value[[0, 2]], alone)
+    for name, v in alone_checks.items():
+        assert torch.allclose(checks[name][[0, 2]], v, equal_nan=True), name
+    assert reward.may_be_absent  # a mixture scores that sample by its other components
+
+
 def test_bad_prompts_name_the_problem(reward):
     images = torch.cat([THICK_VERTICAL, THIN_SLANTED])
     with pytest.raises(ValueError, match=r"needs each sample's prompt as meta\['prompts'\] \(2 strings\), got None"):
