@@ -39,7 +39,9 @@ def stand_ins(monkeypatch, tmp_path):
                                                                              torch.rand(len(x), 10)))  # logits
     calls = []
 
-    def judge(cfg, data, tokenizer, policy, sampling, seeds, device, autocast, kept=None, identity=None):
+    monkeypatch.setattr(cli, "build_eval_model", lambda data, eval_cfg, cache_dir, device: None)
+
+    def judge(cfg, data, tokenizer, policy, eval_model, sampling, seeds, device, autocast, kept=None, identity=None):
         calls.append((cfg, seeds))
         return {f"eval/{m}": {"mean": 1.0, "std": 0.0, "values": [1.0] * len(seeds)} for m in JUDGE_METRICS}
 
@@ -124,6 +126,7 @@ def test_a_run_whose_inception_files_moved_is_still_evaluated(stand_ins, moved_r
 @pytest.mark.parametrize("args,message", [
     (["--num-samples", "500"], r"--num-samples 500 does not apply to --judge.*eval.samples_per_item=K"),
     (["--reference", "ref.npz"], r"--reference ref.npz does not apply to --judge.*held-out split"),
+    (["--labels", "random"], r"--labels random does not apply to --judge, which samples each held-out item's label"),
 ])
 def test_judge_refuses_the_options_of_the_inception_metrics(args, message, monkeypatch):
     monkeypatch.setattr(cli, "run_config", None)  # refused before any config is read
@@ -136,6 +139,23 @@ def test_a_count_below_1_is_refused_before_any_config_is_read(args, monkeypatch)
     monkeypatch.setattr(cli, "run_config", None)
     with pytest.raises(SystemExit, match=f"{args[-2]} takes a count of at least 1, got 0"):
         cli.run_command(args)
+
+
+def test_random_labels_come_from_the_sampling_seed_and_get_a_folder_of_their_own(stand_ins, weights_file,
+                                                                                monkeypatch):
+    seen = []
+    generate = cli.generate_uint8
+    monkeypatch.setattr(cli, "generate_uint8", lambda policy, tokenizer, labels, *rest: seen.append(labels) or generate(
+        policy, tokenizer, labels, *rest))
+    args = ["--num-samples", "40", "--inception-weights", weights_file]
+    balanced, drawn, again = (cli.run_command([*args, *more]) for more in ([], ["--labels", "random"],
+                                                                           ["--labels", "random"]))
+    assert seen[0].tolist() == [i % 10 for i in range(40)]  # every class 4 times
+    assert torch.equal(seen[1], torch.randint(10, (40,), generator=torch.Generator().manual_seed(1234)))  # eval.seed
+    assert torch.equal(seen[2], seen[1]) and seen[1].bincount(minlength=10).tolist() != [4] * 10
+    assert (balanced["labels"], drawn["labels"], again["labels"]) == ("balanced", "random", "random")
+    assert only("outputs/eval/n40-cfg1-temp1-seed1234-randlabels-*/metrics.json")
+    assert len(list(Path("outputs/eval").glob("n40-*/metrics.json"))) == 2  # the same command finds its own
 
 
 def test_judge_starts_at_the_seed_and_samples_at_the_batch_size_given(stand_ins):
@@ -159,8 +179,8 @@ def test_judgements_under_other_settings_get_folders_of_their_own_and_a_rerun_fi
 def test_the_judge_and_the_samples_draw_with_the_rollouts_top_k_and_top_p(stand_ins, monkeypatch):
     seen = []
     judge_over_seeds, generate_uint8 = cli.judge_over_seeds, cli.generate_uint8
-    monkeypatch.setattr(cli, "judge_over_seeds", lambda cfg, data, tokenizer, policy, sampling, *rest: seen.append(
-        sampling) or judge_over_seeds(cfg, data, tokenizer, policy, sampling, *rest))
+    monkeypatch.setattr(cli, "judge_over_seeds", lambda cfg, data, tokenizer, policy, judge, sampling, *rest:
+                        seen.append(sampling) or judge_over_seeds(cfg, data, tokenizer, policy, judge, sampling, *rest))
     monkeypatch.setattr(cli, "generate_uint8", lambda policy, tokenizer, labels, sampling, *rest: seen.append(
         sampling) or generate_uint8(policy, tokenizer, labels, sampling, *rest))
     record = cli.run_command(["--judge", "1", "rollout.top_k=5", "rollout.top_p=0.9", "--temperature", "0.7"])

@@ -28,8 +28,8 @@ def test_an_unreadable_judgement_newer_than_the_weights_is_judged_again_with_a_w
     path.write_text(text)
     os.utime(path, ns=(2_000, 2_000))  # written after the weights: current, were it readable
     calls = []
-    monkeypatch.setattr("rlar.studies.judged.run_command",
-                        lambda argv: calls.append(argv) or write_judgement(path.parent, METRICS, {"seeds": [7, 8]}))
+    monkeypatch.setattr("rlar.studies.judged.run_command", lambda argv: calls.append(argv) or write_judgement(
+        path.parent, METRICS, {"seeds": [7, 8], "model_files": []}))
     with caplog.at_level(logging.WARNING, logger="rlar.studies.judged"):
         assert read_or_judge(path, ["run", "--judge", "2"], weights) == METRICS
     assert calls == [["run", "--judge", "2"]]
@@ -61,7 +61,6 @@ def test_a_judgement_stopped_at_a_seed_resumes_there_for_the_same_weights_only(t
         judged.append(eval_cfg.seed)
         return {f"eval/{m}": float(eval_cfg.seed + i) for i, m in enumerate(JUDGE_METRICS)}
 
-    monkeypatch.setattr(rejudge, "build_eval_model", lambda *args: None)
     monkeypatch.setattr(rejudge, "evaluate_under", evaluate)
     cfg = OmegaConf.create({"eval": {"seed": 1}, "cache_dir": None})
     weights = tmp_path / "last.pt"
@@ -69,7 +68,7 @@ def test_a_judgement_stopped_at_a_seed_resumes_there_for_the_same_weights_only(t
     run = {"run": None, "checkpoint": str(weights)}
 
     def judge(seeds):
-        return rejudge.judge_over_seeds(cfg, None, None, None, {}, seeds, "cpu", None, tmp_path / "seeds",
+        return rejudge.judge_over_seeds(cfg, None, None, None, None, {}, seeds, "cpu", None, tmp_path / "seeds",
                                         {"cfg_scale": 1.0, "weights": cli.weights_stamp(run)})
 
     with pytest.raises(KeyboardInterrupt):

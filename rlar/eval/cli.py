@@ -18,6 +18,7 @@ from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
 from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.model.scorer import build_eval_model
 from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, settings_key, write_judgement
 from rlar.eval.run_models import (
     build_models,
@@ -31,6 +32,7 @@ from rlar.eval.run_models import (
 from rlar.export import run_policy_weights
 from rlar.rollout.sampling import evaluation_sampling, truncation
 from rlar.runtime.atomic_files import atomic_write_text
+from rlar.runtime.files_read import file_stamps, model_files_read
 
 log = logging.getLogger(__name__)
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
@@ -51,8 +53,12 @@ def parser() -> argparse.ArgumentParser:
                                             "and score them with Inception FID, IS, precision and recall "
                                             "(docs/evaluation.md).")
     p.add_argument("args", nargs="*", help="[RUN_DIR] then key=value config overrides")
-    p.add_argument("--num-samples", type=int, help=f"images to sample, class-balanced (default {NUM_SAMPLES}; not "
-                                                  "with --judge: it samples eval.samples_per_item per held-out item)")
+    p.add_argument("--num-samples", type=int, help=f"images to sample (default {NUM_SAMPLES}; not with --judge: it "
+                                                  "samples eval.samples_per_item per held-out item)")
+    p.add_argument("--labels", choices=("balanced", "random"), default="balanced",
+                   help="the samples' class labels: balanced, every class N/K times (within one), or random, each "
+                        "drawn uniformly from the sampling seed's stream, as LlamaGen samples its FID-50K (not with "
+                        "--judge, which samples each held-out item's label)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's rollout's)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's rollout's)")
     p.add_argument("--batch-size", type=int, help="sampling and Inception batch size, as eval.batch_size (default: "
@@ -140,6 +146,9 @@ def check_judge_options(opts: argparse.Namespace) -> None:
     if opts.reference is not None:
         sys.exit(f"--reference {opts.reference} does not apply to --judge, which compares with the data's held-out "
                  "split: drop it, or leave out --judge for Inception metrics against it")
+    if opts.labels != "balanced":
+        sys.exit(f"--labels {opts.labels} does not apply to --judge, which samples each held-out item's label: drop "
+                 "it, or leave out --judge for Inception metrics")
     if opts.image_size is not None:
         sys.exit(f"--image-size {opts.image_size} does not apply to --judge, whose classifier reads the data's own "
                  "size: drop it, or leave out --judge for Inception metrics at that size")
@@ -175,17 +184,20 @@ def eval_dir(run_dir: str | None, judged: dict) -> Path:
 def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     """``--judge N``: the judge's metrics of the policy (``judged``: :func:`judged_weights`) under N eval seeds,
     written to ``judge.json`` (in ``--out``, else a folder of the settings in ``base``)."""
-    data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
+    with model_files_read() as read:  # the cache entries and checkpoints behind the policy, tokenizer and judge
+        data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
+        eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, hw.torch_device)
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
     settings = {**judged, "cfg_scale": scale, "temperature": temperature, **truncation(cfg.rollout), "seeds": seeds,
-                "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size}
+                "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size,
+                "model_files": file_stamps(read)}
     out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
     # each seed kept as it is judged: a judgement stopped at seed 7 resumes there, for the same weights and settings
     identity = {**{k: v for k, v in settings.items() if k != "seeds"}, "config": settings_key(cfg),
                 "weights": weights_stamp(judged)}
-    metrics = judge_over_seeds(cfg, data, tokenizer, policy, sampling, seeds, hw.torch_device, hw.autocast,
-                               out / "seeds", identity)
+    metrics = judge_over_seeds(cfg, data, tokenizer, policy, eval_model, sampling, seeds, hw.torch_device,
+                               hw.autocast, out / "seeds", identity)
     write_judgement(out, metrics, settings)
     return {"metrics": metrics, **settings}
 
@@ -200,7 +212,7 @@ def weights_stamp(judged: dict) -> list:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
     else:
         files = []
-    return [[str(f), f.stat().st_mtime_ns, f.stat().st_size] for f in files if f.is_file()]
+    return file_stamps(files)
 
 
 def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:
@@ -236,12 +248,17 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
-    settings = f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}" + (f"-px{size}" if size else "")
-    resizing = {} if size is None else {"image_size": size}  # (the key of a folder without it: as before)
-    out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference, **resizing)}")
-    labels = class_balanced_labels(num_samples, data.num_classes)  # [N]
-    samples = generate_uint8(policy, tokenizer, labels, sampling, batch_size, torch.Generator().manual_seed(seed),
-                             device, hw.autocast, size)  # [N, H, W, 3]
+    settings = (f"n{num_samples}-cfg{scale:g}-temp{temperature:g}-seed{seed}" + (f"-px{size}" if size else "")
+                + ("-randlabels" if opts.labels == "random" else ""))
+    # (the key of a folder without these options: as before them)
+    optional = {**({} if size is None else {"image_size": size}),
+                **({} if opts.labels == "balanced" else {"labels": opts.labels})}
+    out = Path(opts.out or base / f"{settings}-{settings_key(cfg, reference=opts.reference, **optional)}")
+    generator = torch.Generator().manual_seed(seed)
+    labels = (class_balanced_labels(num_samples, data.num_classes) if opts.labels == "balanced"
+              else torch.randint(data.num_classes, (num_samples,), generator=generator))  # [N], then the samples' draws
+    samples = generate_uint8(policy, tokenizer, labels, sampling, batch_size, generator, device, hw.autocast,
+                             size)  # [N, H, W, 3]
     write_npz(out / "samples.npz", samples)
     write_grid(out / "samples.png", samples)
     print(f"samples: {out / 'samples.npz'} (arr_0: uint8 {list(samples.shape)}; {settings}), "
@@ -260,7 +277,8 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
                             else f"held-out split of data ({cfg.data._target_})"),
               "fid_reference": (f"mu/sigma of {Path(opts.reference).name}" if reference_fit
                                 else f"features of {len(reference)} images"), "cfg_scale": scale,
-              "temperature": temperature, **truncation(cfg.rollout), "seed": seed, "image_size": samples.shape[1],
+              "temperature": temperature, **truncation(cfg.rollout), "seed": seed, "labels": opts.labels,
+              "image_size": samples.shape[1],
               "inception_weights": str(weights)}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     print(f"Inception FID {metrics['fid']:.4g}  IS {metrics['is']:.4g} ± {metrics['is_std']:.2g}  "

@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.eval.evaluate import JUDGE_METRICS, evaluate_under
-from rlar.eval.model.scorer import build_eval_model
 from rlar.runtime.atomic_files import atomic_write_text
 from rlar.runtime.cache import spec_key
 
@@ -34,14 +33,13 @@ def check_judgeable(cfg: DictConfig) -> None:
                          "(eval/attr/*): rerun it with another eval.seed instead")
 
 
-def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, sampling: dict, seeds: list[int], device,
+def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, eval_model, sampling: dict, seeds: list[int], device,
                      autocast=None, kept: Path | None = None, identity: dict | None = None) -> dict:
-    """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's metrics (``JUDGE_METRICS``) of
-    ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed in ``seeds``
-    (a class-conditional ``cfg``: :func:`check_judgeable`). With ``kept``, each seed's metrics are kept there as it
-    is judged (``seed<s>.json``, with ``identity``: what was judged), and a seed an interrupted judgement of the
-    same ``identity`` left there is read, not judged again."""
-    eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, device)
+    """``{"eval/<metric>": {"mean", "std", "values"}}`` for the judge's (``eval_model``: ``build_eval_model``)
+    metrics (``JUDGE_METRICS``) of ``cfg.eval.samples_per_item`` samples per held-out item, evaluated once per seed
+    in ``seeds`` (a class-conditional ``cfg``: :func:`check_judgeable`). With ``kept``, each seed's metrics are kept
+    there as it is judged (``seed<s>.json``, with ``identity``: what was judged), and a seed an interrupted judgement
+    of the same ``identity`` left there is read, not judged again."""
 
     def judged(seed: int) -> dict:
         result = evaluate_under(policy, tokenizer, unscored, data, OmegaConf.merge(cfg.eval, {"seed": seed}), sampling,

@@ -15,6 +15,7 @@ import torch
 
 from rlar.runtime.atomic_files import atomic_torch_save
 from rlar.runtime.build_checkpoint import BuildCheckpoint
+from rlar.runtime.files_read import note_read
 from rlar.runtime.stop_signals import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ def load_checkpoint(path: str | os.PathLike, what: str):
     if not path.is_file():
         raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, IndexError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         size = path.stat().st_size
         raise ValueError(f"{what}: '{path}' ({size} bytes) is not a readable PyTorch checkpoint ({type(e).__name__}: "
                          f"{e}); give a file written by torch.save (a state dict), or re-download it") from e
+    note_read(path)
+    return state
 
 
 def spec_key(spec: dict, length: int = 12) -> str:
@@ -136,6 +139,7 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
     path = cache_root(cache_dir) / f"{name}-{spec_key(spec)}.pt"
     if path.is_file():
         log.info("%s: using cached %s", name, path)
+        note_read(path)
         return torch.load(path, map_location="cpu", weights_only=True), path
     if missing is not None:
         raise FileNotFoundError(f"{missing} (no {path})")
@@ -146,6 +150,7 @@ def cached_artifact(cache_dir: str | os.PathLike | None, name: str, spec: dict,
         atomic_torch_save(state, path)
         path.with_suffix(".json").write_text(json.dumps({"spec": spec, "metrics": metrics}, indent=2, default=str))
         checkpoint.finished()
+    note_read(path)
     if stop.received:
         raise Stopped(f"stopped by {stop.received} while building {name}, after its last step: cached at {path}; "
                       "run the same command to go on")
