@@ -31,10 +31,10 @@ from rlar.build import Run, build_run
 from rlar.config.rerun import record_config
 from rlar.config.validate import check_config
 from rlar.eval.evaluate import evaluate, headline
-from rlar.policy.conditioning import Condition
+from rlar.policy.conditioning import Condition, as_condition
 from rlar.policy.prior import teacher_forced_ce
 from rlar.reward.mixture import zscored
-from rlar.reward.scoring import decode_and_score
+from rlar.reward.scoring import SERVICE_COUNTS, decode_and_score
 from rlar.rollout.collect import collect_rollout
 from rlar.rollout.sampling import truncated
 from rlar.rollout.types import Rollout
@@ -230,7 +230,7 @@ def iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
         timings["time/rollout"] = phase_time(run.device) - tic
         sampled_tokens = rollout.sampled_tokens  # before the rows without a finite reward leave the mask
 
-        meta = reward_meta(rollout, prompts, G)
+        meta = reward_meta(rollout, prompts, G, condition)
         samples, rewards, components, reward_metrics = decode_and_score(
             run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0),
             meta, run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
@@ -278,18 +278,29 @@ def step_schedule(scheduler, updated: bool) -> None:
         scheduler.step()
 
 
-def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int) -> dict:
+def reward_meta(rollout: Rollout, prompts: list[str] | None, num_generations: int,
+                items: Condition | torch.Tensor | None = None) -> dict:
     """What the reward reads beside the images: ``labels [N]``, ``steps [N]`` (parallel decoders) and, for data
-    with captions, ``prompts`` (N: each item's caption repeated for its G samples, None for a sample drawn from the
-    null caption by ``rollout.label_dropout``: it saw no prompt, as a dropped class row has label -1)."""
+    with captions, ``prompts`` (N: each item's caption repeated for its G samples). ``items``: the items'
+    conditions before ``rollout.label_dropout`` (``[b]``); a sample it dropped to the null condition saw neither
+    class nor caption, so its prompt is None (absent), as its label is -1."""
     meta = {"labels": rollout.labels, **({} if rollout.steps is None else {"steps": rollout.steps})}
     if prompts is not None:
         repeated = [p for p in prompts for _ in range(num_generations)]
-        if rollout.condition is not None and rollout.condition.is_text:
-            null = rollout.condition.null.tolist()  # [N]
-            repeated = [None if dropped else p for p, dropped in zip(repeated, null, strict=True)]
+        if items is not None and rollout.condition is not None:
+            dropped = dropped_rows(as_condition(items), rollout.condition, num_generations)  # [N]
+            repeated = [None if d else p for p, d in zip(repeated, dropped, strict=True)]
         meta["prompts"] = repeated
     return meta
+
+
+def dropped_rows(items: Condition, rows: Condition, num_generations: int) -> list[bool]:
+    """``[N]``: whether each of ``rows`` (the G of an item adjacent) has the null condition where its item's
+    ``items [b]`` had another (condition dropout)."""
+    before = items.repeat_interleave(num_generations)  # [N]
+    if rows.is_text:
+        return (rows.null & ~before.null).tolist()
+    return ((rows.labels < 0) & (before.labels >= 0)).tolist()
 
 
 def pair_iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
@@ -359,7 +370,8 @@ def iteration_metrics(global_rewards: torch.Tensor, components: dict[str, torch.
     return {"reward/mean": float(global_rewards[finite].mean()) if finite.any() else float("nan"),
             "reward/std": float(global_rewards[finite].std()) if finite.sum() > 1 else 0.0,
             **{f"reward/{k}": float(v[v.isfinite()].mean()) for k, v in components.items()},
-            **distributed.mean_over_ranks(rank_stats, device, maxima=DEVIATIONS), **adv_stats, **timings,
+            **distributed.mean_over_ranks(rank_stats, device, maxima=DEVIATIONS, totals=SERVICE_COUNTS), **adv_stats,
+            **timings,
             "perf/tokens_per_s": sampled_tokens / timings["time/rollout"],
             **({} if rollout.steps is None else {"rollout/steps": float(rollout.steps.float().mean())})}
 

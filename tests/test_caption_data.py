@@ -158,16 +158,25 @@ def test_prompts_reach_the_reward_repeated_for_each_generation():
     assert "prompts" not in reward_meta(rollout, None, 3)
 
 
-def test_a_sample_drawn_from_the_null_caption_reaches_the_reward_without_a_prompt():
-    """Caption dropout (``rollout.label_dropout``): a row that read the null caption saw no prompt, so the reward
-    gets None for it (absent), as a dropped class row gets label -1."""
-    condition = Condition.of_text(torch.randn(2, 3, 4), labels=torch.tensor([1, 2]))
-    rows = condition.repeat_interleave(3).dropped(torch.tensor([False, True, False, False, False, True]))  # [6]
+@pytest.mark.parametrize("items", [Condition.of_text(torch.randn(2, 3, 4), labels=torch.tensor([1, 2])),
+                                   Condition(torch.tensor([1, 2]))])  # a caption or a class label dropped
+def test_a_sample_drawn_from_the_null_condition_reaches_the_reward_without_a_prompt(items):
+    """Condition dropout (``rollout.label_dropout``): a row that read the null caption, or the null class, saw no
+    prompt, so the reward gets None for it (absent), as its label is -1."""
+    rows = items.repeat_interleave(3).dropped(torch.tensor([False, True, False, False, False, True]))  # [6]
     rollout = Rollout(torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4, dtype=torch.long), torch.zeros(6, 4),
                       rows, torch.ones(6, 4, dtype=torch.bool))
-    meta = reward_meta(rollout, ["a one", "a two"], 3)
+    meta = reward_meta(rollout, ["a one", "a two"], 3, items)
     assert meta["prompts"] == ["a one", None, "a one", "a two", "a two", None]
     assert meta["labels"].tolist() == [1, -1, 1, 2, 2, -1]
+
+
+def test_prompt_only_items_of_the_null_class_keep_their_prompts():
+    """``data=prompts`` with a class-conditional policy: every item asks for the null class, none was dropped."""
+    items = Condition(torch.tensor([-1, -1]))
+    rollout = Rollout(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4),
+                      items.repeat_interleave(2), torch.ones(4, 4, dtype=torch.bool))
+    assert reward_meta(rollout, ["a one", "a two"], 2, items)["prompts"] == ["a one", "a one", "a two", "a two"]
 
 
 def test_a_rollout_without_images_samples_from_the_conditions_alone(gpt):

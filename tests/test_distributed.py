@@ -42,8 +42,9 @@ from rlar.reward.mixture import zscore
 from rlar.runtime import distributed
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-stats = {"loss/policy": 1.0 + 2 * rank, "policy/ratio_max_abs_dev": [0.25, 0.0625][rank]}
-out = distributed.mean_over_ranks(stats, "cpu", maxima=("policy/ratio_max_abs_dev",))
+stats = {"loss/policy": 1.0 + 2 * rank, "policy/ratio_max_abs_dev": [0.25, 0.0625][rank],
+         "reward/remote_failed_items": [3.0, 5.0][rank]}
+out = distributed.mean_over_ranks(stats, "cpu", maxima=("policy/ratio_max_abs_dev",), totals=("failed_items",))
 mine = torch.tensor([[1.0, 2.0], [3.0, 4.0, 5.0]][rank])
 mean, std = distributed.mean_std_over_ranks(mine)
 scores = zscore(torch.cat([mine, torch.tensor([float("nan")])]), pooled=True)  # a NaN is left out, and stays
@@ -54,14 +55,15 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_and_advantages_pool_every_rank(tmp_path):
+def test_a_deviation_is_its_largest_over_ranks_a_loss_its_mean_a_count_its_sum_and_advantages_pool_every_rank(
+        tmp_path):
     """PPO's value-head advantages, and a z-scored mix's terms in training, are standardized by the moments of every
     rank's rows, as in one process."""
     proc = torchrun_source(REDUCE, tmp_path)
     pooled = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     expected = [round(x, 4) for x in ((pooled[2:] - 3.0) / pooled.std()).tolist()] + [float("nan")]
-    assert (f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25)] 3.0 {round(pooled.std().item(), 6)} "
-            f"{expected}") in proc.stdout
+    assert (f"[('loss/policy', 2.0), ('policy/ratio_max_abs_dev', 0.25), ('reward/remote_failed_items', 8.0)] 3.0 "
+            f"{round(pooled.std().item(), 6)} {expected}") in proc.stdout  # a count: the sum over ranks
 
 
 BATCH_REWARDS = """

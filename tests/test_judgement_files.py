@@ -29,7 +29,7 @@ def test_an_unreadable_judgement_newer_than_the_weights_is_judged_again_with_a_w
     os.utime(path, ns=(2_000, 2_000))  # written after the weights: current, were it readable
     calls = []
     monkeypatch.setattr("rlar.studies.judged.run_command", lambda argv: calls.append(argv) or write_judgement(
-        path.parent, METRICS, {"seeds": [7, 8], "model_files": []}))
+        path.parent, METRICS, {"seeds": [7, 8], "cache_entries": []}))
     with caplog.at_level(logging.WARNING, logger="rlar.studies.judged"):
         assert read_or_judge(path, ["run", "--judge", "2"], weights) == METRICS
     assert calls == [["run", "--judge", "2"]]

@@ -398,10 +398,10 @@ def test_a_judgement_without_one_of_the_judges_metrics_is_judged_anew(tmp_path, 
     path = tmp_path / "judge.json"
     every = {f"eval/{m}": {"mean": 0.5, "values": [0.5]} for m in JUDGE_METRICS}
     older = {k: v for k, v in every.items() if k != "eval/coverage"}  # written before the judge measured coverage
-    path.write_text(json.dumps({"model_files": [], "metrics": older}))
+    path.write_text(json.dumps({"cache_entries": [], "metrics": older}))
     calls = []
     monkeypatch.setattr("rlar.studies.judged.run_command",
-                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"model_files": [],
+                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"cache_entries": [],
                                                                                        "metrics": every})))
     assert read_or_judge(path, ["RUN", "--judge", "1"]) == every and calls == [["RUN", "--judge", "1"]]
     assert read_or_judge(path, ["RUN", "--judge", "1"]) == every and len(calls) == 1  # read again
@@ -416,7 +416,7 @@ def test_the_prior_is_judged_anew_when_the_config_it_is_judged_under_changes(tmp
         out = Path(argv[argv.index("--out") + 1])
         out.mkdir(parents=True)
         metrics = {f"eval/{m}": {"mean": float(len(judged))} for m in JUDGE_METRICS}
-        (out / "judge.json").write_text(json.dumps({"model_files": [], "metrics": metrics}))
+        (out / "judge.json").write_text(json.dumps({"cache_entries": [], "metrics": metrics}))
         judged.append(argv)
 
     monkeypatch.setattr("rlar.studies.judged.run_command", fake_judge)

@@ -69,7 +69,7 @@ def judged_run(tmp_path: Path, iterations: int) -> tuple[Path, Path]:
         os.utime(run_dir / "checkpoints" / "last.pt", ns=(1_000, 1_000))
     path = judgement_dir(run_dir / "eval", run_config(run_dir, []), 1.0, 1.0, [7, 8]) / "judge.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"model_files": [], "metrics": {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}}))
+    path.write_text(json.dumps({"cache_entries": [], "metrics": {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}}))
     os.utime(path, ns=(2_000, 2_000))
     return run_dir, path
 
@@ -80,7 +80,7 @@ def test_a_run_s_judgement_is_judged_again_once_its_weights_are_saved_after_it(t
     calls = []
     rejudged = {f"eval/{m}": {"mean": 2.0} for m in JUDGE_METRICS}
     monkeypatch.setattr("rlar.studies.judged.run_command",
-                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"model_files": [],
+                        lambda argv: calls.append(argv) or path.write_text(json.dumps({"cache_entries": [],
                                                                                        "metrics": rejudged})))
     assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 1.0 and not calls  # written after the weights: read
     if iterations:  # the run extended (or trained again): its weights saved after the judgement
@@ -103,7 +103,7 @@ def test_a_study_s_group_and_hydra_overrides_are_in_its_runs_records_and_not_giv
     def judge(argv):
         calls.append(argv)
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"model_files": [], "metrics": judged}))
+        path.write_text(json.dumps({"cache_entries": [], "metrics": judged}))
 
     monkeypatch.setattr("rlar.studies.judged.run_command", judge)
     assert run_judgement(run_dir, 2, extra)["eval/fd"]["mean"] == 2.0
@@ -121,7 +121,7 @@ def test_a_study_s_guided_prior_is_guided_at_every_position_as_the_runs_eval_cfg
         out = Path(argv[argv.index("--out") + 1])
         out.mkdir(parents=True)
         metrics = {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}
-        (out / "judge.json").write_text(json.dumps({"model_files": [], "metrics": metrics}))
+        (out / "judge.json").write_text(json.dumps({"cache_entries": [], "metrics": metrics}))
 
     monkeypatch.setattr("rlar.studies.judged.run_command", judge)
     assert set(prior_judgements(load_study(path), 2, tmp_path)) == {"prior", "prior, guidance 2"}
@@ -140,11 +140,11 @@ def test_a_judgement_made_before_evaluations_drew_with_top_k_is_judged_again(tmp
     path = judgement_dir(run_dir / "eval", run_config(run_dir, []), 1.0, 1.0, [1234, 1235]) / "judge.json"
     path.parent.mkdir(parents=True)
     old = {f"eval/{m}": {"mean": 1.0} for m in JUDGE_METRICS}
-    path.write_text(json.dumps({"model_files": [], "metrics": old}))  # no top_k: sampled untruncated
+    path.write_text(json.dumps({"cache_entries": [], "metrics": old}))  # no top_k: sampled untruncated
     calls = []
     new = {f"eval/{m}": {"mean": 2.0} for m in JUDGE_METRICS}
     monkeypatch.setattr("rlar.studies.judged.run_command", lambda argv: calls.append(argv) or path.write_text(
-        json.dumps({"model_files": [], "top_k": 16, "top_p": None, "metrics": new})))
+        json.dumps({"cache_entries": [], "top_k": 16, "top_p": None, "metrics": new})))
     assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1
     assert run_judgement(run_dir, 2)["eval/fd"]["mean"] == 2.0 and len(calls) == 1  # recorded with it: read
 
@@ -169,7 +169,7 @@ def test_a_soup_is_judged_again_under_other_extra_overrides(tmp_path, monkeypatc
         out = Path(argv[argv.index("--out") + 1])
         out.mkdir(parents=True)
         metrics = {f"eval/{m}": {"mean": fd} for m in JUDGE_METRICS}
-        (out / "judge.json").write_text(json.dumps({"model_files": [], "metrics": metrics}))
+        (out / "judge.json").write_text(json.dumps({"cache_entries": [], "metrics": metrics}))
 
     monkeypatch.setattr("rlar.studies.judged.run_command", judge)
     study = load_study_text(tmp_path, "overrides: []\nseeds: [0, 1]\nsettings:\n  grpo: []\njudge: 2\nsoup: true\n")

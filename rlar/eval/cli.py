@@ -32,7 +32,7 @@ from rlar.eval.run_models import (
 from rlar.export import run_policy_weights
 from rlar.rollout.sampling import evaluation_sampling, truncation
 from rlar.runtime.atomic_files import atomic_write_text
-from rlar.runtime.files_read import file_stamps, model_files_read
+from rlar.runtime.files_read import content_stamps, entries_read
 
 log = logging.getLogger(__name__)
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
@@ -184,14 +184,14 @@ def eval_dir(run_dir: str | None, judged: dict) -> Path:
 def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
     """``--judge N``: the judge's metrics of the policy (``judged``: :func:`judged_weights`) under N eval seeds,
     written to ``judge.json`` (in ``--out``, else a folder of the settings in ``base``)."""
-    with model_files_read() as read:  # the cache entries and checkpoints behind the policy, tokenizer and judge
+    with entries_read() as read:  # the cache entries of the tokenizer, the prior and the judge
         data, tokenizer, policy = build_models(cfg, hw.torch_device, judged["run"])
         eval_model = build_eval_model(data, cfg.eval, cfg.cache_dir, hw.torch_device)
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seeds = list(range(cfg.eval.seed, cfg.eval.seed + opts.judge))
     settings = {**judged, "cfg_scale": scale, "temperature": temperature, **truncation(cfg.rollout), "seeds": seeds,
                 "samples_per_item": cfg.eval.samples_per_item, "batch_size": cfg.eval.batch_size,
-                "model_files": file_stamps(read)}
+                "cache_entries": content_stamps(read)}
     out = Path(opts.out or judgement_dir(base, cfg, scale, temperature, seeds))
     # each seed kept as it is judged: a judgement stopped at seed 7 resumes there, for the same weights and settings
     identity = {**{k: v for k, v in settings.items() if k != "seeds"}, "config": settings_key(cfg),
@@ -212,7 +212,7 @@ def weights_stamp(judged: dict) -> list:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
     else:
         files = []
-    return file_stamps(files)
+    return [[str(f), f.stat().st_mtime_ns, f.stat().st_size] for f in files if f.is_file()]
 
 
 def sampling_settings(cfg, opts, policy) -> tuple[float, float, dict]:

@@ -17,7 +17,7 @@ from rlar.data.captions import caption_checks
 from rlar.eval.caption_accuracy import metric_name, parsed_prompts
 from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
-from rlar.reward.scoring import scoring_only
+from rlar.reward.scoring import SERVICE_COUNTS, scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
@@ -79,7 +79,8 @@ def evaluate(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data, eval
             more = evaluate_under(policy, tokenizer, reward_fn, data, eval_cfg, guided, device, autocast, eval_model,
                                   inception, text_encoder)
             result.update({"eval_cfg/" + key.removeprefix("eval/"): value for key, value in more.items()})
-        service = distributed.mean_over_ranks(reward_fn.metrics(), device)  # read here, not by the next iteration
+        # read here, not by the next iteration
+        service = distributed.mean_over_ranks(reward_fn.metrics(), device, totals=SERVICE_COUNTS)
         result.update({"eval/" + key.removeprefix("reward/"): value for key, value in service.items()})
     check_scored_by_service(result, service)
     return result

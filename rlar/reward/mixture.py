@@ -27,6 +27,40 @@ def zscore(x: torch.Tensor, pooled: bool = False, eps: float = 0.0) -> torch.Ten
     return torch.where(x.isfinite(), torch.zeros_like(x), x)
 
 
+def weighted_sum(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float], normalize: bool, pooled: bool,
+                 absent: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``sum_k weights[k] * scores[k]`` ``[N]``, each z-scored first if ``normalize`` (over every process's items if
+    ``pooled``: a training batch). Where ``absent[k] [N]`` is True the component does not apply to the item (a prompt
+    reward without a prompt): its term is the mean of the present items' terms (0 when z-scored), so that a baseline
+    over other items (REINFORCE's, PPO's) does not read an absence as a low score. NaN where a weighted component
+    that applies is NaN, or where no weighted component scored the item; all 0 when none is weighted."""
+    n = len(next(iter(scores.values())))
+    device = next(iter(scores.values())).device
+    total = torch.zeros(n, device=device)
+    scored = torch.full((n,), not any(weights.values()), device=device)
+    for name, weight in weights.items():
+        if not weight:
+            continue
+        score, skip = scores[name], absent.get(name)
+        term = weight * (zscore(score, pooled) if normalize else score).float()  # [N]
+        if skip is not None:
+            term = torch.where(skip, present_mean(term[~skip], pooled), term)
+        total = total + term
+        scored = scored | ~score.isnan()
+    return torch.where(scored, total, float("nan"))
+
+
+def present_mean(values: torch.Tensor, pooled: bool) -> torch.Tensor:
+    """The mean of the finite ``values [M]`` (every process's if ``pooled``; every process must call it), 0 where
+    there are none."""
+    finite = values[values.isfinite()]
+    if pooled and distributed.is_distributed():
+        mean, _ = distributed.mean_std_over_ranks(finite)
+    else:
+        mean = finite.mean() if finite.numel() else values.new_zeros(())
+    return mean.nan_to_num(0.0)
+
+
 def zscored(reward: Mapping | None) -> bool:
     """Whether the reward config ``reward`` is a mix that z-scores its terms over each batch (``normalize``): its
     mean is then 0 by construction, whatever the samples, and only its terms say what moved."""
@@ -38,9 +72,9 @@ class WeightedReward(Reward):
 
     Reports every component's raw score under its name, and each sub-component it reports as ``name/sub``
     (unless that is the component's score itself). An item that is NaN in a component with nonzero weight is
-    NaN in the total, except in a component that sets ``may_be_absent = True`` (CLIP without a prompt): there
-    NaN means "does not apply", and the item's total is the weighted sum of its other components (NaN only if
-    no weighted component scored it). A zero-weight component is only reported.
+    NaN in the total, except in a component that sets ``may_be_absent = True`` (CLIP or compositional without a
+    prompt): there NaN means "does not apply", and the item's term is the mean of the other items' (NaN only if no
+    weighted component scored it; :func:`weighted_sum`). A zero-weight component is only reported.
     """
 
     def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
@@ -80,19 +114,12 @@ class WeightedReward(Reward):
             component.close()
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
-        total = torch.zeros(images.shape[0], device=images.device)  # [N]
-        # [N]: scored by some weighted component (all True when none is weighted: the total is then 0)
-        scored = torch.full((images.shape[0],), not any(self.weights.values()), device=images.device)
-        reported = {}
+        scores, absent, reported = {}, {}, {}
         for name, component in self.components.items():
             score, subs = component(images, targets, meta)  # [N], {sub: [N]}
-            reported[name] = score
+            scores[name] = reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
-            if self.weights[name]:
-                # in training over the global batch (every process scores its rows), in evaluation over this call's
-                term = self.weights[name] * (zscore(score, self.learning) if self.normalize else score).float()
-                if component.may_be_absent:
-                    term = torch.where(score.isnan(), 0.0, term)
-                total = total + term
-                scored = scored | ~score.isnan()
-        return torch.where(scored, total, float("nan")), reported
+            if component.may_be_absent:
+                absent[name] = score.isnan()  # [N]
+        # in training over the global batch (every process scores its rows), in evaluation over this call's
+        return weighted_sum(scores, self.weights, self.normalize, self.learning, absent), reported

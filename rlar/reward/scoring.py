@@ -11,6 +11,9 @@ import torch
 from rlar.contracts import Reward, Tokenizer
 from rlar.runtime.clock import phase_time
 
+# what a reward reports of its service that counts items or calls: summed over processes, not averaged
+SERVICE_COUNTS = ("remote_retries", "remote_failed_items")
+
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
     """Rows ``lo:hi`` of every per-item entry (a tensor or list of ``n``) of ``meta``."""

@@ -15,7 +15,7 @@ import torch
 
 from rlar.runtime.atomic_files import atomic_torch_save
 from rlar.runtime.build_checkpoint import BuildCheckpoint
-from rlar.runtime.files_read import note_read
+from rlar.runtime.files_read import file_sha256, note_read
 from rlar.runtime.stop_signals import Stopped, StopRequest
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's whole content, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_file(source: str) -> tuple[Path, str] | None:
@@ -107,13 +98,11 @@ def load_checkpoint(path: str | os.PathLike, what: str):
     if not path.is_file():
         raise FileNotFoundError(f"{what}: checkpoint '{path}' does not exist; fix the path")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, IndexError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         size = path.stat().st_size
         raise ValueError(f"{what}: '{path}' ({size} bytes) is not a readable PyTorch checkpoint ({type(e).__name__}: "
                          f"{e}); give a file written by torch.save (a state dict), or re-download it") from e
-    note_read(path)
-    return state
 
 
 def spec_key(spec: dict, length: int = 12) -> str:

@@ -127,18 +127,22 @@ def mean_std_over_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return mean.to(values.dtype), var.clamp_min(0).sqrt().to(values.dtype)
 
 
-def mean_over_ranks(stats: dict[str, float], device, maxima: tuple[str, ...] = ()) -> dict[str, float]:
+def mean_over_ranks(stats: dict[str, float], device, maxima: tuple[str, ...] = (), totals: tuple[str, ...] = ()
+                    ) -> dict[str, float]:
     """The mean of each value over ranks, the largest for the keys in ``maxima`` (a deviation's maximum is the
-    largest on any rank); every rank passes the same keys."""
+    largest on any rank), the sum for the keys that end with one of ``totals`` (counts); every rank passes the same
+    keys."""
     if not is_distributed() or not stats:
         return stats
+    summed = {k for k in stats if k not in maxima and k.endswith(totals)} if totals else set()
     out = {}
     for op, keys in ((dist.ReduceOp.SUM, sorted(k for k in stats if k not in maxima)),
                      (dist.ReduceOp.MAX, sorted(k for k in stats if k in maxima))):
         if keys:
             values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
             dist.all_reduce(values, op=op)
-            out.update(zip(keys, (values / (world_size() if op == dist.ReduceOp.SUM else 1)).tolist(), strict=True))
+            divisors = [world_size() if op == dist.ReduceOp.SUM and k not in summed else 1 for k in keys]
+            out.update(zip(keys, (values / values.new_tensor(divisors)).tolist(), strict=True))
     return out
 
 

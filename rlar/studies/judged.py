@@ -7,8 +7,8 @@ of the judge's metrics: written before the judge measured it, or when the run's 
 extended to more iterations or trained again); the prior's lands in
 ``outputs/ablations/judged/<study>/``, keyed by the whole config it is judged under (the study's overrides
 and the command line's), so that a change to an experiment's defaults or the thread count judges it anew. Any
-judgement is made again when a model file it read (``judge.json``'s ``model_files``: the cached prior, tokenizer and
-judge) has changed since: a cache rebuilt under the same names.
+judgement is made again when a cache entry it read (``judge.json``'s ``cache_entries``: the cached prior, tokenizer
+and judge, by content) has changed since: a cache rebuilt under the same names to other weights.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ def read_or_judge(path: Path, argv: list[str], weights: Path | None = None, sett
     """The metrics of ``path`` (a ``judge.json``), judged first with ``rlar-eval argv`` if it is not there, lacks
     one of ``JUDGE_METRICS``, is unreadable, is older than ``weights`` (the file of the weights it judges), records
     other ``settings`` than these (a setting it does not record counts as None: a judgement made before evaluations
-    honoured ``rollout.top_k`` recorded none), or read model files that have changed since (``model_files``: a cache
-    entry of the prior, tokenizer or judge built again under its name, a checkpoint replaced; a judgement that
+    honoured ``rollout.top_k`` recorded none), or read cache entries whose content has changed since
+    (``cache_entries``: the prior, tokenizer or judge built again under its name to other weights; a judgement that
     recorded none cannot be checked)."""
     record = read_judgement(path) if is_current(path, weights) else {}
     if any(record.get(key) != value for key, value in (settings or {}).items()):
         record = {}
-    if record and not stamps_hold(record.get("model_files")):
-        log.info("judgement %s read model files that changed since (or recorded none): judging again", path)
+    if record and not stamps_hold(record.get("cache_entries")):
+        log.info("judgement %s read cache entries that changed since (or recorded none): judging again", path)
         record = {}
     if not has_every_metric(record.get("metrics", {})):
         run_command(argv)

@@ -13,7 +13,7 @@ import httpx
 import torch
 
 from rlar.contracts import Reward
-from rlar.reward.mixture import zscore
+from rlar.reward.mixture import weighted_sum
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, bearer_headers, read_token
 from rlar.reward.remote.rotation import ServerPool
 from rlar.reward.remote.wire import decode_scores, encode_request
@@ -122,18 +122,19 @@ class RemoteReward(Reward):
         log.warning("reward server %s: %s (logged once; reward/remote_failed_items counts the items no server "
                     "scored)", url, reason)
 
-    def combine(self, components: dict[str, torch.Tensor], n: int) -> torch.Tensor:
-        """``sum_k weights[k] * components[k]`` ``[n]``; NaN where a weighted component is NaN."""
+    def combine(self, components: dict[str, torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
+        """``sum_k weights[k] * components[k]`` ``[n]`` (:func:`~rlar.reward.mixture.weighted_sum`, z-scored over
+        every process's items in training). A component NaN where the servers' own total ``scores [n]`` is finite
+        did not apply to the item (their reward scored it without that term: CLIP without a prompt); NaN where a
+        server scored nothing, or a weighted component that applies is NaN. A process no server answered still takes
+        part in the pooled statistics, with no items."""
         if not components:
-            return torch.full((n,), float("nan"))
+            components = {name: torch.full_like(scores, float("nan")) for name in self.weights}
         missing = sorted(set(self.weights) - set(components))
         if missing:
             raise ValueError(f"reward.weights names {missing}, but the servers report components {sorted(components)}")
-        total = torch.zeros(n)
-        for name, weight in self.weights.items():
-            if weight:
-                total = total + weight * (zscore(components[name]) if self.normalize else components[name])
-        return total
+        absent = {name: value.isnan() & scores.isfinite() for name, value in components.items()}
+        return weighted_sum(components, self.weights, self.normalize, self.learning, absent)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
         tic = time.perf_counter()
@@ -155,7 +156,7 @@ class RemoteReward(Reward):
             for name, value in chunk_components.items():
                 components.setdefault(name, torch.full((n,), float("nan")))[lo:hi] = value
         if self.weights:
-            scores = self.combine(components, n)
+            scores = self.combine(components, scores)
         for key, value in (("calls", 1.0), ("latency_ms", 1000 * (time.perf_counter() - tic)),
                            ("retries", float(retries)), ("failed_items", float(failed))):
             self.unread[key] = self.unread.get(key, 0.0) + value
