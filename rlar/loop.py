@@ -442,8 +442,8 @@ def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -
                     "world_size": distributed.world_size(), "strategy": run.hw.strategy})
     if run.hw.strategy == "ddp":  # replicas must still be identical: a check that gradients were synchronised
         summary["replica_max_abs_diff"] = distributed.replica_divergence(run.trainable, run.device)
-    if t.checkpoint_format == "sharded":
-        for name in ("policy", "ema") if run.ema is not None else ("policy",):
+    if t.checkpoint_format == "sharded":  # policy.pt last: it marks the export whole (rlar.export.run_policy_weights)
+        for name in ("ema", "policy") if run.ema is not None else ("policy",):
             run.checkpointer.export_policy(out / "checkpoints" / f"{name}.pt", name)
     if distributed.is_main():
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

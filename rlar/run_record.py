@@ -36,7 +36,7 @@ def resume(run: Run) -> tuple[int, int, dict]:
     run.algorithm.load_state_dict(state["algorithm"])
     run.reward.load_state_dict(state.get("reward", {}))  # written before rewards kept state: none
     if "scheduler" in state:
-        run.scheduler.load_state_dict(state["scheduler"])
+        load_schedule(run.scheduler, state["scheduler"])
     else:  # written before rlar had schedules: its lr was the optimizer's, the constant schedule's at any step
         log.warning("%s has no lr schedule: the schedule starts at its first step", run.checkpointer.record_path)
     restore_rng(run.generators, state["rng"], state["iteration"], run.hw.seed)
@@ -45,6 +45,14 @@ def resume(run: Run) -> tuple[int, int, dict]:
     log.info("resumed from %s at iteration %d, after %d of %d warm-up steps", run.checkpointer.record_path,
              state["iteration"], warmed, run.cfg.train.warmup_steps)
     return state["iteration"], warmed, state["summary"]
+
+
+def load_schedule(scheduler, state: dict) -> None:
+    """The lr schedule as ``state`` saved it, and the optimizer's learning rates where it had moved them: a checkpoint
+    saved before the first update keeps no optimizer state, whose rates would stay at the schedule's first step."""
+    scheduler.load_state_dict(state)
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = lr
 
 
 @contextlib.contextmanager

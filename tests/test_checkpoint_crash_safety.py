@@ -6,11 +6,13 @@ import errno
 import os
 import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from rlar.run_record import load_schedule
 from rlar.runtime import atomic_files, checkpoint
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.safe_dcp import UnsafeCheckpoint
@@ -214,3 +216,47 @@ def test_a_really_full_disk_is_an_oserror_naming_the_space_needed(tmp_path, monk
     iteration, loaded_weight, _ = loaded(tmp_path, "consolidated")
     assert iteration == 1 and torch.equal(loaded_weight, weight)
     assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+@pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
+def test_a_save_removes_the_exports_of_an_older_end_whatever_the_format(tmp_path, fmt):
+    """A finished sharded run exported ``policy.pt``/``ema.pt``; extended (here as a consolidated one), its next save
+    removes them, or ``rlar-eval``/``rlar-export`` would read the old end's weights as the run's final ones."""
+    for name in checkpoint.EXPORTS:
+        (tmp_path / name).write_bytes(b"the weights of an older end")
+    saved(tmp_path, fmt, 2, seed=0)
+    assert not any((tmp_path / name).exists() for name in checkpoint.EXPORTS)
+
+
+def test_a_resumed_schedule_sets_the_learning_rate_a_save_before_any_update_did_not_keep():
+    """Saved after 3 iterations whose updates never stepped (no finite reward): no optimizer state is kept, and the
+    resumed optimizer must still train at the schedule's 4th rate, not its first."""
+    def schedule():
+        optimizer = torch.optim.AdamW(nn.Linear(2, 1).parameters(), lr=1.0)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 10)
+
+    optimizer, scheduler = schedule()
+    with pytest.warns(UserWarning, match="before `optimizer.step"):  # as the loop's iterations without an update
+        for _ in range(3):
+            scheduler.step()
+    resumed_optimizer, resumed = schedule()
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # the first step's, before loading
+    load_schedule(resumed, scheduler.state_dict())
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"]) == 0.4
+
+
+def test_a_file_is_on_the_disk_before_its_rename_and_the_rename_before_the_writer_goes_on(tmp_path, monkeypatch):
+    """A power loss after an unsynced rename can leave an empty ``last.pt`` (XFS, ext4 without auto_da_alloc), and the
+    older shard folders are removed right after it: the new file's content is synced before the rename, the folder's
+    entry after it."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(atomic_files.os, "replace", lambda src, dst: events.append(("replace", str(dst))) or
+                        real_replace(src, dst))
+    atomic_files.atomic_torch_save({"iteration": 3}, tmp_path / "last.pt")
+    (tmp_name,) = [path for kind, path in events[:1] if kind == "fsync"]
+    assert Path(tmp_name).name.startswith(".last.pt.tmp-")  # the temporary file's content, first
+    assert events[1:] == [("replace", str(tmp_path / "last.pt")), ("fsync", str(tmp_path))]
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"iteration": 3}

@@ -2,6 +2,7 @@
 refused by ``rlar-eval`` and ``rlar-export`` with one line that names it and the fix, before anything is built."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 from rlar import export
 from rlar.config.store import compose_config
 from rlar.eval import cli
+from rlar.eval.run_models import trained_nothing
 from rlar.runtime.ema import exported_policy, no_checkpoint_message
 
 
@@ -42,6 +44,19 @@ def test_rlar_eval_of_a_run_that_trained_nothing_is_not_refused(prepared, monkey
     monkeypatch.setattr(cli, "build_models", built)
     with pytest.raises(RuntimeError, match="built"):
         cli.run_command([str(prepared), "--judge", "1"])
+
+
+def test_a_run_of_0_iterations_extended_since_has_trained(prepared):
+    """``train.iterations=0`` finished (its summary says 0), then extended to more iterations in the same folder and
+    stopped before its new end: its saved weights are the run's, not the prior its config builds."""
+    (prepared / "summary.json").write_text(json.dumps({"iterations": 0}))
+    os.utime(prepared / "summary.json", ns=(1_000, 1_000))
+    assert trained_nothing(prepared)
+    (prepared / "checkpoints").mkdir()
+    (prepared / "checkpoints" / "last.pt").write_bytes(b"weights of iteration 5")
+    assert not trained_nothing(prepared)
+    os.utime(prepared / "checkpoints" / "last.pt", ns=(500, 500))  # older than the summary: of before it
+    assert trained_nothing(prepared)
 
 
 def test_the_weights_of_a_folder_without_a_checkpoint_are_refused_with_the_fix(prepared):

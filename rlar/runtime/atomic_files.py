@@ -1,5 +1,6 @@
 """Files written through a temporary file beside them and a rename: a crash never leaves half a file, and readers
-see the old or the new content."""
+see the old or the new content. The file's content is on the disk before the rename, and the rename before the
+writer goes on (``fsync`` of both), so a power loss too leaves the old file or the new one, never an empty one."""
 
 from __future__ import annotations
 
@@ -29,10 +30,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        synced(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    synced(path.parent)
+
+
+def synced(path: Path) -> None:
+    """``fsync`` of a file or folder (a folder: its entries, such as a rename); a file system that cannot sync a
+    folder is left as it is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

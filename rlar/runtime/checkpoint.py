@@ -85,9 +85,10 @@ class Checkpointer:
                 model, optim = self.state_dicts(stepped, FULL)
                 record.update(split_state(model, self.modules.keys()), optimizer=optim)
             if distributed.is_main():
-                if self.format == "sharded":  # before the record: an export never stands beside a newer record
-                    for name in EXPORTS:  # policy.pt first: ema.pt alone still holds the older record's average
-                        (self.directory / name).unlink(missing_ok=True)
+                # before the record, whatever the format (a sharded run extended as a consolidated one too): an
+                # export never stands beside a newer record; policy.pt first, as it marks the export whole
+                for name in EXPORTS:
+                    (self.directory / name).unlink(missing_ok=True)
                 atomic_torch_save(record, self.record_path)
         except (OSError, CheckpointException) as e:
             if not disk_full(e):
