@@ -134,6 +134,12 @@ def test_judge_refuses_the_options_of_the_inception_metrics(args, message, monke
         cli.run_command(["--judge", "2", *args])
 
 
+def test_a_temperature_that_would_overflow_the_logits_is_refused_before_any_config_is_read(monkeypatch):
+    monkeypatch.setattr(cli, "run_config", None)
+    with pytest.raises(SystemExit, match=r"--temperature must be >= 1e-05 .*rollout.top_k=1 samples greedily"):
+        cli.run_command(["--judge", "1", "--temperature", "0"])
+
+
 @pytest.mark.parametrize("args", [["--num-samples", "0"], ["--make-reference", "ref.npz", "--max-images", "0"]])
 def test_a_count_below_1_is_refused_before_any_config_is_read(args, monkeypatch):
     monkeypatch.setattr(cli, "run_config", None)

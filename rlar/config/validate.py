@@ -44,6 +44,9 @@ def target_attribute(node: dict, name: str, default=None):
     return getattr(get_object(node["_target_"]), name, default)
 
 
+MIN_TEMPERATURE = 1e-5  # the smallest sampling temperature: logits / T stay finite in fp32 and bf16
+
+
 def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix. ``inception_eval=False``: for a command that never runs
     ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked."""
@@ -90,8 +93,9 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
                           "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
                           "reward its own (e.g. another classifier.train.seed than eval.classifier_model.train.seed)")
-    if cfg.rollout.temperature <= 0:
-        raise ConfigError(f"rollout.temperature must be > 0, got {cfg.rollout.temperature}")
+    if not cfg.rollout.temperature >= MIN_TEMPERATURE:
+        raise ConfigError(f"rollout.temperature must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
+                          f"rollout.top_k=1 samples greedily), got {cfg.rollout.temperature}")
     codebook = cfg.tokenizer.get("codebook_size")
     if codebook is not None and cfg.policy.vocab_size != codebook:
         raise ConfigError(
@@ -109,6 +113,12 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
     if built["algorithm"].trains_on_data:
         check_data_pairs(cfg)
     else:
+        dropout = cfg.policy.get("dropout") or 0.0
+        if dropout > 0 and cfg.train.iterations > 0:
+            raise ConfigError(f"policy.dropout={dropout} with {type(built['algorithm']).__name__}: the update "
+                              "re-scores the samples with dropout on, so its ratio and KL are not the sampler's; set "
+                              "policy.dropout=0 (pretrain a prior with dropout in a run of its own, then load it "
+                              "with policy.checkpoint)")
         g, world, mb = cfg.algorithm.num_generations, env_world_size(), cfg.algorithm.minibatch_size
         sequences = cfg.train.batch_size // world * g  # each process updates on its own share (a global batch
         # that does not split over the processes is refused when the run is built)

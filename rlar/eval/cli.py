@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import check_config, exit_on_config_error
+from rlar.config.validate import MIN_TEMPERATURE, check_config, exit_on_config_error
 from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
@@ -104,6 +104,9 @@ def run_command(argv: list[str]) -> dict:
                           ("--image-size", opts.image_size)):
         if value is not None and value < 1:
             sys.exit(f"{option} takes a count of at least 1, got {value}")
+    if opts.temperature is not None and not opts.temperature >= MIN_TEMPERATURE:
+        sys.exit(f"--temperature must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
+                 f"rollout.top_k=1 samples greedily), got {opts.temperature}")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
