@@ -16,11 +16,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rlar.eval.run_models import anchor_relative_paths
+from rlar.eval.run_models import anchor_relative_paths, is_run_dir, started_folder
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.soup import weight_soup
 from rlar.runtime.checkpoint import SHARDS
 from rlar.runtime.ema import exported_policy, no_checkpoint_message, unfinished_shards_message
+from rlar.runtime.user_modules import importable
 from rlar.text.build import build_text_encoder
 from rlar.tokenizer.zoo_build import strict_load
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.paths) < 2:
         parser.error("give RUN_DIR (one or more) then OUT_DIR")
+    importable(*(started_folder(p) for p in args.paths[:-1] if is_run_dir(p)))  # the runs' own modules
     try:
         out = export_runs(args.paths[:-1], args.paths[-1], args.weight)
     except FileNotFoundError as e:  # a run dir without its config or its checkpoint: the message says which

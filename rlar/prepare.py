@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.model.build import build_eval_classifier
+from rlar.runtime.user_modules import importable
 from rlar.text.build import build_text_encoder
 
 register_schemas()
@@ -16,6 +17,7 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
+    importable()  # a _target_ of the user's own, as python -m imports it
     with exit_on_config_error():  # the run's settings: what the run would refuse is refused before anything is trained
         check_config(cfg)
     data = instantiate(cfg.data)

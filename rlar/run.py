@@ -16,6 +16,7 @@ from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key
 from rlar.loop import fine_tune
 from rlar.reward.mixture import zscored
 from rlar.runtime.distributed import env_rank
+from rlar.runtime.user_modules import importable
 
 register_schemas()
 
@@ -70,6 +71,8 @@ def rank_overrides() -> list[str]:
 
 
 def cli() -> None:
+    """The console script ``rlar-run``: ``python -m rlar.run``'s, with the current folder's modules importable."""
+    importable()
     sys.argv.extend(rank_overrides())
     main()
 

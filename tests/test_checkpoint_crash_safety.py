@@ -260,3 +260,15 @@ def test_a_file_is_on_the_disk_before_its_rename_and_the_rename_before_the_write
     assert Path(tmp_name).name.startswith(".last.pt.tmp-")  # the temporary file's content, first
     assert events[1:] == [("replace", str(tmp_path / "last.pt")), ("fsync", str(tmp_path))]
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"iteration": 3}
+
+
+def test_a_file_a_library_creates_private_gets_the_mode_open_gives(tmp_path):
+    """safetensors creates its file 0o600: an exported folder's weights were unreadable to the others who were meant
+    to load it, beside a config.json they could read."""
+    with atomic_files.atomic_path(tmp_path / "model.safetensors") as tmp:
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    atomic_files.atomic_write_text(tmp_path / "config.json", "{}")
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("model.safetensors", "config.json")}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert modes == {"model.safetensors": 0o666 & ~mask, "config.json": 0o666 & ~mask}

@@ -69,3 +69,17 @@ def test_rlar_export_of_a_folder_without_a_checkpoint_exits_with_one_line(prepar
         export.main([str(prepared), str(tmp_path / "exported")])
     assert exit_.value.code == 1
     assert capsys.readouterr().err == f"rlar-export: {no_checkpoint_message(prepared)}\n"
+
+
+def test_rlar_eval_of_a_folder_of_runs_names_the_runs_in_it(tmp_path, monkeypatch):
+    """``rlar-eval outputs/default`` after runs made with overrides (they live in ``outputs/default/<overrides>/``)."""
+    monkeypatch.setattr(cli, "run_config", None)  # refused before any config is read
+    for name in ("eval.max_items=20", "optimizer.lr=0.0001"):
+        (tmp_path / "default" / name / ".hydra").mkdir(parents=True)
+        (tmp_path / "default" / name / ".hydra" / "config.yaml").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_command([str(tmp_path / "default"), "--judge", "1"])
+    assert str(exit_.value.code) == (
+        f"'{tmp_path / 'default'}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override; the "
+        f"runs in it: {tmp_path / 'default' / 'eval.max_items=20'}, {tmp_path / 'default' / 'optimizer.lr=0.0001'}: "
+        "give one of them")

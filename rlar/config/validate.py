@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         check_inception_eval(cfg)
     check_optimized_metric(cfg)
     check_data_without_images(cfg)
+    check_reward_arguments(cfg)
     check_step_rewards(cfg)
     check_sizes(cfg)
     if readers := rewards_reading_the_judge(cfg):
@@ -211,6 +213,34 @@ def check_text_conditioning(cfg: DictConfig) -> None:
     if cfg.eval.inception.enabled:
         raise ConfigError("eval.inception samples class-balanced labels, not captions; with a text_encoder set "
                           "eval.inception.enabled=false")
+
+
+def check_reward_arguments(cfg: DictConfig) -> None:
+    """A reward class that does not take the keys of its config node is refused before anything is built: the usual
+    case is ``reward._target_=my_rewards.Mine`` over the default reward, a mix whose ``components``, ``weights`` and
+    ``normalize`` stay in the node."""
+    for path, node in reward_nodes(cfg):
+        parameters = init_parameters(get_object(node["_target_"]))
+        if parameters is None:
+            continue
+        extra = [key for key in node if not key.startswith("_") and key not in parameters]
+        if extra:
+            raise ConfigError(f"{path}._target_={node['_target_']} takes no {', '.join(extra)}: the keys of the reward "
+                              f"config whose _target_ it replaces; give the class an option file of its own "
+                              f"(my_conf/reward/mine.yaml with hydra.searchpath=[file://my_conf], reward=mine: "
+                              "docs/rewards.md, \"Your own reward\")")
+
+
+def init_parameters(target) -> dict | None:
+    """The keyword parameters ``target`` (a class or a function) is called with; None when it takes any (``**``). A
+    class with no ``__init__`` of its own below ``Protocol`` (a reward subclassing ``rlar.contracts.Reward``) takes
+    none: the protocol's stand-in accepts anything and ``object`` then refuses it."""
+    if isinstance(target, type):
+        own = next((c for c in target.__mro__ if "__init__" in c.__dict__), object)
+        if own is object or getattr(own.__init__, "__name__", "") == "_no_init_or_replace_init":
+            return {}
+    parameters = inspect.signature(target).parameters
+    return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
 
 
 def check_step_rewards(cfg: DictConfig) -> None:

@@ -27,12 +27,14 @@ from rlar.eval.run_models import (
     judged_weights,
     reads_run_weights,
     run_config,
+    started_folder,
     trained_nothing,
 )
 from rlar.export import run_policy_weights
 from rlar.rollout.sampling import evaluation_sampling, truncation
 from rlar.runtime.atomic_files import atomic_write_text
 from rlar.runtime.files_read import content_stamps, entries_read
+from rlar.runtime.user_modules import importable
 
 log = logging.getLogger(__name__)
 USAGE = """rlar-eval [RUN_DIR] [key=value ...] [options]
@@ -90,7 +92,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    """The console script: ``rlar-eval ARGS``."""
+    """The console script: ``rlar-eval ARGS``, with the current folder's modules importable."""
+    importable()
     run_command(sys.argv[1:])
 
 
@@ -108,9 +111,12 @@ def run_command(argv: list[str]) -> dict:
         sys.exit(f"--temperature must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
                  f"rollout.top_k=1 samples greedily), got {opts.temperature}")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
-        sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override")
+        sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override"
+                 + runs_beneath(opts.args[0]))
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
     overrides = opts.args[1:] if run_dir else opts.args
+    if run_dir:
+        importable(started_folder(run_dir))  # the modules the run's _target_s named, from where it started
     with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
         apply_options(cfg, opts)
@@ -137,6 +143,16 @@ def run_command(argv: list[str]) -> dict:
         return sample_and_score(cfg, opts, hw, judged, eval_dir(run_dir, judged), weights)
     finally:
         hw.teardown()
+
+
+def runs_beneath(folder: str, shown: int = 5) -> str:
+    """``"; the runs in it: ..."``, the run directories under ``folder`` (a run made with overrides lives in
+    ``outputs/<name>/<overrides>/``), or ``""``."""
+    found = sorted(p.parent.parent for p in Path(folder).glob("**/.hydra/config.yaml")) if Path(folder).is_dir() else []
+    if not found:
+        return ""
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return f"; the runs in it: {', '.join(str(p) for p in found[:shown])}{more}: give one of them"
 
 
 def check_judge_options(opts: argparse.Namespace) -> None:

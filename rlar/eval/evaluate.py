@@ -17,7 +17,7 @@ from rlar.data.captions import caption_checks
 from rlar.eval.caption_accuracy import metric_name, parsed_prompts
 from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
-from rlar.reward.scoring import SERVICE_COUNTS, scoring_only
+from rlar.reward.scoring import SERVICE_COUNTS, checked_output, scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
@@ -137,7 +137,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
         images = data.eval_images_of(positions[batch])  # [b, C, H, W] as floats, a batch at a time; None: prompts
         targets = None if images is None else images.to(device).repeat_interleave(k, 0)
-        reward, parts = reward_fn(samples, targets, meta)  # [b*k], {name: [b*k]}
+        # [b*k], {name: [b*k]}
+        reward, parts = checked_output(reward_fn(samples, targets, meta), len(samples), reward_fn)
         rewards.append(reward)
         components.append(parts)
         f = None

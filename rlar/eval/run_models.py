@@ -27,14 +27,19 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / ".hydra" / "config.yaml").is_file()
 
 
+def started_folder(run_dir: str | Path) -> Path | None:
+    """The folder the run started in (Hydra's ``hydra.runtime.cwd``); None for a run dir without Hydra's record."""
+    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
+    return Path(OmegaConf.load(hydra_file).hydra.runtime.cwd) if hydra_file.is_file() else None
+
+
 def anchor_relative_paths(recorded: DictConfig, run_dir: str | Path) -> None:
     """Make absolute each relative path of ``recorded`` (a value of a :data:`PATH_KEYS` key) that is not found from
     the current directory but is from the one the run started in (Hydra's ``hydra.runtime.cwd``): evaluated from
     another directory, the run reads what it read."""
-    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if not hydra_file.is_file():
+    started_in = started_folder(run_dir)
+    if started_in is None:
         return
-    started_in = Path(OmegaConf.load(hydra_file).hydra.runtime.cwd)
     for key, value in flat(OmegaConf.to_container(recorded, resolve=False)).items():
         if (key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(value, str) and "${" not in value
                 and not Path(value).expanduser().is_absolute() and not Path(value).exists()

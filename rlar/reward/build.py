@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
+from rlar.reward.scoring import require_reward
 
 
 def build_reward(cfg: DictConfig, data: ImageData | None = None) -> Reward:
@@ -19,7 +20,7 @@ def build_reward(cfg: DictConfig, data: ImageData | None = None) -> Reward:
     run_data = OmegaConf.to_container(cfg.data, resolve=True)
     if data is None and reads_data(reward, run_data):
         data = instantiate(cfg.data)
-    return instantiate(with_data(reward, run_data, data))
+    return require_reward(instantiate(with_data(reward, run_data, data)), f"reward (_target_: {reward['_target_']})")
 
 
 def reads_run_data(cfg: DictConfig) -> bool:

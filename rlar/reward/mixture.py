@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.contracts import Reward
+from rlar.reward.scoring import require_reward
 from rlar.runtime import distributed
 
 
@@ -81,8 +82,8 @@ class WeightedReward(Reward):
         if set(components) != set(weights):
             raise ValueError(f"reward.weights {sorted(weights)} must name exactly reward.components "
                              f"{sorted(components)}")
-        self.components = {name: instantiate(c) if isinstance(c, (dict, DictConfig)) else c
-                           for name, c in components.items()}
+        self.components = {name: require_reward(instantiate(c) if isinstance(c, (dict, DictConfig)) else c,
+                                                f"reward.components.{name}") for name, c in components.items()}
         self.weights = {name: float(w) for name, w in weights.items()}
         self.normalize = normalize
 

@@ -15,6 +15,37 @@ from rlar.runtime.clock import phase_time
 SERVICE_COUNTS = ("remote_retries", "remote_failed_items")
 
 
+def require_reward(reward, where: str):
+    """``reward``, or a ``TypeError`` naming ``where`` it was built (``reward``, ``reward.components.<name>``) when it
+    is not an ``rlar.contracts.Reward``."""
+    if not isinstance(reward, Reward):
+        raise TypeError(f"{where} built {type(reward).__qualname__}, which is not an rlar.contracts.Reward: subclass "
+                        "it (class MyReward(Reward): def __call__(self, images, targets=None, meta=None) returning "
+                        "(scores [N], {name: [N]})); the class gives the defaults of learning, metrics(), "
+                        "state_dict() and close() that the loop reads")
+    return reward
+
+
+def checked_output(output, n: int, reward_fn: Reward) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``reward_fn``'s ``output`` for ``n`` images, ``(scores [n], {component: [n]})``, or an error naming what it
+    returned instead (a reward of the user's own that breaks the contract fails here, not deep in the update)."""
+    name, contract = type(reward_fn).__qualname__, "(scores [N], {component: [N]}) for the N images it was given"
+    if not (isinstance(output, tuple) and len(output) == 2):
+        raise TypeError(f"reward {name} returned a {type(output).__name__}, not the pair {contract}")
+    scores, components = output
+    if not (torch.is_tensor(scores) and scores.shape == (n,)):
+        got = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
+        raise ValueError(f"reward {name} returned scores {got} for {n} images: one score per image, {contract}")
+    if not isinstance(components, dict):
+        raise TypeError(f"reward {name} returned components as a {type(components).__name__}, not a dict: {contract}")
+    bad = {key: tuple(v.shape) if torch.is_tensor(v) else type(v).__name__ for key, v in components.items()
+           if not (torch.is_tensor(v) and v.shape == (n,))}
+    if bad:
+        raise ValueError(f"reward {name} returned components {bad} for {n} images: each one value per image, "
+                         f"{contract}")
+    return scores, components
+
+
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
     """Rows ``lo:hi`` of every per-item entry (a tensor or list of ``n``) of ``meta``."""
     def per_item(v):
@@ -37,7 +68,7 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     if not chunk_size or chunk_size >= n:
         samples = tokenizer.decode_code(tokens)
         decoded = phase_time(tokens.device)
-        rewards, components = reward_fn(samples, targets, meta)
+        rewards, components = checked_output(reward_fn(samples, targets, meta), n, reward_fn)
     else:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score", initializer=same_device_as,
                                 initargs=(tokens.device,)) as worker:
@@ -48,7 +79,7 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
                 part = None if targets is None else targets[lo:hi]  # no targets: data without images
                 chunks.append((images, worker.submit(reward_fn, images, part, _slice_meta(meta, n, lo, hi))))
             decoded = phase_time(tokens.device)
-            results = [future.result() for _, future in chunks]
+            results = [checked_output(future.result(), len(images), reward_fn) for images, future in chunks]
         samples = torch.cat([images for images, _ in chunks])
         rewards = torch.cat([r for r, _ in results])
         components = concat_components([c for _, c in results], [len(images) for images, _ in chunks])

@@ -30,12 +30,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        os.chmod(tmp, created_mode())  # what open() gives: a library may create it private (safetensors: 0o600)
         synced(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     synced(path.parent)
+
+
+def created_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the process's umask (read from ``/proc`` where it is shown,
+    so that no other thread sees the umask changed)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def synced(path: Path) -> None:

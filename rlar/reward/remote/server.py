@@ -13,6 +13,7 @@ from rlar.config.store import compose_config
 from rlar.reward.build import build_reward
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, is_loopback, read_token
+from rlar.runtime.user_modules import importable
 
 log = logging.getLogger("rlar.reward.remote.server")
 
@@ -42,6 +43,7 @@ def reward_name(overrides: list[str], target: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    importable()  # a reward of the user's own, as python -m imports it
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, filename=args.log_file,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,19 @@
+"""The folders a user's own modules are imported from: a ``_target_`` that names a class of the user's (a reward in
+``my_rewards.py`` beside their configs) imports from a console script (``rlar-run``, ``rlar-eval``, ...) as it does
+from ``python -m rlar.run``, which puts the current folder on ``sys.path``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def importable(*folders: str | os.PathLike | None) -> None:
+    """Put the current folder and each of ``folders`` (None: none) on ``sys.path``, after any already there."""
+    for folder in (os.getcwd(), *folders):
+        if folder is None:
+            continue
+        path = str(Path(folder).expanduser().absolute())
+        if path not in sys.path:
+            sys.path.append(path)
