@@ -176,9 +176,12 @@ class Algorithm(Protocol):
     ``gae_lambda``: PPO); ``stats_key``: what a condition is for per-condition statistics (``class`` | ``image``).
     The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``;
     ``old_logprobs``: the ratio's old log-probs, ``auto`` | ``sampler`` | ``recompute``).
-    ``trains_on_data`` is False: it learns from sampled rollouts (``DataPairAlgorithm`` learns from data pairs)."""
+    ``trains_on_data`` is False: it learns from sampled rollouts (``DataPairAlgorithm`` learns from data pairs).
+    ``steps_once``: one optimizer step per rollout on the mean gradient of all its minibatches, whatever
+    ``grad_accum`` (an on-policy loss without a ratio: REINFORCE)."""
 
     trains_on_data: bool
+    steps_once: bool
     num_generations: int
     beta: float
     value_head: bool

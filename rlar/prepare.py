@@ -19,7 +19,7 @@ register_schemas()
 def main(cfg: DictConfig) -> None:
     importable()  # a _target_ of the user's own, as python -m imports it
     with exit_on_config_error():  # the run's settings: what the run would refuse is refused before anything is trained
-        check_config(cfg)
+        check_config(cfg, trains=False)
     data = instantiate(cfg.data)
     tokenizer = instantiate(cfg.tokenizer, data=data)
     instantiate(cfg.policy, tokenizer=tokenizer, data=data, text_encoder=build_text_encoder(cfg))

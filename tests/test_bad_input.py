@@ -124,3 +124,13 @@ def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, messag
     monkeypatch.setattr(cli, "build_models", None)  # nothing may be built, trained or read
     with pytest.raises(SystemExit, match=message):
         cli.run_command(args)
+
+
+def test_dropout_is_refused_only_where_an_rl_update_runs():
+    """An evaluation samples in eval mode, and rlar-prepare pretrains with dropout: only the update re-scores the
+    samples with dropout on."""
+    cfg = compose_config(["policy.dropout=0.1"])
+    with pytest.raises(ConfigError, match="policy.dropout=0.1 with GRPO: the update re-scores the samples"):
+        check_config(cfg)
+    check_config(cfg, trains=False)  # rlar-eval, rlar-prepare, the studies' judges
+    check_config(compose_config(["policy.dropout=0.1", "train.iterations=0"]))  # the prior's evaluation only

@@ -272,3 +272,13 @@ def test_a_file_a_library_creates_private_gets_the_mode_open_gives(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert modes == {"model.safetensors": 0o666 & ~mask, "config.json": 0o666 & ~mask}
+
+
+def test_a_file_system_without_modes_keeps_its_own_and_the_write_succeeds(tmp_path, monkeypatch):
+    """vfat refuses chmod (EPERM): the mode is cosmetic, and the file is written all the same."""
+    def refused(path, mode):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(atomic_files.os, "chmod", refused)
+    atomic_files.atomic_write_text(tmp_path / "summary.json", "{}")
+    assert (tmp_path / "summary.json").read_text() == "{}"

@@ -136,7 +136,7 @@ def test_judge_refuses_the_options_of_the_inception_metrics(args, message, monke
 
 def test_a_temperature_that_would_overflow_the_logits_is_refused_before_any_config_is_read(monkeypatch):
     monkeypatch.setattr(cli, "run_config", None)
-    with pytest.raises(SystemExit, match=r"--temperature must be >= 1e-05 .*rollout.top_k=1 samples greedily"):
+    with pytest.raises(SystemExit, match=r"config error: --temperature must be >= 1e-05 .*top_k=1 samples greedily"):
         cli.run_command(["--judge", "1", "--temperature", "0"])
 
 

@@ -2,6 +2,7 @@
 mode, with CFG and temperature), the KL term and the value head train, the entropy bonus raises the entropy; and a
 teacher-forced rollout reads the ground truth."""
 
+import contextlib
 import math
 
 import pytest
@@ -234,3 +235,57 @@ def test_a_gradient_that_is_not_finite_is_not_stepped(caplog):
     layer(torch.ones(1, 3)).sum().backward()
     assert math.isfinite(clip_and_step(list(layer.parameters()), optimizer, 1.0))
     assert not torch.equal(layer.weight, before[0]) and optimizer.state
+
+
+def test_reinforce_steps_once_per_rollout_on_the_mean_gradient_of_its_minibatches():
+    """REINFORCE has no ratio: a second optimizer step on the same rollout would train on an older policy's samples.
+    Two minibatches take one step, the one a single minibatch of all the rollout takes."""
+    from rlar.algorithm.algorithms import Reinforce
+
+    weights, steps = {}, {}
+    for minibatch in (4, 8):
+        torch.manual_seed(0)
+        policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+        rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
+        algo = Reinforce(num_generations=4, minibatch_size=minibatch)
+        adv, _, _ = algo.advantages(torch.randn(8, generator=torch.Generator().manual_seed(1)),
+                                    torch.tensor([0] * 4 + [1] * 4))
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+        calls = []
+        optimizer.register_step_post_hook(lambda *_, calls=calls: calls.append(1))
+        stats = policy_update(policy, optimizer, algo, rollout, adv, {"temperature": 1.0, "cfg_scale": 1.0}, None,
+                              torch.Generator().manual_seed(0))
+        weights[minibatch], steps[minibatch] = policy.state_dict(), len(calls)
+        assert stats["policy/minibatches"] == 8 // minibatch
+    assert steps == {4: 1, 8: 1}
+    assert all(torch.allclose(weights[4][k], weights[8][k], atol=1e-6) for k in weights[8])
+    with pytest.raises(ValueError, match="algorithm.grad_accum=2 does not apply to REINFORCE: it steps once per"):
+        Reinforce(grad_accum=2)
+
+
+def test_the_loss_adds_each_term_with_its_sign_and_weight():
+    """``minibatch_loss`` = surrogate + beta * KL - entropy_coef * entropy + ntp_weight * next-token CE (+ vf_coef *
+    value loss for PPO's critic): each term as logged, a bonus for entropy, a penalty for the KL."""
+    from rlar.algorithm.update import minibatch_loss
+
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+    reference = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)  # another prior
+    rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    rows, sampling = torch.arange(8), {"temperature": 1.0, "cfg_scale": 1.0}
+    adv = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    algo = GRPO(num_generations=4, beta=0.3, entropy_coef=0.05, ntp_weight=0.2)
+    loss, stats = minibatch_loss(policy.train(), algo, rollout, adv, rows, sampling, contextlib.nullcontext, reference)
+    assert stats["loss/kl"] > 0 and stats["policy/entropy"] > 0 and stats["loss/ntp"] > 0
+    assert loss.item() == pytest.approx(stats["loss/policy"] + 0.3 * stats["loss/kl"] - 0.05 * stats["policy/entropy"]
+                                        + 0.2 * stats["loss/ntp"], rel=1e-5)
+    critic = torch.nn.Linear(16, 1)
+    ppo = PPO(num_generations=4, value_head=True, vf_coef=0.7)
+    returns = torch.randn(8, 8, generator=torch.Generator().manual_seed(2))
+    per_token = adv[:, None].expand(8, 8)  # [N, T]: PPO's advantages
+    loss, stats = minibatch_loss(policy, ppo, rollout, per_token, rows, sampling, contextlib.nullcontext, None, critic,
+                                 returns)
+    assert stats["loss/value"] > 0
+    assert loss.item() == pytest.approx(stats["loss/policy"] + 0.7 * stats["loss/value"], rel=1e-5)

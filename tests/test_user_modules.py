@@ -45,7 +45,7 @@ def test_the_current_folder_and_the_folders_given_become_importable(own_module, 
         importlib.import_module(name)
     importable(None, start)
     assert importlib.import_module(name).Brightness
-    assert str(tmp_path) in sys.path and sys.path.count(str(start)) == 1
+    assert sys.path[0] == str(tmp_path) and sys.path[-1] == str(start)  # the current folder first, as python -m
     importable(start)
     assert sys.path.count(str(start)) == 1  # once
 

@@ -44,6 +44,7 @@ class Common:
     # before it (under bf16 the two differ by ~1e-2); auto: recompute under bf16 autocast only
     old_logprobs: str = "auto"  # auto | sampler | recompute
     value_head = False  # only PPO may learn a critic
+    steps_once = False  # True: one optimizer step per rollout whatever grad_accum (on-policy REINFORCE)
     trains_on_data = False  # learns from sampled rollouts (rlar.algorithm.cca trains on data pairs)
 
     def check_common(self) -> None:
@@ -125,8 +126,11 @@ class GRPO(Common):
 
 @dataclass
 class Reinforce(Common):
-    """REINFORCE with a baseline (batch mean, or a per-condition running mean) and standardized advantages."""
+    """REINFORCE with a baseline (batch mean, or a per-condition running mean) and standardized advantages. On-policy:
+    one optimizer step per rollout, on the mean gradient of all its minibatches (``steps_once``), since its loss has no
+    ratio to correct a second step's samples of an older policy."""
 
+    steps_once = True
     num_generations: int = 8
     baseline: str = "batch"  # batch mean | condition (running mean/std per stats_key, batch until min_count)
     standardize: bool = True
@@ -141,6 +145,9 @@ class Reinforce(Common):
             raise ValueError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
         if self.epochs != 1:
             raise ValueError(f"REINFORCE is on-policy: algorithm.epochs must be 1, got {self.epochs}")
+        if self.grad_accum != 1:
+            raise ValueError(f"algorithm.grad_accum={self.grad_accum} does not apply to REINFORCE: it steps once per "
+                             "rollout, on the mean gradient of all its minibatches; leave it at 1")
         if self.baseline not in BASELINES:
             raise ValueError(f"algorithm.baseline must be one of {BASELINES}, got {self.baseline!r}")
         check_minibatch(self.minibatch_size, self.num_generations)

@@ -202,13 +202,14 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     params = stepped_params(optimizer)
     groups = len(adv) // algorithm.num_generations
     total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
+    accum = total if algorithm.steps_once else algorithm.grad_accum  # minibatches per optimizer step
     count, first, norms = 0, None, []  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
     for _ in range(algorithm.epochs):
         for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
             count += 1
-            steps = count % algorithm.grad_accum == 0
-            window = accumulation_window(count, total, algorithm.grad_accum)
+            steps = count % accum == 0
+            window = accumulation_window(count, total, accum)
             with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
                 loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
                                              critic, returns)
@@ -219,7 +220,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
                 first = stats.get("policy/ratio_max_abs_dev")
             for key, value in stats.items():
                 sums[key] += value
-    if count % algorithm.grad_accum:  # a last, partial accumulation still counts
+    if count % accum:  # a last, partial accumulation still counts
         norms.append(clip_and_step(params, optimizer, max_grad_norm))
     out = {key: value / count for key, value in sums.items()}
     if norms:

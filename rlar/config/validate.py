@@ -48,9 +48,18 @@ def target_attribute(node: dict, name: str, default=None):
 MIN_TEMPERATURE = 1e-5  # the smallest sampling temperature: logits / T stay finite in fp32 and bf16
 
 
-def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
+def check_temperature(value: float | None, name: str) -> None:
+    """Refuse (``ConfigError``) a sampling temperature ``value`` (given as ``name``) below :data:`MIN_TEMPERATURE`;
+    None (not given) passes."""
+    if value is not None and not value >= MIN_TEMPERATURE:
+        raise ConfigError(f"{name} must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
+                          f"rollout.top_k=1 samples greedily), got {value}")
+
+
+def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = True) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix. ``inception_eval=False``: for a command that never runs
-    ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked."""
+    ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked. ``trains=False``: for a
+    command that runs no RL update (evaluation, ``rlar-prepare``), whose update settings are then not checked."""
     built = {}
     for group in ("algorithm", "hardware", "logger"):  # cheap objects whose constructors check their values
         try:
@@ -77,6 +86,11 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
     if tokens is not None and r.prefix_len >= tokens:
         raise ConfigError(f"rollout.prefix_len={r.prefix_len} leaves none of the {tokens} tokens per image of the "
                           f"tokenizer to sample; set rollout.prefix_len < {tokens}")
+    if r.mode == "teacher_forced" and cfg.algorithm.get("value_head"):
+        raise ConfigError("algorithm.value_head=true with rollout.mode=teacher_forced: every sampled token follows the "
+                          "ground-truth prefix, so the G samples of an item share every state the critic sees, and "
+                          "GAE scales token t's signal by (gamma * gae_lambda)^(T-1-t); set algorithm.value_head=false "
+                          "(PPO's group or batch advantages)")
     check_channels(cfg)
     for key in ("token_noise_prob", "label_dropout"):
         if not 0.0 <= r[key] < 1.0:
@@ -95,9 +109,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
                           "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
                           "reward its own (e.g. another classifier.train.seed than eval.classifier_model.train.seed)")
-    if not cfg.rollout.temperature >= MIN_TEMPERATURE:
-        raise ConfigError(f"rollout.temperature must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
-                          f"rollout.top_k=1 samples greedily), got {cfg.rollout.temperature}")
+    check_temperature(cfg.rollout.temperature, "rollout.temperature")
     codebook = cfg.tokenizer.get("codebook_size")
     if codebook is not None and cfg.policy.vocab_size != codebook:
         raise ConfigError(
@@ -116,11 +128,11 @@ def check_config(cfg: DictConfig, inception_eval: bool = True) -> None:
         check_data_pairs(cfg)
     else:
         dropout = cfg.policy.get("dropout") or 0.0
-        if dropout > 0 and cfg.train.iterations > 0:
+        if trains and dropout > 0 and cfg.train.iterations > 0:
             raise ConfigError(f"policy.dropout={dropout} with {type(built['algorithm']).__name__}: the update "
                               "re-scores the samples with dropout on, so its ratio and KL are not the sampler's; set "
-                              "policy.dropout=0 (pretrain a prior with dropout in a run of its own, then load it "
-                              "with policy.checkpoint)")
+                              "policy.dropout=0 (a prior pretrained with dropout: rlar-prepare "
+                              f"policy.dropout={dropout} caches it, then give its cache entry as policy.checkpoint)")
         g, world, mb = cfg.algorithm.num_generations, env_world_size(), cfg.algorithm.minibatch_size
         sequences = cfg.train.batch_size // world * g  # each process updates on its own share (a global batch
         # that does not split over the processes is refused when the run is built)

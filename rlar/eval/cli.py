@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import MIN_TEMPERATURE, check_config, exit_on_config_error
+from rlar.config.validate import check_config, check_temperature, exit_on_config_error
 from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
@@ -107,9 +107,8 @@ def run_command(argv: list[str]) -> dict:
                           ("--image-size", opts.image_size)):
         if value is not None and value < 1:
             sys.exit(f"{option} takes a count of at least 1, got {value}")
-    if opts.temperature is not None and not opts.temperature >= MIN_TEMPERATURE:
-        sys.exit(f"--temperature must be >= {MIN_TEMPERATURE:g} (below it the logits overflow to NaN; "
-                 f"rollout.top_k=1 samples greedily), got {opts.temperature}")
+    with exit_on_config_error():
+        check_temperature(opts.temperature, "--temperature")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
         sys.exit(f"'{opts.args[0]}' is not a run directory (no .hydra/config.yaml in it) nor a key=value override"
                  + runs_beneath(opts.args[0]))
@@ -120,7 +119,7 @@ def run_command(argv: list[str]) -> dict:
     with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
         apply_options(cfg, opts)
-        check_config(cfg, inception_eval=False)  # eval.inception is the training's; the options say what is read
+        check_config(cfg, inception_eval=False, trains=False)  # eval.inception: the training's; the options say
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images, opts.image_size)
         return {}

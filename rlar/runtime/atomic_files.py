@@ -4,6 +4,7 @@ writer goes on (``fsync`` of both), so a power loss too leaves the old file or t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,13 +31,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
-        os.chmod(tmp, created_mode())  # what open() gives: a library may create it private (safetensors: 0o600)
+        if tmp.is_file():  # what open() gives: a library may create it private (safetensors: 0o600)
+            with contextlib.suppress(OSError):  # a file system without modes (vfat) keeps its own
+                os.chmod(tmp, created_mode())
         synced(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    synced(path.parent)
+    with contextlib.suppress(OSError):  # the file is written; a folder that cannot be opened or synced stays as is
+        synced(path.parent)
 
 
 def created_mode() -> int:
@@ -52,14 +56,10 @@ def created_mode() -> int:
 
 
 def synced(path: Path) -> None:
-    """``fsync`` of a file or folder (a folder: its entries, such as a rename); a file system that cannot sync a
-    folder is left as it is."""
+    """``fsync`` of a file or folder (a folder: its entries, such as a rename)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        if not path.is_dir():
-            raise
     finally:
         os.close(fd)
 

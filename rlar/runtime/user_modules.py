@@ -10,10 +10,11 @@ from pathlib import Path
 
 
 def importable(*folders: str | os.PathLike | None) -> None:
-    """Put the current folder and each of ``folders`` (None: none) on ``sys.path``, after any already there."""
-    for folder in (os.getcwd(), *folders):
-        if folder is None:
-            continue
-        path = str(Path(folder).expanduser().absolute())
-        if path not in sys.path:
+    """Put the current folder first on ``sys.path``, as ``python -m`` does, and each of ``folders`` (None: none)
+    after the folders already there."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for folder in folders:
+        path = None if folder is None else str(Path(folder).expanduser().absolute())
+        if path is not None and path not in sys.path:
             sys.path.append(path)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import check_config, exit_on_config_error
+from rlar.config.validate import check_config, check_temperature, exit_on_config_error
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.build import build_eval_classifier
@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"--splits {opts.splits}: at least 2 splits are needed for a spread")
     with exit_on_config_error(ValueError):
         cfg = run_config(None, opts.overrides)
-        check_config(cfg)
+        check_config(cfg, trains=False)
         check_judgeable(cfg)
+        for temperature in opts.temperature:
+            check_temperature(temperature, "--temperature")
     if not cfg.eval.get("classifier"):
         sys.exit("config error: the data reference reads the judge: set eval.classifier=true")
     hw = instantiate(cfg.hardware)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import check_config, exit_on_config_error
+from rlar.config.validate import check_config, check_temperature, exit_on_config_error
 from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
     with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
-        check_config(cfg)
+        check_config(cfg, trains=False)
         check_judgeable(cfg)
+        for temperature in [opts.temperature]:
+            check_temperature(temperature, "--temperature")
     if opts.draws < cfg.eval.samples_per_item:
         sys.exit(f"--draws {opts.draws} must be at least eval.samples_per_item ({cfg.eval.samples_per_item})")
     hw = instantiate(cfg.hardware)

@@ -155,6 +155,8 @@ class RemoteReward(Reward):
             scores[lo:hi] = chunk_scores
             for name, value in chunk_components.items():
                 components.setdefault(name, torch.full((n,), float("nan")))[lo:hi] = value
+        # on the images' device: in training the combination's statistics are all-reduced (NCCL: GPU tensors only)
+        scores, components = scores.to(images.device), {k: v.to(images.device) for k, v in components.items()}
         if self.weights:
             scores = self.combine(components, scores)
         for key, value in (("calls", 1.0), ("latency_ms", 1000 * (time.perf_counter() - tic)),
@@ -162,7 +164,7 @@ class RemoteReward(Reward):
             self.unread[key] = self.unread.get(key, 0.0) + value
         self.round_scored |= failed < n or n == 0  # an empty call is no outage
         self.check_outage()
-        return scores.to(images.device), {k: v.to(images.device) for k, v in components.items()}
+        return scores, components
 
     def check_outage(self) -> None:
         """Raises when this round has scored no item yet after ``max_consecutive_failures`` rounds that scored none."""
