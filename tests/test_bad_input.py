@@ -126,11 +126,15 @@ def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, messag
         cli.run_command(args)
 
 
-def test_dropout_is_refused_only_where_an_rl_update_runs():
-    """An evaluation samples in eval mode, and rlar-prepare pretrains with dropout: only the update re-scores the
-    samples with dropout on."""
-    cfg = compose_config(["policy.dropout=0.1"])
-    with pytest.raises(ConfigError, match="policy.dropout=0.1 with GRPO: the update re-scores the samples"):
-        check_config(cfg)
-    check_config(cfg, trains=False)  # rlar-eval, rlar-prepare, the studies' judges
-    check_config(compose_config(["policy.dropout=0.1", "train.iterations=0"]))  # the prior's evaluation only
+@pytest.mark.parametrize("overrides, message", [
+    (["policy.dropout=0.1"], "policy.dropout=0.1 with GRPO: the update re-scores the samples"),
+    (["algorithm=ppo", "algorithm.value_head=true", "rollout.mode=teacher_forced"], "algorithm.value_head=true with"),
+    (["algorithm=reinforce", "algorithm.grad_accum=2"], "algorithm.grad_accum=2 does not apply to Reinforce"),
+])
+def test_what_only_an_rl_update_reads_wrongly_is_refused_only_where_one_runs(overrides, message):
+    """An evaluation samples in eval mode and steps nothing, and rlar-prepare pretrains (with dropout if asked): a
+    recorded run of these settings is still evaluated, and its prior prepared."""
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(overrides))
+    check_config(compose_config(overrides), trains=False)  # rlar-eval, rlar-prepare, the studies' judges
+    check_config(compose_config([*overrides, "train.iterations=0"]))  # the prior's evaluation only

@@ -145,9 +145,6 @@ class Reinforce(Common):
             raise ValueError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
         if self.epochs != 1:
             raise ValueError(f"REINFORCE is on-policy: algorithm.epochs must be 1, got {self.epochs}")
-        if self.grad_accum != 1:
-            raise ValueError(f"algorithm.grad_accum={self.grad_accum} does not apply to REINFORCE: it steps once per "
-                             "rollout, on the mean gradient of all its minibatches; leave it at 1")
         if self.baseline not in BASELINES:
             raise ValueError(f"algorithm.baseline must be one of {BASELINES}, got {self.baseline!r}")
         check_minibatch(self.minibatch_size, self.num_generations)

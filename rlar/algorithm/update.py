@@ -183,8 +183,9 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None, recompute: bool = False) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
-    ``algorithm.grad_accum`` minibatches. ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats: over minibatches,
-    ``policy/grad_norm`` over optimizer steps (before clipping).
+    ``algorithm.grad_accum`` minibatches (once per rollout for an algorithm that ``steps_once``: REINFORCE).
+    ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps
+    (before clipping).
 
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
     largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
@@ -202,7 +203,8 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     params = stepped_params(optimizer)
     groups = len(adv) // algorithm.num_generations
     total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
-    accum = total if algorithm.steps_once else algorithm.grad_accum  # minibatches per optimizer step
+    # minibatches per optimizer step (an algorithm class of one's own without steps_once steps every grad_accum)
+    accum = total if getattr(algorithm, "steps_once", False) else algorithm.grad_accum
     count, first, norms = 0, None, []  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
     for _ in range(algorithm.epochs):

@@ -59,7 +59,8 @@ def check_temperature(value: float | None, name: str) -> None:
 def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = True) -> None:
     """Raise ``ConfigError`` naming the bad value and the fix. ``inception_eval=False``: for a command that never runs
     ``eval.inception`` (``rlar-eval``), whose weights and reference are then not checked. ``trains=False``: for a
-    command that runs no RL update (evaluation, ``rlar-prepare``), whose update settings are then not checked."""
+    command that runs no RL update (evaluation, ``rlar-prepare``): the settings that only the update reads wrongly
+    (dropout, a critic over teacher-forced rollouts, REINFORCE's ``grad_accum``) are then not refused."""
     built = {}
     for group in ("algorithm", "hardware", "logger"):  # cheap objects whose constructors check their values
         try:
@@ -77,6 +78,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
     if cfg.rollout.mode not in ROLLOUT_MODES:
         raise ConfigError(f"rollout.mode={cfg.rollout.mode!r} is not available; choose one of {ROLLOUT_MODES}")
     r = cfg.rollout
+    updates = trains and cfg.train.iterations > 0  # an RL update will run
     if (r.mode == "prefix") != (r.prefix_len > 0):
         raise ConfigError(f"rollout.prefix_len={r.prefix_len} with rollout.mode={r.mode!r}: mode=prefix needs "
                           "prefix_len >= 1, and the other modes take no prefix (set prefix_len=0)")
@@ -86,7 +88,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
     if tokens is not None and r.prefix_len >= tokens:
         raise ConfigError(f"rollout.prefix_len={r.prefix_len} leaves none of the {tokens} tokens per image of the "
                           f"tokenizer to sample; set rollout.prefix_len < {tokens}")
-    if r.mode == "teacher_forced" and cfg.algorithm.get("value_head"):
+    if updates and r.mode == "teacher_forced" and cfg.algorithm.get("value_head"):
         raise ConfigError("algorithm.value_head=true with rollout.mode=teacher_forced: every sampled token follows the "
                           "ground-truth prefix, so the G samples of an item share every state the critic sees, and "
                           "GAE scales token t's signal by (gamma * gae_lambda)^(T-1-t); set algorithm.value_head=false "
@@ -127,8 +129,12 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
     if built["algorithm"].trains_on_data:
         check_data_pairs(cfg)
     else:
+        if updates and getattr(built["algorithm"], "steps_once", False) and cfg.algorithm.grad_accum != 1:
+            raise ConfigError(f"algorithm.grad_accum={cfg.algorithm.grad_accum} does not apply to "
+                              f"{type(built['algorithm']).__name__}: it steps once per rollout, on the mean gradient "
+                              "of all its minibatches; leave it at 1")
         dropout = cfg.policy.get("dropout") or 0.0
-        if trains and dropout > 0 and cfg.train.iterations > 0:
+        if updates and dropout > 0:
             raise ConfigError(f"policy.dropout={dropout} with {type(built['algorithm']).__name__}: the update "
                               "re-scores the samples with dropout on, so its ratio and KL are not the sampler's; set "
                               "policy.dropout=0 (a prior pretrained with dropout: rlar-prepare "

@@ -1,6 +1,7 @@
 """Files written through a temporary file beside them and a rename: a crash never leaves half a file, and readers
 see the old or the new content. The file's content is on the disk before the rename, and the rename before the
-writer goes on (``fsync`` of both), so a power loss too leaves the old file or the new one, never an empty one."""
+writer goes on (``fsync`` of both; the folder's where its file system allows it), so a power loss too leaves the old
+file or the new one, never an empty one."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ from pathlib import Path
 def importable(*folders: str | os.PathLike | None) -> None:
     """Put the current folder first on ``sys.path``, as ``python -m`` does, and each of ``folders`` (None: none)
     after the folders already there."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    if os.getcwd() in sys.path:
+        sys.path.remove(os.getcwd())
+    sys.path.insert(0, os.getcwd())
     for folder in folders:
         path = None if folder is None else str(Path(folder).expanduser().absolute())
         if path is not None and path not in sys.path:
