@@ -1,6 +1,6 @@
-"""A reward term that does not apply to an item (a prompt reward without a prompt) counts as the mean of the
-present items' terms, in a local mix and in a remote client's combination, and in training its statistics are
-pooled over every process's items."""
+"""A reward term that does not apply to an item (a prompt reward without a prompt) adds nothing to its total, in a
+local mix and in a remote client's combination (where the servers' own total tells an absent term from a failure),
+and in training the z-score pools every process's items."""
 
 import math
 
@@ -14,12 +14,11 @@ from rlar.runtime import distributed
 NAN = float("nan")
 
 
-def test_an_absent_term_is_the_mean_of_the_present_ones_and_an_item_nothing_scored_stays_nan():
+def test_an_absent_term_adds_nothing_and_an_item_nothing_scored_stays_nan():
     clip, sharp = torch.tensor([1.0, NAN, 3.0, NAN]), torch.tensor([0.5, 1.0, 2.0, NAN])
     absent = {"clip": clip.isnan()}
     total = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, False, False, absent)
-    # item 1: sharpness 1 plus the present clip terms' mean (2 + 6) / 2 = 4; item 3: scored by nothing
-    assert total[:3].tolist() == [2.5, 5.0, 8.0] and math.isnan(total[3])
+    assert total[:3].tolist() == [2.5, 1.0, 8.0] and math.isnan(total[3])  # item 1: its sharpness; item 3: nothing
     zscored = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, True, False, absent)
     sharp_z = (sharp[:3] - sharp[:3].mean()) / sharp[:3].std()
     assert zscored[1].item() == pytest.approx(sharp_z[1].item())  # a z-scored term's mean is 0
@@ -27,9 +26,8 @@ def test_an_absent_term_is_the_mean_of_the_present_ones_and_an_item_nothing_scor
     assert [math.isnan(x) for x in alone.tolist()] == [False, True, False, True]  # no weighted term scored it
 
 
-def test_in_training_the_statistics_are_every_process_s(monkeypatch):
-    """Under torchrun the z-score and the absent items' mean pool every process's items (here: the other process
-    holds clip scores 5 and 7)."""
+def test_in_training_the_z_score_is_every_process_s(monkeypatch):
+    """Under torchrun the z-score pools every process's items (here: the other process holds clip scores 5 and 7)."""
     other = torch.tensor([5.0, 7.0], dtype=torch.float64)
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
 
@@ -38,10 +36,6 @@ def test_in_training_the_statistics_are_every_process_s(monkeypatch):
         return every.mean().to(values.dtype), every.std().to(values.dtype)
 
     monkeypatch.setattr(distributed, "mean_std_over_ranks", pooled)
-    clip, level = torch.tensor([1.0, NAN, 3.0]), torch.zeros(3)  # a second term that scores every item: 0
-    scores, weights, absent = {"clip": clip, "level": level}, {"clip": 1.0, "level": 1.0}, {"clip": clip.isnan()}
-    total = weighted_sum(scores, weights, False, True, absent)
-    assert total.tolist() == [1.0, 4.0, 3.0]  # the mean of 1, 3, 5, 7
     present = torch.tensor([1.0, 3.0])
     z = weighted_sum({"clip": present}, {"clip": 1.0}, True, True, {})
     assert z.tolist() == pytest.approx(((present - 4.0) / torch.tensor([1.0, 3.0, 5.0, 7.0]).std()).tolist())
@@ -60,7 +54,7 @@ def test_a_remote_component_the_servers_scored_without_is_absent(client):
     components = {"clip": torch.tensor([NAN, 1.0, 3.0, NAN]), "sharp": torch.tensor([0.5, 1.0, 2.0, NAN])}
     servers = torch.tensor([0.5, 3.0, 8.0, NAN])  # item 0: scored without clip; item 3: no server scored it
     total = client.combine(components, servers)
-    assert total[:3].tolist() == [4.5, 3.0, 8.0] and math.isnan(total[3])  # item 0: 0.5 + the mean of 2 and 6
+    assert total[:3].tolist() == [0.5, 3.0, 8.0] and math.isnan(total[3])  # item 0: its sharpness alone
     nothing = client.combine({}, torch.full((4,), NAN))  # every chunk failed: all NaN, the same statistics taken
     assert nothing.isnan().all()
 
@@ -74,9 +68,9 @@ def test_a_remote_client_z_scores_over_every_process_in_training(client, monkeyp
     client.learning = False  # an evaluation: this call's items
     client.combine(components, torch.zeros(3))
     assert calls == []
-    client.learning = True  # training: one collective per weighted component's z-score and absent mean, every rank
+    client.learning = True  # training: one collective per weighted component's z-score, on every rank
     client.combine(components, torch.zeros(3))
-    assert calls == [3, 3, 3, 3]
+    assert calls == [3, 3]
     calls.clear()
     client.combine({}, torch.full((3,), NAN))  # a process no server answered takes part all the same
-    assert calls == [0, 0, 0, 0]
+    assert calls == [0, 0]

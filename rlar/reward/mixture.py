@@ -32,9 +32,9 @@ def weighted_sum(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float
                  absent: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``sum_k weights[k] * scores[k]`` ``[N]``, each z-scored first if ``normalize`` (over every process's items if
     ``pooled``: a training batch). Where ``absent[k] [N]`` is True the component does not apply to the item (a prompt
-    reward without a prompt): its term is the mean of the present items' terms (0 when z-scored), so that a baseline
-    over other items (REINFORCE's, PPO's) does not read an absence as a low score. NaN where a weighted component
-    that applies is NaN, or where no weighted component scored the item; all 0 when none is weighted."""
+    reward without a prompt): it adds nothing there, and the item's total is the weighted sum of its other components.
+    NaN where a weighted component that applies is NaN, or where no weighted component scored the item; all 0 when
+    none is weighted."""
     n = len(next(iter(scores.values())))
     device = next(iter(scores.values())).device
     total = torch.zeros(n, device=device)
@@ -45,21 +45,10 @@ def weighted_sum(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float
         score, skip = scores[name], absent.get(name)
         term = weight * (zscore(score, pooled) if normalize else score).float()  # [N]
         if skip is not None:
-            term = torch.where(skip, present_mean(term[~skip], pooled), term)
+            term = torch.where(skip, 0.0, term)
         total = total + term
         scored = scored | ~score.isnan()
     return torch.where(scored, total, float("nan"))
-
-
-def present_mean(values: torch.Tensor, pooled: bool) -> torch.Tensor:
-    """The mean of the finite ``values [M]`` (every process's if ``pooled``; every process must call it), 0 where
-    there are none."""
-    finite = values[values.isfinite()]
-    if pooled and distributed.is_distributed():
-        mean, _ = distributed.mean_std_over_ranks(finite)
-    else:
-        mean = finite.mean() if finite.numel() else values.new_zeros(())
-    return mean.nan_to_num(0.0)
 
 
 def zscored(reward: Mapping | None) -> bool:
@@ -74,8 +63,8 @@ class WeightedReward(Reward):
     Reports every component's raw score under its name, and each sub-component it reports as ``name/sub``
     (unless that is the component's score itself). An item that is NaN in a component with nonzero weight is
     NaN in the total, except in a component that sets ``may_be_absent = True`` (CLIP or compositional without a
-    prompt): there NaN means "does not apply", and the item's term is the mean of the other items' (NaN only if no
-    weighted component scored it; :func:`weighted_sum`). A zero-weight component is only reported.
+    prompt): there NaN means "does not apply", and the item's total is the weighted sum of its other components (NaN
+    only if no weighted component scored it; :func:`weighted_sum`). A zero-weight component is only reported.
     """
 
     def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
