@@ -195,6 +195,18 @@ def test_teacher_forced_draws_read_each_cdf_once_and_draw_what_g_copies_would(to
     assert torch.equal(drawn_with.get_state(), copied_with.get_state())
 
 
+def two_items_of_four(algo):
+    """``(policy, rollout, advantages [8])``: a small GPT (seed 0), a rollout of 4 samples for each of 2 items and
+    ``algo``'s advantages of fixed random rewards, the same for every call."""
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+    rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    adv, _, _ = algo.advantages(torch.randn(8, generator=torch.Generator().manual_seed(1)),
+                                torch.tensor([0] * 4 + [1] * 4))
+    return policy, rollout, adv
+
+
 def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
     """Two minibatches under grad_accum=4 (a recipe for fewer processes run on more) take the step two accumulated
     minibatches take: the mean of their gradients, not half of it; the logged gradient norm is that step's."""
@@ -204,13 +216,8 @@ def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
     assert [accumulation_window(c, 2, 16) for c in (1, 2)] == [2, 2]
     weights, norms = {}, {}
     for accum in (2, 4):
-        torch.manual_seed(0)
-        policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
-        rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
-                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
         algo = GRPO(num_generations=4, minibatch_size=4, grad_accum=accum)
-        adv, _, _ = algo.advantages(torch.randn(8, generator=torch.Generator().manual_seed(1)),
-                                    torch.tensor([0] * 4 + [1] * 4))
+        policy, rollout, adv = two_items_of_four(algo)
         stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
                               {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
         assert stats["policy/minibatches"] == 2
@@ -244,13 +251,8 @@ def test_reinforce_steps_once_per_rollout_on_the_mean_gradient_of_its_minibatche
 
     weights, steps = {}, {}
     for minibatch in (4, 8):
-        torch.manual_seed(0)
-        policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
-        rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
-                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
         algo = Reinforce(num_generations=4, minibatch_size=minibatch)
-        adv, _, _ = algo.advantages(torch.randn(8, generator=torch.Generator().manual_seed(1)),
-                                    torch.tensor([0] * 4 + [1] * 4))
+        policy, rollout, adv = two_items_of_four(algo)
         optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
         calls = []
         optimizer.register_step_post_hook(lambda *_, calls=calls: calls.append(1))

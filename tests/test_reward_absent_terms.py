@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlar.reward.mixture import weighted_sum
+from rlar.reward.mixture import WeightedReward, weighted_sum
 from rlar.reward.remote.client import RemoteReward
 from rlar.runtime import distributed
 
@@ -17,13 +17,18 @@ NAN = float("nan")
 def test_an_absent_term_adds_nothing_and_an_item_nothing_scored_stays_nan():
     clip, sharp = torch.tensor([1.0, NAN, 3.0, NAN]), torch.tensor([0.5, 1.0, 2.0, NAN])
     absent = {"clip": clip.isnan()}
-    total = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, False, False, absent)
+    total = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, False, False, absent, 4, "cpu")
     assert total[:3].tolist() == [2.5, 1.0, 8.0] and math.isnan(total[3])  # item 1: its sharpness; item 3: nothing
-    zscored = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, True, False, absent)
+    zscored = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 2.0, "sharp": 1.0}, True, False, absent, 4, "cpu")
     sharp_z = (sharp[:3] - sharp[:3].mean()) / sharp[:3].std()
     assert zscored[1].item() == pytest.approx(sharp_z[1].item())  # a z-scored term's mean is 0
-    alone = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 1.0, "sharp": 0.0}, False, False, absent)
+    alone = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 1.0, "sharp": 0.0}, False, False, absent, 4, "cpu")
     assert [math.isnan(x) for x in alone.tolist()] == [False, True, False, True]  # no weighted term scored it
+
+
+def test_a_mix_of_no_component_scores_every_item_0():
+    total, reported = WeightedReward({}, {})(torch.zeros(3, 1, 4, 4), None)
+    assert total.tolist() == [0.0, 0.0, 0.0] and reported == {}
 
 
 def test_in_training_the_z_score_is_every_process_s(monkeypatch):
@@ -37,7 +42,7 @@ def test_in_training_the_z_score_is_every_process_s(monkeypatch):
 
     monkeypatch.setattr(distributed, "mean_std_over_ranks", pooled)
     present = torch.tensor([1.0, 3.0])
-    z = weighted_sum({"clip": present}, {"clip": 1.0}, True, True, {})
+    z = weighted_sum({"clip": present}, {"clip": 1.0}, True, True, {}, 2, "cpu")
     assert z.tolist() == pytest.approx(((present - 4.0) / torch.tensor([1.0, 3.0, 5.0, 7.0]).std()).tolist())
 
 

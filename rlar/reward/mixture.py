@@ -29,14 +29,12 @@ def zscore(x: torch.Tensor, pooled: bool = False, eps: float = 0.0) -> torch.Ten
 
 
 def weighted_sum(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float], normalize: bool, pooled: bool,
-                 absent: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``sum_k weights[k] * scores[k]`` ``[N]``, each z-scored first if ``normalize`` (over every process's items if
-    ``pooled``: a training batch). Where ``absent[k] [N]`` is True the component does not apply to the item (a prompt
-    reward without a prompt): it adds nothing there, and the item's total is the weighted sum of its other components.
-    NaN where a weighted component that applies is NaN, or where no weighted component scored the item; all 0 when
-    none is weighted."""
-    n = len(next(iter(scores.values())))
-    device = next(iter(scores.values())).device
+                 absent: Mapping[str, torch.Tensor], n: int, device) -> torch.Tensor:
+    """``sum_k weights[k] * scores[k]`` ``[n]`` on ``device``, each z-scored first if ``normalize`` (over every
+    process's items if ``pooled``: a training batch). Where ``absent[k] [n]`` is True the component does not apply to
+    the item (a prompt reward without a prompt): it adds nothing there, and the item's total is the weighted sum of
+    its other components. NaN where a weighted component that applies is NaN, or where no weighted component scored
+    the item; all 0 when none is weighted (or there is none)."""
     total = torch.zeros(n, device=device)
     scored = torch.full((n,), not any(weights.values()), device=device)
     for name, weight in weights.items():
@@ -112,4 +110,5 @@ class WeightedReward(Reward):
             if component.may_be_absent:
                 absent[name] = score.isnan()  # [N]
         # in training over the global batch (every process scores its rows), in evaluation over this call's
-        return weighted_sum(scores, self.weights, self.normalize, self.learning, absent), reported
+        total = weighted_sum(scores, self.weights, self.normalize, self.learning, absent, len(images), images.device)
+        return total, reported

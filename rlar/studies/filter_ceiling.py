@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = run_config(run_dir, overrides)
         check_config(cfg, trains=False)
         check_judgeable(cfg)
-        for temperature in [opts.temperature]:
-            check_temperature(temperature, "--temperature")
+        check_temperature(opts.temperature, "--temperature")
     if opts.draws < cfg.eval.samples_per_item:
         sys.exit(f"--draws {opts.draws} must be at least eval.samples_per_item ({cfg.eval.samples_per_item})")
     hw = instantiate(cfg.hardware)

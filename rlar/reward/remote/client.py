@@ -134,7 +134,7 @@ class RemoteReward(Reward):
         if missing:
             raise ValueError(f"reward.weights names {missing}, but the servers report components {sorted(components)}")
         absent = {name: value.isnan() & scores.isfinite() for name, value in components.items()}
-        return weighted_sum(components, self.weights, self.normalize, self.learning, absent)
+        return weighted_sum(components, self.weights, self.normalize, self.learning, absent, len(scores), scores.device)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
         tic = time.perf_counter()
