@@ -215,3 +215,99 @@ def test_ppo_group_baseline_by_hand():
     rewards = torch.tensor([1.0, 3.0, 10.0, 10.0])  # group means 2 and 10 -> centered (-1, 1, 0, 0)
     adv, _, _ = PPO(num_generations=2, minibatch_size=2).advantages(rewards, torch.zeros(4))
     assert torch.allclose(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / rewards.std(), atol=1e-6)
+
+
+def test_reinforce_leave_one_out_baseline_by_hand():
+    # group 1 (1, 2, 6): baselines (2+6)/2=4, (1+6)/2=3.5, (1+2)/2=1.5 -> (-3, -1.5, 4.5)
+    # group 2 (5, NaN, 9): the NaN is no sample: baselines 9 and 5 -> (-4, 0, 4)
+    # group 3 (7, inf, NaN): one finite reward, no baseline -> 0
+    rewards = torch.tensor([1.0, 2.0, 6.0, 5.0, math.nan, 9.0, 7.0, math.inf, math.nan])
+    plain, _, stats = Reinforce(num_generations=3, minibatch_size=3, baseline="leave_one_out",
+                                standardize=False).advantages(rewards, torch.zeros(9))
+    assert torch.allclose(plain, torch.tensor([-3.0, -1.5, 4.5, -4.0, 0.0, 4.0, 0.0, 0.0, 0.0]))
+    assert stats["reward/nonfinite_count"] == 3
+    finite = torch.tensor([1.0, 2.0, 6.0, 5.0, 9.0, 7.0])
+    scaled, _, _ = Reinforce(num_generations=3, minibatch_size=3, baseline="leave_one_out").advantages(
+        rewards, torch.zeros(9))
+    assert torch.allclose(scaled, plain / finite.std(), atol=1e-6)
+
+
+def test_reinforce_leave_one_out_needs_two_generations():
+    with pytest.raises(ValueError, match="num_generations>=2"):
+        Reinforce(num_generations=1, minibatch_size=1, baseline="leave_one_out")
+
+
+def test_sequence_level_ratio_by_hand():
+    """GSPO: each sample's ratio is exp(mean log-ratio over its action tokens), clipped as one; the gradient of each
+    token's log-prob is -A * ratio / (its sample's action tokens) / N under the token mean of equal lengths."""
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.3, -0.1, 0.0], [0.5, 0.5, 0.8]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    adv = torch.tensor([1.0, 1.0])
+    loss, stats = clipped_surrogate(logp, old, adv, mask, 0.2, level="sequence")
+    # sample 0: mean log-ratio 0.1 -> ratio e^0.1 (inside [0.8, 1.2]); sample 1: e^0.5 > 1.2, clipped, A > 0
+    assert loss.item() == pytest.approx(-(math.exp(0.1) + 1.2) / 2, abs=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad[0], torch.tensor([-1, -1, 0.0]) * math.exp(0.1) / 2 / 2, atol=1e-6)
+    assert torch.equal(logp.grad[1], torch.zeros(3))  # clipped: no gradient
+    assert stats["policy/clipfrac"] == 0.5
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        GRPO(importance_sampling_level="sample")
+
+
+def test_grpo_takes_its_ratio_at_the_level_it_is_given():
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.3, -0.1, 0.0], [0.5, 0.5, 0.8]])
+    mask, adv = torch.ones(2, 3, dtype=torch.bool), torch.tensor([1.0, -1.0])
+    for level in ("token", "sequence"):
+        loss, _ = GRPO(importance_sampling_level=level).loss(logp, old, adv, mask)
+        assert loss.item() == pytest.approx(clipped_surrogate(logp, old, adv, mask, 0.2, level=level)[0].item())
+    token, _ = GRPO().loss(logp, old, adv, mask)
+    assert token.item() != pytest.approx(loss.item())  # the two levels differ here
+
+
+def test_two_sided_clip_by_hand():
+    """delta caps the unclipped ratio: a negative advantage's loss is bounded at -A * delta, with no gradient beyond."""
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[2.0, 0.1]], requires_grad=True)  # ratios e^2 = 7.39 (far out) and e^0.1 (inside)
+    mask, adv = torch.ones(1, 2, dtype=torch.bool), torch.tensor([-1.0])
+    plain, _ = clipped_surrogate(logp, old, adv, mask, 0.2)
+    assert plain.item() == pytest.approx((math.exp(2.0) + math.exp(0.1)) / 2)
+    capped, _ = clipped_surrogate(logp, old, adv, mask, 0.2, delta=3.0)
+    assert capped.item() == pytest.approx((3.0 + math.exp(0.1)) / 2)
+    capped.backward()
+    assert logp.grad[0, 0] == 0.0 and logp.grad[0, 1] == pytest.approx(math.exp(0.1) / 2)
+    assert GRPO(delta=3.0).loss(logp.detach(), old, adv, mask)[0].item() == pytest.approx(capped.item())
+
+
+@pytest.mark.parametrize("kwargs,match", [({"delta": 1.2}, "algorithm.delta=1.2 caps the ratio above the clip range"),
+                                          ({"delta": 1.25, "clip_eps_high": 0.28}, "> 1 \\+ clip_eps_high = 1.28"),
+                                          ({"target_kl": 0.0}, "algorithm.target_kl must be > 0")])
+def test_ratio_options_out_of_range_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRPO(**kwargs)
+    if "target_kl" in kwargs:
+        with pytest.raises(ValueError, match=match):
+            PPO(**kwargs)
+
+
+def test_a_condition_window_follows_a_rising_reward():
+    """With buffer_size, a condition's baseline is the mean and std of its last buffer_size rewards (DDPO's window):
+    rewards 1..6 under one key with a window of 3 give mean 5 and std 1, where all of them give 3.5."""
+    windowed, everything = ConditionStats(min_count=2, buffer_size=3), ConditionStats(min_count=2)
+    for stats in (windowed, everything):
+        stats.update(torch.zeros(6, dtype=torch.long), torch.arange(1.0, 7.0))
+        stats.update(torch.tensor([0]), torch.tensor([math.nan]))  # no sample: the window keeps 4, 5, 6
+    mean, std = windowed.mean_std(torch.tensor([0]), torch.tensor([0.0]))
+    assert (mean.item(), std.item()) == pytest.approx((5.0, 1.0))
+    assert everything.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(3.5)
+    restored = ConditionStats(min_count=2, buffer_size=3)
+    restored.load_state_dict(windowed.state_dict())
+    restored.update(torch.tensor([0]), torch.tensor([10.0]))  # 5, 6, 10
+    assert restored.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="buffer_size"):
+        ConditionStats(min_count=2).load_state_dict(windowed.state_dict())
+    with pytest.raises(ValueError, match="algorithm.buffer_size=4 keeps fewer rewards per condition"):
+        Reinforce(baseline="condition", buffer_size=4, min_count=16)
+    with pytest.raises(ValueError, match="set algorithm.baseline=condition"):
+        Reinforce(buffer_size=16)

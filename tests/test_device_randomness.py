@@ -119,3 +119,22 @@ def test_a_run_draws_only_from_device_safe_streams(tiny, tmp_path, extra):
     with StreamsStayOnTheirDevice() as guard:
         train_rl_loop(cfg, tmp_path)
     assert guard.draws > 0
+
+
+def test_a_checkpoint_keeps_and_restores_the_gpu_generator(monkeypatch):
+    """On a GPU a checkpoint keeps the CUDA generator's state (ARPG's training orders draw from it), and a resume on
+    a GPU sets it back; a run on the CPU keeps none (and starts no CUDA). The CUDA calls are stood in for here."""
+    from rlar.runtime.random_streams import gather_rng, rank_generators, restore_rng
+
+    gens = rank_generators(0, 0)
+    assert "cuda" not in gather_rng(gens) or torch.cuda.is_initialized()
+    gpu_state, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: gpu_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    saved = gather_rng(gens)
+    assert torch.equal(saved["cuda"][0], gpu_state)
+    restore_rng(rank_generators(1, 0), saved, 3, 0)
+    assert len(restored) == 1 and torch.equal(restored[0], gpu_state)
+    restore_rng(rank_generators(1, 0), {k: v for k, v in saved.items() if k != "cuda"}, 3, 0)  # saved on a CPU
+    assert len(restored) == 1

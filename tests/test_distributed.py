@@ -111,6 +111,58 @@ if sys.argv[1] == "two":  # as Hardware.teardown does: gloo's threads left runni
 """
 
 
+UNEQUAL_ROWS = """
+import sys
+import torch
+import torch.distributed as dist
+from rlar.algorithm.algorithms import GRPO
+from rlar.algorithm.update import policy_update
+from rlar.policy.gpt import GPT
+from rlar.rollout.types import Rollout
+from rlar.runtime.data_parallel import fsdp_mesh, release_mesh, wrap
+
+torch.manual_seed(0)
+policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+g = torch.Generator().manual_seed(1)
+tokens, adv = torch.randint(0, 16, (16, 8), generator=g), torch.randn(16, generator=g)  # 4 items x 4 samples
+kept = torch.ones(16, dtype=torch.bool)
+kept[[1, 2, 3]] = False  # three unscored samples, all on rank 0
+rows, strategy, mesh = slice(None), "none", None
+if sys.argv[1] == "two":
+    dist.init_process_group("gloo")
+    rows, strategy = slice(8 * dist.get_rank(), 8 * dist.get_rank() + 8), sys.argv[3]
+    mesh = fsdp_mesh(torch.device("cpu")) if strategy == "fsdp" else None
+trained = wrap(policy, strategy, torch.device("cpu"), mesh=mesh)
+rollout = Rollout(tokens[rows], tokens[rows], torch.zeros(16, 8)[rows], torch.arange(16)[rows] // 8,
+                  torch.ones(16, 8, dtype=torch.bool)[rows] & kept[rows, None])
+one_step = GRPO(num_generations=4, minibatch_size=16 if sys.argv[1] == "one" else 8)  # of all this process's rows
+policy_update(trained, torch.optim.SGD(policy.parameters(), lr=0.5), one_step,
+              rollout, adv[rows], {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0),
+              recompute=True)
+state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in policy.state_dict().items()}
+if sys.argv[1] == "one" or dist.get_rank() == 0:
+    torch.save(state, sys.argv[2])
+if sys.argv[1] == "two":
+    del trained, policy
+    if mesh is not None:
+        release_mesh(mesh)
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_step_weighs_every_sample_alike_over_processes_with_unequal_rows(tmp_path, strategy):
+    """Two processes, three of whose eight samples on rank 0 are unscored, take the step one process takes on the
+    sixteen (the gradients are averaged over processes, so each process's loss is weighted by its share)."""
+    torchrun_source(UNEQUAL_ROWS, tmp_path, "two", str(tmp_path / "two.pt"), strategy)
+    script = tmp_path / "script.py"
+    subprocess.run([sys.executable, str(script), "one", str(tmp_path / "one.pt")], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+
+
 @pytest.mark.slow
 def test_batch_rewards_score_and_learn_on_two_processes_as_on_one(tmp_path):
     """loo_fd's moving averages and coverage's bank are built from the global batch on every process (a resumed

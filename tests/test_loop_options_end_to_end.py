@@ -1,5 +1,5 @@
 """The loop end to end under options: NaN rewards, per-condition statistics in checkpoints, warm-up then PPO with
-a critic, the teacher-forced and prefix rollout modes."""
+a clipped critic, the teacher-forced and prefix rollout modes."""
 
 import math
 from types import SimpleNamespace
@@ -72,11 +72,13 @@ def test_condition_statistics_are_saved_in_checkpoints(tiny, tmp_path):
 @pytest.mark.slow
 def test_warmup_then_ppo_with_value_head(tiny, tmp_path, tb_scalars):
     cfg = compose_config([*tiny, "algorithm=ppo", "algorithm.value_head=true", "algorithm.epochs=2",
-                          "algorithm.minibatch_size=8", "train.warmup_steps=3", "algorithm.beta=0.05"])
+                          "algorithm.minibatch_size=8", "train.warmup_steps=3", "algorithm.beta=0.05",
+                          "algorithm.value_clip=0.2"])
     summary = train_rl_loop(cfg, tmp_path)
     assert math.isfinite(summary["warmup_ce"])
     assert len(tb_scalars(tmp_path, "warmup/ce")) == 3
     assert all(v > 0 for v in tb_scalars(tmp_path, "loss/value"))
+    assert all(0 <= v <= 1 for v in tb_scalars(tmp_path, "policy/value_clipfrac"))
     assert all(v >= 0 for v in tb_scalars(tmp_path, "loss/kl"))
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert saved["critic"]["weight"].shape == (1, 96)
@@ -276,3 +278,21 @@ def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits
     monkeypatch.undo()
     resumed = train_rl_loop(compose_config(overrides), tmp_path)
     assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,logged", [
+    (["algorithm.importance_sampling_level=sequence", "algorithm.clip_eps=3e-4", "algorithm.clip_eps_high=4e-4",
+      "algorithm.delta=4", "algorithm.target_kl=0.05", "algorithm.epochs=2", "algorithm.minibatch_size=8"],
+     "policy/kl_stopped"),
+    (["algorithm=reinforce", "algorithm.baseline=leave_one_out", "algorithm.minibatch_size=8"], "loss/policy"),
+    (["algorithm=reinforce", "algorithm.baseline=condition", "algorithm.buffer_size=16", "algorithm.minibatch_size=8"],
+     "loss/policy"),
+])
+def test_the_algorithm_options_of_the_references_run_end_to_end(tiny, tmp_path, tb_scalars, extra, logged):
+    """GSPO's sequence ratio with its clip range, the two-sided clip and an early stop on the KL; RLOO; a windowed
+    per-condition baseline: each trains through the loop with finite losses, and resumes (the window is saved)."""
+    train_rl_loop(compose_config([*tiny, "eval.max_items=4", *extra]), tmp_path)
+    assert len(tb_scalars(tmp_path, logged)) == 2 and all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
+    summary = train_rl_loop(compose_config([*tiny, "eval.max_items=4", "train.iterations=3", *extra]), tmp_path)
+    assert summary["history"][-1]["iteration"] == 3

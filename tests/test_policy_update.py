@@ -3,7 +3,9 @@ mode, with CFG and temperature), the KL term and the value head train, the entro
 teacher-forced rollout reads the ground truth."""
 
 import contextlib
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -226,6 +228,56 @@ def test_a_partial_accumulation_window_steps_on_the_mean_gradient():
     assert norms[4] == pytest.approx(norms[2], rel=1e-6) and norms[2] > 0  # one step each, of the same gradient
 
 
+def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
+    """Rows left out of the update (an unscored sample) do not make the other rows of their minibatch weigh more: two
+    accumulated minibatches, one of which lost two of its four rows (or all four, with a next-token term), take the
+    step of one minibatch of all the rows; a REINFORCE rollout of three items in minibatches of two and one takes the
+    step of one minibatch of three."""
+    from rlar.algorithm.algorithms import Reinforce
+
+    def step(algo, items=2, masked=()):
+        torch.manual_seed(0)
+        policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+        rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (items, 8)), torch.arange(items) % 2, 4,
+                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
+        kept = torch.ones(4 * items, dtype=torch.bool)
+        kept[list(masked)] = False
+        rollout.mask = rollout.mask & kept[:, None]  # as the loop leaves unscored rows out
+        adv, _, _ = algo.advantages(torch.randn(4 * items, generator=torch.Generator().manual_seed(1)),
+                                    torch.arange(items).repeat_interleave(4))
+        policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
+                      {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
+        return policy.state_dict()
+
+    def same(a, b):
+        return all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    accumulated = step(GRPO(num_generations=4, minibatch_size=4, grad_accum=2), masked=(0, 1))
+    assert same(accumulated, step(GRPO(num_generations=4, minibatch_size=8), masked=(0, 1)))
+    assert not same(accumulated, step(GRPO(num_generations=4, minibatch_size=8)))  # the masked rows mattered
+    # the next-token term is a mean over every row, scored or not: a minibatch of unscored rows still counts for it
+    with_ntp = step(GRPO(num_generations=4, minibatch_size=4, grad_accum=2, ntp_weight=0.5), masked=range(4))
+    assert same(with_ntp, step(GRPO(num_generations=4, minibatch_size=8, ntp_weight=0.5), masked=range(4)))
+    in_two = step(Reinforce(num_generations=4, minibatch_size=8), items=3)
+    assert same(in_two, step(Reinforce(num_generations=4, minibatch_size=12), items=3))
+
+
+def test_minibatch_weights_by_hand():
+    from rlar.algorithm.update import minibatch_weights
+
+    mask = torch.ones(12, 3, dtype=torch.bool)
+    mask[[0, 1]] = False  # two rows of the first minibatch have no action
+    minibatches = [torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 12)]
+    # one step per two minibatches: scored rows (2, 4 | 4) -> 2*2/6, 4*2/6 | 1; rows (4, 4 | 4) -> 1
+    assert torch.tensor(minibatch_weights(mask, minibatches, 2)).allclose(
+        torch.tensor([(2 / 3, 1.0), (4 / 3, 1.0), (1.0, 1.0)]))
+    assert minibatch_weights(torch.ones(12, 3, dtype=torch.bool), minibatches, 3) == [(1.0, 1.0)] * 3  # exactly
+    # a last, smaller minibatch in one step: rows (8 | 4) -> 8*2/12, 4*2/12
+    assert torch.tensor(minibatch_weights(mask, [torch.arange(0, 8), torch.arange(8, 12)], 2)).allclose(
+        torch.tensor([(6 * 2 / 10, 4 / 3), (4 * 2 / 10, 2 / 3)]))
+    assert minibatch_weights(mask, [], 1) == []
+
+
 def test_a_gradient_that_is_not_finite_is_not_stepped(caplog):
     """A NaN or infinite gradient (an lr far too large, a temperature near 0) leaves the weights and the optimizer's
     state as they were, with a warning; a finite one steps."""
@@ -289,3 +341,55 @@ def test_the_loss_adds_each_term_with_its_sign_and_weight():
                                  returns)
     assert stats["loss/value"] > 0
     assert loss.item() == pytest.approx(stats["loss/policy"] + 0.7 * stats["loss/value"], rel=1e-5)
+
+
+def test_value_clip_by_hand():
+    from rlar.algorithm.update import value_error
+
+    rollout = SimpleNamespace(values=torch.tensor([[1.0, 1.0, 0.0]]))  # [1, 3] rollout-time values
+    values = torch.tensor([[2.0, 0.5, 0.0]])  # moved +1, -0.5, 0
+    returns = torch.tensor([[3.0, 0.0, 4.0]])
+    mask = torch.tensor([[True, True, False]])
+    plain, _ = value_error(values, returns, rollout, torch.tensor([0]), mask, None)
+    assert plain.item() == pytest.approx(0.5 * (1.0 + 0.25) / 2)
+    # clip 0.2: token 0 kept at 1.2 -> error 3.24 > 1; token 1 at 0.8 -> 0.64 > 0.25; token 2 is no action
+    clipped, stats = value_error(values, returns, rollout, torch.tensor([0]), mask, 0.2)
+    assert clipped.item() == pytest.approx(0.5 * (3.24 + 0.64) / 2)
+    assert stats["policy/value_clipfrac"] == 1.0
+    # a value moved less than the clip, or toward a larger error when clipped, keeps the plain error
+    wide, stats = value_error(values, returns, rollout, torch.tensor([0]), mask, 2.0)
+    assert wide.item() == pytest.approx(plain.item()) and stats["policy/value_clipfrac"] == 0.0
+
+
+def test_value_clip_reads_the_values_of_the_rollout(tiny_policy_update_inputs):
+    policy, ref, critic, rollout, adv, returns, algo = tiny_policy_update_inputs
+    assert rollout.values.shape == (8, 8)
+    algo = PPO(num_generations=4, minibatch_size=4, epochs=2, value_head=True, value_clip=1e-6)
+    optimizer = torch.optim.SGD(critic.parameters(), lr=1.0)
+    stats = policy_update(policy, optimizer, algo, rollout, adv, {"temperature": 1.0, "cfg_scale": 1.0}, None,
+                          torch.Generator().manual_seed(0), critic=critic, returns=returns)
+    assert 0.0 < stats["policy/value_clipfrac"] < 1.0  # the first minibatch is unmoved, later ones moved
+    with pytest.raises(ValueError, match="value_advantages"):
+        policy_update(policy, optimizer, algo, dataclasses.replace(rollout, values=None), adv,
+                      {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0), critic=critic,
+                      returns=returns)
+
+
+@pytest.mark.parametrize("kwargs", [{"value_clip": 0.0, "value_head": True}, {"value_clip": 0.2}])
+def test_value_clip_is_refused_without_a_critic_or_at_zero(kwargs):
+    with pytest.raises(ValueError, match="value_clip"):
+        PPO(**kwargs)
+
+
+def test_target_kl_stops_the_update_after_the_step_that_exceeded_it():
+    """With target_kl, the update stops after the optimizer step whose minibatches measured a larger mean approx_kl:
+    the first minibatch measures 0 (before any step), the second the KL of one step (lr 0.5: far above 1e-6)."""
+    results = {}
+    for target in (None, 1e-6, 1e6):
+        algo = PPO(num_generations=4, minibatch_size=4, epochs=4, target_kl=target)
+        policy, rollout, adv = two_items_of_four(algo)
+        results[target] = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
+                                        {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
+    assert results[None]["policy/minibatches"] == 8 and "policy/kl_stopped" not in results[None]
+    assert results[1e-6]["policy/minibatches"] == 2 and results[1e-6]["policy/kl_stopped"] == 1.0
+    assert results[1e6]["policy/minibatches"] == 8 and results[1e6]["policy/kl_stopped"] == 0.0

@@ -26,7 +26,7 @@ def group_advantages(
     rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. ``scale`` picks the std:
     over the group, over the batch, or none (Dr. GRPO). Non-finite rewards (NaN, +-inf) get advantage 0 and are
     left out of every statistic. Returns ``(advantages [N], stats)``; stats has ``adv/frac_zero_std`` (groups whose
-    rewards are all equal) and ``reward/nonfinite_count``.
+    rewards are all equal, or that have fewer than two finite ones: no signal) and ``reward/nonfinite_count``.
     """
     if scale not in SCALES:
         raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
@@ -51,3 +51,25 @@ def group_advantages(
     }
     return adv, stats
 
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO's advantages: each reward minus the mean of the other finite rewards of its group,
+    ``r_i - (sum_j r_j - r_i) / (n - 1)`` over a group's n finite rewards, so that no sample is its own baseline.
+
+    rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. A non-finite reward, and every
+    reward of a group with fewer than two finite ones, gets advantage 0. Returns ``(advantages [N], stats)`` with
+    the stats of :func:`group_advantages`.
+    """
+    if group_size < 2:
+        raise ValueError(f"a leave-one-out baseline needs groups of at least 2, got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # [B, G]
+    finite = r.isfinite()
+    count = finite.sum(1, keepdim=True)  # [B, 1]
+    total = torch.where(finite, r, 0.0).sum(1, keepdim=True)  # [B, 1]
+    others = (total - r) / (count - 1).clamp_min(1)  # [B, G]: the mean of the others
+    adv = torch.where(finite & (count > 1), r - others, 0.0).view(-1)
+    _, stats = group_advantages(rewards, group_size)
+    return adv, stats

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlar.algorithm.advantages import SCALES, group_advantages
+from rlar.algorithm.advantages import SCALES, group_advantages, leave_one_out_advantages
 from rlar.algorithm.kl import ESTIMATORS
-from rlar.algorithm.losses import AGGREGATIONS, clipped_surrogate, reinforce_loss
+from rlar.algorithm.losses import AGGREGATIONS, RATIO_LEVELS, clipped_surrogate, reinforce_loss
 from rlar.algorithm.stats import ConditionStats
 
-BASELINES = ("batch", "condition")
+BASELINES = ("batch", "condition", "leave_one_out")
 OLD_LOGPROBS = ("auto", "sampler", "recompute")
 
 
@@ -28,6 +28,15 @@ def check_minibatch(minibatch_size: int, num_generations: int) -> None:
             f"algorithm.minibatch_size={minibatch_size} must be a multiple of algorithm.num_generations="
             f"{num_generations} so that a group stays in one minibatch"
         )
+
+
+def check_ratio_options(target_kl: float | None, delta: float | None, high: float) -> None:
+    """The options of a ratio-clipped loss: ``target_kl`` > 0, and ``delta`` above the clip range ``1 + high``."""
+    if target_kl is not None and target_kl <= 0:
+        raise ValueError(f"algorithm.target_kl must be > 0 (null: off), got {target_kl}")
+    if delta is not None and delta <= 1 + high:
+        raise ValueError(f"algorithm.delta={delta} caps the ratio above the clip range: it must be > 1 + "
+                         f"clip_eps_high = {1 + high} (e.g. algorithm.delta=4), or null (off)")
 
 
 @dataclass
@@ -87,6 +96,13 @@ class GRPO(Common):
     aggregation: str = "token"  # token | sequence | constant (sum / (N * loss_constant), Dr. GRPO)
     loss_constant: float | None = None  # divisor per sequence for aggregation=constant; null = T tokens
     drop_zero_std_groups: bool = False  # leave groups with equal rewards out of the update
+    # token: a ratio per token | sequence: one per sample, the geometric mean of its tokens' (GSPO; it stays much
+    # nearer 1, so GSPO clips at ~3e-4 / 4e-4)
+    importance_sampling_level: str = "token"
+    delta: float | None = None  # two-sided clip: the unclipped ratio capped at delta (> 1 + clip_eps_high); null: off
+    # stop the update's remaining minibatches once an optimizer step's minibatches measured a mean approx_kl above
+    # it (cleanrl's target_kl); null: off
+    target_kl: float | None = None
     epochs: int = 1
     minibatch_size: int = 64  # sequences per minibatch (a multiple of num_generations)
 
@@ -105,6 +121,11 @@ class GRPO(Common):
                 raise ValueError(f"algorithm.{key} must be > 0 (null: {off}), got {value}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.importance_sampling_level not in RATIO_LEVELS:
+            raise ValueError(f"algorithm.importance_sampling_level must be one of {RATIO_LEVELS}, got "
+                             f"{self.importance_sampling_level!r}")
+        check_ratio_options(self.target_kl, self.delta,
+                            self.clip_eps if self.clip_eps_high is None else self.clip_eps_high)
         check_minibatch(self.minibatch_size, self.num_generations)
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -121,20 +142,24 @@ class GRPO(Common):
     def loss(self, logp, old_logp, adv, mask):
         high = self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
         return clipped_surrogate(logp, old_logp, adv, mask, self.clip_eps, self.aggregation, high,
-                                 self.loss_constant)
+                                 self.loss_constant, self.importance_sampling_level, self.delta)
 
 
 @dataclass
 class Reinforce(Common):
-    """REINFORCE with a baseline (batch mean, or a per-condition running mean) and standardized advantages. On-policy:
+    """REINFORCE with a baseline (the batch mean, a per-condition running mean, or the mean of the item's other
+    generations: RLOO) and standardized advantages. On-policy:
     one optimizer step per rollout, on the mean gradient of all its minibatches (``steps_once``), since its loss has no
     ratio to correct a second step's samples of an older policy."""
 
     steps_once = True
     num_generations: int = 8
-    baseline: str = "batch"  # batch mean | condition (running mean/std per stats_key, batch until min_count)
+    # batch mean | condition (running mean/std per stats_key, batch until min_count) | leave_one_out (the mean of the
+    # item's other num_generations - 1 rewards, RLOO; standardized by the batch's std)
+    baseline: str = "batch"
     standardize: bool = True
     min_count: int = 16  # rewards a condition needs before its own statistics replace the batch's
+    buffer_size: int | None = None  # condition baseline: each condition's last buffer_size rewards (DDPO 16); null: all
     minibatch_size: int = 64
     epochs: int = 1
     tracker: ConditionStats = field(init=False, repr=False)
@@ -147,13 +172,28 @@ class Reinforce(Common):
             raise ValueError(f"REINFORCE is on-policy: algorithm.epochs must be 1, got {self.epochs}")
         if self.baseline not in BASELINES:
             raise ValueError(f"algorithm.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline == "leave_one_out" and self.num_generations < 2:
+            raise ValueError("algorithm.baseline=leave_one_out takes each sample's baseline from the other samples of "
+                             f"its item: set algorithm.num_generations>=2, got {self.num_generations}")
+        if self.buffer_size is not None and self.baseline != "condition":
+            raise ValueError(f"algorithm.buffer_size={self.buffer_size} is the window of the per-condition baseline: "
+                             "set algorithm.baseline=condition, or buffer_size=null")
+        if self.buffer_size is not None and self.buffer_size < max(self.min_count, 1):
+            raise ValueError(f"algorithm.buffer_size={self.buffer_size} keeps fewer rewards per condition than "
+                             f"algorithm.min_count={self.min_count} asks for: set buffer_size >= min_count, or null")
         check_minibatch(self.minibatch_size, self.num_generations)
-        self.tracker = ConditionStats(self.min_count)
+        self.tracker = ConditionStats(self.min_count, self.buffer_size)
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.baseline == "batch":  # the whole batch as one group
             adv, stats = group_advantages(rewards, rewards.numel(), scale="group" if self.standardize else "none")
+            return adv, keep, stats
+        if self.baseline == "leave_one_out":
+            adv, stats = leave_one_out_advantages(rewards, self.num_generations)
+            if self.standardize:
+                finite = rewards[rewards.isfinite()]
+                adv = adv / ((finite.std() if finite.numel() > 1 else 0.0) + 1e-8)
             return adv, keep, stats
         self.tracker.update(keys, rewards)
         mean, std = self.tracker.mean_std(keys, rewards)
@@ -190,6 +230,10 @@ class PPO(Common):
     aggregation: str = "token"
     value_head: bool = False  # a linear critic on the policy's hidden states, GAE over token positions
     vf_coef: float = 0.5
+    # clip each value's change from its rollout-time value to +-value_clip in the value loss (the larger of the
+    # clipped and unclipped squared errors, as in PPO2); null: off
+    value_clip: float | None = None
+    target_kl: float | None = None  # as GRPO's: stop the update once a step's mean approx_kl exceeds it; null: off
     gamma: float = 1.0
     gae_lambda: float = 0.95
 
@@ -204,6 +248,10 @@ class PPO(Common):
                 raise ValueError(f"algorithm.{key} must be in [0, 1] (a discount), got {getattr(self, key)}")
         if self.vf_coef < 0:
             raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
+        check_ratio_options(self.target_kl, None, self.clip_eps)
+        if self.value_clip is not None and (self.value_clip <= 0 or not self.value_head):
+            raise ValueError(f"algorithm.value_clip={self.value_clip} clips the value head's loss: it must be > 0 "
+                             "with algorithm.value_head=true (e.g. algorithm.value_clip=0.2), or null (off)")
         if self.baseline == "group" and self.num_generations < 2 and not self.value_head:
             raise ValueError("PPO with algorithm.baseline=group and algorithm.num_generations=1 subtracts each reward "
                              "from itself: every advantage would be 0; set algorithm.num_generations>=2, "

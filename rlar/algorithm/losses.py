@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 AGGREGATIONS = ("token", "sequence", "constant")
+RATIO_LEVELS = ("token", "sequence")
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, constant: float | None = None) -> torch.Tensor:
@@ -25,17 +26,28 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, constant: f
 def clipped_surrogate(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
     clip_eps: float, aggregation: str = "token", clip_eps_high: float | None = None, constant: float | None = None,
+    level: str = "token", delta: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip per token: ``max(-A r, -A clip(r, 1-eps, 1+eps_high))`` with ``r = exp(logp - old_logp)``.
 
     logp, old_logp, mask: ``[N, T]``; adv: ``[N]`` (one advantage per sequence, shared by its tokens) or
-    ``[N, T]`` (per token, e.g. GAE). ``clip_eps_high`` defaults to ``clip_eps``.
+    ``[N, T]`` (per token, e.g. GAE). ``clip_eps_high`` defaults to ``clip_eps``. ``level="sequence"`` (GSPO): every
+    token of a sequence takes the sequence's ratio, the exp of its mean log-ratio over its action tokens, clipped
+    as one (its gradient is the mean of the tokens' log-prob gradients, times that ratio). ``delta``: the two-sided
+    clip, the unclipped ratio capped at ``delta`` (> 1 + eps_high), which bounds the loss of a negative advantage.
     """
+    if level not in RATIO_LEVELS:
+        raise ValueError(f"the importance ratio's level must be one of {RATIO_LEVELS}, got {level!r}")
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logp - old_logp
+    log_ratio = logp - old_logp  # [N, T]
+    if level == "sequence":
+        m = mask.float()
+        per_sequence = (log_ratio * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)  # [N, 1]
+        log_ratio = per_sequence.expand_as(log_ratio)
     ratio = log_ratio.exp()
     a = adv[:, None] if adv.dim() == 1 else adv
-    loss_t = torch.maximum(-a * ratio, -a * ratio.clamp(1 - clip_eps, 1 + high))
+    unclipped = ratio if delta is None else ratio.clamp(max=delta)
+    loss_t = torch.maximum(-a * unclipped, -a * ratio.clamp(1 - clip_eps, 1 + high))
     loss = aggregate(loss_t, mask, aggregation, constant)
     with torch.no_grad():
         m = mask.bool()

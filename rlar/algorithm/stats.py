@@ -6,24 +6,32 @@ import torch
 
 
 class ConditionStats:
-    """Running mean and std of the rewards seen for each condition key.
+    """Running mean and std of the rewards seen for each condition key: of all of them, or with ``buffer_size`` of
+    the key's last ``buffer_size`` (DDPO's per-prompt window, which follows a reward that rises as the policy learns).
 
     A key with fewer than ``min_count`` rewards falls back to the statistics of the current batch.
     """
 
-    def __init__(self, min_count: int = 16):
+    def __init__(self, min_count: int = 16, buffer_size: int | None = None):
         self.min_count = min_count
+        self.buffer_size = buffer_size
         self.count: dict[int, int] = {}
         self.total: dict[int, float] = {}
         self.total_sq: dict[int, float] = {}
+        self.recent: dict[int, list[float]] = {}  # with buffer_size: each key's last rewards, oldest first
 
     def update(self, keys: torch.Tensor, rewards: torch.Tensor) -> None:
         """Add finite ``rewards [N]`` under their ``keys [N]``."""
         for key, r in zip(keys.tolist(), rewards.tolist(), strict=True):
-            if r == r and abs(r) != float("inf"):
+            if r != r or abs(r) == float("inf"):
+                continue
+            if self.buffer_size is None:
                 self.count[key] = self.count.get(key, 0) + 1
                 self.total[key] = self.total.get(key, 0.0) + r
                 self.total_sq[key] = self.total_sq.get(key, 0.0) + r * r
+                continue
+            window = self.recent[key] = [*self.recent.get(key, []), r][-self.buffer_size:]
+            self.count[key], self.total[key], self.total_sq[key] = len(window), sum(window), sum(x * x for x in window)
 
     def mean_std(self, keys: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item baseline mean and std ``[N]``: the key's running statistics, or the batch's."""
@@ -44,9 +52,16 @@ class ConditionStats:
         return rewards.new_tensor(means), rewards.new_tensor(stds)
 
     def state_dict(self) -> dict:
-        return {"min_count": self.min_count, "count": dict(self.count), "total": dict(self.total),
-                "total_sq": dict(self.total_sq)}
+        state = {"min_count": self.min_count, "count": dict(self.count), "total": dict(self.total),
+                 "total_sq": dict(self.total_sq)}
+        if self.buffer_size is not None:
+            state |= {"buffer_size": self.buffer_size, "recent": {k: list(v) for k, v in self.recent.items()}}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.min_count = state["min_count"]
         self.count, self.total, self.total_sq = dict(state["count"]), dict(state["total"]), dict(state["total_sq"])
+        if state.get("buffer_size") != self.buffer_size:
+            raise ValueError(f"the checkpoint's per-condition statistics keep algorithm.buffer_size="
+                             f"{state.get('buffer_size')}, this run {self.buffer_size}: resume with the same value")
+        self.recent = {k: list(v) for k, v in state.get("recent", {}).items()}

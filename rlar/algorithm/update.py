@@ -70,11 +70,13 @@ def update_passes(policy, rollout: Rollout, sampling: dict, autocast, size: int,
 def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
                      sampling: dict, autocast=None):
     """GAE from the critic's values at rollout time, normalized over the global batch's action tokens (every
-    process's): (advantages ``[N, T]``, returns ``[N, T]``). The hidden states come from the update's pass (under
-    its ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
+    process's): (advantages ``[N, T]``, returns ``[N, T]``); the values are kept in ``rollout.values`` (the value
+    loss's clipping reads them). The hidden states come from the update's pass (under its ``autocast``), in
+    minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
     values = torch.zeros_like(rollout.logprobs)  # [N, T]
     for idx, _, _, hidden in update_passes(policy, rollout, sampling, autocast, algorithm.minibatch_size, hidden=True):
         values[idx] = critic(hidden.float())[..., 0]
+    rollout.values = values
     mask = rollout.mask & rewards.isfinite()[:, None]
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
     mean, std = distributed.mean_std_over_ranks(adv[mask])  # over the global batch, as one process would
@@ -106,6 +108,37 @@ def accumulation_window(count: int, total: int, grad_accum: int) -> int:
     recipe for 8 GPUs run on 16), so that every step sees a mean gradient."""
     start = (count - 1) // grad_accum * grad_accum
     return min(grad_accum, total - start)
+
+
+def minibatch_weights(mask: torch.Tensor, minibatches: list[torch.Tensor], accum: int) -> list[tuple[float, float]]:
+    """``(scored, rows)`` per minibatch: the weights of its loss terms within its optimizer step, so that every sample
+    of the step counts alike wherever it fell. A term that is a mean over the minibatch's scored rows (tokens with
+    an action: ``mask [N, T]``; the surrogate, entropy, KL and value terms) takes ``scored``; a mean over all its rows
+    (the next-token term; the surrogate of ``constant`` aggregation and REINFORCE) takes ``rows``. Each is the
+    minibatch's share of the step's count over every process (the gradients are averaged over processes), times the
+    minibatches the step averages and the processes: exactly 1 where the minibatches hold alike; less for one that
+    lost rows (a non-finite reward, a dropped group) or a last, smaller one."""
+    if not minibatches:
+        return []
+    counts = torch.tensor([[float(mask[idx].any(1).sum()), float(len(idx))] for idx in minibatches],
+                          dtype=torch.float64, device=mask.device)  # [minibatches, 2]: scored rows, rows
+    windows = torch.arange(len(minibatches), device=mask.device) // accum  # the optimizer step of each
+    totals = distributed.sum_over_ranks(counts.new_zeros(int(windows[-1]) + 1, 2).index_add_(0, windows, counts))
+    sizes = counts.new_tensor([accumulation_window(c, len(minibatches), accum) for c in range(1, len(minibatches) + 1)])
+    weights = counts * (sizes * distributed.world_size())[:, None] / totals[windows]
+    return [tuple(pair) for pair in torch.where(totals[windows] > 0, weights, 0.0).tolist()]
+
+
+def weighted(term: torch.Tensor, weight: float) -> torch.Tensor:
+    """``term * weight``; ``term`` itself at weight 1, so that equal minibatches compute what they always did."""
+    return term if weight == 1.0 else term * weight
+
+
+def exceeds(step_kl: list[float], target_kl: float, device) -> bool:
+    """Whether the mean approx_kl that an optimizer step's minibatches measured (``step_kl``, before that step; over
+    every process) is above ``target_kl``: the same answer on every rank."""
+    kl = sum(step_kl) / len(step_kl)
+    return distributed.mean_over_ranks({"policy/approx_kl": kl}, device)["policy/approx_kl"] > target_kl
 
 
 def stepped_params(optimizer) -> list:
@@ -141,9 +174,31 @@ def next_token_ce(policy, rollout: Rollout, idx: torch.Tensor, logp_all: torch.T
     return -logp_all.gather(-1, rollout.targets[idx][..., None]).mean()
 
 
+def value_error(values: torch.Tensor, returns: torch.Tensor, rollout: Rollout, idx: torch.Tensor, mask: torch.Tensor,
+                clip: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The value loss of rows ``idx``: ``0.5 * (V - R)^2`` over their action tokens (``values``, ``returns``, ``mask``
+    ``[n, T]``); with ``clip``, the larger of that and the error of ``V`` kept within ``clip`` of its rollout-time value
+    (``rollout.values``), so one update cannot move a value far."""
+    error = (values - returns) ** 2  # [n, T]
+    if clip is None:
+        loss = 0.5 * aggregate(error, mask, "token")
+        return loss, {"loss/value": loss.item()}
+    if rollout.values is None:
+        raise ValueError("algorithm.value_clip reads the critic's rollout-time values (rollout.values): compute the "
+                         "advantages with rlar.algorithm.update.value_advantages first")
+    old = rollout.values[idx]
+    clipped = (old + (values - old).clamp(-clip, clip) - returns) ** 2
+    loss = 0.5 * aggregate(torch.maximum(error, clipped), mask, "token")
+    moved = ((values - old).abs() > clip)[mask.bool()].float()
+    return loss, {"loss/value": loss.item(), "policy/value_clipfrac": float(moved.mean()) if moved.numel() else 0.0}
+
+
 def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Tensor, idx: torch.Tensor, sampling: dict,
-                   autocast, ref_policy=None, critic=None, returns: torch.Tensor | None = None):
-    """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss) and its stats."""
+                   autocast, ref_policy=None, critic=None, returns: torch.Tensor | None = None,
+                   weights: tuple[float, float] = (1.0, 1.0)):
+    """The loss of the rows ``idx`` (policy surrogate, entropy bonus, KL to the prior, value loss, next-token term)
+    and its stats (unweighted). ``weights``: the ``(scored, rows)`` weights of its terms (:func:`minibatch_weights`)."""
+    scored, rows = weights
     context, tokens, labels, schedule = _rows(rollout, idx)
     mask = rollout.mask[idx]
     if rollout.trace is not None:  # a learned schedule (rlar.schedule.decoder.ScheduleDecoder): its trace re-scored
@@ -158,22 +213,24 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
     loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
     stats["loss/policy"] = loss.item()
+    loss = weighted(loss, scored if getattr(algorithm, "aggregation", None) in ("token", "sequence") else rows)
     if algorithm.entropy_coef:
-        loss = loss - algorithm.entropy_coef * aggregate(entropy, mask, "token")
+        loss = loss - weighted(algorithm.entropy_coef * aggregate(entropy, mask, "token"), scored)
     if ref_policy is not None:
         with torch.no_grad(), autocast():
             ref_all, _ = rollout_logprobs(ref_policy, context, labels, sampling, schedule)
         kl = aggregate(token_kl(algorithm.kl_estimator, logp_all, ref_all, tokens), mask, "token")
-        loss = loss + algorithm.beta * kl
+        loss = loss + weighted(algorithm.beta * kl, scored)
         stats["loss/kl"] = kl.item()
     if critic is not None:
         values = critic(hidden.float())[..., 0]  # [n, T]
-        value_loss = 0.5 * aggregate((values - returns[idx]) ** 2, mask, "token")
-        loss = loss + algorithm.vf_coef * value_loss
-        stats["loss/value"] = value_loss.item()
+        value_loss, value_stats = value_error(values, returns[idx], rollout, idx, mask,
+                                              getattr(algorithm, "value_clip", None))
+        loss = loss + weighted(algorithm.vf_coef * value_loss, scored)
+        stats.update(value_stats)
     if algorithm.ntp_weight:
         ntp = next_token_ce(policy, rollout, idx, logp_all, labels, sampling, autocast)
-        loss = loss + algorithm.ntp_weight * ntp
+        loss = loss + weighted(algorithm.ntp_weight * ntp, rows)
         stats["loss/ntp"] = ntp.item()
     stats["policy/entropy"] = float(entropy.detach()[mask].mean()) if mask.any() else 0.0
     return loss, stats
@@ -183,9 +240,11 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None, recompute: bool = False) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
-    ``algorithm.grad_accum`` minibatches (once per rollout for an algorithm that ``steps_once``: REINFORCE).
-    ``adv``: ``[N]`` or ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps
-    (before clipping).
+    ``algorithm.grad_accum`` minibatches (once per rollout for an algorithm that ``steps_once``: REINFORCE), each
+    minibatch's terms weighted by its share of the step's samples (:func:`minibatch_weights`). ``adv``: ``[N]`` or
+    ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps (before clipping).
+    With ``algorithm.target_kl``, the update stops after an optimizer step whose minibatches measured a larger mean
+    approx_kl (``policy/kl_stopped`` 1; ``policy/minibatches`` counts those run).
 
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
     largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
@@ -201,27 +260,35 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         rollout = dataclasses.replace(rollout, logprobs=old)
     sums: dict[str, float] = defaultdict(float)
     params = stepped_params(optimizer)
-    groups = len(adv) // algorithm.num_generations
-    total = algorithm.epochs * -(-groups // groups_per_minibatch(algorithm.num_generations, algorithm.minibatch_size))
+    minibatches = [idx for _ in range(algorithm.epochs)
+                   for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size,
+                                                generator)]
+    total = len(minibatches)
     # minibatches per optimizer step (an algorithm class of one's own without steps_once steps every grad_accum)
     accum = total if getattr(algorithm, "steps_once", False) else algorithm.grad_accum
-    count, first, norms = 0, None, []  # norms: the gradient norm of each optimizer step
+    weights = minibatch_weights(rollout.mask, minibatches, accum)
+    target_kl = getattr(algorithm, "target_kl", None)
+    count, first, norms, step_kl, stopped = 0, None, [], [], False  # norms: the gradient norm of each step
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(algorithm.epochs):
-        for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator):
-            count += 1
-            steps = count % accum == 0
-            window = accumulation_window(count, total, accum)
-            with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
-                loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
-                                             critic, returns)
-                (loss / window).backward()
-            if steps:
-                norms.append(clip_and_step(params, optimizer, max_grad_norm))
-            if first is None:
-                first = stats.get("policy/ratio_max_abs_dev")
-            for key, value in stats.items():
-                sums[key] += value
+    for idx, weight in zip(minibatches, weights, strict=True):
+        count += 1
+        steps = count % accum == 0
+        window = accumulation_window(count, total, accum)
+        with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
+            loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
+                                         critic, returns, weight)
+            (loss / window).backward()
+        if first is None:
+            first = stats.get("policy/ratio_max_abs_dev")
+        for key, value in stats.items():
+            sums[key] += value
+        step_kl.append(stats.get("policy/approx_kl", 0.0))
+        if steps:
+            norms.append(clip_and_step(params, optimizer, max_grad_norm))
+            stopped = target_kl is not None and count < total and exceeds(step_kl, target_kl, rollout.mask.device)
+            if stopped:
+                break
+            step_kl = []
     if count % accum:  # a last, partial accumulation still counts
         norms.append(clip_and_step(params, optimizer, max_grad_norm))
     out = {key: value / count for key, value in sums.items()}
@@ -230,6 +297,8 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     if first is not None:
         out["policy/ratio_max_abs_dev"] = first
     out["policy/minibatches"] = float(count)
+    if target_kl is not None:
+        out["policy/kl_stopped"] = float(stopped)
     if sampler_dev is not None:
         out["policy/sampler_logprob_dev"] = sampler_dev
     return out

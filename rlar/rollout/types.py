@@ -33,6 +33,8 @@ class Rollout:
     # learned-schedule rollouts (rlar.schedule): the per-step states and actions; the action of a sample is its
     # whole schedule, so logprobs and mask are [N, 1] (one log-prob per sample) and tokens are not actions
     trace: ScheduleTrace | None = None
+    # [N, T] fp32: the critic's values at rollout time (PPO's value head; set by rlar.algorithm.update.value_advantages)
+    values: torch.Tensor | None = None
 
     def __post_init__(self):
         self.condition = as_condition(self.condition)

@@ -113,6 +113,15 @@ def any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``values`` over every rank (a new tensor); outside torchrun, ``values``."""
+    if not is_distributed():
+        return values
+    total = values.clone()
+    dist.all_reduce(total)
+    return total
+
+
 def mean_std_over_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean and the (unbiased) std of ``values [n]`` pooled over every rank's rows; outside torchrun, this
     rank's."""

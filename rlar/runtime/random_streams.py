@@ -22,22 +22,30 @@ def rank_generators(seed: int, rank: int) -> dict[str, torch.Generator]:
 
 
 def gather_rng(gens: dict[str, torch.Generator]) -> dict:
-    """What a checkpoint keeps of the streams: every rank's per-rank and torch states (a collective: every rank
-    calls it). The data stream is not saved: it is replayed from its seed (``ImageData.batches``' ``start``)."""
-    return {**{name: distributed.gather_objects(gens[name].get_state()) for name in PER_RANK_RNG},
-            "torch": distributed.gather_objects(torch.get_rng_state())}
+    """What a checkpoint keeps of the streams: every rank's per-rank and torch states, and on a GPU its CUDA
+    generator's (ARPG's training orders draw from it); a collective: every rank calls it. The data stream is not
+    saved: it is replayed from its seed (``ImageData.batches``' ``start``)."""
+    saved = {**{name: distributed.gather_objects(gens[name].get_state()) for name in PER_RANK_RNG},
+             "torch": distributed.gather_objects(torch.get_rng_state())}
+    if torch.cuda.is_initialized():  # a run on a GPU: the current device's, each rank's own (a CPU run starts none)
+        saved["cuda"] = distributed.gather_objects(torch.cuda.get_rng_state())
+    return saved
 
 
 def restore_rng(gens: dict, saved: dict, start: int, seed: int) -> None:
-    """Set the streams saved at ``start``; per-rank streams saved by another number of processes are re-seeded."""
+    """Set the streams saved at ``start``; per-rank streams saved by another number of processes, and torch's
+    global ones, are re-seeded from ``seed`` and ``start``."""
     rank, world = distributed.rank(), distributed.world_size()
     if len(saved["torch"]) == world:
         for name in PER_RANK_RNG:
             gens[name].set_state(saved[name][rank])
         torch.set_rng_state(saved["torch"][rank])
+        if "cuda" in saved and torch.cuda.is_initialized():  # saved on GPUs, resumed on GPUs
+            torch.cuda.set_rng_state(saved["cuda"][rank])
         return
     log.warning("checkpoint written by %d processes, resumed on %d: per-rank sampling streams re-seeded",
                 len(saved["torch"]), world)
+    torch.manual_seed(seed + 7919 * start)  # the global streams (CPU and CUDA) too, not the run's first draws again
     for name, g in rank_generators(seed + 7919 * start, rank).items():
         if name in PER_RANK_RNG:
             gens[name].set_state(g.get_state())
