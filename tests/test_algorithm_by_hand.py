@@ -251,6 +251,10 @@ def test_sequence_level_ratio_by_hand():
     assert torch.allclose(logp.grad[0], torch.tensor([-1, -1, 0.0]) * math.exp(0.1) / 2 / 2, atol=1e-6)
     assert torch.equal(logp.grad[1], torch.zeros(3))  # clipped: no gradient
     assert stats["policy/clipfrac"] == 0.5
+    # the diagnostics stay per token: a sequence's mean would hide how far single tokens moved
+    token_kl = [math.exp(x) - 1 - x for x in (0.3, -0.1, 0.5, 0.5)]
+    assert stats["policy/approx_kl"] == pytest.approx(sum(token_kl) / 4)
+    assert stats["policy/ratio_max_abs_dev"] == pytest.approx(math.exp(0.5) - 1)
     with pytest.raises(ValueError, match="importance_sampling_level"):
         GRPO(importance_sampling_level="sample")
 
@@ -282,7 +286,9 @@ def test_two_sided_clip_by_hand():
 
 @pytest.mark.parametrize("kwargs,match", [({"delta": 1.2}, "algorithm.delta=1.2 caps the ratio above the clip range"),
                                           ({"delta": 1.25, "clip_eps_high": 0.28}, "> 1 \\+ clip_eps_high = 1.28"),
-                                          ({"target_kl": 0.0}, "algorithm.target_kl must be > 0")])
+                                          ({"target_kl": 0.0}, "algorithm.target_kl must be > 0"),
+                                          ({"target_kl": math.nan}, "algorithm.target_kl must be > 0"),
+                                          ({"delta": math.nan}, "algorithm.delta=nan caps the ratio")])
 def test_ratio_options_out_of_range_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GRPO(**kwargs)

@@ -136,5 +136,7 @@ def test_a_checkpoint_keeps_and_restores_the_gpu_generator(monkeypatch):
     assert torch.equal(saved["cuda"][0], gpu_state)
     restore_rng(rank_generators(1, 0), saved, 3, 0)
     assert len(restored) == 1 and torch.equal(restored[0], gpu_state)
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
     restore_rng(rank_generators(1, 0), {k: v for k, v in saved.items() if k != "cuda"}, 3, 0)  # saved on a CPU
-    assert len(restored) == 1
+    assert len(restored) == 1 and seeded == [7919 * 3]  # re-seeded from the iteration, not left at the first draws

@@ -163,6 +163,39 @@ def test_a_step_weighs_every_sample_alike_over_processes_with_unequal_rows(tmp_p
     assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
 
 
+KL_STOP = """
+import torch
+import torch.distributed as dist
+from rlar.algorithm.algorithms import PPO
+from rlar.algorithm.update import policy_update
+from rlar.policy.gpt import GPT
+from rlar.rollout.types import Rollout
+from rlar.runtime.data_parallel import wrap
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+g = torch.Generator().manual_seed(1 + rank)
+tokens, adv = torch.randint(0, 16, (8, 8), generator=g), torch.randn(8, generator=g)
+scored = torch.full((8, 8), rank == 1)  # rank 0 scored nothing: it measures no KL
+rollout = Rollout(tokens, tokens, torch.zeros(8, 8), torch.zeros(8, dtype=torch.long), scored)
+stats = policy_update(wrap(policy, "ddp", torch.device("cpu")), torch.optim.SGD(policy.parameters(), lr=0.5),
+                      PPO(num_generations=4, minibatch_size=4, epochs=4, target_kl=1e-6), rollout, adv,
+                      {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0), recompute=True)
+print(f"rank {rank}: minibatches {stats['policy/minibatches']:.0f} stopped {stats['policy/kl_stopped']:.0f}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_an_early_stop_on_the_kl_is_one_decision_over_processes(tmp_path):
+    """Every process ends the update at the same step (no process left in a collective), also one that scored no row
+    and so measured no KL of its own (the weighting of the step's KL by scored rows: test_policy_update.py)."""
+    proc = torchrun_source(KL_STOP, tmp_path)
+    assert "rank 0: minibatches 2 stopped 1" in proc.stdout and "rank 1: minibatches 2 stopped 1" in proc.stdout
+
+
 @pytest.mark.slow
 def test_batch_rewards_score_and_learn_on_two_processes_as_on_one(tmp_path):
     """loo_fd's moving averages and coverage's bank are built from the global batch on every process (a resumed

@@ -245,8 +245,11 @@ def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
         rollout.mask = rollout.mask & kept[:, None]  # as the loop leaves unscored rows out
         adv, _, _ = algo.advantages(torch.randn(4 * items, generator=torch.Generator().manual_seed(1)),
                                     torch.arange(items).repeat_interleave(4))
+        torch.manual_seed(1)  # a reference other than the policy: the KL term has a gradient at the first step
+        reference = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
         policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
-                      {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
+                      {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0),
+                      ref_policy=reference.requires_grad_(False) if algo.beta else None)
         return policy.state_dict()
 
     def same(a, b):
@@ -255,6 +258,11 @@ def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
     accumulated = step(GRPO(num_generations=4, minibatch_size=4, grad_accum=2), masked=(0, 1))
     assert same(accumulated, step(GRPO(num_generations=4, minibatch_size=8), masked=(0, 1)))
     assert not same(accumulated, step(GRPO(num_generations=4, minibatch_size=8)))  # the masked rows mattered
+    # the entropy and KL terms, and the surrogate under each aggregation, weigh their scored rows alike too
+    for options in ({"beta": 0.5, "entropy_coef": 0.5, "kl_estimator": "exact"}, {"aggregation": "sequence"},
+                    {"aggregation": "constant"}):
+        assert same(step(GRPO(num_generations=4, minibatch_size=4, grad_accum=2, **options), masked=(0, 1)),
+                    step(GRPO(num_generations=4, minibatch_size=8, **options), masked=(0, 1)))
     # the next-token term is a mean over every row, scored or not: a minibatch of unscored rows still counts for it
     with_ntp = step(GRPO(num_generations=4, minibatch_size=4, grad_accum=2, ntp_weight=0.5), masked=range(4))
     assert same(with_ntp, step(GRPO(num_generations=4, minibatch_size=8, ntp_weight=0.5), masked=range(4)))
@@ -381,15 +389,41 @@ def test_value_clip_is_refused_without_a_critic_or_at_zero(kwargs):
         PPO(**kwargs)
 
 
-def test_target_kl_stops_the_update_after_the_step_that_exceeded_it():
-    """With target_kl, the update stops after the optimizer step whose minibatches measured a larger mean approx_kl:
-    the first minibatch measures 0 (before any step), the second the KL of one step (lr 0.5: far above 1e-6)."""
-    results = {}
-    for target in (None, 1e-6, 1e6):
-        algo = PPO(num_generations=4, minibatch_size=4, epochs=4, target_kl=target)
+def test_target_kl_skips_the_step_that_exceeds_it_and_ends_the_update():
+    """With target_kl, the optimizer step whose minibatches measured a larger mean approx_kl is not taken and the
+    update ends: the first step measures 0 (the rollout's own policy) and is taken, the second measures the KL of one
+    step at lr 0.5 (far above 1e-6) and is not. The weights are those of the first step alone."""
+    def update(target, accum=1, epochs=4):
+        algo = PPO(num_generations=4, minibatch_size=4, epochs=epochs, grad_accum=accum, target_kl=target)
         policy, rollout, adv = two_items_of_four(algo)
-        results[target] = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo, rollout, adv,
-                                        {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
-    assert results[None]["policy/minibatches"] == 8 and "policy/kl_stopped" not in results[None]
-    assert results[1e-6]["policy/minibatches"] == 2 and results[1e-6]["policy/kl_stopped"] == 1.0
-    assert results[1e6]["policy/minibatches"] == 8 and results[1e6]["policy/kl_stopped"] == 0.0
+        optimizer, steps = torch.optim.SGD(policy.parameters(), lr=0.5), []
+        optimizer.register_step_post_hook(lambda *_: steps.append(1))
+        stats = policy_update(policy, optimizer, algo, rollout, adv, {"temperature": 1.0, "cfg_scale": 1.0}, None,
+                              torch.Generator().manual_seed(0))
+        return stats, len(steps), policy.state_dict()
+
+    (off, off_steps, _), (on, on_steps, stopped), (high, high_steps, _) = (update(t) for t in (None, 1e-6, 1e6))
+    assert (off["policy/minibatches"], off_steps) == (8, 8) and "policy/kl_stopped" not in off
+    assert (on["policy/minibatches"], on_steps, on["policy/kl_stopped"]) == (2, 1, 1.0)
+    assert (high["policy/minibatches"], high_steps, high["policy/kl_stopped"]) == (8, 8, 0.0)
+    from rlar.algorithm.update import group_minibatches, minibatch_loss
+
+    algo = PPO(num_generations=4, minibatch_size=4)
+    policy, rollout, adv = two_items_of_four(algo)  # the first step by hand: the first minibatch's loss, one SGD step
+    first = next(group_minibatches(8, 4, 4, torch.Generator().manual_seed(0)))
+    loss, _ = minibatch_loss(policy.train(), algo, rollout, adv, first, {"temperature": 1.0, "cfg_scale": 1.0},
+                             contextlib.nullcontext)
+    loss.backward()
+    torch.optim.SGD(policy.parameters(), lr=0.5).step()
+    assert all(torch.allclose(policy.state_dict()[k], stopped[k], atol=1e-7) for k in stopped)
+    accumulated, steps, _ = update(1e-6, accum=2)  # steps of two minibatches: the first taken, the second not
+    assert (accumulated["policy/minibatches"], steps, accumulated["policy/kl_stopped"]) == (4, 1, 1.0)
+
+
+def test_a_steps_kl_is_the_mean_over_its_scored_rows():
+    """A minibatch with no scored row measures approx_kl 0 and weighs 0: it does not pull the step's mean down."""
+    from rlar.algorithm.update import step_kl
+
+    assert step_kl([0.024, 0.0], [1.0, 0.0], "cpu") == pytest.approx(0.024)
+    assert step_kl([0.01, 0.04], [0.5, 1.5], "cpu") == pytest.approx((0.005 + 0.06) / 2)
+    assert step_kl([0.0], [0.0], "cpu") == 0.0

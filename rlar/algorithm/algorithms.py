@@ -32,9 +32,9 @@ def check_minibatch(minibatch_size: int, num_generations: int) -> None:
 
 def check_ratio_options(target_kl: float | None, delta: float | None, high: float) -> None:
     """The options of a ratio-clipped loss: ``target_kl`` > 0, and ``delta`` above the clip range ``1 + high``."""
-    if target_kl is not None and target_kl <= 0:
+    if target_kl is not None and not target_kl > 0:  # NaN too
         raise ValueError(f"algorithm.target_kl must be > 0 (null: off), got {target_kl}")
-    if delta is not None and delta <= 1 + high:
+    if delta is not None and not delta > 1 + high:
         raise ValueError(f"algorithm.delta={delta} caps the ratio above the clip range: it must be > 1 + "
                          f"clip_eps_high = {1 + high} (e.g. algorithm.delta=4), or null (off)")
 
@@ -100,8 +100,8 @@ class GRPO(Common):
     # nearer 1, so GSPO clips at ~3e-4 / 4e-4)
     importance_sampling_level: str = "token"
     delta: float | None = None  # two-sided clip: the unclipped ratio capped at delta (> 1 + clip_eps_high); null: off
-    # stop the update's remaining minibatches once an optimizer step's minibatches measured a mean approx_kl above
-    # it (cleanrl's target_kl); null: off
+    # skip the optimizer step whose minibatches measured a mean approx_kl above it, and end the update there (SB3's
+    # early stop; cleanrl checks after each epoch); null: off
     target_kl: float | None = None
     epochs: int = 1
     minibatch_size: int = 64  # sequences per minibatch (a multiple of num_generations)
@@ -233,7 +233,7 @@ class PPO(Common):
     # clip each value's change from its rollout-time value to +-value_clip in the value loss (the larger of the
     # clipped and unclipped squared errors, as in PPO2); null: off
     value_clip: float | None = None
-    target_kl: float | None = None  # as GRPO's: stop the update once a step's mean approx_kl exceeds it; null: off
+    target_kl: float | None = None  # as GRPO's: end the update at a step whose mean approx_kl exceeds it; null: off
     gamma: float = 1.0
     gae_lambda: float = 0.95
 

@@ -39,7 +39,7 @@ def clipped_surrogate(
     if level not in RATIO_LEVELS:
         raise ValueError(f"the importance ratio's level must be one of {RATIO_LEVELS}, got {level!r}")
     high = clip_eps if clip_eps_high is None else clip_eps_high
-    log_ratio = logp - old_logp  # [N, T]
+    token_log_ratio = log_ratio = logp - old_logp  # [N, T]
     if level == "sequence":
         m = mask.float()
         per_sequence = (log_ratio * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)  # [N, 1]
@@ -49,14 +49,15 @@ def clipped_surrogate(
     unclipped = ratio if delta is None else ratio.clamp(max=delta)
     loss_t = torch.maximum(-a * unclipped, -a * ratio.clamp(1 - clip_eps, 1 + high))
     loss = aggregate(loss_t, mask, aggregation, constant)
-    with torch.no_grad():
+    with torch.no_grad():  # the deviation and the KL per token, whatever the level (a sequence's mean hides them)
         m = mask.bool()
-        dev = (ratio - 1).abs()[m]
+        token_ratio = token_log_ratio.exp()
+        dev = (token_ratio - 1).abs()[m]
         stats = {
             "policy/ratio_max_abs_dev": float(dev.max()) if dev.numel() else 0.0,
             "policy/clipfrac": float(((ratio < 1 - clip_eps) | (ratio > 1 + high))[m].float().mean())
             if dev.numel() else 0.0,
-            "policy/approx_kl": float(((ratio - 1) - log_ratio)[m].mean()) if dev.numel() else 0.0,
+            "policy/approx_kl": float(((token_ratio - 1) - token_log_ratio)[m].mean()) if dev.numel() else 0.0,
         }
     return loss, stats
 

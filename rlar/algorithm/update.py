@@ -134,11 +134,14 @@ def weighted(term: torch.Tensor, weight: float) -> torch.Tensor:
     return term if weight == 1.0 else term * weight
 
 
-def exceeds(step_kl: list[float], target_kl: float, device) -> bool:
-    """Whether the mean approx_kl that an optimizer step's minibatches measured (``step_kl``, before that step; over
-    every process) is above ``target_kl``: the same answer on every rank."""
-    kl = sum(step_kl) / len(step_kl)
-    return distributed.mean_over_ranks({"policy/approx_kl": kl}, device)["policy/approx_kl"] > target_kl
+def step_kl(kls: list[float], weights: list[float], device) -> float:
+    """The mean approx_kl an optimizer step's minibatches measured (``kls``, each a mean over its scored tokens),
+    weighted by their ``scored`` weights (:func:`minibatch_weights`), over every process: the same on every rank;
+    0 where none scored a row."""
+    sums = torch.tensor([sum(k * w for k, w in zip(kls, weights, strict=True)), sum(weights)], dtype=torch.float64,
+                        device=device)
+    total, weight = distributed.sum_over_ranks(sums).tolist()
+    return total / weight if weight > 0 else 0.0
 
 
 def stepped_params(optimizer) -> list:
@@ -243,8 +246,9 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     ``algorithm.grad_accum`` minibatches (once per rollout for an algorithm that ``steps_once``: REINFORCE), each
     minibatch's terms weighted by its share of the step's samples (:func:`minibatch_weights`). ``adv``: ``[N]`` or
     ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps (before clipping).
-    With ``algorithm.target_kl``, the update stops after an optimizer step whose minibatches measured a larger mean
-    approx_kl (``policy/kl_stopped`` 1; ``policy/minibatches`` counts those run).
+    With ``algorithm.target_kl``, an optimizer step whose minibatches measured a larger mean approx_kl (the policy
+    as the steps before left it, against the rollout's) is not taken and the update ends there (``policy/kl_stopped``
+    1; ``policy/minibatches`` counts those run); the first step, which measures 0, is always taken.
 
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
     largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
@@ -268,13 +272,13 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     accum = total if getattr(algorithm, "steps_once", False) else algorithm.grad_accum
     weights = minibatch_weights(rollout.mask, minibatches, accum)
     target_kl = getattr(algorithm, "target_kl", None)
-    count, first, norms, step_kl, stopped = 0, None, [], [], False  # norms: the gradient norm of each step
+    count, first, norms, kls, stopped = 0, None, [], [], False  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
     for idx, weight in zip(minibatches, weights, strict=True):
         count += 1
-        steps = count % accum == 0
+        ends_step = count % accum == 0 or count == total  # a last, partial accumulation still counts
         window = accumulation_window(count, total, accum)
-        with gradient_sync((policy, critic), enabled=steps or count == total):  # forward and backward inside
+        with gradient_sync((policy, critic), enabled=ends_step):  # forward and backward inside
             loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
                                          critic, returns, weight)
             (loss / window).backward()
@@ -282,15 +286,16 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
             first = stats.get("policy/ratio_max_abs_dev")
         for key, value in stats.items():
             sums[key] += value
-        step_kl.append(stats.get("policy/approx_kl", 0.0))
-        if steps:
-            norms.append(clip_and_step(params, optimizer, max_grad_norm))
-            stopped = target_kl is not None and count < total and exceeds(step_kl, target_kl, rollout.mask.device)
-            if stopped:
-                break
-            step_kl = []
-    if count % accum:  # a last, partial accumulation still counts
+        kls.append(stats.get("policy/approx_kl", 0.0))
+        if not ends_step:
+            continue
+        step_weights = [scored for scored, _ in weights[count - len(kls):count]]
+        stopped = target_kl is not None and step_kl(kls, step_weights, rollout.mask.device) > target_kl
+        if stopped:  # the policy has moved far enough from the rollout's: this step is not taken, the update ends
+            optimizer.zero_grad(set_to_none=True)
+            break
         norms.append(clip_and_step(params, optimizer, max_grad_norm))
+        kls = []
     out = {key: value / count for key, value in sums.items()}
     if norms:
         out["policy/grad_norm"] = sum(norms) / len(norms)

@@ -42,6 +42,9 @@ def restore_rng(gens: dict, saved: dict, start: int, seed: int) -> None:
         torch.set_rng_state(saved["torch"][rank])
         if "cuda" in saved and torch.cuda.is_initialized():  # saved on GPUs, resumed on GPUs
             torch.cuda.set_rng_state(saved["cuda"][rank])
+        elif torch.cuda.is_initialized():  # saved on CPUs, or before checkpoints kept it: not the first draws again
+            log.warning("the checkpoint holds no CUDA generator state: it is re-seeded")
+            torch.cuda.manual_seed_all(seed + 7919 * start)
         return
     log.warning("checkpoint written by %d processes, resumed on %d: per-rank sampling streams re-seeded",
                 len(saved["torch"]), world)
