@@ -24,6 +24,7 @@ from rlar.algorithm.update import (
     clip_and_step,
     policy_update,
     recomputes_old_logprobs,
+    reward_kl,
     stepped_params,
     value_advantages,
 )
@@ -331,9 +332,17 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     The algorithm's advantages are computed over the global batch (``global_rewards [B*G]``, keyed by class or
     image), the same on every rank, and this rank keeps its slice. A row with a NaN or inf reward, or that the algorithm
     leaves out, is not valid: it is masked out of ``rollout.mask`` (and counted). With a value head, GAE from the
-    critic replaces the advantages.
+    critic replaces the advantages. With ``algorithm.kl_penalty=reward`` the rewards are first lessened by beta x
+    each sample's log-ratio to the prior (``reward/kl``: its mean).
     """
     G, rank = run.algorithm.num_generations, distributed.rank()
+    kl_stats = {}
+    if kl_in_reward(run):  # each reward less beta x its sample's log-ratio to the prior
+        kl = reward_kl(run.ref_policy, rollout, run.sampling, run.hw.autocast, run.algorithm.minibatch_size)  # [b*G]
+        rewards = rewards - run.algorithm.beta * kl
+        global_kl = distributed.gather_rows(kl)  # [B*G]
+        global_rewards = distributed.gather_rows(rewards)
+        kl_stats = {"reward/kl": float(global_kl[global_rewards.isfinite()].mean())}
     conditions = all_labels if run.algorithm.stats_key == "class" else all_indices  # [B]
     adv, keep, stats = run.algorithm.advantages(global_rewards, conditions.to(run.device).repeat_interleave(G))
     mine = slice(rank * len(rewards), (rank + 1) * len(rewards))
@@ -344,15 +353,20 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     if run.critic is not None:
         adv, returns = value_advantages(run.policy, run.critic, run.algorithm, rollout, rewards, run.sampling,
                                         run.hw.autocast)
-    return adv, returns, valid, stats
+    return adv, returns, valid, {**stats, **kl_stats}
+
+
+def kl_in_reward(run: Run) -> bool:
+    """Whether the KL to the prior is taken from the rewards (``algorithm.kl_penalty=reward``), not put in the loss."""
+    return run.ref_policy is not None and getattr(run.algorithm, "kl_penalty", "loss") == "reward"
 
 
 def update(run: Run, rollout: Rollout, adv: torch.Tensor, returns: torch.Tensor | None) -> dict[str, float]:
     """The algorithm's update of the policy (and critic) on this rollout; its mean stats."""
     recompute = recomputes_old_logprobs(run.algorithm.old_logprobs, run.hw.precision)
     return policy_update(run.train_policy, run.optimizer, run.algorithm, rollout, adv, run.sampling,
-                         run.cfg.train.max_grad_norm, run.generators["update"], run.hw.autocast, run.ref_policy,
-                         run.train_critic, returns, recompute)
+                         run.cfg.train.max_grad_norm, run.generators["update"], run.hw.autocast,
+                         None if kl_in_reward(run) else run.ref_policy, run.train_critic, returns, recompute)
 
 
 DEVIATIONS = ("policy/ratio_max_abs_dev", "policy/sampler_logprob_dev")  # maxima: the largest over ranks

@@ -286,14 +286,21 @@ def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits
       "algorithm.delta=4", "algorithm.target_kl=0.05", "algorithm.epochs=2", "algorithm.minibatch_size=8"],
      "policy/kl_stopped"),
     (["algorithm=reinforce", "algorithm.baseline=leave_one_out", "algorithm.minibatch_size=8"], "loss/policy"),
+    (["algorithm=reinforce", "algorithm.baseline=leave_one_out", "algorithm.beta=0.05", "algorithm.kl_penalty=reward",
+      "algorithm.minibatch_size=8"], "reward/kl"),
     (["algorithm=reinforce", "algorithm.baseline=condition", "algorithm.min_count=2", "algorithm.buffer_size=4",
       "algorithm.minibatch_size=8"], "loss/policy"),
 ])
 def test_the_algorithm_options_of_the_references_run_end_to_end(tiny, tmp_path, tb_scalars, extra, logged):
-    """GSPO's sequence ratio with its clip range, the two-sided clip and an early stop on the KL; RLOO; a windowed
-    per-condition baseline: each trains through the loop with finite losses, and resumes (the window is saved)."""
+    """GSPO's sequence ratio with its clip range, the two-sided clip and an early stop on the KL; RLOO, also with the
+    KL to the prior in its reward (TRL's); a windowed per-condition baseline: each trains through the loop with
+    finite losses, and resumes (the window is saved)."""
     train_rl_loop(compose_config([*tiny, "eval.max_items=4", *extra]), tmp_path)
     assert len(tb_scalars(tmp_path, logged)) == 2 and all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
+    if "algorithm.kl_penalty=reward" in extra:  # the first rollout's policy is the prior; the loss has no KL term
+        assert abs(tb_scalars(tmp_path, "reward/kl")[0]) < 1e-3
+        with pytest.raises(KeyError):
+            tb_scalars(tmp_path, "loss/kl")
     if "algorithm.buffer_size=4" in extra:  # 32 rewards over at most 10 classes: some class's window is full
         tracker = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["algorithm"]["tracker"]
         assert max(len(window) for window in tracker["recent"].values()) == 4

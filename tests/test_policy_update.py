@@ -427,3 +427,24 @@ def test_a_steps_kl_is_the_mean_over_its_scored_rows():
     assert step_kl([0.024, 0.0], [1.0, 0.0], "cpu") == pytest.approx(0.024)
     assert step_kl([0.01, 0.04], [0.5, 1.5], "cpu") == pytest.approx((0.005 + 0.06) / 2)
     assert step_kl([0.0], [0.0], "cpu") == 0.0
+
+
+def test_reward_kl_is_each_samples_summed_log_ratio_to_the_prior():
+    """kl_penalty=reward: sum over a sample's actions of its sampler log-prob minus the prior's (the prior's read off
+    its own logits here); 0 for the policy against itself, up to the sampler's rounding."""
+    from rlar.algorithm.update import reward_kl
+
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    prior = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config(["rollout.mode=prefix", "rollout.prefix_len=3"]).rollout,
+                              torch.Generator().manual_seed(0))
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    with torch.no_grad():
+        prior_logp = torch.log_softmax(prior(rollout.context, rollout.labels).float(), -1)  # [8, 8, 16]
+    by_hand = ((rollout.logprobs - prior_logp.gather(-1, rollout.tokens[..., None])[..., 0]) * rollout.mask).sum(1)
+    kl = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 4)
+    assert torch.allclose(kl, by_hand, atol=1e-5) and kl.abs().min() > 1e-3
+    assert reward_kl(policy, rollout, sampling, contextlib.nullcontext, 4).abs().max() < 1e-4
+    assert not rollout.mask[:, :3].any()  # the given prefix is no action: it adds nothing

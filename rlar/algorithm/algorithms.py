@@ -18,6 +18,7 @@ from rlar.algorithm.stats import ConditionStats
 
 BASELINES = ("batch", "condition", "leave_one_out")
 OLD_LOGPROBS = ("auto", "sampler", "recompute")
+KL_PENALTIES = ("loss", "reward")
 
 
 def check_minibatch(minibatch_size: int, num_generations: int) -> None:
@@ -43,6 +44,9 @@ def check_ratio_options(target_kl: float | None, delta: float | None, high: floa
 class Common:
     beta: float = 0.0  # KL coefficient to the frozen prior; the reference model is built only when > 0
     kl_estimator: str = "k3"  # k3 | exact (full codebook)
+    # loss: beta x the KL estimate added to the loss | reward: beta x the sample's summed log-ratio to the prior over
+    # its actions subtracted from its reward before the advantages (TRL's RLOO and PPO)
+    kl_penalty: str = "loss"
     entropy_coef: float = 0.0
     grad_accum: int = 1  # minibatches per optimizer step
     stats_key: str = "class"  # what "a condition" is for per-condition statistics: class | image
@@ -61,6 +65,11 @@ class Common:
             raise ValueError(f"algorithm.kl_estimator must be one of {ESTIMATORS}, got {self.kl_estimator!r}")
         if self.beta < 0:
             raise ValueError(f"algorithm.beta must be >= 0, got {self.beta}")
+        if self.kl_penalty not in KL_PENALTIES:
+            raise ValueError(f"algorithm.kl_penalty must be one of {KL_PENALTIES}, got {self.kl_penalty!r}")
+        if self.kl_penalty == "reward" and not self.beta > 0:
+            raise ValueError("algorithm.kl_penalty=reward subtracts beta x the KL to the prior from each reward: set "
+                             "algorithm.beta > 0 (e.g. 0.05), or kl_penalty=loss")
         if self.stats_key not in ("class", "image"):
             raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
         if self.old_logprobs not in OLD_LOGPROBS:

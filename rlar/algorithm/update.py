@@ -102,6 +102,15 @@ def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, mini
     return old
 
 
+@torch.no_grad()
+def reward_kl(ref_policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int) -> torch.Tensor:
+    """``[N]``: each sample's log-ratio to the frozen prior summed over its actions, ``sum_t log pi(a_t) - log
+    pi_ref(a_t)`` (the sampler's log-probs against the prior's, under the same sampling): the KL that
+    ``algorithm.kl_penalty=reward`` takes from its reward."""
+    ref = recomputed_logprobs(ref_policy, rollout, sampling, autocast, minibatch_size)  # [N, T], 0 off the actions
+    return torch.where(rollout.mask, rollout.logprobs - ref, 0.0).sum(1)
+
+
 def accumulation_window(count: int, total: int, grad_accum: int) -> int:
     """The minibatches whose gradients the optimizer step of minibatch ``count`` (1-based, of ``total``) averages:
     ``grad_accum``, or fewer in a last, partial window (fewer minibatches on this rank than ``grad_accum``, e.g. a
