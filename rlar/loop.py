@@ -333,16 +333,18 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     image), the same on every rank, and this rank keeps its slice. A row with a NaN or inf reward, or that the algorithm
     leaves out, is not valid: it is masked out of ``rollout.mask`` (and counted). With a value head, GAE from the
     critic replaces the advantages. With ``algorithm.kl_penalty=reward`` the rewards are first lessened by beta x
-    each sample's log-ratio to the prior (``reward/kl``: its mean).
+    each sample's log-ratio to the prior (``objective/kl``: its mean).
     """
     G, rank = run.algorithm.num_generations, distributed.rank()
     kl_stats = {}
     if kl_in_reward(run):  # each reward less beta x its sample's log-ratio to the prior
-        kl = reward_kl(run.ref_policy, rollout, run.sampling, run.hw.autocast, run.algorithm.minibatch_size)  # [b*G]
+        teacher_forced = recomputes_old_logprobs(run.algorithm.old_logprobs, run.hw.precision)  # as the update's
+        kl = reward_kl(run.ref_policy, rollout, run.sampling, run.hw.autocast, run.algorithm.minibatch_size,
+                       run.policy if teacher_forced else None)  # [b*G]
         rewards = rewards - run.algorithm.beta * kl
         global_kl = distributed.gather_rows(kl)  # [B*G]
         global_rewards = distributed.gather_rows(rewards)
-        kl_stats = {"reward/kl": float(global_kl[global_rewards.isfinite()].mean())}
+        kl_stats = {"objective/kl": float(global_kl[global_rewards.isfinite()].mean())}
     conditions = all_labels if run.algorithm.stats_key == "class" else all_indices  # [B]
     adv, keep, stats = run.algorithm.advantages(global_rewards, conditions.to(run.device).repeat_interleave(G))
     mine = slice(rank * len(rewards), (rank + 1) * len(rewards))

@@ -287,7 +287,7 @@ def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits
      "policy/kl_stopped"),
     (["algorithm=reinforce", "algorithm.baseline=leave_one_out", "algorithm.minibatch_size=8"], "loss/policy"),
     (["algorithm=reinforce", "algorithm.baseline=leave_one_out", "algorithm.beta=0.05", "algorithm.kl_penalty=reward",
-      "algorithm.minibatch_size=8"], "reward/kl"),
+      "algorithm.minibatch_size=8"], "objective/kl"),
     (["algorithm=reinforce", "algorithm.baseline=condition", "algorithm.min_count=2", "algorithm.buffer_size=4",
       "algorithm.minibatch_size=8"], "loss/policy"),
 ])
@@ -298,7 +298,7 @@ def test_the_algorithm_options_of_the_references_run_end_to_end(tiny, tmp_path, 
     train_rl_loop(compose_config([*tiny, "eval.max_items=4", *extra]), tmp_path)
     assert len(tb_scalars(tmp_path, logged)) == 2 and all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
     if "algorithm.kl_penalty=reward" in extra:  # the first rollout's policy is the prior; the loss has no KL term
-        assert abs(tb_scalars(tmp_path, "reward/kl")[0]) < 1e-3
+        assert abs(tb_scalars(tmp_path, "objective/kl")[0]) < 1e-3
         with pytest.raises(KeyError):
             tb_scalars(tmp_path, "loss/kl")
     if "algorithm.buffer_size=4" in extra:  # 32 rewards over at most 10 classes: some class's window is full

@@ -448,3 +448,40 @@ def test_reward_kl_is_each_samples_summed_log_ratio_to_the_prior():
     assert torch.allclose(kl, by_hand, atol=1e-5) and kl.abs().min() > 1e-3
     assert reward_kl(policy, rollout, sampling, contextlib.nullcontext, 4).abs().max() < 1e-4
     assert not rollout.mask[:, :3].any()  # the given prefix is no action: it adds nothing
+    teacher_forced = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 4, policy=policy)  # the update's pass
+    assert torch.allclose(teacher_forced, kl, atol=1e-4)
+    for mode in ("teacher_forced", "autoregressive"):  # guided and tempered: both sides under the same sampling
+        cfg = compose_config([f"rollout.mode={mode}", "rollout.cfg_scale=2.0", "rollout.temperature=0.7"])
+        guided = {"temperature": 0.7, "cfg_scale": cfg_scales(8, 2.0, cfg.rollout.cfg_interval)}
+        rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4, cfg.rollout,
+                                  torch.Generator().manual_seed(0))
+        assert reward_kl(policy, rollout, guided, contextlib.nullcontext, 4).abs().max() < 1e-4
+        assert reward_kl(policy, rollout, sampling, contextlib.nullcontext, 4).abs().max() > 1e-2  # not the same
+
+
+def test_the_kl_in_the_reward_lessens_each_reward_before_the_advantages():
+    """loop.advantages with kl_penalty=reward: the advantages are the algorithm's of ``reward - beta * kl`` over the
+    batch, and ``objective/kl`` is the mean of ``kl``."""
+    from rlar import loop
+    from rlar.algorithm.algorithms import Reinforce
+    from rlar.algorithm.update import reward_kl
+
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    prior = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    kl = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 8)
+
+    def algorithm():
+        return Reinforce(num_generations=4, minibatch_size=8, baseline="leave_one_out", beta=0.5, kl_penalty="reward")
+
+    run = SimpleNamespace(algorithm=algorithm(), ref_policy=prior, policy=policy, sampling=sampling, critic=None,
+                          hw=SimpleNamespace(autocast=contextlib.nullcontext, precision="fp32"), device="cpu")
+    rewards, keys = torch.randn(8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1])
+    adv, _, valid, stats = loop.advantages(run, rollout, rewards, rewards.clone(), keys, keys)
+    expected, _, _ = algorithm().advantages(rewards - 0.5 * kl, keys.repeat_interleave(4))
+    assert torch.allclose(adv, expected, atol=1e-6) and valid.all()
+    assert not torch.allclose(adv, algorithm().advantages(rewards, keys.repeat_interleave(4))[0], atol=1e-3)
+    assert stats["objective/kl"] == pytest.approx(kl.mean().item(), rel=1e-5)

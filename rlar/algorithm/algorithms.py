@@ -70,6 +70,9 @@ class Common:
         if self.kl_penalty == "reward" and not self.beta > 0:
             raise ValueError("algorithm.kl_penalty=reward subtracts beta x the KL to the prior from each reward: set "
                              "algorithm.beta > 0 (e.g. 0.05), or kl_penalty=loss")
+        if self.kl_penalty == "reward" and self.kl_estimator != "k3":
+            raise ValueError(f"algorithm.kl_estimator={self.kl_estimator} is the KL term of the loss; "
+                             "kl_penalty=reward takes each sample's summed log-ratio: leave kl_estimator=k3")
         if self.stats_key not in ("class", "image"):
             raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
         if self.old_logprobs not in OLD_LOGPROBS:
@@ -124,6 +127,11 @@ class GRPO(Common):
             )
         if self.scale not in SCALES:
             raise ValueError(f"algorithm.scale must be one of {SCALES}, got {self.scale!r}")
+        if self.kl_penalty == "reward" and (self.scale == "group" or self.drop_zero_std_groups):
+            raise ValueError("algorithm.kl_penalty=reward with GRPO's scale=group or drop_zero_std_groups: a group "
+                             "whose rewards tie would be standardized on its KL alone (beta cancels), never dropped; "
+                             "set algorithm.scale=batch or none (without drop_zero_std_groups), use "
+                             "algorithm=reinforce algorithm.baseline=leave_one_out (RLOO), or kl_penalty=loss")
         for key, off in (("adv_clip", "no clamp"), ("loss_constant", "T")):
             value = getattr(self, key)
             if value is not None and value <= 0:

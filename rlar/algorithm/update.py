@@ -103,12 +103,16 @@ def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, mini
 
 
 @torch.no_grad()
-def reward_kl(ref_policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int) -> torch.Tensor:
+def reward_kl(ref_policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int, policy=None
+              ) -> torch.Tensor:
     """``[N]``: each sample's log-ratio to the frozen prior summed over its actions, ``sum_t log pi(a_t) - log
-    pi_ref(a_t)`` (the sampler's log-probs against the prior's, under the same sampling): the KL that
-    ``algorithm.kl_penalty=reward`` takes from its reward."""
+    pi_ref(a_t)`` under the same sampling: the KL that ``algorithm.kl_penalty=reward`` takes from its reward. The
+    policy's log-probs are the sampler's, or with ``policy`` its teacher-forced pass's, as the prior's are (under bf16
+    the KV-cached sampler rounds ~1e-2 per token apart, and the sum over T tokens grows with it)."""
     ref = recomputed_logprobs(ref_policy, rollout, sampling, autocast, minibatch_size)  # [N, T], 0 off the actions
-    return torch.where(rollout.mask, rollout.logprobs - ref, 0.0).sum(1)
+    own = rollout.logprobs if policy is None else recomputed_logprobs(policy, rollout, sampling, autocast,
+                                                                      minibatch_size)
+    return torch.where(rollout.mask, own - ref, 0.0).sum(1)
 
 
 def accumulation_window(count: int, total: int, grad_accum: int) -> int:
