@@ -175,7 +175,8 @@ class Algorithm(Protocol):
     coefficient to the frozen prior; ``value_head``: learns a critic (then it also has ``vf_coef``, ``gamma`` and
     ``gae_lambda``, and may have ``value_clip``: PPO); ``aggregation``, where present, says whether its loss is a
     mean over scored rows (``token``, ``sequence``) or over all rows (else); ``target_kl``, where present, ends the
-    update at a step whose minibatches' loss stats report a larger ``policy/approx_kl``; ``stats_key``: what a
+    update at a step (not taken) whose minibatches' loss stats report a larger ``policy/approx_kl``;
+    ``kl_penalty``, where present: ``reward`` takes the KL from the rewards instead of the loss; ``stats_key``: what a
     condition is for per-condition statistics (``class`` | ``image``).
     The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``;
     ``old_logprobs``: the ratio's old log-probs, ``auto`` | ``sampler`` | ``recompute``).

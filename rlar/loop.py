@@ -343,7 +343,7 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
                        run.policy if teacher_forced else None)  # [b*G]
         rewards = rewards - run.algorithm.beta * kl
         global_kl = distributed.gather_rows(kl)  # [B*G]
-        global_rewards = distributed.gather_rows(rewards)
+        global_rewards = global_rewards - run.algorithm.beta * global_kl
         kl_stats = {"objective/kl": float(global_kl[global_rewards.isfinite()].mean())}
     conditions = all_labels if run.algorithm.stats_key == "class" else all_indices  # [B]
     adv, keep, stats = run.algorithm.advantages(global_rewards, conditions.to(run.device).repeat_interleave(G))

@@ -317,3 +317,12 @@ def test_a_condition_window_follows_a_rising_reward():
         Reinforce(baseline="condition", buffer_size=4, min_count=16)
     with pytest.raises(ValueError, match="set algorithm.baseline=condition"):
         Reinforce(buffer_size=16)
+
+
+def test_a_kl_in_the_reward_is_refused_where_ties_would_be_standardized_on_it():
+    with pytest.raises(ValueError, match="standardized on its KL alone"):
+        Reinforce(baseline="condition", beta=0.05, kl_penalty="reward")
+    Reinforce(baseline="condition", standardize=False, beta=0.05, kl_penalty="reward")  # a plain difference: kept
+    Reinforce(baseline="leave_one_out", beta=0.05, kl_penalty="reward")
+    with pytest.raises(ValueError, match="holds at least 1"):
+        ConditionStats(min_count=0, buffer_size=0)

@@ -383,7 +383,8 @@ def test_value_clip_reads_the_values_of_the_rollout(tiny_policy_update_inputs):
                       returns=returns)
 
 
-@pytest.mark.parametrize("kwargs", [{"value_clip": 0.0, "value_head": True}, {"value_clip": 0.2}])
+@pytest.mark.parametrize("kwargs", [{"value_clip": 0.0, "value_head": True},
+                                    {"value_clip": math.nan, "value_head": True}, {"value_clip": 0.2}])
 def test_value_clip_is_refused_without_a_critic_or_at_zero(kwargs):
     with pytest.raises(ValueError, match="value_clip"):
         PPO(**kwargs)
@@ -418,6 +419,19 @@ def test_target_kl_skips_the_step_that_exceeds_it_and_ends_the_update():
     assert all(torch.allclose(policy.state_dict()[k], stopped[k], atol=1e-7) for k in stopped)
     accumulated, steps, _ = update(1e-6, accum=2)  # steps of two minibatches: the first taken, the second not
     assert (accumulated["policy/minibatches"], steps, accumulated["policy/kl_stopped"]) == (4, 1, 1.0)
+
+
+def test_target_kl_always_takes_the_first_step():
+    """Old log-probs that differ from the update's (the sampler's rounding under bf16, here 0.1 added) make the first
+    step measure a KL above a tiny target_kl: it is still taken, as it measures the rollout's own policy."""
+    algo = PPO(num_generations=4, minibatch_size=4, epochs=2, target_kl=1e-9)
+    policy, rollout, adv = two_items_of_four(algo)
+    rollout = dataclasses.replace(rollout, logprobs=torch.where(rollout.mask, rollout.logprobs + 0.1, 0.0))
+    optimizer, steps = torch.optim.SGD(policy.parameters(), lr=0.5), []
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    stats = policy_update(policy, optimizer, algo, rollout, adv, {"temperature": 1.0, "cfg_scale": 1.0}, None,
+                          torch.Generator().manual_seed(0))
+    assert len(steps) == 1 and stats["policy/minibatches"] == 2 and stats["policy/kl_stopped"] == 1.0
 
 
 def test_a_steps_kl_is_the_mean_over_its_scored_rows():

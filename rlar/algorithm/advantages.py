@@ -52,7 +52,6 @@ def group_advantages(
     return adv, stats
 
 
-
 def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO's advantages: each reward minus the mean of the other finite rewards of its group,
     ``r_i - (sum_j r_j - r_i) / (n - 1)`` over a group's n finite rewards, so that no sample is its own baseline.

@@ -1,7 +1,8 @@
 """REINFORCE, GRPO and PPO: one update skeleton (rlar.algorithm.update), different advantages and losses.
 
 Every algorithm also carries the regularizers the skeleton applies: KL to the frozen prior (``beta``,
-``kl_estimator``), an entropy bonus, and gradient accumulation.
+``kl_estimator``; in the loss, or with ``kl_penalty=reward`` taken from the rewards), an entropy bonus, and gradient
+accumulation.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Common:
 
 @dataclass
 class GRPO(Common):
-    """Group-relative advantages and a per-token PPO-clip loss."""
+    """Group-relative advantages and a PPO-clip loss (a ratio per token, or per sample: GSPO)."""
 
     num_generations: int = 8  # G samples per image (>= 2)
     clip_eps: float = 0.2
@@ -197,7 +198,12 @@ class Reinforce(Common):
                              "set algorithm.baseline=condition, or buffer_size=null")
         if self.buffer_size is not None and self.buffer_size < max(self.min_count, 1):
             raise ValueError(f"algorithm.buffer_size={self.buffer_size} keeps fewer rewards per condition than "
-                             f"algorithm.min_count={self.min_count} asks for: set buffer_size >= min_count, or null")
+                             f"algorithm.min_count={self.min_count} asks for (and at least 1): set buffer_size >= "
+                             "max(min_count, 1), or null")
+        if self.kl_penalty == "reward" and self.baseline == "condition" and self.standardize:
+            raise ValueError("algorithm.kl_penalty=reward with baseline=condition and standardize: a condition whose "
+                             "rewards tie would be standardized on its KL alone (beta cancels); set "
+                             "algorithm.standardize=false, baseline=leave_one_out or batch, or kl_penalty=loss")
         check_minibatch(self.minibatch_size, self.num_generations)
         self.tracker = ConditionStats(self.min_count, self.buffer_size)
 
@@ -250,7 +256,7 @@ class PPO(Common):
     # clip each value's change from its rollout-time value to +-value_clip in the value loss (the larger of the
     # clipped and unclipped squared errors, as in PPO2); null: off
     value_clip: float | None = None
-    target_kl: float | None = None  # as GRPO's: end the update at a step whose mean approx_kl exceeds it; null: off
+    target_kl: float | None = None  # as GRPO's: a step whose mean approx_kl exceeds it is not taken, the update ends
     gamma: float = 1.0
     gae_lambda: float = 0.95
 
@@ -266,7 +272,7 @@ class PPO(Common):
         if self.vf_coef < 0:
             raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
         check_ratio_options(self.target_kl, None, self.clip_eps)
-        if self.value_clip is not None and (self.value_clip <= 0 or not self.value_head):
+        if self.value_clip is not None and (not self.value_clip > 0 or not self.value_head):  # NaN too
             raise ValueError(f"algorithm.value_clip={self.value_clip} clips the value head's loss: it must be > 0 "
                              "with algorithm.value_head=true (e.g. algorithm.value_clip=0.2), or null (off)")
         if self.baseline == "group" and self.num_generations < 2 and not self.value_head:

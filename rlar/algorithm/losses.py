@@ -28,7 +28,7 @@ def clipped_surrogate(
     clip_eps: float, aggregation: str = "token", clip_eps_high: float | None = None, constant: float | None = None,
     level: str = "token", delta: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip per token: ``max(-A r, -A clip(r, 1-eps, 1+eps_high))`` with ``r = exp(logp - old_logp)``.
+    """PPO-clip of each token: ``max(-A r, -A clip(r, 1-eps, 1+eps_high))`` with ``r = exp(logp - old_logp)``.
 
     logp, old_logp, mask: ``[N, T]``; adv: ``[N]`` (one advantage per sequence, shared by its tokens) or
     ``[N, T]`` (per token, e.g. GAE). ``clip_eps_high`` defaults to ``clip_eps``. ``level="sequence"`` (GSPO): every

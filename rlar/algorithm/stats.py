@@ -13,6 +13,8 @@ class ConditionStats:
     """
 
     def __init__(self, min_count: int = 16, buffer_size: int | None = None):
+        if buffer_size is not None and buffer_size < 1:
+            raise ValueError(f"a window of per-condition rewards holds at least 1, got buffer_size={buffer_size}")
         self.min_count = min_count
         self.buffer_size = buffer_size
         self.count: dict[int, int] = {}
@@ -30,8 +32,10 @@ class ConditionStats:
                 self.total[key] = self.total.get(key, 0.0) + r
                 self.total_sq[key] = self.total_sq.get(key, 0.0) + r * r
                 continue
-            window = self.recent[key] = [*self.recent.get(key, []), r][-self.buffer_size:]
-            self.count[key], self.total[key], self.total_sq[key] = len(window), sum(window), sum(x * x for x in window)
+            window = self.recent[key] = [*self.recent.get(key, []), r][-self.buffer_size:]  # oldest first
+            self.count[key] = len(window)
+            self.total[key] = sum(window)
+            self.total_sq[key] = sum(x * x for x in window)
 
     def mean_std(self, keys: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item baseline mean and std ``[N]``: the key's running statistics, or the batch's."""
@@ -59,9 +63,9 @@ class ConditionStats:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.min_count = state["min_count"]
-        self.count, self.total, self.total_sq = dict(state["count"]), dict(state["total"]), dict(state["total_sq"])
         if state.get("buffer_size") != self.buffer_size:
             raise ValueError(f"the checkpoint's per-condition statistics keep algorithm.buffer_size="
                              f"{state.get('buffer_size')}, this run {self.buffer_size}: resume with the same value")
+        self.min_count = state["min_count"]
+        self.count, self.total, self.total_sq = dict(state["count"]), dict(state["total"]), dict(state["total_sq"])
         self.recent = {k: list(v) for k, v in state.get("recent", {}).items()}

@@ -133,13 +133,15 @@ def minibatch_weights(mask: torch.Tensor, minibatches: list[torch.Tensor], accum
     lost rows (a non-finite reward, a dropped group) or a last, smaller one."""
     if not minibatches:
         return []
+    n = len(minibatches)
     counts = torch.tensor([[float(mask[idx].any(1).sum()), float(len(idx))] for idx in minibatches],
-                          dtype=torch.float64, device=mask.device)  # [minibatches, 2]: scored rows, rows
-    windows = torch.arange(len(minibatches), device=mask.device) // accum  # the optimizer step of each
-    totals = distributed.sum_over_ranks(counts.new_zeros(int(windows[-1]) + 1, 2).index_add_(0, windows, counts))
-    sizes = counts.new_tensor([accumulation_window(c, len(minibatches), accum) for c in range(1, len(minibatches) + 1)])
-    weights = counts * (sizes * distributed.world_size())[:, None] / totals[windows]
-    return [tuple(pair) for pair in torch.where(totals[windows] > 0, weights, 0.0).tolist()]
+                          dtype=torch.float64, device=mask.device)  # [n, 2]: scored rows, rows
+    windows = torch.arange(n, device=mask.device) // accum  # [n]: the optimizer step of each
+    per_step = counts.new_zeros(int(windows[-1]) + 1, 2).index_add_(0, windows, counts)  # [steps, 2], this process
+    totals = distributed.sum_over_ranks(per_step)[windows]  # [n, 2]: its step's counts over every process
+    averaged = counts.new_tensor([accumulation_window(c, n, accum) for c in range(1, n + 1)])  # [n]: per step
+    weights = counts * (averaged * distributed.world_size())[:, None] / totals  # [n, 2]
+    return [tuple(pair) for pair in torch.where(totals > 0, weights, 0.0).tolist()]
 
 
 def weighted(term: torch.Tensor, weight: float) -> torch.Tensor:
@@ -151,8 +153,8 @@ def step_kl(kls: list[float], weights: list[float], device) -> float:
     """The mean approx_kl an optimizer step's minibatches measured (``kls``, each a mean over its scored tokens),
     weighted by their ``scored`` weights (:func:`minibatch_weights`), over every process: the same on every rank;
     0 where none scored a row."""
-    sums = torch.tensor([sum(k * w for k, w in zip(kls, weights, strict=True)), sum(weights)], dtype=torch.float64,
-                        device=device)
+    weighted_kl = sum(k * w for k, w in zip(kls, weights, strict=True))
+    sums = torch.tensor([weighted_kl, sum(weights)], dtype=torch.float64, device=device)
     total, weight = distributed.sum_over_ranks(sums).tolist()
     return total / weight if weight > 0 else 0.0
 
@@ -261,7 +263,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps (before clipping).
     With ``algorithm.target_kl``, an optimizer step whose minibatches measured a larger mean approx_kl (the policy
     as the steps before left it, against the rollout's) is not taken and the update ends there (``policy/kl_stopped``
-    1; ``policy/minibatches`` counts those run); the first step, which measures 0, is always taken.
+    1; ``policy/minibatches`` counts those run); the first step, which measures ~0, is always taken.
 
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
     largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
@@ -303,7 +305,9 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         if not ends_step:
             continue
         step_weights = [scored for scored, _ in weights[count - len(kls):count]]
-        stopped = target_kl is not None and step_kl(kls, step_weights, rollout.mask.device) > target_kl
+        # never the first step: it measures the rollout's own policy (~0; the sampler's rounding under bf16)
+        stopped = (target_kl is not None and count > accum
+                   and step_kl(kls, step_weights, rollout.mask.device) > target_kl)
         if stopped:  # the policy has moved far enough from the rollout's: this step is not taken, the update ends
             optimizer.zero_grad(set_to_none=True)
             break
