@@ -52,14 +52,19 @@ def group_advantages(
     return adv, stats
 
 
-def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, scale: str = "none", eps: float = 1e-8
+                             ) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO's advantages: each reward minus the mean of the other finite rewards of its group,
-    ``r_i - (sum_j r_j - r_i) / (n - 1)`` over a group's n finite rewards, so that no sample is its own baseline.
+    ``r_i - (sum_j r_j - r_i) / (n - 1)`` over a group's n finite rewards, so that no sample is its own baseline;
+    ``scale="batch"`` divides them by the std of the batch's finite rewards (+ ``eps``), as :func:`group_advantages`
+    does.
 
     rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. A non-finite reward, and every
     reward of a group with fewer than two finite ones, gets advantage 0. Returns ``(advantages [N], stats)`` with
     the stats of :func:`group_advantages`.
     """
+    if scale not in ("batch", "none"):
+        raise ValueError(f"a leave-one-out advantage's scale must be 'batch' or 'none', got {scale!r}")
     if group_size < 2:
         raise ValueError(f"a leave-one-out baseline needs groups of at least 2, got {group_size}")
     if rewards.numel() % group_size:
@@ -70,5 +75,7 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> tuple[to
     total = torch.where(finite, r, 0.0).sum(1, keepdim=True)  # [B, 1]
     others = (total - r) / (count - 1).clamp_min(1)  # [B, G]: the mean of the others
     adv = torch.where(finite & (count > 1), r - others, 0.0).view(-1)
+    if scale == "batch":
+        adv = adv / (_nan_std(torch.where(finite, r, torch.nan).flatten()) + eps)
     _, stats = group_advantages(rewards, group_size)
     return adv, stats

@@ -213,10 +213,8 @@ class Reinforce(Common):
             adv, stats = group_advantages(rewards, rewards.numel(), scale="group" if self.standardize else "none")
             return adv, keep, stats
         if self.baseline == "leave_one_out":
-            adv, stats = leave_one_out_advantages(rewards, self.num_generations)
-            if self.standardize:
-                finite = rewards[rewards.isfinite()]
-                adv = adv / ((finite.std() if finite.numel() > 1 else 0.0) + 1e-8)
+            scale = "batch" if self.standardize else "none"
+            adv, stats = leave_one_out_advantages(rewards, self.num_generations, scale)
             return adv, keep, stats
         self.tracker.update(keys, rewards)
         mean, std = self.tracker.mean_std(keys, rewards)
