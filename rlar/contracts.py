@@ -177,7 +177,9 @@ class Algorithm(Protocol):
     mean over scored rows (``token``, ``sequence``) or over all rows (else); ``target_kl``, where present, ends the
     update at a step (not taken) whose minibatches' loss stats report a larger ``policy/approx_kl``;
     ``kl_penalty``, where present: ``reward`` takes the KL from the rewards instead of the loss; ``stats_key``: what a
-    condition is for per-condition statistics (``class`` | ``image``).
+    condition is for per-condition statistics (``class`` | ``image``). ``top_entropy_quantile`` and
+    ``sampler_correction_cap``, where present, weigh each token's loss through its advantage (``loss`` then receives
+    ``[n, T]``), and ``value_detach`` keeps the value loss out of the trunk.
     The rest are the settings of the update skeleton every algorithm shares (``rlar.algorithm.update``;
     ``old_logprobs``: the ratio's old log-probs, ``auto`` | ``sampler`` | ``recompute``).
     ``trains_on_data`` is False: it learns from sampled rollouts (``DataPairAlgorithm`` learns from data pairs).

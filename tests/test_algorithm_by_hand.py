@@ -1,6 +1,7 @@
 """The algorithm pieces against hand-derived numbers: advantages and baselines, GAE, the KL estimators, the losses,
 their aggregation, and minibatches that keep groups whole."""
 
+import contextlib
 import math
 
 import pytest
@@ -12,7 +13,10 @@ from rlar.algorithm.gae import gae_terminal_reward
 from rlar.algorithm.kl import exact_kl, k3_kl, token_kl
 from rlar.algorithm.losses import aggregate, clipped_surrogate, reinforce_loss
 from rlar.algorithm.stats import ConditionStats
-from rlar.algorithm.update import group_minibatches
+from rlar.algorithm.update import group_minibatches, high_entropy_tokens, minibatch_loss
+from rlar.config.store import compose_config
+from rlar.policy.gpt import GPT
+from rlar.rollout.collect import collect_rollout
 
 
 def test_group_advantages_by_hand():
@@ -326,3 +330,84 @@ def test_a_kl_in_the_reward_is_refused_where_ties_would_be_standardized_on_it():
     Reinforce(baseline="leave_one_out", beta=0.05, kl_penalty="reward")
     with pytest.raises(ValueError, match="holds at least 1"):
         ConditionStats(min_count=0, buffer_size=0)
+
+
+def test_groups_keyed_by_condition_by_hand():
+    """group_by=condition: the two items of class 0 (G = 2 each) form one group of four, class 1's item its own."""
+    rewards = torch.tensor([1.0, 3.0, 5.0, 7.0, 2.0, 2.0])  # items: class 0, class 0, class 1
+    keys = torch.tensor([0, 0, 0, 0, 1, 1])
+    adv, _, stats = GRPO(num_generations=2, group_by="condition", adv_clip=None).advantages(rewards, keys)
+    std = math.sqrt(((1 - 4) ** 2 + (3 - 4) ** 2 + (5 - 4) ** 2 + (7 - 4) ** 2) / 3)  # mean 4, unbiased
+    expected = torch.tensor([-3 / std, -1 / std, 1 / std, 3 / std, 0.0, 0.0])
+    assert torch.allclose(adv, expected)
+    assert stats["adv/frac_zero_std"] == 0.5  # class 1's rewards tie
+    by_item, _ = group_advantages(rewards, 2, eps=1e-8)
+    assert torch.allclose(by_item, torch.tensor([-1, 1, -1, 1, 0, 0]) / math.sqrt(2))  # each item alone
+
+
+def test_groups_keyed_by_condition_need_not_be_adjacent_or_equal_in_size():
+    """Keys in any order, a NaN left out of its group's statistics, and zero-spread groups dropped by key."""
+    rewards = torch.tensor([4.0, 10.0, float("nan"), 0.0, 9.0, 9.0])
+    keys = torch.tensor([7, 3, 7, 7, 3, 5])  # class 7: rewards 4, 0 (and a NaN); class 3: 10, 9; class 5: 9
+    algo = GRPO(num_generations=2, group_by="condition", adv_clip=None, scale="none", drop_zero_std_groups=True)
+    adv, keep, stats = algo.advantages(rewards, keys)
+    assert torch.allclose(adv, torch.tensor([2.0, 0.5, 0.0, -2.0, -0.5, 0.0]))
+    assert keep.tolist() == [True, True, True, True, True, False]  # class 5 has one reward: no spread
+    assert stats["reward/nonfinite_count"] == 1.0
+
+
+def test_high_entropy_tokens_by_hand():
+    entropy = torch.tensor([[0.1, 0.5, 0.9, 3.0], [0.3, 0.7, 2.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    # the 7 action tokens' entropies 0, .1, .3, .5, .7, .9, 2: their 0.5 quantile (1 - 0.5) is .5
+    kept = high_entropy_tokens(entropy, mask, 0.5)
+    assert kept.tolist() == [[False, True, True, False], [False, True, True, False]]
+    assert high_entropy_tokens(entropy, mask, 1.0).equal(mask)
+
+
+def test_the_policy_loss_reads_only_high_entropy_tokens_and_keeps_its_denominator():
+    """top_entropy_quantile: the low-entropy tokens' advantages are 0, the mean still divides by every action token
+    (TRL's masking), and the entropy and KL terms are untouched."""
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+    rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    rows, sampling = torch.arange(8), {"temperature": 1.0, "cfg_scale": 1.0}
+    adv = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    algo = GRPO(num_generations=4, top_entropy_quantile=0.25, entropy_coef=0.01)
+    loss, stats = minibatch_loss(policy.train(), algo, rollout, adv, rows, sampling, contextlib.nullcontext)
+    with torch.no_grad():
+        logp_all = torch.log_softmax(policy(rollout.context, rollout.labels).float(), -1)  # [8, T, V]
+        logp = logp_all.gather(-1, rollout.tokens[..., None])[..., 0]
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    kept = high_entropy_tokens(entropy, rollout.mask, 0.25)
+    assert kept.sum() == 16  # a quarter of the 64 action tokens
+    ratio = (logp - rollout.logprobs).exp()  # the first step's, ~1
+    per_token = -adv[:, None] * ratio * kept  # unclipped at ratio ~1
+    assert stats["loss/policy"] == pytest.approx(float(per_token.sum() / 64), rel=1e-4)
+    assert stats["policy/entropy"] == pytest.approx(float(entropy.mean()), rel=1e-5)
+    assert loss.item() == pytest.approx(stats["loss/policy"] - 0.01 * stats["policy/entropy"], rel=1e-5)
+
+
+def test_reinforce_loss_takes_per_token_advantages():
+    logp = torch.tensor([[-1.0, -2.0, -4.0], [-0.5, -1.5, -3.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([[2.0, 1.0, 9.0], [-1.0, 0.0, 3.0]])
+    loss, _ = reinforce_loss(logp, adv, mask)
+    # -mean(2 * -1 + 1 * -2, -1 * -0.5 + 0 + 3 * -3) = -mean(-4, -8.5) = 6.25
+    assert loss.item() == pytest.approx(6.25)
+    shared, _ = reinforce_loss(logp, torch.tensor([2.0, -1.0]), mask)
+    expanded, _ = reinforce_loss(logp, torch.tensor([2.0, -1.0])[:, None].expand(2, 3), mask)
+    assert shared.item() == pytest.approx(expanded.item())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"sampler_correction_cap": 0.5}, "sampler_correction_cap must be >= 1"),
+    ({"sampler_correction_cap": float("nan")}, "sampler_correction_cap must be >= 1"),
+    ({"top_entropy_quantile": 0.0}, "top_entropy_quantile must be in"),
+    ({"top_entropy_quantile": 1.5}, "top_entropy_quantile must be in"),
+    ({"group_by": "prompt"}, "group_by must be one of"),
+])
+def test_token_weighting_options_out_of_range_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRPO(**kwargs)

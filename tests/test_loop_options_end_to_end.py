@@ -306,3 +306,17 @@ def test_the_algorithm_options_of_the_references_run_end_to_end(tiny, tmp_path, 
         assert max(len(window) for window in tracker["recent"].values()) == 4
     summary = train_rl_loop(compose_config([*tiny, "eval.max_items=4", "train.iterations=3", *extra]), tmp_path)
     assert summary["history"][-1]["iteration"] == 3
+
+
+@pytest.mark.slow
+def test_token_weighting_options_run_through_the_loop(tiny, tmp_path, tb_scalars):
+    """The sampler correction under bf16, groups keyed by class and the top-entropy tokens, set from the command
+    line: the weights stay within bf16 rounding of 1 and every loss is finite."""
+    cfg = compose_config([*tiny, "hardware.precision=bf16", "algorithm.sampler_correction_cap=2",
+                          "algorithm.group_by=condition", "algorithm.top_entropy_quantile=0.2"])
+    summary = train_rl_loop(cfg, tmp_path)
+    weights = tb_scalars(tmp_path, "policy/sampler_correction")
+    assert len(weights) == 2 and all(0.9 < w < 1.1 for w in weights)
+    assert all(0.0 <= c < 0.05 for c in tb_scalars(tmp_path, "policy/sampler_correction_capped"))
+    assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
+    assert math.isfinite(summary["eval_reward_after"])

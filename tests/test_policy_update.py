@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlar.algorithm.algorithms import GRPO, PPO
+from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
 from rlar.algorithm.update import clip_and_step, policy_update, recomputes_old_logprobs
 from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
@@ -499,3 +499,97 @@ def test_the_kl_in_the_reward_lessens_each_reward_before_the_advantages():
     assert torch.allclose(adv, expected, atol=1e-6) and valid.all()
     assert not torch.allclose(adv, algorithm().advantages(rewards, keys.repeat_interleave(4))[0], atol=1e-3)
     assert stats["objective/kl"] == pytest.approx(kl.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: GRPO(num_generations=4, minibatch_size=8, sampler_correction_cap=2.0),
+                                  lambda: Reinforce(num_generations=4, minibatch_size=8, sampler_correction_cap=2.0)],
+                         ids=["grpo", "reinforce"])
+def test_the_sampler_correction_weighs_each_tokens_loss_by_its_capped_ratio(make):
+    """With recomputed old log-probs, each action token's loss is weighted by min(pi_update / pi_sampler, 2): the
+    step equals the uncorrected step on advantages times those weights, worked out by hand from a sampler put off
+    the update's pass by log 1.5 (weight 1.5) and log 3 (capped at 2)."""
+    algo = make()
+    policy, rollout, adv = two_items_of_four(algo)
+    sampler = rollout.logprobs.clone()
+    sampler[0, 1] -= math.log(1.5)  # the update's pass gives this token 1.5 x the sampler's probability
+    sampler[3, 2] -= math.log(3.0)  # 3 x: capped at 2
+    sampler[5, 4] += math.log(2.0)  # half
+    expected = torch.ones_like(sampler)
+    expected[0, 1], expected[3, 2], expected[5, 4] = 1.5, 2.0, 0.5
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    corrected = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), algo,
+                              dataclasses.replace(rollout, logprobs=sampler), adv, sampling, None,
+                              torch.Generator().manual_seed(0), recompute=True)
+    stepped = {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(start)
+    plain = dataclasses.replace(algo, sampler_correction_cap=None)
+    weighted_adv = adv[:, None] * expected  # [8, T]
+    by_hand = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.5), plain, rollout, weighted_adv,
+                            sampling, None, torch.Generator().manual_seed(0), recompute=True)
+    assert all(torch.allclose(stepped[k], policy.state_dict()[k], atol=1e-6) for k in stepped)
+    assert not all(torch.allclose(stepped[k], start[k]) for k in stepped)
+    assert corrected["policy/sampler_correction"] == pytest.approx(float(expected[rollout.mask].mean()), rel=1e-4)
+    assert corrected["policy/sampler_correction_capped"] == pytest.approx(1 / int(rollout.mask.sum()))
+    assert "policy/sampler_correction" not in by_hand
+
+
+def test_a_detached_critic_trains_itself_and_leaves_the_trunk_to_the_policy_loss(tiny_policy_update_inputs):
+    """value_detach: the policy's gradient is that of the loss without the value term, however large vf_coef; the
+    critic still learns. Attached (the default), the value loss reaches the trunk."""
+    from rlar.algorithm.update import minibatch_loss
+
+    policy, _, critic, rollout, adv, returns, _ = tiny_policy_update_inputs
+    sampling, rows = {"temperature": 1.0, "cfg_scale": 1.0}, torch.arange(8)
+
+    def gradients(**kwargs):
+        policy.zero_grad(), critic.zero_grad()
+        algo = PPO(num_generations=4, minibatch_size=8, value_head=True, **kwargs)
+        loss, _ = minibatch_loss(policy.train(), algo, rollout, adv, rows, sampling, contextlib.nullcontext, None,
+                                 critic, returns)
+        loss.backward()
+        return [p.grad.clone() for p in policy.parameters()], critic.weight.grad.clone()
+
+    policy_only, _ = gradients(vf_coef=0.0)
+    detached, critic_grad = gradients(vf_coef=100.0, value_detach=True)
+    attached, _ = gradients(vf_coef=100.0)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(detached, policy_only, strict=True))
+    assert critic_grad.abs().sum() > 0
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(attached, policy_only, strict=True))
+    with pytest.raises(ValueError, match="value_detach=true detaches the value head's input"):
+        PPO(value_detach=True)
+
+
+def test_the_kl_in_the_reward_and_the_update_share_the_policys_teacher_forced_pass(monkeypatch):
+    """Under bf16 with kl_penalty=reward, the policy's teacher-forced pass that the reward's KL reads is the one the
+    update's ratio reads as its old log-probs: one pass per iteration, not two, and the same numbers (0 on the rows
+    left out of the update since)."""
+    import rlar.algorithm.update
+    from rlar import loop
+
+    passes, recompute = [], rlar.algorithm.update.recomputed_logprobs
+    monkeypatch.setattr(rlar.algorithm.update, "recomputed_logprobs",
+                        lambda model, *args: passes.append(model) or recompute(model, *args))
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=64).eval()
+    prior = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=64).eval()
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    with bf16():
+        rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                                  compose_config([]).rollout, torch.Generator().manual_seed(0))
+    algo = Reinforce(num_generations=4, minibatch_size=8, baseline="leave_one_out", beta=0.5, kl_penalty="reward")
+    run = SimpleNamespace(algorithm=algo, ref_policy=prior, policy=policy, sampling=sampling, critic=None,
+                          hw=SimpleNamespace(autocast=bf16, precision="bf16"), device="cpu")
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    rewards[5] = float("nan")  # a row the update leaves out
+    keys = torch.tensor([0, 1])
+    adv, _, valid, _ = loop.advantages(run, rollout, rewards, rewards.clone(), keys, keys)
+    assert passes == [prior, policy] and not valid[5]
+    fresh = recompute(policy, rollout, sampling, bf16, 8)  # what the update would compute itself, on these weights
+    assert torch.equal(torch.where(rollout.mask, rollout.update_logprobs, 0.0), fresh) and fresh[5].eq(0).all()
+    assert not torch.equal(fresh, rollout.logprobs)  # the bf16 sampler rounds apart from it
+    stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), algo, rollout, adv, sampling, None,
+                          torch.Generator().manual_seed(0), bf16, recompute=True)
+    assert passes == [prior, policy]  # the update read the pass the reward's KL made
+    assert stats["policy/sampler_logprob_dev"] == float((fresh - rollout.logprobs)[rollout.mask].abs().max())

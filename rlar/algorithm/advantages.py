@@ -18,24 +18,43 @@ def _nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> 
     return std if keepdim or dim is None else std.squeeze(dim)
 
 
+def grouped(rewards: torch.Tensor, group_size: int, keys: torch.Tensor | None = None):
+    """``rewards [N]`` laid out one group per row, ``(r [K, M], back)``: the G = ``group_size`` adjacent generations of
+    an item (``[N / G, G]``), or with ``keys [N]`` every reward of one key (a row per distinct key, padded with NaN to
+    the largest group); a non-finite reward is NaN. ``back`` takes a ``[K, M]`` of the same layout back to ``[N]``."""
+    r = rewards.float()
+    r = torch.where(r.isfinite(), r, torch.nan)  # an inf is as unscored as a NaN
+    if keys is None:
+        if rewards.numel() % group_size:
+            raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+        return r.view(-1, group_size), lambda x: x.reshape(-1)
+    _, row = torch.unique(keys, return_inverse=True)  # [N]: each reward's group
+    order = torch.argsort(row, stable=True)
+    sizes = torch.bincount(row)  # [K]
+    col = torch.empty_like(row)
+    col[order] = torch.arange(len(row), device=row.device) - (sizes.cumsum(0) - sizes)[row[order]]  # place in group
+    padded = r.new_full((len(sizes), int(sizes.max())), torch.nan)  # [K, M]
+    padded[row, col] = r
+    return padded, lambda x: x[row, col]
+
+
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, eps: float = 1e-8, scale: str = "group", clip: float | None = None
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-8, scale: str = "group", clip: float | None = None,
+    keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO advantages: ``(r - mean of its group) / (std + eps)``.
 
-    rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent. ``scale`` picks the std:
+    rewards ``[N]`` with the G = ``group_size`` generations of an item adjacent; with ``keys [N]`` a group is every
+    reward of one key instead (flow_grpo's per-prompt groups). ``scale`` picks the std:
     over the group, over the batch, or none (Dr. GRPO). Non-finite rewards (NaN, +-inf) get advantage 0 and are
     left out of every statistic. Returns ``(advantages [N], stats)``; stats has ``adv/frac_zero_std`` (groups whose
     rewards are all equal, or that have fewer than two finite ones: no signal) and ``reward/nonfinite_count``.
     """
     if scale not in SCALES:
         raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    r = rewards.float().view(-1, group_size)  # [B, G]
-    r = torch.where(r.isfinite(), r, torch.nan)  # an inf is as unscored as a NaN
+    r, back = grouped(rewards, group_size, keys)  # [K, M]
     centered = r - r.nanmean(dim=1, keepdim=True)
-    group_std = _nan_std(r, dim=1, keepdim=True)  # [B, 1]
+    group_std = _nan_std(r, dim=1, keepdim=True)  # [K, 1]
     if scale == "group":
         adv = centered / (group_std + eps)
     elif scale == "batch":
@@ -44,10 +63,10 @@ def group_advantages(
         adv = centered
     if clip is not None:
         adv = adv.clamp(-clip, clip)
-    adv = torch.nan_to_num(adv, nan=0.0).view(-1)
+    adv = back(torch.nan_to_num(adv, nan=0.0))
     stats = {
         "adv/frac_zero_std": float((group_std <= eps).float().mean()),
-        "reward/nonfinite_count": float(r.isnan().sum()),
+        "reward/nonfinite_count": float((~rewards.float().isfinite()).sum()),
     }
     return adv, stats
 

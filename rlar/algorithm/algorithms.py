@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlar.algorithm.advantages import SCALES, group_advantages, leave_one_out_advantages
+from rlar.algorithm.advantages import SCALES, group_advantages, grouped, leave_one_out_advantages
 from rlar.algorithm.kl import ESTIMATORS
 from rlar.algorithm.losses import AGGREGATIONS, RATIO_LEVELS, clipped_surrogate, reinforce_loss
 from rlar.algorithm.stats import ConditionStats
@@ -20,6 +20,7 @@ from rlar.algorithm.stats import ConditionStats
 BASELINES = ("batch", "condition", "leave_one_out")
 OLD_LOGPROBS = ("auto", "sampler", "recompute")
 KL_PENALTIES = ("loss", "reward")
+GROUP_BY = ("item", "condition")
 
 
 def check_minibatch(minibatch_size: int, num_generations: int) -> None:
@@ -57,6 +58,12 @@ class Common:
     # the old log-probs of the ratio: the sampler's (KV-cached), or recomputed by the update's own forward pass
     # before it (under bf16 the two differ by ~1e-2); auto: recompute under bf16 autocast only
     old_logprobs: str = "auto"  # auto | sampler | recompute
+    # with recomputed old log-probs: each action token's loss weighted by min(pi_update / pi_sampler, cap), the
+    # truncated importance correction of the sampler's numerics (TRL's vllm_importance_sampling_cap, 2); null: off
+    sampler_correction_cap: float | None = None
+    # the policy loss reads only this top share of each minibatch's action tokens by entropy (TRL's
+    # top_entropy_quantile; 0.2 in "Beyond the 80/20 rule"); 1: every token
+    top_entropy_quantile: float = 1.0
     value_head = False  # only PPO may learn a critic
     steps_once = False  # True: one optimizer step per rollout whatever grad_accum (on-policy REINFORCE)
     trains_on_data = False  # learns from sampled rollouts (rlar.algorithm.cca trains on data pairs)
@@ -78,6 +85,13 @@ class Common:
             raise ValueError(f"algorithm.stats_key must be 'class' or 'image', got {self.stats_key!r}")
         if self.old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"algorithm.old_logprobs must be one of {OLD_LOGPROBS}, got {self.old_logprobs!r}")
+        cap = self.sampler_correction_cap
+        if cap is not None and not cap >= 1:  # NaN too
+            raise ValueError(f"algorithm.sampler_correction_cap must be >= 1 (the largest weight a token's loss may "
+                             f"take), got {cap}; e.g. algorithm.sampler_correction_cap=2, or null (off)")
+        if not 0 < self.top_entropy_quantile <= 1:
+            raise ValueError(f"algorithm.top_entropy_quantile must be in (0, 1] (the share of tokens the policy loss "
+                             f"reads; 1: all), got {self.top_entropy_quantile}; e.g. 0.2")
         if self.grad_accum < 1:
             raise ValueError(f"algorithm.grad_accum must be >= 1, got {self.grad_accum}")
         if self.ntp_weight < 0:
@@ -109,6 +123,9 @@ class GRPO(Common):
     aggregation: str = "token"  # token | sequence | constant (sum / (N * loss_constant), Dr. GRPO)
     loss_constant: float | None = None  # divisor per sequence for aggregation=constant; null = T tokens
     drop_zero_std_groups: bool = False  # leave groups with equal rewards out of the update
+    # item: a group is the G samples of an item | condition: every sample of the batch with the item's condition
+    # (stats_key: its class or its image; flow_grpo's per-prompt groups)
+    group_by: str = "item"
     # token: a ratio per token | sequence: one per sample, the geometric mean of its tokens' (GSPO; it stays much
     # nearer 1, so GSPO clips at ~3e-4 / 4e-4)
     importance_sampling_level: str = "token"
@@ -128,6 +145,8 @@ class GRPO(Common):
             )
         if self.scale not in SCALES:
             raise ValueError(f"algorithm.scale must be one of {SCALES}, got {self.scale!r}")
+        if self.group_by not in GROUP_BY:
+            raise ValueError(f"algorithm.group_by must be one of {GROUP_BY}, got {self.group_by!r}")
         if self.kl_penalty == "reward" and (self.scale == "group" or self.drop_zero_std_groups):
             raise ValueError("algorithm.kl_penalty=reward with GRPO's scale=group or drop_zero_std_groups: a group "
                              "whose rewards tie would be standardized on its KL alone (beta cancels), never dropped; "
@@ -148,13 +167,14 @@ class GRPO(Common):
 
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``(advantages [N], keep [N] bool, stats)``; ``keep`` is False for dropped zero-variance groups."""
-        adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip)
+        groups = keys if self.group_by == "condition" else None
+        adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip, keys=groups)
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.drop_zero_std_groups:
-            r = rewards.view(-1, self.num_generations)  # [groups, G]; a non-finite reward is no sample
+            r, back = grouped(rewards, self.num_generations, groups)  # [K, M]; a non-finite reward (NaN) is no sample
             finite = r.isfinite()
-            spread = r.masked_fill(~finite, -math.inf).amax(1) - r.masked_fill(~finite, math.inf).amin(1)
-            keep = (spread > 0).repeat_interleave(self.num_generations)  # all non-finite: -inf
+            spread = r.masked_fill(~finite, -math.inf).amax(1) - r.masked_fill(~finite, math.inf).amin(1)  # [K]
+            keep = back((spread > 0)[:, None].expand_as(r))  # all non-finite: -inf
         return adv, keep, stats
 
     def loss(self, logp, old_logp, adv, mask):
@@ -254,6 +274,8 @@ class PPO(Common):
     # clip each value's change from its rollout-time value to +-value_clip in the value loss (the larger of the
     # clipped and unclipped squared errors, as in PPO2); null: off
     value_clip: float | None = None
+    # true: the critic reads detached hidden states, so the value loss trains the critic alone, not the policy's trunk
+    value_detach: bool = False
     target_kl: float | None = None  # as GRPO's: a step whose mean approx_kl exceeds it is not taken, the update ends
     gamma: float = 1.0
     gae_lambda: float = 0.95
@@ -273,6 +295,9 @@ class PPO(Common):
         if self.value_clip is not None and (not self.value_clip > 0 or not self.value_head):  # NaN too
             raise ValueError(f"algorithm.value_clip={self.value_clip} clips the value head's loss: it must be > 0 "
                              "with algorithm.value_head=true (e.g. algorithm.value_clip=0.2), or null (off)")
+        if self.value_detach and not self.value_head:
+            raise ValueError("algorithm.value_detach=true detaches the value head's input: set "
+                             "algorithm.value_head=true, or value_detach=false")
         if self.baseline == "group" and self.num_generations < 2 and not self.value_head:
             raise ValueError("PPO with algorithm.baseline=group and algorithm.num_generations=1 subtracts each reward "
                              "from itself: every advantage would be 0; set algorithm.num_generations>=2, "

@@ -63,6 +63,8 @@ def clipped_surrogate(
 
 
 def reinforce_loss(logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """REINFORCE: ``-mean_n(A_n * sum_t logp_{n,t})`` over the masked tokens of each sequence."""
-    loss = -(adv * (logp * mask.float()).sum(1)).mean()
-    return loss, {}
+    """REINFORCE: ``-mean_n(sum_t A_{n,t} logp_{n,t})`` over the masked tokens of each sequence; ``adv``: ``[N]`` (one
+    advantage per sequence, shared by its tokens) or ``[N, T]`` (per token)."""
+    masked = logp * mask.float()  # [N, T]
+    per_sequence = adv * masked.sum(1) if adv.dim() == 1 else (adv * masked).sum(1)  # [N]
+    return -per_sequence.mean(), {}

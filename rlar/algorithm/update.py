@@ -108,11 +108,42 @@ def reward_kl(ref_policy, rollout: Rollout, sampling: dict, autocast, minibatch_
     """``[N]``: each sample's log-ratio to the frozen prior summed over its actions, ``sum_t log pi(a_t) - log
     pi_ref(a_t)`` under the same sampling: the KL that ``algorithm.kl_penalty=reward`` takes from its reward. The
     policy's log-probs are the sampler's, or with ``policy`` its teacher-forced pass's, as the prior's are (under bf16
-    the KV-cached sampler rounds ~1e-2 per token apart, and the sum over T tokens grows with it)."""
+    the KV-cached sampler rounds ~1e-2 per token apart, and the sum over T tokens grows with it); that pass is kept
+    in ``rollout.update_logprobs``, where the update reads it as its recomputed old log-probs."""
     ref = recomputed_logprobs(ref_policy, rollout, sampling, autocast, minibatch_size)  # [N, T], 0 off the actions
-    own = rollout.logprobs if policy is None else recomputed_logprobs(policy, rollout, sampling, autocast,
-                                                                      minibatch_size)
+    own = rollout.logprobs
+    if policy is not None:
+        own = rollout.update_logprobs = recomputed_logprobs(policy, rollout, sampling, autocast, minibatch_size)
     return torch.where(rollout.mask, own - ref, 0.0).sum(1)
+
+
+def sampler_correction(old: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, cap: float
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance weights of the sampler/trainer mismatch, ``min(pi_update(a) / pi_sampler(a), cap)`` per
+    action token (``old``: the update's recomputed log-probs, ``sampler``: the rollout's, ``mask``: ``[N, T]``; 1 off
+    the actions): the samples were drawn from the sampler's distribution, the loss is taken under the update's. Returns
+    ``(weights [N, T], stats)``: their mean and the share of action tokens capped."""
+    raw = (old - sampler).exp()  # [N, T]
+    weights = torch.where(mask, raw.clamp(max=cap), 1.0)
+    acted = mask.any()
+    return weights, {"policy/sampler_correction": float(weights[mask].mean()) if acted else 1.0,
+                     "policy/sampler_correction_capped": float((raw > cap)[mask].float().mean()) if acted else 0.0}
+
+
+def per_token(adv: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Advantages ``[N]`` or ``[N, T]`` times per-token ``weights [N, T]`` (>= 0): ``[N, T]``. Every loss here is
+    linear in each token's advantage up to a sign the weight keeps (the clipped surrogate's max included), so this
+    weighs each token's loss."""
+    return (adv[:, None] if adv.dim() == 1 else adv) * weights
+
+
+def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """``[n, T]`` bool: the action tokens (``mask``) whose ``entropy`` is at least the ``1 - quantile`` quantile of the
+    action tokens' entropies in this minibatch, the top ``quantile`` share (ties kept)."""
+    acted = entropy.detach()[mask].float()
+    if not acted.numel():
+        return mask
+    return mask & (entropy.detach() >= torch.quantile(acted, 1 - quantile))
 
 
 def accumulation_window(count: int, total: int, grad_accum: int) -> int:
@@ -229,7 +260,11 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
         logp = logp_all.gather(-1, tokens[..., None])[..., 0]  # [n, T]
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(algorithm.entropy_coef)):  # else a statistic
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, T]
-    loss, stats = algorithm.loss(logp, rollout.logprobs[idx], adv[idx], mask)
+    rows_adv = adv[idx]  # [n] or [n, T]
+    quantile = getattr(algorithm, "top_entropy_quantile", 1.0)
+    if quantile < 1:  # the policy loss reads only the minibatch's highest-entropy action tokens
+        rows_adv = per_token(rows_adv, high_entropy_tokens(entropy, mask, quantile).float())
+    loss, stats = algorithm.loss(logp, rollout.logprobs[idx], rows_adv, mask)
     stats["loss/policy"] = loss.item()
     loss = weighted(loss, scored if getattr(algorithm, "aggregation", None) in ("token", "sequence") else rows)
     if algorithm.entropy_coef:
@@ -241,7 +276,8 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
         loss = loss + weighted(algorithm.beta * kl, scored)
         stats["loss/kl"] = kl.item()
     if critic is not None:
-        values = critic(hidden.float())[..., 0]  # [n, T]
+        trunk = hidden.detach() if getattr(algorithm, "value_detach", False) else hidden  # [n, T, D]
+        values = critic(trunk.float())[..., 0]  # [n, T]
         value_loss, value_stats = value_error(values, returns[idx], rollout, idx, mask,
                                               getattr(algorithm, "value_clip", None))
         loss = loss + weighted(algorithm.vf_coef * value_loss, scored)
@@ -265,17 +301,26 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     as the steps before left it, against the rollout's) is not taken and the update ends there (``policy/kl_stopped``
     1; ``policy/minibatches`` counts those run); the first step, which measures ~0, is always taken.
 
-    ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``policy/sampler_logprob_dev``: their
-    largest difference from the sampler's), not the sampler's. ``policy/ratio_max_abs_dev`` is measured on the
-    first minibatch before any step: it must be ~0. ``policy`` and ``critic`` may be DDP/FSDP2-wrapped: gradients
-    are all-reduced only in the backward pass that precedes an optimizer step.
+    ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``rollout.update_logprobs`` where
+    already computed; ``policy/sampler_logprob_dev``: their largest difference from the sampler's), not the
+    sampler's; with ``algorithm.sampler_correction_cap``, each token's loss is weighted by :func:`sampler_correction`.
+    ``policy/ratio_max_abs_dev`` is measured on the first minibatch before any step: it must be ~0. ``policy`` and
+    ``critic`` may be DDP/FSDP2-wrapped: gradients are all-reduced only in the backward pass that precedes an
+    optimizer step.
     """
     policy.train()
     autocast = autocast or contextlib.nullcontext
-    sampler_dev = None
+    sampler_dev, correction = None, {}
     if recompute and rollout.trace is None:  # a learned schedule's actions are scored by its own small network
-        old = recomputed_logprobs(policy, rollout, sampling, autocast, algorithm.minibatch_size)
+        if rollout.update_logprobs is not None:  # computed on these weights before the update (kl_penalty=reward)
+            old = torch.where(rollout.mask, rollout.update_logprobs, 0.0)  # the rows scored since
+        else:
+            old = recomputed_logprobs(policy, rollout, sampling, autocast, algorithm.minibatch_size)
         sampler_dev = float((old - rollout.logprobs)[rollout.mask].abs().max()) if rollout.mask.any() else 0.0
+        cap = getattr(algorithm, "sampler_correction_cap", None)
+        if cap is not None:  # the samples came from the sampler's numerics: each token's loss reweighted
+            weights, correction = sampler_correction(old, rollout.logprobs, rollout.mask, cap)
+            adv = per_token(adv, weights)
         rollout = dataclasses.replace(rollout, logprobs=old)
     sums: dict[str, float] = defaultdict(float)
     params = stepped_params(optimizer)
@@ -323,4 +368,4 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         out["policy/kl_stopped"] = float(stopped)
     if sampler_dev is not None:
         out["policy/sampler_logprob_dev"] = sampler_dev
-    return out
+    return {**out, **correction}

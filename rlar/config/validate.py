@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlar.algorithm.update import recomputes_old_logprobs
 from rlar.config.schemas import RolloutSchema
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
@@ -133,6 +134,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
             raise ConfigError(f"algorithm.grad_accum={cfg.algorithm.grad_accum} does not apply to "
                               f"{type(built['algorithm']).__name__}: it steps once per rollout, on the mean gradient "
                               "of all its minibatches; leave it at 1")
+        check_sampler_correction(cfg, updates)
         dropout = cfg.policy.get("dropout") or 0.0
         if updates and dropout > 0:
             raise ConfigError(f"policy.dropout={dropout} with {type(built['algorithm']).__name__}: the update "
@@ -159,6 +161,18 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
     check_group_statistics(cfg)
+
+
+def check_sampler_correction(cfg: DictConfig, updates: bool) -> None:
+    """``algorithm.sampler_correction_cap`` weighs the gap between the sampler's log-probs and the update's recomputed
+    ones: refused where the update keeps the sampler's (every weight would be 1)."""
+    a = cfg.algorithm
+    cap = a.get("sampler_correction_cap")
+    if updates and cap is not None and not recomputes_old_logprobs(a.old_logprobs, cfg.hardware.precision):
+        raise ConfigError(f"algorithm.sampler_correction_cap={cap:g} reweighs each token by the update's recomputed "
+                          f"log-prob against the sampler's, and with algorithm.old_logprobs={a.old_logprobs} under "
+                          f"hardware.precision={cfg.hardware.precision} the update keeps the sampler's (every weight "
+                          "would be 1); set algorithm.old_logprobs=recompute, or sampler_correction_cap=null")
 
 
 def check_sizes(cfg: DictConfig) -> None:
@@ -486,6 +500,10 @@ def check_learned_schedule(cfg: DictConfig) -> None:
         if value:
             raise ConfigError(f"{key}={value}: rollout.mode=schedule keeps the generator frozen and its actions are "
                               f"schedules, not tokens; set {key} to 0/false (or use rollout.mode=parallel)")
+    if a.get("sampler_correction_cap") is not None:
+        raise ConfigError(f"algorithm.sampler_correction_cap={a.sampler_correction_cap:g} reweighs the generator's "
+                          "tokens, and rollout.mode=schedule scores schedules with its own small network; set "
+                          "algorithm.sampler_correction_cap=null")
     if a.get("old_logprobs") == "recompute":
         raise ConfigError("algorithm.old_logprobs=recompute re-scores the generator's tokens, and "
                           "rollout.mode=schedule scores schedules with its own small network (no KV cache to differ "

@@ -35,6 +35,9 @@ class Rollout:
     trace: ScheduleTrace | None = None
     # [N, T] fp32: the critic's values at rollout time (PPO's value head; set by rlar.algorithm.update.value_advantages)
     values: torch.Tensor | None = None
+    # [N, T] fp32: the actions' log-probs under the update's own pass on the rollout's weights, where computed before
+    # the update (kl_penalty=reward under recomputed old log-probs); the update reuses them as the ratio's old ones
+    update_logprobs: torch.Tensor | None = None
 
     def __post_init__(self):
         self.condition = as_condition(self.condition)
