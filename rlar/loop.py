@@ -95,6 +95,7 @@ def train(run: Run) -> dict:
     time_totals: dict[str, float] = {}
     with StopRequest().listening() as stop:  # before any work: no signal is lost between two steps
         start, warmed, summary = resume(run) if run.cfg.resume else (0, 0, {})
+        resumed = bool(summary)  # a checkpoint holds the run as it stands now
         # the checkpoint resumed is the run as it stands when its warm-up is done: a failure there saves nothing again
         saved_at = start if summary and warmed == t.warmup_steps else None
         if not summary:  # a fresh run
@@ -106,7 +107,7 @@ def train(run: Run) -> dict:
             stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
         batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)
-        warm_up(run, batches, summary, warmed, stop)
+        warm_up(run, batches, summary, warmed, stop, saved=resumed)
         with tqdm(range(start, t.iterations), initial=start, total=t.iterations, desc="RL", dynamic_ncols=True,
                   disable=not distributed.is_main()) as progress:
             iterations(run, batches, progress, summary, time_totals, stop, saved_at)
@@ -416,25 +417,35 @@ def evaluation_line(result: dict, reward) -> str:
     return ", ".join(f"{tag} {result[tag]:.5g}" for tag in (*shown, "eval/fd", "eval/class_acc") if tag in result)
 
 
-def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest) -> None:
+def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest, saved: bool) -> None:
     """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes, under
     ``hardware.precision`` and clipped to ``train.max_grad_norm`` as the update is) before RL, from step ``done`` on
-    (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after the step."""
+    (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after the step; a
+    failure saves the run as the steps before it left it (``rescue_save``; ``saved``: a checkpoint holds it already
+    at ``done``), so the prior's evaluation and the steps done are kept."""
     steps = run.cfg.train.warmup_steps
+    completed = done  # warm-up steps whose optimizer step was taken
     with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
               disable=not (steps and distributed.is_main())) as progress:
         for i in progress:
-            images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
-            captions = run.data.captions_of(run.this_rank(all_indices))
-            condition = batch_conditions(run, run.this_rank(all_labels), captions)
-            codes = run.tokenizer.encode_indices(images.to(run.device))  # [b, T]
-            with run.hw.autocast():  # as the update: hardware.precision, then train.max_grad_norm
-                loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
-            summary["warmup_ce"] = loss.item()
-            run.logger.scalars({"warmup/ce": loss.item()}, i)
+            try:
+                images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
+                captions = run.data.captions_of(run.this_rank(all_indices))
+                condition = batch_conditions(run, run.this_rank(all_labels), captions)
+                codes = run.tokenizer.encode_indices(images.to(run.device))  # [b, T]
+                with run.hw.autocast():  # as the update: hardware.precision, then train.max_grad_norm
+                    loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
+                run.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
+                completed = i + 1
+                summary["warmup_ce"] = loss.item()
+                run.logger.scalars({"warmup/ce": loss.item()}, i)
+            except Exception as error:
+                if not (saved and completed == done):
+                    rescue_save(run, summary, 0, f"warm-up step {i + 1} of {steps} failed", error=error,
+                                warmed=completed)
+                raise
             stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")
 
 

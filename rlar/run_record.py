@@ -75,19 +75,22 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
 
 
 def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,
-                error: Exception | None = None) -> None:
+                error: Exception | None = None, warmed: int | None = None) -> None:
     """Before ``error`` (what ``what`` raised) goes on: save the run as it is after iteration ``done`` (``pending``: the
-    iteration whose evaluation did not run), so the same command resumes there. On one process, or under torchrun
-    when every rank raises it here (``RaisedOnEveryRank``: a save is collective; else the last checkpoint stands). A
-    failure of the save itself is logged, and the last checkpoint stands."""
+    iteration whose evaluation did not run; ``warmed``: the warm-up steps done, for a failure within the warm-up),
+    so the same command resumes there. On one process, or under torchrun when every rank raises it here
+    (``RaisedOnEveryRank``: a save is collective; else the last checkpoint stands). A failure of the save itself is
+    logged, and the last checkpoint stands."""
     if distributed.world_size() > 1 and not isinstance(error, distributed.RaisedOnEveryRank):
         return
     if pending is not None:
         summary["pending_evaluation"] = pending
+    steps = run.cfg.train.warmup_steps if warmed is None else warmed
+    where = f"iteration {done}" if warmed is None else f"warm-up step {warmed} of {run.cfg.train.warmup_steps}"
     try:
-        save(run, done, summary, run.cfg.train.warmup_steps)
+        save(run, done, summary, steps)
     except Exception:
-        log.exception("%s, and so did saving the run after iteration %d: the last checkpoint stands", what, done)
+        log.exception("%s, and so did saving the run after %s: the last checkpoint stands", what, where)
         return
-    log.error("%s; the run is saved as it was after iteration %d in %s, and the same command resumes there%s", what,
-              done, run.checkpointer.record_path, " and evaluates it first" if pending is not None else "")
+    log.error("%s; the run is saved as it was after %s in %s, and the same command resumes there%s", what, where,
+              run.checkpointer.record_path, " and evaluates it first" if pending is not None else "")

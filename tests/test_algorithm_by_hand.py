@@ -356,6 +356,12 @@ def test_groups_keyed_by_condition_need_not_be_adjacent_or_equal_in_size():
     assert stats["reward/nonfinite_count"] == 1.0
 
 
+def test_a_group_is_dropped_only_where_its_rewards_tie_in_their_own_precision():
+    rewards = torch.tensor([1.0, 1.0 + 1e-10, 2.0, 2.0, 3.0, float("nan")], dtype=torch.float64)  # 1e-10: not in fp32
+    _, keep, _ = GRPO(num_generations=2, drop_zero_std_groups=True).advantages(rewards, torch.arange(6))
+    assert keep.tolist() == [True, True, False, False, False, False]
+
+
 def test_high_entropy_tokens_by_hand():
     entropy = torch.tensor([[0.1, 0.5, 0.9, 3.0], [0.3, 0.7, 2.0, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, True, True, True]])

@@ -308,15 +308,45 @@ def test_the_algorithm_options_of_the_references_run_end_to_end(tiny, tmp_path, 
     assert summary["history"][-1]["iteration"] == 3
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # two short runs
 def test_token_weighting_options_run_through_the_loop(tiny, tmp_path, tb_scalars):
-    """The sampler correction under bf16, groups keyed by class and the top-entropy tokens, set from the command
-    line: the weights stay within bf16 rounding of 1 and every loss is finite."""
-    cfg = compose_config([*tiny, "hardware.precision=bf16", "algorithm.sampler_correction_cap=2",
-                          "algorithm.group_by=condition", "algorithm.top_entropy_quantile=0.2"])
-    summary = train_rl_loop(cfg, tmp_path)
-    weights = tb_scalars(tmp_path, "policy/sampler_correction")
+    """The sampler correction under bf16 and the top-entropy tokens, set from the command line: the weights stay
+    within bf16 rounding of 1, every loss is finite, and the first iteration's policy loss, on the same rollout as a
+    run without them, differs (a fifth of its tokens read)."""
+    bf16 = [*tiny, "hardware.precision=bf16"]
+    train_rl_loop(compose_config(bf16), tmp_path / "plain")
+    cfg = compose_config([*bf16, "algorithm.sampler_correction_cap=2", "algorithm.top_entropy_quantile=0.2"])
+    summary = train_rl_loop(cfg, tmp_path / "options")
+    weights = tb_scalars(tmp_path / "options", "policy/sampler_correction")
     assert len(weights) == 2 and all(0.9 < w < 1.1 for w in weights)
-    assert all(0.0 <= c < 0.05 for c in tb_scalars(tmp_path, "policy/sampler_correction_capped"))
-    assert all(math.isfinite(v) for v in tb_scalars(tmp_path, "loss/policy"))
+    assert all(0.0 <= c < 0.05 for c in tb_scalars(tmp_path / "options", "policy/sampler_correction_capped"))
+    assert all(math.isfinite(v) for v in tb_scalars(tmp_path / "options", "loss/policy"))
     assert math.isfinite(summary["eval_reward_after"])
+    first = [tb_scalars(tmp_path / run, tag)[0] for run in ("plain", "options")
+             for tag in ("reward/mean", "loss/policy")]
+    assert first[0] == first[2] and first[1] != first[3]  # the same rollout and rewards, another loss
+
+
+@pytest.mark.slow  # three short runs
+@pytest.mark.parametrize("failing", [1, 3])  # the first warm-up step (the prior's evaluation kept), or the third
+def test_a_failure_in_the_warm_up_saves_the_steps_done_and_resumes_exactly(tiny, tmp_path, tmp_path_factory,
+                                                                         monkeypatch, failing):
+    overrides = [*tiny, "train.warmup_steps=3", "train.iterations=1", "train.checkpoint_every=100"]
+    straight = train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
+    calls, ce = [], loop.teacher_forced_ce
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == failing:
+            raise OSError("an image of the batch could not be read")
+        return ce(*args)
+
+    monkeypatch.setattr(loop, "teacher_forced_ce", failing_once)
+    with pytest.raises(OSError):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (record["iteration"], record["warmup_done"]) == (0, failing - 1)
+    assert [h["iteration"] for h in record["summary"]["history"]] == [0]  # the prior's evaluation, kept
+    monkeypatch.undo()
+    resumed = train_rl_loop(compose_config(overrides), tmp_path)
+    assert resumed["history"] == straight["history"] and resumed["warmup_ce"] == straight["warmup_ce"]

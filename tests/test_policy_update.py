@@ -592,4 +592,24 @@ def test_the_kl_in_the_reward_and_the_update_share_the_policys_teacher_forced_pa
     stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), algo, rollout, adv, sampling, None,
                           torch.Generator().manual_seed(0), bf16, recompute=True)
     assert passes == [prior, policy]  # the update read the pass the reward's KL made
+    assert rollout.update_logprobs is None  # once: a second update on this rollout recomputes (an older policy's)
     assert stats["policy/sampler_logprob_dev"] == float((fresh - rollout.logprobs)[rollout.mask].abs().max())
+
+
+def test_the_loop_keys_groups_by_the_items_classes():
+    """group_by=condition in the loop: the advantages of a batch whose items 0 and 2 share class 3 are those of the
+    groups keyed by each row's class (the global batch's labels, G rows each)."""
+    from rlar import loop
+    from rlar.algorithm.advantages import group_advantages
+
+    algo = GRPO(num_generations=2, minibatch_size=2, group_by="condition", adv_clip=None)
+    run = SimpleNamespace(algorithm=algo, ref_policy=None, critic=None, device="cpu")
+    rollout = SimpleNamespace(mask=torch.ones(8, 4, dtype=torch.bool))
+    rewards = torch.tensor([1.0, 2.0, 5.0, 7.0, 4.0, 0.0, 3.0, 3.0])
+    labels, indices = torch.tensor([3, 1, 3, 6]), torch.arange(4)
+    adv, _, valid, _ = loop.advantages(run, rollout, rewards, rewards.clone(), labels, indices)
+    keyed, _ = group_advantages(rewards, 2, keys=labels.repeat_interleave(2), clip=None)
+    assert torch.equal(adv, keyed) and valid.all()
+    assert not torch.allclose(adv, group_advantages(rewards, 2, clip=None)[0])  # not the items' own groups
+    std = math.sqrt((0.75**2 + 0.25**2 + 2.25**2 + 1.75**2) / 3)  # class 3: rewards 1, 2, 4, 0, mean 1.75
+    assert adv[[0, 1, 4, 5]].tolist() == pytest.approx([-0.75 / std, 0.25 / std, 2.25 / std, -1.75 / std])

@@ -21,9 +21,9 @@ def _nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> 
 def grouped(rewards: torch.Tensor, group_size: int, keys: torch.Tensor | None = None):
     """``rewards [N]`` laid out one group per row, ``(r [K, M], back)``: the G = ``group_size`` adjacent generations of
     an item (``[N / G, G]``), or with ``keys [N]`` every reward of one key (a row per distinct key, padded with NaN to
-    the largest group); a non-finite reward is NaN. ``back`` takes a ``[K, M]`` of the same layout back to ``[N]``."""
-    r = rewards.float()
-    r = torch.where(r.isfinite(), r, torch.nan)  # an inf is as unscored as a NaN
+    the largest group); a non-finite reward is NaN, the dtype is the rewards'. ``back`` takes a ``[K, M]`` of the same
+    layout back to ``[N]``."""
+    r = torch.where(rewards.isfinite(), rewards, torch.nan)  # an inf is as unscored as a NaN
     if keys is None:
         if rewards.numel() % group_size:
             raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
@@ -52,7 +52,7 @@ def group_advantages(
     """
     if scale not in SCALES:
         raise ValueError(f"advantage scale must be one of {SCALES}, got {scale!r}")
-    r, back = grouped(rewards, group_size, keys)  # [K, M]
+    r, back = grouped(rewards.float(), group_size, keys)  # [K, M]
     centered = r - r.nanmean(dim=1, keepdim=True)
     group_std = _nan_std(r, dim=1, keepdim=True)  # [K, 1]
     if scale == "group":

@@ -314,6 +314,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     if recompute and rollout.trace is None:  # a learned schedule's actions are scored by its own small network
         if rollout.update_logprobs is not None:  # computed on these weights before the update (kl_penalty=reward)
             old = torch.where(rollout.mask, rollout.update_logprobs, 0.0)  # the rows scored since
+            rollout.update_logprobs = None  # read once: after this update they are an older policy's
         else:
             old = recomputed_logprobs(policy, rollout, sampling, autocast, algorithm.minibatch_size)
         sampler_dev = float((old - rollout.logprobs)[rollout.mask].abs().max()) if rollout.mask.any() else 0.0

@@ -135,6 +135,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
                               f"{type(built['algorithm']).__name__}: it steps once per rollout, on the mean gradient "
                               "of all its minibatches; leave it at 1")
         check_sampler_correction(cfg, updates)
+        check_condition_keys(cfg)
         dropout = cfg.policy.get("dropout") or 0.0
         if updates and dropout > 0:
             raise ConfigError(f"policy.dropout={dropout} with {type(built['algorithm']).__name__}: the update "
@@ -161,6 +162,20 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
         if cfg[group][name] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[group][name]}")
     check_group_statistics(cfg)
+
+
+def check_condition_keys(cfg: DictConfig) -> None:
+    """Per-condition statistics (GRPO's ``group_by=condition``, REINFORCE's ``baseline=condition``) keyed by class
+    (``stats_key=class``) are refused where the policy is conditioned on captions: the class is not the prompt (every
+    prompt of ``data=prompts`` has class -1, so the whole batch would be one condition)."""
+    a = cfg.algorithm
+    keyed = a.get("group_by") == "condition" or a.get("baseline") == "condition"
+    if keyed and cfg.get("text_encoder") is not None and a.get("stats_key", "class") == "class":
+        option = "group_by=condition" if a.get("group_by") == "condition" else "baseline=condition"
+        raise ConfigError(f"algorithm.{option} with algorithm.stats_key=class keys each item's statistics by its class "
+                          "label, and a text_encoder conditions the policy on captions (data=prompts: class -1 for "
+                          "every prompt, one condition for the whole batch); set algorithm.stats_key=image (each "
+                          "item's own prompt), or the option's default")
 
 
 def check_sampler_correction(cfg: DictConfig, updates: bool) -> None:
@@ -504,6 +519,10 @@ def check_learned_schedule(cfg: DictConfig) -> None:
         raise ConfigError(f"algorithm.sampler_correction_cap={a.sampler_correction_cap:g} reweighs the generator's "
                           "tokens, and rollout.mode=schedule scores schedules with its own small network; set "
                           "algorithm.sampler_correction_cap=null")
+    if a.get("top_entropy_quantile", 1.0) < 1:
+        raise ConfigError(f"algorithm.top_entropy_quantile={a.top_entropy_quantile:g} keeps the generator's "
+                          "highest-entropy tokens, and rollout.mode=schedule has one action per sample (its "
+                          "schedule); set algorithm.top_entropy_quantile=1")
     if a.get("old_logprobs") == "recompute":
         raise ConfigError("algorithm.old_logprobs=recompute re-scores the generator's tokens, and "
                           "rollout.mode=schedule scores schedules with its own small network (no KV cache to differ "

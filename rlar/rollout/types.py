@@ -36,7 +36,8 @@ class Rollout:
     # [N, T] fp32: the critic's values at rollout time (PPO's value head; set by rlar.algorithm.update.value_advantages)
     values: torch.Tensor | None = None
     # [N, T] fp32: the actions' log-probs under the update's own pass on the rollout's weights, where computed before
-    # the update (kl_penalty=reward under recomputed old log-probs); the update reuses them as the ratio's old ones
+    # the update (kl_penalty=reward under recomputed old log-probs); the update reuses them as the ratio's old ones,
+    # once (it clears them)
     update_logprobs: torch.Tensor | None = None
 
     def __post_init__(self):
