@@ -334,15 +334,20 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     image), the same on every rank, and this rank keeps its slice. A row with a NaN or inf reward, or that the algorithm
     leaves out, is not valid: it is masked out of ``rollout.mask`` (and counted). With a value head, GAE from the
     critic replaces the advantages. With ``algorithm.kl_penalty=reward`` the rewards are first lessened by beta x
-    each sample's log-ratio to the prior (``objective/kl``: its mean).
+    each sample's log-ratio to the prior (``objective/kl``: its mean); under GAE each token's share is paid at its
+    own position.
     """
     G, rank = run.algorithm.num_generations, distributed.rank()
-    kl_stats = {}
+    kl_stats, token_penalty = {}, None
     if kl_in_reward(run):  # each reward less beta x its sample's log-ratio to the prior
         teacher_forced = recomputes_old_logprobs(run.algorithm.old_logprobs, run.hw.precision)  # as the update's
-        kl = reward_kl(run.ref_policy, rollout, run.sampling, run.hw.autocast, run.algorithm.minibatch_size,
-                       run.policy if teacher_forced else None)  # [b*G]
-        rewards = rewards - run.algorithm.beta * kl
+        log_ratio = reward_kl(run.ref_policy, rollout, run.sampling, run.hw.autocast, run.algorithm.minibatch_size,
+                              run.policy if teacher_forced else None)  # [b*G, T]
+        kl = log_ratio.sum(1)  # [b*G]
+        if run.critic is None:
+            rewards = rewards - run.algorithm.beta * kl
+        else:  # GAE: -beta x each token's log-ratio at its own position (TRL's PPO), the reward at the last
+            token_penalty = -run.algorithm.beta * log_ratio
         global_kl = distributed.gather_rows(kl)  # [B*G]
         global_rewards = global_rewards - run.algorithm.beta * global_kl
         kl_stats = {"objective/kl": float(global_kl[global_rewards.isfinite()].mean())}
@@ -355,7 +360,7 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     returns = None
     if run.critic is not None:
         adv, returns = value_advantages(run.policy, run.critic, run.algorithm, rollout, rewards, run.sampling,
-                                        run.hw.autocast)
+                                        run.hw.autocast, token_penalty)
     return adv, returns, valid, {**stats, **kl_stats}
 
 

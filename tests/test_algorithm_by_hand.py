@@ -132,6 +132,18 @@ def test_gae_by_hand():
     assert torch.allclose(returns, adv + values)
 
 
+def test_gae_with_token_rewards_by_hand():
+    values = torch.tensor([[0.5, 0.25, 1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    token = torch.tensor([[-0.1, 0.0, -0.3]])  # paid after tokens 0 and 2
+    adv, _ = gae_terminal_reward(values, torch.tensor([2.0]), mask, gamma=1.0, lam=0.5, token_rewards=token)
+    # deltas: t2 = 2 - 0.3 - 1 = 0.7 ; t1 = 0 + 1 - 0.25 = 0.75 ; t0 = -0.1 + 0.25 - 0.5 = -0.35
+    # A2 = 0.7 ; A1 = 0.75 + 0.5 * 0.7 = 1.1 ; A0 = -0.35 + 0.5 * 1.1 = 0.2
+    assert torch.allclose(adv, torch.tensor([[0.2, 1.1, 0.7]]))
+    _, returns = gae_terminal_reward(values, torch.tensor([2.0]), mask, 1.0, 1.0, token)
+    assert torch.allclose(returns, torch.tensor([[1.6, 1.7, 1.7]]))  # lambda 1: the rewards still to come
+
+
 def test_gae_with_lambda_one_is_the_monte_carlo_return():
     values = torch.rand(2, 5)
     adv, returns = gae_terminal_reward(values, torch.tensor([1.0, -1.0]), torch.ones(2, 5, dtype=torch.bool), 1.0, 1.0)
@@ -360,6 +372,18 @@ def test_a_group_is_dropped_only_where_its_rewards_tie_in_their_own_precision():
     rewards = torch.tensor([1.0, 1.0 + 1e-10, 2.0, 2.0, 3.0, float("nan")], dtype=torch.float64)  # 1e-10: not in fp32
     _, keep, _ = GRPO(num_generations=2, drop_zero_std_groups=True).advantages(rewards, torch.arange(6))
     assert keep.tolist() == [True, True, False, False, False, False]
+
+
+def test_std_eps_damps_a_near_tie():
+    rewards = torch.tensor([1.0, 1.0 + 2e-4, 5.0, 7.0])  # a near-tie, then a spread of 2
+    plain, _, _ = GRPO(num_generations=2).advantages(rewards, torch.arange(4))
+    assert plain[:2].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], rel=1e-2)  # full size
+    damped, _, _ = GRPO(num_generations=2, std_eps=1e-4).advantages(rewards, torch.arange(4))
+    tie_std, spread_std = 2e-4 / math.sqrt(2), 2 / math.sqrt(2)  # unbiased, groups of 2
+    assert damped.tolist() == pytest.approx([-1e-4 / (tie_std + 1e-4), 1e-4 / (tie_std + 1e-4),
+                                             -1 / (spread_std + 1e-4), 1 / (spread_std + 1e-4)], rel=1e-3)
+    with pytest.raises(ValueError, match="std_eps must be > 0"):
+        GRPO(std_eps=0.0)
 
 
 def test_high_entropy_tokens_by_hand():

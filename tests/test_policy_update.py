@@ -443,9 +443,9 @@ def test_a_steps_kl_is_the_mean_over_its_scored_rows():
     assert step_kl([0.0], [0.0], "cpu") == 0.0
 
 
-def test_reward_kl_is_each_samples_summed_log_ratio_to_the_prior():
-    """kl_penalty=reward: sum over a sample's actions of its sampler log-prob minus the prior's (the prior's read off
-    its own logits here); 0 for the policy against itself, up to the sampler's rounding."""
+def test_reward_kl_is_each_actions_log_ratio_to_the_prior():
+    """kl_penalty=reward: each action's sampler log-prob minus the prior's (the prior's read off its own logits
+    here), 0 off the actions; 0 for the policy against itself, up to the sampler's rounding."""
     from rlar.algorithm.update import reward_kl
 
     torch.manual_seed(0)
@@ -457,9 +457,9 @@ def test_reward_kl_is_each_samples_summed_log_ratio_to_the_prior():
     sampling = {"temperature": 1.0, "cfg_scale": 1.0}
     with torch.no_grad():
         prior_logp = torch.log_softmax(prior(rollout.context, rollout.labels).float(), -1)  # [8, 8, 16]
-    by_hand = ((rollout.logprobs - prior_logp.gather(-1, rollout.tokens[..., None])[..., 0]) * rollout.mask).sum(1)
+    by_hand = (rollout.logprobs - prior_logp.gather(-1, rollout.tokens[..., None])[..., 0]) * rollout.mask  # [8, 8]
     kl = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 4)
-    assert torch.allclose(kl, by_hand, atol=1e-5) and kl.abs().min() > 1e-3
+    assert torch.allclose(kl, by_hand, atol=1e-5) and kl.sum(1).abs().min() > 1e-3
     assert reward_kl(policy, rollout, sampling, contextlib.nullcontext, 4).abs().max() < 1e-4
     assert not rollout.mask[:, :3].any()  # the given prefix is no action: it adds nothing
     teacher_forced = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 4, policy=policy)  # the update's pass
@@ -486,7 +486,7 @@ def test_the_kl_in_the_reward_lessens_each_reward_before_the_advantages():
     rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
                               compose_config([]).rollout, torch.Generator().manual_seed(0))
     sampling = {"temperature": 1.0, "cfg_scale": 1.0}
-    kl = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 8)
+    kl = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 8).sum(1)  # [8]: each sample's
 
     def algorithm():
         return Reinforce(num_generations=4, minibatch_size=8, baseline="leave_one_out", beta=0.5, kl_penalty="reward")
@@ -613,3 +613,31 @@ def test_the_loop_keys_groups_by_the_items_classes():
     assert not torch.allclose(adv, group_advantages(rewards, 2, clip=None)[0])  # not the items' own groups
     std = math.sqrt((0.75**2 + 0.25**2 + 2.25**2 + 1.75**2) / 3)  # class 3: rewards 1, 2, 4, 0, mean 1.75
     assert adv[[0, 1, 4, 5]].tolist() == pytest.approx([-0.75 / std, 0.25 / std, 2.25 / std, -1.75 / std])
+
+
+def test_under_a_value_head_each_tokens_kl_is_paid_at_its_own_position():
+    """kl_penalty=reward with PPO's critic: GAE reads -beta x each action's log-ratio to the prior at its position and
+    the reward at the last token (TRL's PPO), not the summed KL at the last token; objective/kl is still the mean
+    summed log-ratio."""
+    from rlar import loop
+    from rlar.algorithm.update import reward_kl, value_advantages
+
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    prior = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    critic = torch.nn.Linear(16, 1)
+    rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+    sampling = {"temperature": 1.0, "cfg_scale": 1.0}
+    algo = PPO(num_generations=4, minibatch_size=8, value_head=True, beta=0.5, kl_penalty="reward", gae_lambda=0.9)
+    run = SimpleNamespace(algorithm=algo, ref_policy=prior, policy=policy, sampling=sampling, critic=critic,
+                          hw=SimpleNamespace(autocast=contextlib.nullcontext, precision="fp32"), device="cpu")
+    rewards, keys = torch.randn(8, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1])
+    adv, returns, _, stats = loop.advantages(run, rollout, rewards, rewards.clone(), keys, keys)
+    log_ratio = reward_kl(prior, rollout, sampling, contextlib.nullcontext, 8)  # [8, T]
+    expected, expected_returns = value_advantages(policy, critic, algo, rollout, rewards, sampling, None,
+                                                  -0.5 * log_ratio)
+    assert torch.allclose(adv, expected, atol=1e-6) and torch.allclose(returns, expected_returns, atol=1e-6)
+    at_the_end, _ = value_advantages(policy, critic, algo, rollout, rewards - 0.5 * log_ratio.sum(1), sampling)
+    assert not torch.allclose(adv, at_the_end, atol=1e-3)
+    assert stats["objective/kl"] == pytest.approx(log_ratio.sum(1).mean().item(), rel=1e-5)

@@ -120,6 +120,7 @@ class GRPO(Common):
     clip_eps_high: float | None = None  # asymmetric range [1 - clip_eps, 1 + clip_eps_high] (DAPO's clip-higher)
     scale: str = "group"  # std over the group | batch | none (Dr. GRPO)
     adv_clip: float | None = 5.0  # clamp |advantage|; null = off
+    std_eps: float = 1e-8  # added to the std that scales the advantages (TRL and flow_grpo: 1e-4)
     aggregation: str = "token"  # token | sequence | constant (sum / (N * loss_constant), Dr. GRPO)
     loss_constant: float | None = None  # divisor per sequence for aggregation=constant; null = T tokens
     drop_zero_std_groups: bool = False  # leave groups with equal rewards out of the update
@@ -152,6 +153,9 @@ class GRPO(Common):
                              "whose rewards tie would be standardized on its KL alone (beta cancels), never dropped; "
                              "set algorithm.scale=batch or none (without drop_zero_std_groups), use "
                              "algorithm=reinforce algorithm.baseline=leave_one_out (RLOO), or kl_penalty=loss")
+        if not self.std_eps > 0:  # NaN too
+            raise ValueError(f"algorithm.std_eps must be > 0 (it keeps a tied group's advantages finite), got "
+                             f"{self.std_eps}; e.g. 1e-4")
         for key, off in (("adv_clip", "no clamp"), ("loss_constant", "T")):
             value = getattr(self, key)
             if value is not None and value <= 0:
@@ -168,7 +172,7 @@ class GRPO(Common):
     def advantages(self, rewards: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """``(advantages [N], keep [N] bool, stats)``; ``keep`` is False for dropped zero-variance groups."""
         groups = keys if self.group_by == "condition" else None
-        adv, stats = group_advantages(rewards, self.num_generations, scale=self.scale, clip=self.adv_clip, keys=groups)
+        adv, stats = group_advantages(rewards, self.num_generations, self.std_eps, self.scale, self.adv_clip, groups)
         keep = torch.ones_like(rewards, dtype=torch.bool)
         if self.drop_zero_std_groups:
             r, back = grouped(rewards, self.num_generations, groups)  # [K, M]; a non-finite reward (NaN) is no sample

@@ -68,17 +68,20 @@ def update_passes(policy, rollout: Rollout, sampling: dict, autocast, size: int,
 
 @torch.no_grad()
 def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollout, rewards: torch.Tensor,
-                     sampling: dict, autocast=None):
+                     sampling: dict, autocast=None, token_rewards: torch.Tensor | None = None):
     """GAE from the critic's values at rollout time, normalized over the global batch's action tokens (every
     process's): (advantages ``[N, T]``, returns ``[N, T]``); the values are kept in ``rollout.values`` (the value
-    loss's clipping reads them). The hidden states come from the update's pass (under its ``autocast``), in
-    minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole rollout."""
+    loss's clipping reads them). ``rewards [N]`` are paid at the last token, ``token_rewards [N, T]`` (None: none) at
+    each (``kl_penalty=reward``: -beta x each token's log-ratio to the prior). The hidden states come from the update's
+    pass (under its ``autocast``), in minibatches of ``algorithm.minibatch_size`` rows: never the logits of the whole
+    rollout."""
     values = torch.zeros_like(rollout.logprobs)  # [N, T]
     for idx, _, _, hidden in update_passes(policy, rollout, sampling, autocast, algorithm.minibatch_size, hidden=True):
         values[idx] = critic(hidden.float())[..., 0]
     rollout.values = values
     mask = rollout.mask & rewards.isfinite()[:, None]
-    adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda)
+    adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda,
+                                       token_rewards)
     mean, std = distributed.mean_std_over_ranks(adv[mask])  # over the global batch, as one process would
     adv = torch.where(mask, (adv - mean) / (std + 1e-8), 0.0)
     return adv, returns
@@ -105,16 +108,17 @@ def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, mini
 @torch.no_grad()
 def reward_kl(ref_policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int, policy=None
               ) -> torch.Tensor:
-    """``[N]``: each sample's log-ratio to the frozen prior summed over its actions, ``sum_t log pi(a_t) - log
-    pi_ref(a_t)`` under the same sampling: the KL that ``algorithm.kl_penalty=reward`` takes from its reward. The
-    policy's log-probs are the sampler's, or with ``policy`` its teacher-forced pass's, as the prior's are (under bf16
-    the KV-cached sampler rounds ~1e-2 per token apart, and the sum over T tokens grows with it); that pass is kept
-    in ``rollout.update_logprobs``, where the update reads it as its recomputed old log-probs."""
+    """``[N, T]``: each action's log-ratio to the frozen prior, ``log pi(a_t) - log pi_ref(a_t)`` under the same
+    sampling, 0 off the actions; summed over a sample's actions, the KL that ``algorithm.kl_penalty=reward`` takes
+    from its reward. The policy's log-probs are the sampler's, or with ``policy`` its teacher-forced pass's, as the
+    prior's are (under bf16 the KV-cached sampler rounds ~1e-2 per token apart, and the sum over T tokens grows with
+    it); that pass is kept in ``rollout.update_logprobs``, where the update reads it as its recomputed old
+    log-probs."""
     ref = recomputed_logprobs(ref_policy, rollout, sampling, autocast, minibatch_size)  # [N, T], 0 off the actions
     own = rollout.logprobs
     if policy is not None:
         own = rollout.update_logprobs = recomputed_logprobs(policy, rollout, sampling, autocast, minibatch_size)
-    return torch.where(rollout.mask, own - ref, 0.0).sum(1)
+    return torch.where(rollout.mask, own - ref, 0.0)
 
 
 def sampler_correction(old: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, cap: float
