@@ -348,6 +348,7 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
             rewards = rewards - run.algorithm.beta * kl
         else:  # GAE: -beta x each token's log-ratio at its own position (TRL's PPO), the reward at the last
             token_penalty = -run.algorithm.beta * log_ratio
+            rewards = rewards.masked_fill(~kl.isfinite(), float("nan"))  # a log-ratio not finite: no sample
         global_kl = distributed.gather_rows(kl)  # [B*G]
         global_rewards = global_rewards - run.algorithm.beta * global_kl
         kl_stats = {"objective/kl": float(global_kl[global_rewards.isfinite()].mean())}
@@ -426,14 +427,13 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest, save
     """``train.warmup_steps`` supervised steps (teacher-forced cross-entropy of the batch's codes, under
     ``hardware.precision`` and clipped to ``train.max_grad_norm`` as the update is) before RL, from step ``done`` on
     (a resumed run's); the last loss goes to the summary as ``warmup_ce``. A stop signal saves after the step; a
-    failure saves the run as the steps before it left it (``rescue_save``; ``saved``: a checkpoint holds it already
-    at ``done``), so the prior's evaluation and the steps done are kept."""
+    failure before a step's optimizer step saves the run as the steps before it left it (``saved_if_it_fails``;
+    ``saved``: a checkpoint holds it already at ``done``), so the prior's evaluation and the steps done are kept."""
     steps = run.cfg.train.warmup_steps
-    completed = done  # warm-up steps whose optimizer step was taken
     with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
               disable=not (steps and distributed.is_main())) as progress:
         for i in progress:
-            try:
+            with saved_if_it_fails(run, summary, 0, 0 if saved and i == done else None, warmed=i):
                 images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
                 captions = run.data.captions_of(run.this_rank(all_indices))
                 condition = batch_conditions(run, run.this_rank(all_labels), captions)
@@ -442,15 +442,9 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest, save
                     loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
-                completed = i + 1
-                summary["warmup_ce"] = loss.item()
-                run.logger.scalars({"warmup/ce": loss.item()}, i)
-            except Exception as error:
-                if not (saved and completed == done):
-                    rescue_save(run, summary, 0, f"warm-up step {i + 1} of {steps} failed", error=error,
-                                warmed=completed)
-                raise
+            clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
+            summary["warmup_ce"] = loss.item()
+            run.logger.scalars({"warmup/ce": loss.item()}, i)
             stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")
 
 

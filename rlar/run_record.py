@@ -56,11 +56,12 @@ def load_schedule(scheduler, state: dict) -> None:
 
 
 @contextlib.contextmanager
-def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
+def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None, warmed: int | None = None):
     """A block that changes nothing a checkpoint keeps but the random streams and a learning reward's state (an
-    iteration before its update). On one process, an error in it first saves the run exactly as it was after
-    iteration ``done``: those as they were when the block began, the rest as it is. Not when ``done`` is the last
-    checkpoint (``saved_at``), nor under torchrun: a save is collective, and the error may be one rank's alone."""
+    iteration before its update; with ``warmed``, warm-up step ``warmed + 1`` before its optimizer step). On one
+    process, an error in it first saves the run exactly as it was after iteration ``done`` (and ``warmed`` warm-up
+    steps): those as they were when the block began, the rest as it is. Not when ``done`` is the last checkpoint
+    (``saved_at``), nor under torchrun: a save is collective, and the error may be one rank's alone."""
     if distributed.world_size() > 1 or done == saved_at:
         yield
         return
@@ -70,7 +71,9 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None):
     except Exception:
         restore_rng(run.generators, streams, done, run.hw.seed)
         run.reward.load_state_dict(reward_state)
-        rescue_save(run, summary, done, f"iteration {done + 1} failed before its update")
+        what = (f"iteration {done + 1} failed before its update" if warmed is None else
+                f"warm-up step {warmed + 1} of {run.cfg.train.warmup_steps} failed before its optimizer step")
+        rescue_save(run, summary, done, what, warmed=warmed)
         raise
 
 
@@ -86,7 +89,7 @@ def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | No
     if pending is not None:
         summary["pending_evaluation"] = pending
     steps = run.cfg.train.warmup_steps if warmed is None else warmed
-    where = f"iteration {done}" if warmed is None else f"warm-up step {warmed} of {run.cfg.train.warmup_steps}"
+    where = f"iteration {done}" if warmed is None else f"{warmed} of {run.cfg.train.warmup_steps} warm-up steps"
     try:
         save(run, done, summary, steps)
     except Exception:

@@ -331,22 +331,44 @@ def test_token_weighting_options_run_through_the_loop(tiny, tmp_path, tb_scalars
 @pytest.mark.parametrize("failing", [1, 3])  # the first warm-up step (the prior's evaluation kept), or the third
 def test_a_failure_in_the_warm_up_saves_the_steps_done_and_resumes_exactly(tiny, tmp_path, tmp_path_factory,
                                                                          monkeypatch, failing):
+    """The failing step had drawn from torch's global stream (as ARPG's training orders do): the record keeps the
+    stream as it was before the step, so the resumed run draws what the straight one did."""
     overrides = [*tiny, "train.warmup_steps=3", "train.iterations=1", "train.checkpoint_every=100"]
-    straight = train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
-    calls, ce = [], loop.teacher_forced_ce
+    state, ce = {"calls": 0, "fail_at": None}, loop.teacher_forced_ce
 
-    def failing_once(*args):
-        calls.append(1)
-        if len(calls) == failing:
+    def drawing(*args):
+        loss = ce(*args) * (1 + 0.1 * torch.rand(()))  # a draw of the global stream in the forward pass
+        state["calls"] += 1
+        if state["calls"] == state["fail_at"]:
             raise OSError("an image of the batch could not be read")
-        return ce(*args)
+        return loss
 
-    monkeypatch.setattr(loop, "teacher_forced_ce", failing_once)
+    monkeypatch.setattr(loop, "teacher_forced_ce", drawing)
+    straight = train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
+    state.update(calls=0, fail_at=failing)
     with pytest.raises(OSError):
         train_rl_loop(compose_config(overrides), tmp_path)
     record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert (record["iteration"], record["warmup_done"]) == (0, failing - 1)
     assert [h["iteration"] for h in record["summary"]["history"]] == [0]  # the prior's evaluation, kept
-    monkeypatch.undo()
+    state.update(calls=0, fail_at=None)
     resumed = train_rl_loop(compose_config(overrides), tmp_path)
     assert resumed["history"] == straight["history"] and resumed["warmup_ce"] == straight["warmup_ce"]
+
+
+@pytest.mark.slow
+def test_a_failure_inside_a_warm_up_optimizer_step_saves_nothing(tiny, tmp_path, monkeypatch):
+    """The weights and the optimizer's moments may be half stepped: no state to resume exactly, so nothing is saved
+    (the last checkpoint, here none, stands)."""
+    calls, step = [], loop.clip_and_step
+
+    def failing_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory in the optimizer step")
+        return step(*args)
+
+    monkeypatch.setattr(loop, "clip_and_step", failing_second)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_rl_loop(compose_config([*tiny, "train.warmup_steps=3", "train.iterations=1"]), tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()

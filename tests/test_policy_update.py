@@ -641,3 +641,32 @@ def test_under_a_value_head_each_tokens_kl_is_paid_at_its_own_position():
     at_the_end, _ = value_advantages(policy, critic, algo, rollout, rewards - 0.5 * log_ratio.sum(1), sampling)
     assert not torch.allclose(adv, at_the_end, atol=1e-3)
     assert stats["objective/kl"] == pytest.approx(log_ratio.sum(1).mean().item(), rel=1e-5)
+
+
+def test_a_log_ratio_that_is_not_finite_leaves_its_row_out_of_gae(monkeypatch):
+    """kl_penalty=reward under the critic: a row whose log-ratio is inf (its reward finite) is not valid, and one
+    whose log-ratio is NaN where its reward is NaN adds nothing: the advantages and returns stay finite."""
+    from rlar import loop
+
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16).eval()
+    rollout = collect_rollout(policy, torch.randint(0, 16, (2, 8)), torch.tensor([0, 1]), 4,
+                              compose_config([]).rollout, torch.Generator().manual_seed(0))
+
+    def broken_log_ratio(*args):
+        log_ratio = torch.where(rollout.mask, 0.1, 0.0)  # [8, T]
+        log_ratio[2, 5], log_ratio[6, 1] = float("inf"), float("nan")
+        return log_ratio
+
+    monkeypatch.setattr(loop, "reward_kl", broken_log_ratio)
+    algo = PPO(num_generations=4, minibatch_size=8, value_head=True, beta=0.5, kl_penalty="reward")
+    run = SimpleNamespace(algorithm=algo, ref_policy=policy, policy=policy, critic=torch.nn.Linear(16, 1),
+                          sampling={"temperature": 1.0, "cfg_scale": 1.0}, device="cpu",
+                          hw=SimpleNamespace(autocast=contextlib.nullcontext, precision="fp32"))
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    rewards[6] = float("nan")
+    keys = torch.tensor([0, 1])
+    adv, returns, valid, _ = loop.advantages(run, rollout, rewards, rewards.clone(), keys, keys)
+    assert valid.tolist() == [True, True, False, True, True, True, False, True]
+    assert adv.isfinite().all() and returns.isfinite().all()
+    assert adv[valid].abs().sum() > 0 and not adv[~valid].any() and not returns[~valid].any()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 SCALES = ("group", "batch", "none")
+TIED = 1e-8  # a group whose rewards' std is at most this has no signal (adv/frac_zero_std), whatever the eps
 
 
 def _nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
@@ -65,7 +66,7 @@ def group_advantages(
         adv = adv.clamp(-clip, clip)
     adv = back(torch.nan_to_num(adv, nan=0.0))
     stats = {
-        "adv/frac_zero_std": float((group_std <= eps).float().mean()),
+        "adv/frac_zero_std": float((group_std <= TIED).float().mean()),
         "reward/nonfinite_count": float((~rewards.float().isfinite()).sum()),
     }
     return adv, stats

@@ -17,7 +17,7 @@ def gae_terminal_reward(values: torch.Tensor, rewards: torch.Tensor, mask: torch
     ``V_T = 0``; ``A_t = delta_t + gamma * lam * A_{t+1}``.
     """
     n, t_len = values.shape
-    values = values.float() * mask
+    values = torch.where(mask, values.float(), 0.0)  # a row left out (NaN values too) adds nothing
     adv = torch.zeros_like(values)
     running = torch.zeros(n, device=values.device)
     for t in reversed(range(t_len)):
@@ -28,5 +28,4 @@ def gae_terminal_reward(values: torch.Tensor, rewards: torch.Tensor, mask: torch
         delta = reward + gamma * next_value - values[:, t]
         running = delta + gamma * lam * running
         adv[:, t] = running
-    adv = adv * mask
-    return adv, (adv + values) * mask
+    return torch.where(mask, adv, 0.0), torch.where(mask, adv + values, 0.0)

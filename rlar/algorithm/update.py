@@ -80,6 +80,8 @@ def value_advantages(policy: TokenPolicy, critic, algorithm: PPO, rollout: Rollo
         values[idx] = critic(hidden.float())[..., 0]
     rollout.values = values
     mask = rollout.mask & rewards.isfinite()[:, None]
+    if token_rewards is not None:
+        token_rewards = torch.where(mask, token_rewards, 0.0)  # a row left out pays nothing, not a NaN
     adv, returns = gae_terminal_reward(values, rewards.nan_to_num(0.0), mask, algorithm.gamma, algorithm.gae_lambda,
                                        token_rewards)
     mean, std = distributed.mean_std_over_ranks(adv[mask])  # over the global batch, as one process would
