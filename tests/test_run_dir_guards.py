@@ -81,3 +81,23 @@ def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "summary.json", "tensorboard"]
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # a plain command after a crash cannot resume it
     assert (tmp_path / RECORD / "config.yaml").is_file() and (tmp_path / "run.log").is_file()  # this run's record
+
+
+def test_an_option_added_since_the_run_was_recorded_resumes_at_its_default_only(tmp_path):
+    """A run recorded by an rlar without algorithm.std_eps resumes under one that has it, left at its default (what
+    the run computed); set to another value, or where the recorded overrides no longer compose, it is a difference."""
+    from rlar.config.store import compose_config
+
+    overrides = ["algorithm.num_generations=4", "train.batch_size=2"]
+    older = OmegaConf.to_container(compose_config(overrides), resolve=False)
+    del older["algorithm"]["std_eps"]  # the key an earlier rlar did not have
+    (tmp_path / RECORD).mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(older), tmp_path / RECORD / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / RECORD / "overrides.yaml")
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    check_rerun(compose_config(overrides), tmp_path, None, FREE)
+    with pytest.raises(ConfigError, match=r": algorithm\.std_eps differ"):
+        check_rerun(compose_config([*overrides, "algorithm.std_eps=1e-4"]), tmp_path, None, FREE)
+    OmegaConf.save(OmegaConf.create(["algorithm.removed_option=1"]), tmp_path / RECORD / "overrides.yaml")
+    with pytest.raises(ConfigError, match=r": algorithm\.std_eps differ"):
+        check_rerun(compose_config(overrides), tmp_path, None, FREE)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rlar.loop
@@ -93,3 +94,20 @@ def test_multirun_runs_one_job_per_algorithm(tiny, tmp_path):
     summaries = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 2
     assert any("algorithm=reinforce" in s for s in summaries) and any("algorithm=grpo" in s for s in summaries)
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_through_the_cli(tiny, tmp_path):
+    """rlar-run's own Hydra app composes the recorded overrides for a key the recorded config lacks (an option added
+    to rlar since): at its default the run resumes; set otherwise it is refused, naming the key."""
+    out = tmp_path / "run"
+    base = [*(o for o in tiny if not o.startswith("train.iterations=")), f"hydra.run.dir={out}"]
+    run_cli([*base, "train.iterations=1"], cwd=tmp_path)
+    recorded = out / "checkpoints" / "hydra" / "config.yaml"
+    older = OmegaConf.load(recorded)
+    del older.algorithm["std_eps"]
+    OmegaConf.save(older, recorded)
+    refused = subprocess.run([sys.executable, "-m", "rlar.run", *base, "train.iterations=2", "algorithm.std_eps=1e-4"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode != 0 and "algorithm.std_eps differ" in refused.stderr
+    run_cli([*base, "train.iterations=2"], cwd=tmp_path)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2

@@ -4,7 +4,8 @@ The first run copies Hydra's record (``.hydra/``) to ``checkpoints/hydra/``. A l
 (Hydra has already written its own ``.hydra/``) compares its config with that copy: equal, up to the keys kept out
 of the run directory's name (``hydra.job.config.override_dirname.exclude_keys``, with their sub-keys), it resumes
 and refreshes the copy; different, the recorded ``.hydra/`` is written back and the run is refused with the keys
-that differ.
+that differ. A key the recorded config lacks (an option added to rlar since) counts as equal where it holds its
+default.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlar.config.store import CONF_DIR
+from rlar.config.store import CONF_DIR, compose_config
 from rlar.config.validate import ConfigError
 from rlar.runtime.run_lock import run_lock
 
@@ -38,12 +41,34 @@ def flat(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
-def differing_keys(recorded: dict, current: dict, free: list[str]) -> list[str]:
-    """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys."""
+def differing_keys(recorded: dict, current: dict, free: list[str], new_at_default: set[str] = frozenset()
+                   ) -> list[str]:
+    """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys, and the
+    ``new_at_default`` keys (absent from ``recorded``)."""
     a, b = flat(recorded), flat(current)
-    return sorted(k for k in a.keys() | b.keys()
+    return sorted(k for k in (a.keys() | b.keys()) - new_at_default
                   if a.get(k, "<missing>") != b.get(k, "<missing>") and not any(k == f or k.startswith(f + ".")
                                                                                 for f in free))
+
+
+def new_keys_at_their_defaults(record: Path, recorded: dict, current: dict) -> set[str]:
+    """The keys ``current`` has and the recorded config lacks (options an earlier rlar did not have) whose value is
+    the one the recorded run's own overrides (``record/overrides.yaml``; none: the defaults) compose to now: the
+    option's default, which computes what that run did (a new option is off by default). A composition that fails
+    (an override this rlar no longer knows) leaves every such key a difference."""
+    absent = flat(current).keys() - flat(recorded).keys()
+    if not absent:
+        return set()
+    path = record / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    try:
+        composed = compose("config", overrides=overrides) if GlobalHydra.instance().is_initialized() else (
+            compose_config(overrides))  # inside rlar-run's Hydra app: its own config search path
+    except Exception:
+        log.warning("the recorded overrides %s no longer compose: options added since are compared as set", overrides)
+        return set()
+    defaults, now = flat(OmegaConf.to_container(composed, resolve=False)), flat(current)
+    return {k for k in absent if k in defaults and defaults[k] == now[k]}
 
 
 def set_aside(out: Path) -> Path | None:
@@ -71,7 +96,8 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
         set_aside(out)
     if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
         recorded = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"), resolve=False)
-        keys = differing_keys(recorded, OmegaConf.to_container(cfg, resolve=False), free)
+        current = OmegaConf.to_container(cfg, resolve=False)
+        keys = differing_keys(recorded, current, free, new_keys_at_their_defaults(record, recorded, current))
         if keys:
             if hydra_dir is not None:
                 shutil.copytree(record, hydra_dir, dirs_exist_ok=True)
