@@ -433,7 +433,8 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest, save
     with tqdm(range(done, steps), initial=done, total=steps, desc="supervised warm-up", leave=False,
               disable=not (steps and distributed.is_main())) as progress:
         for i in progress:
-            with saved_if_it_fails(run, summary, 0, 0 if saved and i == done else None, warmed=i):
+            held = saved and i == done  # the checkpoint resumed holds the run as this step finds it
+            with saved_if_it_fails(run, summary, 0, 0 if held else None, warmed=i):
                 images, all_labels, all_indices = next(batches)  # this rank's images [b, C, H, W]
                 captions = run.data.captions_of(run.this_rank(all_indices))
                 condition = batch_conditions(run, run.this_rank(all_labels), captions)

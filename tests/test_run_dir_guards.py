@@ -83,21 +83,32 @@ def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_
     assert (tmp_path / RECORD / "config.yaml").is_file() and (tmp_path / "run.log").is_file()  # this run's record
 
 
-def test_an_option_added_since_the_run_was_recorded_resumes_at_its_default_only(tmp_path):
-    """A run recorded by an rlar without algorithm.std_eps resumes under one that has it, left at its default (what
-    the run computed); set to another value, or where the recorded overrides no longer compose, it is a difference."""
+def test_an_option_added_since_the_run_was_recorded_resumes_left_off_only(tmp_path):
+    """A run recorded by an rlar without algorithm.std_eps resumes under one that has it, at the value that computes
+    what the code before it did; set to another value it is a difference, and so is any other key the record lacks."""
     from rlar.config.store import compose_config
 
-    overrides = ["algorithm.num_generations=4", "train.batch_size=2"]
+    overrides = ["algorithm=ppo", "algorithm.value_head=true"]
     older = OmegaConf.to_container(compose_config(overrides), resolve=False)
-    del older["algorithm"]["std_eps"]  # the key an earlier rlar did not have
+    del older["algorithm"]["value_detach"]  # the key an earlier rlar did not have
     (tmp_path / RECORD).mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(older), tmp_path / RECORD / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), tmp_path / RECORD / "overrides.yaml")
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     check_rerun(compose_config(overrides), tmp_path, None, FREE)
-    with pytest.raises(ConfigError, match=r": algorithm\.std_eps differ"):
-        check_rerun(compose_config([*overrides, "algorithm.std_eps=1e-4"]), tmp_path, None, FREE)
-    OmegaConf.save(OmegaConf.create(["algorithm.removed_option=1"]), tmp_path / RECORD / "overrides.yaml")
-    with pytest.raises(ConfigError, match=r": algorithm\.std_eps differ"):
+    with pytest.raises(ConfigError, match=r": algorithm\.value_detach differ"):
+        check_rerun(compose_config([*overrides, "algorithm.value_detach=true"]), tmp_path, None, FREE)
+    del older["algorithm"]["vf_coef"]  # not an option added since: the record is another run's
+    OmegaConf.save(OmegaConf.create(older), tmp_path / RECORD / "config.yaml")
+    with pytest.raises(ConfigError, match=r": algorithm\.vf_coef differ"):
         check_rerun(compose_config(overrides), tmp_path, None, FREE)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "reinforce", "ppo"])
+def test_each_added_option_is_left_off_by_default(algorithm):
+    """ADDED's values are the defaults: a run that does not set an added option computes what the code before did."""
+    from rlar.config.rerun import ADDED, flat
+    from rlar.config.store import compose_config
+
+    defaults = flat(OmegaConf.to_container(compose_config([f"algorithm={algorithm}"]), resolve=False))
+    present = {key: defaults[key] for key in ADDED if key in defaults}
+    assert present and present == {key: ADDED[key] for key in present}

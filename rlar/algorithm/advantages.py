@@ -3,6 +3,8 @@ used."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 SCALES = ("group", "batch", "none")
@@ -19,7 +21,8 @@ def _nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> 
     return std if keepdim or dim is None else std.squeeze(dim)
 
 
-def grouped(rewards: torch.Tensor, group_size: int, keys: torch.Tensor | None = None):
+def grouped(rewards: torch.Tensor, group_size: int, keys: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """``rewards [N]`` laid out one group per row, ``(r [K, M], back)``: the G = ``group_size`` adjacent generations of
     an item (``[N / G, G]``), or with ``keys [N]`` every reward of one key (a row per distinct key, padded with NaN to
     the largest group); a non-finite reward is NaN, the dtype is the rewards'. ``back`` takes a ``[K, M]`` of the same

@@ -4,8 +4,8 @@ The first run copies Hydra's record (``.hydra/``) to ``checkpoints/hydra/``. A l
 (Hydra has already written its own ``.hydra/``) compares its config with that copy: equal, up to the keys kept out
 of the run directory's name (``hydra.job.config.override_dirname.exclude_keys``, with their sub-keys), it resumes
 and refreshes the copy; different, the recorded ``.hydra/`` is written back and the run is refused with the keys
-that differ. A key the recorded config lacks (an option added to rlar since) counts as equal where it holds its
-default.
+that differ. A key the recorded config lacks that is an option added to rlar since (``ADDED``) counts as equal where it
+holds the value that computes what the code before it did.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from hydra import compose
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlar.config.store import CONF_DIR, compose_config
+from rlar.config.store import CONF_DIR
 from rlar.config.validate import ConfigError
 from rlar.runtime.run_lock import run_lock
 
@@ -28,6 +26,14 @@ log = logging.getLogger(__name__)
 RECORD = Path("checkpoints") / "hydra"
 # what a run (and rlar-eval of it) writes in its folder; the log stays, Hydra has opened it for this run
 REPLACED = ("checkpoints", "tensorboard", "wandb", "summary.json", "eval")
+# options added to rlar since runs were recorded without them, each with the value that computes what the code before
+# it did: a run recorded without the key resumes where it holds that value (a new option adds its entry here)
+ADDED = {
+    "algorithm.buffer_size": None, "algorithm.value_clip": None, "algorithm.importance_sampling_level": "token",
+    "algorithm.delta": None, "algorithm.target_kl": None, "algorithm.kl_penalty": "loss",
+    "algorithm.sampler_correction_cap": None, "algorithm.top_entropy_quantile": 1.0, "algorithm.group_by": "item",
+    "algorithm.std_eps": 1e-8, "algorithm.value_detach": False,
+}
 
 
 def flat(cfg: dict, prefix: str = "") -> dict:
@@ -41,34 +47,21 @@ def flat(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
-def differing_keys(recorded: dict, current: dict, free: list[str], new_at_default: set[str] = frozenset()
+def differing_keys(recorded: dict, current: dict, free: list[str], left_off: frozenset | set = frozenset()
                    ) -> list[str]:
     """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys, and the
-    ``new_at_default`` keys (absent from ``recorded``)."""
+    ``left_off`` keys (absent from ``recorded``)."""
     a, b = flat(recorded), flat(current)
-    return sorted(k for k in (a.keys() | b.keys()) - new_at_default
+    return sorted(k for k in (a.keys() | b.keys()) - left_off
                   if a.get(k, "<missing>") != b.get(k, "<missing>") and not any(k == f or k.startswith(f + ".")
                                                                                 for f in free))
 
 
-def new_keys_at_their_defaults(record: Path, recorded: dict, current: dict) -> set[str]:
-    """The keys ``current`` has and the recorded config lacks (options an earlier rlar did not have) whose value is
-    the one the recorded run's own overrides (``record/overrides.yaml``; none: the defaults) compose to now: the
-    option's default, which computes what that run did (a new option is off by default). A composition that fails
-    (an override this rlar no longer knows) leaves every such key a difference."""
-    absent = flat(current).keys() - flat(recorded).keys()
-    if not absent:
-        return set()
-    path = record / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
-    try:
-        composed = compose("config", overrides=overrides) if GlobalHydra.instance().is_initialized() else (
-            compose_config(overrides))  # inside rlar-run's Hydra app: its own config search path
-    except Exception:
-        log.warning("the recorded overrides %s no longer compose: options added since are compared as set", overrides)
-        return set()
-    defaults, now = flat(OmegaConf.to_container(composed, resolve=False)), flat(current)
-    return {k for k in absent if k in defaults and defaults[k] == now[k]}
+def added_options_left_off(recorded: dict, current: dict) -> set[str]:
+    """The keys ``current`` has and the recorded config lacks that are options added to rlar since (:data:`ADDED`)
+    holding the value that computes what the code before them did."""
+    now = flat(current)
+    return {k for k in now.keys() - flat(recorded).keys() if k in ADDED and now[k] == ADDED[k]}
 
 
 def set_aside(out: Path) -> Path | None:
@@ -97,7 +90,7 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
     if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
         recorded = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"), resolve=False)
         current = OmegaConf.to_container(cfg, resolve=False)
-        keys = differing_keys(recorded, current, free, new_keys_at_their_defaults(record, recorded, current))
+        keys = differing_keys(recorded, current, free, added_options_left_off(recorded, current))
         if keys:
             if hydra_dir is not None:
                 shutil.copytree(record, hydra_dir, dirs_exist_ok=True)

@@ -169,9 +169,8 @@ def check_condition_keys(cfg: DictConfig) -> None:
     (``stats_key=class``) are refused where the policy is conditioned on captions: the class is not the prompt (every
     prompt of ``data=prompts`` has class -1, so the whole batch would be one condition)."""
     a = cfg.algorithm
-    keyed = a.get("group_by") == "condition" or a.get("baseline") == "condition"
-    if keyed and cfg.get("text_encoder") is not None and a.get("stats_key", "class") == "class":
-        option = "group_by=condition" if a.get("group_by") == "condition" else "baseline=condition"
+    option = next((f"{key}=condition" for key in ("group_by", "baseline") if a.get(key) == "condition"), None)
+    if option and cfg.get("text_encoder") is not None and a.get("stats_key", "class") == "class":
         raise ConfigError(f"algorithm.{option} with algorithm.stats_key=class keys each item's statistics by its class "
                           "label, and a text_encoder conditions the policy on captions (data=prompts: class -1 for "
                           "every prompt, one condition for the whole batch); set algorithm.stats_key=image (each "
