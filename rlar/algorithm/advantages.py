@@ -90,15 +90,13 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_size: int, scale: str 
         raise ValueError(f"a leave-one-out advantage's scale must be 'batch' or 'none', got {scale!r}")
     if group_size < 2:
         raise ValueError(f"a leave-one-out baseline needs groups of at least 2, got {group_size}")
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    r = rewards.float().view(-1, group_size)  # [B, G]
+    r, back = grouped(rewards.float(), group_size)  # [B, G], NaN where not finite
     finite = r.isfinite()
     count = finite.sum(1, keepdim=True)  # [B, 1]
     total = torch.where(finite, r, 0.0).sum(1, keepdim=True)  # [B, 1]
     others = (total - r) / (count - 1).clamp_min(1)  # [B, G]: the mean of the others
-    adv = torch.where(finite & (count > 1), r - others, 0.0).view(-1)
+    adv = back(torch.where(finite & (count > 1), r - others, 0.0))
     if scale == "batch":
-        adv = adv / (_nan_std(torch.where(finite, r, torch.nan).flatten()) + eps)
+        adv = adv / (_nan_std(r.flatten()) + eps)
     _, stats = group_advantages(rewards, group_size)
     return adv, stats

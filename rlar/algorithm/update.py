@@ -146,10 +146,11 @@ def per_token(adv: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
     """``[n, T]`` bool: the action tokens (``mask``) whose ``entropy`` is at least the ``1 - quantile`` quantile of the
     action tokens' entropies in this minibatch, the top ``quantile`` share (ties kept)."""
-    acted = entropy.detach()[mask].float()
+    entropy = entropy.detach()
+    acted = entropy[mask].float()
     if not acted.numel():
         return mask
-    return mask & (entropy.detach() >= torch.quantile(acted, 1 - quantile))
+    return mask & (entropy >= torch.quantile(acted, 1 - quantile))
 
 
 def accumulation_window(count: int, total: int, grad_accum: int) -> int:
