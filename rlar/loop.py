@@ -117,10 +117,11 @@ def train(run: Run) -> dict:
 def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, stop: StopRequest,
                saved_at: int | None) -> None:
     """The RL iterations of ``progress``, evaluating and saving on schedule; on a stop signal, save and raise
-    ``Stopped`` at the end of the iteration. On one process a failure before an iteration's update (its batch, rollout
-    or reward: a reward server gone), and on any number the limit of iterations without a finite reward, save the run
-    first (``saved_if_it_fails``, ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration
-    of the checkpoint, when it holds the run as it stands then; None: none does)."""
+    ``Stopped`` at the end of the iteration. On one process a failure before an iteration's first optimizer step (its
+    batch, rollout, reward or the update's first backward pass: a reward server gone, an out-of-memory error), and on
+    any number the limit of iterations without a finite reward, save the run first (``saved_if_it_fails``,
+    ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration of the checkpoint, when it
+    holds the run as it stands then; None: none does)."""
     t = run.cfg.train
     unscored = 0  # iterations in a row with no finite reward
     shown = progress_metrics(run)
@@ -213,8 +214,9 @@ def batch_conditions(run: Run, labels: torch.Tensor, captions: list[str] | None)
 def iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
     """One RL iteration on the next global batch of ``batches`` ``(this rank's images [b, C, H, W] (None: data without
     images), labels [B], indices [B])``; logs and returns its metrics. With captions, the items' prompts reach the
-    reward (and, with a text encoder, condition the policy). ``before_update``: the context of the batch, the rollout
-    and the reward (``saved_if_it_fails``)."""
+    reward (and, with a text encoder, condition the policy). ``before_update``: the context of the batch, the rollout,
+    the reward and the update (``saved_if_it_fails``: a failure before the update's first optimizer step saves the
+    iteration before)."""
     G = run.algorithm.num_generations
     timings = {}
     with before_update:
@@ -236,15 +238,15 @@ def iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
         samples, rewards, components, reward_metrics = decode_and_score(
             run.tokenizer, run.reward, rollout.tokens, None if images is None else images.repeat_interleave(G, 0),
             meta, run.cfg.train.score_chunk_size)  # samples [b*G, C, H, W] in [-1, 1], rewards [b*G]
-    timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
-    rewards, reward_metrics["rollout/nonfinite_frac"] = drop_nonfinite_draws(rollout, rewards, step)
+        timings.update({k: reward_metrics.pop(k) for k in ("time/decode", "time/reward")})
+        rewards, reward_metrics["rollout/nonfinite_frac"] = drop_nonfinite_draws(rollout, rewards, step)
 
-    tic = phase_time(run.device)
-    global_rewards = distributed.gather_rows(rewards)  # [B*G]
-    adv, returns, valid, adv_stats = advantages(run, rollout, rewards, global_rewards, all_labels, all_indices)
-    updates = distributed.any_rank(bool(valid.any()), run.device)
-    stats = update(run, rollout, adv, returns) if updates else {}
-    timings["time/update"] = phase_time(run.device) - tic
+        tic = phase_time(run.device)
+        global_rewards = distributed.gather_rows(rewards)  # [B*G]
+        adv, returns, valid, adv_stats = advantages(run, rollout, rewards, global_rewards, all_labels, all_indices)
+        updates = distributed.any_rank(bool(valid.any()), run.device)
+        stats = update(run, rollout, adv, returns) if updates else {}
+        timings["time/update"] = phase_time(run.device) - tic
     lr = run.scheduler.get_last_lr()[0]  # the lr of this iteration's optimizer steps
     step_schedule(run.scheduler, updates)
 
@@ -309,15 +311,15 @@ def pair_iteration(run: Run, batches, step: int, before_update) -> dict[str, flo
     """One iteration of an algorithm that trains on data pairs (CCA) on the next global batch of ``batches`` ``(this
     rank's images [b, C, H, W], labels [B], indices [B])``: this rank's images' codes under their labels and under
     mismatched ones, one optimizer step; logs and returns its metrics. ``before_update``: the context of the batch,
-    its codes and its negatives (``saved_if_it_fails``)."""
+    its codes, its negatives and the update (``saved_if_it_fails``)."""
     with before_update:
         images, all_labels, _ = next(batches)
         images, labels = images.to(run.device), run.this_rank(all_labels)  # [b, C, H, W], [b]
         tic = phase_time(run.device)
         codes = run.tokenizer.encode_indices(images)  # [b, T]
         negatives = run.algorithm.negatives(labels, run.data.num_classes, run.generators["update"])  # [b]
-    stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
-                        run.cfg.train.max_grad_norm, run.hw.autocast)
+        stats = pair_update(run.train_policy, run.ref_policy, run.optimizer, run.algorithm, codes, labels, negatives,
+                            run.cfg.train.max_grad_norm, run.hw.autocast)
     timings = {"time/update": phase_time(run.device) - tic}
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
@@ -443,7 +445,7 @@ def warm_up(run: Run, batches, summary: dict, done: int, stop: StopRequest, save
                     loss = teacher_forced_ce(run.train_policy.train(), codes, condition)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-            clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
+                clip_and_step(stepped_params(run.optimizer), run.optimizer, run.cfg.train.max_grad_norm)
             summary["warmup_ce"] = loss.item()
             run.logger.scalars({"warmup/ce": loss.item()}, i)
             stop_if_requested(run, stop, summary, 0, i + 1, f"warm-up step {i + 1} of {steps}")

@@ -57,24 +57,36 @@ def load_schedule(scheduler, state: dict) -> None:
 
 @contextlib.contextmanager
 def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None, warmed: int | None = None):
-    """A block that changes nothing a checkpoint keeps but the random streams and a learning reward's state (an
-    iteration before its update; with ``warmed``, warm-up step ``warmed + 1`` before its optimizer step). On one
-    process, an error in it first saves the run exactly as it was after iteration ``done`` (and ``warmed`` warm-up
-    steps): those as they were when the block began, the rest as it is. Not when ``done`` is the last checkpoint
-    (``saved_at``), nor under torchrun: a save is collective, and the error may be one rank's alone."""
+    """A block that changes nothing a checkpoint keeps until its first optimizer step but the random streams, the
+    algorithm's and a learning reward's state (an iteration up to its update's first step; with ``warmed``, warm-up
+    step ``warmed + 1``). On one process, an error in it before that step first saves the run exactly as it was after
+    iteration ``done`` (and ``warmed`` warm-up steps): those as they were when the block began, the rest as it is. Not
+    when ``done`` is the last checkpoint (``saved_at``), nor under torchrun (a save is collective, and the error may
+    be one rank's alone), nor once an optimizer step has begun: the weights may be half stepped."""
     if distributed.world_size() > 1 or done == saved_at:
         yield
         return
-    streams, reward_state = gather_rng(run.generators), copy.deepcopy(run.reward.state_dict())  # as save() keeps them
+    # as save() keeps them
+    streams = gather_rng(run.generators)
+    states = copy.deepcopy(run.algorithm.state_dict()), copy.deepcopy(run.reward.state_dict())
+    stepped = []
+    hook = run.optimizer.register_step_pre_hook(lambda *_: stepped.append(True))
     try:
         yield
     except Exception:
+        what = (f"iteration {done + 1} failed" if warmed is None else
+                f"warm-up step {warmed + 1} of {run.cfg.train.warmup_steps} failed")
+        if stepped:
+            log.error("%s after an optimizer step had begun (the weights may be half stepped): nothing is saved, and "
+                      "the last checkpoint stands", what)
+            raise
         restore_rng(run.generators, streams, done, run.hw.seed)
-        run.reward.load_state_dict(reward_state)
-        what = (f"iteration {done + 1} failed before its update" if warmed is None else
-                f"warm-up step {warmed + 1} of {run.cfg.train.warmup_steps} failed before its optimizer step")
-        rescue_save(run, summary, done, what, warmed=warmed)
+        run.algorithm.load_state_dict(states[0])
+        run.reward.load_state_dict(states[1])
+        rescue_save(run, summary, done, f"{what} before its first optimizer step", warmed=warmed)
         raise
+    finally:
+        hook.remove()
 
 
 def rescue_save(run: Run, summary: dict, done: int, what: str, pending: int | None = None,

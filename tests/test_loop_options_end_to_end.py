@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlar import loop
+from rlar.algorithm import update as update_module
 from rlar.algorithm.cca import CCA
 from rlar.config.store import compose_config
 from rlar.loop import check_scored, evaluation_line, progress_metrics, train_rl_loop
@@ -223,6 +224,54 @@ def test_a_reward_failing_before_the_update_saves_the_iteration_before_and_resum
     assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"]
 
 
+def losses_that_fail_at(call: int, calls: list, error: Exception):
+    """``rlar.algorithm.update.minibatch_loss``, but its ``call``-th call raises ``error`` (the tiny runs: two
+    minibatches an iteration)."""
+    real = update_module.minibatch_loss
+
+    def loss(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return real(*args)
+
+    return loss
+
+
+@pytest.mark.slow  # four short runs
+@pytest.mark.parametrize("extra", [[], ["algorithm=reinforce", "algorithm.baseline=condition", "algorithm.min_count=2",
+                                        "algorithm.buffer_size=16", "algorithm.minibatch_size=8"]])
+def test_a_failure_in_the_update_before_its_first_step_saves_the_iteration_before_and_resumes_exactly(
+        tiny, tmp_path, tmp_path_factory, monkeypatch, extra):
+    """An out-of-memory error in the first backward pass of iteration 2: its advantages had moved the algorithm's
+    per-condition window (REINFORCE's baseline) and the update had drawn its minibatches; the record keeps both as
+    they were before the iteration, so the resumed run is the straight one."""
+    overrides = [*tiny, "train.iterations=2", "eval.every=1", "train.checkpoint_every=100", *extra]
+    straight = train_rl_loop(compose_config(overrides), tmp_path_factory.mktemp("straight"))
+    monkeypatch.setattr(update_module, "minibatch_loss",
+                        losses_that_fail_at(3, [], RuntimeError("out of memory in the backward pass")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert record["iteration"] == 1 and [h["iteration"] for h in record["summary"]["history"]] == [0, 1]
+    monkeypatch.undo()
+    assert train_rl_loop(compose_config(overrides), tmp_path)["history"] == straight["history"]
+
+
+@pytest.mark.slow
+def test_a_failure_after_an_optimizer_step_of_the_update_saves_nothing(straight_two_iterations, tmp_path,
+                                                                       monkeypatch, caplog):
+    """The second minibatch of iteration 2 fails after the first one's optimizer step: the state before the update is
+    gone, so the last checkpoint (here none) stands, and the log says so."""
+    overrides, _ = straight_two_iterations
+    monkeypatch.setattr(update_module, "minibatch_loss",
+                        losses_that_fail_at(4, [], RuntimeError("out of memory in the backward pass")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_rl_loop(compose_config(overrides), tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert "iteration 2 failed after an optimizer step had begun" in caplog.text
+
+
 @pytest.mark.slow  # two short runs
 def test_a_failure_right_after_a_resume_leaves_the_checkpoint_it_resumed_untouched(tiny, tmp_path, monkeypatch):
     overrides = [*tiny, "train.iterations=1", "train.checkpoint_format=sharded"]
@@ -357,18 +406,20 @@ def test_a_failure_in_the_warm_up_saves_the_steps_done_and_resumes_exactly(tiny,
 
 
 @pytest.mark.slow
-def test_a_failure_inside_a_warm_up_optimizer_step_saves_nothing(tiny, tmp_path, monkeypatch):
+def test_a_failure_inside_a_warm_up_optimizer_step_saves_nothing(tiny, tmp_path, monkeypatch, caplog):
     """The weights and the optimizer's moments may be half stepped: no state to resume exactly, so nothing is saved
     (the last checkpoint, here none, stands)."""
     calls, step = [], loop.clip_and_step
 
-    def failing_second(*args):
+    def failing_second(params, optimizer, max_grad_norm):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the optimizer step has begun (here: run) when the error comes
+            optimizer.step()
             raise RuntimeError("out of memory in the optimizer step")
-        return step(*args)
+        return step(params, optimizer, max_grad_norm)
 
     monkeypatch.setattr(loop, "clip_and_step", failing_second)
     with pytest.raises(RuntimeError, match="out of memory"):
         train_rl_loop(compose_config([*tiny, "train.warmup_steps=3", "train.iterations=1"]), tmp_path)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert "warm-up step 2 of 3 failed after an optimizer step had begun" in caplog.text
