@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
 
 from rlar.run_record import load_schedule
 from rlar.runtime import atomic_files, checkpoint
@@ -155,6 +156,67 @@ def test_a_full_disk_names_the_path_and_keeps_the_previous_checkpoint(tmp_path, 
     iteration, loaded_weight, _ = loaded(tmp_path, fmt)
     assert iteration == 1 and torch.equal(loaded_weight, weight)
     assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_a_failed_sharded_save_is_an_error_the_run_handles_with_the_previous_checkpoint_current(tmp_path,
+                                                                                                 monkeypatch):
+    """DCP raises ``CheckpointException``, a ``BaseException``, which a run's handlers (``except Exception``: the
+    save after a failed evaluation) would let by; the save raises it as a ``RuntimeError`` naming the folder."""
+    weight = saved(tmp_path, "sharded", 1, seed=1)
+
+    def denied(*args, **kwargs):
+        denial = PermissionError(errno.EACCES, "Permission denied")
+        raise CheckpointException("save failed", {0: _wrap_exception(denial)})
+
+    monkeypatch.setattr(checkpoint.dcp, "save", denied)
+    with pytest.raises(RuntimeError, match=rf"saving the checkpoint in {re.escape(str(tmp_path))} failed \(rank 0: "
+                                           "PermissionError.*Permission denied"):
+        saved(tmp_path, "sharded", 2, seed=2)
+    monkeypatch.undo()
+    iteration, loaded_weight, _ = loaded(tmp_path, "sharded")
+    assert iteration == 1 and torch.equal(loaded_weight, weight)
+
+
+class WithAnUnusedParameter(nn.Module):
+    """A user's policy with a parameter no loss reads: the optimizer keeps no state for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(3))
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def unused_parameter_run(seed: int):
+    torch.manual_seed(seed)
+    modules = nn.ModuleDict({"policy": WithAnUnusedParameter()})
+    return modules, torch.optim.AdamW(modules.parameters(), lr=1e-2)
+
+
+def adamw_steps(modules, optimizer, steps: int) -> torch.Tensor:
+    """``steps`` updates on a fixed batch; the weights after them."""
+    for _ in range(steps):
+        optimizer.zero_grad()
+        modules["policy"](torch.ones(4, 3)).square().sum().backward()
+        optimizer.step()
+    return modules["policy"].linear.weight.detach().clone()
+
+
+@pytest.mark.parametrize("fmt", ["consolidated", "sharded"])
+def test_a_parameter_without_optimizer_state_resumes_without_any(tmp_path, fmt):
+    """DCP gives a parameter the checkpoint has no state for a step count of 1 (and refuses to load without it); the
+    resumed optimizer leaves it without state, as the saving one was, and steps as a run never saved does."""
+    straight = adamw_steps(*unused_parameter_run(0), 3)
+    modules, optimizer = unused_parameter_run(0)
+    adamw_steps(modules, optimizer, 1)
+    Checkpointer(tmp_path, modules, optimizer, fmt).save({"iteration": 1})
+    resumed_modules, resumed_optimizer = unused_parameter_run(1)
+    Checkpointer(tmp_path, resumed_modules, resumed_optimizer, fmt).load()
+    assert resumed_modules["policy"].unused not in resumed_optimizer.state
+    assert [float(s["step"]) for s in resumed_optimizer.state.values()] == [1.0, 1.0]
+    assert torch.equal(adamw_steps(resumed_modules, resumed_optimizer, 2), straight)
 
 
 def test_orphaned_temporary_files_are_removed_at_start(tmp_path):

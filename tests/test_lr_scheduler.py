@@ -72,3 +72,12 @@ def test_any_torch_scheduler_by_target(tmp_path):
 def test_bad_schedule_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize("warmup", [0, 20])
+def test_a_cosine_recipe_evaluates_its_prior_with_no_iterations(warmup):
+    """``train.iterations=0`` (the prior's evaluation only) leaves the cosine schedule nothing to decay over; it is
+    never stepped, and is no error."""
+    cfg = compose_config(["scheduler=cosine", f"scheduler.warmup_steps={warmup}", "train.iterations=0"])
+    check_config(cfg)
+    assert math.isfinite(instantiate(cfg.scheduler, optimizer=optimizer()).get_last_lr()[0])

@@ -67,6 +67,21 @@ def test_a_rerun_with_the_same_computation_resumes_and_a_different_one_is_refuse
     check_rerun(OmegaConf.create({**other, "resume": False}), tmp_path, ".hydra", FREE)  # starting over is allowed
 
 
+def test_a_rerun_with_another_seed_is_refused_though_the_hardware_group_may_switch(tmp_path):
+    """A fixed run directory (``hydra.run.dir``) does not name ``hardware.seed``: the seed, which draws the data
+    order a resume replays, is compared, while the rest of the group (where the run runs) may change."""
+    seeded = {**CFG, "hardware": {"num_threads": 1, "seed": 0}}
+    write_run(tmp_path, seeded)
+    check_rerun(OmegaConf.create(seeded), tmp_path, ".hydra", FREE)
+    elsewhere = {**CFG, "hardware": {"num_threads": 4, "seed": 0, "device": "cuda"}}
+    write_run(tmp_path, elsewhere)
+    check_rerun(OmegaConf.create(elsewhere), tmp_path, ".hydra", FREE)
+    reseeded = {**CFG, "hardware": {"num_threads": 4, "seed": 1, "device": "cuda"}}
+    write_run(tmp_path, reseeded)
+    with pytest.raises(ConfigError, match=r"hardware\.seed differ"):
+        check_rerun(OmegaConf.create(reseeded), tmp_path, ".hydra", FREE)
+
+
 def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_trains(tmp_path):
     write_run(tmp_path, CFG, checkpoint=True)
     check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)

@@ -35,6 +35,10 @@ ADDED = {
     "algorithm.std_eps": 1e-8, "algorithm.value_detach": False,
 }
 
+# keys compared although a group they are in is free: a switch of hardware=... moves a run to another machine, while
+# its seed draws its data order (replayed on resume from the seed, not saved)
+COMPARED = ("hardware.seed",)
+
 
 def flat(cfg: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
@@ -49,12 +53,12 @@ def flat(cfg: dict, prefix: str = "") -> dict:
 
 def differing_keys(recorded: dict, current: dict, free: list[str], left_off: frozenset | set = frozenset()
                    ) -> list[str]:
-    """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys, and the
-    ``left_off`` keys (absent from ``recorded``)."""
+    """The keys whose values differ between two configs, other than ``free`` ones and their sub-keys (but
+    :data:`COMPARED`), and the ``left_off`` keys (absent from ``recorded``)."""
     a, b = flat(recorded), flat(current)
     return sorted(k for k in (a.keys() | b.keys()) - left_off
-                  if a.get(k, "<missing>") != b.get(k, "<missing>") and not any(k == f or k.startswith(f + ".")
-                                                                                for f in free))
+                  if a.get(k, "<missing>") != b.get(k, "<missing>")
+                  and (k in COMPARED or not any(k == f or k.startswith(f + ".") for f in free)))
 
 
 def added_options_left_off(recorded: dict, current: dict) -> set[str]:

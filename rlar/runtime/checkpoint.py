@@ -14,6 +14,7 @@ directory is unpickled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import re
 import shutil
@@ -29,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
-    set_state_dict,
+    set_optimizer_state_dict,
 )
 
 from rlar.runtime import distributed
@@ -72,7 +73,8 @@ class Checkpointer:
 
     def save(self, loop_state: dict) -> None:
         """Collective: every rank calls it. A full disk raises ``OSError`` naming the path and the space needed,
-        with the previous checkpoint still current."""
+        with the previous checkpoint still current; any other failure of DCP's (a ``BaseException``) is raised as a
+        ``RuntimeError``."""
         # before the first update (a stop after the prior's evaluation) the optimizer has no state, and none is saved:
         # DCP would create it by a step at lr 0, which shifts Adam's bias correction in every later step
         stepped = bool(self.optimizer.state)
@@ -91,6 +93,10 @@ class Checkpointer:
                     (self.directory / name).unlink(missing_ok=True)
                 atomic_torch_save(record, self.record_path)
         except (OSError, CheckpointException) as e:
+            if isinstance(e, CheckpointException) and not disk_full(e):  # a BaseException: a run's handlers miss it
+                failures = "; ".join(f"rank {rank}: {failure!r}" for rank, (failure, _) in e.failures.items())
+                raise RuntimeError(f"saving the checkpoint in {self.directory} failed ({failures}); the previous "
+                                   "checkpoint is still current") from e
             if not disk_full(e):
                 raise
             if distributed.is_main():
@@ -155,9 +161,12 @@ class Checkpointer:
             if not SHARDS.fullmatch(shards):
                 raise RuntimeError(f"{self.record_path} names shards {shards!r}, not a folder rlar writes")
             model, optim = self.state_dicts(stepped)
-            state = {"model": model, **({"optim": optim} if stepped else {})}
             reader = SafeReader(self.directory / shards)
-            reader.read_metadata()  # refuses a crafted file here, with its own error (DCP would wrap it)
+            saved = reader.read_metadata().state_dict_metadata  # refuses a crafted file here, with its own error
+            if optim is not None:  # the parameters the checkpoint has no optimizer state for read none
+                optim["state"] = {fqn: state for fqn, state in optim["state"].items()
+                                  if any(key.startswith(f"optim.state.{fqn}.") for key in saved)}
+            state = {"model": model, **({"optim": optim} if stepped else {})}
             with quiet_single_process():
                 dcp.load(state, storage_reader=reader, planner=SafePlanner())
             self.restore(state["model"], state.get("optim"))
@@ -175,12 +184,15 @@ class Checkpointer:
 
     def restore(self, model: dict, optim: dict | None, options: StateDictOptions | None = None) -> None:
         """Load ``model`` into the modules and ``optim`` (``None``: a record saved before the first update, which
-        leaves the optimizer fresh) into the optimizer."""
-        if optim is None:
-            set_model_state_dict(self.modules, model, options=options)
-        else:
-            set_state_dict(self.modules, self.optimizer, model_state_dict=model, optim_state_dict=optim,
-                           options=options)
+        leaves the optimizer fresh) into the optimizer. A parameter ``optim`` holds no state for (it had no gradient
+        before the save: a user's module with an unused parameter) is left without state, as it was when saved."""
+        if optim is not None:  # first: DCP gives every parameter state by a step at lr 0, which moves the average
+            set_optimizer_state_dict(self.modules, self.optimizer, optim,
+                                     options=dataclasses.replace(options or StateDictOptions(), strict=False))
+            for fqn, param in self.modules.named_parameters():
+                if fqn not in optim["state"]:
+                    self.optimizer.state.pop(param, None)
+        set_model_state_dict(self.modules, model, options=options)
 
     def export_policy(self, path: str | Path, name: str = "policy") -> None:
         """Collective: the full module ``name`` (the policy, or its average ``ema``) as a plain state dict at

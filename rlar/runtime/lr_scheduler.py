@@ -28,7 +28,8 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         if self.total_steps is None:
             return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        # a schedule of no iterations (train.iterations=0: an evaluation of the prior) is never stepped
+        progress = min(1.0, (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -46,8 +47,8 @@ def warmup_linear(optimizer: Optimizer, warmup_steps: int = 10) -> LambdaLR:
 
 def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> LambdaLR:
     """Linear warm-up over ``warmup_steps`` iterations, then a cosine decay to ``min_lr_ratio`` times the lr,
-    reached after ``total_steps`` iterations (``train.iterations``)."""
-    if not 0 <= warmup_steps < total_steps:
+    reached after ``total_steps`` iterations (``train.iterations``; 0: a run that only evaluates the prior)."""
+    if warmup_steps < 0 or 0 < total_steps <= warmup_steps or total_steps < 0:
         raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below scheduler.total_steps="
                          f"{total_steps} (train.iterations): leave iterations to decay over")
     if not 0.0 <= min_lr_ratio <= 1.0:
