@@ -64,7 +64,8 @@ def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float =
                 raise ValueError(f"{run_dir} has another {group} config than {run_dirs[0]}: a soup averages runs "
                                  "fine-tuned from one prior, on the same data and tokenizer")
     weights = [run_policy_weights(r) for r in run_dirs]  # every run has saved, before anything is built
-    if weight == 1.0 and not Path(cfg.policy.get("checkpoint") or "").expanduser().is_dir():
+    folder = cfg.policy.get("checkpoint")
+    if weight == 1.0 and not (folder and Path(folder).expanduser().is_dir()):
         # the prior is not read: build the policy from the run's weights (no pretraining on a miss); an exported
         # folder stays, for the text encoder it may carry (the run's weights replace its policy below)
         cfg.policy.checkpoint = str(weights[0])

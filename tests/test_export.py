@@ -18,7 +18,7 @@ from rlar.config.schemas import from_options
 from rlar.config.store import compose_config
 from rlar.config.validate import check_config
 from rlar.export import export_runs, main
-from rlar.policy import exported
+from rlar.policy import exported, prior
 from rlar.policy.arpg import ARPG
 from rlar.policy.exported import write_policy_folder
 from rlar.policy.gpt import GPT
@@ -155,6 +155,22 @@ def test_rlar_export_of_a_run_directory(tmp_path, tiny, capsys):
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
         export_runs([run], tmp_path / "again")
+
+
+def test_exporting_one_run_builds_its_policy_from_the_run_not_the_prior(tmp_path, tiny, monkeypatch):
+    """A run whose prior came from the cache (``policy.checkpoint`` null): the export reads the run's weights only, so
+    a prior missing from this machine's cache is not pretrained again."""
+    cfg = compose_config([*tiny, "policy.pretrain.steps=39"])  # a prior no cache holds
+    run, policy = saved_run(tmp_path / "outputs", cfg, seed=3)
+
+    def pretrained(*args, **kwargs):
+        raise AssertionError("the export pretrained the prior")
+
+    monkeypatch.setattr(prior, "pretrain_gpt", pretrained)
+    out = export_runs([run], tmp_path / "shared")
+    data = instantiate(cfg.data)
+    tokenizer = instantiate(cfg.tokenizer, data=data)
+    assert same_weights(instantiate(cfg.policy, checkpoint=str(out), tokenizer=tokenizer, data=data), policy)
 
 
 @pytest.mark.slow
