@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.taming_gpt import load_taming_transformer
+from rlar.runtime.cache import source_key
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen
 from rlar.tokenizer.ibq import IBQ
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
@@ -223,6 +224,18 @@ def test_llamagen_release_file_with_training_extras_loads(tmp_path, tiny):
     tok = build_llamagen_vq(checkpoint=str(path), image_size=32, codebook_size=N, codebook_embed_dim=D, **LLAMA)
     assert isinstance(tok, FrozenTokenizer) and tok.grid == (8, 8) and tok.codebook_size == N
     assert torch.equal(tok.encode_indices(IMAGES), tiny["llamagen"].encode_indices(IMAGES))
+
+
+def test_llamagen_without_the_codebooks_l2_norm_has_another_source(tmp_path, tiny):
+    """``codebook_l2_norm`` changes every code and not the file: the prior's cache key (the source's) tells the two
+    apart, and the default keeps the plain path (the keys of caches built before)."""
+    path = tmp_path / "vq_ds4.pt"
+    torch.save({"model": tiny["llamagen"].state_dict()}, path)
+    normed, raw = (build_llamagen_vq(checkpoint=str(path), image_size=32, codebook_size=N, codebook_embed_dim=D,
+                                     codebook_l2_norm=norm, **LLAMA) for norm in (True, False))
+    assert not torch.equal(normed.encode_indices(IMAGES), raw.encode_indices(IMAGES))
+    assert normed.source == str(path)
+    assert source_key(raw.source, tmp_path / "cache") != source_key(normed.source, tmp_path / "cache")
 
 
 def test_taming_vqgan_file_drops_loss_keys_and_stubs_lightning_classes(tmp_path, tiny):

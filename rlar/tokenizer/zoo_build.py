@@ -74,7 +74,10 @@ def build_llamagen_vq(data=None, *, checkpoint: str, image_size: int = 256, code
     model = LlamaGenVQ(image_size, codebook_size, codebook_embed_dim, codebook_l2_norm, ch, list(ch_mult),
                        num_res_blocks, z_channels)
     strict_load(model, llamagen_state(read_checkpoint(checkpoint, "tokenizer.checkpoint")), "tokenizer.checkpoint")
-    return _frozen(model, checkpoint, chunk_size)
+    # the source names the codebook's norm, which changes every code and not the file: a prior cached for one is
+    # not reused for the other
+    return FrozenTokenizer(model, chunk_size=chunk_size,
+                           source=str(checkpoint) if codebook_l2_norm else f"{checkpoint} (codebook not l2-normed)")
 
 
 def build_taming_vqgan(data=None, *, checkpoint: str, ddconfig: dict, image_size: int = 256,
