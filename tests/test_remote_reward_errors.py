@@ -13,6 +13,7 @@ from rlar.reward.reconstruction import ReconstructionReward
 from rlar.reward.remote import client as remote_client
 from rlar.reward.remote.app import RewardService, create_app
 from rlar.reward.remote.client import RemoteReward
+from rlar.reward.remote.rotation import ServerPool
 from rlar.reward.remote.wire import decode_scores
 
 
@@ -126,3 +127,13 @@ def test_a_server_answering_scores_that_are_not_numbers_is_logged_and_its_chunks
     alone = serve({"nested": NestedScores()}, chunk_size=4, retries=1)
     assert alone(images(8), images(8))[0].isnan().all()  # no server scored them: masked, not a crash
     assert alone.metrics()["reward/remote_failed_items"] == 8
+
+
+@pytest.mark.parametrize(("answer", "error"), [(["ok"], '/health answered 200: ["ok"]'),
+                                              ("ready", '/health answered 200: "ready"'), ({"ready": True}, "")])
+def test_a_health_reply_that_is_not_a_json_object_takes_the_server_out_of_rotation(answer, error):
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=answer)))
+    pool = ServerPool(["http://a"], http, {}, 5.0, 2.0)
+    assert pool.check("http://a") is pool.up["http://a"] is (not error)  # only a ready object keeps it in rotation
+    assert pool.errors["http://a"] == error
+    http.close()

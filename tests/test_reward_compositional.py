@@ -84,6 +84,18 @@ def test_a_sample_without_a_prompt_is_absent_and_the_others_are_scored_as_alone(
     assert reward.may_be_absent  # a mixture scores that sample by its other components
 
 
+def test_a_non_finite_image_is_unscored_and_the_others_are_scored_as_alone(reward):
+    failed = torch.full_like(THIN_SLANTED, float("nan"))  # a failed decode
+    images = torch.cat([THICK_VERTICAL, failed, THIN_SLANTED])
+    prompts = ["a thick one", "a thin seven leaning right", "a thin seven leaning right"]
+    value, checks = reward(images, None, {"prompts": prompts})
+    alone, alone_checks = reward(images[[0, 2]], None, {"prompts": [prompts[0], prompts[2]]})
+    assert math.isnan(value[1]) and all(math.isnan(v[1]) for v in checks.values())
+    assert torch.equal(value[[0, 2]], alone)
+    for name, v in alone_checks.items():
+        assert torch.allclose(checks[name][[0, 2]], v, equal_nan=True), name
+
+
 def test_bad_prompts_name_the_problem(reward):
     images = torch.cat([THICK_VERTICAL, THIN_SLANTED])
     with pytest.raises(ValueError, match=r"needs each sample's prompt as meta\['prompts'\] \(2 strings\), got None"):

@@ -134,6 +134,20 @@ def test_recall_rewards_a_sample_apart_from_the_policys_others_over_near_copies(
     assert len(reward.bank[0]) == 7  # the same bank as coverage's
 
 
+@pytest.mark.parametrize("kind", [CoverageReward, RecallReward])
+def test_a_non_finite_image_is_unscored_out_of_the_bank_and_the_others_scored_as_without_it(kind):
+    g = torch.Generator().manual_seed(4)
+    train = torch.randn(20, 1, 1, 2, generator=g)
+    images = torch.randn(6, 1, 1, 2, generator=g)
+    images[2] = float("nan")  # a failed decode
+    kept = images[[0, 1, 3, 4, 5]]
+    reward, alone = (reward_on(train, torch.zeros(20, dtype=torch.long), kind=kind, bank_size=8) for _ in range(2))
+    r, _ = reward(images, None, {"labels": torch.zeros(6, dtype=torch.long)})
+    expected, _ = alone(kept, None, {"labels": torch.zeros(5, dtype=torch.long)})
+    assert r[2].isnan() and torch.equal(r[[0, 1, 3, 4, 5]], expected)
+    assert torch.equal(reward.bank[0], kept.flatten(1).double())
+
+
 def test_bad_settings_and_missing_labels_are_refused():
     train = torch.randn(6, 1, 1, 2)
     with pytest.raises(ValueError, match="reward.k"):

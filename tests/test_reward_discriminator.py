@@ -108,3 +108,15 @@ def test_a_non_finite_sample_is_left_unscored_and_out_of_the_buffer():
     assert scores.isnan().tolist() == [i == 3 for i in range(8)]
     assert len(reward.fake[0]) == 7 and all(p.isfinite().all() for p in reward.model.parameters())
     assert reward(torch.randn(4, 1, 1, 1, generator=g), None, None)[0].isfinite().all()  # the next batch: scored
+
+
+def test_the_first_batch_fills_the_buffer_with_its_newest_samples_only():
+    g = torch.Generator().manual_seed(4)
+    real = torch.randn(64, 1, 1, 1, generator=g)
+    reward = discriminator(real, torch.zeros(64, dtype=torch.long), class_conditional=False, warmup_steps=1,
+                           buffer_size=5)
+    fake = torch.randn(12, 1, 1, 1, generator=g)
+    reward(fake, None, None)
+    assert torch.equal(reward.fake[0], fake.flatten(1)[-5:]) and torch.equal(reward.fake[1], torch.full((5,), -1))
+    reward(fake[:2], None, None)  # the next batch joins it, the oldest leave
+    assert torch.equal(reward.fake[0], torch.cat([fake[-3:], fake[:2]]).flatten(1))

@@ -106,6 +106,22 @@ def test_scoring_only_keeps_the_average_and_a_checkpointed_average_resumes():
     WeightedReward({"fd": resumed}, {"fd": 1.0}).load_state_dict(state)
     assert torch.equal(reward(batches[2])[0], resumed(batches[2])[0])
 
+def test_a_group_too_small_to_score_leaves_its_average_and_a_scored_group_moves_its_own():
+    g = torch.Generator().manual_seed(4)
+    train, train_labels = torch.randn(30, 1, 1, 2, generator=g), torch.arange(30) % 2
+    reward = reward_on(train, train_labels, ema=0.5, class_conditional=True)
+    first, second = torch.randn(6, 1, 1, 2, generator=g), torch.randn(5, 1, 1, 2, generator=g)
+    reward(first, None, {"labels": torch.tensor([0, 0, 0, 1, 1, 1])})  # 3 of each class: both scored
+    before = {c: tuple(m.clone() for m in reward.history[c]) for c in (0, 1)}
+    assert torch.allclose(before[1][0], first.flatten(1)[3:].mean(0).double())  # no history yet: the batch's mean
+    r, _ = reward(second, None, {"labels": torch.tensor([0, 0, 0, 1, 1])})  # class 1: 2 samples, unscored
+    assert r[3:].isnan().all() and r[:3].isfinite().all()
+    assert all(torch.equal(a, b) for a, b in zip(reward.history[1], before[1], strict=True))
+    moved = gaussian_fit(second.flatten(1)[:3].double())
+    for now, old, new in zip(reward.history[0], before[0], moved, strict=True):  # 0.5 * batch + 0.5 * history
+        assert torch.allclose(now, 0.5 * new + 0.5 * old, atol=1e-12)
+
+
 def test_class_conditional_scores_each_class_against_its_own_data():
     g = torch.Generator().manual_seed(2)
     train, train_labels = torch.randn(30, 1, 1, 2, generator=g), torch.arange(30) % 2

@@ -18,7 +18,8 @@ class CompositionalReward(Reward):
     the fraction of the checks of each sample's prompt ``meta["prompts"][i]`` that pass, in [0, 1]. Each check
     component is 1 or 0, NaN where the prompt does not ask it; ``all_ok`` is 1 when every asked check passed.
     ``targets`` are ignored (a prompt-only data set gives none). A prompt outside the captions' grammar is an error;
-    a None prompt (a sample drawn from the null caption, ``rollout.label_dropout``) is absent: NaN everywhere.
+    a None prompt (a sample drawn from the null caption, ``rollout.label_dropout``) is absent: NaN everywhere. A
+    non-finite image (a failed decode) is NaN everywhere too: unscored, left out of the update.
     """
 
     may_be_absent = True  # NaN marks a sample without a prompt (WeightedReward leaves it out of that sample's total)
@@ -39,12 +40,14 @@ class CompositionalReward(Reward):
             bad = prompts[present[asks.index(None)]]
             raise ValueError(f"reward=compositional cannot read the prompt {bad!r}: it checks digit captions of the "
                              f"form '{GRAMMAR}' (e.g. 'a thick seven leaning right')")
-        index = torch.tensor(present, dtype=torch.long, device=images.device)  # [M]
+        finite = images.flatten(1).isfinite().all(1).tolist()  # [N]: a failed (non-finite) image is left unscored
+        scored = [k for k, i in enumerate(present) if finite[i]]
+        index = torch.tensor([present[k] for k in scored], dtype=torch.long, device=images.device)  # [M]
         checks = {name: torch.full((len(images),), float("nan"), device=images.device)
-                  for name in (*CHECKS, "all_ok")}  # {name: [N]}, NaN = absent
-        if present:
+                  for name in (*CHECKS, "all_ok")}  # {name: [N]}, NaN = absent or unscored
+        if scored:
             seen = self.classifier.get(images.device)(images[index]).argmax(1)  # [M]
-            for name, value in caption_checks(images[index], asks, seen).items():  # {name: [M]}
+            for name, value in caption_checks(images[index], [asks[k] for k in scored], seen).items():  # {name: [M]}
                 checks[name][index] = value
         passed = torch.stack([checks[name] for name in CHECKS]).nanmean(0)  # [N]
         return passed, checks

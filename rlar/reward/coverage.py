@@ -75,7 +75,8 @@ class CoverageReward(Reward):
 
     ``class_conditional``: per requested class (``meta["labels"]``) against that class's data with its own bank (a
     null-class request, label < 0, against all the data). The bank moves while ``learning`` is True (evaluation
-    scores without moving it) and is the reward's ``state_dict()``. ``targets`` are ignored.
+    scores without moving it) and is the reward's ``state_dict()``. A non-finite image (a failed decode) is NaN and
+    left out of the bank. ``targets`` are ignored.
     """
 
     name = "coverage"  # the component's key, and the reward's name in errors
@@ -122,9 +123,10 @@ class CoverageReward(Reward):
         groups = request_groups(len(images), meta, self.class_conditional, self.name)  # [N]
         manifold, features = self.data_manifold(images.device), self.features(images)  # [N, F]
         features, groups, mine = batch_rows(features, groups, self.learning, images.device)  # training: [world*N]
-        reward = torch.empty(len(features), dtype=torch.float64)
-        for g in groups.unique().tolist():
-            rows = groups == g
+        reward = torch.full((len(features),), float("nan"), dtype=torch.float64)
+        finite = features.isfinite().all(1)  # [N]: a non-finite image is left unscored (NaN) and out of the bank
+        for g in groups[finite].unique().tolist():
+            rows = (groups == g) & finite
             bank = self.bank.get(g, features.new_zeros(0, features.shape[1]))  # [B, F]
             reward[rows] = self.shares(features[rows], bank, *manifold[g])
             if self.learning and self.bank_size:  # the newest samples join the bank, the oldest leave it

@@ -151,8 +151,8 @@ class DiscriminatorReward(Reward):
         first = self.fake is None
         if first and not finite.any():  # nothing to learn from yet
             return
-        self.fake = tuple(gathered) if first else tuple(
-            torch.cat([old, new])[-self.buffer_size:] for old, new in zip(self.fake, gathered, strict=True))
+        buffered = gathered if first else [torch.cat([old, new]) for old, new in zip(self.fake, gathered, strict=True)]
+        self.fake = tuple(x[-self.buffer_size:] for x in buffered)  # the newest buffer_size samples
         self.train_steps(self.warmup_steps + self.steps if first else self.steps)
 
     def state_dict(self) -> dict:

@@ -54,9 +54,10 @@ class LeaveOneOutFDReward(Reward):
 
     ``class_conditional``: per requested class (``meta["labels"]``), the class's samples against that class's data
     (a null-class request, label < 0, against all the data), each class with its own moving average. A group of
-    fewer than 3 samples is NaN (left out of the update): use ``algorithm.num_generations >= 3``. ``targets`` are
-    ignored. Every call moves the averages while ``learning`` is True (evaluation scores without moving them); they
-    are the reward's ``state_dict()``, saved with each checkpoint.
+    fewer than 3 samples is NaN (left out of the update) and leaves its average where it was: use
+    ``algorithm.num_generations >= 3``. ``targets`` are ignored. Every call moves the averages of the groups it
+    scored while ``learning`` is True (evaluation scores without moving them); they are the reward's
+    ``state_dict()``, saved with each checkpoint.
     """
 
     min_group_samples = MIN_SAMPLES  # per group scored together (checked against the config before any work)
@@ -99,7 +100,7 @@ class LeaveOneOutFDReward(Reward):
         for g in groups[finite].unique().tolist():
             rows = (groups == g) & finite
             reward[rows] = leave_one_out_fd(features[rows], reference[g], self.history.get(g), self.ema)
-            if self.learning and rows.sum() >= 2:  # the average moves to the moments just scored with
+            if self.learning and rows.sum() >= MIN_SAMPLES:  # the average moves to the moments of a group scored
                 self.history[g] = mix(gaussian_fit(features[rows]), self.history.get(g), self.ema)
         reward = reward[mine].float().to(images.device)
         return reward, {"loo_fd": reward}

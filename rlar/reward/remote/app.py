@@ -11,14 +11,42 @@ import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from rlar.contracts import Reward
+from rlar.reward.mixture import WeightedReward
 from rlar.reward.remote.auth import auth_error
 from rlar.reward.remote.wire import WireError, decode_request, encode_scores
 
 log = logging.getLogger(__name__)
 
 
+class UnservableReward(ValueError):
+    """A reward a server cannot score: it scores a call's samples together, or keeps state across calls."""
+
+
+def unservable_parts(reward, path: str = "reward") -> list[str]:
+    """``"<config path> (<class>)"`` of ``reward`` and of each component of a mix inside it that scores the samples
+    of a call together (``scores_together``) or keeps state across calls (a ``state_dict`` of its own)."""
+    if isinstance(reward, WeightedReward):
+        return [part for name, component in reward.components.items()
+                for part in unservable_parts(component, f"{path}.components.{name}")]
+    keeps_state = getattr(type(reward), "state_dict", Reward.state_dict) is not Reward.state_dict
+    return [f"{path} ({type(reward).__name__})"] if getattr(reward, "scores_together", False) or keeps_state else []
+
+
+def check_servable(reward, name: str) -> None:
+    """Raise :class:`UnservableReward` naming ``reward=<name>`` when some part of it cannot be served."""
+    parts = unservable_parts(reward)
+    if parts:
+        raise UnservableReward(
+            f"reward={name} cannot be served: it scores the samples of a call together or learns across calls "
+            f"({', '.join(parts)}), while a remote client splits each batch into chunks that its servers score "
+            "apart, and no checkpoint of the run saves what a server learns; run it in-process instead "
+            f"(reward={name} in the run, not reward=remote), and serve only rewards that score each sample alone")
+
+
 class RewardService:
-    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it.
+    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it. A reward
+    that scores a call's samples together or keeps state is refused (:func:`check_servable`).
 
     At most ``max_uploads`` requests are held in memory at a time (their bodies read, decoded or scored; the
     rest wait unread), so the server holds at most ``max_uploads * max_bytes`` of request bodies; a body not
@@ -28,6 +56,7 @@ class RewardService:
     def __init__(self, reward, name: str, target: str, device: str, token: str | None = None,
                  max_batch: int = 1024, max_bytes: int = 256 * 2**20, max_uploads: int = 4,
                  body_timeout_s: float = 60.0):
+        check_servable(reward, name)
         self.reward, self.name, self.target, self.device = reward, name, target, torch.device(device)
         self.token, self.max_batch, self.max_bytes = token, max_batch, max_bytes
         self.max_uploads, self.body_timeout_s = max_uploads, body_timeout_s

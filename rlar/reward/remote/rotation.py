@@ -37,7 +37,8 @@ class ServerPool:
         """``GET /health``: the server is in rotation if it answers 200 and ready."""
         try:
             resp = self.http.get(f"{url}/health", headers=self.headers, timeout=self.timeout_s)
-            ok = resp.status_code == 200 and resp.json().get("ready") is True
+            answer = resp.json() if resp.status_code == 200 else None
+            ok = isinstance(answer, dict) and answer.get("ready") is True  # a reply not a JSON object is not ready
             reason = "" if ok else f"/health answered {resp.status_code}: {resp.text[:200]}"
         except (httpx.HTTPError, ValueError) as e:
             ok, reason = False, f"/health: {type(e).__name__}: {e}"

@@ -11,16 +11,21 @@ from hydra.utils import instantiate
 
 from rlar.config.store import compose_config
 from rlar.reward.build import build_reward
-from rlar.reward.remote.app import RewardService, create_app
+from rlar.reward.remote.app import RewardService, UnservableReward, create_app
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, is_loopback, read_token
 from rlar.runtime.user_modules import importable
 
 log = logging.getLogger("rlar.reward.remote.server")
 
+# served when the command line chooses no reward: the run's default scores a call's samples together, which a server
+# cannot (``rlar.reward.remote.app.check_servable``); this is its term that scores each sample alone
+DEFAULT_REWARD = "class_consistency"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rlar-reward-server", description=__doc__)
-    p.add_argument("overrides", nargs="*", help="Hydra overrides choosing the reward, e.g. reward=ssim")
+    p.add_argument("overrides", nargs="*",
+                   help=f"Hydra overrides choosing the reward, e.g. reward=ssim (default: reward={DEFAULT_REWARD})")
     p.add_argument("--host", default="127.0.0.1", help="bind address; any non-loopback one needs a token")
     p.add_argument("--port", type=int, default=8700)
     p.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, help="environment variable holding the token")
@@ -42,6 +47,13 @@ def reward_name(overrides: list[str], target: str) -> str:
     return chosen[-1] if chosen else target
 
 
+def with_default_reward(overrides: list[str]) -> list[str]:
+    """``overrides``, led by ``reward=<DEFAULT_REWARD>`` when they choose no reward."""
+    if any(o.lstrip("+").startswith("reward=") for o in overrides):
+        return overrides
+    return [f"reward={DEFAULT_REWARD}", *overrides]
+
+
 def main(argv: list[str] | None = None) -> int:
     importable()  # a reward of the user's own, as python -m imports it
     args = parse_args(argv)
@@ -56,17 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlar-reward-server: refusing to listen on {args.host} without a token: a non-loopback address "
               f"needs one (set ${args.token_env} or pass --token-file)", file=sys.stderr)
         return 2
+    overrides = with_default_reward(args.overrides)
     try:
-        cfg = compose_config(args.overrides)
+        cfg = compose_config(overrides)
         hardware = instantiate(cfg.hardware)
         hardware.seed_everything()  # as the training loop does before it builds the reward
         reward = build_reward(cfg)
-        service = RewardService(reward, reward_name(args.overrides, cfg.reward._target_), cfg.reward._target_,
+        service = RewardService(reward, reward_name(overrides, cfg.reward._target_), cfg.reward._target_,
                                 hardware.device, token, args.max_batch, args.max_bytes, args.max_uploads,
                                 args.body_timeout)
         service.warm_up(tuple(int(s) for s in args.warmup_shape.split(",")))
+    except UnservableReward as e:  # refused before its test batch, which would already move its state
+        print(f"rlar-reward-server: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # a bad override, or a reward that cannot be built or fails its test batch
-        print(f"rlar-reward-server: cannot build the reward from {args.overrides} and score a --warmup-shape "
+        print(f"rlar-reward-server: cannot build the reward from {overrides} and score a --warmup-shape "
               f"{args.warmup_shape} batch: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     log.info("serving %s (%s) on http://%s:%d, token %s", service.name, ", ".join(sorted(service.components)),

@@ -1,0 +1,75 @@
+"""Which rewards a reward server serves: one that scores each sample alone, and never one that scores a call's samples
+together or learns across calls (a remote client scores a batch in chunks, and no checkpoint saves a server's state);
+with no reward chosen, the server's default is one it can serve."""
+
+import pytest
+import torch
+from starlette.testclient import TestClient
+from train_split import TrainSplit
+
+from rlar.contracts import Reward
+from rlar.reward.loo_fd import LeaveOneOutFDReward
+from rlar.reward.mixture import WeightedReward
+from rlar.reward.reconstruction import ReconstructionReward
+from rlar.reward.remote import server
+from rlar.reward.remote.app import RewardService, UnservableReward, create_app
+from rlar.reward.remote.wire import decode_scores, encode_request
+
+
+class Counting(Reward):
+    """Scores each sample alone, and counts its calls in its ``state_dict()``: state a server would keep."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, targets=None, meta=None):
+        self.calls += 1
+        return images.flatten(1).mean(1), {}
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+
+def test_a_mix_with_loo_fd_is_refused_naming_the_component_and_the_fix():
+    mix = WeightedReward({"l2": ReconstructionReward("l2"), "fd": LeaveOneOutFDReward(TrainSplit(None, None), None)},
+                         {"l2": 1.0, "fd": 1.0})
+    with pytest.raises(UnservableReward, match=r"reward=my_mix cannot be served: .*\(reward\.components\.fd "
+                                               r"\(LeaveOneOutFDReward\)\).*run it in-process instead "
+                                               r"\(reward=my_mix in the run, not reward=remote\)"):
+        create_app(RewardService(mix, "my_mix", "rlar.reward.mixture.WeightedReward", "cpu"))
+
+
+def test_a_reward_that_keeps_state_is_refused_though_it_scores_each_sample_alone():
+    with pytest.raises(UnservableReward, match=r"reward=counting cannot be served: .*\(reward \(Counting\)\)"):
+        RewardService(Counting(), "counting", "Counting", "cpu")
+
+
+def test_a_mix_that_scores_each_sample_alone_is_served_as_in_process():
+    mix = WeightedReward({"l2": ReconstructionReward("l2"), "l1": ReconstructionReward("l1")}, {"l2": 1.0, "l1": 0.5})
+    images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
+    targets = torch.zeros_like(images)
+    with TestClient(create_app(RewardService(mix, "mix", "x", "cpu"))) as app:
+        answer = app.post("/score", content=encode_request(images, targets, None))
+    assert answer.status_code == 200
+    scores, parts = decode_scores(answer.json(), 3)
+    expected = -images.square().flatten(1).mean(1) - 0.5 * images.abs().flatten(1).mean(1)  # by hand: targets are 0
+    assert torch.allclose(scores, expected, atol=1e-6) and set(parts) == {"l2", "l1"}
+
+
+def test_the_server_refuses_loo_fd_before_serving(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(server.uvicorn, "run", lambda *args, **kwargs: pytest.fail("the server started serving"))
+    assert server.main(["reward=loo_fd", f"cache_dir={tmp_path}"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("rlar-reward-server: reward=loo_fd cannot be served: ")
+    assert "(reward=loo_fd in the run, not reward=remote)" in error
+
+
+@pytest.mark.slow
+def test_with_no_reward_chosen_the_server_serves_class_consistency(monkeypatch, tmp_path):
+    served = []
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **kwargs: served.append(app))
+    assert server.main([f"cache_dir={tmp_path}", "reward.classifier.train.steps=3"]) == 0  # the run's default: refused
+    (app,) = served
+    with TestClient(app) as client:
+        info = client.get("/info").json()
+    assert info["reward"] == "class_consistency" and info["target"].endswith("ClassConsistencyReward")
