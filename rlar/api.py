@@ -170,7 +170,7 @@ def reinforce_update(policy, optimizer, tokens: torch.Tensor, logprobs: torch.Te
     entropy_coef * H``."""
     if logprobs.shape != tokens.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)} must have the tokens' shape {tuple(tokens.shape)}")
-    check_labels(policy, labels)
+    check_labels(policy, labels, len(tokens))
     mask = _update_mask(tokens, mask, prefix_len, logprobs)  # [N, T]
     policy.train()
     adv = group_advantages(rewards, rewards.numel())[0]

@@ -178,6 +178,20 @@ def test_labels_outside_the_classes_are_refused():
         compute_sequence_logprob(policy, tokens, labels + 1)
     with pytest.raises(ValueError, match="num_classes=3"):
         reinforce_update(policy, opt, tokens, logp, torch.rand(len(tokens)), labels=labels + 1)
+    with pytest.raises(ValueError, match=r"class label -2 is out of range: .*-1 for the null class"):
+        sample_codes_with_logprobs(policy, (empty, torch.tensor([-2, 1])), T)
+
+
+def test_labels_that_are_not_one_per_sequence_are_refused():
+    """Three labels for two rows were read as the first two; too few failed deep in the model."""
+    policy, opt = fresh_policy()
+    with pytest.raises(ValueError, match="3 conditions for 2 sequences: give one per sequence"):
+        sample_codes_with_logprobs(policy, (torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 1, 2])), T)
+    tokens, logp, labels = rollout(policy)
+    with pytest.raises(ValueError, match=f"{len(labels) - 1} conditions for {len(tokens)} sequences"):
+        compute_sequence_logprob(policy, tokens, labels[1:])
+    with pytest.raises(ValueError, match="conditions for .* sequences"):
+        reinforce_update(policy, opt, tokens, logp, torch.rand(len(tokens)), labels=labels[1:])
 
 
 def test_labels_may_be_a_python_list():

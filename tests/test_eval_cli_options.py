@@ -18,6 +18,7 @@ from rlar.config.store import compose_config
 from rlar.eval import cli
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.image_arrays import read_images, stacked_uint8, to_uint8_hwc, write_npz
+from rlar.eval.inception import InceptionFeatures
 from rlar.eval.inception_metrics import inception_metrics
 from rlar.studies.judged import run_judgement
 
@@ -145,6 +146,35 @@ def test_a_count_below_1_is_refused_before_any_config_is_read(args, monkeypatch)
     monkeypatch.setattr(cli, "run_config", None)
     with pytest.raises(SystemExit, match=f"{args[-2]} takes a count of at least 1, got 0"):
         cli.run_command(args)
+
+
+def test_one_sample_is_refused_before_any_config_is_read_unless_no_metric_is_asked(stand_ins, monkeypatch):
+    assert cli.run_command(["policy.checkpoint=a/last.pt", "--num-samples", "1", "--samples-only", "--out",
+                            "one"]) == {}
+    assert len(read_images("one/samples.npz")) == 1
+    monkeypatch.setattr(cli, "run_config", None)
+    with pytest.raises(SystemExit, match=r"--num-samples 1: FID fits a covariance .*needs at least 2; give "
+                                         r"--num-samples 2 or more, or --samples-only"):
+        cli.run_command(["--num-samples", "1"])
+
+
+def test_an_unreadable_inception_weights_file_stops_the_command_before_any_sampling(stand_ins, weights_file,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(cli, "InceptionFeatures", InceptionFeatures)  # the real network, from an empty file
+    monkeypatch.setattr(cli, "generate_uint8", None)  # never called
+    with pytest.raises(EOFError):
+        cli.run_command(["policy.checkpoint=a/last.pt", "--num-samples", "12", "--inception-weights", weights_file])
+    assert not Path("outputs").exists()
+
+
+@pytest.mark.parametrize("mode", [[], ["--samples-only"]])
+def test_a_text_conditioned_config_is_refused_in_one_line_before_any_model_is_built(stand_ins, weights_file, mode,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(cli, "build_models", None)  # never called
+    text = ["data.captions=attributes", "text_encoder=embedded"]
+    with pytest.raises(SystemExit, match=r"^rlar-eval samples class-conditional policies under class labels; a "
+                                         r"text-conditioned run \(text_encoder=.*\) is conditioned on captions"):
+        cli.run_command(["policy.checkpoint=a/last.pt", *text, "--inception-weights", weights_file, *mode])
 
 
 def test_random_labels_come_from_the_sampling_seed_and_get_a_folder_of_their_own(stand_ins, weights_file,

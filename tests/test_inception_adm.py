@@ -80,12 +80,19 @@ def stand_ins(monkeypatch, tmp_path):
     return sampled
 
 
+@pytest.fixture
+def six_wide(monkeypatch):
+    """The stand-in network's pool width (:func:`pool_of`) as the one a reference batch's ``mu`` and ``sigma`` fit."""
+    monkeypatch.setattr(cli, "POOL_WIDTH", 6)
+    monkeypatch.setattr(inception_eval, "POOL_WIDTH", 6)
+
+
 def score(reference: str, out: str) -> dict:
     return cli.run_command(["policy.checkpoint=last.pt", "--num-samples", "12", "--inception-weights",
                             "inception.pth", "--reference", reference, "--out", out])
 
 
-def test_fid_uses_a_reference_batchs_mu_and_sigma_and_the_other_metrics_its_images(stand_ins):
+def test_fid_uses_a_reference_batchs_mu_and_sigma_and_the_other_metrics_its_images(stand_ins, six_wide):
     arr_0 = to_uint8_hwc(torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1)
     mu, sigma = np.full(6, 0.9), np.diag(np.linspace(0.01, 0.06, 6))  # far from arr_0's features (mean ~0.5)
     np.savez("adm.npz", arr_0=arr_0, mu=mu, sigma=sigma)
@@ -109,7 +116,7 @@ def test_fid_uses_a_reference_batchs_mu_and_sigma_and_the_other_metrics_its_imag
     assert plain["fid"] < record["fid"] / 2 and plain["fid_reference"] == "features of 10 images"
 
 
-def test_the_training_evaluation_compares_with_the_reference_batchs_mu_and_sigma(stand_ins):
+def test_the_training_evaluation_compares_with_the_reference_batchs_mu_and_sigma(stand_ins, six_wide):
     mu, sigma = np.full(6, 0.9), np.eye(6) / 50
     np.savez("adm.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=mu, sigma=sigma)
     config = OmegaConf.create({"weights": "inception.pth", "reference": "adm.npz", "num_samples": 4})
@@ -130,6 +137,33 @@ def test_a_bad_reference_stops_the_command_before_any_sampling(stand_ins, arrays
     with pytest.raises(error):
         score("ref.npz", "out")
     assert stand_ins == [] and not Path("out").exists()
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)},
+     r"ref.npz: mu \(64,\) and sigma \(64, 64\) fit 64 features.*\[2048\] and \[2048, 2048\]"),
+    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, r"--reference ref.npz holds 1 image\(s\).*needs at least 2"),
+], ids=["fit of 64 features", "1 image"])
+def test_a_reference_fid_cannot_compare_with_stops_the_command_before_any_sampling(stand_ins, arrays, message):
+    np.savez("ref.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        score("ref.npz", "out")
+    assert stand_ins == [] and not Path("out").exists()
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)},
+     r"mu \(64,\) and sigma \(64, 64\) fit 64 features.*\[2048\]"),
+    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, r"eval.inception.reference=ref.npz holds 1 image\(s\)"),
+], ids=["fit of 64 features", "1 image"])
+def test_the_training_evaluation_refuses_such_a_reference_before_loading_the_network(arrays, message, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(inception_eval, "InceptionFeatures", None)  # never loaded
+    np.savez("ref.npz", **arrays)
+    config = OmegaConf.create({"weights": "inception.pth", "reference": "ref.npz", "num_samples": 4})
+    with pytest.raises(ValueError, match=message):
+        inception_eval.build_inception_eval(SimpleNamespace(num_classes=2), config, None, 4, "cpu")
 
 
 @pytest.mark.parametrize("split", ["eval", "train"])

@@ -31,6 +31,16 @@ def test_kv_cache_matches_naive_recompute(gpt):
     assert torch.allclose(cached[1], naive[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_a_prefix_as_long_as_the_sequence_is_returned_without_running_the_policy(gpt, cfg_scale, monkeypatch):
+    prefix = torch.randint(0, 32, (3, 12))  # [3, block_size]
+    monkeypatch.setattr(gpt, "forward", None)  # never called
+    monkeypatch.setattr(gpt, "prefill", None)
+    tokens, logp = sample_codes_with_logprobs(gpt, (prefix, torch.tensor([0, 1, -1])), 12, cfg_scale=cfg_scale)
+    assert torch.equal(tokens, prefix) and tokens is not prefix
+    assert logp.dtype == torch.float32 and torch.equal(logp, torch.zeros(3, 12))
+
+
 def test_class_condition_changes_the_distribution(gpt):
     tokens = torch.randint(0, 32, (2, 12))
     a = compute_sequence_logprob(gpt, tokens, torch.tensor([0, 0]))

@@ -71,6 +71,23 @@ def test_a_cache_is_reused_per_batch_size():
     assert decode.new_cache(2, "cpu") is not first
 
 
+def test_a_rollout_that_overflowed_leaves_nothing_in_the_reused_cache():
+    policy = tiny_gpt()
+    use_static_decode(policy)
+    key = policy.blocks[0].attn.key.weight
+    finite = key.detach().clone()
+    with torch.no_grad():
+        key[0, 0] = float("inf")  # one rollout whose activations overflow
+    assert not samples(policy, 2.0)[1].isfinite().all()
+    with torch.no_grad():
+        key.copy_(finite)
+    after = samples(policy, 2.0)  # the same cache, its masked slots once NaN
+    fresh = tiny_gpt()
+    use_static_decode(fresh)
+    assert after[1].isfinite().all()
+    assert_same_samples(samples(fresh, 2.0), after)
+
+
 def test_compile_decode_swaps_the_step_and_the_default_keeps_it():
     default, switched = tiny_gpt(), tiny_gpt()
     Hardware().prepare(default)

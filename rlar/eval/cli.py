@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from rlar.config.validate import check_config, check_temperature, exit_on_config_error
 from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
-from rlar.eval.inception import InceptionFeatures, default_weights_path, missing_weights_message
-from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.inception import POOL_WIDTH, InceptionFeatures, default_weights_path, missing_weights_message
+from rlar.eval.inception_metrics import FID_MIN_IMAGES, check_reference_size, inception_metrics
 from rlar.eval.model.scorer import build_eval_model
 from rlar.eval.rejudge import check_judgeable, judge_over_seeds, judgement_dir, settings_key, write_judgement
 from rlar.eval.run_models import (
@@ -107,6 +107,10 @@ def run_command(argv: list[str]) -> dict:
                           ("--image-size", opts.image_size)):
         if value is not None and value < 1:
             sys.exit(f"{option} takes a count of at least 1, got {value}")
+    scores = not (opts.samples_only or opts.make_reference)  # Inception metrics (--judge refused --num-samples)
+    if scores and opts.num_samples is not None and opts.num_samples < FID_MIN_IMAGES:
+        sys.exit(f"--num-samples {opts.num_samples}: FID fits a covariance to the samples and needs at least "
+                 f"{FID_MIN_IMAGES}; give --num-samples {FID_MIN_IMAGES} or more, or --samples-only for no metric")
     with exit_on_config_error():
         check_temperature(opts.temperature, "--temperature")
     if opts.args and "=" not in opts.args[0] and not is_run_dir(opts.args[0]):
@@ -131,8 +135,10 @@ def run_command(argv: list[str]) -> dict:
             check_judgeable(cfg)
         except ValueError as e:
             sys.exit(str(e))
-    elif not opts.samples_only and not weights.is_file():  # before any sampling
-        sys.exit(missing_weights_message(weights))
+    else:
+        check_class_conditional(cfg)
+        if not opts.samples_only and not weights.is_file():  # before any sampling
+            sys.exit(missing_weights_message(weights))
     hw = instantiate(cfg.hardware)
     hw.setup()
     try:
@@ -170,6 +176,15 @@ def check_judge_options(opts: argparse.Namespace) -> None:
     if opts.image_size is not None:
         sys.exit(f"--image-size {opts.image_size} does not apply to --judge, whose classifier reads the data's own "
                  "size: drop it, or leave out --judge for Inception metrics at that size")
+
+
+def check_class_conditional(cfg) -> None:
+    """Refuse (exit, before any model is built) a text-conditioned config: the samples are drawn under class labels
+    (``--judge``'s: :func:`~rlar.eval.rejudge.check_judgeable`)."""
+    if cfg.get("text_encoder") is not None:
+        sys.exit(f"rlar-eval samples class-conditional policies under class labels; a text-conditioned run "
+                 f"(text_encoder={cfg.text_encoder._target_}) is conditioned on captions and scored by its own "
+                 "evaluations (eval/attr/*); --make-reference still writes the .npz of its data")
 
 
 def check_saved_weights(run_dir: str | None) -> None:
@@ -254,15 +269,19 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
     """Sample the policy (``judged``: :func:`judged_weights`), write ``samples.npz`` and ``samples.png``, and (unless
     ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base`` (named by the
     readable ones and :func:`settings_key` of the config and the reference: the samples depend on ``eval.batch_size``
-    too, each batch drawing the stream's next numbers). The reference is read (and so checked) before any sampling;
-    FID compares with its ``mu`` and ``sigma`` where it is an ADM reference batch that has them."""
+    too, each batch drawing the stream's next numbers). The Inception network is loaded and the reference read (and
+    so checked: at least 2 images, a fit of the pool features) before any sampling; FID compares with its ``mu`` and
+    ``sigma`` where it is an ADM reference batch that has them."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, judged["run"])
     size = opts.image_size
     if not opts.samples_only:
+        features = InceptionFeatures(weights, device, cfg.eval.batch_size)
         reference = (read_images(opts.reference) if opts.reference
                      else split_uint8(data, "eval", image_size=size))  # [M, H, W, 3]
-        reference_fit = read_fit(opts.reference) if opts.reference else None
+        check_reference_size(len(reference), f"--reference {opts.reference}" if opts.reference
+                             else "the held-out split")
+        reference_fit = read_fit(opts.reference, POOL_WIDTH) if opts.reference else None
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
@@ -287,7 +306,6 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
         log.warning("the samples are %s px and the reference %s px: Inception resizes both to 299 px, but FID "
                     "compares images of different detail; --image-size S resizes the samples", samples.shape[1:3],
                     reference.shape[1:3])
-    features = InceptionFeatures(weights, device, batch_size)
     pool, logits = features(samples)
     metrics = inception_metrics(pool, logits, features(reference)[0], reference_fit)
     record = {**metrics, **judged, "num_samples": len(samples), "num_reference": len(reference),

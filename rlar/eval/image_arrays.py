@@ -108,10 +108,11 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
     return images
 
 
-def read_fit(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | None:
+def read_fit(path: str | os.PathLike, width: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The FID statistics an ADM reference batch ``.npz`` carries besides ``arr_0``: ``(mu [F], sigma [F, F])`` in
     float64 (a Gaussian fit of the Inception pool features of a whole training set), which ADM's evaluator's FID
-    compares with instead of the fit of ``arr_0``'s features; None for a folder or an ``.npz`` without them."""
+    compares with instead of the fit of ``arr_0``'s features; None for a folder or an ``.npz`` without them. F must
+    be ``width``, the features' (``rlar.eval.inception.POOL_WIDTH``)."""
     path = Path(path).expanduser()
     if path.is_dir():
         return None
@@ -123,6 +124,10 @@ def read_fit(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | Non
         mu, sigma = archive["mu"], archive["sigma"]
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(f"{path}: expected mu [F] and sigma [F, F], got {mu.shape} and {sigma.shape}")
+    if len(mu) != width:
+        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} fit {len(mu)} features, but FID compares "
+                         f"the Inception pool features, [{width}] and [{width}, {width}]; give a reference batch of "
+                         "those (ADM's), or an .npz without mu and sigma (FID then fits its images' features)")
     return torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
 
 

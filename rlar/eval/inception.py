@@ -14,7 +14,8 @@ from rlar.runtime.cache import cache_root
 from rlar.tokenizer.frozen import without_tf32
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-FEATURES = ("2048", "logits_unbiased")  # pool features (FID, precision/recall) [N, 2048]; logits (IS) [N, 1008]
+POOL_WIDTH = 2048  # pool features (FID, precision/recall) [N, 2048]: what a reference batch's mu and sigma fit
+FEATURES = (str(POOL_WIDTH), "logits_unbiased")  # the pool features; the logits (IS) [N, 1008]
 
 
 def default_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -11,8 +11,8 @@ from rlar.contracts import Policy, Tokenizer
 from rlar.data.batches import ImageData
 from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8
-from rlar.eval.inception import InceptionFeatures, default_weights_path
-from rlar.eval.inception_metrics import inception_metrics
+from rlar.eval.inception import POOL_WIDTH, InceptionFeatures, default_weights_path
+from rlar.eval.inception_metrics import check_reference_size, inception_metrics
 from rlar.eval.model.frechet import gaussian_fit
 from rlar.eval.model.manifold import real_balls
 from rlar.runtime import distributed
@@ -53,9 +53,11 @@ class InceptionEval:
 def build_inception_eval(data: ImageData, inception_cfg: DictConfig, cache_dir: str | None, batch_size: int,
                          device) -> InceptionEval:
     """The ``eval.inception`` evaluation: the weights file (default under the cache dir), the reference images (an
-    ``.npz``, whose ``mu`` and ``sigma`` FID uses where it has them, or a folder; default: the held-out split)."""
+    ``.npz``, whose ``mu`` and ``sigma`` FID uses where it has them, or a folder; default: the held-out split), read
+    and checked (at least 2 images, a fit of the pool features) before the network is loaded."""
+    reference = inception_cfg.reference
+    fit = read_fit(reference, POOL_WIDTH) if reference else None
+    images = read_images(reference) if reference else split_uint8(data, "eval")  # [M, H, W, 3]
+    check_reference_size(len(images), f"eval.inception.reference={reference}" if reference else "the held-out split")
     features = InceptionFeatures(inception_cfg.weights or default_weights_path(cache_dir), device, batch_size)
-    if not inception_cfg.reference:
-        return InceptionEval(features, split_uint8(data, "eval"), inception_cfg.num_samples, data.num_classes)
-    return InceptionEval(features, read_images(inception_cfg.reference), inception_cfg.num_samples,
-                         data.num_classes, read_fit(inception_cfg.reference))
+    return InceptionEval(features, images, inception_cfg.num_samples, data.num_classes, fit)

@@ -14,6 +14,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.eval.model.manifold import DENSITY_COVERAGE_K, density_coverage
 
+FID_MIN_IMAGES = 2  # FID fits a covariance to the samples and to the reference: at least 2 images each
 PRC_BATCH = 1024  # rows of each k-NN distance block of precision / recall: [1024, max(N, M)] floats at a time
 IS_SPLIT_SIZE = 5000  # samples per Inception Score split, as ADM's evaluator (compute_inception_score)
 
@@ -25,6 +26,14 @@ def inception_score(logits: torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> tu
     shorter. std: over the splits (ADM reports the mean only)."""
     isc = isc_features_to_metric(logits, splits=max(1, math.ceil(len(logits) / split_size)), shuffle=False)
     return isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
+
+
+def check_reference_size(count: int, what: str) -> None:
+    """Refuse (``ValueError``) a reference of fewer than ``FID_MIN_IMAGES`` images, ``what`` (its name), before any
+    sample is drawn to compare with it."""
+    if count < FID_MIN_IMAGES:
+        raise ValueError(f"{what} holds {count} image(s), but FID fits a covariance to the reference and needs at "
+                         f"least {FID_MIN_IMAGES}: give a reference of more images")
 
 
 def inception_metrics(pool: torch.Tensor, logits: torch.Tensor, reference_pool: torch.Tensor,
@@ -45,9 +54,9 @@ def inception_metrics(pool: torch.Tensor, logits: torch.Tensor, reference_pool: 
     the same questions asked of the reference images' own balls (``coverage_neighbours``), which outlying samples
     cannot widen. All but IS and density depend on N and M: compare values at the same N and reference.
     """
-    if len(pool) < 2 or len(reference_pool) < 2:
-        raise ValueError(f"FID needs at least 2 samples and 2 reference images, got {len(pool)} and "
-                         f"{len(reference_pool)}")
+    if min(len(pool), len(reference_pool)) < FID_MIN_IMAGES:
+        raise ValueError(f"FID needs at least {FID_MIN_IMAGES} samples and {FID_MIN_IMAGES} reference images, got "
+                         f"{len(pool)} and {len(reference_pool)}")
     fid = frechet_distance(*gaussian_fit(pool), *(reference_fit or gaussian_fit(reference_pool)))
     inception_mean, inception_std = inception_score(logits)
     prc = {KEY_METRIC_PRECISION: float("nan"), KEY_METRIC_RECALL: float("nan")}

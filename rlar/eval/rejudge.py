@@ -3,7 +3,7 @@
 One evaluation's sampling noise (about 2 units of ``eval/fd`` at 4 samples per held-out digit, docs/evaluation.md)
 is as large as many differences worth knowing, such as RL against the prior at its best temperature; repeating the
 evaluation under seeds ``eval.seed``, ``eval.seed + 1``, ... and averaging tells them apart. The seed ``eval.seed``
-repeats the run's own evaluation exactly.
+repeats a one-process run's own evaluation exactly (under torchrun each rank sampled from ``eval.seed + rank``).
 """
 
 from __future__ import annotations

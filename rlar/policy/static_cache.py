@@ -2,8 +2,9 @@
 
 The eager cache (``rlar.policy.gpt.KVCache``) attends over its filled slice ``[:, :, :length]``, one slot
 longer at every step. Here a step writes its key and value in place at ``position`` (a tensor, not a Python int)
-and attends over all ``max_len`` slots, with a mask hiding the slots after ``position``. Slots start at zero and
-only ever hold finite values, so the masked ones add exactly nothing.
+and attends over all ``max_len`` slots, with a mask hiding the slots after ``position``. A masked slot adds exactly
+nothing only while it is finite (NaN plus the mask's -inf is NaN): slots start at zero and are zeroed again when a
+cache is reused (:meth:`StaticKVCache.reset`), so that a rollout that overflowed leaves nothing in the next.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ class StaticKVCache:
         self.slots = torch.arange(max_len, device=device)
         self.key_valid: torch.Tensor | None = None  # [N, max_len] bool: False at padded condition tokens (text)
         self.cross: dict = {}  # cross-attention: layer -> (keys, values, valid) of the condition tokens
+
+    def reset(self) -> None:
+        """Empty the cache for a new rollout: keys and values zeroed in place (the same addresses, which a CUDA graph
+        reads), ``length`` 0."""
+        for tensor in (*self.keys, *self.values):
+            tensor.zero_()
+        self.length = 0
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.keys, *self.values, self.position, self.slots]

@@ -36,12 +36,21 @@ def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, Conditi
     return prefix.long(), labels
 
 
-def check_labels(policy, labels: Conditions) -> None:
-    """Refuse class labels ``>= policy.num_classes`` (negative ones mean the null class)."""
+def check_labels(policy, labels: Conditions, rows: int) -> None:
+    """Refuse conditions that are not one per row of the ``rows`` sequences, and class labels outside ``-1`` (the null
+    class) .. ``policy.num_classes - 1``."""
+    if labels is not None and len(labels) != rows:
+        raise ValueError(f"{len(labels)} conditions for {rows} sequences: give one per sequence (the G samples of "
+                         "an item each repeat its label: labels.repeat_interleave(G))")
     num_classes = getattr(policy, "num_classes", None)
-    if torch.is_tensor(labels) and labels.numel() and num_classes is not None and int(labels.max()) >= num_classes:
-        raise ValueError(f"class label {int(labels.max())} is out of range: the policy has num_classes={num_classes} "
-                         f"(labels 0..{num_classes - 1}; -1 for the null class)")
+    if not (torch.is_tensor(labels) and labels.numel()):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    bad = low if low < -1 else high if num_classes is not None and high >= num_classes else None
+    if bad is not None:
+        limits = "(labels 0 and up" if num_classes is None else (
+            f"the policy has num_classes={num_classes} (labels 0..{num_classes - 1}")
+        raise ValueError(f"class label {bad} is out of range: {limits}; -1 for the null class)")
 
 
 def with_null_class(labels: Conditions, batch: int, device) -> Condition | torch.Tensor:
@@ -152,12 +161,14 @@ def sample_codes_with_logprobs(
     micro_batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``max_len`` tokens per row (at most the policy's ``block_size``) after an optional ground-truth prefix;
-    class labels (a tensor or a sequence ``[N]``) must be below the policy's ``num_classes`` (negative: the null class).
+    class labels (a tensor or a sequence ``[N]``, one per row) lie in 0 .. ``policy.num_classes - 1`` (-1: null).
 
     Returns tokens ``[N, max_len]`` (the prefix copied in) and log-probs ``[N, max_len]`` fp32, 0 on the
-    prefix. ``use_cache=False`` recomputes the whole prefix at every step (the naive sampler, for benchmarks).
-    ``micro_batch_size`` rows are decoded at a time (None: all at once); the uniforms of every draw are taken
-    first, step by step for all rows, so the samples do not depend on the chunking.
+    prefix; a prefix of ``max_len`` tokens is returned as it is, with log-probs 0, the policy never run (nothing is
+    left to sample, and a prefix of ``block_size`` tokens is longer than the policy reads). ``use_cache=False``
+    recomputes the whole prefix at every step (the naive sampler, for benchmarks). ``micro_batch_size`` rows are
+    decoded at a time (None: all at once); the uniforms of every draw are taken first, step by step for all rows, so
+    the samples do not depend on the chunking.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -167,7 +178,9 @@ def sample_codes_with_logprobs(
     if not k <= max_len <= block_size:
         raise ValueError(f"max_len={max_len} must lie between the prefix's length {k} and the policy's "
                          f"block_size={block_size}")
-    check_labels(policy, labels)
+    check_labels(policy, labels, n)
+    if k == max_len:  # nothing left to sample: the prefix [N, k], log-probs 0, the policy never run
+        return prefix.clone(), torch.zeros(n, k, dtype=torch.float32, device=prefix.device)
     draws = step_uniforms(n, [1] * (max_len - k), generator, prefix.device)  # [N, max_len - k]
     chunks = [sample_rows(policy, prefix[rows], None if labels is None else labels[rows], max_len, draws[rows],
                           temperature, top_k, top_p, cfg_scale, use_cache) for rows in row_chunks(n, micro_batch_size)]
@@ -241,6 +254,6 @@ def compute_sequence_logprob(
 ) -> torch.Tensor:
     """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
     the sequence log-probability). Differentiable."""
-    check_labels(policy, labels)
+    check_labels(policy, labels, len(tokens))
     logp = token_logprobs(policy, tokens, labels, temperature, cfg_scale)
     return logp.gather(-1, tokens[..., None])[..., 0]

@@ -15,8 +15,8 @@ from rlar.policy.static_cache import StaticKVCache
 
 class StaticDecode:
     """``new_cache`` / ``step`` of a policy with ``static_step``. A cache is kept per batch size, device and dtype
-    and handed out again, so that a compiled step (a CUDA graph) reads and writes the same memory at every call;
-    its memory stays allocated between rollouts."""
+    and handed out again, zeroed, so that a compiled step (a CUDA graph) reads and writes the same memory at every
+    call; its memory stays allocated between rollouts."""
 
     def __init__(self, policy, compile_mode: str | None = None):
         self.policy = policy
@@ -28,14 +28,15 @@ class StaticDecode:
     def new_cache(self, batch: int, device, dtype=None) -> StaticKVCache:
         key = (batch, torch.device(device), dtype or next(self.policy.parameters()).dtype)
         cache = self.caches.get(key)
-        if cache is None:
-            p = self.policy
-            cache = StaticKVCache(p.n_layer, batch, p.n_head, p.sequence_len, p.n_embd // p.n_head, *key[1:])
-            if self.compile_mode is not None:
-                for tensor in cache.tensors():  # the same addresses at every call: no re-capture
-                    torch._dynamo.mark_static_address(tensor)
-            self.caches[key] = cache
-        cache.length = 0  # slots past the position are masked, so the old contents need no clearing
+        if cache is not None:
+            cache.reset()  # the old slots are masked, but a NaN or inf left in them would leak through the mask
+            return cache
+        p = self.policy
+        cache = StaticKVCache(p.n_layer, batch, p.n_head, p.sequence_len, p.n_embd // p.n_head, *key[1:])
+        if self.compile_mode is not None:
+            for tensor in cache.tensors():  # the same addresses at every call: no re-capture
+                torch._dynamo.mark_static_address(tensor)
+        self.caches[key] = cache
         return cache
 
     def step(self, token: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
