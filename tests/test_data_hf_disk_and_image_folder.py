@@ -12,6 +12,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from rlar.config.store import compose_config
+from rlar.data import stored
 from rlar.data.batches import holdout_split
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
@@ -222,6 +223,26 @@ def test_image_folder_eval_root(tmp_path, folder):
 
 
 # ---- clear errors ----
+
+def test_a_held_out_split_that_is_the_train_split_is_refused(tmp_path, folder, hf_dict):
+    root = folder[0]
+    for eval_root in (root, root / "digit4", root.parent):  # the same folder, one inside it, one around it
+        with pytest.raises(ValueError, match="share images .* a folder apart, or eval_root=null"):
+            ImageFolderData(str(root), image_size=32, channels=1, eval_root=str(eval_root))
+    with pytest.raises(ValueError, match="data.eval_split='train' is the train split"):
+        HFDiskData(hf_dict, image_size=32, channels=1, eval_split="train")
+
+
+def test_labels_outside_the_classes_are_refused_before_the_eval_split_is_decoded(tmp_path, digits, monkeypatch):
+    pixels, labels = digits
+    path = save_dict(tmp_path / "ok", {"train": {"image": pil(pixels[:20]), "label": labels[:20].tolist()},
+                                       "validation": {"image": pil(pixels[20:30]), "label": [12] * 10}})
+    decoded = []
+    monkeypatch.setattr(stored, "decode_all", lambda *args: decoded.append(args))
+    with pytest.raises(ValueError, match=r"range over \[0, 12\], outside \[0, data.num_classes=10\)"):
+        HFDiskData(path, image_size=32, channels=1, num_classes=10)
+    assert not decoded
+
 
 def test_errors_name_the_problem_and_the_fix(tmp_path, digits):
     pixels, labels = digits

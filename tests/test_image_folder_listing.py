@@ -9,10 +9,12 @@ from rlar.data.image_folder import EXTENSIONS, image_files
 
 
 def rglob_listing(root: Path, classes: list[str]) -> list[Path]:
-    """What the listing was before: every image file under root/<class>, by rglob and is_file, sorted."""
+    """Every image file under root/<class>, by rglob and is_file, sorted, but those with a hidden name or under a
+    hidden folder (``.ipynb_checkpoints``' copies)."""
     return [p for name in classes for p in sorted(q for q in (root / name).rglob("*")
                                                   if q.is_file() and q.suffix.lower() in EXTENSIONS
-                                                  and not q.name.startswith("."))]
+                                                  and not any(part.startswith(".")
+                                                              for part in q.relative_to(root).parts))]
 
 
 def test_the_listing_is_rglobs_without_a_stat_per_file(tmp_path, monkeypatch):
@@ -32,5 +34,5 @@ def test_the_listing_is_rglobs_without_a_stat_per_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert files == rglob_listing(root, ["a", "b"])
     assert [f.relative_to(root).as_posix() for f in files] == [
-        "a/.cache/4.png", "a/1.png", "a/sub/2.PNG", "a/sub/deeper/3.jpg", "a/sub-x/5.png", "b/6.webp", "b/linked.png"]
-    assert labels == [0, 0, 0, 0, 0, 1, 1]
+        "a/1.png", "a/sub/2.PNG", "a/sub/deeper/3.jpg", "a/sub-x/5.png", "b/6.webp", "b/linked.png"]
+    assert labels == [0, 0, 0, 0, 1, 1]

@@ -135,6 +135,10 @@ class HFDiskData(StoredImageData):
     def _eval_split(self, eval_split: str | None, splits: dict) -> str:
         if eval_split is None:
             return next((s for s in EVAL_SPLITS if s in splits and s != self.split), HOLDOUT)
+        if eval_split == self.split:
+            raise ValueError(f"data.eval_split='{eval_split}' is the train split (data.split): every held-out item "
+                             f"would be one the policy trains on; name another split, '{HOLDOUT}' (hold out "
+                             "data.eval_fraction of train) or null")
         if eval_split != HOLDOUT and eval_split not in splits:
             raise ValueError(f"data.eval_split='{eval_split}' is not a split of data.path='{self.path}' (splits: "
                              f"{sorted(splits)}); name one of them, '{HOLDOUT}' (hold out data.eval_fraction of "

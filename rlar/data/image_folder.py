@@ -28,12 +28,25 @@ def class_folders(root: Path, key: str) -> list[str]:
     return classes
 
 
+def check_apart(root: Path, eval_root: Path) -> None:
+    """Refuse held-out images that are train images: ``eval_root`` the same folder as ``root``, or one inside the
+    other."""
+    a, b = root.resolve(), eval_root.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise ValueError(f"data.eval_root='{eval_root}' and data.root='{root}' share images (the same folder, or one "
+                         "inside the other): the held-out split would hold images the policy trains on; give a "
+                         "folder apart, or eval_root=null to hold out data.eval_fraction of root")
+
+
 def files_under(folder: Path) -> Iterator[Path]:
     """Every file under ``folder``, at any depth, from the folders' entries: no ``stat`` per regular file (one per
-    symbolic link). Links to folders are not followed; a folder that cannot be read is passed over."""
+    symbolic link). Hidden files and folders (``.ipynb_checkpoints``: copies of the images) are left out, links to
+    folders are not followed, and a folder that cannot be read is passed over."""
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
+                if entry.name.startswith("."):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     yield from files_under(Path(entry.path))
                 elif entry.is_file():
@@ -46,8 +59,7 @@ def image_files(root: Path, classes: list[str], class_ids: dict[str, int]) -> tu
     """Every image file (by extension, any depth, sorted) under ``root/<class>`` and its class id."""
     files, labels = [], []
     for name in classes:
-        found = sorted(p for p in files_under(root / name)
-                       if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+        found = sorted(p for p in files_under(root / name) if p.suffix.lower() in EXTENSIONS)
         files += found
         labels += [class_ids[name]] * len(found)
     return files, labels
@@ -148,6 +160,7 @@ class ImageFolderData(StoredImageData):
         train = self._read(self.root, self.classes, class_ids)
         held_out = None
         if self.eval_root is not None:
+            check_apart(self.root, self.eval_root)
             eval_classes = class_folders(self.eval_root, "eval_root")
             unknown = sorted(set(eval_classes) - set(self.classes))
             if unknown:

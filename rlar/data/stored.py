@@ -141,6 +141,7 @@ class StoredImageData(ImageData):
                         None if captions is None else SourceRows(captions, eval_idx))
             sources, labels = SourceRows(sources, train_idx), labels[train_idx]
             captions = None if captions is None else SourceRows(captions, train_idx)
+        count_classes(torch.cat([labels, held_out[1]]), num_classes, where)  # bad labels: refused before decoding
         images, kept, skipped = decode_all(held_out[0], self.image_size, self.channels, self.num_workers,
                                            f"the eval split of {where}")
         self.skipped_paths += skipped
