@@ -1,7 +1,8 @@
 import torch
 
 from rlar.data.digits import DigitsData
-from rlar.tokenizer.digits_vq import DigitsVQ, psnr, train_digits_vq
+from rlar.tokenizer import build
+from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen
 
 
@@ -46,3 +47,29 @@ def test_decode_refuses_out_of_range_codes():
         assert "[0, 15]" in str(e)
     else:
         raise AssertionError("a code outside the codebook was decoded")
+
+
+class SplitReadInChunks:
+    """The eval split of the digits, readable only a slice at a time (a stored split in fp32 is 4x its bytes)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images, self.eval_labels = images, torch.zeros(len(images), dtype=torch.long)
+
+    @property
+    def eval_images(self):
+        raise AssertionError("the whole eval split was converted at once")
+
+    def eval_images_of(self, items: slice) -> torch.Tensor:
+        return self.images[items]
+
+
+def test_the_tokenizers_quality_is_measured_a_chunk_at_a_time(monkeypatch):
+    images = DigitsData().eval_images[:50]  # [50, 1, 32, 32]
+    model = DigitsVQ(codebook_size=16, hidden=16).eval()
+    with torch.no_grad():
+        codes = model.encode_indices(images)
+        whole = psnr(model.decode_code(codes), images)
+    monkeypatch.setattr(build, "QUALITY_CHUNK", 7)  # 8 chunks, the last of 1
+    quality = build._quality(model, SplitReadInChunks(images))
+    assert abs(quality["psnr_db"] - whole) < 1e-4
+    assert abs(quality["code_perplexity"] - code_usage_perplexity(codes, 16)) < 1e-9

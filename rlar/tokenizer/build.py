@@ -11,12 +11,14 @@ from tqdm.auto import tqdm
 
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
+from rlar.reward.metrics import psnr as psnr_each
 from rlar.runtime.cache import cached_artifact, load_checkpoint, seeded
-from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
+from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer
 from rlar.tokenizer.schemas import DigitsVQSchema
 
 log = logging.getLogger(__name__)
+QUALITY_CHUNK = 1024  # eval images encoded and decoded at a time to measure the tokenizer (the digits': all at once)
 
 
 def plain(cfg) -> dict:
@@ -47,7 +49,7 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
         state, path = cached_artifact(spec.cache_dir, "digits_vq", spec_key, build)
         model.load_state_dict(state)
         source = str(path)
-    if data.eval_images is None:  # prompt-only data: nothing to measure the reconstruction on
+    if data.eval_images_of(slice(0, 0)) is None:  # prompt-only data: nothing to measure the reconstruction on
         return FrozenTokenizer(model, chunk_size=spec.chunk_size, source=source, metrics={})
     metrics = _quality(model, data)
     log.info("tokenizer %s: eval reconstruction PSNR %.2f dB, code perplexity %.1f of %d",
@@ -57,7 +59,13 @@ def build_digits_vq(data: ImageData, **options) -> FrozenTokenizer:
 
 @torch.no_grad()
 def _quality(model: DigitsVQ, data: ImageData) -> dict:
+    """The eval split's mean reconstruction PSNR and code perplexity, :data:`QUALITY_CHUNK` images at a time (a
+    stored split in fp32 is 4x its bytes)."""
     model.eval()
-    codes = model.encode_indices(data.eval_images)
-    return {"psnr_db": psnr(model.decode_code(codes), data.eval_images),
-            "code_perplexity": code_usage_perplexity(codes, model.codebook_size)}
+    codes, db = [], []
+    for lo in range(0, len(data.eval_labels), QUALITY_CHUNK):
+        images = data.eval_images_of(slice(lo, lo + QUALITY_CHUNK))  # [n, C, H, W]
+        codes.append(model.encode_indices(images))  # [n, T]
+        db.append(psnr_each(model.decode_code(codes[-1]), images))  # [n]
+    return {"psnr_db": float(torch.cat(db).mean()),
+            "code_perplexity": code_usage_perplexity(torch.cat(codes), model.codebook_size)}

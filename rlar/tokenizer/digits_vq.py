@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlar.reward.metrics import psnr as psnr_each
 from rlar.runtime.build_checkpoint import BuildCheckpoint
 
 
@@ -77,8 +78,7 @@ class DigitsVQ(nn.Module):
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean PSNR in dB of images in [-1, 1] (peak-to-peak range 2)."""
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(4.0 / mse)).mean())
+    return float(psnr_each(x, y).mean())
 
 
 def train_digits_vq(model: DigitsVQ, images: torch.Tensor, steps: int, lr: float, batch_size: int,
