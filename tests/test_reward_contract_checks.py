@@ -65,3 +65,10 @@ def test_components_must_hold_one_value_per_image():
         checked_output((scores, {"a": torch.tensor(1.0)}), 3, Bare())
     with pytest.raises(TypeError, match="returned components as a list, not a dict"):
         checked_output((scores, [scores]), 3, Bare())
+
+
+def test_scores_and_components_come_back_on_the_samples_device():
+    """A reward of the user's own that scores on the CPU: its scores go where the samples are (NCCL gathers GPU
+    tensors only); here the meta device stands in for a GPU."""
+    scores, parts = checked_output((torch.zeros(3), {"a": torch.ones(3)}), 3, Bare(), torch.device("meta"))
+    assert scores.device.type == parts["a"].device.type == "meta"

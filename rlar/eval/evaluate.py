@@ -138,7 +138,7 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         images = data.eval_images_of(positions[batch])  # [b, C, H, W] as floats, a batch at a time; None: prompts
         targets = None if images is None else images.to(device).repeat_interleave(k, 0)
         # [b*k], {name: [b*k]}
-        reward, parts = checked_output(reward_fn(samples, targets, meta), len(samples), reward_fn)
+        reward, parts = checked_output(reward_fn(samples, targets, meta), len(samples), reward_fn, device)
         rewards.append(reward)
         components.append(parts)
         f = None

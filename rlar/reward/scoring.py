@@ -26,9 +26,10 @@ def require_reward(reward, where: str):
     return reward
 
 
-def checked_output(output, n: int, reward_fn: Reward) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``reward_fn``'s ``output`` for ``n`` images, ``(scores [n], {component: [n]})``, or an error naming what it
-    returned instead (a reward of the user's own that breaks the contract fails here, not deep in the update)."""
+def checked_output(output, n: int, reward_fn: Reward, device=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``reward_fn``'s ``output`` for ``n`` images, ``(scores [n], {component: [n]})`` on ``device`` (the samples':
+    a reward of the user's own that scores on the CPU feeds NCCL's gathers GPU tensors too), or an error naming what
+    it returned instead (a reward of the user's own that breaks the contract fails here, not deep in the update)."""
     name, contract = type(reward_fn).__qualname__, "(scores [N], {component: [N]}) for the N images it was given"
     if not (isinstance(output, tuple) and len(output) == 2):
         raise TypeError(f"reward {name} returned a {type(output).__name__}, not the pair {contract}")
@@ -43,7 +44,9 @@ def checked_output(output, n: int, reward_fn: Reward) -> tuple[torch.Tensor, dic
     if bad:
         raise ValueError(f"reward {name} returned components {bad} for {n} images: each one value per image, "
                          f"{contract}")
-    return scores, components
+    if device is None:
+        return scores, components
+    return scores.to(device), {key: value.to(device) for key, value in components.items()}
 
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
@@ -68,7 +71,7 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
     if not chunk_size or chunk_size >= n:
         samples = tokenizer.decode_code(tokens)
         decoded = phase_time(tokens.device)
-        rewards, components = checked_output(reward_fn(samples, targets, meta), n, reward_fn)
+        rewards, components = checked_output(reward_fn(samples, targets, meta), n, reward_fn, tokens.device)
     else:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score", initializer=same_device_as,
                                 initargs=(tokens.device,)) as worker:
@@ -79,7 +82,8 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
                 part = None if targets is None else targets[lo:hi]  # no targets: data without images
                 chunks.append((images, worker.submit(reward_fn, images, part, _slice_meta(meta, n, lo, hi))))
             decoded = phase_time(tokens.device)
-            results = [checked_output(future.result(), len(images), reward_fn) for images, future in chunks]
+            results = [checked_output(future.result(), len(images), reward_fn, tokens.device)
+                       for images, future in chunks]
         samples = torch.cat([images for images, _ in chunks])
         rewards = torch.cat([r for r, _ in results])
         components = concat_components([c for _, c in results], [len(images) for images, _ in chunks])
