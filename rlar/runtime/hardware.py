@@ -48,6 +48,13 @@ class Hardware:
         if self.compile_decode and self.strategy == "fsdp":
             raise ValueError("hardware.compile_decode does not support hardware.strategy=fsdp (sharded weights are "
                              "gathered per block in eager steps); use ddp or none, or compile_decode=false")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds (seed_everything)
+            raise ValueError(f"hardware.seed must be in [0, 2**32), got {self.seed}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"hardware.num_threads must be >= 1 (CPU threads), or null for torch's default; got "
+                             f"{self.num_threads}")
+        if self.timeout_min < 1:
+            raise ValueError(f"hardware.timeout_min must be >= 1 (minutes a collective waits), got {self.timeout_min}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"hardware.device={self.device!r} but CUDA is not available; use hardware=cpu")
         if self.strategy != "none" and not distributed.launched_by_torchrun():
