@@ -77,6 +77,22 @@ def tokenizer_codebook(tokenizer: torch.nn.Module) -> torch.Tensor:
                     "FrozenTokenizer of one); pass its [V, d] code vectors as cfg['codebook']")
 
 
+def stored_codebook(path: str | None) -> torch.Tensor:
+    """The code vectors ``[V, d]`` of the tokenizer state dict at ``path``: its entry ending in ``embedding.weight``
+    or ``codebook.weight`` (under ``state_dict`` or ``model`` where the file nests it)."""
+    if path is None:
+        raise ValueError("use_pretrained_codebook=True needs the codebook: cfg['codebook'] (the tokenizer, or its "
+                         "[V, d] code vectors) or cfg['codebook_ckpt_path'] (a tokenizer state dict)")
+    state = load_checkpoint(path, "codebook_ckpt_path")
+    state = state.get("state_dict", state.get("model", state))
+    found = [v for k, v in state.items() if k.endswith(("embedding.weight", "codebook.weight"))]
+    if not found:
+        raise ValueError(f"codebook_ckpt_path={path} holds no entry ending in embedding.weight or codebook.weight "
+                         f"(its keys: {sorted(state)[:8]}{' ...' if len(state) > 8 else ''}); pass the code vectors "
+                         "as cfg['codebook']")
+    return found[0]
+
+
 def build_gpt_policy(
     gpt_cls, vocab_size: int, block_size: int, cfg: dict
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -87,7 +103,8 @@ def build_gpt_policy(
     ``use_pretrained_codebook=True`` initializes the token embeddings from the tokenizer's codebook, given as
     ``cfg["codebook"]`` (the tokenizer itself, read by :func:`tokenizer_codebook`, or a ``[V, d]`` tensor) or
     ``cfg["codebook_ckpt_path"]`` (a tokenizer state dict; the entry ending in ``embedding.weight`` or
-    ``codebook.weight`` is used).
+    ``codebook.weight`` is used, its rows as stored: a LlamaGen VQ l2-normalizes its rows before decoding, which the
+    tokenizer given as ``cfg["codebook"]`` does too).
     """
     _check_keys(cfg, (*MODEL_KEYS, "extra", *OPTIMIZER_KEYS, *CODEBOOK_KEYS), "build_gpt_policy cfg")
     if gpt_cls in (None, GPT):  # rlar's GPT: the sizes not given are the Hydra config's (policy=gpt)
@@ -99,9 +116,7 @@ def build_gpt_policy(
         if isinstance(codebook, torch.nn.Module):
             codebook = tokenizer_codebook(codebook)  # [V, d]
         if codebook is None:
-            state = load_checkpoint(cfg["codebook_ckpt_path"], "codebook_ckpt_path")
-            state = state.get("state_dict", state.get("model", state))
-            codebook = next(v for k, v in state.items() if k.endswith(("embedding.weight", "codebook.weight")))
+            codebook = stored_codebook(cfg.get("codebook_ckpt_path"))
         if codebook.shape[0] != vocab_size:
             raise ValueError(f"the codebook has {codebook.shape[0]} codes but vocab_size={vocab_size}")
         with torch.no_grad():

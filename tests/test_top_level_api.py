@@ -108,6 +108,11 @@ def test_pretrained_codebook_initializes_token_embeddings(tmp_path):
     assert torch.allclose(policy.tok_emb.weight / policy.tok_emb.weight.std(), codebook / codebook.std(), atol=1e-5)
     with pytest.raises(ValueError, match="vocab_size"):
         build_gpt_policy(None, 8, 6, {"n_embd": 4, "n_head": 2, "use_pretrained_codebook": True, "codebook": codebook})
+    torch.save({"encoder.weight": codebook}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"other.ckpt holds no entry ending in embedding.weight .*'encoder.weight'"):
+        build_gpt_policy(None, 16, 6, {**cfg, "codebook_ckpt_path": tmp_path / "other.ckpt"})
+    with pytest.raises(ValueError, match="use_pretrained_codebook=True needs the codebook"):
+        build_gpt_policy(None, 16, 6, {k: v for k, v in cfg.items() if k != "codebook_ckpt_path"})
 
 
 def test_what_the_api_config_leaves_out_is_the_hydra_configs_default():
