@@ -670,3 +670,26 @@ def test_a_log_ratio_that_is_not_finite_leaves_its_row_out_of_gae(monkeypatch):
     assert valid.tolist() == [True, True, False, True, True, True, False, True]
     assert adv.isfinite().all() and returns.isfinite().all()
     assert adv[valid].abs().sum() > 0 and not adv[~valid].any() and not returns[~valid].any()
+
+
+def test_the_updates_stats_are_means_over_the_minibatches_that_scored_a_row():
+    """Two tied groups dropped, each a whole minibatch: the entropy is the mean over the scored tokens, not pulled
+    toward 0 by the empty minibatches, and the ratio check reads a minibatch with a scored row before any step (the
+    first minibatch, of seed 0's order, is an empty one; the old log-probs are set 0.1 above the policy's)."""
+    policy = tiny_policy("gpt")
+    cfg = compose_config(["algorithm.num_generations=4", "algorithm.minibatch_size=4"])
+    algo = GRPO(num_generations=4, minibatch_size=4, drop_zero_std_groups=True, grad_accum=4)
+    labels = torch.tensor([0, 1, 2, 3])
+    rollout = collect_rollout(policy.eval(), None, labels, 4, cfg.rollout, torch.Generator().manual_seed(0))
+    rewards = torch.tensor([0., 0, 0, 0, 1, 2, 3, 4, 5, 5, 5, 5, 1, 0, 1, 0])  # groups 0 and 2 tie: dropped
+    adv, keep, _ = algo.advantages(rewards, labels.repeat_interleave(4))
+    rollout.mask = rollout.mask & keep[:, None]
+    rollout.logprobs = rollout.logprobs + 0.1
+    with torch.no_grad():
+        logp_all = policy.eval()(rollout.context, rollout.condition).log_softmax(-1)  # [16, T, V]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)[rollout.mask].mean()
+    stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), algo, rollout, adv,
+                          {"temperature": 1.0, "cfg_scale": 1.0}, 1.0, torch.Generator().manual_seed(0))
+    assert stats["policy/minibatches"] == 4
+    assert stats["policy/entropy"] == pytest.approx(float(entropy), rel=1e-5)
+    assert stats["policy/ratio_max_abs_dev"] == pytest.approx(1 - math.exp(-0.1), abs=1e-5)

@@ -297,13 +297,43 @@ def minibatch_loss(policy, algorithm: Algorithm, rollout: Rollout, adv: torch.Te
     return loss, stats
 
 
+ALL_ROWS_STATS = ("loss/ntp",)  # the stats of a minibatch over every row; the others are over its scored tokens
+
+
+class MinibatchStats:
+    """The update's stats: each the mean over the minibatches that measured it (one without a scored row, whose
+    rows a non-finite reward or a dropped group left out, measures only :data:`ALL_ROWS_STATS`), 0 where none did;
+    ``policy/ratio_max_abs_dev`` from the first minibatch with a scored row before any optimizer step (else the
+    first's)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.seen: dict[str, int] = defaultdict(int)
+        self.ratio_dev, self.ratio_scored = None, False
+
+    def add(self, stats: dict[str, float], scored: bool, before_step: bool) -> None:
+        for key, value in stats.items():  # every key, so that every rank reports the same ones
+            counts = scored or key in ALL_ROWS_STATS
+            self.sums[key] += value if counts else 0.0
+            self.seen[key] += counts
+        if self.ratio_dev is None or (scored and before_step and not self.ratio_scored):
+            self.ratio_dev, self.ratio_scored = stats.get("policy/ratio_max_abs_dev"), scored
+
+    def means(self) -> dict[str, float]:
+        out = {key: total / self.seen[key] if self.seen[key] else 0.0 for key, total in self.sums.items()}
+        if self.ratio_dev is not None:
+            out["policy/ratio_max_abs_dev"] = self.ratio_dev
+        return out
+
+
 def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv: torch.Tensor, sampling: dict,
                   max_grad_norm: float | None, generator: torch.Generator, autocast=None, ref_policy=None,
                   critic=None, returns: torch.Tensor | None = None, recompute: bool = False) -> dict[str, float]:
     """``algorithm.epochs`` passes over group-preserving minibatches; an optimizer step every
     ``algorithm.grad_accum`` minibatches (once per rollout for an algorithm that ``steps_once``: REINFORCE), each
     minibatch's terms weighted by its share of the step's samples (:func:`minibatch_weights`). ``adv``: ``[N]`` or
-    ``[N, T]``. Returns mean stats: over minibatches, ``policy/grad_norm`` over optimizer steps (before clipping).
+    ``[N, T]``. Returns mean stats: over minibatches (:class:`MinibatchStats`), ``policy/grad_norm`` over optimizer
+    steps (before clipping).
     With ``algorithm.target_kl``, an optimizer step whose minibatches measured a larger mean approx_kl (the policy
     as the steps before left it, against the rollout's) is not taken and the update ends there (``policy/kl_stopped``
     1; ``policy/minibatches`` counts those run); the first step, which measures ~0, is always taken.
@@ -311,9 +341,9 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     ``recompute``: the ratio's old log-probs are :func:`recomputed_logprobs` (``rollout.update_logprobs`` where
     already computed; ``policy/sampler_logprob_dev``: their largest difference from the sampler's), not the
     sampler's; with ``algorithm.sampler_correction_cap``, each token's loss is weighted by :func:`sampler_correction`.
-    ``policy/ratio_max_abs_dev`` is measured on the first minibatch before any step: it must be ~0. ``policy`` and
-    ``critic`` may be DDP/FSDP2-wrapped: gradients are all-reduced only in the backward pass that precedes an
-    optimizer step.
+    ``policy/ratio_max_abs_dev`` is measured on the first minibatch with a scored row before any step: it must be
+    ~0. ``policy`` and ``critic`` may be DDP/FSDP2-wrapped: gradients are all-reduced only in the backward pass that
+    precedes an optimizer step.
     """
     policy.train()
     autocast = autocast or contextlib.nullcontext
@@ -330,7 +360,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
             weights, correction = sampler_correction(old, rollout.logprobs, rollout.mask, cap)
             adv = per_token(adv, weights)
         rollout = dataclasses.replace(rollout, logprobs=old)
-    sums: dict[str, float] = defaultdict(float)
+    measured = MinibatchStats()
     params = stepped_params(optimizer)
     minibatches = [idx for _ in range(algorithm.epochs)
                    for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size,
@@ -340,7 +370,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     accum = total if getattr(algorithm, "steps_once", False) else algorithm.grad_accum
     weights = minibatch_weights(rollout.mask, minibatches, accum)
     target_kl = getattr(algorithm, "target_kl", None)
-    count, first, norms, kls, stopped = 0, None, [], [], False  # norms: the gradient norm of each optimizer step
+    count, norms, kls, stopped = 0, [], [], False  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
     for idx, weight in zip(minibatches, weights, strict=True):
         count += 1
@@ -350,10 +380,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
             loss, stats = minibatch_loss(policy, algorithm, rollout, adv, idx, sampling, autocast, ref_policy,
                                          critic, returns, weight)
             (loss / window).backward()
-        if first is None:
-            first = stats.get("policy/ratio_max_abs_dev")
-        for key, value in stats.items():
-            sums[key] += value
+        measured.add(stats, bool(rollout.mask[idx].any()), before_step=count <= accum)
         kls.append(stats.get("policy/approx_kl", 0.0))
         if not ends_step:
             continue
@@ -366,11 +393,9 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
             break
         norms.append(clip_and_step(params, optimizer, max_grad_norm))
         kls = []
-    out = {key: value / count for key, value in sums.items()}
+    out = measured.means()
     if norms:
         out["policy/grad_norm"] = sum(norms) / len(norms)
-    if first is not None:
-        out["policy/ratio_max_abs_dev"] = first
     out["policy/minibatches"] = float(count)
     if target_kl is not None:
         out["policy/kl_stopped"] = float(stopped)
