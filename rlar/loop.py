@@ -50,6 +50,7 @@ from rlar.runtime.stop_signals import Stopped, StopRequest
 from rlar.text.conditions import item_conditions
 
 log = logging.getLogger(__name__)
+UNSCORED = "unscored_iterations"  # the summary's count of the last iterations without a finite reward, for a resume
 
 
 def train_rl_loop(cfg: DictConfig | dict, output_dir: str | Path | None = None) -> dict:
@@ -123,7 +124,7 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
     ``rescue_save``), unless the checkpoint holds it already (``saved_at``: the iteration of the checkpoint, when it
     holds the run as it stands then; None: none does)."""
     t = run.cfg.train
-    unscored = 0  # iterations in a row with no finite reward
+    unscored = summary.get(UNSCORED, 0)  # iterations in a row with no finite reward (kept by the checkpoint)
     shown = progress_metrics(run)
     for it in progress:
         step = it + 1
@@ -136,9 +137,11 @@ def iterations(run: Run, batches, progress, summary: dict, time_totals: dict, st
             try:
                 unscored = check_scored(unscored, metrics, t.max_nonfinite_iterations, step)
             except distributed.RaisedOnEveryRank as error:  # counted on the global batch
+                summary[UNSCORED] = t.max_nonfinite_iterations
                 rescue_save(run, summary, step, f"iteration {step} was the last one without a finite reward allowed",
                             pending=step if evaluates else None, error=error)
                 raise
+            summary[UNSCORED] = unscored
         for key, seconds in metrics.items():
             if key.startswith("time/"):
                 time_totals[key] = time_totals.get(key, 0.0) + seconds
@@ -461,6 +464,7 @@ def finish(run: Run, summary: dict, time_totals: dict[str, float], start: int) -
     """Complete the summary (the last evaluation's ``eval_*_after``, mean timings, the run's facts), export the
     policy (and its average) of a sharded checkpoint, and write ``summary.json`` (rank 0)."""
     t, out = run.cfg.train, run.out
+    summary.pop(UNSCORED, None)  # the checkpoint's, for a run extended later; not a result
     ran = max(1, t.iterations - start)
     # a finished run started again trains nothing: it keeps the timings of the iterations it ran before
     timings = {key: total / ran for key, total in time_totals.items()} or earlier_timings(out)

@@ -329,6 +329,35 @@ def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits
     assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed
 
 
+@pytest.mark.slow  # three short runs
+def test_the_count_of_iterations_without_a_finite_reward_survives_a_resume(tiny, tmp_path, monkeypatch):
+    """No reward is finite, and the limit is 2: the straight run stops at iteration 2. A run whose reward server
+    fails in iteration 2 is saved after iteration 1, one unscored iteration counted; resumed, it stops at iteration
+    2 too (the count started again from 0 before, so it went on to iteration 3)."""
+    overrides = [*tiny, "train.iterations=4", "train.max_nonfinite_iterations=2", "train.checkpoint_every=100",
+                 "eval.every=100"]
+    real, calls = loop.decode_and_score, []
+
+    def unscored(*args, fail_at=None):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise ConnectionError("the reward server went away")
+        samples, rewards, components, metrics = real(*args)
+        return samples, torch.full_like(rewards, float("nan")), components, metrics
+
+    monkeypatch.setattr(loop, "decode_and_score", unscored)
+    with pytest.raises(RuntimeError, match="iteration 2: no reward was finite"):
+        train_rl_loop(compose_config(overrides), tmp_path / "straight")
+    calls.clear()
+    monkeypatch.setattr(loop, "decode_and_score", lambda *args: unscored(*args, fail_at=2))
+    with pytest.raises(ConnectionError):
+        train_rl_loop(compose_config(overrides), tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    monkeypatch.setattr(loop, "decode_and_score", unscored)
+    with pytest.raises(RuntimeError, match="iteration 2: no reward was finite"):
+        train_rl_loop(compose_config(overrides), tmp_path / "resumed")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra,logged", [
     (["algorithm.importance_sampling_level=sequence", "algorithm.clip_eps=3e-4", "algorithm.clip_eps_high=4e-4",
