@@ -20,6 +20,7 @@ from rlar import (
     sample_multiple_generations,
 )
 from rlar.api import codebook_embeddings
+from rlar.policy.conditioning import as_condition
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
 from rlar.tokenizer.digits_vq import DigitsVQ
@@ -203,3 +204,10 @@ def test_labels_may_be_a_python_list():
     assert torch.equal(listed[0], tensor[0]) and torch.equal(listed[1], tensor[1])
     tokens, _ = sample_multiple_generations(policy, (empty, (0, 2)), T, 2)
     assert tokens.shape == (4, T)
+
+
+def test_a_class_condition_is_checked_as_its_labels_are():
+    policy, _ = fresh_policy()
+    with pytest.raises(ValueError, match="class label 3 is out of range: the policy has num_classes=3"):
+        sample_codes_with_logprobs(policy, (torch.zeros(2, 0, dtype=torch.long), as_condition(torch.tensor([0, 3]))),
+                                   T)

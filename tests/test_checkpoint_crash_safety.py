@@ -6,12 +6,13 @@ import errno
 import os
 import pickle
 import re
+import traceback
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+from torch.distributed.checkpoint.api import CheckpointException
 
 from rlar.run_record import load_schedule
 from rlar.runtime import atomic_files, checkpoint
@@ -166,7 +167,7 @@ def test_a_failed_sharded_save_is_an_error_the_run_handles_with_the_previous_che
 
     def denied(*args, **kwargs):
         denial = PermissionError(errno.EACCES, "Permission denied")
-        raise CheckpointException("save failed", {0: _wrap_exception(denial)})
+        raise CheckpointException("save failed", {0: (denial, traceback.extract_stack())})
 
     monkeypatch.setattr(checkpoint.dcp, "save", denied)
     with pytest.raises(RuntimeError, match=rf"saving the checkpoint in {re.escape(str(tmp_path))} failed \(rank 0: "

@@ -10,8 +10,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlar.algorithm import update as update_module
 from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
-from rlar.algorithm.update import clip_and_step, policy_update, recomputes_old_logprobs
+from rlar.algorithm.update import (
+    MinibatchStats,
+    clip_and_step,
+    group_minibatches,
+    policy_update,
+    recomputes_old_logprobs,
+)
 from rlar.config.store import compose_config
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
@@ -684,6 +691,7 @@ def test_the_updates_stats_are_means_over_the_minibatches_that_scored_a_row():
     rewards = torch.tensor([0., 0, 0, 0, 1, 2, 3, 4, 5, 5, 5, 5, 1, 0, 1, 0])  # groups 0 and 2 tie: dropped
     adv, keep, _ = algo.advantages(rewards, labels.repeat_interleave(4))
     rollout.mask = rollout.mask & keep[:, None]
+    assert not rollout.mask[next(group_minibatches(16, 4, 4, torch.Generator().manual_seed(0)))].any()
     rollout.logprobs = rollout.logprobs + 0.1
     with torch.no_grad():
         logp_all = policy.eval()(rollout.context, rollout.condition).log_softmax(-1)  # [16, T, V]
@@ -693,3 +701,16 @@ def test_the_updates_stats_are_means_over_the_minibatches_that_scored_a_row():
     assert stats["policy/minibatches"] == 4
     assert stats["policy/entropy"] == pytest.approx(float(entropy), rel=1e-5)
     assert stats["policy/ratio_max_abs_dev"] == pytest.approx(1 - math.exp(-0.1), abs=1e-5)
+
+
+def test_a_process_whose_minibatches_scored_nothing_does_not_pull_the_stats_toward_0(monkeypatch):
+    """Two processes: this one's minibatch scored rows (entropy 2, next-token loss 1), the other's scored none (it
+    measured only the next-token loss, 3). The entropy is this process's alone; the next-token loss the mean of both."""
+    here = MinibatchStats()
+    here.add({"policy/entropy": 2.0, "loss/ntp": 1.0}, scored=True, before_step=True)
+    other = MinibatchStats()
+    other.add({"policy/entropy": 0.0, "loss/ntp": 3.0}, scored=False, before_step=True)
+    monkeypatch.setattr(update_module.distributed, "sum_over_ranks", lambda counted: counted + torch.tensor(
+        [[other.sums[key], other.seen[key]] for key in sorted(other.sums)], dtype=torch.float64))
+    means = here.means(torch.device("cpu"))
+    assert means["policy/entropy"] == 2.0 and means["loss/ntp"] == 2.0

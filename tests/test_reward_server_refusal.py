@@ -14,6 +14,7 @@ from rlar.reward.reconstruction import ReconstructionReward
 from rlar.reward.remote import server
 from rlar.reward.remote.app import RewardService, UnservableReward, create_app
 from rlar.reward.remote.wire import decode_scores, encode_request
+from rlar.runtime.hardware import Hardware
 
 
 class Counting(Reward):
@@ -44,6 +45,35 @@ def test_a_reward_that_keeps_state_is_refused_though_it_scores_each_sample_alone
         RewardService(Counting(), "counting", "Counting", "cpu")
 
 
+class FrozenNet(torch.nn.Module, Reward):
+    """A reward that is a module: its state_dict is its frozen weights, no state across calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()), requires_grad=False)
+
+    def __call__(self, images, targets=None, meta=None):
+        return self.scale * images.flatten(1).mean(1), {}
+
+
+def test_a_mix_that_z_scores_over_the_call_is_refused_and_a_module_reward_is_served():
+    parts = {"l2": ReconstructionReward("l2"), "l1": ReconstructionReward("l1")}
+    with pytest.raises(UnservableReward, match=r"\(reward \(WeightedReward, normalize=true\)\)"):
+        RewardService(WeightedReward(parts, {"l2": 1.0, "l1": 1.0}, normalize=True), "mix", "x", "cpu")
+    assert RewardService(FrozenNet(), "frozen", "FrozenNet", "cpu").name == "frozen"
+
+
+@pytest.mark.parametrize("overrides,served", [
+    ([], "ClassConsistencyReward"),  # the run's default reward, which a server cannot serve
+    (["reward.classifier.train.steps=3"], "ClassConsistencyReward"),  # its settings
+    (["experiment=llamagen_t2i"], "CLIPReward"),  # an experiment's own reward stays
+    (["reward=ssim"], "SSIMReward"),
+])
+def test_the_server_serves_class_consistency_where_neither_a_reward_nor_an_experiment_is_chosen(overrides, served):
+    cfg, _ = server.served_config(overrides)
+    assert cfg.reward._target_.endswith(served)
+
+
 def test_a_mix_that_scores_each_sample_alone_is_served_as_in_process():
     mix = WeightedReward({"l2": ReconstructionReward("l2"), "l1": ReconstructionReward("l1")}, {"l2": 1.0, "l1": 0.5})
     images = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
@@ -58,6 +88,9 @@ def test_a_mix_that_scores_each_sample_alone_is_served_as_in_process():
 
 def test_the_server_refuses_loo_fd_before_serving(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(server.uvicorn, "run", lambda *args, **kwargs: pytest.fail("the server started serving"))
+    # the process-wide steps of a server's start: not this test worker's random streams and import path
+    monkeypatch.setattr(Hardware, "seed_everything", lambda self: None)
+    monkeypatch.setattr(server, "importable", lambda: None)
     assert server.main(["reward=loo_fd", f"cache_dir={tmp_path}"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("rlar-reward-server: reward=loo_fd cannot be served: ")

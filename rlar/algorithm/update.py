@@ -301,10 +301,10 @@ ALL_ROWS_STATS = ("loss/ntp",)  # the stats of a minibatch over every row; the o
 
 
 class MinibatchStats:
-    """The update's stats: each the mean over the minibatches that measured it (one without a scored row, whose
-    rows a non-finite reward or a dropped group left out, measures only :data:`ALL_ROWS_STATS`), 0 where none did;
-    ``policy/ratio_max_abs_dev`` from the first minibatch with a scored row before any optimizer step (else the
-    first's)."""
+    """The update's stats: each the mean over every process's minibatches that measured it (one without a scored
+    row, whose rows a non-finite reward or a dropped group left out, measures only :data:`ALL_ROWS_STATS`), 0 where
+    none did; ``policy/ratio_max_abs_dev`` this process's, from its first minibatch with a scored row before any
+    optimizer step (else its first's)."""
 
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
@@ -319,8 +319,13 @@ class MinibatchStats:
         if self.ratio_dev is None or (scored and before_step and not self.ratio_scored):
             self.ratio_dev, self.ratio_scored = stats.get("policy/ratio_max_abs_dev"), scored
 
-    def means(self) -> dict[str, float]:
-        out = {key: total / self.seen[key] if self.seen[key] else 0.0 for key, total in self.sums.items()}
+    def means(self, device) -> dict[str, float]:
+        """Collective under torchrun: every process has run as many minibatches, with the same keys."""
+        keys = sorted(self.sums)
+        counted = torch.tensor([[self.sums[key], self.seen[key]] for key in keys], dtype=torch.float64,
+                               device=device).reshape(len(keys), 2)  # [K, 2]: the sum of each stat, its minibatches
+        totals = distributed.sum_over_ranks(counted).tolist()
+        out = {key: total / seen if seen else 0.0 for key, (total, seen) in zip(keys, totals, strict=True)}
         if self.ratio_dev is not None:
             out["policy/ratio_max_abs_dev"] = self.ratio_dev
         return out
@@ -393,7 +398,7 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
             break
         norms.append(clip_and_step(params, optimizer, max_grad_norm))
         kls = []
-    out = measured.means()
+    out = measured.means(rollout.mask.device)
     if norms:
         out["policy/grad_norm"] = sum(norms) / len(norms)
     out["policy/minibatches"] = float(count)

@@ -43,6 +43,8 @@ def check_labels(policy, labels: Conditions, rows: int) -> None:
         raise ValueError(f"{len(labels)} conditions for {rows} sequences: give one per sequence (the G samples of "
                          "an item each repeat its label: labels.repeat_interleave(G))")
     num_classes = getattr(policy, "num_classes", None)
+    if isinstance(labels, Condition) and not labels.is_text:  # a class condition: its labels
+        labels = labels.labels
     if not (torch.is_tensor(labels) and labels.numel()):
         return
     low, high = int(labels.min()), int(labels.max())

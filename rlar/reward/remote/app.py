@@ -25,11 +25,14 @@ class UnservableReward(ValueError):
 
 def unservable_parts(reward, path: str = "reward") -> list[str]:
     """``"<config path> (<class>)"`` of ``reward`` and of each component of a mix inside it that scores the samples
-    of a call together (``scores_together``) or keeps state across calls (a ``state_dict`` of its own)."""
+    of a call together (``scores_together``; a mix that z-scores its terms over the call) or keeps state across
+    calls (a ``state_dict`` of its own, not a module's weights)."""
     if isinstance(reward, WeightedReward):
-        return [part for name, component in reward.components.items()
-                for part in unservable_parts(component, f"{path}.components.{name}")]
-    keeps_state = getattr(type(reward), "state_dict", Reward.state_dict) is not Reward.state_dict
+        inside = [part for name, component in reward.components.items()
+                  for part in unservable_parts(component, f"{path}.components.{name}")]
+        return ([f"{path} (WeightedReward, normalize=true)"] if reward.normalize else []) + inside
+    own = getattr(type(reward), "state_dict", Reward.state_dict)
+    keeps_state = own not in (Reward.state_dict, torch.nn.Module.state_dict)
     return [f"{path} ({type(reward).__name__})"] if getattr(reward, "scores_together", False) or keeps_state else []
 
 

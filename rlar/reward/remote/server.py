@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from rlar.config.store import compose_config
 from rlar.reward.build import build_reward
@@ -17,7 +18,7 @@ from rlar.runtime.user_modules import importable
 
 log = logging.getLogger("rlar.reward.remote.server")
 
-# served when the command line chooses no reward: the run's default scores a call's samples together, which a server
+# served where the overrides leave the run's default reward, which scores a call's samples together, as a server
 # cannot (``rlar.reward.remote.app.check_servable``); this is its term that scores each sample alone
 DEFAULT_REWARD = "class_consistency"
 
@@ -47,11 +48,12 @@ def reward_name(overrides: list[str], target: str) -> str:
     return chosen[-1] if chosen else target
 
 
-def with_default_reward(overrides: list[str]) -> list[str]:
-    """``overrides``, led by ``reward=<DEFAULT_REWARD>`` when they choose no reward."""
-    if any(o.lstrip("+").startswith("reward=") for o in overrides):
-        return overrides
-    return [f"reward={DEFAULT_REWARD}", *overrides]
+def served_config(overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """The config the server composes and the overrides it composes it from: ``overrides``, led by
+    ``reward=<DEFAULT_REWARD>`` where they choose neither a reward nor an experiment (which may choose one)."""
+    if not any(o.lstrip("+").startswith(("reward=", "experiment=")) for o in overrides):
+        overrides = [f"reward={DEFAULT_REWARD}", *overrides]
+    return compose_config(overrides), overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlar-reward-server: refusing to listen on {args.host} without a token: a non-loopback address "
               f"needs one (set ${args.token_env} or pass --token-file)", file=sys.stderr)
         return 2
-    overrides = with_default_reward(args.overrides)
+    overrides = args.overrides
     try:
-        cfg = compose_config(overrides)
+        cfg, overrides = served_config(overrides)
         hardware = instantiate(cfg.hardware)
         hardware.seed_everything()  # as the training loop does before it builds the reward
         reward = build_reward(cfg)
