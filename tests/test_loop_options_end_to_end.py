@@ -1,6 +1,7 @@
 """The loop end to end under options: NaN rewards, per-condition statistics in checkpoints, warm-up then PPO with
 a clipped critic, the teacher-forced and prefix rollout modes."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -324,9 +325,12 @@ def test_the_limit_of_unscored_iterations_saves_the_run_and_its_evaluation_waits
     record = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert record["iteration"] == 2 and record["summary"]["pending_evaluation"] == 2
     assert [h["iteration"] for h in record["summary"]["history"]] == [0, 1]
+    assert record["summary"]["unscored_iterations"] == 1  # the limit reached, kept for a resume
     monkeypatch.undo()
     resumed = train_rl_loop(compose_config(overrides), tmp_path)
     assert [h["iteration"] for h in resumed["history"]] == [0, 1, 2] and "pending_evaluation" not in resumed
+    assert "unscored_iterations" not in resumed  # loop state, not a result
+    assert "unscored_iterations" not in json.loads((tmp_path / "summary.json").read_text())
 
 
 @pytest.mark.slow  # three short runs

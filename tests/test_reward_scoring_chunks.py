@@ -41,6 +41,20 @@ def test_chunked_scoring_gives_the_same_rewards():
     assert chunked[3]["reward/calls"] == 3.0 and chunked[3]["time/reward"] >= 0
 
 
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_scores_are_moved_to_the_tokens_device_whole_or_by_chunk(monkeypatch, chunk_size):
+    from rlar.reward import scoring
+    from rlar.tokenizer.digits_vq import DigitsVQ
+    from rlar.tokenizer.frozen import FrozenTokenizer
+
+    devices, checked = [], scoring.checked_output
+    monkeypatch.setattr(scoring, "checked_output", lambda *args: devices.append(args[3]) or checked(*args))
+    tokens = torch.randint(0, 16, (10, 64))
+    scoring.decode_and_score(FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16)), CountingReward(), tokens,
+                             torch.zeros(10, 1, 32, 32), {"labels": torch.arange(10)}, chunk_size)
+    assert devices and all(device == tokens.device for device in devices)
+
+
 def test_the_scoring_thread_starts_on_the_gpu_of_the_tokens(monkeypatch):
     """CUDA's current device is per thread: without this, a reward on a bare ``cuda`` device (torchrun's rank k on
     cuda:k) would copy the chunks of its worker thread to cuda:0, away from its weights."""
