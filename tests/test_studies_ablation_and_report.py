@@ -443,8 +443,11 @@ open(sys.argv[1], "w").write("saved")
 """
 
 PARENT = """
-import sys
+import signal, sys
 from rlar.studies.ablation import run_until_it_stops
+# a terminal's foreground process: Ctrl-C raises KeyboardInterrupt, even where the test runs in a background job
+# (which starts with SIGINT ignored, and Python then leaves it so)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 run_until_it_stops([sys.executable, "-c", sys.argv[1], sys.argv[2]])
 """
 
