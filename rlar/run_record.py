@@ -66,9 +66,8 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None, 
     if distributed.world_size() > 1 or done == saved_at:
         yield
         return
-    # as save() keeps them
-    streams = gather_rng(run.generators)
-    states = copy.deepcopy(run.algorithm.state_dict()), copy.deepcopy(run.reward.state_dict())
+    streams = gather_rng(run.generators)  # as save() keeps them
+    algorithm_state, reward_state = copy.deepcopy(run.algorithm.state_dict()), copy.deepcopy(run.reward.state_dict())
     stepped = []
     hook = run.optimizer.register_step_pre_hook(lambda *_: stepped.append(True))
     try:
@@ -81,8 +80,8 @@ def saved_if_it_fails(run: Run, summary: dict, done: int, saved_at: int | None, 
                       "the last checkpoint stands", what)
             raise
         restore_rng(run.generators, streams, done, run.hw.seed)
-        run.algorithm.load_state_dict(states[0])
-        run.reward.load_state_dict(states[1])
+        run.algorithm.load_state_dict(algorithm_state)
+        run.reward.load_state_dict(reward_state)
         rescue_save(run, summary, done, f"{what} before its first optimizer step", warmed=warmed)
         raise
     finally:

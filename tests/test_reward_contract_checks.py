@@ -60,11 +60,11 @@ def test_a_reward_output_that_breaks_the_contract_names_what_it_returned(reward,
 
 def test_components_must_hold_one_value_per_image():
     scores = torch.zeros(3)
-    assert checked_output((scores, {"a": torch.ones(3)}), 3, Bare())[1]["a"].tolist() == [1, 1, 1]
+    assert checked_output((scores, {"a": torch.ones(3)}), 3, Bare(), torch.device("cpu"))[1]["a"].tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match=r"returned components \{'a': \(\)\} for 3 images: each one value per image"):
-        checked_output((scores, {"a": torch.tensor(1.0)}), 3, Bare())
+        checked_output((scores, {"a": torch.tensor(1.0)}), 3, Bare(), torch.device("cpu"))
     with pytest.raises(TypeError, match="returned components as a list, not a dict"):
-        checked_output((scores, [scores]), 3, Bare())
+        checked_output((scores, [scores]), 3, Bare(), torch.device("cpu"))
 
 
 def test_scores_and_components_come_back_on_the_samples_device():

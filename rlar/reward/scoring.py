@@ -26,7 +26,7 @@ def require_reward(reward, where: str):
     return reward
 
 
-def checked_output(output, n: int, reward_fn: Reward, device=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def checked_output(output, n: int, reward_fn: Reward, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``reward_fn``'s ``output`` for ``n`` images, ``(scores [n], {component: [n]})`` on ``device`` (the samples':
     a reward of the user's own that scores on the CPU feeds NCCL's gathers GPU tensors too), or an error naming what
     it returned instead (a reward of the user's own that breaks the contract fails here, not deep in the update)."""
@@ -44,8 +44,6 @@ def checked_output(output, n: int, reward_fn: Reward, device=None) -> tuple[torc
     if bad:
         raise ValueError(f"reward {name} returned components {bad} for {n} images: each one value per image, "
                          f"{contract}")
-    if device is None:
-        return scores, components
     return scores.to(device), {key: value.to(device) for key, value in components.items()}
 
 

@@ -93,11 +93,11 @@ class Checkpointer:
                     (self.directory / name).unlink(missing_ok=True)
                 atomic_torch_save(record, self.record_path)
         except (OSError, CheckpointException) as e:
-            if isinstance(e, CheckpointException) and not disk_full(e):  # a BaseException: a run's handlers miss it
-                failures = "; ".join(f"rank {rank}: {failure!r}" for rank, (failure, _) in e.failures.items())
-                raise RuntimeError(f"saving the checkpoint in {self.directory} failed ({failures}); the previous "
-                                   "checkpoint is still current") from e
             if not disk_full(e):
+                if isinstance(e, CheckpointException):  # a BaseException: a run's handlers (except Exception) miss it
+                    failures = "; ".join(f"rank {rank}: {failure!r}" for rank, (failure, _) in e.failures.items())
+                    raise RuntimeError(f"saving the checkpoint in {self.directory} failed ({failures}); the previous "
+                                       "checkpoint is still current") from e
                 raise
             if distributed.is_main():
                 self.remove_leftovers(self.current_shards())

@@ -61,9 +61,10 @@ def strict_load(model: nn.Module, state: dict, what: str) -> nn.Module:
     return model
 
 
-def _frozen(model: nn.Module, checkpoint: str, chunk_size: int) -> FrozenTokenizer:
-    # no reconstruction quality is measured for a released tokenizer
-    return FrozenTokenizer(model, chunk_size=chunk_size, source=str(checkpoint))
+def _frozen(model: nn.Module, source: str, chunk_size: int) -> FrozenTokenizer:
+    """``model`` frozen, named by ``source`` (its checkpoint, and a note where a setting changes its codes); no
+    reconstruction quality is measured for a released tokenizer."""
+    return FrozenTokenizer(model, chunk_size=chunk_size, source=str(source))
 
 
 def build_llamagen_vq(data=None, *, checkpoint: str, image_size: int = 256, codebook_size: int = 16384,
@@ -76,8 +77,7 @@ def build_llamagen_vq(data=None, *, checkpoint: str, image_size: int = 256, code
     strict_load(model, llamagen_state(read_checkpoint(checkpoint, "tokenizer.checkpoint")), "tokenizer.checkpoint")
     # the source names the codebook's norm, which changes every code and not the file: a prior cached for one is
     # not reused for the other
-    return FrozenTokenizer(model, chunk_size=chunk_size,
-                           source=str(checkpoint) if codebook_l2_norm else f"{checkpoint} (codebook not l2-normed)")
+    return _frozen(model, checkpoint if codebook_l2_norm else f"{checkpoint} (codebook not l2-normed)", chunk_size)
 
 
 def build_taming_vqgan(data=None, *, checkpoint: str, ddconfig: dict, image_size: int = 256,
