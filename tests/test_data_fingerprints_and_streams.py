@@ -1,6 +1,7 @@
 """File-backed data: a resumed batch stream leaves torch's global random stream as the uninterrupted one does, the
 data fingerprint (a cache key) follows the files, and an unreadable train image's caption is its replacement's."""
 
+import os
 import shutil
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_a_resumed_stream_reads_the_global_random_stream_as_the_uninterrupted_on
     assert torch.equal(torch.rand(1), after)
 
 
-def test_image_folder_fingerprint_names_each_files_class_and_size(tmp_path, digits):
+def test_image_folder_fingerprint_names_each_files_class_size_and_time(tmp_path, digits):
     pixels, _ = digits
     root = tmp_path / "folder"
     write_folder(root, pixels[:12], [i % 2 for i in range(12)])
@@ -79,6 +80,16 @@ def test_image_folder_fingerprint_names_each_files_class_and_size(tmp_path, digi
     Image.fromarray(pixels[20]).save(root / "c1" / "00.png")  # replaced in place by another image
     replaced = ImageFolderData(str(root), image_size=32, channels=1, eval_fraction=0.25).fingerprint()
     assert replaced != moved
+    path = root / "c1" / "00.png"
+    size, stamp = path.stat().st_size, path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes()[::-1])  # rewritten in place at the same size (the listing reads no pixels)
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # a second later, on file systems with coarse times too
+    assert path.stat().st_size == size
+    rewritten = ImageFolderData(str(root), image_size=32, channels=1, eval_fraction=0.25).fingerprint()
+    assert rewritten["files"] != replaced["files"]
+    path.write_bytes(path.read_bytes()[::-1])
+    os.utime(path, ns=(stamp, stamp))  # the same bytes and time again: the same key
+    assert ImageFolderData(str(root), image_size=32, channels=1, eval_fraction=0.25).fingerprint() == replaced
     shutil.copytree(root, tmp_path / "copy")  # the same files under another root hash the same
     copied = ImageFolderData(str(tmp_path / "copy"), image_size=32, channels=1, eval_fraction=0.25).fingerprint()
     assert copied["files"] == replaced["files"]

@@ -105,23 +105,25 @@ def read_caption(path: Path) -> str:
                          f"{e.start}); re-save it as UTF-8") from None
 
 
-def file_size(path: Path) -> int:
-    """The size of a file in bytes; -1 when it is gone."""
+def file_stamp(path: Path) -> tuple[int, int]:
+    """``(size in bytes, modification time in ns)`` of a file; ``(-1, -1)`` when it is gone."""
     try:
-        return path.stat().st_size
+        stat = path.stat()
     except OSError:
-        return -1
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def listing_digest(listed: list[tuple[FileSources, torch.Tensor]]) -> str:
-    """A hash of each listed file's path relative to its root, class id (``labels [n]`` of each ``FileSources``) and
-    size in bytes: a file moved to another class, added, removed, renamed or replaced by one of another size changes
-    it, and the same files under another root do not; no file is read."""
+    """A hash of each listed file's path relative to its root, class id (``labels [n]`` of each ``FileSources``), size
+    in bytes and modification time: a file moved to another class, added, removed, renamed, replaced or rewritten in
+    place changes it, and the same files under another root (moved, or copied with their times) do not; no file is
+    read."""
     digest = hashlib.sha1()
     for k, (files, labels) in enumerate(listed):
         for relative, label in zip(files.relative.tolist(), labels.tolist(), strict=True):
-            size = file_size(files.root / os.fsdecode(relative))
-            digest.update(b"%d\0%s\0%d\0%d\n" % (k, relative, label, size))
+            size, modified = file_stamp(files.root / os.fsdecode(relative))
+            digest.update(b"%d\0%s\0%d\0%d\0%d\n" % (k, relative, label, size, modified))
     return digest.hexdigest()[:16]
 
 
