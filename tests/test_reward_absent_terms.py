@@ -1,12 +1,13 @@
 """A reward term that does not apply to an item (a prompt reward without a prompt) adds nothing to its total, in a
 local mix and in a remote client's combination (where the servers' own total tells an absent term from a failure),
-and in training the z-score pools every process's items."""
+and in training the z-score pools every process's items. A failed (non-finite) image is never absent."""
 
 import math
 
 import pytest
 import torch
 
+from rlar.contracts import Reward
 from rlar.reward.mixture import WeightedReward, weighted_sum
 from rlar.reward.remote.client import RemoteReward
 from rlar.runtime import distributed
@@ -24,6 +25,32 @@ def test_an_absent_term_adds_nothing_and_an_item_nothing_scored_stays_nan():
     assert zscored[1].item() == pytest.approx(sharp_z[1].item())  # a z-scored term's mean is 0
     alone = weighted_sum({"clip": clip, "sharp": sharp}, {"clip": 1.0, "sharp": 0.0}, False, False, absent, 4, "cpu")
     assert [math.isnan(x) for x in alone.tolist()] == [False, True, False, True]  # no weighted term scored it
+
+
+class PromptTerm(Reward):
+    """A prompt reward: NaN for item 1 (no prompt) and for a non-finite image (unscored), else 1."""
+
+    may_be_absent = True
+
+    def __call__(self, images, targets=None, meta=None):
+        score = torch.ones(len(images))
+        score[1] = NAN
+        return score.masked_fill(~images.flatten(1).isfinite().all(1), NAN), {}
+
+
+class Brightness(Reward):
+    """A pixel reward that scores every image, a failed one too (its NaN pixels averaged past)."""
+
+    def __call__(self, images, targets=None, meta=None):
+        return images.flatten(1).nan_to_num(0.0).mean(1), {}
+
+
+def test_a_failed_image_is_not_absent_from_a_prompt_term():
+    images = torch.full((3, 1, 2, 2), 0.5)
+    images[2, 0, 0, 0] = NAN  # item 2: a failed decode, with a prompt; item 1: a good image without one
+    mix = WeightedReward({"prompt": PromptTerm(), "light": Brightness()}, {"prompt": 1.0, "light": 1.0})
+    total, _ = mix(images, None)
+    assert total[:2].tolist() == [1.5, 0.5] and math.isnan(total[2])
 
 
 def test_a_mix_of_no_component_scores_every_item_0():

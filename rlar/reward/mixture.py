@@ -62,7 +62,9 @@ class WeightedReward(Reward):
     (unless that is the component's score itself). An item that is NaN in a component with nonzero weight is
     NaN in the total, except in a component that sets ``may_be_absent = True`` (CLIP or compositional without a
     prompt): there NaN means "does not apply", and the item's total is the weighted sum of its other components (NaN
-    only if no weighted component scored it; :func:`weighted_sum`). A zero-weight component is only reported.
+    only if no weighted component scored it; :func:`weighted_sum`). A non-finite image (a failed decode) is never
+    absent: its NaN there makes its total NaN, whatever the other components gave it. A zero-weight component is only
+    reported.
     """
 
     def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
@@ -103,12 +105,13 @@ class WeightedReward(Reward):
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None = None):
         scores, absent, reported = {}, {}, {}
+        failed = ~images.flatten(1).isfinite().all(1)  # [N]: a failed decode, which no term may call absent
         for name, component in self.components.items():
             score, subs = component(images, targets, meta)  # [N], {sub: [N]}
             scores[name] = reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if component.may_be_absent:
-                absent[name] = score.isnan()  # [N]
+                absent[name] = score.isnan() & ~failed.to(score.device)  # [N]
         # in training over the global batch (every process scores its rows), in evaluation over this call's
         total = weighted_sum(scores, self.weights, self.normalize, self.learning, absent, len(images), images.device)
         return total, reported
