@@ -125,21 +125,22 @@ def test_the_training_evaluation_compares_with_the_reference_batchs_mu_and_sigma
     assert torch.equal(built.reference_fit[1], torch.from_numpy(sigma))
 
 
-@pytest.mark.parametrize("arrays,error,message", [
-    (None, FileNotFoundError, None),  # no file
-    ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, ValueError, None),  # no arr_0
-    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6)}, ValueError, None),  # mu without sigma
-    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6), "sigma": np.eye(5)}, ValueError, None),
+@pytest.mark.parametrize("arrays,message", [
+    (None, r"rlar-eval: reference 'ref.npz' does not exist"),  # no file
+    ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, r"no 'arr_0' array"),
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6)}, r"both 'mu' and 'sigma'"),
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(6), "sigma": np.eye(5)}, r"expected mu \[F\]"),
     # a reference FID cannot compare with: a fit of other features than Inception's pool, or 1 image
-    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)}, ValueError,
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)},
      r"ref.npz: mu \(64,\) and sigma \(64, 64\) fit 64 features.*\[2048\] and \[2048, 2048\]"),
-    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, ValueError,
-     r"--reference ref.npz holds 1 image\(s\).*needs at least 2"),
+    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, r"--reference ref.npz holds 1 image\(s\).*needs at least 2"),
 ])
-def test_a_bad_reference_stops_the_command_before_any_sampling(stand_ins, arrays, error, message):
+def test_a_bad_reference_ends_the_command_in_one_line_before_the_models_are_built(stand_ins, monkeypatch, arrays,
+                                                                                   message):
     if arrays is not None:
         np.savez("ref.npz", **arrays)
-    with pytest.raises(error, match=message):
+    monkeypatch.setattr(cli, "build_models", None)  # never built
+    with pytest.raises(SystemExit, match=message):
         score("ref.npz", "out")
     assert stand_ins == [] and not Path("out").exists()
 

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 
@@ -265,23 +266,34 @@ def make_reference(cfg, out: str, split: str, max_images: int | None, image_size
     print(f"reference: {path} ({split} split, uint8 {list(images.shape)}), grid {path.with_suffix('.png')}")
 
 
+def checked_reference(path: str | None, held_out: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+    """``(images [M, H, W, 3], (mu, sigma) or None)``: the ``--reference`` file at ``path`` (else the ``held_out``
+    split's images, without a fit), checked as FID needs it; else the command ends with the error in one line."""
+    try:
+        reference = read_images(path) if path else held_out
+        check_reference_size(len(reference), f"--reference {path}" if path else "the held-out split")
+        return reference, (read_fit(path, POOL_WIDTH) if path else None)
+    except (OSError, ValueError) as e:
+        sys.exit(f"rlar-eval: {e}")
+
+
 def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> dict:
     """Sample the policy (``judged``: :func:`judged_weights`), write ``samples.npz`` and ``samples.png``, and (unless
     ``--samples-only``) ``metrics.json``, in ``--out``, else a folder of the settings in ``base`` (named by the
     readable ones and :func:`settings_key` of the config and the reference: the samples depend on ``eval.batch_size``
     too, each batch drawing the stream's next numbers). The Inception network is loaded and the reference read (and
     so checked: at least 2 images, a fit of the pool features) before any sampling; FID compares with its ``mu`` and
-    ``sigma`` where it is an ADM reference batch that has them."""
+    ``sigma`` where it is an ADM reference batch that has them; a ``--reference`` file is read before the models are
+    built, and one FID cannot compare with ends the command with a one-line message."""
     device = hw.torch_device
-    data, tokenizer, policy = build_models(cfg, device, judged["run"])
     size = opts.image_size
+    if opts.reference and not opts.samples_only:
+        reference, reference_fit = checked_reference(opts.reference)  # [M, H, W, 3], the fit or None
+    data, tokenizer, policy = build_models(cfg, device, judged["run"])
     if not opts.samples_only:
         features = InceptionFeatures(weights, device, cfg.eval.batch_size)
-        reference = (read_images(opts.reference) if opts.reference
-                     else split_uint8(data, "eval", image_size=size))  # [M, H, W, 3]
-        check_reference_size(len(reference), f"--reference {opts.reference}" if opts.reference
-                             else "the held-out split")
-        reference_fit = read_fit(opts.reference, POOL_WIDTH) if opts.reference else None
+        if not opts.reference:
+            reference, reference_fit = checked_reference(None, split_uint8(data, "eval", image_size=size))
     scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     seed, batch_size = cfg.eval.seed, cfg.eval.batch_size
     num_samples = NUM_SAMPLES if opts.num_samples is None else opts.num_samples
