@@ -11,6 +11,7 @@ one prior (seeds, say) give their soup, ``prior + W * (average - prior)`` (``rla
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.paths) < 2:
         parser.error("give RUN_DIR (one or more) then OUT_DIR")
+    if not math.isfinite(args.weight):
+        parser.error(f"--weight {args.weight}: a soup's weight is a finite number (1: the runs' average)")
     importable(*(started_folder(p) for p in args.paths[:-1] if is_run_dir(p)))  # the runs' own modules
     try:
         out = export_runs(args.paths[:-1], args.paths[-1], args.weight)

@@ -227,3 +227,21 @@ def test_an_export_carries_the_embedded_text_encoder_its_policy_reads(tmp_path, 
     assert not needs_cached_encoder(str(folder), fresh)
     (folder / "text_encoder.safetensors").unlink()  # an export without it: the encoder comes from the prior's cache
     assert needs_cached_encoder(str(folder), fresh) and needs_cached_encoder(str(folder / "model.safetensors"), fresh)
+
+
+def test_an_export_over_one_that_carried_a_text_encoder_leaves_none_behind(tmp_path):
+    captioned = GPT(32, 16, DATA.num_classes, n_layer=1, n_head=2, n_embd=32, caption_dim=16, condition_tokens=4)
+    encoder = EmbeddedTextEncoder(max_length=4, width=16, n_layer=1, n_head=2)
+    options = policy_options("gpt")
+    folder = write_policy_folder(captioned, options, tmp_path / "export", text_encoder=encoder)
+    write_policy_folder(fresh_policy("gpt", options), options, folder)  # a class-conditional run, the same folder
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert same_weights(load(options, folder), fresh_policy("gpt", options))
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_rlar_export_refuses_a_soup_weight_that_is_not_finite_before_reading_any_run(tmp_path, capsys, weight):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "no_run"), str(tmp_path / "no_run_either"), str(tmp_path / "out"), "--weight", weight])
+    assert f"--weight {weight}: a soup's weight is a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

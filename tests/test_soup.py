@@ -35,6 +35,9 @@ def test_half_precision_weights_are_averaged_in_float64_and_kept_in_their_dtype(
 def test_policies_that_cannot_be_averaged_are_refused_by_name():
     with pytest.raises(ValueError, match="moves the average toward the prior: give the prior's weights"):
         weight_soup([state(1.0), state(2.0)], NAMES, weight=0.8)
+    for weight in (float("nan"), float("inf")):  # else every weight NaN or infinite, and written without a word
+        with pytest.raises(ValueError, match=f"a soup weight must be a finite number, got {weight}"):
+            weight_soup([state(1.0), state(2.0)], NAMES, weight=weight, prior=state(0.0))
     with pytest.raises(ValueError, match="'steps' is not a floating-point tensor and differs between run_a and run_b"):
         weight_soup([state(1.0), state(2.0, steps=8)], NAMES)
     wider = {**state(2.0), "w": torch.zeros(2, 4)}

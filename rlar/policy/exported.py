@@ -32,6 +32,7 @@ def write_policy_folder(policy: nn.Module, options: dict, out_dir: str | Path, s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).unlink(missing_ok=True)  # written last: a folder whose writing stopped is no export at all
+    (out / ENCODER).unlink(missing_ok=True)  # an earlier export's: this policy's is written below, if it has one
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(detached(policy), tmp, metadata={"format": "pt"})
     config = {"format": FORMAT, "class": type(policy).__name__,

@@ -7,6 +7,8 @@ runs of different seeds keeps what they share and cancels part of what each lear
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -17,6 +19,8 @@ def weight_soup(policies: list[dict[str, torch.Tensor]], names: list[str], weigh
     ``prior`` (same keys) is needed unless ``weight`` is 1."""
     if not policies:
         raise ValueError("a soup needs at least one policy")
+    if not math.isfinite(weight):
+        raise ValueError(f"a soup weight must be a finite number, got {weight}; 1 is the runs' plain average")
     if weight != 1.0 and prior is None:
         raise ValueError(f"a soup weight of {weight} moves the average toward the prior: give the prior's weights")
     first = policies[0]
