@@ -315,18 +315,22 @@ def test_ratio_options_out_of_range_are_refused(kwargs, match):
 
 def test_a_condition_window_follows_a_rising_reward():
     """With buffer_size, a condition's baseline is the mean and std of its last buffer_size rewards (DDPO's window):
-    rewards 1..6 under one key with a window of 3 give mean 5 and std 1, where all of them give 3.5."""
+    after rewards 1..6 under one key, a window of 3 keeps 4, 5, 6, so that a next reward of 10 is measured against
+    5, 6, 10 (mean 7, std 2.65), where all of them give mean 31 / 7. The batch of six itself is measured against all
+    six: a window narrower than a batch's rewards of one key widens for that batch."""
     windowed, everything = ConditionStats(min_count=2, buffer_size=3), ConditionStats(min_count=2)
     for stats in (windowed, everything):
         stats.update(torch.zeros(6, dtype=torch.long), torch.arange(1.0, 7.0))
+        assert stats.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(3.5)
         stats.update(torch.tensor([0]), torch.tensor([math.nan]))  # no sample: the window keeps 4, 5, 6
-    mean, std = windowed.mean_std(torch.tensor([0]), torch.tensor([0.0]))
-    assert (mean.item(), std.item()) == pytest.approx((5.0, 1.0))
-    assert everything.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(3.5)
     restored = ConditionStats(min_count=2, buffer_size=3)
     restored.load_state_dict(windowed.state_dict())
-    restored.update(torch.tensor([0]), torch.tensor([10.0]))  # 5, 6, 10
-    assert restored.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(7.0)
+    for stats in (windowed, restored):
+        stats.update(torch.tensor([0]), torch.tensor([10.0]))  # 5, 6, 10
+        mean, std = stats.mean_std(torch.tensor([0]), torch.tensor([0.0]))
+        assert (mean.item(), std.item()) == pytest.approx((7.0, 7**0.5))
+    everything.update(torch.tensor([0]), torch.tensor([10.0]))
+    assert everything.mean_std(torch.tensor([0]), torch.tensor([0.0]))[0].item() == pytest.approx(31 / 7)
     with pytest.raises(ValueError, match="buffer_size"):
         ConditionStats(min_count=2).load_state_dict(windowed.state_dict())
     with pytest.raises(ValueError, match="algorithm.buffer_size=4 keeps fewer rewards per condition"):
@@ -341,7 +345,21 @@ def test_a_kl_in_the_reward_is_refused_where_ties_would_be_standardized_on_it():
     Reinforce(baseline="condition", standardize=False, beta=0.05, kl_penalty="reward")  # a plain difference: kept
     Reinforce(baseline="leave_one_out", beta=0.05, kl_penalty="reward")
     with pytest.raises(ValueError, match="holds at least 1"):
-        ConditionStats(min_count=0, buffer_size=0)
+        ConditionStats(min_count=1, buffer_size=0)
+
+
+def test_a_batch_with_more_rewards_of_a_condition_than_its_window_is_in_its_own_baseline():
+    """Three items of class 3 (G = 8) against DDPO's window of 16: the first item's two misses fell out of the window,
+    whose last 16 rewards all tie at 1; measured against those alone they had std 0 and advantages of -1e8."""
+    algorithm = Reinforce(baseline="condition", buffer_size=16, min_count=16, num_generations=8)
+    rewards = torch.ones(24)
+    rewards[[0, 3]] = 0.0
+    adv, _, _ = algorithm.advantages(rewards, torch.full((24,), 3))
+    expected = (rewards - rewards.mean()) / (rewards.std() + 1e-8)  # the batch's 24 rewards of the class
+    assert torch.allclose(adv, expected) and adv.abs().max() < 5
+    assert algorithm.tracker.state_dict()["recent"][3] == [1.0] * 16  # the window kept: the last 16
+    with pytest.raises(ValueError, match="algorithm.min_count is the rewards a condition needs.*got 0"):
+        Reinforce(baseline="condition", min_count=0)
 
 
 def test_groups_keyed_by_condition_by_hand():

@@ -296,6 +296,8 @@ class PPO(Common):
         if self.vf_coef < 0:
             raise ValueError(f"algorithm.vf_coef must be >= 0 (the value loss's weight), got {self.vf_coef}")
         check_ratio_options(self.target_kl, None, self.clip_eps)
+        if self.num_generations < 1:
+            raise ValueError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
         if self.value_clip is not None and (not self.value_clip > 0 or not self.value_head):  # NaN too
             raise ValueError(f"algorithm.value_clip={self.value_clip} clips the value head's loss: it must be > 0 "
                              "with algorithm.value_head=true (e.g. algorithm.value_clip=0.2), or null (off)")

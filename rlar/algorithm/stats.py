@@ -9,10 +9,16 @@ class ConditionStats:
     """Running mean and std of the rewards seen for each condition key: of all of them, or with ``buffer_size`` of
     the key's last ``buffer_size`` (DDPO's per-prompt window, which follows a reward that rises as the policy learns).
 
-    A key with fewer than ``min_count`` rewards falls back to the statistics of the current batch.
+    A key with fewer than ``min_count`` rewards falls back to the statistics of the current batch. A batch holding
+    more than ``buffer_size`` rewards of one key is measured against all of them (the window widened for that batch,
+    then cut back to its last ``buffer_size``): every sample is in its own baseline, never standardized by statistics
+    of other samples alone (tied ones would give a std of 0).
     """
 
     def __init__(self, min_count: int = 16, buffer_size: int | None = None):
+        if min_count < 1:
+            raise ValueError(f"algorithm.min_count is the rewards a condition needs before its own statistics are "
+                             f"used: at least 1, got {min_count}")
         if buffer_size is not None and buffer_size < 1:
             raise ValueError(f"a window of per-condition rewards holds at least 1, got buffer_size={buffer_size}")
         self.min_count = min_count
@@ -24,15 +30,19 @@ class ConditionStats:
 
     def update(self, keys: torch.Tensor, rewards: torch.Tensor) -> None:
         """Add finite ``rewards [N]`` under their ``keys [N]``."""
+        added: dict[int, list[float]] = {}  # key -> this batch's finite rewards
         for key, r in zip(keys.tolist(), rewards.tolist(), strict=True):
-            if r != r or abs(r) == float("inf"):
-                continue
+            if r == r and abs(r) != float("inf"):
+                added.setdefault(key, []).append(r)
+        for key, batch in added.items():
             if self.buffer_size is None:
-                self.count[key] = self.count.get(key, 0) + 1
-                self.total[key] = self.total.get(key, 0.0) + r
-                self.total_sq[key] = self.total_sq.get(key, 0.0) + r * r
+                for r in batch:
+                    self.count[key] = self.count.get(key, 0) + 1
+                    self.total[key] = self.total.get(key, 0.0) + r
+                    self.total_sq[key] = self.total_sq.get(key, 0.0) + r * r
                 continue
-            window = self.recent[key] = [*self.recent.get(key, []), r][-self.buffer_size:]  # oldest first
+            window = [*self.recent.get(key, []), *batch][-max(self.buffer_size, len(batch)):]  # oldest first
+            self.recent[key] = window[-self.buffer_size:]
             self.count[key] = len(window)
             self.total[key] = sum(window)
             self.total_sq[key] = sum(x * x for x in window)
