@@ -3,6 +3,7 @@ stopped before writes were atomic, or edited by hand) is judged again with a war
 
 import json
 import logging
+import math
 import os
 
 import pytest
@@ -88,3 +89,18 @@ def test_a_kept_seed_without_a_metric_the_judge_now_measures_is_judged_again(tmp
     path.write_text(json.dumps({"identity": identity, "metrics": older}))
     assert rejudge.kept_seed(path, identity, lambda: every) == every
     assert rejudge.kept_seed(path, identity, lambda: pytest.fail("judged again")) == every  # now kept whole
+
+
+def test_a_metric_the_judge_could_not_measure_on_some_seed_has_a_nan_spread(tmp_path):
+    """Density is NaN with 5 held-out items or fewer: the seeds' std is NaN, where ``statistics.stdev`` raised after
+    every seed had been judged (kept seeds here, read back without judging)."""
+    identity = {"weights": []}
+    for seed, (fd, density) in zip((7, 8), ((2.0, float("nan")), (4.0, 0.9)), strict=True):
+        metrics = {f"eval/{m}": 1.0 for m in JUDGE_METRICS} | {"eval/fd": fd, "eval/density": density}
+        (tmp_path / f"seed{seed}.json").write_text(json.dumps({"identity": identity, "metrics": metrics}))
+    result = rejudge.judge_over_seeds(None, None, None, None, None, {}, [7, 8], "cpu", kept=tmp_path,
+                                      identity=identity)
+    assert result["eval/fd"]["mean"] == 3.0 and result["eval/fd"]["std"] == pytest.approx(2**0.5)
+    assert math.isnan(result["eval/density"]["mean"]) and math.isnan(result["eval/density"]["std"])
+    assert rejudge.seed_spread([float("nan")])["std"] == 0.0  # one seed: no spread
+

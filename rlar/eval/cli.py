@@ -239,8 +239,8 @@ def judge_and_write(cfg, opts, hw, judged: dict, base: Path) -> dict:
 def weights_stamp(judged: dict) -> list:
     """``[[path, modification time (ns), size], ...]`` of the files holding the judged weights (a run's saved weights,
     a checkpoint file, the files of an exported folder; none for the prior its config builds)."""
-    if judged["run"] is not None:
-        files = [run_policy_weights(Path(judged["run"]))]
+    if judged["run"] is not None:  # a run that trained nothing is judged as the prior its config builds
+        files = [] if trained_nothing(judged["run"]) else [run_policy_weights(Path(judged["run"]))]
     elif judged["checkpoint"] is not None:
         path = Path(judged["checkpoint"])
         files = sorted(path.iterdir()) if path.is_dir() else [path]

@@ -9,6 +9,7 @@ repeats a one-process run's own evaluation exactly (under torchrun each rank sam
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -48,12 +49,18 @@ def judge_over_seeds(cfg: DictConfig, data, tokenizer, policy, eval_model, sampl
 
     runs = [judged(seed) if kept is None else kept_seed(kept / f"seed{seed}.json", identity, lambda s=seed: judged(s))
             for seed in seeds]
-    result = {}
-    for name in JUDGE_METRICS:
-        values = [run[f"eval/{name}"] for run in runs]
-        result[f"eval/{name}"] = {"mean": statistics.fmean(values),
-                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-    return result
+    return {f"eval/{name}": seed_spread([run[f"eval/{name}"] for run in runs]) for name in JUDGE_METRICS}
+
+
+def sample_std(values: list[float]) -> float:
+    """The sample std of ``values`` (2 or more); NaN where one is not finite (a metric the judge could not measure,
+    e.g. density with too few held-out items), where ``statistics.stdev`` raises."""
+    return statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+
+
+def seed_spread(values: list[float]) -> dict:
+    """``{"mean", "std", "values"}`` of a metric over eval seeds; the std of one seed is 0."""
+    return {"mean": statistics.fmean(values), "std": sample_std(values) if len(values) > 1 else 0.0, "values": values}
 
 
 def kept_seed(path: Path, identity: dict | None, judge) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from contextlib import closing
 from pathlib import Path
@@ -28,7 +27,7 @@ from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.scorer import EvalModel, build_eval_model
-from rlar.eval.rejudge import check_judgeable
+from rlar.eval.rejudge import check_judgeable, seed_spread
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.reward.build import build_reward
 from rlar.reward.scoring import scoring_only
@@ -84,11 +83,6 @@ def draw_and_read(policy, tokenizer, reward_fn, eval_model: EvalModel, labels: t
     return torch.cat(features).view(n, draws, -1), torch.cat(hits).view(n, draws), torch.cat(rewards).view(n, draws)
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
-
-
 def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
     """``{"policy": {metric: mean_std}, "filtered": {...}, "accepted": mean_std}`` over ``seeds``, of
     ``opts.draws`` draws per item sampled under ``opts.cfg_scale`` and ``opts.temperature`` (default: the run's)."""
@@ -110,9 +104,9 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
             every = torch.arange(k).expand(len(labels), k)
             rows["policy"].append(kept_metrics(eval_model, features, hits, labels, every))
             rows["filtered"].append(kept_metrics(eval_model, features, hits, labels, accepted_first(accepted, k)))
-    result = {name: {m: mean_std([r[f"eval/{m}"] for r in runs]) for m in JUDGE_METRICS}
+    result = {name: {m: seed_spread([r[f"eval/{m}"] for r in runs]) for m in JUDGE_METRICS}
               for name, runs in rows.items()}
-    return {**result, "accepted": mean_std(accepted_rates)}
+    return {**result, "accepted": seed_spread(accepted_rates)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -30,6 +30,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rlar.config.dir_name import excluded  # noqa: E402
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
+from rlar.eval.rejudge import sample_std  # noqa: E402
 from rlar.reward.mixture import zscored  # noqa: E402
 from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
@@ -126,14 +127,14 @@ def collect_runs(study: Study, outputs: str | Path, extra: list[str] = ()) -> di
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:
     """``(mean, sample std)``; the std of a single value is 0."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), sample_std(values) if len(values) > 1 else 0.0
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
     """``mean ± sample std`` (the std needs two values)."""
     if len(values) < 2:
         return f"{values[0]:.{digits}f}" if values else "–"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sample_std(values):.{digits}f}"
 
 
 def table(study: Study, runs: dict[str, list[Run]]) -> str:
