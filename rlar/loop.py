@@ -367,6 +367,7 @@ def advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, global_rewards
     if run.critic is not None:
         adv, returns = value_advantages(run.policy, run.critic, run.algorithm, rollout, rewards, run.sampling,
                                         run.hw.autocast, token_penalty)
+        stats.pop("adv/frac_zero_std", None)  # the groups' ties: GAE's advantages, which replace theirs, have signal
     return adv, returns, valid, {**stats, **kl_stats}
 
 

@@ -82,6 +82,8 @@ def test_warmup_then_ppo_with_value_head(tiny, tmp_path, tb_scalars):
     assert all(v > 0 for v in tb_scalars(tmp_path, "loss/value"))
     assert all(0 <= v <= 1 for v in tb_scalars(tmp_path, "policy/value_clipfrac"))
     assert all(v >= 0 for v in tb_scalars(tmp_path, "loss/kl"))
+    with pytest.raises(KeyError):  # the groups' ties do not measure GAE's signal: not logged as if they did
+        tb_scalars(tmp_path, "adv/frac_zero_std")
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert saved["critic"]["weight"].shape == (1, 96)
 
