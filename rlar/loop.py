@@ -106,6 +106,10 @@ def train(run: Run) -> dict:
             evaluate_into(run, summary, summary["pending_evaluation"], rescue=False)  # saved pending already
             save(run, start, summary, warmed)  # resolved: a later start does not evaluate it again
             stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
+        if start == t.iterations and summary["history"][-1]["iteration"] < start:  # stopped at what is now the end
+            evaluate_into(run, summary, start)  # its last iteration's evaluation, which a straight run makes
+            save(run, start, summary, warmed)
+            stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
         batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)
         warm_up(run, batches, summary, warmed, stop, saved=resumed)
