@@ -7,7 +7,7 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
-from rlar.config.rerun import RECORD, check_rerun
+from rlar.config.rerun import RECORD, check_rerun, differing_keys
 from rlar.config.validate import ConfigError
 from rlar.runtime.run_lock import RunDirLocked, run_lock
 from rlar.runtime.stop_signals import StopRequest
@@ -80,6 +80,15 @@ def test_a_rerun_with_another_seed_is_refused_though_the_hardware_group_may_swit
     write_run(tmp_path, reseeded)
     with pytest.raises(ConfigError, match=r"hardware\.seed differ"):
         check_rerun(OmegaConf.create(reseeded), tmp_path, ".hydra", FREE)
+
+
+def test_a_rerun_in_another_precision_is_refused():
+    """hardware=cuda (bf16) and the CPU's fp32 name one run directory: a run begun in fp32 does not go on in bf16."""
+    recorded = {**CFG, "hardware": {"device": "cpu", "precision": "fp32", "seed": 0}}
+    on_a_gpu = {**CFG, "hardware": {"device": "cuda", "precision": "bf16", "seed": 0}}
+    assert differing_keys(recorded, on_a_gpu, FREE) == ["hardware.precision"]
+    assert differing_keys(recorded, {**on_a_gpu, "hardware": {**on_a_gpu["hardware"], "precision": "fp32"}},
+                          FREE) == []
 
 
 def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_trains(tmp_path):

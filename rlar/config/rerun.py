@@ -36,8 +36,9 @@ ADDED = {
 }
 
 # keys compared although a group they are in is free: a switch of hardware=... moves a run to another machine, while
-# its seed draws its data order (replayed on resume from the seed, not saved)
-COMPARED = ("hardware.seed",)
+# its seed draws its data order (replayed on resume from the seed, not saved) and its precision what it computes
+# (hardware=cuda's bf16 resuming a CPU run in fp32 is refused: give hardware.precision=fp32)
+COMPARED = ("hardware.seed", "hardware.precision")
 
 
 def flat(cfg: dict, prefix: str = "") -> dict:
