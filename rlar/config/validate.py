@@ -69,9 +69,10 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
         except InstantiationException as e:
             raise ConfigError(str(e.__cause__ or e)) from e
     try:  # the lr schedule checks its values when built, here on an optimizer of one parameter
-        instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+        schedule = instantiate(cfg.scheduler, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
     except InstantiationException as e:
         raise ConfigError(str(e.__cause__ or e)) from e
+    check_schedule_steps(schedule, cfg.scheduler._target_)
     try:
         check_decay(cfg.train.ema_decay)
     except ValueError as e:
@@ -287,6 +288,17 @@ def init_parameters(target) -> dict | None:
             return {}
     parameters = inspect.signature(target).parameters
     return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
+
+
+def check_schedule_steps(schedule, target: str) -> None:
+    """The loop steps the lr schedule once per iteration with no argument: a schedule whose ``step`` needs one
+    (``ReduceLROnPlateau``'s metric) would fail after the first iteration."""
+    needed = [name for name, p in inspect.signature(schedule.step).parameters.items()
+              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if needed:
+        raise ConfigError(f"scheduler._target_={target}: its step() needs {', '.join(needed)}, but the loop steps the "
+                          "schedule once per iteration with no argument; use a schedule stepped by the iteration "
+                          "alone (constant, warmup_linear, cosine, StepLR, LambdaLR, ...)")
 
 
 def check_step_rewards(cfg: DictConfig) -> None:
