@@ -194,8 +194,8 @@ def progress_metrics(run: Run) -> tuple[str, ...]:
     z-scores its terms over the batch (its mean is 0 by construction), each term's own mean."""
     if run.algorithm.trains_on_data:
         return ("loss/cca",)
-    if zscored(run.cfg.reward):
-        return tuple(f"reward/{name}" for name in run.cfg.reward.components)
+    if zscored(run.cfg.reward):  # a mix's weights name its components; a remote client's, the servers' it weighs
+        return tuple(f"reward/{name}" for name in run.cfg.reward.weights)
     return ("reward/mean",)
 
 

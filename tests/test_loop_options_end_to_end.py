@@ -123,6 +123,8 @@ def test_a_streak_of_unscored_iterations_stops_at_the_limit():
     (["reward=l2"], ("reward/mean",)),
     (["reward=vapi"], ("reward/mean",)),  # a mix that is not z-scored: its mean says what moved
     (["algorithm=cca"], ("loss/cca",)),
+    (["reward=remote", "+reward.weights={clip: 2.0, sharp: 1.0}", "reward.normalize=true"],
+     ("reward/clip", "reward/sharp")),  # a remote client's weighted components (it has no reward.components)
 ])
 def test_the_progress_bar_shows_what_moves(overrides, shown):
     cfg = compose_config(overrides)
