@@ -8,6 +8,7 @@ from starlette.testclient import TestClient
 from train_split import TrainSplit
 
 from rlar.contracts import Reward
+from rlar.reward.efficiency import EfficiencyReward
 from rlar.reward.loo_fd import LeaveOneOutFDReward
 from rlar.reward.mixture import WeightedReward
 from rlar.reward.reconstruction import ReconstructionReward
@@ -84,6 +85,21 @@ def test_a_mix_that_scores_each_sample_alone_is_served_as_in_process():
     scores, parts = decode_scores(answer.json(), 3)
     expected = -images.square().flatten(1).mean(1) - 0.5 * images.abs().flatten(1).mean(1)  # by hand: targets are 0
     assert torch.allclose(scores, expected, atol=1e-6) and set(parts) == {"l2", "l1"}
+
+
+class Prompted(Reward):
+    """Scores each sample by its prompt's length: a prompt reward (compositional, CLIP) reads meta['prompts']."""
+
+    def __call__(self, images, targets=None, meta=None):
+        return torch.tensor([float(len(p)) for p in meta["prompts"]]), {}
+
+
+@pytest.mark.parametrize("reward, component", [(EfficiencyReward(), "efficiency"), (Prompted(), None)])
+def test_the_warm_up_gives_the_decoding_steps_and_the_prompts_a_reward_may_read(reward, component):
+    """The warm-up's meta held labels alone: efficiency (steps) and compositional (prompts) stopped the server."""
+    service = RewardService(reward, "r", "r", "cpu")
+    service.warm_up((2, 1, 8, 8))
+    assert service.components == ({component} if component else set()) and service.served == 0
 
 
 def test_the_server_refuses_loo_fd_before_serving(monkeypatch, capsys, tmp_path):

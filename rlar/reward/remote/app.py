@@ -80,9 +80,14 @@ class RewardService:
         return encode_scores(scores, components)
 
     def warm_up(self, shape: tuple[int, ...]) -> None:
-        """Score random images and targets of ``shape`` once: fails early, and learns the component names."""
+        """Score random images and targets of ``shape`` once: fails early, and learns the component names. Its meta
+        holds what a run's rollout may send (class 0 asked, 1 decoding step, the prompt ``"a zero"``), so that a
+        reward reading any of them (``efficiency``, ``compositional``) is served."""
+        n = shape[0]
         images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
-        self.score(images, images.flip(0), {"labels": torch.zeros(shape[0], dtype=torch.long)})  # class 0 asked
+        meta = {"labels": torch.zeros(n, dtype=torch.long), "steps": torch.ones(n, dtype=torch.long),
+                "prompts": ["a zero"] * n}
+        self.score(images, images.flip(0), meta)
         self.served = 0
 
     async def read_body(self, request: Request) -> bytes:
