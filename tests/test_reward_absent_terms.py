@@ -53,6 +53,19 @@ def test_a_failed_image_is_not_absent_from_a_prompt_term():
     assert total[:2].tolist() == [1.5, 0.5] and math.isnan(total[2])
 
 
+class Column(Reward):
+    """A user's reward that breaks the contract: scores [N, 1]."""
+
+    def __call__(self, images, targets=None, meta=None):
+        return images.flatten(1).mean(1, keepdim=True), {}
+
+
+def test_a_component_that_breaks_the_contract_is_named_as_when_it_is_used_alone():
+    mix = WeightedReward({"light": Brightness(), "mine": Column()}, {"light": 1.0, "mine": 1.0})
+    with pytest.raises(ValueError, match=r"reward Column returned scores \(3, 1\) for 3 images"):
+        mix(torch.zeros(3, 1, 2, 2), None)  # before, broadcast into a [3, 3] total blamed on WeightedReward
+
+
 def test_a_mix_of_no_component_scores_every_item_0():
     total, reported = WeightedReward({}, {})(torch.zeros(3, 1, 4, 4), None)
     assert total.tolist() == [0.0, 0.0, 0.0] and reported == {}

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlar.contracts import Reward
-from rlar.reward.scoring import require_reward
+from rlar.reward.scoring import checked_output, require_reward
 from rlar.runtime import distributed
 
 
@@ -107,7 +107,8 @@ class WeightedReward(Reward):
         scores, absent, reported = {}, {}, {}
         failed = ~images.flatten(1).isfinite().all(1)  # [N]: a failed decode, which no term may call absent
         for name, component in self.components.items():
-            score, subs = component(images, targets, meta)  # [N], {sub: [N]}
+            score, subs = checked_output(component(images, targets, meta), len(images), component,
+                                         images.device)  # [N], {sub: [N]}: the contract of a reward used alone
             scores[name] = reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if component.may_be_absent:
