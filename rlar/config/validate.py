@@ -20,7 +20,6 @@ from rlar.eval.inception import default_weights_path, missing_weights_message
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.exported import carries_text_encoder
 from rlar.policy.gpt import CONDITION_MODES
-from rlar.reward.mixture import zscored
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
@@ -199,10 +198,12 @@ def check_sizes(cfg: DictConfig) -> None:
                        "train.score_chunk_size": t.score_chunk_size}.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1 (or null: off), got {value}")
-    if t.score_chunk_size is not None and zscored(cfg.reward):
+    zscoring = [path for path, node in reward_nodes(cfg) if node.get("normalize")]  # a mix inside a mix too
+    if t.score_chunk_size is not None and zscoring:
         raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
-                          "this reward z-scores its terms over each call (reward.normalize=true): chunks would be "
-                          "standardized apart; set train.score_chunk_size=null or reward.normalize=false")
+                          f"this reward z-scores its terms over each call ({zscoring[0]}.normalize=true): chunks "
+                          f"would be standardized apart; set train.score_chunk_size=null or "
+                          f"{zscoring[0]}.normalize=false")
     together = [(path, node["_target_"]) for path, node in reward_nodes(cfg)
                 if target_attribute(node, "scores_together", False)]
     if t.score_chunk_size is not None and together:
