@@ -58,6 +58,18 @@ def test_parallel_decoders_decode_themselves():
     assert own.steps.tolist() == [4, 4, 4]
 
 
+@pytest.mark.parametrize("labels, message", [
+    ([0, 5], "class label 5 is out of range: the policy has num_classes=5"),  # was read as the null class
+    ([0, 6], "class label 6 is out of range"),  # was an unused embedding row
+    ([0, 1, 2], "3 conditions for 2 sequences"),
+])
+def test_parallel_decoders_refuse_labels_as_the_raster_sampler_does(labels, message):
+    arpg = tiny_arpg()
+    for policy in (arpg, ScheduleDecoder(arpg, max_steps=4, max_degree=4, hidden=16)):
+        with pytest.raises(ValueError, match=message):
+            policy.decode(torch.tensor(labels), 2, generator=torch.Generator().manual_seed(0))
+
+
 def test_tokenizer():
     tokenizer = FrozenTokenizer(DigitsVQ(codebook_size=16, hidden=16))
     assert isinstance(tokenizer, Tokenizer)

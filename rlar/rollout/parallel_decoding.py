@@ -19,6 +19,7 @@ from rlar.rollout.draws import categorical_at, step_uniforms, uniforms
 from rlar.rollout.sampling import (
     StartTokens,
     cache_dtype,
+    check_labels,
     guided_logprobs,
     is_guided,
     row_chunks,
@@ -109,6 +110,7 @@ def sample_parallel(policy: ParallelPolicy, labels: torch.Tensor | None, num_sam
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_labels(policy, labels, num_samples)  # else label C read as the null class, C + 1 an unused embedding
     n, seq_len, device = num_samples, policy.block_size, policy.freqs_cis.device
     sizes = step_sizes(seq_len, num_iter, schedule)
     scales = step_cfg_scales(sizes, one_scale(cfg_scale), cfg_schedule)

@@ -18,7 +18,7 @@ import torch
 
 from rlar.contracts import ParallelPolicy
 from rlar.rollout.draws import categorical, categorical_at, uniforms
-from rlar.rollout.sampling import truncate
+from rlar.rollout.sampling import check_labels, truncate
 from rlar.schedule.network import ScheduleNet, degree_logprob
 from rlar.schedule.plackett_luce import gumbel_order, plackett_luce_logprob
 from rlar.schedule.state import PENDING, read_state
@@ -88,6 +88,7 @@ def sample_scheduled(arpg: ParallelPolicy, net: ScheduleNet, labels: torch.Tenso
         raise ValueError(f"schedule.max_steps must be >= 1, got {max_steps}")
     if num_samples % shared_noise:
         raise ValueError(f"{num_samples} rows do not split into groups of {shared_noise} sharing token noise")
+    check_labels(arpg, labels, num_samples)
     n, seq_len, device = num_samples, arpg.block_size, arpg.freqs_cis.device
     tokens = torch.zeros(n, seq_len, dtype=torch.long, device=device)
     logprobs = torch.zeros(n, seq_len, dtype=torch.float32, device=device)
