@@ -126,6 +126,34 @@ def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, messag
         cli.run_command(args)
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--judge", "1", "--samples-only"], "--samples-only does not apply to --judge"),
+    (["--judge", "1", "--make-reference", "ref.npz"], "--make-reference does not apply to --judge"),
+    (["--split", "train"], "--split train chooses the images of --make-reference OUT.npz"),
+    (["--max-images", "5"], "--max-images 5 chooses the images of --make-reference OUT.npz"),
+])
+def test_rlar_eval_refuses_options_it_would_ignore(args, message, monkeypatch):
+    monkeypatch.setattr(cli, "build_models", None)
+    with pytest.raises(SystemExit, match=message):
+        cli.run_command(args)
+
+
+@pytest.mark.parametrize("extra, reads", [(["--judge", "1"], "--judge"), (["--make-reference", "ref.npz"],
+                                                                          "--make-reference"),
+                                          ([], r"the default reference \(the held-out split\)")])
+def test_rlar_eval_refuses_reading_images_of_data_that_has_none(extra, reads, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "build_models", None)
+    (tmp_path / "prompts.txt").write_text("\n".join(f"a digit {i}" for i in range(8)))
+    for name in ("policy.pt", "tokenizer.pt"):
+        (tmp_path / name).write_bytes(b"")
+    config = ["data=prompts", "data.path=prompts.txt", "eval.classifier=false", "policy.checkpoint=policy.pt",
+              "tokenizer.checkpoint=tokenizer.pt", "reward=clip", "algorithm.ntp_weight=0"]
+    with pytest.raises(SystemExit, match=f"{reads} reads the data's images, and data=rlar.data.prompts.PromptData "
+                                         "has none"):
+        cli.run_command([*config, *extra])
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["policy.dropout=0.1"], "policy.dropout=0.1 with GRPO: the update re-scores the samples"),
     (["algorithm=ppo", "algorithm.value_head=true", "rollout.mode=teacher_forced"], "algorithm.value_head=true with"),

@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from rlar.config.validate import check_config, check_temperature, exit_on_config_error
+from rlar.config.validate_shapes import has_images
 from rlar.eval.generate import class_balanced_labels, generate_uint8
 from rlar.eval.image_arrays import read_fit, read_images, split_uint8, write_grid, write_npz
 from rlar.eval.inception import POOL_WIDTH, InceptionFeatures, default_weights_path, missing_weights_message
@@ -104,6 +105,7 @@ def run_command(argv: list[str]) -> dict:
     opts = parser().parse_intermixed_args(argv)
     if opts.judge is not None:
         check_judge_options(opts)
+    check_reference_options(opts)
     for option, value in (("--num-samples", opts.num_samples), ("--max-images", opts.max_images),
                           ("--image-size", opts.image_size)):
         if value is not None and value < 1:
@@ -125,6 +127,7 @@ def run_command(argv: list[str]) -> dict:
         cfg = run_config(run_dir, overrides)
         apply_options(cfg, opts)
         check_config(cfg, inception_eval=False, trains=False)  # eval.inception: the training's; the options say
+    check_data_images(cfg, opts)
     if opts.make_reference:
         make_reference(cfg, opts.make_reference, opts.split, opts.max_images, opts.image_size)
         return {}
@@ -177,6 +180,34 @@ def check_judge_options(opts: argparse.Namespace) -> None:
     if opts.image_size is not None:
         sys.exit(f"--image-size {opts.image_size} does not apply to --judge, whose classifier reads the data's own "
                  "size: drop it, or leave out --judge for Inception metrics at that size")
+    for option, given in (("--samples-only", opts.samples_only), ("--make-reference", opts.make_reference)):
+        if given:
+            sys.exit(f"{option} does not apply to --judge, which samples and judges over eval seeds: run it without "
+                     "--judge")
+
+
+def check_reference_options(opts: argparse.Namespace) -> None:
+    """Refuse (exit) ``--split`` and ``--max-images`` without ``--make-reference``: the metrics compare with the whole
+    held-out split (or ``--reference``), whatever they say."""
+    if opts.make_reference:
+        return
+    for option, value in (("--split", opts.split != "eval" and opts.split), ("--max-images", opts.max_images)):
+        if value:
+            sys.exit(f"{option} {value} chooses the images of --make-reference OUT.npz; without it the metrics "
+                     "compare with the whole held-out split: drop it, or write the reference first (--make-reference) "
+                     "and give it as --reference")
+
+
+def check_data_images(cfg, opts: argparse.Namespace) -> None:
+    """Refuse (exit, before any model is built) what reads the data's images where it has none (``data=prompts``):
+    ``--judge`` (its held-out split), ``--make-reference``, and metrics against the default reference."""
+    if has_images(cfg.data):
+        return
+    reads = ("--judge" if opts.judge is not None else "--make-reference" if opts.make_reference
+             else None if opts.samples_only or opts.reference else "the default reference (the held-out split)")
+    if reads:
+        sys.exit(f"{reads} reads the data's images, and data={cfg.data._target_} has none (prompts only): give "
+                 "--reference X.npz for Inception metrics, --samples-only for the samples alone, or data with images")
 
 
 def check_class_conditional(cfg) -> None:
