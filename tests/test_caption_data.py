@@ -136,6 +136,8 @@ def test_prompt_data_has_prompts_and_no_images(tmp_path):
     apart = PromptData(str(tmp_path / "p.txt"), eval_path=str(tmp_path / "eval.txt"), max_prompts=6)
     assert apart.eval_captions == ["an eight", "a nine"] and len(apart.train_captions) == 6
     assert set(apart.train_captions) <= set(prompts)
+    with pytest.raises(ValueError, match="data.max_prompts must be >= 1 or null"):  # named data.max_images before
+        PromptData(str(tmp_path / "p.txt"), max_prompts=0)
 
 
 def test_prompt_data_errors_name_the_fix(tmp_path):

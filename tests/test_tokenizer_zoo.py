@@ -313,6 +313,8 @@ def test_ibq_ema_weights_from_a_file_without_them_is_refused(tmp_path, tiny):
             build_ibq(**build, use_ema=use_ema, weights="ema")
     with pytest.raises(ValueError, match="tokenizer.weights must be one of"):
         build_ibq(**build, use_ema=False, weights="shadow")
+    with pytest.raises(ValueError, match=r"no_ema.ckpt holds no EMA weights .* set tokenizer.use_ema=false"):
+        build_ibq(**build)  # the defaults (use_ema, raw weights): before, a list of 157 missing keys
 
 
 def test_seeds_toklip_api(tmp_path, tiny):

@@ -53,7 +53,8 @@ class PromptData(ImageData):
         self.eval_labels = torch.full((len(self.eval_captions),), -1, dtype=torch.long)
 
     def _subset(self, prompts: list[str]) -> list[str]:
-        return [prompts[i] for i in subset_rows(len(prompts), self.max_prompts, self.split_seed).tolist()]
+        rows = subset_rows(len(prompts), self.max_prompts, self.split_seed, "data.max_prompts")
+        return [prompts[i] for i in rows.tolist()]
 
     def train_batches(self, index_batches: list[torch.Tensor]) -> Iterator[None]:
         """No images: None for each index batch."""

@@ -20,10 +20,11 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def subset_rows(n: int, max_images: int | None, seed: int) -> torch.Tensor:
-    """Row indices ``[m]``: all ``n`` rows, or ``max_images`` of them drawn at random (fixed by ``seed``), sorted."""
+def subset_rows(n: int, max_images: int | None, seed: int, key: str = "data.max_images") -> torch.Tensor:
+    """Row indices ``[m]``: all ``n`` rows, or ``max_images`` of them drawn at random (fixed by ``seed``), sorted;
+    ``key``: the option that gave ``max_images``, named in the error for one below 1."""
     if max_images is not None and max_images < 1:
-        raise ValueError(f"data.max_images must be >= 1 or null (all images), got {max_images}")
+        raise ValueError(f"{key} must be >= 1 or null (all of them), got {max_images}")
     if max_images is None or max_images >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values

@@ -106,6 +106,9 @@ def build_ibq(data=None, *, checkpoint: str, ddconfig: dict, image_size: int = 2
                          f"use tokenizer.weights=raw (and tokenizer.use_ema=false for a file without them)")
     if weights == "ema" and not use_ema:
         raise ValueError("tokenizer.weights=ema needs tokenizer.use_ema=true (the EMA copies are read with the model)")
+    if use_ema and not any(k.startswith("model_ema.") for k in state):
+        raise ValueError(f"{checkpoint} holds no EMA weights (no model_ema.* keys), and tokenizer.use_ema=true reads "
+                         "them with the model: set tokenizer.use_ema=false")
     strict_load(model, state, "tokenizer.checkpoint")
     if weights == "ema":
         model.use_ema_weights()
