@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from scipy import linalg
 
 import rlar.eval.inception_eval as inception_eval
+from rlar.config.store import compose_config
+from rlar.config.validate import ConfigError, check_config
 from rlar.eval import cli
 from rlar.eval.image_arrays import split_uint8, to_uint8_hwc
 from rlar.eval.inception_metrics import inception_metrics
@@ -158,6 +160,28 @@ def test_the_training_evaluation_refuses_such_a_reference_before_loading_the_net
     config = OmegaConf.create({"weights": "inception.pth", "reference": "ref.npz", "num_samples": 4})
     with pytest.raises(ValueError, match=message):
         inception_eval.build_inception_eval(SimpleNamespace(num_classes=2), config, None, 4, "cpu")
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)},
+     r"mu \(64,\) and sigma \(64, 64\) fit 64 features.*\[2048\]"),
+    ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, r"eval.inception.reference=ref.npz holds 1 image\(s\)"),
+    ({"arr_0": np.zeros((4, 8, 8), np.uint8)}, r"ref.npz: expected uint8 images \[N, H, W, 3\], got uint8 \(4, 8, 8\)"),
+    ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(2048)}, "has both 'mu' and 'sigma'"),
+], ids=["fit of 64 features", "1 image", "no channels", "mu alone"])
+def test_a_training_config_with_such_a_reference_is_refused_from_its_headers(arrays, message, tmp_path, monkeypatch):
+    """Refused by check_config, before the tokenizer and the prior are built, without reading the arrays."""
+    monkeypatch.chdir(tmp_path)
+    Path("inception.pth").write_bytes(b"")
+    np.savez("ref.npz", **arrays)
+    monkeypatch.setattr(np, "load", None)  # the arrays are never read
+    cfg = compose_config(["eval.inception.enabled=true", "eval.inception.weights=inception.pth",
+                          "eval.inception.reference=ref.npz"])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    np.savez("good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=np.zeros(2048), sigma=np.eye(2048))
+    check_config(compose_config(["eval.inception.enabled=true", "eval.inception.weights=inception.pth",
+                                 "eval.inception.reference=good.npz"]))
 
 
 @pytest.mark.parametrize("split", ["eval", "train"])

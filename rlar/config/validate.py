@@ -16,7 +16,9 @@ from rlar.algorithm.update import recomputes_old_logprobs
 from rlar.config.schemas import RolloutSchema
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
-from rlar.eval.inception import default_weights_path, missing_weights_message
+from rlar.eval.image_arrays import check_npz_reference
+from rlar.eval.inception import POOL_WIDTH, default_weights_path, missing_weights_message
+from rlar.eval.inception_metrics import check_reference_size
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.exported import carries_text_encoder
 from rlar.policy.gpt import CONDITION_MODES
@@ -432,6 +434,12 @@ def check_inception_eval(cfg: DictConfig) -> None:
     if inception.reference and not Path(inception.reference).expanduser().exists():
         raise ConfigError(f"eval.inception.reference='{inception.reference}' does not exist; give an .npz (arr_0: "
                           "uint8 [N, H, W, 3]) or a folder of images, or null for the held-out split")
+    if inception.reference and Path(inception.reference).expanduser().is_file():  # an .npz: its headers, not arrays
+        try:
+            count = check_npz_reference(inception.reference, POOL_WIDTH)
+            check_reference_size(count, f"eval.inception.reference={inception.reference}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     if inception.num_samples < 2:
         raise ConfigError(f"eval.inception.num_samples must be >= 2 (FID fits a covariance), got "
                           f"{inception.num_samples}")

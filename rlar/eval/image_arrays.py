@@ -4,6 +4,7 @@ FID statistics ``mu`` and ``sigma``), image folders and a PNG grid."""
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,8 +88,46 @@ def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:
 
 
 def check_layout(images: np.ndarray, what: str) -> None:
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{what}: expected uint8 images [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+    check_image_layout(images.dtype, images.shape, what)
+
+
+def check_image_layout(dtype: np.dtype, shape: tuple[int, ...], what: str) -> None:
+    """Images of ``dtype`` and ``shape`` are uint8 ``[N, H, W, 3]``; else an error naming ``what``."""
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"{what}: expected uint8 images [N, H, W, 3], got {dtype} {tuple(shape)}")
+
+
+def npz_layout(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of each array of the ``.npz`` at ``path``, from the arrays' headers: no array is
+    read (an ADM reference batch's ``arr_0`` is 2 GB)."""
+    layout = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if member.endswith(".npy"):
+                with archive.open(member) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = header(f)
+                layout[member.removesuffix(".npy")] = (shape, dtype)
+    return layout
+
+
+def check_npz_reference(path: str | os.PathLike, width: int) -> int:
+    """The image count of the reference ``.npz`` at ``path``, after the checks :func:`read_images` and
+    :func:`read_fit` make of it, from its headers alone (:func:`npz_layout`)."""
+    path = Path(path).expanduser()
+    try:
+        layout = npz_layout(path)
+    except (zipfile.BadZipFile, ValueError) as e:
+        raise ValueError(f"{path}: not an .npz of arrays ({e})") from None
+    if "arr_0" not in layout:
+        raise ValueError(f"{path}: no 'arr_0' array (found {list(layout)}); the samples must be arr_0")
+    shape, dtype = layout["arr_0"]
+    check_image_layout(dtype, shape, str(path))
+    check_fit_keys(path, list(layout))
+    if "mu" in layout:
+        check_fit_shapes(path, layout["mu"][0], layout["sigma"][0], width)
+    return shape[0]
 
 
 def read_images(path: str | os.PathLike) -> np.ndarray:
@@ -117,18 +156,28 @@ def read_fit(path: str | os.PathLike, width: int) -> tuple[torch.Tensor, torch.T
     if path.is_dir():
         return None
     with np.load(path, allow_pickle=False) as archive:
-        if "mu" not in archive and "sigma" not in archive:
+        check_fit_keys(path, list(archive.keys()))
+        if "mu" not in archive:
             return None
-        if "mu" not in archive or "sigma" not in archive:
-            raise ValueError(f"{path}: an ADM reference batch has both 'mu' and 'sigma' (found {list(archive.keys())})")
         mu, sigma = archive["mu"], archive["sigma"]
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise ValueError(f"{path}: expected mu [F] and sigma [F, F], got {mu.shape} and {sigma.shape}")
-    if len(mu) != width:
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} fit {len(mu)} features, but FID compares "
+    check_fit_shapes(path, mu.shape, sigma.shape, width)
+    return torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
+
+
+def check_fit_keys(path: Path, keys: list[str]) -> None:
+    """An ``.npz`` of ``keys`` has both ``mu`` and ``sigma`` (an ADM reference batch's fit) or neither."""
+    if ("mu" in keys) != ("sigma" in keys):
+        raise ValueError(f"{path}: an ADM reference batch has both 'mu' and 'sigma' (found {keys})")
+
+
+def check_fit_shapes(path: Path, mu: tuple[int, ...], sigma: tuple[int, ...], width: int) -> None:
+    """``mu [F]`` and ``sigma [F, F]`` (their shapes) fit the ``width`` Inception pool features."""
+    if len(mu) != 1 or tuple(sigma) != (mu[0], mu[0]):
+        raise ValueError(f"{path}: expected mu [F] and sigma [F, F], got {tuple(mu)} and {tuple(sigma)}")
+    if mu[0] != width:
+        raise ValueError(f"{path}: mu {tuple(mu)} and sigma {tuple(sigma)} fit {mu[0]} features, but FID compares "
                          f"the Inception pool features, [{width}] and [{width}, {width}]; give a reference batch of "
                          "those (ADM's), or an .npz without mu and sigma (FID then fits its images' features)")
-    return torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
 
 
 def read_folder(root: Path) -> np.ndarray:
