@@ -21,7 +21,7 @@ def raster(model):
 
 
 def parallel(model):
-    s = sample_parallel(model, LABELS, 2, num_iter=4, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    s = sample_parallel(model, LABELS, 3, num_iter=4, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
     return s.tokens, s.logprobs
 
 
