@@ -2,6 +2,7 @@
 through the tokenizer) judged as samples."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ def test_paired_differences_are_taken_split_by_split():
     base = [{"m": 0.5}, {"m": 0.9}, {"m": 0.1}]
     rows = [{"m": 0.6}, {"m": 1.1}, {"m": 0.1}]  # differences 0.1, 0.2, 0: mean 0.1, std 0.1, se 0.1 / sqrt(3)
     assert paired(rows, base, "m") == {"mean": pytest.approx(0.1), "se": pytest.approx(0.1 / 3 ** 0.5)}
+    unmeasured = paired([*rows[:2], {"m": math.nan}], base, "m")  # a metric the judge could not measure on a split
+    assert math.isnan(unmeasured["mean"]) and math.isnan(unmeasured["se"])  # statistics.stdev raised, all lost
 
 
 def test_summarise_gives_each_rows_spread_and_its_difference_from_the_prior():

@@ -30,7 +30,7 @@ from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.scorer import EvalModel, train_features
-from rlar.eval.rejudge import check_judgeable
+from rlar.eval.rejudge import check_judgeable, sample_std
 from rlar.eval.run_models import build_models, run_config
 from rlar.rollout.sampling import evaluation_sampling
 from rlar.studies.report import mean_and_std, mean_std
@@ -49,7 +49,7 @@ def halves(n: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
 def paired(rows: list[dict], base: list[dict], metric: str) -> dict:
     """The mean and standard error over splits of ``rows``' ``metric`` minus ``base``'s, split by split."""
     diffs = [r[metric] - b[metric] for r, b in zip(rows, base, strict=True)]
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    se = sample_std(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")  # NaN where a split's is
     return {"mean": statistics.fmean(diffs), "se": se}
 
 
