@@ -66,6 +66,15 @@ def test_a_reward_that_learns_across_calls_is_refused_and_its_learning_flag_rest
     assert learner.learning is True
 
 
+@pytest.mark.parametrize("reward, reader", [("l2", "reward"), ("vapi", "reward.components.")])
+def test_a_reward_that_compares_with_input_images_is_refused_before_anything_is_built(reward, reader, monkeypatch):
+    """Free-running samples have no input image: l2 failed deep in the reward, after the sampling."""
+    monkeypatch.setattr(filter_ceiling, "filter_ceiling", None)  # nothing may be built, sampled or scored
+    with pytest.raises(SystemExit, match=f"{reader}.*compares each sample with its input image.*"
+                                         "reward=class_consistency"):
+        filter_ceiling.main([f"reward={reward}"])
+
+
 @pytest.mark.slow
 def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path, monkeypatch):
     """Through the command on the tiny default: a threshold below every class probability accepts every draw and one

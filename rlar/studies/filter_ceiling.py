@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import check_config, check_temperature, exit_on_config_error
+from rlar.config.validate import check_config, check_temperature, exit_on_config_error, reward_nodes, target_attribute
 from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
@@ -50,6 +50,16 @@ def check_scores_on_its_own(reward_fn, images: torch.Tensor, labels: torch.Tenso
     if reward_fn.state_dict():
         raise ValueError(f"{type(reward_fn).__name__} learns across calls (a discriminator, moving averages): built "
                          "afresh it has learned nothing to filter with; use a reward that scores on its own, e.g. "
+                         "reward=class_consistency")
+
+
+def check_free_running_reward(cfg) -> None:
+    """Refuse a reward that compares each sample with its input image (``reads_targets``: l2, perceptual, the VA-pi
+    mix): the study scores free-running samples, which have none."""
+    readers = [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
+    if readers:
+        raise ValueError(f"{readers[0]} compares each sample with its input image, and the filter scores free-running "
+                         "samples, which have none: give a reward that scores a sample on its own, e.g. "
                          "reward=class_consistency")
 
 
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_config(cfg, trains=False)
         check_judgeable(cfg)
         check_temperature(opts.temperature, "--temperature")
+        check_free_running_reward(cfg)
     if opts.draws < cfg.eval.samples_per_item:
         sys.exit(f"--draws {opts.draws} must be at least eval.samples_per_item ({cfg.eval.samples_per_item})")
     hw = instantiate(cfg.hardware)
