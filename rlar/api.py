@@ -11,7 +11,7 @@ from rlar.config.schemas import OptimizerSchema
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
 from rlar.policy.schemas import GPTSchema
-from rlar.rollout.sampling import Scale, check_labels, compute_sequence_logprob, token_logprobs
+from rlar.rollout.sampling import Scale, as_conditions, check_labels, compute_sequence_logprob, token_logprobs
 from rlar.runtime.cache import load_checkpoint
 from rlar.tokenizer.digits_vq import DigitsVQ
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
@@ -185,6 +185,7 @@ def reinforce_update(policy, optimizer, tokens: torch.Tensor, logprobs: torch.Te
     entropy_coef * H``."""
     if logprobs.shape != tokens.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)} must have the tokens' shape {tuple(tokens.shape)}")
+    labels = as_conditions(labels, tokens.device)  # a sequence of ints too, as the sampler takes
     check_labels(policy, labels, len(tokens))
     mask = _update_mask(tokens, mask, prefix_len, logprobs)  # [N, T]
     policy.train()

@@ -1,6 +1,7 @@
 """The seeds' API as an outside review called it (docs/api.md): updates after a rollout with a prefix or guidance,
 policy configs with unknown keys, the codebook of every tokenizer rlar builds, and the sampler's edge cases."""
 
+import math
 import re
 
 import pytest
@@ -196,7 +197,7 @@ def test_labels_that_are_not_one_per_sequence_are_refused():
 
 
 def test_labels_may_be_a_python_list():
-    policy, _ = fresh_policy()
+    policy, opt = fresh_policy()
     empty = torch.zeros(2, 0, dtype=torch.long)
     listed = sample_codes_with_logprobs(policy, (empty, [1, -1]), T, generator=torch.Generator().manual_seed(3))
     tensor = sample_codes_with_logprobs(policy, (empty, torch.tensor([1, -1])), T,
@@ -204,6 +205,14 @@ def test_labels_may_be_a_python_list():
     assert torch.equal(listed[0], tensor[0]) and torch.equal(listed[1], tensor[1])
     tokens, _ = sample_multiple_generations(policy, (empty, (0, 2)), T, 2)
     assert tokens.shape == (4, T)
+    tokens, logp, labels = rollout(policy)  # the log-probs and the updates take a list as the sampler does
+    assert torch.equal(compute_sequence_logprob(policy, tokens, labels.tolist()),
+                       compute_sequence_logprob(policy, tokens, labels))
+    with pytest.raises(ValueError, match="class label 3 is out of range"):
+        compute_sequence_logprob(policy, tokens, [3] * len(tokens))
+    assert math.isfinite(reinforce_update(policy, opt, tokens, logp, torch.rand(len(tokens)), labels=labels.tolist()))
+    with pytest.raises(ValueError, match="class label 3 is out of range"):
+        reinforce_update(policy, opt, tokens, logp, torch.rand(len(tokens)), labels=[3] * len(tokens))
 
 
 def test_a_class_condition_is_checked_as_its_labels_are():

@@ -31,9 +31,15 @@ def split_start_tokens(start_tokens: StartTokens) -> tuple[torch.Tensor, Conditi
         prefix, labels = start_tokens, None
     if prefix.dim() != 2:
         raise ValueError(f"start prefix must be [N, k] token ids, got shape {tuple(prefix.shape)}")
-    if labels is not None and not isinstance(labels, Condition):
-        labels = torch.as_tensor(labels, dtype=torch.long, device=prefix.device)  # a sequence of class ids too
-    return prefix.long(), labels
+    return prefix.long(), as_conditions(labels, prefix.device)
+
+
+def as_conditions(labels, device) -> Conditions:
+    """``labels`` as the samplers read them: None, a ``Condition``, or class ids (a tensor or a sequence of ints) as a
+    long tensor on ``device``."""
+    if labels is None or isinstance(labels, Condition):
+        return labels
+    return torch.as_tensor(labels, dtype=torch.long, device=device)
 
 
 def check_labels(policy, labels: Conditions, rows: int) -> None:
@@ -256,6 +262,7 @@ def compute_sequence_logprob(
 ) -> torch.Tensor:
     """Per-token log-probabilities ``[N, T]`` of ``tokens`` under the sampling distribution (sum over T for
     the sequence log-probability). Differentiable."""
+    labels = as_conditions(labels, tokens.device)
     check_labels(policy, labels, len(tokens))
     logp = token_logprobs(policy, tokens, labels, temperature, cfg_scale)
     return logp.gather(-1, tokens[..., None])[..., 0]
