@@ -20,6 +20,14 @@ def rehearsed(tmp_path_factory):
     return work, rehearsal.main(["--work", str(work), *SMALLEST])
 
 
+@pytest.mark.parametrize("processes, minibatches", [(1, 4), (2, 2), (4, 1)])
+def test_the_recipe_takes_one_optimizer_step_per_rollout_on_any_number_of_processes(processes, minibatches, tmp_path):
+    """A global batch of 4 items: each process's items, one G-row minibatch each, accumulated into one step (the GPU
+    check's 1-process rehearsal took 2 steps per rollout)."""
+    overrides = rehearsal.recipe_overrides(tmp_path, rehearsal.Settings(processes=processes))
+    assert "train.batch_size=4" in overrides and f"algorithm.grad_accum={minibatches}" in overrides
+
+
 @pytest.mark.slow
 def test_both_runs_exit_0(rehearsed):
     _, result = rehearsed

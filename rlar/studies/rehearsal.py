@@ -114,14 +114,16 @@ def write_tokenizer_checkpoint(path: Path, s: Settings) -> int:
 
 
 def recipe_overrides(work: Path, s: Settings) -> list[str]:
-    """The recipe at the rehearsal's size, on this machine's files, without the network (random LPIPS backbone)."""
+    """The recipe at the rehearsal's size, on this machine's files, without the network (random LPIPS backbone): one
+    optimizer step per rollout, as the recipe takes, on any number of processes (each accumulates its items' G-row
+    minibatches)."""
     return [
         "experiment=vapi_llamagen_xxl", f"policy.size={s.size}", f"policy.checkpoint={work / 'c2i.pt'}",
         f"tokenizer.checkpoint={work / 'vq_ds16_c2i.pt'}", f"tokenizer.image_size={s.image_size}",
         f"tokenizer.ch={s.tokenizer_ch}", f"data.path={work / 'dataset'}", f"data.image_size={s.image_size}",
         f"data.num_workers={s.workers}", "reward.components.lpips.pnet_rand=true",
         f"train.batch_size={s.batch_size}", f"algorithm.num_generations={s.generations}",
-        f"algorithm.minibatch_size={s.generations}", f"algorithm.grad_accum={s.batch_size // 2}",
+        f"algorithm.minibatch_size={s.generations}", f"algorithm.grad_accum={s.batch_size // s.processes}",
         f"eval.max_items={s.eval_items}", f"eval.batch_size={s.eval_items}", "eval.classifier_model.train.steps=20",
         "logger.image_every=1", f"cache_dir={work / 'cache'}", f"hydra.run.dir={work / 'run'}", *s.extra,
     ]
