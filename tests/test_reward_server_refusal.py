@@ -64,6 +64,46 @@ def test_a_mix_that_z_scores_over_the_call_is_refused_and_a_module_reward_is_ser
     assert RewardService(FrozenNet(), "frozen", "FrozenNet", "cpu").name == "frozen"
 
 
+class SelfTraining(torch.nn.Module, Reward):
+    """A module reward that learns as it scores: its weight moves toward each call's mean pixel (state in weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.center = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def __call__(self, images, targets=None, meta=None):
+        self.center.add_(0.1 * (images.mean() - self.center))
+        return -(images.flatten(1).mean(1) - self.center).abs(), {}
+
+
+def test_a_module_reward_that_changes_as_it_scores_is_refused_at_the_warm_up():
+    with pytest.raises(UnservableReward, match=r"reward=self cannot be served: scoring the warm-up batch changed "
+                                               r"its weights or buffers \(reward\.center\)"):
+        RewardService(SelfTraining(), "self", "SelfTraining", "cpu").warm_up((2, 1, 8, 8))
+    inside = WeightedReward({"l2": ReconstructionReward("l2"), "norm": BatchNormed()}, {"l2": 1.0, "norm": 1.0})
+    with pytest.raises(UnservableReward, match=r"reward\.components\.norm\.norm\.running_mean"):
+        RewardService(inside, "mix", "x", "cpu").warm_up((2, 1, 8, 8))  # a batch norm left in train mode
+    RewardService(FrozenNet(), "frozen", "FrozenNet", "cpu").warm_up((2, 1, 8, 8))  # frozen weights: served
+    holder = Holding()
+    holder.net = SelfTraining()  # a reward that is no module, holding one that learns
+    with pytest.raises(UnservableReward, match=r"\(reward\.net\.center\)"):
+        RewardService(holder, "holder", "x", "cpu").warm_up((2, 1, 8, 8))
+
+
+class Holding(Reward):
+    def __call__(self, images, targets=None, meta=None):
+        return self.net(images)
+
+
+class BatchNormed(torch.nn.Module, Reward):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(1)
+
+    def __call__(self, images, targets=None, meta=None):
+        return self.norm(images).flatten(1).mean(1), {}
+
+
 @pytest.mark.parametrize("overrides,served", [
     ([], "ClassConsistencyReward"),  # the run's default reward, which a server cannot serve
     (["reward.classifier.train.steps=3"], "ClassConsistencyReward"),  # its settings

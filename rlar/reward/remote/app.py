@@ -36,6 +36,19 @@ def unservable_parts(reward, path: str = "reward") -> list[str]:
     return [f"{path} ({type(reward).__name__})"] if getattr(reward, "scores_together", False) or keeps_state else []
 
 
+def module_sums(reward, path: str = "reward") -> dict[str, torch.Tensor]:
+    """``{"<config path>.<tensor name>": [2] (sum, sum of squares, float64)}`` of the floating-point weights and
+    buffers of ``reward`` where it is an ``nn.Module``, else of the modules it holds as attributes, and so of each
+    component of a mix inside it: what tells a module that changed as it scored, without a copy of its weights."""
+    if isinstance(reward, WeightedReward):
+        return {key: sums for name, component in reward.components.items()
+                for key, sums in module_sums(component, f"{path}.components.{name}").items()}
+    modules = ({path: reward} if isinstance(reward, torch.nn.Module) else
+               {f"{path}.{key}": value for key, value in vars(reward).items() if isinstance(value, torch.nn.Module)})
+    return {f"{where}.{name}": torch.stack([t.double().sum(), t.double().square().sum()]).cpu()
+            for where, module in modules.items() for name, t in module.state_dict().items() if t.is_floating_point()}
+
+
 def check_servable(reward, name: str) -> None:
     """Raise :class:`UnservableReward` naming ``reward=<name>`` when some part of it cannot be served."""
     parts = unservable_parts(reward)
@@ -87,7 +100,16 @@ class RewardService:
         images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1  # [N, C, H, W]
         meta = {"labels": torch.zeros(n, dtype=torch.long), "steps": torch.ones(n, dtype=torch.long),
                 "prompts": ["a zero"] * n}
+        before = module_sums(self.reward)
         self.score(images, images.flip(0), meta)
+        moved = [name for name, sums in module_sums(self.reward).items()
+                 if not torch.allclose(sums, before[name], rtol=0.0, atol=0.0, equal_nan=True)]
+        if moved:  # a module that trains itself as it scores, or a batch norm in train mode: state nothing saves
+            raise UnservableReward(
+                f"reward={self.name} cannot be served: scoring the warm-up batch changed its weights or buffers "
+                f"({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}), so it learns across calls, and no "
+                f"checkpoint of the run saves what a server learns; run it in-process instead (reward={self.name} "
+                "in the run, not reward=remote), or put its modules in eval mode and freeze them")
         self.served = 0
 
     async def read_body(self, request: Request) -> bytes:
