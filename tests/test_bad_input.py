@@ -132,7 +132,8 @@ def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, messag
     (["--split", "train"], "--split train chooses the images of --make-reference OUT.npz"),
     (["--max-images", "5"], "--max-images 5 chooses the images of --make-reference OUT.npz"),
 ])
-def test_rlar_eval_refuses_options_it_would_ignore(args, message, monkeypatch):
+def test_rlar_eval_refuses_options_it_would_ignore(args, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # where an --out or a reference would be written, were it not refused
     monkeypatch.setattr(cli, "build_models", None)
     with pytest.raises(SystemExit, match=message):
         cli.run_command(args)

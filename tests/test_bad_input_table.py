@@ -73,6 +73,9 @@ def test_under_torchrun_the_minibatches_split_each_process_s_share(monkeypatch):
     minibatches (the table's row for 8 processes); a global batch that does not split over the processes is
     refused when the run is built, with its own message."""
     monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    ddp = ["hardware=ddp", "hardware.device=cpu", "hardware.precision=fp32"]
     assert "train.batch_size / 8 processes * num_generations = 24 sequences per process do not split" in error_of(
-        ["train.batch_size=24", "algorithm.minibatch_size=16"])
-    check_config(compose_config(["train.batch_size=16", "algorithm.minibatch_size=16"]))  # 2 x 8 = 16: one minibatch
+        [*ddp, "train.batch_size=24", "algorithm.minibatch_size=16"])
+    check_config(compose_config([*ddp, "train.batch_size=16", "algorithm.minibatch_size=16"]))  # 2 x 8 = 16
+    assert "hardware.strategy='none' runs one process, and torchrun started 8" in error_of([])  # hardware=cpu

@@ -4,8 +4,10 @@ save that dies at any step, or on a full disk, leaves a checkpoint whose record 
 import builtins
 import errno
 import os
+import pathlib
 import pickle
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -63,6 +65,20 @@ def test_crafted_dcp_metadata_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(UnsafeCheckpoint, match="io.open"):
         loaded(directory, "sharded")
     assert not marker.exists()
+
+
+def test_a_sharded_checkpoint_written_under_python_3_13_loads(tmp_path):
+    """Python 3.13 pickles the metadata's path as pathlib._local.PosixPath, which was refused as an altered file."""
+    saved(tmp_path, "sharded", 3, seed=1)
+    metadata = next(tmp_path.glob("last_sharded.*")) / ".metadata"
+    content = pickle.loads(metadata.read_bytes())  # the test's own file
+    with pytest.MonkeyPatch.context() as patch:  # pickled as 3.13 names the class
+        patch.setitem(sys.modules, "pathlib._local", pathlib)
+        patch.setattr(pathlib.PosixPath, "__module__", "pathlib._local")
+        as_313 = pickle.dumps(content)
+    assert b"pathlib._local" in as_313
+    metadata.write_bytes(as_313)
+    assert loaded(tmp_path, "sharded")[0] == 3
 
 
 @pytest.mark.parametrize("fmt", ["consolidated", "sharded"])

@@ -42,6 +42,20 @@ def test_one_gpu_named_for_every_torchrun_process_is_refused(cuda_visible, monke
     assert Hardware(device="cuda", strategy="ddp").torch_device == torch.device("cuda", 1)
 
 
+def test_torchrun_with_a_strategy_of_one_process_is_refused_and_a_cpu_ddp_is_the_fix_without_cuda(monkeypatch):
+    """hardware=cpu under torchrun ran the whole job in each process (each then failed on the run dir's lock), and
+    a torchrun hardware=ddp without CUDA was told to use hardware=cpu, that very setup."""
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="hardware.strategy='none' runs one process, and torchrun started 2"):
+        Hardware(device="cpu", strategy="none")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available; use hardware=ddp hardware.device=cpu "
+                                         "hardware.precision=fp32"):
+        Hardware(device="cuda", strategy="ddp")
+    Hardware(device="cpu", strategy="ddp", precision="fp32")
+
+
 def test_setup_picks_the_gpu_by_an_index_cuda_accepts(cuda_visible, monkeypatch):
     """``torch.cuda.set_device`` validates its argument as below and refuses a bare ``cuda`` (a GPU check found
     ``hardware=cuda`` stopping there); the stand-in validates without a GPU."""

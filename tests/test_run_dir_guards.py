@@ -82,13 +82,20 @@ def test_a_rerun_with_another_seed_is_refused_though_the_hardware_group_may_swit
         check_rerun(OmegaConf.create(reseeded), tmp_path, ".hydra", FREE)
 
 
-def test_a_rerun_in_another_precision_is_refused():
-    """hardware=cuda (bf16) and the CPU's fp32 name one run directory: a run begun in fp32 does not go on in bf16."""
+def test_a_rerun_in_another_precision_is_refused_naming_how_to_go_on(tmp_path):
+    """hardware=cuda (bf16) and the CPU's fp32 name one run directory: a run begun in fp32 does not go on in bf16.
+    An overridden precision names another directory, so the refusal gives the run's own with its directory."""
     recorded = {**CFG, "hardware": {"device": "cpu", "precision": "fp32", "seed": 0}}
     on_a_gpu = {**CFG, "hardware": {"device": "cuda", "precision": "bf16", "seed": 0}}
     assert differing_keys(recorded, on_a_gpu, FREE) == ["hardware.precision"]
     assert differing_keys(recorded, {**on_a_gpu, "hardware": {**on_a_gpu["hardware"], "precision": "fp32"}},
                           FREE) == []
+    write_run(tmp_path, recorded)
+    check_rerun(OmegaConf.create(recorded), tmp_path, ".hydra", FREE)
+    write_run(tmp_path, on_a_gpu)
+    with pytest.raises(ConfigError, match=rf"hardware\.precision differ .*\(to go on in the run's precision: "
+                                          rf"hardware\.precision=fp32 hydra\.run\.dir={tmp_path}\)"):
+        check_rerun(OmegaConf.create(on_a_gpu), tmp_path, ".hydra", FREE)
 
 
 def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_trains(tmp_path):

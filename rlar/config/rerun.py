@@ -37,7 +37,7 @@ ADDED = {
 
 # keys compared although a group they are in is free: a switch of hardware=... moves a run to another machine, while
 # its seed draws its data order (replayed on resume from the seed, not saved) and its precision what it computes
-# (hardware=cuda's bf16 resuming a CPU run in fp32 is refused: give hardware.precision=fp32)
+# (hardware=cuda's bf16 going on with a CPU run's fp32 is refused; see check_rerun for how to go on)
 COMPARED = ("hardware.seed", "hardware.precision")
 
 
@@ -99,9 +99,13 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
         if keys:
             if hydra_dir is not None:
                 shutil.copytree(record, hydra_dir, dirs_exist_ok=True)
+            precision = ""
+            if "hardware.precision" in keys:  # named in the directory when overridden: the run's own must be given
+                precision = (f" (to go on in the run's precision: hardware.precision="
+                             f"{flat(recorded).get('hardware.precision')} hydra.run.dir={out})")
             raise ConfigError(f"{out} holds a run with another config: {', '.join(keys)} differ from the recorded "
-                              f"{record / 'config.yaml'}; run with resume=false to start over there, or give this "
-                              "run another name (name=...) or directory")
+                              f"{record / 'config.yaml'}{precision}; run with resume=false to start over there, or "
+                              "give this run another name (name=...) or directory")
     if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
         shutil.copytree(hydra_dir, record, dirs_exist_ok=True)
 

@@ -9,6 +9,7 @@ non-tensor items through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import io
+import pathlib
 import pickle
 
 import torch
@@ -22,7 +23,9 @@ METADATA_CLASSES = {
     for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
                  "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")
 } | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}
+     ("torch.serialization", "_get_layout")}
+# a checkpoint's path, which Python 3.13 pickles from pathlib._local: read as pathlib's own class on any version
+PATH_CLASSES = {(module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")}
 
 
 class UnsafeCheckpoint(RuntimeError):
@@ -30,11 +33,13 @@ class UnsafeCheckpoint(RuntimeError):
 
 
 class MetadataUnpickler(pickle.Unpickler):
-    """Builds only the classes in ``METADATA_CLASSES`` and torch dtypes; anything else is refused."""
+    """Builds only the classes of ``METADATA_CLASSES`` and ``PATH_CLASSES``, and torch dtypes; refuses the rest."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in METADATA_CLASSES:
             return super().find_class(module, name)
+        if (module, name) in PATH_CLASSES:
+            return getattr(pathlib, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise UnsafeCheckpoint(f"refusing to load {module}.{name} from a checkpoint's DCP metadata: a checkpoint "
