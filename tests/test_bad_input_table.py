@@ -9,9 +9,10 @@ import pytest
 import torch
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from rlar.config.store import compose_config
-from rlar.config.validate import ConfigError, check_config
+from rlar.config.validate import ConfigError, check_config, check_sizes, reward_nodes
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 QUOTED = re.compile(r"`([^`]+)`")
@@ -66,6 +67,17 @@ def test_each_bad_input_gets_the_documented_error(overrides, fragment, monkeypat
     if "CUDA is not available" in fragment and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     assert fragment in error_of(overrides)
+
+
+def test_score_chunks_are_refused_only_where_a_mix_z_scores_over_the_call():
+    """A reward whose config builds a helper with an option named normalize z-scores nothing: chunks are scored as
+    the whole batch is."""
+    cfg = compose_config(["train.score_chunk_size=32"])
+    with open_dict(cfg):  # a user's reward config, no schema of rlar's
+        cfg.reward = {"_target_": "rlar.reward.quality.SharpnessReward",
+                      "backbone": {"_target_": "torch.nn.LayerNorm", "normalized_shape": 3, "normalize": True}}
+    assert [path for path, _ in reward_nodes(cfg)] == ["reward", "reward.backbone"]
+    check_sizes(cfg)
 
 
 def test_under_torchrun_the_minibatches_split_each_process_s_share(monkeypatch):

@@ -10,6 +10,7 @@ import torch
 from rlar.contracts import Reward
 from rlar.reward.mixture import WeightedReward, weighted_sum
 from rlar.reward.remote.client import RemoteReward
+from rlar.reward.scoring import checked_output
 from rlar.runtime import distributed
 
 NAN = float("nan")
@@ -64,6 +65,14 @@ def test_a_component_that_breaks_the_contract_is_named_as_when_it_is_used_alone(
     mix = WeightedReward({"light": Brightness(), "mine": Column()}, {"light": 1.0, "mine": 1.0})
     with pytest.raises(ValueError, match=r"reward Column returned scores \(3, 1\) for 3 images"):
         mix(torch.zeros(3, 1, 2, 2), None)  # before, broadcast into a [3, 3] total blamed on WeightedReward
+
+
+def test_a_component_that_is_the_score_stays_one_object_on_the_samples_device():
+    """A mix leaves out a component that is its score (``v is score``): moved to another device apart, it was logged
+    twice."""
+    score = torch.ones(2)
+    moved, parts = checked_output((score, {"a": score, "b": score * 2}), 2, Brightness(), "meta")
+    assert moved.device.type == "meta" and parts["a"] is moved and parts["b"] is not moved
 
 
 def test_a_mix_of_no_component_scores_every_item_0():

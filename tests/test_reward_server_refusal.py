@@ -95,6 +95,19 @@ class Holding(Reward):
         return self.net(images)
 
 
+class BuiltOnFirstCall(Reward):
+    """Builds its (frozen) network when it first scores, as a reward that learns its input's shape then."""
+
+    def __call__(self, images, targets=None, meta=None):
+        if not hasattr(self, "net"):
+            self.net = torch.nn.Linear(images[0].numel(), 1)
+        return self.net(images.flatten(1))[:, 0].detach(), {}
+
+
+def test_a_network_built_as_the_reward_first_scores_is_not_taken_for_a_change():
+    RewardService(BuiltOnFirstCall(), "built", "x", "cpu").warm_up((2, 1, 8, 8))  # a KeyError before
+
+
 class BatchNormed(torch.nn.Module, Reward):
     def __init__(self):
         super().__init__()

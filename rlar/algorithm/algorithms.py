@@ -220,10 +220,12 @@ class Reinforce(Common):
         if self.buffer_size is not None and self.baseline != "condition":
             raise ValueError(f"algorithm.buffer_size={self.buffer_size} is the window of the per-condition baseline: "
                              "set algorithm.baseline=condition, or buffer_size=null")
-        if self.buffer_size is not None and self.buffer_size < max(self.min_count, 1):
+        if self.baseline == "condition" and self.min_count < 1:
+            raise ValueError(f"algorithm.min_count is the rewards a condition needs before its own statistics are "
+                             f"used: at least 1, got {self.min_count}")
+        if self.buffer_size is not None and self.buffer_size < self.min_count:
             raise ValueError(f"algorithm.buffer_size={self.buffer_size} keeps fewer rewards per condition than "
-                             f"algorithm.min_count={self.min_count} asks for (and at least 1): set buffer_size >= "
-                             "max(min_count, 1), or null")
+                             f"algorithm.min_count={self.min_count} asks for: set buffer_size >= min_count, or null")
         if self.kl_penalty == "reward" and self.baseline == "condition" and self.standardize:
             raise ValueError("algorithm.kl_penalty=reward with baseline=condition and standardize: a condition whose "
                              "rewards tie would be standardized on its KL alone (beta cancels); set "

@@ -16,9 +16,6 @@ class ConditionStats:
     """
 
     def __init__(self, min_count: int = 16, buffer_size: int | None = None):
-        if min_count < 1:
-            raise ValueError(f"algorithm.min_count is the rewards a condition needs before its own statistics are "
-                             f"used: at least 1, got {min_count}")
         if buffer_size is not None and buffer_size < 1:
             raise ValueError(f"a window of per-condition rewards holds at least 1, got buffer_size={buffer_size}")
         self.min_count = min_count
@@ -55,7 +52,7 @@ class ConditionStats:
         means, stds = [], []
         for key in keys.tolist():
             n = self.count.get(key, 0)
-            if n >= self.min_count:
+            if n and n >= self.min_count:
                 mean = self.total[key] / n
                 var = max(self.total_sq[key] / n - mean * mean, 0.0) * n / max(n - 1, 1)  # unbiased
                 means.append(mean)

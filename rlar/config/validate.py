@@ -200,7 +200,8 @@ def check_sizes(cfg: DictConfig) -> None:
                        "train.score_chunk_size": t.score_chunk_size}.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1 (or null: off), got {value}")
-    zscoring = [path for path, node in reward_nodes(cfg) if node.get("normalize")]  # a mix inside a mix too
+    zscoring = [path for path, node in reward_nodes(cfg)  # a mix inside a mix too
+                if node["_target_"] in ZSCORING and node.get("normalize")]
     if t.score_chunk_size is not None and zscoring:
         raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
                           f"this reward z-scores its terms over each call ({zscoring[0]}.normalize=true): chunks "
@@ -293,6 +294,9 @@ def init_parameters(target) -> dict | None:
     return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
 
 
+ZSCORING = ("rlar.reward.mixture.WeightedReward", "rlar.reward.remote.client.RemoteReward")  # normalize: per call
+
+
 def check_schedule_steps(schedule, target: str) -> None:
     """The loop steps the lr schedule once per iteration with no argument: a schedule whose ``step`` needs one
     (``ReduceLROnPlateau``'s metric) would fail after the first iteration."""
@@ -329,6 +333,12 @@ def check_group_statistics(cfg: DictConfig) -> None:
             raise ConfigError(f"{path} fits the statistics of the samples it scores together and needs >= {need}, "
                               f"but train.batch_size * algorithm.num_generations = {cfg.train.batch_size * g}; "
                               "raise either")
+
+
+def target_readers(cfg: DictConfig) -> list[str]:
+    """The config paths of the rewards in ``cfg.reward`` that compare each sample with its input image
+    (``reads_targets``: l2, perceptual, the VA-pi mix's terms)."""
+    return [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
 
 
 def reward_nodes(cfg: DictConfig) -> list[tuple[str, dict]]:
@@ -384,7 +394,7 @@ def check_data_without_images(cfg: DictConfig) -> None:
                           f"policy.checkpoint={checkpoint} does not carry it (its weights are in that prior's cache "
                           "entry); give policy.checkpoint=<a folder rlar-export wrote, with text_encoder.safetensors>, "
                           "or use a frozen encoder (text_encoder=t5 or clip)")
-    readers = [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
+    readers = target_readers(cfg)
     if readers:
         raise ConfigError(f"{nothing}: {', '.join(readers)} compares each sample with its input image; use a reward "
                           "that needs no target (compositional, clip, class_consistency, ...)")

@@ -44,7 +44,8 @@ def checked_output(output, n: int, reward_fn: Reward, device) -> tuple[torch.Ten
     if bad:
         raise ValueError(f"reward {name} returned components {bad} for {n} images: each one value per image, "
                          f"{contract}")
-    return scores.to(device), {key: value.to(device) for key, value in components.items()}
+    moved = scores.to(device)  # a component that is the score stays the same object (a mix reports it once)
+    return moved, {key: moved if value is scores else value.to(device) for key, value in components.items()}
 
 
 def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from rlar.config.validate import check_config, check_temperature, exit_on_config_error, reward_nodes, target_attribute
+from rlar.config.validate import check_config, check_temperature, exit_on_config_error, target_readers
 from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
@@ -56,7 +56,7 @@ def check_scores_on_its_own(reward_fn, images: torch.Tensor, labels: torch.Tenso
 def check_free_running_reward(cfg) -> None:
     """Refuse a reward that compares each sample with its input image (``reads_targets``: l2, perceptual, the VA-pi
     mix): the study scores free-running samples, which have none."""
-    readers = [path for path, node in reward_nodes(cfg) if target_attribute(node, "reads_targets", False)]
+    readers = target_readers(cfg)
     if readers:
         raise ValueError(f"{readers[0]} compares each sample with its input image, and the filter scores free-running "
                          "samples, which have none: give a reward that scores a sample on its own, e.g. "

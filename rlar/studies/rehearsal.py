@@ -114,9 +114,9 @@ def write_tokenizer_checkpoint(path: Path, s: Settings) -> int:
 
 
 def recipe_overrides(work: Path, s: Settings) -> list[str]:
-    """The recipe at the rehearsal's size, on this machine's files, without the network (random LPIPS backbone): one
-    optimizer step per rollout, as the recipe takes, on any number of processes (each accumulates its items' G-row
-    minibatches)."""
+    """The recipe at the rehearsal's size, on this machine's files, without the network (random LPIPS backbone): the
+    sharded run takes one optimizer step per rollout, as the recipe does, on any number of processes (each
+    accumulates its items' G-row minibatches); the one-process resume, with the same overrides, takes ``processes``."""
     return [
         "experiment=vapi_llamagen_xxl", f"policy.size={s.size}", f"policy.checkpoint={work / 'c2i.pt'}",
         f"tokenizer.checkpoint={work / 'vq_ds16_c2i.pt'}", f"tokenizer.image_size={s.image_size}",

@@ -101,12 +101,13 @@ def build_ibq(data=None, *, checkpoint: str, ddconfig: dict, image_size: int = 2
         raise ValueError(f"tokenizer.weights must be one of {IBQ_WEIGHTS}, got {weights!r}")
     model = IBQ(plain(ddconfig), codebook_size, embed_dim, use_ema=use_ema, image_size=image_size)
     state = ibq_state(read_checkpoint(checkpoint, "tokenizer.checkpoint"))
-    if weights == "ema" and not any(k.startswith("model_ema.") for k in state):
+    has_ema = any(k.startswith("model_ema.") for k in state)
+    if weights == "ema" and not has_ema:
         raise ValueError(f"tokenizer.weights=ema but {checkpoint} holds no EMA weights (no model_ema.* keys); "
                          f"use tokenizer.weights=raw (and tokenizer.use_ema=false for a file without them)")
     if weights == "ema" and not use_ema:
         raise ValueError("tokenizer.weights=ema needs tokenizer.use_ema=true (the EMA copies are read with the model)")
-    if use_ema and not any(k.startswith("model_ema.") for k in state):
+    if use_ema and not has_ema:
         raise ValueError(f"{checkpoint} holds no EMA weights (no model_ema.* keys), and tokenizer.use_ema=true reads "
                          "them with the model: set tokenizer.use_ema=false")
     strict_load(model, state, "tokenizer.checkpoint")

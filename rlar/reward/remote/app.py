@@ -45,8 +45,13 @@ def module_sums(reward, path: str = "reward") -> dict[str, torch.Tensor]:
                 for key, sums in module_sums(component, f"{path}.components.{name}").items()}
     modules = ({path: reward} if isinstance(reward, torch.nn.Module) else
                {f"{path}.{key}": value for key, value in vars(reward).items() if isinstance(value, torch.nn.Module)})
-    return {f"{where}.{name}": torch.stack([t.double().sum(), t.double().square().sum()]).cpu()
-            for where, module in modules.items() for name, t in module.state_dict().items() if t.is_floating_point()}
+    sums = {}  # on the CPU: a module that moves to the images' device as it scores is summed in one order
+    for where, module in modules.items():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                t = t.detach().cpu().double()
+                sums[f"{where}.{name}"] = torch.stack([t.sum(), t.square().sum()])
+    return sums
 
 
 def check_servable(reward, name: str) -> None:
@@ -102,8 +107,8 @@ class RewardService:
                 "prompts": ["a zero"] * n}
         before = module_sums(self.reward)
         self.score(images, images.flip(0), meta)
-        moved = [name for name, sums in module_sums(self.reward).items()
-                 if not torch.allclose(sums, before[name], rtol=0.0, atol=0.0, equal_nan=True)]
+        moved = [name for name, sums in module_sums(self.reward).items()  # a module built as it scores: not compared
+                 if name in before and not torch.allclose(sums, before[name], rtol=0.0, atol=0.0, equal_nan=True)]
         if moved:  # a module that trains itself as it scores, or a batch norm in train mode: state nothing saves
             raise UnservableReward(
                 f"reward={self.name} cannot be served: scoring the warm-up batch changed its weights or buffers "

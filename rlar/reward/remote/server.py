@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                 hardware.device, token, args.max_batch, args.max_bytes, args.max_uploads,
                                 args.body_timeout)
         service.warm_up(tuple(int(s) for s in args.warmup_shape.split(",")))
-    except UnservableReward as e:  # refused before its test batch, which would already move its state
+    except UnservableReward as e:  # refused by what it is, or by what its test batch changed in it
         print(f"rlar-reward-server: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a bad override, or a reward that cannot be built or fails its test batch
