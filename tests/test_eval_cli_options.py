@@ -106,13 +106,16 @@ def test_a_run_dir_keeps_its_outputs_and_records_itself(stand_ins, tmp_path):
     assert record["run"] is None and record["checkpoint"] == str(Path.cwd() / "other.pt")
 
 
-def test_a_run_that_trained_nothing_is_judged_as_its_prior(stand_ins, tmp_path):
+def test_a_run_that_trained_nothing_is_judged_as_its_prior(stand_ins, tmp_path, monkeypatch):
     run = tmp_path / "prior"
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config(["train.iterations=0"]), run / ".hydra" / "config.yaml")
     (run / "summary.json").write_text(json.dumps({"iterations": 0}))  # no checkpoints/: it saved no weights
+    identities, judge = [], cli.judge_over_seeds
+    monkeypatch.setattr(cli, "judge_over_seeds", lambda *args: identities.append(args[-1]) or judge(*args))  # identity
     assert cli.run_command([str(run), "--judge", "1"])["metrics"]
-    assert run_judgement(run, 1)  # as a study's prior rows are judged
+    assert [i["weights"] for i in identities] == [[]]  # no weights file: the prior its config builds
+    assert run_judgement(run, 1)  # as a study's prior rows are judged (here: the judgement above, read back)
 
 
 def test_metrics_json_records_the_weights_and_the_reference_as_absolute_paths(stand_ins, tmp_path):

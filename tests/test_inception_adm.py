@@ -179,7 +179,13 @@ def test_a_training_config_with_such_a_reference_is_refused_from_its_headers(arr
                           "eval.inception.reference=ref.npz"])
     with pytest.raises(ConfigError, match=message):
         check_config(cfg)
+
+
+def test_a_training_config_with_an_adm_reference_batch_passes_from_its_headers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("inception.pth").write_bytes(b"")
     np.savez("good.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=np.zeros(2048), sigma=np.eye(2048))
+    monkeypatch.setattr(np, "load", None)  # the arrays are never read
     check_config(compose_config(["eval.inception.enabled=true", "eval.inception.weights=inception.pth",
                                  "eval.inception.reference=good.npz"]))
 

@@ -14,6 +14,7 @@ from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.rejudge import write_judgement
 from rlar.runtime import atomic_files
 from rlar.studies.judged import read_or_judge
+from rlar.studies.report import mean_and_std, mean_std
 
 METRICS = {f"eval/{m}": {"mean": 2.0, "std": 0.5, "values": [1.5, 2.5]} for m in JUDGE_METRICS}
 
@@ -103,4 +104,5 @@ def test_a_metric_the_judge_could_not_measure_on_some_seed_has_a_nan_spread(tmp_
     assert result["eval/fd"]["mean"] == 3.0 and result["eval/fd"]["std"] == pytest.approx(2**0.5)
     assert math.isnan(result["eval/density"]["mean"]) and math.isnan(result["eval/density"]["std"])
     assert rejudge.seed_spread([float("nan")])["std"] == 0.0  # one seed: no spread
+    assert math.isnan(mean_and_std([1.0, float("nan")])[1]) and mean_std([1.0, float("nan")]) == "nan ± nan"
 

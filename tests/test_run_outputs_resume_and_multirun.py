@@ -89,24 +89,16 @@ def test_restart_continues_from_the_checkpoint(tiny, tmp_path, monkeypatch):
     assert calls == [] and again["timings"] == summary["timings"] and summary["timings"]["time/update"] > 0
 
 
-def test_a_run_stopped_at_what_a_rerun_makes_its_last_iteration_is_evaluated_there(tiny, tmp_path, monkeypatch):
+def test_a_run_stopped_at_what_a_rerun_makes_its_last_iteration_is_evaluated_there(tiny, tmp_path,
+                                                                                   stop_after_two_updates):
     """Stopped after iteration 2 of 4 (eval.every=100: only the last iteration evaluates), then ended with
     train.iterations=2: iteration 2 is evaluated as a straight 2-iteration run evaluates it. Before, the rerun ran
     no iteration, and its "after RL" numbers were the prior's."""
     common = [*tiny, "eval.every=100"]
     straight = train_rl_loop(compose_config([*common, "train.iterations=2"]), tmp_path / "straight")
-    real_update, calls = rlar.loop.policy_update, []
-
-    def crash_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("stopped by the test")
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(rlar.loop, "policy_update", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        stop_after_two_updates(patch, "policy_update")
         train_rl_loop(compose_config([*common, "train.iterations=4"]), tmp_path / "cut")
-    monkeypatch.setattr(rlar.loop, "policy_update", real_update)
     ended = train_rl_loop(compose_config([*common, "train.iterations=2"]), tmp_path / "cut")
     assert [h["iteration"] for h in ended["history"]] == [0, 2]
     assert ended["history"][-1] == straight["history"][-1] and ended["eval_fd_after"] == straight["eval_fd_after"]
