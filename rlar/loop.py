@@ -102,13 +102,12 @@ def train(run: Run) -> dict:
         if not summary:  # a fresh run
             summary = evaluate_prior(run)
             stop_if_requested(run, stop, summary, 0, 0, "the prior's evaluation")
-        elif summary.get("pending_evaluation") is not None:  # saved when its evaluation failed
-            evaluate_into(run, summary, summary["pending_evaluation"], rescue=False)  # saved pending already
+        elif (pending := summary.get("pending_evaluation")) is not None or (
+                start == t.iterations and summary["history"][-1]["iteration"] < start):
+            # saved when its evaluation failed (pending already), or stopped at what is now the last iteration, whose
+            # evaluation a straight run makes
+            evaluate_into(run, summary, start if pending is None else pending, rescue=pending is None)
             save(run, start, summary, warmed)  # resolved: a later start does not evaluate it again
-            stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
-        if start == t.iterations and summary["history"][-1]["iteration"] < start:  # stopped at what is now the end
-            evaluate_into(run, summary, start)  # its last iteration's evaluation, which a straight run makes
-            save(run, start, summary, warmed)
             stop_if_requested(run, stop, summary, start, warmed, f"the evaluation of iteration {start}", saved=True)
         # the data stream is a function of its seed and of the batches taken: a resumed run continues it exactly
         batches = run.data.batches(t.batch_size, run.generators["data"], start=warmed + start, share=run.share)

@@ -120,8 +120,7 @@ def check_npz_reference(path: str | os.PathLike, width: int) -> int:
         layout = npz_layout(path)
     except (zipfile.BadZipFile, ValueError) as e:
         raise ValueError(f"{path}: not an .npz of arrays ({e})") from None
-    if "arr_0" not in layout:
-        raise ValueError(f"{path}: no 'arr_0' array (found {list(layout)}); the samples must be arr_0")
+    check_samples_key(path, list(layout))
     shape, dtype = layout["arr_0"]
     check_image_layout(dtype, shape, str(path))
     check_fit_keys(path, list(layout))
@@ -140,8 +139,7 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"reference '{path}' does not exist; give an .npz (arr_0: uint8 [N, H, W, 3]) or a "
                                 "folder of images (rlar-eval --make-reference writes one of a data split)")
     with np.load(path, allow_pickle=False) as archive:
-        if "arr_0" not in archive:
-            raise ValueError(f"{path}: no 'arr_0' array (found {list(archive.keys())}); the samples must be arr_0")
+        check_samples_key(path, list(archive.keys()))
         images = archive["arr_0"]
     check_layout(images, str(path))
     return images
@@ -162,6 +160,12 @@ def read_fit(path: str | os.PathLike, width: int) -> tuple[torch.Tensor, torch.T
         mu, sigma = archive["mu"], archive["sigma"]
     check_fit_shapes(path, mu.shape, sigma.shape, width)
     return torch.from_numpy(mu).double(), torch.from_numpy(sigma).double()
+
+
+def check_samples_key(path: Path, keys: list[str]) -> None:
+    """An ``.npz`` of ``keys`` holds its images as ``arr_0`` (ADM's layout)."""
+    if "arr_0" not in keys:
+        raise ValueError(f"{path}: no 'arr_0' array (found {keys}); the samples must be arr_0")
 
 
 def check_fit_keys(path: Path, keys: list[str]) -> None:

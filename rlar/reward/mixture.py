@@ -112,7 +112,7 @@ class WeightedReward(Reward):
             scores[name] = reported[name] = score
             reported.update({f"{name}/{sub}": v for sub, v in subs.items() if sub != name and v is not score})
             if component.may_be_absent:
-                absent[name] = score.isnan() & ~failed.to(score.device)  # [N]
+                absent[name] = score.isnan() & ~failed  # [N], both on the images' device
         # in training over the global batch (every process scores its rows), in evaluation over this call's
         total = weighted_sum(scores, self.weights, self.normalize, self.learning, absent, len(images), images.device)
         return total, reported

@@ -59,10 +59,10 @@ class Hardware:
             fix = ("hardware=cpu" if self.strategy == "none" else
                    f"hardware={self.strategy} hardware.device=cpu hardware.precision=fp32 (gloo)")
             raise ValueError(f"hardware.device={self.device!r} but CUDA is not available; use {fix}")
-        if self.strategy == "none" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if self.strategy == "none" and distributed.env_world_size() > 1:
             raise ValueError(f"hardware.strategy='none' runs one process, and torchrun started "
-                             f"{os.environ['WORLD_SIZE']}: each would train the whole run alone; use hardware=ddp or "
-                             "hardware=fsdp under torchrun")
+                             f"{distributed.env_world_size()}: each would train the whole run alone; use hardware=ddp "
+                             "or hardware=fsdp under torchrun")
         if self.strategy != "none" and not distributed.launched_by_torchrun():
             raise ValueError(f"hardware.strategy={self.strategy!r} needs processes launched by torchrun, e.g. "
                              f"`torchrun --nproc_per_node=2 -m rlar.run hardware={self.strategy}`; for one "
