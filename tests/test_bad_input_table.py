@@ -4,6 +4,7 @@ table is the test's data, so the docs and the code cannot drift apart."""
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,9 @@ from omegaconf import open_dict
 
 from rlar.config.store import compose_config
 from rlar.config.validate import ConfigError, check_config, check_sizes, reward_nodes
+from rlar.loop import progress_metrics
+from rlar.reward.mixture import WeightedReward, zscored
+from rlar.reward.quality import SharpnessReward
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 QUOTED = re.compile(r"`([^`]+)`")
@@ -79,6 +83,36 @@ def test_score_chunks_are_refused_only_where_a_mix_z_scores_over_the_call():
     assert [path for path, _ in reward_nodes(cfg)] == ["reward", "reward.backbone"]
     check_sizes(cfg)
 
+
+
+class ZScoredMix(WeightedReward):
+    """A user's subclass of the mix: its ``normalize`` z-scores over the call as the mix's does."""
+
+
+class ScaledSharpness(SharpnessReward):
+    """A user's reward with a ``normalize`` option of its own (here: divide by 2), nothing z-scored."""
+
+    def __init__(self, normalize: bool = False):
+        super().__init__()
+        self.normalize = normalize
+
+
+def test_z_scoring_is_read_from_the_reward_class_not_from_an_option_named_normalize():
+    """A subclass of the mix is refused score chunks as the mix is, and the progress bar shows its terms; a reward
+    whose own ``normalize`` means something else takes chunks, and the bar shows its mean (not ``reward.weights``,
+    which it has none of)."""
+    cfg = compose_config(["train.score_chunk_size=32"])
+    with open_dict(cfg):
+        cfg.reward._target_ = f"{__name__}.ZScoredMix"
+    assert zscored(cfg.reward)
+    with pytest.raises(ConfigError, match="this reward z-scores its terms over each call"):
+        check_sizes(cfg)
+    with open_dict(cfg):
+        cfg.reward = {"_target_": f"{__name__}.ScaledSharpness", "normalize": True}
+    assert not zscored(cfg.reward)
+    check_sizes(cfg)
+    run = SimpleNamespace(cfg=cfg, algorithm=SimpleNamespace(trains_on_data=False))
+    assert progress_metrics(run) == ("reward/mean",)
 
 def test_under_torchrun_the_minibatches_split_each_process_s_share(monkeypatch):
     """Each of torchrun's processes updates on its own share of the global batch, so that share must split into

@@ -300,8 +300,10 @@ def test_a_judged_study_ranks_by_the_judged_fd_where_one_evaluation_would_order_
 
 
 def test_settings_with_a_z_scored_reward_are_not_ranked_by_its_eval_reward():
+    mix = OmegaConf.to_yaml(compose_config([]).reward)  # the default: a mix z-scored over the batch
+
     def run(after):
-        return Run(Path("."), 0, 0.0, after, 3, summary={}, reward="normalize: true\n")  # a z-scored mix
+        return Run(Path("."), 0, 0.0, after, 3, summary={}, reward=mix)
 
     assert ranking({"a": [run(1e-9)], "b": [run(-1e-9)]}).startswith("none: the eval reward of a mix")
     plain = {f"cls-{i}": [Run(Path("."), 0, 0.0, after, 3, summary={}, reward="cls\n")] for i, after in ((1, 0.5),

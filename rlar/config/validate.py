@@ -22,6 +22,7 @@ from rlar.eval.inception_metrics import check_reference_size
 from rlar.eval.model.independence import rewards_reading_the_judge
 from rlar.policy.exported import carries_text_encoder
 from rlar.policy.gpt import CONDITION_MODES
+from rlar.reward.mixture import zscored
 from rlar.rollout.collect import MODES as ROLLOUT_MODES
 from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
@@ -200,8 +201,7 @@ def check_sizes(cfg: DictConfig) -> None:
                        "train.score_chunk_size": t.score_chunk_size}.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be >= 1 (or null: off), got {value}")
-    zscoring = [path for path, node in reward_nodes(cfg)  # a mix inside a mix too
-                if node["_target_"] in ZSCORING and node.get("normalize")]
+    zscoring = [path for path, node in reward_nodes(cfg) if zscored(node)]  # a mix inside a mix too
     if t.score_chunk_size is not None and zscoring:
         raise ConfigError(f"train.score_chunk_size={t.score_chunk_size} scores each chunk in a call of its own, and "
                           f"this reward z-scores its terms over each call ({zscoring[0]}.normalize=true): chunks "
@@ -292,9 +292,6 @@ def init_parameters(target) -> dict | None:
             return {}
     parameters = inspect.signature(target).parameters
     return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
-
-
-ZSCORING = ("rlar.reward.mixture.WeightedReward", "rlar.reward.remote.client.RemoteReward")  # normalize: per call
 
 
 def check_schedule_steps(schedule, target: str) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
 from rlar.contracts import Reward
@@ -50,9 +50,12 @@ def weighted_sum(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float
 
 
 def zscored(reward: Mapping | None) -> bool:
-    """Whether the reward config ``reward`` is a mix that z-scores its terms over each batch (``normalize``): its
-    mean is then 0 by construction, whatever the samples, and only its terms say what moved."""
-    return isinstance(reward, Mapping) and bool(reward.get("normalize"))
+    """Whether the reward config ``reward`` z-scores its terms over each call: a ``normalize`` given to a class that
+    sets ``zscores_terms`` (a mix, a remote client, or a subclass of one). Its mean is then 0 by construction, whatever
+    the samples, and only its terms (``reward.weights``) say what moved. A reward whose ``normalize`` means something
+    else is not one."""
+    return (isinstance(reward, Mapping) and bool(reward.get("normalize")) and "_target_" in reward
+            and getattr(get_object(reward["_target_"]), "zscores_terms", False))
 
 
 class WeightedReward(Reward):
@@ -66,6 +69,8 @@ class WeightedReward(Reward):
     absent: its NaN there makes its total NaN, whatever the other components gave it. A zero-weight component is only
     reported.
     """
+
+    zscores_terms = True  # with normalize: each weighted term standardized over the call (:func:`zscored`)
 
     def __init__(self, components: Mapping[str, Any], weights: Mapping[str, float], normalize: bool = False):
         if set(components) != set(weights):

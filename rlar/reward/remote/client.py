@@ -55,6 +55,8 @@ class RemoteReward(Reward):
     the servers' own total.
     """
 
+    zscores_terms = True  # with normalize: each weighted term standardized over the batch (mixture.zscored)
+
     def __init__(self, urls: Sequence[str], chunk_size: int = 64, timeout_s: float = 30.0, retries: int = 2,
                  backoff_s: float = 0.1, health_interval_s: float = 5.0, health_timeout_s: float = 2.0,
                  max_workers: int | None = None, weights: Mapping[str, float] = MappingProxyType({}),
