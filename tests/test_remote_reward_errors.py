@@ -94,6 +94,21 @@ def test_servers_failing_alike_on_every_try_are_tried_to_the_retry_limit(serve):
     assert reward.metrics()["reward/remote_retries"] == 3  # not given up after two alike answers
 
 
+
+class Unreachable:
+    """A host whose connections are refused: the server is down."""
+
+    def request(self, method, path, content=None):
+        raise httpx.ConnectError("connection refused")
+
+
+def test_retries_count_requests_sent_again_not_attempts_with_no_server_up(serve):
+    reward = serve({"down": Unreachable()}, chunk_size=4, retries=2)
+    assert reward(images(8), images(8))[0].isnan().all()
+    metrics = reward.metrics()
+    assert metrics["reward/remote_failed_items"] == 8 and metrics["reward/remote_servers_up"] == 0
+    assert metrics["reward/remote_retries"] == 0  # no server in rotation: nothing was sent, let alone again
+
 @pytest.mark.parametrize(("scores", "got"), [([[1.0], [2.0]], "got a list among them"),
                                              ([{"score": 1.0}, 2.0], "got a dict among them"),
                                              ([1.0, True], "got a bool among them"),

@@ -89,3 +89,13 @@ def test_a_body_timeout_is_408_on_python_3_10_too(monkeypatch):
     with pytest.raises(WireError, match="--body-timeout") as caught:
         asyncio.run(service.read_body(None))
     assert caught.value.status == 408
+
+
+def test_health_counts_the_requests_waiting_for_an_upload_slot(server):
+    """``queue``: every request received and not yet answered, the one reading its body and the one waiting for the
+    only slot alike."""
+    waiting = [half_sent(server), half_sent(server)]
+    time.sleep(0.2)
+    assert httpx.get(f"http://127.0.0.1:{server}/health", timeout=5).json()["queue"] == 2
+    for conn in waiting:
+        conn.close()

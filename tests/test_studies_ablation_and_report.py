@@ -241,6 +241,8 @@ def test_a_reward_that_z_scores_its_terms_reports_no_mean_of_its_own():
                        "| n/a: z-scored over each batch; its terms below | – |")
     assert rows[3] == "| l2 | `reward=l2` | 0, 1 | -0.2000 | -0.1000 ± 0.0000 | -0.1000 / -0.1000 | +50.0 % | – |"
     assert Run(Path("."), 0, 0.0, 0.0, 3, reward="r").reward_normalized is False  # not a mapping
+    elsewhere = "_target_: my_rewards.Mix\nnormalize: true\n"  # a user's class, not importable here
+    assert Run(Path("."), 0, 0.0, 0.0, 3, reward=elsewhere).reward_normalized is True
     assert "mean of 0 by construction" in zscored_note(runs) and zscored_note({"l2": runs["l2"]}) == ""
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from rlar.contracts import Reward
 from rlar.data.batches import ImageData
-from rlar.reward.classifier import classifier_features, reward_classifier, train_split_labels
+from rlar.reward.classifier import classifier_features, request_groups, reward_classifier, train_split_labels
 from rlar.runtime import distributed
 from rlar.runtime.cache import seeded
 
@@ -125,12 +125,7 @@ class DiscriminatorReward(Reward):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | None = None, meta: dict | None = None):
-        labels = (meta or {}).get("labels")
-        if self.class_conditional and (labels is None or len(labels) != len(images)):
-            raise ValueError(f"reward=discriminator with class_conditional=true needs meta['labels'] with one label "
-                             f"per image ({len(images)}), got {None if labels is None else len(labels)}")
-        labels = (torch.as_tensor(labels).long().cpu().clamp_min(-1) if self.class_conditional
-                  else torch.full((len(images),), -1))
+        labels = request_groups(len(images), meta, self.class_conditional, "discriminator")  # [N]
         if self.model is None:
             self.build(images.device)
         features = self.features(images)  # [N, F]

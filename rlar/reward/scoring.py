@@ -48,12 +48,16 @@ def checked_output(output, n: int, reward_fn: Reward, device) -> tuple[torch.Ten
     return moved, {key: moved if value is scores else value.to(device) for key, value in components.items()}
 
 
-def _slice_meta(meta: dict, n: int, lo: int, hi: int) -> dict:
-    """Rows ``lo:hi`` of every per-item entry (a tensor or list of ``n``) of ``meta``."""
-    def per_item(v):
-        return (torch.is_tensor(v) and v.shape[:1] == (n,)) or (isinstance(v, list) and len(v) == n)
-
-    return {k: v[lo:hi] if per_item(v) else v for k, v in meta.items()}
+def chunk_meta(meta: dict | None, n: int, lo: int, hi: int) -> dict:
+    """``meta`` for items ``lo:hi`` of ``n``: a tensor with first dim ``n`` or a list (or tuple) of length ``n`` is
+    sliced; other values go whole."""
+    def part(value):
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n:
+            return value[lo:hi]
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            return list(value[lo:hi])
+        return value
+    return {k: part(v) for k, v in (meta or {}).items()}
 
 
 def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tensor, targets: torch.Tensor | None,
@@ -79,7 +83,7 @@ def decode_and_score(tokenizer: Tokenizer, reward_fn: Reward, tokens: torch.Tens
                 hi = min(lo + chunk_size, n)
                 images = tokenizer.decode_code(tokens[lo:hi])
                 part = None if targets is None else targets[lo:hi]  # no targets: data without images
-                chunks.append((images, worker.submit(reward_fn, images, part, _slice_meta(meta, n, lo, hi))))
+                chunks.append((images, worker.submit(reward_fn, images, part, chunk_meta(meta, n, lo, hi))))
             decoded = phase_time(tokens.device)
             results = [checked_output(future.result(), len(images), reward_fn, tokens.device)
                        for images, future in chunks]

@@ -67,8 +67,13 @@ class Run:
 
     @functools.cached_property
     def reward_normalized(self) -> bool:
-        """Whether the run's reward is a mix z-scored over each batch (``rlar.reward.mixture.zscored``)."""
-        return zscored(yaml.safe_load(self.reward) if self.reward else None)
+        """Whether the run's reward is a mix z-scored over each batch (``rlar.reward.mixture.zscored``). A reward class
+        that cannot be imported here (a user's module) is read by its ``normalize`` alone."""
+        config = yaml.safe_load(self.reward) if self.reward else None
+        try:
+            return zscored(config)
+        except ImportError:
+            return bool(config.get("normalize"))
 
     def term_learns(self, term: str, terms: set[str]) -> bool:
         """Whether the reward term ``term`` (of the run's ``terms``, the names of its ``eval/reward/<name>`` tags) kept

@@ -66,8 +66,9 @@ def check_servable(reward, name: str) -> None:
 
 
 class RewardService:
-    """One reward object, scored one request at a time on its own thread; ``queue`` counts requests in it. A reward
-    that scores a call's samples together or keeps state is refused (:func:`check_servable`).
+    """One reward object, scored one request at a time on its own thread; ``queue`` counts the requests received and
+    not yet answered (waiting for an upload slot, read, or scored). A reward that scores a call's samples together or
+    keeps state is refused (:func:`check_servable`).
 
     At most ``max_uploads`` requests are held in memory at a time (their bodies read, decoded or scored; the
     rest wait unread), so the server holds at most ``max_uploads * max_bytes`` of request bodies; a body not
@@ -163,22 +164,23 @@ def create_app(service: RewardService) -> FastAPI:
 
     @app.post("/score")
     async def score(request: Request):
-        async with service.uploads:  # the body is read only when a slot is free: memory stays bounded
-            return await read_and_score(request)
+        service.queue += 1
+        try:
+            async with service.uploads:  # the body is read only when a slot is free: memory stays bounded
+                return await read_and_score(request)
+        finally:
+            service.queue -= 1
 
     async def read_and_score(request: Request):
         try:
             images, targets, meta = decode_request(await service.read_body(request), service.max_batch)
         except WireError as e:
             return JSONResponse({"detail": str(e)}, status_code=e.status)
-        service.queue += 1
         try:
             loop = asyncio.get_running_loop()
             return JSONResponse(await loop.run_in_executor(service.executor, service.score, images, targets, meta))
         except Exception as e:  # the reward's own failure: logged here, a one-line reason to the client
             log.exception("reward failed on a batch of shape %s", list(images.shape))
             return JSONResponse({"detail": f"reward failed: {type(e).__name__}: {e}"}, status_code=500)
-        finally:
-            service.queue -= 1
 
     return app

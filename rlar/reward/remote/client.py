@@ -17,19 +17,9 @@ from rlar.reward.mixture import weighted_sum
 from rlar.reward.remote.auth import DEFAULT_TOKEN_ENV, bearer_headers, read_token
 from rlar.reward.remote.rotation import ServerPool
 from rlar.reward.remote.wire import decode_scores, encode_request
+from rlar.reward.scoring import chunk_meta
 
 log = logging.getLogger(__name__)
-
-
-def chunk_meta(meta: dict | None, n: int, lo: int, hi: int) -> dict:
-    """``meta`` for items ``lo:hi`` of ``n``: a tensor with first dim ``n`` or a list of length ``n`` is sliced."""
-    def part(value):
-        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n:
-            return value[lo:hi]
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            return list(value[lo:hi])
-        return value
-    return {k: part(v) for k, v in (meta or {}).items()}
 
 
 def response_reason(resp: httpx.Response) -> str:
@@ -82,9 +72,10 @@ class RemoteReward(Reward):
         self.warned_lock = threading.Lock()
 
     def score_chunk(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict, slot: int):
-        """``(scores [n], {name: [n]}, retries)`` for one chunk ``[n, C, H, W]``; scores None if no server did."""
+        """``(scores [n], {name: [n]}, retries)`` for one chunk ``[n, C, H, W]``; scores None if no server did.
+        ``retries``: the requests sent after the first (an attempt with no server in rotation sends none)."""
         body, n = encode_request(images, targets, meta), images.shape[0]
-        tried: list[str] = []
+        tried: list[str] = []  # the server of each request sent
         answered: list[str] = []  # the 5xx errors of its tries
         for attempt in range(self.retries + 1):
             if attempt:
@@ -100,7 +91,7 @@ class RemoteReward(Reward):
                 continue
             if resp.status_code == 200:
                 try:
-                    return *decode_scores(resp.json(), n), attempt
+                    return *decode_scores(resp.json(), n), len(tried) - 1
                 except ValueError as e:
                     self.warn_once(url, f"/score: malformed response: {e}")
                     continue
@@ -109,9 +100,9 @@ class RemoteReward(Reward):
             # refused (4xx), or the reward raising on this request twice alike: every server would answer it again;
             # another 5xx (one server's failure, a proxy's 502 while it restarts) is retried
             if resp.status_code < 500 or (reason in answered and "reward failed:" in reason):
-                return None, None, attempt
+                return None, None, len(tried) - 1
             answered.append(reason)
-        return None, None, self.retries
+        return None, None, max(len(tried) - 1, 0)
 
     def warn_once(self, url: str, reason: str) -> None:
         """Record ``reason`` as ``url``'s last error (it stays in rotation: it answers) and log it, the first time
