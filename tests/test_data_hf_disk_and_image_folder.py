@@ -82,8 +82,10 @@ def test_hf_dataset_round_trips_images_and_labels(hf_dict, digits):
     data = HFDiskData(hf_dict, image_size=32, channels=1)
     assert data.eval_uint8.dtype == torch.uint8 and data.eval_uint8.shape == (60, 1, 32, 32)  # kept in memory
     assert torch.equal(data.train_images, unit(pixels[:240]))  # exact: the images are already 32x32 uint8
-    assert torch.equal(data.eval_images, unit(pixels[240:]))  # the validation split is the eval split
-    assert data.train_labels.tolist() == labels[:240].tolist() and data.eval_labels.tolist() == labels[240:].tolist()
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))  # data.split_seed's fixed random order
+    assert torch.equal(data.eval_images, unit(pixels[240:])[order])  # the validation split is the eval split
+    assert data.train_labels.tolist() == labels[:240].tolist()
+    assert data.eval_labels.tolist() == labels[240:][order.numpy()].tolist()
     assert (data.num_classes, data.channels, data.image_size, data.skipped) == (10, 1, 32, 0)
     images, batch_labels, idx = next(data.batches(16, torch.Generator().manual_seed(0)))
     assert images.shape == (16, 1, 32, 32) and torch.equal(images, data.train_images[idx])
@@ -220,6 +222,45 @@ def test_image_folder_eval_root(tmp_path, folder):
     assert data.eval_labels.tolist() == [4, 4, 4]
     assert len(data.train_labels) == 122 and data.skipped == 0  # every file of root: the 2 unreadable ones are met
     # (and skipped) only when a batch reads them
+
+
+@pytest.mark.parametrize("kind", ["hf_disk", "image_folder"])
+def test_a_held_out_split_listed_class_by_class_is_evaluated_in_a_random_order(tmp_path, digits, kind):
+    """A saved split or an eval_root lists its images class by class; eval.max_items takes the first items of the
+    eval split, which must then hold several classes, each image with its own label."""
+    pixels, labels = digits
+    by_class = np.argsort(labels[100:160], kind="stable") + 100  # [60] positions, class 0 first
+    if kind == "hf_disk":
+        data = HFDiskData(save_dict(tmp_path / "hf", {
+            "train": {"image": pil(pixels[:100]), "label": labels[:100].tolist()},
+            "validation": {"image": pil(pixels[by_class]), "label": labels[by_class].tolist()}}),
+            image_size=32, channels=1)
+    else:
+        for root, positions in ((tmp_path / "train", range(100)), (tmp_path / "val", by_class)):
+            for i in positions:
+                (root / f"d{labels[i]}").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels[i]).save(root / f"d{labels[i]}" / f"{i:03d}.png")
+        data = ImageFolderData(str(tmp_path / "train"), image_size=32, channels=1, eval_root=str(tmp_path / "val"))
+    assert sorted(data.eval_labels.tolist()) == sorted(labels[by_class].tolist())  # the whole split
+    assert len(set(data.eval_labels[:10].tolist())) >= 4  # class by class, the first 10 would be 1 or 2 classes
+    for image, label in zip(data.eval_uint8, data.eval_labels, strict=True):  # each image kept with its label
+        match = [i for i in by_class if np.array_equal(pixels[i], image[0].numpy())]
+        assert match and all(labels[i] == label for i in match)
+
+
+def test_an_unlabeled_split_is_refused_naming_the_split_and_the_fix(tmp_path, digits):
+    pixels, labels = digits
+    path = save_dict(tmp_path / "unlabeled", {"train": {"image": pil(pixels[:20]), "label": labels[:20].tolist()},
+                                              "test": {"image": pil(pixels[20:30]), "label": [-1] * 10}})
+    with pytest.raises(ValueError, match=r"split 'test' .* has unlabeled rows \(label -1.*set data.eval_split=<a "
+                                         r"labeled split> or data.eval_split=holdout"):
+        HFDiskData(path, image_size=32, channels=1)
+    assert len(HFDiskData(path, image_size=32, channels=1, eval_split="holdout").eval_labels) == 2
+
+
+def test_an_image_folder_refuses_zero_classes(folder):
+    with pytest.raises(ValueError, match=r"outside \[0, data.num_classes=0\); set data.num_classes>=10"):
+        ImageFolderData(str(folder[0]), image_size=32, channels=1, num_classes=0)
 
 
 # ---- clear errors ----

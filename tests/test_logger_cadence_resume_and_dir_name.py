@@ -108,6 +108,13 @@ def test_logger_options_stay_out_of_the_run_directory_name(logger):
     assert subdir == "algorithm.beta=0.1,hardware.seed=1" and run_dir == f"outputs/default/{subdir}"
 
 
+def test_the_data_loader_s_worker_count_stays_out_of_the_run_directory_name():
+    """Workers decode the same batches in the same order (tests/test_data_hf_disk_and_image_folder.py): a run
+    re-run with another count resumes."""
+    run_dir, subdir, _ = hydra_dirs(["data=image_folder", "data.root=d", "data.num_workers=4"])
+    assert subdir == "data.root=d,data=image_folder" and run_dir == f"outputs/default/{subdir}"
+
+
 def test_other_overrides_name_the_run_directory_as_hydra_does():
     run_dir, subdir, hydras = hydra_dirs(["train.iterations=5", "algorithm=ppo", "rollout.temperature=0.9",
                                           "hardware.seed=2", "optimizer.lr=3e-5"])

@@ -63,6 +63,15 @@ class ImageData:
             skip = 0
 
 
+def random_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:
+    """Positions ``[min(n, limit)]``, ascending: all ``n`` (``limit`` None or >= n), else ``limit`` of them drawn
+    without replacement under ``seed``, the same on every call (a split listed class by class so gives every class
+    its share, not the first classes alone)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random split of ``n`` items: ``(train indices, eval indices)``, ``round(fraction * n)`` for eval."""
     if not 0.0 < fraction < 1.0:

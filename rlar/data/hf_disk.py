@@ -160,6 +160,12 @@ class HFDiskData(StoredImageData):
         if len(rows) < len(dataset):
             dataset = dataset.select(rows.tolist())
         labels = torch.as_tensor(dataset.with_format("numpy")[label_col][:]).long()  # [N]
+        if len(labels) and int(labels.min()) < 0:
+            option = "data.split" if split == self.split else "data.eval_split"
+            raise ValueError(f"{where} has unlabeled rows (label {int(labels.min())}; datasets marks a split without "
+                             f"labels, often 'test', with -1); set {option}=<a labeled split>"
+                             + ("" if split == self.split else f" or {option}={HOLDOUT} (hold out data.eval_fraction "
+                                                                "of train)"))
         column = ImageColumn(dataset, image_col, self.path, where, rows)
         captions = None
         if self.caption_column is not None:

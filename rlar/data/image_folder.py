@@ -169,8 +169,8 @@ class ImageFolderData(StoredImageData):
                 raise ValueError(f"data.eval_root='{self.eval_root}' has classes {unknown} that data.root="
                                  f"'{self.root}' lacks; the class ids come from root's sub-folders")
             held_out = self._read(self.eval_root, eval_classes, class_ids)
-        self.store(train, held_out, eval_fraction, split_seed, num_classes or len(self.classes),
-                   f"data.root='{self.root}'")
+        classes = len(self.classes) if num_classes is None else num_classes
+        self.store(train, held_out, eval_fraction, split_seed, classes, f"data.root='{self.root}'")
 
     def _read(self, root: Path, classes: list[str], class_ids: dict[str, int]) -> Split:
         """Index the (possibly ``max_images``-subsampled) files: their sources, labels ``[N]`` and captions (or

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from rlar.data.batches import ImageData, holdout_split
+from rlar.data.batches import ImageData, holdout_split, random_rows
 from rlar.data.decode import DECODE_BATCH, MODES, decode_all, loader_generator, warn_unreadable
 from rlar.data.on_access import ReplacedCaptions, SourceRows, TrainImages, chunks, collate
 
@@ -25,9 +25,14 @@ def subset_rows(n: int, max_images: int | None, seed: int, key: str = "data.max_
     ``key``: the option that gave ``max_images``, named in the error for one below 1."""
     if max_images is not None and max_images < 1:
         raise ValueError(f"{key} must be >= 1 or null (all of them), got {max_images}")
-    if max_images is None or max_images >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    return random_rows(n, max_images, seed)
+
+
+def in_random_order(split: Split, seed: int) -> Split:
+    """``split`` in a fixed random order (``seed``), its labels and captions with their images."""
+    sources, labels, captions = split
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))  # [N]
+    return SourceRows(sources, order), labels[order], None if captions is None else SourceRows(captions, order)
 
 
 def count_classes(labels: torch.Tensor, num_classes: int | None, where: str) -> int:
@@ -127,9 +132,9 @@ class StoredImageData(ImageData):
     def store(self, train: Split, held_out: Split | None, eval_fraction: float, split_seed: int,
               num_classes: int | None, where: str) -> None:
         """Index ``train = (sources, labels [N], captions or None)`` (each source a ``(file or bytes, name)``, each
-        caption read on access) for reading on access and decode ``held_out`` as the eval split (its captions read
-        now); without one, hold out ``eval_fraction`` of train (fixed by ``split_seed``). Sets ``num_classes`` (see
-        :func:`count_classes`)."""
+        caption read on access) for reading on access and decode ``held_out`` as the eval split, in a fixed random
+        order (``split_seed``; its captions read now); without one, hold out ``eval_fraction`` of train (fixed by
+        ``split_seed``). Sets ``num_classes`` (see :func:`count_classes`)."""
         sources, labels, captions = train
         if len(labels) == 0:
             raise ValueError(f"{where} has no images")
@@ -142,6 +147,8 @@ class StoredImageData(ImageData):
                         None if captions is None else SourceRows(captions, eval_idx))
             sources, labels = SourceRows(sources, train_idx), labels[train_idx]
             captions = None if captions is None else SourceRows(captions, train_idx)
+        else:  # a folder or a saved split lists its images class by class, and eval.max_items takes the first ones
+            held_out = in_random_order(held_out, split_seed)
         count_classes(torch.cat([labels, held_out[1]]), num_classes, where)  # bad labels: refused before decoding
         images, kept, skipped = decode_all(held_out[0], self.image_size, self.channels, self.num_workers,
                                            f"the eval split of {where}")

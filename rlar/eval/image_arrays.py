@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from rlar.data.batches import ImageData
+from rlar.data.batches import ImageData, random_rows
 from rlar.data.decode import DECODE_BATCH, to_8bit
 from rlar.runtime.atomic_files import atomic_write
 
@@ -70,12 +70,9 @@ def split_uint8(data: ImageData, split: str, max_images: int | None = None,
 
 
 def subset_positions(size: int, max_images: int | None) -> torch.Tensor:
-    """Positions ``[M]`` of a split of ``size`` images: all of them (None, or ``max_images >= size``), else
-    ``max_images`` drawn without replacement under seed ``SUBSET_SEED`` and sorted, the same on every call; a split
-    listed class by class (an image folder) so gives every class its share rather than the first classes only."""
-    if max_images is None or max_images >= size:
-        return torch.arange(size)
-    return torch.randperm(size, generator=torch.Generator().manual_seed(SUBSET_SEED))[:max_images].sort().values
+    """Positions ``[M]`` of a split of ``size`` images: :func:`~rlar.data.batches.random_rows` under seed
+    ``SUBSET_SEED``."""
+    return random_rows(size, max_images, SUBSET_SEED)
 
 
 def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:

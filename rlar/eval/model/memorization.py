@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rlar.data.batches import random_rows
 from rlar.eval.model.manifold import smallest_distances
 
 COPY_QUANTILE = 0.05  # held-out images nearer the train split than the threshold: 5 %, by construction
@@ -17,9 +18,7 @@ TRAIN_IMAGES = 50_000
 def train_rows(n: int, limit: int | None, seed: int = 0) -> torch.Tensor:
     """Train positions ``[min(n, limit)]``, ascending: all ``n``, or a random subset of ``limit`` of them fixed by
     ``seed`` (``limit`` None: all)."""
-    if limit is None or limit >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return random_rows(n, limit, seed)
 
 
 def nearest_distances(points: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
