@@ -267,10 +267,12 @@ def iteration(run: Run, batches, step: int, before_update) -> dict[str, float]:
 def drop_nonfinite_draws(rollout: Rollout, rewards: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
     """``(rewards [N], NaN for each sample whose sampling log-probs were not finite; the fraction of such samples)``.
     Such a sample was drawn from NaN or inf logits (overflowed weights or activations), from no distribution: it
-    leaves the update as an unscored sample does, with a warning, and its log-probs are zeroed (masked out, they
-    would still turn the masked sums of the loss into NaN)."""
+    leaves the advantages as an unscored sample does, with a warning; its log-probs are zeroed (masked out, they
+    would still turn the masked sums of the loss into NaN), and ``rollout.nonfinite`` keeps it out of the update's
+    passes (on the same weights its logits are non-finite again)."""
     broken = ~rollout.logprobs.isfinite().all(-1)  # [N]
     rollout.logprobs = rollout.logprobs.masked_fill(broken[:, None], 0.0)
+    rollout.nonfinite = broken
     count = int(broken.sum())
     if count:
         log.warning("iteration %d: %d of %d samples were drawn from non-finite logits (NaN or inf) and are left out "

@@ -20,6 +20,7 @@ from rlar.algorithm.update import (
     recomputes_old_logprobs,
 )
 from rlar.config.store import compose_config
+from rlar.loop import drop_nonfinite_draws
 from rlar.policy.gpt import GPT
 from rlar.policy.llamagen import LlamaGen
 from rlar.rollout.collect import collect_rollout
@@ -714,3 +715,25 @@ def test_a_process_whose_minibatches_scored_nothing_does_not_pull_the_stats_towa
         [[other.sums[key], other.seen[key]] for key in sorted(other.sums)], dtype=torch.float64))
     means = here.means(torch.device("cpu"))
     assert means["policy/entropy"] == 2.0 and means["loss/ntp"] == 2.0
+
+
+def test_a_sample_drawn_from_nonfinite_logits_is_left_out_of_the_update_s_passes():
+    """Token 5's embedding overflowed: the samples that drew it were drawn from NaN logits, and on the same weights the
+    update's forward pass over them is NaN again. They are left out of it, and the other samples' step is taken."""
+    torch.manual_seed(0)
+    policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
+    with torch.no_grad():
+        policy.tok_emb.weight[5] = float("inf")
+    labels = torch.tensor([0, 1, 0, 1])
+    rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (4, 8)), labels, 4, compose_config([]).rollout,
+                              torch.Generator().manual_seed(0))
+    rewards, fraction = drop_nonfinite_draws(rollout, torch.randn(16, generator=torch.Generator().manual_seed(1)), 1)
+    assert 0 < fraction < 0.5 and torch.equal(rollout.nonfinite, rewards.isnan())
+    algorithm = GRPO(num_generations=4, minibatch_size=16)
+    adv, keep, _ = algorithm.advantages(rewards, labels.repeat_interleave(4))
+    rollout.mask = rollout.mask & (rewards.isfinite() & keep)[:, None]
+    before = [p.detach().clone() for p in policy.parameters()]
+    stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), algorithm, rollout, adv,
+                          {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
+    assert math.isfinite(stats["policy/grad_norm"]) and math.isfinite(stats["loss/policy"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters(), strict=True))  # the step was taken

@@ -153,6 +153,16 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, quantile: flo
     return mask & (entropy >= torch.quantile(acted, 1 - quantile))
 
 
+def finite_rows(idx: torch.Tensor, nonfinite: torch.Tensor | None) -> torch.Tensor:
+    """The rows of minibatch ``idx`` not drawn from non-finite logits (``nonfinite [N]`` on the CPU): on the same
+    weights their forward pass is non-finite again, and its backward NaN even where their loss terms are masked out.
+    All of ``idx`` where none would be left (the NaN gradient then skips the step, with a warning)."""
+    if nonfinite is None:
+        return idx
+    kept = idx[~nonfinite[idx]]
+    return kept if len(kept) else idx
+
+
 def accumulation_window(count: int, total: int, grad_accum: int) -> int:
     """The minibatches whose gradients the optimizer step of minibatch ``count`` (1-based, of ``total``) averages:
     ``grad_accum``, or fewer in a last, partial window (fewer minibatches on this rank than ``grad_accum``, e.g. a
@@ -367,7 +377,8 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
         rollout = dataclasses.replace(rollout, logprobs=old)
     measured = MinibatchStats()
     params = stepped_params(optimizer)
-    minibatches = [idx for _ in range(algorithm.epochs)
+    nonfinite = None if rollout.nonfinite is None else rollout.nonfinite.cpu()
+    minibatches = [finite_rows(idx, nonfinite) for _ in range(algorithm.epochs)
                    for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size,
                                                 generator)]
     total = len(minibatches)

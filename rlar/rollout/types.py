@@ -39,6 +39,8 @@ class Rollout:
     # the update (kl_penalty=reward under recomputed old log-probs); the update reuses them as the ratio's old ones,
     # once (it clears them)
     update_logprobs: torch.Tensor | None = None
+    # [N] bool: the samples drawn from non-finite logits (set by the loop), left out of the update's passes
+    nonfinite: torch.Tensor | None = None
 
     def __post_init__(self):
         self.condition = as_condition(self.condition)
