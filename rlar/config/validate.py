@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlar.algorithm.update import recomputes_old_logprobs
+from rlar.algorithm.update import groups_per_minibatch, recomputes_old_logprobs
 from rlar.config.schemas import RolloutSchema
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
@@ -152,6 +153,8 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
             per_process = f" / {world} processes" if world > 1 else ""
             raise ConfigError(f"train.batch_size{per_process} * num_generations = {sequences} sequences per process "
                               f"do not split into minibatches of algorithm.minibatch_size={mb}")
+        if updates:
+            check_target_kl(cfg.algorithm, built["algorithm"], sequences)
     if cfg.eval.max_items is not None and cfg.eval.max_items < 2:
         raise ConfigError(f"eval.max_items must be >= 2 (a Fréchet distance fits a covariance; null = the whole "
                           f"held-out split), got {cfg.eval.max_items}")
@@ -178,6 +181,24 @@ def check_condition_keys(cfg: DictConfig) -> None:
                           "label, and a text_encoder conditions the policy on captions (data=prompts: class -1 for "
                           "every prompt, one condition for the whole batch); set algorithm.stats_key=image (each "
                           "item's own prompt), or the option's default")
+
+
+def check_target_kl(options: DictConfig, algorithm, sequences: int) -> None:
+    """``algorithm.target_kl`` never stops the first optimizer step of an update: refused where each update takes one
+    (``sequences`` per process in minibatches of whole groups, ``epochs`` passes, a step every ``grad_accum``)."""
+    target_kl = options.get("target_kl")
+    if target_kl is None:
+        return
+    groups = sequences // options.num_generations
+    minibatches = options.epochs * math.ceil(groups / groups_per_minibatch(options.num_generations,
+                                                                           options.minibatch_size))
+    accum = minibatches if getattr(algorithm, "steps_once", False) else options.grad_accum
+    if math.ceil(minibatches / accum) < 2:
+        raise ConfigError(f"algorithm.target_kl={target_kl:g} skips an optimizer step after the first, and each update "
+                          f"here takes one ({sequences} sequences per process in {minibatches} minibatch(es) of "
+                          f"algorithm.minibatch_size={options.minibatch_size} over algorithm.epochs={options.epochs}, "
+                          f"a step every {accum}): lower algorithm.minibatch_size or grad_accum, raise "
+                          "algorithm.epochs, or set algorithm.target_kl=null")
 
 
 def check_sampler_correction(cfg: DictConfig, updates: bool) -> None:
