@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import rlar.policy.prior
+from rlar.policy.arpg import ARPG
 from rlar.policy.gpt import GPT
 from rlar.policy.prior import cached_prior, teacher_forced_ce
 from rlar.runtime.cache import source_key
@@ -129,6 +130,24 @@ def test_the_prior_eval_loss_runs_in_pretraining_batches_with_the_mean_of_one_pa
     metrics = json.loads(next(tmp_path.glob("gpt_prior-*.json")).read_text())["metrics"]
     assert metrics["eval_loss"] == pytest.approx(one_pass, rel=1e-6)
 
+
+
+def test_a_prior_that_draws_as_it_is_judged_leaves_the_caller_s_random_state_as_a_cache_hit_does(tmp_path):
+    """ARPG's eval loss draws its orders: a run that pretrains the prior must go on from the random state a run that
+    loads it has (the schedule network's and the critic's initial weights are drawn next)."""
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(16, (10, 4), generator=generator)
+    data = SimpleNamespace(train_images=codes[:6], train_labels=torch.arange(6) % 3, eval_images=codes[6:],
+                           eval_labels=torch.arange(4) % 3, fingerprint=lambda: {"name": "codes"})
+    tokenizer = SimpleNamespace(encode_indices=lambda images: images, source="codes")  # the images are the codes
+    pretrain = {"steps": 2, "seed": 0, "lr": 1e-3, "batch_size": 4, "label_dropout": 0.1}
+    after = []
+    for _ in ("miss", "hit"):
+        policy = ARPG(16, 4, 3, n_layer=2, n_head=2, dim=16, multiple_of=16)
+        torch.manual_seed(7)
+        cached_prior(policy, "arpg_prior", {"n": 1}, tokenizer, data, pretrain, str(tmp_path))
+        after.append(torch.rand(3))
+    assert len(list(tmp_path.glob("arpg_prior-*.pt"))) == 1 and torch.equal(after[0], after[1])
 
 def test_the_chunked_eval_loss_of_a_text_prior_is_that_of_one_pass():
     torch.manual_seed(0)

@@ -160,9 +160,9 @@ def cached_prior(policy, name: str, arch: dict, tokenizer: FrozenTokenizer, data
                                   pretrain["batch_size"], pretrain["label_dropout"], generator, progress=bar,
                                   captions=None if captions is None else captions["train"], text_encoder=text_encoder,
                                   checkpoint=checkpoint)
-        eval_loss = eval_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels,
-                            pretrain["batch_size"], None if captions is None else list(captions["eval"]),
-                            None if text_encoder is None else text_encoder.eval())
+            eval_loss = eval_ce(policy.eval(), tokenizer.encode_indices(data.eval_images), data.eval_labels,
+                                pretrain["batch_size"], None if captions is None else list(captions["eval"]),
+                                None if text_encoder is None else text_encoder.eval())  # ARPG draws its orders
         state = policy.state_dict()
         if trainable:
             state = {"policy": state, "text_encoder": text_encoder.state_dict()}
