@@ -131,6 +131,9 @@ def test_rlar_eval_judge_refuses_bad_input_before_building_anything(args, messag
     (["--judge", "1", "--make-reference", "ref.npz"], "--make-reference does not apply to --judge"),
     (["--split", "train"], "--split train chooses the images of --make-reference OUT.npz"),
     (["--max-images", "5"], "--max-images 5 chooses the images of --make-reference OUT.npz"),
+    (["--make-reference", "ref.npz", "--out", "here", "--cfg-scale", "0", "--labels", "random"],
+     "--labels, --cfg-scale, --out: not read by --make-reference ref.npz, which writes the images of a data split"),
+    (["--make-reference", "ref.npz", "--samples-only"], "--samples-only: not read by --make-reference"),
 ])
 def test_rlar_eval_refuses_options_it_would_ignore(args, message, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # where an --out or a reference would be written, were it not refused

@@ -74,3 +74,6 @@ def test_bad_input_is_refused_with_the_value_and_the_fix(tiny, capsys):
         main([*tiny, "--splits", "1"])
     with pytest.raises(SystemExit, match="reads the judge: set eval.classifier=true"):
         main([*tiny, "eval.classifier=false"])
+    absent_inception = ["eval.inception.enabled=true", "eval.inception.weights=/absent/pt_inception.pth"]
+    with pytest.raises(SystemExit, match="reads the judge"):  # no Inception is built: its weights are not checked
+        main([*tiny, *absent_inception, "eval.classifier=false"])

@@ -75,6 +75,14 @@ def test_a_reward_that_compares_with_input_images_is_refused_before_anything_is_
         filter_ceiling.main([f"reward={reward}"])
 
 
+
+def test_the_run_s_inception_settings_are_not_checked_by_a_study_that_builds_no_inception(tmp_path):
+    """A run trained with eval.inception on another machine: its weights file is absent here, and the filter never
+    reads it; the command goes on to its own checks (here: too few draws)."""
+    inception = ["eval.inception.enabled=true", f"eval.inception.weights={tmp_path}/absent.pth"]
+    with pytest.raises(SystemExit, match="--draws 1 must be at least eval.samples_per_item"):
+        filter_ceiling.main([*inception, "--draws", "1"])
+
 @pytest.mark.slow
 def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path, monkeypatch):
     """Through the command on the tiny default: a threshold below every class probability accepts every draw and one

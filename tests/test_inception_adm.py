@@ -136,10 +136,14 @@ def test_the_training_evaluation_compares_with_the_reference_batchs_mu_and_sigma
     ({"arr_0": np.zeros((4, 8, 8, 3), np.uint8), "mu": np.zeros(64), "sigma": np.eye(64)},
      r"ref.npz: mu \(64,\) and sigma \(64, 64\) fit 64 features.*\[2048\] and \[2048, 2048\]"),
     ({"arr_0": np.zeros((1, 8, 8, 3), np.uint8)}, r"--reference ref.npz holds 1 image\(s\).*needs at least 2"),
+    ("cut short", r"rlar-eval: ref.npz: not an .npz of arrays \(File is not a zip file\)"),  # a download cut short
 ])
 def test_a_bad_reference_ends_the_command_in_one_line_before_the_models_are_built(stand_ins, monkeypatch, arrays,
                                                                                    message):
-    if arrays is not None:
+    if arrays == "cut short":
+        np.savez("whole.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+        Path("ref.npz").write_bytes(Path("whole.npz").read_bytes()[:500])
+    elif arrays is not None:
         np.savez("ref.npz", **arrays)
     monkeypatch.setattr(cli, "build_models", None)  # never built
     with pytest.raises(SystemExit, match=message):

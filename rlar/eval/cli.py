@@ -188,8 +188,18 @@ def check_judge_options(opts: argparse.Namespace) -> None:
 
 def check_reference_options(opts: argparse.Namespace) -> None:
     """Refuse (exit) ``--split`` and ``--max-images`` without ``--make-reference``: the metrics compare with the whole
-    held-out split (or ``--reference``), whatever they say."""
+    held-out split (or ``--reference``), whatever they say; and with it, the options of sampling and scoring, which
+    it would ignore (it writes a data split and stops)."""
     if opts.make_reference:
+        unread = {"--num-samples": opts.num_samples, "--labels": opts.labels if opts.labels != "balanced" else None,
+                  "--cfg-scale": opts.cfg_scale, "--temperature": opts.temperature, "--batch-size": opts.batch_size,
+                  "--seed": opts.seed, "--out": opts.out, "--reference": opts.reference,
+                  "--inception-weights": opts.inception_weights, "--samples-only": opts.samples_only or None}
+        given = [option for option, value in unread.items() if value is not None]
+        if given:
+            sys.exit(f"{', '.join(given)}: not read by --make-reference {opts.make_reference}, which writes the "
+                     "images of a data split there and samples nothing: drop them, or run the command again without "
+                     "--make-reference to sample and score")
         return
     for option, value in (("--split", opts.split != "eval" and opts.split), ("--max-images", opts.max_images)):
         if value:

@@ -126,6 +126,15 @@ def check_npz_reference(path: str | os.PathLike, width: int) -> int:
     return shape[0]
 
 
+def open_npz(path: Path):
+    """``np.load`` of the ``.npz`` at ``path`` (no pickles); a file that is not a whole one (a download cut short)
+    raises ``ValueError``, as a bad array does."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not an .npz of arrays ({e})") from None
+
+
 def read_images(path: str | os.PathLike) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` from an ``.npz`` (its ``arr_0``) or from every image under a folder (sorted, any depth,
     converted to RGB, 16-bit grayscale scaled to 8 bits; all of one size)."""
@@ -135,7 +144,7 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"reference '{path}' does not exist; give an .npz (arr_0: uint8 [N, H, W, 3]) or a "
                                 "folder of images (rlar-eval --make-reference writes one of a data split)")
-    with np.load(path, allow_pickle=False) as archive:
+    with open_npz(path) as archive:
         check_samples_key(path, list(archive.keys()))
         images = archive["arr_0"]
     check_layout(images, str(path))
@@ -150,7 +159,7 @@ def read_fit(path: str | os.PathLike, width: int) -> tuple[torch.Tensor, torch.T
     path = Path(path).expanduser()
     if path.is_dir():
         return None
-    with np.load(path, allow_pickle=False) as archive:
+    with open_npz(path) as archive:
         check_fit_keys(path, list(archive.keys()))
         if "mu" not in archive:
             return None

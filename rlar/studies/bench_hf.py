@@ -1,4 +1,4 @@
-"""``make bench`` section 4: rlar's raster sampler against Hugging Face transformers' ``generate``.
+"""``make bench`` section 5: rlar's raster sampler against Hugging Face transformers' ``generate``.
 
 The same size on both sides: 4 layers, width 256, 4 heads, a 512-code vocabulary, batch 16, T new tokens (no
 early stop), temperature 1, no top-k / top-p, per-token log-probs returned. HF's GPT-2 is built from a

@@ -33,6 +33,7 @@ from rlar.eval.model.scorer import EvalModel, train_features
 from rlar.eval.rejudge import check_judgeable, sample_std
 from rlar.eval.run_models import build_models, run_config
 from rlar.rollout.sampling import evaluation_sampling
+from rlar.runtime.atomic_files import atomic_write_text
 from rlar.studies.report import mean_and_std, mean_std
 
 REAL = "held-out half (the data)"
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"--splits {opts.splits}: at least 2 splits are needed for a spread")
     with exit_on_config_error(ValueError):
         cfg = run_config(None, opts.overrides)
-        check_config(cfg, trains=False)
+        check_config(cfg, inception_eval=False, trains=False)  # no Inception is built here
         check_judgeable(cfg)
         for temperature in opts.temperature:
             check_temperature(temperature, "--temperature")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         hw.teardown()
     out = Path(opts.out) / "data_reference.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"overrides": opts.overrides, "splits": opts.splits, "rows": result}, indent=2))
+    atomic_write_text(out, json.dumps({"overrides": opts.overrides, "splits": opts.splits, "rows": result}, indent=2))
     print(table(result))
     print(f"-> {out}")
     return result

@@ -31,6 +31,7 @@ from rlar.eval.rejudge import check_judgeable, seed_spread
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.reward.build import build_reward
 from rlar.reward.scoring import scoring_only
+from rlar.runtime.atomic_files import atomic_write_text
 
 
 def accepted_first(accepted: torch.Tensor, k: int) -> torch.Tensor:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"--judge takes the number of eval seeds, at least 1, got {opts.judge}")
     with exit_on_config_error(ValueError):
         cfg = run_config(run_dir, overrides)
-        check_config(cfg, trains=False)
+        check_config(cfg, inception_eval=False, trains=False)  # no Inception is built here
         check_judgeable(cfg)
         check_temperature(opts.temperature, "--temperature")
         check_free_running_reward(cfg)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
               "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item, **result}
     out = Path(opts.out or Path(run_dir or "outputs") / "eval") / "filter.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    atomic_write_text(out, json.dumps(record, indent=2))
     for name in ("policy", "filtered"):
         print(f"{name:9s} " + "  ".join(f"{m} {result[name][m]['mean']:.4g} ± {result[name][m]['std']:.2g}"
                                           for m in JUDGE_METRICS))

@@ -35,6 +35,7 @@ from datasets import Dataset
 from PIL import Image
 
 from rlar.policy.llamagen import LlamaGen
+from rlar.runtime.atomic_files import atomic_write_text
 from rlar.runtime.checkpoint import shards_of
 from rlar.studies.measured_run import run_phase
 from rlar.tokenizer.llamagen_vq import LlamaGenVQ
@@ -183,7 +184,7 @@ def rehearse(work: Path, s: Settings) -> dict:
         result["phases"][name]["checkpoint"] = checkpoint_state(work / "run" / "checkpoints")
         if result["phases"][name]["returncode"]:
             break
-    (work / "rehearsal.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(work / "rehearsal.json", json.dumps(result, indent=2))
     return result
 
 

@@ -32,6 +32,7 @@ from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
 from rlar.eval.rejudge import sample_std  # noqa: E402
 from rlar.reward.mixture import zscored  # noqa: E402
+from rlar.runtime.atomic_files import atomic_write_text  # noqa: E402
 from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
 from rlar.studies.study import Study, sweep_dir  # noqa: E402
 
@@ -520,6 +521,6 @@ then rewrites this file from the runs in `outputs/ablations/multirun/<overrides>
 unfinished ones resumed; studies share their common runs). A run is deterministic for a seed, machine and
 thread count, so the per-seed values repeat exactly there; elsewhere, expect each mean within the ± above.
 """
-    (out / "REPORT.md").write_text(text)
+    atomic_write_text(out / "REPORT.md", text)
     return out / "REPORT.md"
 

@@ -30,6 +30,7 @@ from rlar.eval.rejudge import settings_key  # noqa: E402
 from rlar.loop import train_rl_loop  # noqa: E402
 from rlar.reward.build import build_reward  # noqa: E402
 from rlar.rollout.sampling import evaluation_sampling  # noqa: E402
+from rlar.runtime.atomic_files import atomic_write_text  # noqa: E402
 from rlar.studies.report import mean_and_std, mean_std  # noqa: E402
 from rlar.text.build import build_text_encoder  # noqa: E402
 
@@ -120,7 +121,7 @@ def write_report(fixed: dict[int, dict[int, dict]], learned: dict[int, dict], ov
         pts = [learned[s][when] for s in seeds]
         lines.append(row(label, mean_std([p["eval/steps"] for p in pts], 2), pts))
     path = report_dir / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n\n![quality vs steps](curves.png)\n")
+    atomic_write_text(path, "\n".join(lines) + "\n\n![quality vs steps](curves.png)\n")
     return path
 
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     learned = {s: learned_point(args.overrides, s, args.outputs) for s in args.seeds}
     matched = sorted({round(p["after"]["eval/steps"]) for p in learned.values()} - set(args.steps))
     fixed = {s: fixed_points(args.overrides, s, sorted({*args.steps, *matched})) for s in args.seeds}
-    (args.outputs / "points.json").write_text(json.dumps({"fixed": fixed, "learned": learned}, indent=1))
+    atomic_write_text(args.outputs / "points.json", json.dumps({"fixed": fixed, "learned": learned}, indent=1))
     args.report_dir.mkdir(parents=True, exist_ok=True)
     plot(fixed, learned, args.report_dir / "curves.png")
     print(f"report: {write_report(fixed, learned, args.overrides, args.report_dir)}")
