@@ -56,12 +56,12 @@ def recorded_config(run_dir: Path):
 def export_runs(run_dirs: list[str | Path], out_dir: str | Path, weight: float = 1.0) -> Path:
     """Write the policy of the run in ``run_dirs`` (one), or the weight soup of several (``rlar.policy.soup``:
     ``prior + weight * (average - prior)``), to ``out_dir``; returns ``out_dir``. The runs must share their data,
-    tokenizer and policy config, so that they were fine-tuned from one prior."""
+    tokenizer, policy and text encoder config, so that they were fine-tuned from one prior."""
     run_dirs = [Path(r) for r in run_dirs]
     cfg, *others = [recorded_config(r) for r in run_dirs]
     for run_dir, other in zip(run_dirs[1:], others, strict=True):
-        for group in ("data", "tokenizer", "policy"):
-            if other[group] != cfg[group]:
+        for group in ("data", "tokenizer", "policy", "text_encoder"):  # the text encoder keys a text prior too
+            if other.get(group) != cfg.get(group):
                 raise ValueError(f"{run_dir} has another {group} config than {run_dirs[0]}: a soup averages runs "
                                  "fine-tuned from one prior, on the same data and tokenizer")
     weights = [run_policy_weights(r) for r in run_dirs]  # every run has saved, before anything is built

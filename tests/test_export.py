@@ -117,6 +117,37 @@ def test_an_export_for_another_architecture_is_refused(tmp_path):
         load(options, folder, data=SimpleNamespace(num_classes=7))
 
 
+
+def test_an_export_of_another_policy_class_is_refused_naming_both(tmp_path):
+    """A GPT's folder given to policy=llamagen of the same vocabulary, length and classes: the class says it, not a
+    list of every key."""
+    options = policy_options("gpt")
+    folder = write_policy_folder(fresh_policy("gpt", options), options, tmp_path / "export")
+    with pytest.raises(ValueError, match="holds a GPT policy, but the configured policy is a LlamaGen; choose the "
+                                         "policy it was exported from .*rlar.policy.prior.build_gpt"):
+        load(policy_options("llamagen"), folder)
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL))
+def test_a_sharded_run_s_last_pt_is_refused_naming_the_files_that_hold_its_weights(tmp_path, kind):
+    torch.save({"format": "sharded", "shards": "last_sharded.2", "iteration": 2, "summary": {}},
+               tmp_path / "last.pt")  # the loop's record alone
+    with pytest.raises(ValueError, match=r"a sharded run's last.pt.* give checkpoints/policy.pt \(or ema.pt"):
+        load(policy_options(kind), tmp_path / "last.pt")
+
+
+def test_a_soup_of_runs_that_read_other_text_encoders_is_refused(tmp_path):
+    """Their priors were pretrained with their own encoder (its settings key the prior): not one prior."""
+    runs = []
+    for name, extra in (("a", []), ("b", ["text_encoder.n_layer=1"])):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(compose_config(["text_encoder=embedded", "data.captions=attributes", *extra]),
+                       run / ".hydra" / "config.yaml")
+        runs.append(run)
+    with pytest.raises(ValueError, match=re.escape(f"{runs[1]} has another text_encoder config than {runs[0]}")):
+        export_runs(runs, tmp_path / "soup")
+
 def saved_run(root, cfg, seed, ema_seed=None):
     """A run directory as rlar-run leaves it (.hydra/config.yaml, checkpoints/last.pt), without training: a GPT of
     ``cfg`` drawn from ``seed`` (and its average from ``ema_seed``); returns ``(run_dir, the evaluated policy)``."""

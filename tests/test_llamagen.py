@@ -59,7 +59,7 @@ def test_renamed_key_is_listed():
 def test_wrong_shape_is_listed():
     state = public_state()
     state["tok_embeddings.weight"] = torch.zeros(17, 32)
-    with pytest.raises(ValueError, match=r"shape of tok_embeddings.weight: checkpoint \(17, 32\), model \(16, 32\)"):
+    with pytest.raises(ValueError, match=r"shape: tok_embeddings.weight: file \(17, 32\) vs model \(16, 32\)"):
         load_llamagen_state(small(), state)
 
 

@@ -72,8 +72,8 @@ def test_a_class_checkpoint_in_a_t2i_model_names_every_key():
     for key in [k for k in state if k.startswith("cls_embedding.")]:
         state.pop(key)
     state["cls_embedding.embedding_table.weight"] = torch.zeros(1001, DIM)
-    message = ("missing: cls_embedding.uncond_embedding\n  missing: cls_embedding.cap_proj.fc1.weight\n  "
-               "missing: cls_embedding.cap_proj.fc2.weight\n  unexpected: cls_embedding.embedding_table.weight")
+    message = ("missing: cls_embedding.uncond_embedding, cls_embedding.cap_proj.fc1.weight, "
+               "cls_embedding.cap_proj.fc2.weight\n  unexpected: cls_embedding.embedding_table.weight")
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         load_llamagen_state(t2i_model(), state)
     assert "a t2i checkpoint (cls_embedding.cap_proj.*) needs a text_encoder" in str(err.value)
@@ -83,8 +83,8 @@ def test_a_caption_width_or_length_mismatch_names_the_shape():
     state = t2i_state()
     state["cls_embedding.cap_proj.fc1.weight"] = torch.zeros(DIM, 2048)
     state["cls_embedding.uncond_embedding"] = torch.zeros(120, 2048)
-    with pytest.raises(ValueError, match=re.escape("shape of cls_embedding.cap_proj.fc1.weight: checkpoint "
-                                                   f"(32, 2048), model (32, {CAPTION})")):
+    with pytest.raises(ValueError, match=re.escape("cls_embedding.cap_proj.fc1.weight: file "
+                                                   f"(32, 2048) vs model (32, {CAPTION})")):
         load_llamagen_state(t2i_model(), state)
 
 

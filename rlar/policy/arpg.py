@@ -32,6 +32,7 @@ from torch import nn
 
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.conditioning import class_ids
+from rlar.policy.exported import run_policy_state
 from rlar.policy.gpt import KVCache
 from rlar.policy.llamagen import FeedForward, RMSNorm, checkpoint_weights, ffn_hidden_dim, grid_model_shape, rope_2d
 from rlar.rollout.parallel_decoding import ParallelSample, sample_parallel
@@ -275,7 +276,5 @@ def load_arpg_state(model: ARPG, path_or_state: str | os.PathLike | dict) -> ARP
     unexpected and misshapen key. A stray ``freqs_cis`` (derived, recomputed here) is ignored."""
     checkpoint = path_or_state if isinstance(path_or_state, dict) else read_checkpoint(path_or_state,
                                                                                         "policy.checkpoint")
-    if isinstance(checkpoint.get("policy"), dict):
-        checkpoint = checkpoint["policy"]
-    state = {k: v for k, v in checkpoint_weights(checkpoint).items() if k != "freqs_cis"}
+    state = {k: v for k, v in checkpoint_weights(run_policy_state(checkpoint)).items() if k != "freqs_cis"}
     return strict_load(model, state, "policy.checkpoint")

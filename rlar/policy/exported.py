@@ -64,11 +64,26 @@ def read_policy_folder(path: str | Path, policy: nn.Module) -> dict:
     config = json.loads((folder / CONFIG).read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{folder / CONFIG} is not an rlar policy config (format {config.get('format')!r})")
+    if config["class"] != type(policy).__name__:
+        raise ValueError(f"policy.checkpoint={path} holds a {config['class']} policy, but the configured policy is a "
+                         f"{type(policy).__name__}; choose the policy it was exported from (its config.json's "
+                         f"policy._target_: {config['policy'].get('_target_')})")
     for key in ARCHITECTURE:
         if config[key] != getattr(policy, key):
             raise ValueError(f"policy.checkpoint={path} was exported with {key}={config[key]}, but the configured "
                              f"policy has {key}={getattr(policy, key)}; its config.json lists the settings it needs")
     return load_file(folder / WEIGHTS)
+
+
+def run_policy_state(checkpoint: dict) -> dict:
+    """The policy weights in a loaded ``policy.checkpoint``: an rlar run record's ``policy``, else the file itself (a
+    state dict, or a released layout its loader unwraps). A sharded run's ``last.pt`` holds the loop's state alone
+    (the weights are DCP shards): refused, naming the files that hold them."""
+    if checkpoint.get("format") == "sharded":
+        raise ValueError("policy.checkpoint: this is a sharded run's last.pt, which holds the loop's state alone (its "
+                         "weights are DCP shards); give checkpoints/policy.pt (or ema.pt, the moving average) of the "
+                         "finished run, or a folder written by rlar-export RUN_DIR OUT_DIR")
+    return checkpoint["policy"] if isinstance(checkpoint.get("policy"), dict) else checkpoint
 
 
 def carries_text_encoder(path: str | Path | None) -> bool:

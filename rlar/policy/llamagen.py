@@ -17,7 +17,6 @@ condition token on), like :class:`rlar.policy.gpt.GPT`, whose policy interface i
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
@@ -29,10 +28,11 @@ from rlar.policy.caption_embedder import CaptionEmbedder
 from rlar.policy.checkpointing import call_block, checkpoints_blocks
 from rlar.policy.condition_mask import attention_mask, key_valid
 from rlar.policy.conditioning import Condition, class_ids, text_condition
+from rlar.policy.exported import run_policy_state
 from rlar.policy.gpt import KVCache
 from rlar.policy.static_cache import StaticKVCache, attend_at
 from rlar.policy.teacher_forcing import TeacherForced
-from rlar.runtime.cache import load_checkpoint
+from rlar.tokenizer.zoo_build import read_checkpoint, strict_load
 
 # LlamaGen's GPT_models: name -> (n_layer, n_head, dim). GPT-1B/3B/7B are listed as text-conditional there, but
 # the released c2i_3B_384.pt uses GPT-3B.
@@ -297,26 +297,16 @@ def checkpoint_weights(checkpoint: dict) -> dict:
     return checkpoint
 
 
+LLAMAGEN_HINT = ("check policy.size, vocab_size, num_classes, block_size; a t2i checkpoint (cls_embedding.cap_proj.*) "
+                 "needs a text_encoder whose width and max_length are its caption_dim and cls_token_num, a c2i one "
+                 "(cls_embedding.embedding_table) none")
+
+
 def load_llamagen_state(model: LlamaGen, path_or_state: str | os.PathLike | dict) -> LlamaGen:
-    """Load a released checkpoint (a path or a loaded dict) strictly; ``ValueError`` lists every missing or
-    unexpected key and every shape mismatch. A stray ``freqs_cis`` (derived, recomputed here) is ignored."""
-    if isinstance(path_or_state, dict):
-        checkpoint = path_or_state
-    else:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # train_c2i.py also saves its "args"
-            checkpoint = load_checkpoint(path_or_state, "policy.checkpoint")
-    if isinstance(checkpoint.get("policy"), dict):  # an rlar RL checkpoint
-        checkpoint = checkpoint["policy"]
-    state = {k: v for k, v in checkpoint_weights(checkpoint).items() if k != "freqs_cis"}
-    expected = model.state_dict()
-    problems = [f"missing: {k}" for k in expected if k not in state]
-    problems += [f"unexpected: {k}" for k in state if k not in expected]
-    problems += [f"shape of {k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    if problems:
-        raise ValueError("LlamaGen checkpoint does not fit the configured model (check policy.size, vocab_size, "
-                         "num_classes, block_size; a t2i checkpoint (cls_embedding.cap_proj.*) needs a text_encoder "
-                         "whose width and max_length are its caption_dim and cls_token_num, a c2i one "
-                         "(cls_embedding.embedding_table) none):\n  " + "\n  ".join(problems))
-    model.load_state_dict(state)
-    return model
+    """Load a released checkpoint (a path, read with ``read_checkpoint``: train_c2i.py also saves its argparse args,
+    or a loaded dict) strictly (``strict_load``: its error lists the missing, unexpected and misshapen keys). A stray
+    ``freqs_cis`` (derived, recomputed here) is ignored."""
+    checkpoint = path_or_state if isinstance(path_or_state, dict) else read_checkpoint(path_or_state,
+                                                                                        "policy.checkpoint")
+    state = {k: v for k, v in checkpoint_weights(run_policy_state(checkpoint)).items() if k != "freqs_cis"}
+    return strict_load(model, state, "policy.checkpoint", LLAMAGEN_HINT)

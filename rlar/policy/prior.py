@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from rlar.config.schemas import from_options
 from rlar.data.batches import ImageData
 from rlar.policy.conditioning import Condition
-from rlar.policy.exported import folder_or_file, load_carried_text_encoder
+from rlar.policy.exported import folder_or_file, load_carried_text_encoder, run_policy_state
 from rlar.policy.gpt import GPT
 from rlar.policy.schemas import GPTSchema
 from rlar.policy.taming_gpt import load_taming_transformer
@@ -115,11 +115,11 @@ def pretrain_gpt(policy: GPT, codes: torch.Tensor, labels: torch.Tensor, steps: 
 def load_gpt_checkpoint(policy: GPT, path: str | dict) -> GPT:
     """Load ``path`` (or its loaded dict) strictly: an rlar GPT state dict, an rlar RL checkpoint (its ``policy``),
     or a taming-transformers Net2NetTransformer checkpoint (its ``transformer.*`` keys)."""
-    checkpoint = path if isinstance(path, dict) else read_checkpoint(path, "policy.checkpoint")
+    checkpoint = run_policy_state(path if isinstance(path, dict) else read_checkpoint(path, "policy.checkpoint"))
     state = checkpoint.get("state_dict", checkpoint)
     if any(k.startswith("transformer.") or k.endswith("attn.mask") for k in state):
         return load_taming_transformer(policy, checkpoint, policy.num_classes)
-    return strict_load(policy, checkpoint.get("policy", checkpoint), "policy.checkpoint")
+    return strict_load(policy, checkpoint, "policy.checkpoint")
 
 
 def needs_cached_encoder(checkpoint: str, text_encoder: TextEncoder | None) -> bool:

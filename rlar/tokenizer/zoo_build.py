@@ -42,8 +42,10 @@ def read_checkpoint(path: str | os.PathLike, what: str) -> dict:
         return load_checkpoint(path, what)
 
 
-def strict_load(model: nn.Module, state: dict, what: str) -> nn.Module:
-    """``load_state_dict(strict=True)`` after a check whose error lists missing, unexpected and misshapen keys."""
+def strict_load(model: nn.Module, state: dict, what: str, hint: str = "check the architecture settings"
+                ) -> nn.Module:
+    """``load_state_dict(strict=True)`` after a check whose error lists missing, unexpected and misshapen keys, and
+    says what to check (``hint``)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -51,7 +53,7 @@ def strict_load(model: nn.Module, state: dict, what: str) -> nn.Module:
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
         lines = [f"{what}: the checkpoint does not fit {type(model).__name__} ({len(missing)} missing, "
-                 f"{len(unexpected)} unexpected, {len(shapes)} of another shape); check the architecture settings"]
+                 f"{len(unexpected)} unexpected, {len(shapes)} of another shape); {hint}"]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
             if keys:
                 more = f" ... (+{len(keys) - SHOWN} more)" if len(keys) > SHOWN else ""
