@@ -24,6 +24,7 @@ from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
 from rlar.runtime.ema import policy_ema, update_after_every_step
 from rlar.runtime.hardware import Hardware
+from rlar.runtime.optimizer import build_optimizer
 from rlar.runtime.random_streams import rank_generators
 from rlar.schedule.decoder import ScheduleDecoder
 from rlar.text.build import build_text_encoder
@@ -129,7 +130,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
     trainable = nn.ModuleDict({"policy": policy, **({} if critic is None else {"critic": critic})})
     train_policy, train_critic = hw.prepare(policy), hw.prepare(critic)
     ref_policy = hw.prepare(ref_policy, trainable=False, on_cpu=cfg.train.ref_on_cpu)
-    optimizer = instantiate(cfg.optimizer, params=[p for p in trainable.parameters() if p.requires_grad])
+    optimizer = build_optimizer(cfg.optimizer, [p for p in trainable.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.scheduler, optimizer=optimizer)
     saved = trainable
     if ema is not None:

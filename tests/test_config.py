@@ -3,12 +3,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 import rlar
 from rlar.config.store import CONF_DIR, compose_config
 from rlar.config.validate import ConfigError, check_config
+from rlar.runtime.optimizer import build_optimizer
 
 GROUPS = ["data", "tokenizer", "policy", "algorithm", "reward", "hardware", "logger", "scheduler"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -113,3 +115,11 @@ def test_help_lists_the_groups(command, tmp_path):
 
 def test_conf_dir_ships_in_the_package():
     assert (Path(CONF_DIR) / "config.yaml").is_file() and Path(CONF_DIR).parent == Path(rlar.__file__).parent
+
+
+def test_an_optimizer_without_betas_is_built_with_betas_null():
+    """SGD takes no betas: ``optimizer.betas=null`` leaves them out (the table of bad input has the refusal)."""
+    cfg = compose_config(["optimizer._target_=torch.optim.SGD", "optimizer.betas=null", "optimizer.lr=0.5"])
+    check_config(cfg, inception_eval=False)
+    optimizer = build_optimizer(cfg.optimizer, [torch.zeros(1, requires_grad=True)])
+    assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["lr"] == 0.5

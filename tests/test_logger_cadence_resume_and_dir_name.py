@@ -108,10 +108,13 @@ def test_logger_options_stay_out_of_the_run_directory_name(logger):
     assert subdir == "algorithm.beta=0.1,hardware.seed=1" and run_dir == f"outputs/default/{subdir}"
 
 
-def test_the_data_loader_s_worker_count_stays_out_of_the_run_directory_name():
-    """Workers decode the same batches in the same order (tests/test_data_hf_disk_and_image_folder.py): a run
-    re-run with another count resumes."""
-    run_dir, subdir, _ = hydra_dirs(["data=image_folder", "data.root=d", "data.num_workers=4"])
+@pytest.mark.parametrize("same_numbers", [["data.num_workers=4"], ["rollout.micro_batch_size=8"],
+                                          ["policy.grad_checkpointing=true", "train.ref_on_cpu=true"]])
+def test_options_that_change_no_number_stay_out_of_the_run_directory_name(same_numbers):
+    """Data workers decode the same batches (tests/test_data_hf_disk_and_image_folder.py) and the memory options
+    compute the same numbers (tests/test_memory_options.py): a run re-run with them (after running out of memory)
+    resumes."""
+    run_dir, subdir, _ = hydra_dirs(["data=image_folder", "data.root=d", *same_numbers])
     assert subdir == "data.root=d,data=image_folder" and run_dir == f"outputs/default/{subdir}"
 
 

@@ -8,7 +8,7 @@ accumulation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -162,6 +162,10 @@ class GRPO(Common):
                 raise ValueError(f"algorithm.{key} must be > 0 (null: {off}), got {value}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"algorithm.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.loss_constant is not None and self.aggregation != "constant":
+            raise ValueError(f"algorithm.loss_constant={self.loss_constant:g} divides the loss of "
+                             f"aggregation=constant only, and algorithm.aggregation={self.aggregation}; set "
+                             "algorithm.aggregation=constant, or loss_constant=null")
         if self.importance_sampling_level not in RATIO_LEVELS:
             raise ValueError(f"algorithm.importance_sampling_level must be one of {RATIO_LEVELS}, got "
                              f"{self.importance_sampling_level!r}")
@@ -306,6 +310,11 @@ class PPO(Common):
         if self.value_detach and not self.value_head:
             raise ValueError("algorithm.value_detach=true detaches the value head's input: set "
                              "algorithm.value_head=true, or value_detach=false")
+        unread = [f"algorithm.{f.name}={getattr(self, f.name):g}" for f in fields(self)
+                  if f.name in ("vf_coef", "gamma", "gae_lambda") and getattr(self, f.name) != f.default]
+        if unread and not self.value_head:
+            raise ValueError(f"{', '.join(unread)}: read by the value head alone (its loss's weight, GAE's "
+                             "discounts); set algorithm.value_head=true, or leave them at their defaults")
         if self.baseline == "group" and self.num_generations < 2 and not self.value_head:
             raise ValueError("PPO with algorithm.baseline=group and algorithm.num_generations=1 subtracts each reward "
                              "from itself: every advantage would be 0; set algorithm.num_generations>=2, "

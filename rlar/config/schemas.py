@@ -143,7 +143,7 @@ class EvalSchema:
 class OptimizerSchema:
     _target_: str = "torch.optim.AdamW"
     lr: float = 3e-5  # the default recipe's (with GRPO's next-token term; experiments/distribution)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[float] | None = field(default_factory=lambda: [0.9, 0.95])  # null: an optimizer without (SGD)
     weight_decay: float = 0.0
 
 

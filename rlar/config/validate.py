@@ -14,7 +14,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlar.algorithm.update import groups_per_minibatch, recomputes_old_logprobs
-from rlar.config.schemas import RolloutSchema
+from rlar.config.schemas import RolloutSchema, ScheduleSchema
 from rlar.config.validate_shapes import data_channels, has_images, tokenizer_channels, tokens_per_image
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, HEADLINE_METRICS, JUDGE_METRICS
 from rlar.eval.image_arrays import check_npz_reference
@@ -29,6 +29,7 @@ from rlar.rollout.parallel_decoding import CFG_SCHEDULES, SCHEDULES
 from rlar.runtime.checkpoint import FORMATS as CHECKPOINT_FORMATS
 from rlar.runtime.distributed import env_world_size
 from rlar.runtime.ema import check_decay
+from rlar.runtime.optimizer import build_optimizer
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
             raise ConfigError(f"rollout.{key} must be in [0, 1), got {r[key]}")
     check_parallel_decoding(cfg)
     check_unread_rollout_options(cfg)
+    check_unread_schedule_options(cfg)
     check_text_conditioning(cfg)
     if inception_eval:
         check_inception_eval(cfg)
@@ -112,6 +114,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
     check_reward_arguments(cfg)
     check_step_rewards(cfg)
     check_sizes(cfg)
+    check_optimizer(cfg.optimizer)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
                           "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
@@ -162,6 +165,10 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
         raise ConfigError(f"train.max_grad_norm must be > 0 (null = no clipping), got {cfg.train.max_grad_norm}")
     if cfg.train.iterations < 0:
         raise ConfigError(f"train.iterations must be >= 0 (0 evaluates the prior only), got {cfg.train.iterations}")
+    if cfg.train.iterations == 0 and cfg.train.warmup_steps > 0:
+        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} with train.iterations=0: the warm-up would be "
+                          "trained and thrown away (a run saves at its iterations) and the prior reported as after "
+                          "it; set train.iterations>=1, or train.warmup_steps=0 to evaluate the prior only")
     for key in ("train.batch_size", "train.checkpoint_every", "eval.every", "eval.batch_size",
                 "train.max_nonfinite_iterations"):
         group, name = key.split(".")
@@ -313,6 +320,18 @@ def init_parameters(target) -> dict | None:
             return {}
     parameters = inspect.signature(target).parameters
     return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()) else dict(parameters)
+
+
+def check_optimizer(options: DictConfig) -> None:
+    """The optimizer checks its options when built: built here over one parameter, so that an option its class does
+    not take (AdamW's default betas given to SGD) is refused before anything else is built."""
+    try:
+        build_optimizer(options, [torch.zeros(1, requires_grad=True)])
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        hint = ("; an option the class does not take is set to null (optimizer.betas=null for SGD, RMSprop or "
+                "Adagrad)" if isinstance(cause, TypeError) else "")
+        raise ConfigError(f"optimizer._target_={options._target_}: {cause}{hint}") from e
 
 
 def check_schedule_steps(schedule, target: str) -> None:
@@ -546,6 +565,18 @@ def check_unread_rollout_options(cfg: DictConfig) -> None:
         if r[key] != default:
             raise ConfigError(f"rollout.{key}={r[key]} is read nowhere {where}; set rollout.{key}={default} (its "
                               "default)")
+
+
+def check_unread_schedule_options(cfg: DictConfig) -> None:
+    """A ``schedule.*`` option set off its default is read by ``rollout.mode=schedule`` alone: refused elsewhere."""
+    if cfg.rollout.mode == "schedule":
+        return
+    defaults = ScheduleSchema()
+    for key, value in cfg.schedule.items():
+        if value != getattr(defaults, key):
+            raise ConfigError(f"schedule.{key}={value} is read by the learned decoding schedule alone "
+                              f"(rollout.mode=schedule, experiment=arpg_schedule), and rollout.mode={cfg.rollout.mode};"
+                              f" set schedule.{key}={getattr(defaults, key)} (its default)")
 
 
 def check_learned_schedule(cfg: DictConfig) -> None:
