@@ -4,10 +4,12 @@ refused when its config differs from the recorded one."""
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from rlar.config import rerun
 from rlar.config.rerun import RECORD, check_rerun, differing_keys
 from rlar.config.validate import ConfigError
 from rlar.runtime.run_lock import RunDirLocked, run_lock
@@ -113,6 +115,40 @@ def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoints", "summary.json", "tensorboard"]
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # a plain command after a crash cannot resume it
     assert (tmp_path / RECORD / "config.yaml").is_file() and (tmp_path / "run.log").is_file()  # this run's record
+
+
+def test_starting_over_sets_aside_the_folders_the_logger_was_told_to_write(tmp_path):
+    """``logger.log_dir`` (and each of a multi logger's): the earlier run's events are not mixed into the new curves."""
+    logger = {"loggers": {"tensorboard": {"log_dir": "runs/tb"}, "other": {"log_dir": "/elsewhere/tb"}}}
+    cfg = {**CFG, "logger": logger}
+    write_run(tmp_path, cfg)
+    check_rerun(OmegaConf.create(cfg), tmp_path, ".hydra", FREE)
+    (tmp_path / "runs" / "tb").mkdir(parents=True)
+    (tmp_path / "runs" / "tb" / "events.out").write_text("the earlier run's curves")
+    check_rerun(OmegaConf.create({**cfg, "resume": False}), tmp_path, ".hydra", FREE)
+    [kept] = (tmp_path / "replaced").iterdir()
+    assert (kept / "runs" / "tb" / "events.out").read_text() == "the earlier run's curves"
+    assert not (tmp_path / "runs" / "tb").exists() and (tmp_path / RECORD / "config.yaml").is_file()
+
+
+def test_the_config_record_is_copied_file_by_file_whole(tmp_path, monkeypatch):
+    """A copy cut short (a full disk) leaves the record as it was, not half a config every later run is refused
+    against."""
+    write_run(tmp_path, CFG)
+    check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)
+    recorded = (tmp_path / RECORD / "config.yaml").read_text()
+
+    def full_disk(source, target):
+        Path(target).write_text(Path(source).read_text()[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rerun.shutil, "copyfile", full_disk)
+    more = {**CFG, "train": {"iterations": 9, "lr": 1e-3}}
+    write_run(tmp_path, more)
+    with pytest.raises(OSError, match="No space left"):
+        check_rerun(OmegaConf.create(more), tmp_path, ".hydra", FREE)
+    assert (tmp_path / RECORD / "config.yaml").read_text() == recorded
+    assert sorted(p.name for p in (tmp_path / RECORD).iterdir()) == ["config.yaml"]  # no temporary file left
 
 
 def test_an_option_added_since_the_run_was_recorded_resumes_left_off_only(tmp_path):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.store import CONF_DIR
 from rlar.config.validate import ConfigError
+from rlar.runtime.atomic_files import atomic_path
 from rlar.runtime.run_lock import run_lock
 
 log = logging.getLogger(__name__)
@@ -69,17 +70,39 @@ def added_options_left_off(recorded: dict, current: dict) -> set[str]:
     return {k for k in now.keys() - flat(recorded).keys() if k in ADDED and now[k] == ADDED[k]}
 
 
-def set_aside(out: Path) -> Path | None:
-    """Move a run's outputs (:data:`REPLACED`) from ``out`` into ``out/replaced/<UTC time>/``, under the run lock
-    (refused while another process trains there); returns that folder, or None when there was nothing to move."""
-    found = [out / name for name in REPLACED if (out / name).exists()]
+def log_dirs(logger: DictConfig | None) -> list[str]:
+    """The folders a logger config writes in the run directory: each relative ``log_dir`` (``logger=multi``: of every
+    logger in it) that stays inside it, below it and apart from Hydra's record."""
+    found = []
+
+    def visit(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "log_dir" and isinstance(value, str):
+                    found.append(value)
+                visit(value)
+
+    if logger is not None:
+        visit(OmegaConf.to_container(logger, resolve=True))
+    return [d for d in found if Path(d).parts and not Path(d).is_absolute() and ".." not in Path(d).parts
+            and Path(d).parts[0] not in (".hydra", "replaced")]
+
+
+def set_aside(out: Path, logged: list[str] = ()) -> Path | None:
+    """Move a run's outputs (:data:`REPLACED`, and the ``logged`` folders of its logger: :func:`log_dirs`) from
+    ``out`` into ``out/replaced/<UTC time>/`` (each at its own relative path), under the run lock (refused while
+    another process trains there); returns that folder, or None when there was nothing to move."""
+    found = [out / name for name in dict.fromkeys((*REPLACED, *logged)) if (out / name).exists()]
+    found = [p for p in found if not any(q != p and q in p.parents for q in found)]  # a folder inside one moved
     if not found:
         return None
     folder = out / "replaced" / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     with run_lock(out):
         folder.mkdir(parents=True)
         for path in found:
-            path.rename(folder / path.name)
+            target = folder / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
     log.warning("resume=false: the outputs of the run that was in %s are kept in %s", out, folder)
     return folder
 
@@ -91,14 +114,14 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
     out = Path(out)
     record, hydra_dir = out / RECORD, out / hydra_subdir if hydra_subdir else None
     if not cfg.resume:
-        set_aside(out)
+        set_aside(out, log_dirs(cfg.get("logger")))
     if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
         recorded = OmegaConf.to_container(OmegaConf.load(record / "config.yaml"), resolve=False)
         current = OmegaConf.to_container(cfg, resolve=False)
         keys = differing_keys(recorded, current, free, added_options_left_off(recorded, current))
         if keys:
             if hydra_dir is not None:
-                shutil.copytree(record, hydra_dir, dirs_exist_ok=True)
+                copy_record(record, hydra_dir)
             precision = ""
             if "hardware.precision" in keys:  # named in the directory when overridden: the run's own must be given
                 precision = (f" (to go on in the run's precision: hardware.precision="
@@ -107,7 +130,16 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
                               f"{record / 'config.yaml'}{precision}; run with resume=false to start over there, or "
                               "give this run another name (name=...) or directory")
     if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
-        shutil.copytree(hydra_dir, record, dirs_exist_ok=True)
+        copy_record(hydra_dir, record)
+
+
+def copy_record(source: Path, target: Path) -> None:
+    """Copy the config record (Hydra's ``.hydra/`` files) from ``source`` to ``target``, each file whole (a
+    temporary file and a rename): a copy cut short (a full disk) leaves the old file, never half a config that every
+    later run of the command would be refused against."""
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        with atomic_path(target / file.relative_to(source)) as tmp:
+            shutil.copyfile(file, tmp)
 
 
 def name_free_keys() -> list[str]:
