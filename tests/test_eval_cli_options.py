@@ -122,9 +122,10 @@ def test_metrics_json_records_the_weights_and_the_reference_as_absolute_paths(st
     Path("inception.pth").write_bytes(b"")
     write_npz("ref.npz", np.zeros((5, 8, 8, 3), np.uint8))
     record = cli.run_command(["policy.checkpoint=a/last.pt", "--num-samples", "12", "--inception-weights",
-                              "inception.pth", "--reference", "ref.npz"])
+                              "inception.pth", "--reference", "ref.npz", "--batch-size", "5"])
     written = json.loads(only("outputs/eval/*/n12-*/metrics.json").read_text())
     assert written["inception_weights"] == record["inception_weights"] == str(tmp_path / "inception.pth")
+    assert written["batch_size"] == 5  # the samples depend on it
     assert written["reference"] == str(tmp_path / "ref.npz") and written["num_reference"] == 5
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlar.config.store import compose_config
 from rlar.reward.remote.client import RemoteReward
 from rlar.studies import filter_ceiling
 from rlar.studies.filter_ceiling import accepted_first, check_scores_on_its_own, kept_metrics
@@ -83,6 +84,7 @@ def test_the_run_s_inception_settings_are_not_checked_by_a_study_that_builds_no_
     with pytest.raises(SystemExit, match="--draws 1 must be at least eval.samples_per_item"):
         filter_ceiling.main([*inception, "--draws", "1"])
 
+
 @pytest.mark.slow
 def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_or_none(tiny, tmp_path, monkeypatch):
     """Through the command on the tiny default: a threshold below every class probability accepts every draw and one
@@ -101,6 +103,8 @@ def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_o
         written = json.loads((tmp_path / str(threshold) / "filter.json").read_text())
         assert written == json.loads(json.dumps(record))
         assert written["seeds"] == [1234, 1235] and written["accepted"]["values"] == [accepted, accepted]
+        rollout = compose_config(tiny).rollout  # the run's sampling, recorded as used (not as null: not given)
+        assert (written["cfg_scale"], written["temperature"]) == (rollout.cfg_scale, rollout.temperature)
         assert written["filtered"] == written["policy"]
         assert 0 <= written["policy"]["class_acc"]["mean"] <= 1 and written["policy"]["fd"]["mean"] > 0
     assert len(closed) == 2

@@ -366,7 +366,8 @@ def sample_and_score(cfg, opts, hw, judged: dict, base: Path, weights: Path) -> 
                             else f"held-out split of data ({cfg.data._target_})"),
               "fid_reference": (f"mu/sigma of {Path(opts.reference).name}" if reference_fit
                                 else f"features of {len(reference)} images"), "cfg_scale": scale,
-              "temperature": temperature, **truncation(cfg.rollout), "seed": seed, "labels": opts.labels,
+              "temperature": temperature, **truncation(cfg.rollout), "seed": seed, "batch_size": batch_size,
+              "labels": opts.labels,
               "image_size": samples.shape[1],
               "inception_weights": str(weights)}
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))

@@ -95,11 +95,12 @@ def draw_and_read(policy, tokenizer, reward_fn, eval_model: EvalModel, labels: t
 
 
 def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
-    """``{"policy": {metric: mean_std}, "filtered": {...}, "accepted": mean_std}`` over ``seeds``, of
-    ``opts.draws`` draws per item sampled under ``opts.cfg_scale`` and ``opts.temperature`` (default: the run's)."""
+    """``{"policy": {metric: mean_std}, "filtered": {...}, "accepted": mean_std, "cfg_scale", "temperature"}`` over
+    ``seeds``, of ``opts.draws`` draws per item sampled under ``opts.cfg_scale`` and ``opts.temperature`` (default:
+    the run's; the values used are returned)."""
     device = hw.torch_device
     data, tokenizer, policy = build_models(cfg, device, run_dir)
-    _, _, sampling = sampling_settings(cfg, opts, policy)
+    scale, temperature, sampling = sampling_settings(cfg, opts, policy)
     rows = {"policy": [], "filtered": []}
     accepted_rates = []
     with closing(build_reward(cfg, data)) as reward_fn:  # on the run's data; it is checked before any sampling
@@ -117,7 +118,7 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
             rows["filtered"].append(kept_metrics(eval_model, features, hits, labels, accepted_first(accepted, k)))
     result = {name: {m: seed_spread([r[f"eval/{m}"] for r in runs]) for m in JUDGE_METRICS}
               for name, runs in rows.items()}
-    return {**result, "accepted": seed_spread(accepted_rates)}
+    return {**result, "accepted": seed_spread(accepted_rates), "cfg_scale": scale, "temperature": temperature}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,9 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
             result = filter_ceiling(cfg, opts, reads_run_weights(run_dir, overrides), seeds, hw)
     finally:
         hw.teardown()
-    record = {"run": run_dir, "overrides": overrides, "draws": opts.draws, "threshold": opts.threshold,
-              "cfg_scale": opts.cfg_scale, "temperature": opts.temperature,
-              "seeds": seeds, "samples_per_item": cfg.eval.samples_per_item, **result}
+    record = {"run": run_dir, "overrides": overrides, "draws": opts.draws, "threshold": opts.threshold, "seeds": seeds,
+              "samples_per_item": cfg.eval.samples_per_item, **result}
     out = Path(opts.out or Path(run_dir or "outputs") / "eval") / "filter.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(record, indent=2))
