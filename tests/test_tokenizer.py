@@ -1,8 +1,9 @@
 import torch
 
 from rlar.data.digits import DigitsData
+from rlar.reward.metrics import psnr
 from rlar.tokenizer import build
-from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, psnr, train_digits_vq
+from rlar.tokenizer.digits_vq import DigitsVQ, code_usage_perplexity, train_digits_vq
 from rlar.tokenizer.frozen import FrozenTokenizer, build_tokenizer_frozen
 
 
@@ -19,10 +20,10 @@ def test_training_improves_reconstruction():
     model = DigitsVQ(codebook_size=16, hidden=16)
     images = data.eval_images[:64]
     with torch.no_grad():
-        before = psnr(model.decode_code(model.encode_indices(images)), images)
+        before = psnr(model.decode_code(model.encode_indices(images)), images).mean()
     train_digits_vq(model, data.train_images, 60, 3e-3, 32, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        after = psnr(model.decode_code(model.encode_indices(images)), images)
+        after = psnr(model.decode_code(model.encode_indices(images)), images).mean()
     assert after > before + 3
 
 

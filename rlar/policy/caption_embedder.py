@@ -32,7 +32,6 @@ class CaptionEmbedder(nn.Module):
 
     def __init__(self, caption_dim: int, dim: int, token_num: int):
         super().__init__()
-        self.token_num = token_num
         self.cap_proj = CaptionMLP(caption_dim, dim, dim)
         self.uncond_embedding = nn.Parameter(torch.randn(token_num, caption_dim) / caption_dim**0.5)
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlar.reward.metrics import psnr as psnr_each
 from rlar.runtime.build_checkpoint import BuildCheckpoint
 
 
@@ -74,11 +73,6 @@ class DigitsVQ(nn.Module):
         vq_loss = F.mse_loss(z_q, z.detach()) + 0.25 * F.mse_loss(z, z_q.detach())
         recon = self.decoder(z + (z_q - z).detach())
         return recon, vq_loss, codes
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak range 2)."""
-    return float(psnr_each(x, y).mean())
 
 
 def train_digits_vq(model: DigitsVQ, images: torch.Tensor, steps: int, lr: float, batch_size: int,
