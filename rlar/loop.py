@@ -26,6 +26,7 @@ from rlar.algorithm.update import (
     recomputes_old_logprobs,
     reward_kl,
     stepped_params,
+    update_recomputes,
     value_advantages,
 )
 from rlar.build import Run, build_run
@@ -383,7 +384,7 @@ def kl_in_reward(run: Run) -> bool:
 
 def update(run: Run, rollout: Rollout, adv: torch.Tensor, returns: torch.Tensor | None) -> dict[str, float]:
     """The algorithm's update of the policy (and critic) on this rollout; its mean stats."""
-    recompute = recomputes_old_logprobs(run.algorithm.old_logprobs, run.hw.precision)
+    recompute = update_recomputes(run.algorithm, run.hw.precision)
     return policy_update(run.train_policy, run.optimizer, run.algorithm, rollout, adv, run.sampling,
                          run.cfg.train.max_grad_norm, run.generators["update"], run.hw.autocast,
                          None if kl_in_reward(run) else run.ref_policy, run.train_critic, returns, recompute)

@@ -18,6 +18,7 @@ from rlar.algorithm.update import (
     group_minibatches,
     policy_update,
     recomputes_old_logprobs,
+    update_recomputes,
 )
 from rlar.config.store import compose_config
 from rlar.loop import drop_nonfinite_draws
@@ -737,3 +738,10 @@ def test_a_sample_drawn_from_nonfinite_logits_is_left_out_of_the_update_s_passes
                           {"temperature": 1.0, "cfg_scale": 1.0}, None, torch.Generator().manual_seed(0))
     assert math.isfinite(stats["policy/grad_norm"]) and math.isfinite(stats["loss/policy"])
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters(), strict=True))  # the step was taken
+
+
+def test_reinforce_recomputes_no_old_logprobs_unless_its_sampler_correction_reads_them():
+    """Its loss has no ratio: under bf16 (old_logprobs=auto) the recompute would be a forward pass for nothing."""
+    assert update_recomputes(GRPO(num_generations=4), "bf16") and not update_recomputes(GRPO(num_generations=4), "fp32")
+    assert not update_recomputes(Reinforce(num_generations=4), "bf16")
+    assert update_recomputes(Reinforce(num_generations=4, sampler_correction_cap=2.0), "bf16")

@@ -199,6 +199,7 @@ class Reinforce(Common):
     ratio to correct a second step's samples of an older policy."""
 
     steps_once = True
+    reads_old_logprobs = False  # its loss has no ratio: recomputing them would be a forward pass for nothing
     num_generations: int = 8
     # batch mean | condition (running mean/std per stats_key, batch until min_count) | leave_one_out (the mean of the
     # item's other num_generations - 1 rewards, RLOO; standardized by the batch's std)

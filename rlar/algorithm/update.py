@@ -95,6 +95,15 @@ def recomputes_old_logprobs(old_logprobs: str, precision: str) -> bool:
     return old_logprobs == "recompute" or (old_logprobs == "auto" and precision == "bf16")
 
 
+def update_recomputes(algorithm, precision: str) -> bool:
+    """Whether the update recomputes the old log-probs (:func:`recomputes_old_logprobs`) for ``algorithm``: not for
+    a loss without a ratio (``reads_old_logprobs`` False: REINFORCE), unless ``sampler_correction_cap`` weighs by
+    them."""
+    needed = (getattr(algorithm, "reads_old_logprobs", True)
+              or getattr(algorithm, "sampler_correction_cap", None) is not None)
+    return needed and recomputes_old_logprobs(algorithm.old_logprobs, precision)
+
+
 @torch.no_grad()
 def recomputed_logprobs(policy, rollout: Rollout, sampling: dict, autocast, minibatch_size: int) -> torch.Tensor:
     """``[N, T]`` log-probs of the rollout's actions under the update's own forward pass (teacher-forced, in
