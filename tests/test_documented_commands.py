@@ -111,14 +111,16 @@ def test_the_documented_flags_of_rlar_run_are_hydras():
     assert not unknown
 
 
-@pytest.mark.parametrize("where,arguments", [pytest.param(where, arguments, id=where)
-                                             for where, _, arguments in COMMANDS if overrides_of(arguments)])
-def test_the_documented_overrides_compose_and_pass_the_checks(where, arguments):
+@pytest.mark.parametrize("where,program,arguments", [pytest.param(where, program, arguments, id=where)
+                                                     for where, program, arguments in COMMANDS
+                                                     if overrides_of(arguments)])
+def test_the_documented_overrides_compose_and_pass_the_checks(where, program, arguments):
     overrides = overrides_of(arguments)
     if any(o.startswith("hydra.searchpath") for o in overrides):
         pytest.skip("selects options from the reader's own config folder")
     needs_gpus = any(o.startswith(("hardware", "experiment=llamagen", "experiment=vapi_llamagen")) for o in overrides)
-    cfg = compose_config(overrides + (CPU_STAND_IN if needs_gpus else []))
+    study = ["experiment=arpg_schedule"] if program == "rlar.studies.schedule_study" else []  # its runs' base
+    cfg = compose_config(study + overrides + (CPU_STAND_IN if needs_gpus else []))
     supplied = [o.split("=", 1)[1] for o in overrides if re.search(r"[/.]", o.split("=", 1)[1])]
     try:
         check_config(cfg)
