@@ -463,3 +463,12 @@ def test_a_failure_inside_a_warm_up_optimizer_step_saves_nothing(tiny, tmp_path,
         train_rl_loop(compose_config([*tiny, "train.warmup_steps=3", "train.iterations=1"]), tmp_path)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
     assert "warm-up step 2 of 3 failed after an optimizer step had begun" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_run_with_an_optimizer_that_takes_no_betas_trains(tiny, tmp_path):
+    cfg = compose_config([*tiny, "optimizer._target_=torch.optim.SGD", "optimizer.betas=null", "optimizer.lr=0.01",
+                          "eval.max_items=4", "eval.samples_per_item=1"])
+    train_rl_loop(cfg, tmp_path)
+    (group,) = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert "momentum" in group and "betas" not in group and group["lr"] == 0.01  # SGD's, as configured

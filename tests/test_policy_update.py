@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import rlar.loop
 from rlar.algorithm import update as update_module
 from rlar.algorithm.algorithms import GRPO, PPO, Reinforce
 from rlar.algorithm.update import (
@@ -745,3 +746,16 @@ def test_reinforce_recomputes_no_old_logprobs_unless_its_sampler_correction_read
     assert update_recomputes(GRPO(num_generations=4), "bf16") and not update_recomputes(GRPO(num_generations=4), "fp32")
     assert not update_recomputes(Reinforce(num_generations=4), "bf16")
     assert update_recomputes(Reinforce(num_generations=4, sampler_correction_cap=2.0), "bf16")
+
+
+
+def test_the_loop_s_update_recomputes_no_old_logprobs_for_reinforce_under_bf16(monkeypatch):
+    seen = []
+    monkeypatch.setattr(rlar.loop, "policy_update", lambda *args: seen.append(args[-1]))  # its recompute flag
+    for algorithm in (Reinforce(num_generations=4), GRPO(num_generations=4)):
+        run = SimpleNamespace(algorithm=algorithm, hw=SimpleNamespace(precision="bf16", autocast=None),
+                              train_policy=None, optimizer=None, sampling={}, generators={"update": None},
+                              cfg=SimpleNamespace(train=SimpleNamespace(max_grad_norm=None)), ref_policy=None,
+                              train_critic=None)
+        rlar.loop.update(run, None, None, None)
+    assert seen == [False, True]

@@ -91,6 +91,7 @@ def test_a_body_timeout_is_408_on_python_3_10_too(monkeypatch):
     assert caught.value.status == 408
 
 
+@pytest.mark.slow
 def test_health_counts_the_requests_waiting_for_an_upload_slot(server):
     """``queue``: every request received and not yet answered, the one reading its body and the one waiting for the
     only slot alike."""

@@ -2,6 +2,9 @@
 together or learns across calls (a remote client scores a batch in chunks, and no checkpoint saves a server's state);
 with no reward chosen, the server's default is one it can serve."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from starlette.testclient import TestClient
@@ -175,3 +178,12 @@ def test_with_no_reward_chosen_the_server_serves_class_consistency(monkeypatch, 
     with TestClient(app) as client:
         info = client.get("/info").json()
     assert info["reward"] == "class_consistency" and info["target"].endswith("ClassConsistencyReward")
+
+
+def test_info_holds_the_keys_the_docs_list():
+    with TestClient(create_app(RewardService(lambda images, targets, meta: (images.flatten(1).sum(1), {}), "sum", "sum",
+                                             "cpu"))) as client:
+        info = client.get("/info").json()
+    documented = Path(__file__).resolve().parents[1] / "docs" / "remote_rewards.md"
+    listed = re.search(r"`GET /info`: `\{(.*?)\}`", documented.read_text(), re.S).group(1)
+    assert sorted(info) == sorted(re.findall(r'"(\w+)"', listed))

@@ -138,7 +138,7 @@ def test_the_config_record_is_copied_file_by_file_whole(tmp_path, monkeypatch):
     check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)
     recorded = (tmp_path / RECORD / "config.yaml").read_text()
 
-    def full_disk(source, target):
+    def full_disk(source, target, **_):
         Path(target).write_text(Path(source).read_text()[:10])
         raise OSError(28, "No space left on device")
 
