@@ -746,6 +746,7 @@ def test_reinforce_recomputes_no_old_logprobs_unless_its_sampler_correction_read
     assert update_recomputes(GRPO(num_generations=4), "bf16") and not update_recomputes(GRPO(num_generations=4), "fp32")
     assert not update_recomputes(Reinforce(num_generations=4), "bf16")
     assert update_recomputes(Reinforce(num_generations=4, sampler_correction_cap=2.0), "bf16")
+    assert update_recomputes(Reinforce(num_generations=4, old_logprobs="recompute"), "fp32")  # asked for
 
 
 

@@ -119,15 +119,18 @@ def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_
 
 def test_starting_over_sets_aside_the_folders_the_logger_was_told_to_write(tmp_path):
     """``logger.log_dir`` (and each of a multi logger's): the earlier run's events are not mixed into the new curves."""
-    logger = {"loggers": {"tensorboard": {"log_dir": "runs/tb"}, "other": {"log_dir": "/elsewhere/tb"}}}
+    logger = {"loggers": {"tensorboard": {"log_dir": "runs/tb"}, "other": {"log_dir": "/elsewhere/tb"},
+                          "default": {"log_dir": "./tensorboard/"}}}  # the default folder, spelled otherwise
     cfg = {**CFG, "logger": logger}
     write_run(tmp_path, cfg)
     check_rerun(OmegaConf.create(cfg), tmp_path, ".hydra", FREE)
     (tmp_path / "runs" / "tb").mkdir(parents=True)
     (tmp_path / "runs" / "tb" / "events.out").write_text("the earlier run's curves")
+    (tmp_path / "tensorboard").mkdir()
     check_rerun(OmegaConf.create({**cfg, "resume": False}), tmp_path, ".hydra", FREE)
     [kept] = (tmp_path / "replaced").iterdir()
     assert (kept / "runs" / "tb" / "events.out").read_text() == "the earlier run's curves"
+    assert (kept / "tensorboard").is_dir()  # moved once
     assert not (tmp_path / "runs" / "tb").exists() and (tmp_path / RECORD / "config.yaml").is_file()
 
 

@@ -96,10 +96,10 @@ def recomputes_old_logprobs(old_logprobs: str, precision: str) -> bool:
 
 
 def update_recomputes(algorithm, precision: str) -> bool:
-    """Whether the update recomputes the old log-probs (:func:`recomputes_old_logprobs`) for ``algorithm``: not for
-    a loss without a ratio (``reads_old_logprobs`` False: REINFORCE), unless ``sampler_correction_cap`` weighs by
-    them."""
-    needed = (getattr(algorithm, "reads_old_logprobs", True)
+    """Whether the update recomputes the old log-probs (:func:`recomputes_old_logprobs`) for ``algorithm``: not by
+    default (``auto``) for a loss without a ratio (``reads_old_logprobs`` False: REINFORCE), unless
+    ``sampler_correction_cap`` weighs by them; ``recompute`` asked for (its diagnostic) always."""
+    needed = (getattr(algorithm, "reads_old_logprobs", True) or algorithm.old_logprobs == "recompute"
               or getattr(algorithm, "sampler_correction_cap", None) is not None)
     return needed and recomputes_old_logprobs(algorithm.old_logprobs, precision)
 

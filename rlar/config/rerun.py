@@ -92,7 +92,7 @@ def set_aside(out: Path, logged: list[str] = ()) -> Path | None:
     """Move a run's outputs (:data:`REPLACED`, and the ``logged`` folders of its logger: :func:`log_dirs`) from
     ``out`` into ``out/replaced/<UTC time>/`` (each at its own relative path), under the run lock (refused while
     another process trains there); returns that folder, or None when there was nothing to move."""
-    found = [out / name for name in dict.fromkeys((*REPLACED, *logged)) if (out / name).exists()]
+    found = [path for path in dict.fromkeys(out / name for name in (*REPLACED, *logged)) if path.exists()]
     found = [p for p in found if not any(q != p and q in p.parents for q in found)]  # a folder inside one moved
     if not found:
         return None

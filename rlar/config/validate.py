@@ -114,7 +114,8 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
     check_reward_arguments(cfg)
     check_step_rewards(cfg)
     check_sizes(cfg)
-    check_optimizer(cfg.optimizer)
+    if trains:  # a command that trains nothing builds no optimizer (a run's may not be installed where it is judged)
+        check_optimizer(cfg.optimizer)
     if readers := rewards_reading_the_judge(cfg):
         raise ConfigError(f"{', '.join(readers)} is the judge's classifier (eval.classifier_model: the same spec, the "
                           "same cached model), so the reward would train against eval/fd and eval/class_acc; give the "
@@ -165,7 +166,7 @@ def check_config(cfg: DictConfig, inception_eval: bool = True, trains: bool = Tr
         raise ConfigError(f"train.max_grad_norm must be > 0 (null = no clipping), got {cfg.train.max_grad_norm}")
     if cfg.train.iterations < 0:
         raise ConfigError(f"train.iterations must be >= 0 (0 evaluates the prior only), got {cfg.train.iterations}")
-    if cfg.train.iterations == 0 and cfg.train.warmup_steps > 0:
+    if trains and cfg.train.iterations == 0 and cfg.train.warmup_steps > 0:
         raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} with train.iterations=0: the warm-up would be "
                           "trained and thrown away (a run saves at its iterations) and the prior reported as after "
                           "it; set train.iterations>=1, or train.warmup_steps=0 to evaluate the prior only")
