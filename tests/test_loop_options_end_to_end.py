@@ -469,7 +469,9 @@ def test_a_failure_inside_a_warm_up_optimizer_step_saves_nothing(tiny, tmp_path,
 @pytest.mark.slow
 def test_a_run_with_an_optimizer_that_takes_no_betas_trains(tiny, tmp_path):
     cfg = compose_config([*tiny, "optimizer._target_=torch.optim.SGD", "optimizer.betas=null", "optimizer.lr=0.01",
-                          "eval.max_items=4", "eval.samples_per_item=1"])
+                          "+optimizer.momentum=0.9", "eval.max_items=4", "eval.samples_per_item=1"])
     train_rl_loop(cfg, tmp_path)
-    (group,) = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
-    assert "momentum" in group and "betas" not in group and group["lr"] == 0.01  # SGD's, as configured
+    optimizer = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    (group,) = optimizer["param_groups"]
+    assert group["momentum"] == 0.9 and "betas" not in group and group["lr"] == 0.01  # SGD's, as configured
+    assert all("momentum_buffer" in state for state in optimizer["state"].values())  # it stepped
