@@ -19,6 +19,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.reward.build import build_reward, reads_run_data
+from rlar.reward.classifier import build_reward_classifiers
 from rlar.rollout.sampling import scored_sampling
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
@@ -116,6 +117,7 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
         if reward is None:
             reward = build_reward(cfg, data)  # on the run's one dataset, before the models
+            build_reward_classifiers(data)  # what its first call would build, here while the other ranks wait
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer, policy, text_encoder = build_generator(cfg, data, device)

@@ -10,7 +10,7 @@ from torchrun import torchrun_source
 
 from rlar.contracts import Reward
 from rlar.data.digits import DigitsData
-from rlar.eval.evaluate import evaluate
+from rlar.eval.evaluate import evaluate, scored_prefix
 from rlar.policy.gpt import GPT
 from rlar.rollout.sampling import cfg_scales
 from rlar.tokenizer.digits_vq import DigitsVQ
@@ -143,3 +143,25 @@ dist.destroy_process_group()
 def test_ranks_with_different_terms_gather_the_same_names(tmp_path):
     proc = torchrun_source(GATHER, tmp_path)
     assert "{'a': [1.0, 2.0, nan, nan], 'b': [nan, nan, 3.0, 4.0]}" in proc.stdout
+
+
+def test_a_rank_s_padding_rows_are_not_scored_with_its_real_ones():
+    """Under torchrun a short rank pads its share of the held-out items with copies (rank_share): a reward that scores
+    a call together (a z-scored mix) must read the real rows alone, which then score as they would by themselves."""
+    seen = []  # each call's meta
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+
+    def zscored(images, targets=None, meta=None):
+        seen.append(meta)
+        x = images.flatten(1)[:, 0]  # [n]
+        return (x - x.mean()) / x.std(), {"raw": x}
+
+    samples = scores[:, None, None, None].expand(6, 1, 2, 2)  # [6, 1, 2, 2]
+    meta = {"labels": torch.arange(6), "prompts": list("abcdef")}
+    reward, parts = scored_prefix(zscored, samples, None, meta, 4, "cpu")
+    real = scores[:4]
+    assert torch.allclose(reward[:4], (real - real.mean()) / real.std()) and reward[4:].isnan().all()
+    assert torch.equal(parts["raw"][:4], real) and parts["raw"][4:].isnan().all()
+    assert seen[-1]["labels"].tolist() == [0, 1, 2, 3] and seen[-1]["prompts"] == ["a", "b", "c", "d"]
+    reward, parts = scored_prefix(zscored, samples, None, meta, 0, "cpu")  # a batch of padding alone
+    assert reward.isnan().all() and parts == {} and len(seen) == 1

@@ -14,6 +14,7 @@ def test_prepare_trains_then_reuses_the_cache(tiny, tmp_path):
     first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "held-out PSNR" in first.stdout and re.search(r"judge: .*eval_classifier-\w+\.pt", first.stdout)
+    assert re.search(r"reward classifier: .*eval_classifier-\w+\.pt", first.stdout)  # the default reward's own
     second = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
     assert "using cached" in second.stderr + second.stdout
     assert "not cached yet" not in second.stderr + second.stdout

@@ -549,14 +549,17 @@ def is_arpg(cfg: DictConfig) -> bool:
 
 def check_unread_rollout_options(cfg: DictConfig) -> None:
     """A rollout option set off its default where nothing reads it is refused: the parallel sampler's settings with
-    a raster policy, token noise where no ground-truth context is read (no prefix, no teacher forcing, no next-token
-    term). (``micro_batch_size``, a memory bound that changes no result, may be set where no sampler decodes rows:
-    a study's command line gives it to every setting.)"""
+    a raster policy, the fixed schedule's where a learned one decodes, token noise where no ground-truth context is
+    read (no prefix, no teacher forcing, no next-token term). (``micro_batch_size``, a memory bound that changes no
+    result, may be set where no sampler decodes rows: a study's command line gives it to every setting.)"""
     r, defaults = cfg.rollout, RolloutSchema()
     unread = {}
     if not is_arpg(cfg):
         unread |= dict.fromkeys(("num_iter", "schedule", "cfg_schedule"), "by a raster policy (gpt, llamagen: "
                                 "one position per step); they set policy=arpg's parallel decoding")
+    elif r.mode == "schedule":
+        unread |= dict.fromkeys(("num_iter", "schedule"), "in rollout.mode=schedule, where the learned schedule "
+                                "chooses the steps (schedule.max_steps caps them)")
     if r.mode not in ("prefix", "teacher_forced") and not cfg.algorithm.get("ntp_weight"):
         unread["token_noise_prob"] = (f"in rollout.mode={r.mode} without a next-token term, where no ground-truth "
                                       "context is read (it noises the prefix, the teacher-forced context and the "

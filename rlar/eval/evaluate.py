@@ -17,12 +17,29 @@ from rlar.data.captions import caption_checks
 from rlar.eval.caption_accuracy import metric_name, parsed_prompts
 from rlar.eval.inception_eval import InceptionEval
 from rlar.eval.model.scorer import EvalModel
-from rlar.reward.scoring import SERVICE_COUNTS, checked_output, scoring_only
+from rlar.reward.scoring import SERVICE_COUNTS, checked_output, chunk_meta, scoring_only
 from rlar.rollout.parallel_decoding import parallel_generations
 from rlar.rollout.sampling import sample_multiple_generations
 from rlar.runtime import distributed
 from rlar.text.conditions import item_conditions
 from rlar.text.encoder import TextEncoder
+
+
+def scored_prefix(reward_fn: Reward, samples: torch.Tensor, targets: torch.Tensor | None, meta: dict, scored: int,
+                  device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(rewards [n], {name: [n]})`` of ``samples [n, C, H, W]``, only the first ``scored`` rows scored and the rest
+    (a rank's padding, :func:`rank_share`) NaN: a reward that scores a call's samples together (a z-scored mix,
+    ``loo_fd``) reads no padding."""
+    n = len(samples)
+    if scored == n:
+        return checked_output(reward_fn(samples, targets, meta), n, reward_fn, device)
+    unscored = torch.full((n - scored,), float("nan"), device=device)  # [n - scored]
+    if scored == 0:
+        return unscored, {}
+    reward, parts = checked_output(reward_fn(samples[:scored], None if targets is None else targets[:scored],
+                                             chunk_meta(meta, n, 0, scored)), scored, reward_fn, device)
+    return torch.cat([reward.float(), unscored]), {name: torch.cat([value.float(), unscored])
+                                                   for name, value in parts.items()}
 
 
 def rank_share(*columns):
@@ -137,8 +154,8 @@ def evaluate_under(policy: Policy, tokenizer: Tokenizer, reward_fn: Reward, data
         samples, asked = tokenizer.decode_code(tokens), meta["labels"]  # [b*k, C, H, W], [b*k]
         images = data.eval_images_of(positions[batch])  # [b, C, H, W] as floats, a batch at a time; None: prompts
         targets = None if images is None else images.to(device).repeat_interleave(k, 0)
-        # [b*k], {name: [b*k]}
-        reward, parts = checked_output(reward_fn(samples, targets, meta), len(samples), reward_fn, device)
+        # [b*k], {name: [b*k]}: this batch's real items come first, a rank's padding last (rank_share)
+        reward, parts = scored_prefix(reward_fn, samples, targets, meta, int(real[batch].sum()) * k, device)
         rewards.append(reward)
         components.append(parts)
         f = None

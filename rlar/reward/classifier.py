@@ -38,11 +38,15 @@ class LazyClassifier:
         self.model: DigitsClassifier | None = None
         self.reference: dict[int, torch.Tensor] = {}  # chunk size -> train features [T, F]
 
-    def get(self, device) -> DigitsClassifier:
+    def build(self) -> DigitsClassifier:
+        """The classifier, read from the cache, or trained and cached (in its own seeded stream) the first time."""
         if self.model is None:
             with torch.enable_grad():  # first use may train it, from inside a reward call under no_grad
                 self.model = build_eval_classifier(self.data, self.cache_dir, self.settings, RewardClassifierSchema)
-        self.model = self.model.to(device)
+        return self.model
+
+    def get(self, device) -> DigitsClassifier:
+        self.model = self.build().to(device)
         return self.model
 
     def train_features(self, device, chunk_size: int) -> torch.Tensor:
@@ -68,6 +72,13 @@ def reward_classifier(data: ImageData, settings: dict | DictConfig | None,
     if key not in shared:
         shared[key] = LazyClassifier(data, settings, cache_dir)
     return shared[key]
+
+
+def build_reward_classifiers(data: ImageData) -> list[str]:
+    """Build (or read from the cache) every reward classifier of ``data`` the rewards built so far asked for, before
+    their first call would: ``rlar-prepare`` caches them, and under torchrun rank 0 trains them while the others
+    wait (``distributed.main_process_first``). Their sources."""
+    return [classifier.build().source for classifier in _SHARED.get(data, {}).values()]
 
 
 def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_size: int) -> torch.Tensor:

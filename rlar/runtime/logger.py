@@ -22,6 +22,14 @@ def checked_log_every(log_every: int) -> int:
     return log_every
 
 
+def checked_image_every(image_every: int) -> int:
+    """``image_every``, refused (``ValueError``) unless it is a step count of 0 (never) or more."""
+    if image_every < 0:
+        raise ValueError(f"image_every={image_every}: image grids are logged every image_every iterations (0: never); "
+                         "set logger.image_every (logger.loggers.<name>.image_every under logger=multi) to 0 or more")
+    return image_every
+
+
 def scalars_due(metrics: dict[str, float], step: int, log_every: int) -> dict[str, float]:
     """What a logger with ``log_every`` logs of ``metrics`` at ``step``: all of them every ``log_every`` steps (step 0
     included), an evaluation's results (``eval/*``, ``eval_cfg/*``) whenever they come."""
@@ -49,7 +57,7 @@ class TensorBoardLogger:
     def __init__(self, log_dir: str = "tensorboard", log_every: int = 1, image_every: int = 25):
         self.log_dir = log_dir
         self.log_every = checked_log_every(log_every)
-        self.image_every = image_every
+        self.image_every = checked_image_every(image_every)
         self._writer: SummaryWriter | None = None
 
     def open(self, output_dir: str | Path) -> None:

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from rlar.runtime.atomic_files import atomic_write_text
-from rlar.runtime.logger import checked_log_every, group_grid, scalars_due
+from rlar.runtime.logger import checked_image_every, checked_log_every, group_grid, scalars_due
 
 RUN_ID = Path("wandb") / "run_id"  # in the output dir: the W&B run a resumed rlar run continues
 
@@ -33,7 +33,7 @@ class WandbLogger:
                  image_every: int = 25):
         self.project, self.entity, self.name, self.group = project, entity, name, group
         self.tags, self.mode = list(tags), mode
-        self.log_every, self.image_every = checked_log_every(log_every), image_every
+        self.log_every, self.image_every = checked_log_every(log_every), checked_image_every(image_every)
         self._run = None
 
     def open(self, output_dir: str | Path) -> None:

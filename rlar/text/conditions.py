@@ -1,8 +1,9 @@
 """The conditions of data items: their class labels, or with a text encoder the features of their captions.
 
 Captions are the data's: ``data.train_captions`` / ``data.eval_captions``, a caption per image (None: none); a
-batch's are ``data.captions_of(indices)``. The loop (``batch_conditions``), the evaluation and the prior's
-pretraining turn them into conditions here.
+batch's are ``data.captions_of(indices)``. The loop (``batch_conditions``), the evaluation and the prior's held-out
+cross-entropy turn them into conditions here (without gradients; the prior's pretraining encodes its captions with
+them, through ``text_encoder.condition``).
 """
 
 from __future__ import annotations
