@@ -242,10 +242,11 @@ def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
     """Rows left out of the update (an unscored sample) do not make the other rows of their minibatch weigh more: two
     accumulated minibatches, one of which lost two of its four rows (or all four, with a next-token term), take the
     step of one minibatch of all the rows; a REINFORCE rollout of three items in minibatches of two and one takes the
-    step of one minibatch of three."""
+    step of one minibatch of three. Rows drawn from non-finite logits, which the update's passes leave out, weigh as
+    masked rows do."""
     from rlar.algorithm.algorithms import Reinforce
 
-    def step(algo, items=2, masked=()):
+    def step(algo, items=2, masked=(), left_out=False):
         torch.manual_seed(0)
         policy = GPT(vocab_size=16, block_size=8, num_classes=2, n_layer=1, n_head=2, n_embd=16)
         rollout = collect_rollout(policy.eval(), torch.randint(0, 16, (items, 8)), torch.arange(items) % 2, 4,
@@ -253,6 +254,7 @@ def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
         kept = torch.ones(4 * items, dtype=torch.bool)
         kept[list(masked)] = False
         rollout.mask = rollout.mask & kept[:, None]  # as the loop leaves unscored rows out
+        rollout.nonfinite = ~kept if left_out else None
         adv, _, _ = algo.advantages(torch.randn(4 * items, generator=torch.Generator().manual_seed(1)),
                                     torch.arange(items).repeat_interleave(4))
         torch.manual_seed(1)  # a reference other than the policy: the KL term has a gradient at the first step
@@ -278,6 +280,10 @@ def test_every_sample_of_a_step_counts_alike_whatever_its_minibatch():
     assert same(with_ntp, step(GRPO(num_generations=4, minibatch_size=8, ntp_weight=0.5), masked=range(4)))
     in_two = step(Reinforce(num_generations=4, minibatch_size=8), items=3)
     assert same(in_two, step(Reinforce(num_generations=4, minibatch_size=12), items=3))
+    for algo in (GRPO(num_generations=4, minibatch_size=8, aggregation="constant"),
+                 GRPO(num_generations=4, minibatch_size=4, grad_accum=2, aggregation="constant"),
+                 GRPO(num_generations=4, minibatch_size=8), Reinforce(num_generations=4, minibatch_size=8)):
+        assert same(step(algo, masked=(0, 5), left_out=True), step(algo, masked=(0, 5)))
 
 
 def test_minibatch_weights_by_hand():
@@ -293,6 +299,9 @@ def test_minibatch_weights_by_hand():
     # a last, smaller minibatch in one step: rows (8 | 4) -> 8*2/12, 4*2/12
     assert torch.tensor(minibatch_weights(mask, [torch.arange(0, 8), torch.arange(8, 12)], 2)).allclose(
         torch.tensor([(6 * 2 / 10, 4 / 3), (4 * 2 / 10, 2 / 3)]))
+    # the update runs 3 of the first minibatch's 4 rows: its rows weigh 3/4 of their share, as if one added nothing
+    assert torch.tensor(minibatch_weights(mask, minibatches, 3, [torch.arange(1, 4), *minibatches[1:]])).allclose(
+        torch.tensor([(2 * 3 / 10, 3 / 4), (4 * 3 / 10, 1.0), (4 * 3 / 10, 1.0)]))
     assert minibatch_weights(mask, [], 1) == []
 
 

@@ -165,7 +165,8 @@ def high_entropy_tokens(entropy: torch.Tensor, mask: torch.Tensor, quantile: flo
 def finite_rows(idx: torch.Tensor, nonfinite: torch.Tensor | None) -> torch.Tensor:
     """The rows of minibatch ``idx`` not drawn from non-finite logits (``nonfinite [N]`` on the CPU): on the same
     weights their forward pass is non-finite again, and its backward NaN even where their loss terms are masked out.
-    All of ``idx`` where none would be left (the NaN gradient then skips the step, with a warning)."""
+    All of ``idx`` where none would be left (the NaN gradient then skips the step, with a warning). Their weights
+    (:func:`minibatch_weights`) still count the rows left out, as rows that add nothing."""
     if nonfinite is None:
         return idx
     kept = idx[~nonfinite[idx]]
@@ -180,16 +181,20 @@ def accumulation_window(count: int, total: int, grad_accum: int) -> int:
     return min(grad_accum, total - start)
 
 
-def minibatch_weights(mask: torch.Tensor, minibatches: list[torch.Tensor], accum: int) -> list[tuple[float, float]]:
+def minibatch_weights(mask: torch.Tensor, minibatches: list[torch.Tensor], accum: int,
+                      kept: list[torch.Tensor] | None = None) -> list[tuple[float, float]]:
     """``(scored, rows)`` per minibatch: the weights of its loss terms within its optimizer step, so that every sample
     of the step counts alike wherever it fell. A term that is a mean over the minibatch's scored rows (tokens with
     an action: ``mask [N, T]``; the surrogate, entropy, KL and value terms) takes ``scored``; a mean over all its rows
     (the next-token term; the surrogate of ``constant`` aggregation and REINFORCE) takes ``rows``. Each is the
     minibatch's share of the step's count over every process (the gradients are averaged over processes), times the
     minibatches the step averages and the processes: exactly 1 where the minibatches hold alike; less for one that
-    lost rows (a non-finite reward, a dropped group) or a last, smaller one."""
+    lost rows (a non-finite reward, a dropped group) or a last, smaller one. ``kept``: the rows of each minibatch the
+    update runs (:func:`finite_rows`); a row left out counts in ``rows`` as one that adds nothing, as a masked row
+    does (a mean over the rows present, times ``rows``, is then the sum over the step's rows)."""
     if not minibatches:
         return []
+    kept = minibatches if kept is None else kept
     n = len(minibatches)
     counts = torch.tensor([[float(mask[idx].any(1).sum()), float(len(idx))] for idx in minibatches],
                           dtype=torch.float64, device=mask.device)  # [n, 2]: scored rows, rows
@@ -197,7 +202,8 @@ def minibatch_weights(mask: torch.Tensor, minibatches: list[torch.Tensor], accum
     per_step = counts.new_zeros(int(windows[-1]) + 1, 2).index_add_(0, windows, counts)  # [steps, 2], this process
     totals = distributed.sum_over_ranks(per_step)[windows]  # [n, 2]: its step's counts over every process
     averaged = counts.new_tensor([accumulation_window(c, n, accum) for c in range(1, n + 1)])  # [n]: per step
-    weights = counts * (averaged * distributed.world_size())[:, None] / totals  # [n, 2]
+    present = counts.new_tensor([[1.0, len(rows) / len(idx)] for rows, idx in zip(kept, minibatches, strict=True)])
+    weights = counts * present * (averaged * distributed.world_size())[:, None] / totals  # [n, 2]
     return [tuple(pair) for pair in torch.where(totals > 0, weights, 0.0).tolist()]
 
 
@@ -387,13 +393,13 @@ def policy_update(policy, optimizer, algorithm: Algorithm, rollout: Rollout, adv
     measured = MinibatchStats()
     params = stepped_params(optimizer)
     nonfinite = None if rollout.nonfinite is None else rollout.nonfinite.cpu()
-    minibatches = [finite_rows(idx, nonfinite) for _ in range(algorithm.epochs)
-                   for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size,
-                                                generator)]
+    drawn = [idx for _ in range(algorithm.epochs)
+             for idx in group_minibatches(len(adv), algorithm.num_generations, algorithm.minibatch_size, generator)]
+    minibatches = [finite_rows(idx, nonfinite) for idx in drawn]
     total = len(minibatches)
     # minibatches per optimizer step (an algorithm class of one's own without steps_once steps every grad_accum)
     accum = total if getattr(algorithm, "steps_once", False) else algorithm.grad_accum
-    weights = minibatch_weights(rollout.mask, minibatches, accum)
+    weights = minibatch_weights(rollout.mask, drawn, accum, minibatches)
     target_kl = getattr(algorithm, "target_kl", None)
     count, norms, kls, stopped = 0, [], [], False  # norms: the gradient norm of each optimizer step
     optimizer.zero_grad(set_to_none=True)
