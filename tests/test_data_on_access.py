@@ -10,10 +10,10 @@ from PIL import Image
 
 import rlar.data.on_access
 import rlar.data.stored
-from rlar.data.batches import holdout_split
+from rlar.data.batches import holdout_split, random_rows
 from rlar.data.hf_disk import HFDiskData
 from rlar.data.image_folder import ImageFolderData
-from rlar.eval.image_arrays import split_uint8, subset_positions, to_uint8_hwc
+from rlar.eval.image_arrays import SUBSET_SEED, split_uint8, to_uint8_hwc
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.reward.classifier import LazyClassifier, classifier_features
 
@@ -118,10 +118,10 @@ def test_the_train_images_of_a_reference_are_the_only_ones_decoded(sources, deco
     data = ImageFolderData(**kwargs, image_size=32, channels=1)
     whole = to_uint8_hwc(data.train_images)  # [N, 32, 32, 3]
     decoded.clear()
-    train_rows = subset_positions(len(whole), 5).numpy()  # [5]
+    train_rows = random_rows(len(whole), 5, SUBSET_SEED).numpy()  # [5]
     assert np.array_equal(split_uint8(data, "train", 5), whole[train_rows]) and len(decoded) == 5
     assert np.array_equal(split_uint8(data, "train", None), whole)
-    eval_rows = subset_positions(len(data.eval_labels), 3).numpy()  # [3]
+    eval_rows = random_rows(len(data.eval_labels), 3, SUBSET_SEED).numpy()  # [3]
     assert np.array_equal(split_uint8(data, "eval", 3), to_uint8_hwc(data.eval_images)[eval_rows])
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torchrun import torchrun_source
 
 import rlar.data.on_access
-from rlar.data.batches import ImageData
+from rlar.data.batches import ImageData, random_rows
 from rlar.data.digits import DigitsData
 from rlar.data.image_folder import ImageFolderData
 from rlar.eval import evaluate
@@ -74,12 +74,13 @@ def test_a_classifier_of_data_on_disk_reads_only_the_images_its_batches_draw(fol
     assert judge.metrics == reference.metrics
 
 
-def test_train_rows_are_all_of_a_small_split_and_a_fixed_sorted_subset_of_a_large_one():
+def test_random_rows_are_all_of_a_small_split_and_a_fixed_sorted_subset_of_a_large_one():
     for limit in (None, 10, 11):
-        assert torch.equal(memorization.train_rows(10, limit), torch.arange(10))
-    rows = memorization.train_rows(1000, 100)
+        assert torch.equal(random_rows(10, limit, memorization.TRAIN_SEED), torch.arange(10))
+    rows = random_rows(1000, 100, memorization.TRAIN_SEED)
     assert len(rows) == 100 == len(rows.unique()) and torch.equal(rows, rows.sort().values) and rows.max() < 1000
-    assert torch.equal(rows, memorization.train_rows(1000, 100)) and not torch.equal(rows, torch.arange(100))
+    assert torch.equal(rows, random_rows(1000, 100, memorization.TRAIN_SEED))
+    assert not torch.equal(rows, torch.arange(100))
 
 
 def test_memorization_reads_a_bounded_subset_of_the_train_split(monkeypatch, tmp_path):
@@ -89,7 +90,7 @@ def test_memorization_reads_a_bounded_subset_of_the_train_split(monkeypatch, tmp
     train_batches = data.train_batches
     monkeypatch.setattr(data, "train_batches", lambda batches: read.extend(batches) or train_batches(batches))
     judge = build_eval_model(data, cfg, str(tmp_path), "cpu", train_images=100)
-    rows = memorization.train_rows(len(data.train_labels), 100)
+    rows = random_rows(len(data.train_labels), 100, memorization.TRAIN_SEED)
     assert len(read) == 4 + 1 and torch.equal(read[-1], rows)  # the classifier's 4 batches, then the subset
     subset = train_features(judge.classifier, data, "cpu")[rows]  # [100, F]
     assert torch.allclose(judge.train_features, subset, atol=1e-6)

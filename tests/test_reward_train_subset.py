@@ -10,9 +10,10 @@ from train_split import TrainSplit, stand_in_classifier
 
 import rlar.eval.model.manifold
 import rlar.reward.classifier
+from rlar.data.batches import random_rows
 from rlar.eval.model.frechet import gaussian_fit
 from rlar.eval.model.manifold import knn_radii
-from rlar.eval.model.memorization import train_rows
+from rlar.eval.model.memorization import TRAIN_SEED
 from rlar.reward.coverage import CoverageReward, RecallReward, coverage_shares, recall_shares, split_credit
 from rlar.reward.discriminator import DiscriminatorReward
 from rlar.reward.loo_fd import LeaveOneOutFDReward
@@ -42,7 +43,7 @@ def split(monkeypatch):
     """``(data, features [LIMIT, 2], labels [LIMIT])``: a split of ``SPLIT`` images [1, 1, 2] whose class c lies near
     (10c, 10c), with the subset's features and labels; class 3 only outside the subset."""
     monkeypatch.setattr(rlar.reward.classifier, "TRAIN_IMAGES", LIMIT)
-    rows = train_rows(SPLIT, LIMIT)  # [LIMIT]
+    rows = random_rows(SPLIT, LIMIT, TRAIN_SEED)  # [LIMIT]
     labels = torch.arange(SPLIT) % 3
     labels[next(i for i in range(SPLIT) if i not in rows.tolist())] = 3
     images = 10.0 * labels.view(-1, 1, 1, 1) + torch.randn(SPLIT, 1, 1, 2, generator=torch.Generator().manual_seed(0))
@@ -58,7 +59,7 @@ def with_flat_features(reward):
 def test_loo_fd_reads_the_subset_and_fits_each_class_on_its_rows(split):
     data, features, labels = split
     reference = with_flat_features(LeaveOneOutFDReward(data, None, class_conditional=True)).data_moments("cpu")
-    assert data.read == train_rows(SPLIT, LIMIT).tolist()
+    assert data.read == random_rows(SPLIT, LIMIT, TRAIN_SEED).tolist()
     assert sorted(reference) == [-1, 0, 1, 2]
     for g, moments in reference.items():
         rows = features.double() if g < 0 else features.double()[labels == g]
@@ -69,7 +70,7 @@ def test_the_discriminator_reads_the_subset_and_embeds_every_class_of_the_split(
     data, features, labels = split
     reward = with_flat_features(DiscriminatorReward(data, None, hidden=8))
     reward.build("cpu")
-    assert data.read == train_rows(SPLIT, LIMIT).tolist()
+    assert data.read == random_rows(SPLIT, LIMIT, TRAIN_SEED).tolist()
     assert torch.equal(reward.real[0], features) and torch.equal(reward.real[1], labels)
     assert torch.equal(reward.model.mean, features.mean(0))
     assert reward.model.embed.num_embeddings == 4  # class 3 is outside the subset
@@ -79,7 +80,7 @@ def test_the_discriminator_reads_the_subset_and_embeds_every_class_of_the_split(
 def test_coverage_and_recall_read_the_subset_and_group_it_by_its_labels(split, kind):
     data, features, labels = split
     manifold = with_flat_features(kind(data, None, k=3)).data_manifold("cpu")
-    assert data.read == train_rows(SPLIT, LIMIT).tolist()
+    assert data.read == random_rows(SPLIT, LIMIT, TRAIN_SEED).tolist()
     assert sorted(manifold) == [-1, 0, 1, 2]
     for g, (real, radii) in manifold.items():
         expected = features.double() if g < 0 else features.double()[labels == g]

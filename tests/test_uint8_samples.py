@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlar.data.batches import random_rows
 from rlar.eval.generate import generate_images, generate_uint8, generated_batches
-from rlar.eval.image_arrays import read_images, split_uint8, stacked_uint8, subset_positions, to_uint8_hwc, write_npz
+from rlar.eval.image_arrays import SUBSET_SEED, read_images, split_uint8, stacked_uint8, to_uint8_hwc, write_npz
 
 
 class CodesAsImages:
@@ -64,7 +65,7 @@ def test_a_reference_split_is_converted_a_chunk_at_a_time():
     data = SimpleNamespace(eval_labels=torch.zeros(150), eval_images_of=eval_images_of)  # no whole eval_images
     assert np.array_equal(split_uint8(data, "eval"), to_uint8_hwc(images))
     assert [(s.start, s.stop) for s in asked] == [(0, 64), (64, 128), (128, 150)]
-    assert np.array_equal(split_uint8(data, "eval", 10), to_uint8_hwc(images[subset_positions(150, 10)]))
+    assert np.array_equal(split_uint8(data, "eval", 10), to_uint8_hwc(images[random_rows(150, 10, SUBSET_SEED)]))
 
 
 def test_samples_npz_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

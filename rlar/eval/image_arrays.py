@@ -58,21 +58,15 @@ def resized(images: torch.Tensor, image_size: int) -> torch.Tensor:
 def split_uint8(data: ImageData, split: str, max_images: int | None = None,
                 image_size: int | None = None) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` of ``data``'s ``split`` (``train`` or ``eval``): all of it, or where it has more than
-    ``max_images`` images the fixed random subset :func:`subset_positions` of them (in split order), converted a
+    ``max_images`` images the fixed random subset of them (``SUBSET_SEED``) (in split order), converted a
     chunk at a time (the train split decoded only as far as asked), resized to ``image_size`` where given."""
     size = len(data.train_labels if split == "train" else data.eval_labels)
-    positions = subset_positions(size, max_images)  # [N]
+    positions = random_rows(size, max_images, SUBSET_SEED)  # [N]
     whole = len(positions) == size  # consecutive positions: eval chunks read as slices (views)
     index_batches = list(positions.split(DECODE_BATCH))
     batches = (data.train_batches(index_batches) if split == "train"
                else (data.eval_images_of(slice(int(p[0]), int(p[-1]) + 1) if whole else p) for p in index_batches))
     return stacked_uint8(batches, len(positions), image_size)
-
-
-def subset_positions(size: int, max_images: int | None) -> torch.Tensor:
-    """Positions ``[M]`` of a split of ``size`` images: :func:`~rlar.data.batches.random_rows` under seed
-    ``SUBSET_SEED``."""
-    return random_rows(size, max_images, SUBSET_SEED)
 
 
 def write_npz(path: str | os.PathLike, images: np.ndarray) -> Path:

@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 
 from rlar.config.schemas import RewardClassifierSchema
 from rlar.contracts import Reward
-from rlar.data.batches import ImageData
+from rlar.data.batches import ImageData, random_rows
 from rlar.eval.model.build import build_eval_classifier, classifier_spec
 from rlar.eval.model.classifier import DigitsClassifier
-from rlar.eval.model.memorization import TRAIN_IMAGES, train_rows
+from rlar.eval.model.memorization import TRAIN_IMAGES, TRAIN_SEED
 from rlar.eval.model.scorer import train_features
 from rlar.runtime import distributed
 
@@ -91,8 +91,8 @@ def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_
 def train_split_labels(data: ImageData) -> torch.Tensor:
     """``[T]``: the labels of the train images :func:`train_split_features` reads, in its order: the whole split
     when it has at most ``TRAIN_IMAGES`` images (all 1,438 digits), else the judge's fixed random subset of that
-    many (:func:`train_rows`), so that a reward's cost does not grow with the split."""
-    return data.train_labels[train_rows(len(data.train_labels), TRAIN_IMAGES)]
+    many (``TRAIN_SEED``), so that a reward's cost does not grow with the split."""
+    return data.train_labels[random_rows(len(data.train_labels), TRAIN_IMAGES, TRAIN_SEED)]
 
 
 def batch_rows(features: torch.Tensor, groups: torch.Tensor, learning: bool, device

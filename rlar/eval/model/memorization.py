@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from rlar.data.batches import random_rows
 from rlar.eval.model.manifold import smallest_distances
 
 COPY_QUANTILE = 0.05  # held-out images nearer the train split than the threshold: 5 %, by construction
 # the train images the samples are compared with: a larger split's fixed random subset of this many (FID's 50,000),
 # so that the judge's cost does not grow with the split (all of the digits' 1,438)
 TRAIN_IMAGES = 50_000
-
-
-def train_rows(n: int, limit: int | None, seed: int = 0) -> torch.Tensor:
-    """Train positions ``[min(n, limit)]``, ascending: all ``n``, or a random subset of ``limit`` of them fixed by
-    ``seed`` (``limit`` None: all)."""
-    return random_rows(n, limit, seed)
+TRAIN_SEED = 0  # fixes that subset (batches.random_rows): the judge and the rewards' classifiers read the same one
 
 
 def nearest_distances(points: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

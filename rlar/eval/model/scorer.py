@@ -10,13 +10,13 @@ from collections.abc import Iterable
 import torch
 from omegaconf import DictConfig
 
-from rlar.data.batches import ImageData
+from rlar.data.batches import ImageData, random_rows
 from rlar.data.on_access import chunks
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.classifier import DigitsClassifier
 from rlar.eval.model.frechet import frechet_distance, gaussian_fit
 from rlar.eval.model.manifold import density_coverage, precision_recall, real_balls, relative_diversity
-from rlar.eval.model.memorization import TRAIN_IMAGES, copy_threshold, memorization, train_rows
+from rlar.eval.model.memorization import TRAIN_IMAGES, TRAIN_SEED, copy_threshold, memorization
 
 CHUNK_SIZE = 256  # images per forward pass (and converted to floats at a time) for the reference features
 
@@ -116,7 +116,7 @@ def features_of(classifier: DigitsClassifier, batches: Iterable[torch.Tensor], d
 def train_features(classifier: DigitsClassifier, data: ImageData, device, size: int = CHUNK_SIZE,
                    limit: int | None = None) -> torch.Tensor:
     """``[T, F]``: the features of the train split, or of ``limit`` of its images (a fixed random subset, in
-    order: :func:`train_rows`), ``size`` images at a time (decoded on access for data on disk), for
+    order: ``TRAIN_SEED``), ``size`` images at a time (decoded on access for data on disk), for
     :class:`EvalModel`'s ``eval/memorization``."""
-    rows = train_rows(len(data.train_labels), limit)  # [T]
+    rows = random_rows(len(data.train_labels), limit, TRAIN_SEED)  # [T]
     return features_of(classifier, data.train_batches(list(rows.split(size))), device)
