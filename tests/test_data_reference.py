@@ -48,7 +48,7 @@ def test_the_datas_rows_are_the_held_out_half_judged_against_the_other(tiny, tmp
 
     args = [*tiny, "eval.max_items=24"]
     result = main([*args, "--splits", "2", "--cfg-scale", "2", "--out", str(tmp_path)])
-    written = json.loads((tmp_path / "data_reference.json").read_text())
+    written = json.loads(next(tmp_path.glob("data_reference-splits2-*.json")).read_text())
     assert written["rows"] == json.loads(json.dumps(result)) and written["splits"] == 2
     assert list(result) == [REAL, RECONSTRUCTED, "prior", "prior, guidance 2"]
     cfg = run_config(None, args)

@@ -99,15 +99,16 @@ def test_filter_json_keeps_the_unfiltered_draws_when_the_threshold_accepts_all_o
     args = [*tiny, "reward=class_consistency", "reward.classifier.train.steps=20", "eval.samples_per_item=2",
             "--draws", "3", "--judge", "2"]
     for threshold, accepted in ((-1.0, 1.0), (1.0, 0.0)):
-        record = main([*args, "--threshold", str(threshold), "--out", str(tmp_path / str(threshold))])
-        written = json.loads((tmp_path / str(threshold) / "filter.json").read_text())
+        record = main([*args, "--threshold", str(threshold), "--out", str(tmp_path)])
+        name = f"filter-draws3-thr{threshold:g}-cfg*-temp*-seeds1234-1235-*.json"
+        written = json.loads(next(tmp_path.glob(name)).read_text())
         assert written == json.loads(json.dumps(record))
         assert written["seeds"] == [1234, 1235] and written["accepted"]["values"] == [accepted, accepted]
         rollout = compose_config(tiny).rollout  # the run's sampling, recorded as used (not as null: not given)
         assert (written["cfg_scale"], written["temperature"]) == (rollout.cfg_scale, rollout.temperature)
         assert written["filtered"] == written["policy"]
         assert 0 <= written["policy"]["class_acc"]["mean"] <= 1 and written["policy"]["fd"]["mean"] > 0
-    assert len(closed) == 2
+    assert len(closed) == 2 and len(list(tmp_path.glob("filter-*.json"))) == 2  # each threshold's its own
 
 
 class Describer:

@@ -1,7 +1,7 @@
 """What the data itself scores: the held-out images split in two halves at random, one half judged against the
 other exactly as samples are, next to policies sampled for that half's classes (the same number of images), so
 that every metric has the data's own value beside it. Over ``--splits`` random splits, each row's mean ± std and
-its paired difference from the prior's (mean ± standard error), to ``data_reference.json``.
+its paired difference from the prior's (mean ± standard error), to ``data_reference-<settings>.json``.
 
     python -m rlar.studies.data_reference [key=value ...] [--run RUN_DIR ...] [--temperature T ...]
         [--cfg-scale S ...] [--splits 20]
@@ -30,7 +30,7 @@ from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.build import build_eval_classifier
 from rlar.eval.model.scorer import EvalModel, train_features
-from rlar.eval.rejudge import check_judgeable, sample_std
+from rlar.eval.rejudge import check_judgeable, sample_std, settings_key
 from rlar.eval.run_models import build_models, run_config
 from rlar.rollout.sampling import evaluation_sampling
 from rlar.runtime.atomic_files import atomic_write_text
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, action="append", default=[], help="the prior at this temperature")
     p.add_argument("--cfg-scale", type=float, action="append", default=[], help="the prior under this guidance")
     p.add_argument("--splits", type=int, default=20, help="random splits of the held-out images (default 20)")
-    p.add_argument("--out", default="outputs/eval", help="folder of data_reference.json (default outputs/eval)")
+    p.add_argument("--out", default="outputs/eval", help="folder of data_reference-*.json (default outputs/eval)")
     opts = p.parse_intermixed_args(argv)
     if opts.splits < 2:
         sys.exit(f"--splits {opts.splits}: at least 2 splits are needed for a spread")
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = summarise(data_reference(cfg, data, tokenizer, policies, opts.splits, hw.torch_device, hw.autocast))
     finally:
         hw.teardown()
-    out = Path(opts.out) / "data_reference.json"
+    # a result of its own for each setting: other splits, policies or overrides do not replace an earlier one's
+    key = settings_key(cfg, runs=opts.run, temperatures=opts.temperature, cfg_scales=opts.cfg_scale)
+    out = Path(opts.out) / f"data_reference-splits{opts.splits}-{key}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"overrides": opts.overrides, "splits": opts.splits, "rows": result}, indent=2))
     print(table(result))

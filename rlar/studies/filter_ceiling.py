@@ -8,7 +8,8 @@ reward's verdicts (docs/evaluation.md).
 
 For each of ``--judge`` eval seeds, ``--draws`` samples per held-out item; the judge reads the first
 ``eval.samples_per_item`` of them (the policy as it is) and the first ``eval.samples_per_item`` accepted ones (the
-filtered policy). Prints both rows (mean ± std over the seeds) and the acceptance rate; writes ``filter.json``.
+filtered policy). Prints both rows (mean ± std over the seeds) and the acceptance rate; writes them to
+``filter-<settings>.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from rlar.eval.cli import sampling_settings
 from rlar.eval.evaluate import JUDGE_METRICS
 from rlar.eval.generate import generate_images
 from rlar.eval.model.scorer import EvalModel, build_eval_model
-from rlar.eval.rejudge import check_judgeable, seed_spread
+from rlar.eval.rejudge import check_judgeable, seed_spread, settings_key
 from rlar.eval.run_models import build_models, is_run_dir, reads_run_weights, run_config
 from rlar.reward.build import build_reward
 from rlar.reward.scoring import scoring_only
@@ -121,6 +122,15 @@ def filter_ceiling(cfg, opts, run_dir, seeds: list[int], hw) -> dict:
     return {**result, "accepted": seed_spread(accepted_rates), "cfg_scale": scale, "temperature": temperature}
 
 
+def result_name(record: dict, cfg) -> str:
+    """``filter-draws<d>-thr<t>-cfg<s>-temp<T>-seeds<a>-<b>-<settings_key>.json``: a result of its own for each
+    setting (another ``--threshold``, ``--draws`` or override does not replace an earlier one's), the same command's
+    found again."""
+    seeds = record["seeds"]
+    return (f"filter-draws{record['draws']}-thr{record['threshold']:g}-cfg{record['cfg_scale']:g}-"
+            f"temp{record['temperature']:g}-seeds{seeds[0]}-{seeds[-1]}-{settings_key(cfg)}.json")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m rlar.studies.filter_ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("args", nargs="*", help="[RUN_DIR] then key=value config overrides")
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the run's rollout's)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's rollout's)")
     p.add_argument("--judge", type=int, default=3, metavar="N", help="eval seeds eval.seed, eval.seed+1, ... (3)")
-    p.add_argument("--out", help="folder of filter.json (default: RUN_DIR/eval, else outputs/eval)")
+    p.add_argument("--out", help="folder of filter-*.json (default: RUN_DIR/eval, else outputs/eval)")
     opts = p.parse_intermixed_args(argv)
     run_dir = opts.args[0] if opts.args and is_run_dir(opts.args[0]) else None
     overrides = opts.args[1:] if run_dir else opts.args
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         hw.teardown()
     record = {"run": run_dir, "overrides": overrides, "draws": opts.draws, "threshold": opts.threshold, "seeds": seeds,
               "samples_per_item": cfg.eval.samples_per_item, **result}
-    out = Path(opts.out or Path(run_dir or "outputs") / "eval") / "filter.json"
+    out = Path(opts.out or Path(run_dir or "outputs") / "eval") / result_name(record, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(record, indent=2))
     for name in ("policy", "filtered"):
