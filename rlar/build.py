@@ -19,7 +19,7 @@ from rlar.data.batches import ImageData
 from rlar.eval.inception_eval import InceptionEval, build_inception_eval
 from rlar.eval.model import EvalModel, build_eval_model
 from rlar.reward.build import build_reward, reads_run_data
-from rlar.reward.classifier import build_reward_classifiers
+from rlar.reward.classifier import asked_classifiers, build_classifiers
 from rlar.rollout.sampling import scored_sampling
 from rlar.runtime import distributed
 from rlar.runtime.checkpoint import Checkpointer
@@ -110,14 +110,16 @@ def build_run(cfg: DictConfig, hw: Hardware, output_dir: str | Path | None) -> R
                          f"multiple of {world} (each process takes batch_size/{world} items with all their "
                          f"generations)")
     # first, unless it reads the run's data: a reward that cannot be built fails before any other work
-    reward = None if reads_run_data(cfg) else build_reward(cfg)
+    with asked_classifiers() as asked:  # the reward classifiers it asks for, on its own data
+        reward = None if reads_run_data(cfg) else build_reward(cfg)
     algorithm = instantiate(cfg.algorithm)
     with distributed.main_process_first():  # rank 0 trains and caches the tokenizer and prior; the rest read them
         data = instantiate(cfg.data)
         check_batch_fits(cfg.train.batch_size, len(data.train_labels))
         if reward is None:
-            reward = build_reward(cfg, data)  # on the run's one dataset, before the models
-            build_reward_classifiers(data)  # what its first call would build, here while the other ranks wait
+            with asked_classifiers() as asked:
+                reward = build_reward(cfg, data)  # on the run's one dataset, before the models
+        build_classifiers(asked)  # what the reward's first call would build, here while the other ranks wait
         if algorithm.trains_on_data:  # CCA's negatives are the other classes
             check_num_classes(data.num_classes)
         tokenizer, policy, text_encoder = build_generator(cfg, data, device)

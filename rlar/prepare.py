@@ -7,13 +7,13 @@ from contextlib import closing
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlar.config.store import CONF_DIR, register_schemas
 from rlar.config.validate import check_config, exit_on_config_error
 from rlar.eval.model.build import build_eval_classifier
-from rlar.reward.build import build_reward, reads_run_data
-from rlar.reward.classifier import build_reward_classifiers
+from rlar.reward.build import build_reward, reads_data
+from rlar.reward.classifier import asked_classifiers, build_classifiers
 from rlar.runtime.files_read import entries_read
 from rlar.runtime.user_modules import importable
 from rlar.text.build import build_text_encoder
@@ -39,9 +39,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.eval.classifier:  # the judge of eval/fd and the other eval/* metrics
         judge = build_eval_classifier(data, cfg.cache_dir, cfg.eval.classifier_model)
         print(f"judge: {judge.source} (held-out accuracy {judge.metrics['eval_accuracy']:.4f})")
-    if reads_run_data(cfg):  # a reward trained on the run's data: its own classifier (never the judge)
-        with closing(build_reward(cfg, data)):
-            for source in build_reward_classifiers(data):
+    if reads_data(OmegaConf.to_container(cfg.reward, resolve=True), None):  # the run's data or its own
+        with asked_classifiers() as asked, closing(build_reward(cfg, data)):
+            for source in build_classifiers(asked):  # a reward's own classifier (never the judge)
                 print(f"reward classifier: {source}")
 
 

@@ -21,6 +21,17 @@ def test_prepare_trains_then_reuses_the_cache(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_prepare_builds_the_classifier_of_a_reward_on_its_own_data(tiny, tmp_path):
+    settings = [o for o in tiny if o.startswith(("cache_dir", "tokenizer", "policy", "eval.classifier_model"))]
+    own = ["reward=class_consistency", "reward.data={_target_:rlar.data.digits.DigitsData,eval_fraction:0.3}",
+           "reward.classifier.train.steps=5"]
+    args = [sys.executable, "-m", "rlar.prepare", *settings, *own, f"hydra.run.dir={tmp_path}/prep"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"reward classifier: .*eval_classifier-\w+\.pt", proc.stdout)
+
+
+@pytest.mark.slow
 def test_prepare_refuses_what_the_run_would_before_any_work(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a one\n" * 10)

@@ -1,18 +1,21 @@
 """A config's reward is built on one dataset: every component reading ``${data}`` shares the run's, and the
 components reading one classifier share its train-split features."""
 
+import contextlib
+
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+import rlar.build
 import rlar.reward.classifier
 from rlar.build import build_run
 from rlar.config.store import compose_config
 from rlar.data.digits import DigitsData
 from rlar.reward.build import build_reward, reads_run_data
-from rlar.reward.classifier import reward_classifier
+from rlar.reward.classifier import asked_classifiers, build_classifiers, reward_classifier
 
 
 @pytest.fixture
@@ -100,3 +103,44 @@ def test_a_reward_reading_no_data_is_built_first_and_fails_before_the_data_is_re
     with pytest.raises(MissingMandatoryValue, match="model_path"):
         build_run(cfg, instantiate(cfg.hardware), tmp_path)
     assert data_builds == []
+
+
+def test_a_run_builds_the_classifier_of_a_reward_on_its_own_data_while_the_other_ranks_wait(tiny, monkeypatch,
+                                                                                            tmp_path):
+    """A reward on data of its own (here the digits split at another fraction) is built before the run's data, and
+    its classifier with the models, inside the block where rank 0 builds first: not at its first call, where under
+    torchrun every rank would train it at once."""
+    inside, built = [], []
+    real_first, real_build = rlar.build.distributed.main_process_first, rlar.reward.classifier.LazyClassifier.build
+
+    @contextlib.contextmanager
+    def first():
+        inside.append(True)
+        with real_first():
+            yield
+        inside.pop()
+
+    def build(self):
+        built.append((self.data.eval_fraction, bool(inside)))
+        return real_build(self)
+
+    monkeypatch.setattr(rlar.build.distributed, "main_process_first", first)
+    monkeypatch.setattr(rlar.reward.classifier.LazyClassifier, "build", build)
+    own = "reward.data={_target_:rlar.data.digits.DigitsData,eval_fraction:0.3}"
+    cfg = compose_config(tiny + ["reward=class_consistency", own, "reward.classifier.train.steps=5",
+                                 "hardware.num_threads=1"])
+    assert not reads_run_data(cfg)
+    run = build_run(cfg, instantiate(cfg.hardware), tmp_path)
+    assert run.reward.classifier.model is not None and built[0] == (0.3, True)
+
+
+def test_the_classifiers_asked_for_in_a_block_are_those_of_its_rewards_on_any_data(cache_dir):
+    ours, theirs = DigitsData(), DigitsData(eval_fraction=0.3)
+    before = reward_classifier(ours, None, str(cache_dir))
+    with asked_classifiers() as outer:
+        with asked_classifiers() as inner:
+            first = reward_classifier(theirs, None, str(cache_dir))
+        again = reward_classifier(theirs, None, str(cache_dir))
+    assert inner == [first] and outer == [first, again] and again is first and before not in outer
+    assert build_classifiers(outer) == [first.model.source]  # each classifier once
+    assert reward_classifier(ours, None, str(cache_dir)).model is None  # not asked for: left to its first call

@@ -28,10 +28,11 @@ def reads_run_data(cfg: DictConfig) -> bool:
     return reads_data(OmegaConf.to_container(cfg.reward, resolve=True), OmegaConf.to_container(cfg.data, resolve=True))
 
 
-def reads_data(node: Any, run_data: dict) -> bool:
-    """Whether some ``data`` entry of the config tree ``node`` is ``run_data``."""
+def reads_data(node: Any, run_data: dict | None) -> bool:
+    """Whether some ``data`` entry of the config tree ``node`` is ``run_data`` (None: any data, its own too)."""
     if isinstance(node, dict):
-        return any((key == "data" and value == run_data) or reads_data(value, run_data) for key, value in node.items())
+        return any((key == "data" and run_data in (None, value)) or reads_data(value, run_data)
+                   for key, value in node.items())
     return isinstance(node, list) and any(reads_data(value, run_data) for value in node)
 
 

@@ -9,8 +9,10 @@ cached).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from weakref import WeakKeyDictionary
 
 import torch
@@ -61,6 +63,7 @@ class LazyClassifier:
 
 # data -> {its settings and cache: its classifier}
 _SHARED: WeakKeyDictionary[ImageData, dict[str, LazyClassifier]] = WeakKeyDictionary()
+_ASKED: list[list[LazyClassifier]] = []  # one list per open asked_classifiers block
 
 
 def reward_classifier(data: ImageData, settings: dict | DictConfig | None,
@@ -71,14 +74,28 @@ def reward_classifier(data: ImageData, settings: dict | DictConfig | None,
     shared = _SHARED.setdefault(data, {})
     if key not in shared:
         shared[key] = LazyClassifier(data, settings, cache_dir)
+    for asked in _ASKED:
+        asked.append(shared[key])
     return shared[key]
 
 
-def build_reward_classifiers(data: ImageData) -> list[str]:
-    """Build (or read from the cache) every reward classifier of ``data`` the rewards built so far asked for, before
-    their first call would: ``rlar-prepare`` caches them, and under torchrun rank 0 trains them while the others
-    wait (``distributed.main_process_first``). Their sources."""
-    return [classifier.build().source for classifier in _SHARED.get(data, {}).values()]
+@contextlib.contextmanager
+def asked_classifiers() -> Iterator[list[LazyClassifier]]:
+    """The reward classifiers the rewards built inside the block ask for (:func:`reward_classifier`), on whatever
+    data: the run's, or a reward's own."""
+    asked: list[LazyClassifier] = []
+    _ASKED.append(asked)
+    try:
+        yield asked
+    finally:
+        _ASKED.pop()  # blocks nest: this one is the last opened
+
+
+def build_classifiers(classifiers: Iterable[LazyClassifier]) -> list[str]:
+    """Build (or read from the cache) ``classifiers`` (:func:`asked_classifiers`) before the rewards' first call
+    would: ``rlar-prepare`` caches them, and under torchrun rank 0 trains them while the others wait
+    (``distributed.main_process_first``). Their sources, each classifier's once."""
+    return [classifier.build().source for classifier in {id(c): c for c in classifiers}.values()]
 
 
 def classifier_features(classifier: LazyClassifier, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
