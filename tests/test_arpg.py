@@ -155,6 +155,19 @@ def test_schedules_match_the_reference_counts():
     assert step_sizes(16, 4, "linear").tolist() == [4, 4, 4, 4]
 
 
+@pytest.mark.parametrize("seq_len,num_iter", [(256, 39), (256, 51), (576, 78), (1024, 150), (256, 64)])
+def test_the_cosine_schedule_rounds_as_arpgs(seq_len, num_iter):
+    """ARPG keeps int(T * cos(pi / 2. * (s + 1) / N)) positions masked after step s, multiplying before it divides:
+    at cos(pi / 3) = 0.5, 256 * 0.5 is 127.99999999999997 there, and a step's token would move to the next."""
+    left, expected = seq_len, []
+    for s in range(num_iter - 1):  # ARPG's rule: at least one token a step, the last step takes the rest
+        masked = min(max(int(seq_len * math.cos(math.pi / 2. * (s + 1) / num_iter)), 1), left - 1)
+        expected.append(left - masked)
+        left = masked
+    expected.append(left)
+    assert step_sizes(seq_len, num_iter, "cosine").tolist() == expected
+
+
 def test_cfg_schedules():
     sizes = torch.tensor([2, 2, 4])
     assert step_cfg_scales(sizes, 3.0, "constant").tolist() == [3.0, 3.0, 3.0]

@@ -28,11 +28,12 @@ from rlar.rollout.sampling import (
     with_null_class,
 )
 
-# the fraction of positions still masked after step s of N, as a function of r = (s + 1) / N
+# the fraction of positions still masked after step s of N, as a function of k = s + 1 and N, computed in ARPG's
+# order of operations (pi / 2 * k / N, not pi / 2 * (k / N)): where T * ratio is an integer, the two round apart
 SCHEDULES = {
-    "arccos": lambda r: math.acos(r) / (math.pi / 2),
-    "cosine": lambda r: math.cos(math.pi / 2 * r),
-    "linear": lambda r: 1.0 - r,
+    "arccos": lambda k, n: math.acos(k / n) / (math.pi / 2),
+    "cosine": lambda k, n: math.cos(math.pi / 2 * k / n),
+    "linear": lambda k, n: 1.0 - k / n,
 }
 CFG_SCHEDULES = ("constant", "linear")
 
@@ -40,7 +41,7 @@ CFG_SCHEDULES = ("constant", "linear")
 def step_sizes(seq_len: int, num_iter: int, schedule: str = "arccos") -> torch.Tensor:
     """Tokens decoded per step ``[S]`` (long, S = min(num_iter, T), each >= 1, summing to T).
 
-    After step s, ``int(T * ratio((s + 1) / S))`` positions stay masked, kept between 1 and what the remaining
+    After step s, ``int(T * ratio(s + 1, S))`` positions stay masked, kept between 1 and what the remaining
     steps need (one each); the last step takes the rest. Where ARPG's own rule gives every step a token, this
     is the same schedule; it also stays valid when ``num_iter >= T`` (one token per step).
     """
@@ -52,7 +53,7 @@ def step_sizes(seq_len: int, num_iter: int, schedule: str = "arccos") -> torch.T
     sizes, done = [], 0
     for s in range(steps):
         left, after = seq_len - done, steps - s - 1
-        n = left if after == 0 else min(max(left - int(seq_len * ratio((s + 1) / steps)), 1), left - after)
+        n = left if after == 0 else min(max(left - int(seq_len * ratio(s + 1, steps)), 1), left - after)
         sizes.append(n)
         done += n
     return torch.tensor(sizes, dtype=torch.long)
