@@ -64,8 +64,9 @@ def test_missing_unexpected_and_misshapen_keys_are_listed():
         load_arpg_state(small(), state)
     state = reference_state()
     state["embeddings.weight"] = torch.zeros(75, 64)
-    with pytest.raises(ValueError, match=r"embeddings.weight: file \(75, 64\) vs model \(77, 64\)"):
+    with pytest.raises(ValueError, match=r"embeddings.weight: file \(75, 64\) vs model \(77, 64\)") as refused:
         load_arpg_state(small(), state)
+    assert "check policy.size" in str(refused.value) and "num_classes" in str(refused.value)  # what sets the shapes
 
 
 REFERENCE_SIZES = {"L": 319.8e6, "XL": 719.0e6, "XXL": 1302.4e6}  # 16384 codes, 1000 classes, 256 tokens

@@ -277,4 +277,8 @@ def load_arpg_state(model: ARPG, path_or_state: str | os.PathLike | dict) -> ARP
     checkpoint = path_or_state if isinstance(path_or_state, dict) else read_checkpoint(path_or_state,
                                                                                         "policy.checkpoint")
     state = {k: v for k, v in checkpoint_weights(run_policy_state(checkpoint)).items() if k != "freqs_cis"}
-    return strict_load(model, state, "policy.checkpoint")
+    return strict_load(model, state, "policy.checkpoint", ARPG_HINT)
+
+
+ARPG_HINT = ("check policy.size (L: arpg_300m.pt, XL: arpg_700m.pt, XXL: arpg_1b.pt), vocab_size (the tokenizer's "
+             "codebook), block_size and num_classes (data.num_classes: 1000 for the ImageNet models)")
