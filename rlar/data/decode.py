@@ -1,5 +1,5 @@
-"""Decode image files: open with PIL, resize the shorter side, center-crop, uint8 CHW; a whole list through a
-DataLoader (:func:`decode_all`, for the eval split).
+"""Decode image files: open with PIL, resize the shorter side and center-crop as ADM's evaluation suite does
+(:func:`center_crop`), uint8 CHW; a whole list through a DataLoader (:func:`decode_all`, for the eval split).
 
 A file that cannot be decoded is reported (a warning naming it and the reason) and left out, never raised.
 """
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 MODES = {1: "L", 3: "RGB"}  # channels -> PIL mode
 DECODE_BATCH = 64
 LOADER_SEED = 0  # of each DataLoader's own generator (:func:`loader_generator`)
+PREPROCESSING = "adm_center_crop"  # in the data's cache fingerprint: another resize would key other caches
 
 
 def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
@@ -30,8 +31,22 @@ def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
         raise ValueError("the dataset holds no image for this row")
     with Image.open(source) as image:
         image = to_8bit(image).convert(MODES[channels])  # reads every pixel: a truncated file fails here
-    image = TF.resize(image, image_size, interpolation=TF.InterpolationMode.BICUBIC)  # shorter side -> S
-    return TF.pil_to_tensor(TF.center_crop(image, image_size))
+    return TF.pil_to_tensor(center_crop(image, image_size))
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The ``size`` x ``size`` center of ``image``, as ADM's preprocessing takes it (LlamaGen, ARPG and VA-π train
+    and evaluate on it, and FID reference batches are made with it): halved with a box filter while its shorter side
+    is at least ``2 * size``, then resized (bicubic) so that the shorter side is ``size``, each side rounded, and
+    cropped at offsets rounded down. (torchvision's resize floors the longer side and rounds the offsets: a 1024 x 683
+    image becomes 383 x 256, not 384 x 256.)"""
+    while min(image.size) >= 2 * size:
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)),
+                         resample=Image.Resampling.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
 
 
 def to_8bit(image: Image.Image) -> Image.Image:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_from_disk
 
+from rlar.data.decode import PREPROCESSING
 from rlar.data.stored import Split, StoredImageData, subset_rows
 
 IMAGE_COLUMNS = ("image", "image_path", "file", "filepath")  # tried in this order
@@ -174,7 +175,8 @@ class HFDiskData(StoredImageData):
         return (column, labels, captions), feature.num_classes if isinstance(feature, ClassLabel) else None
 
     def fingerprint(self) -> dict:
-        return {"name": "hf_disk", "path": str(self.path), "image_size": self.image_size, "channels": self.channels,
+        return {"name": "hf_disk", "path": str(self.path), "image_size": self.image_size,
+                "preprocessing": PREPROCESSING, "channels": self.channels,
                 "split": self.split, "eval_split": self.eval_split, "eval_fraction": self.eval_fraction,
                 "split_seed": self.split_seed, "max_images": self.max_images, "image_column": self.image_column,
                 "label_column": self.label_column, "num_classes": self.num_classes, "num_train": len(self.train_labels),

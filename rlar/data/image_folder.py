@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlar.data.decode import PREPROCESSING
 from rlar.data.stored import Split, StoredImageData, subset_rows
 
 CAPTIONS = (None, "sidecar")  # data.captions
@@ -192,6 +193,7 @@ class ImageFolderData(StoredImageData):
         if self._files_digest is None:
             self._files_digest = listing_digest(self.listed)
         return {"name": "image_folder", "root": str(self.root), "eval_root": str(self.eval_root or ""),
-                "image_size": self.image_size, "channels": self.channels, "eval_fraction": self.eval_fraction,
+                "image_size": self.image_size, "preprocessing": PREPROCESSING, "channels": self.channels,
+                "eval_fraction": self.eval_fraction,
                 "split_seed": self.split_seed, "max_images": self.max_images, "num_classes": self.num_classes,
                 "num_train": len(self.train_labels), "num_eval": len(self.eval_labels), "files": self._files_digest}
