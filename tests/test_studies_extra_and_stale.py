@@ -50,6 +50,25 @@ def test_the_report_reads_only_the_runs_made_with_the_extra_overrides(study, tmp
     assert [r.path for r in collect_runs(study, tmp_path, extra)["grpo"]] == with_extra
 
 
+def test_hydra_s_own_extra_overrides_do_not_hide_the_finished_runs(study, tmp_path):
+    """``hydra.job.chdir=false`` or ``hydra/launcher=basic`` on the command line reach Hydra, never a run's record of
+    its task: the runs made under them are still this study's."""
+    plain = [fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo"], s, 5) for s in (0, 1)]
+    assert [r.path for r in collect_runs(study, tmp_path, ["hydra.job.chdir=false", "hydra/launcher=basic"])["grpo"]
+            ] == plain
+
+
+def test_a_run_extended_and_stopped_before_its_new_end_is_not_read_as_finished(study, tmp_path):
+    """Its summary is its earlier, shorter run's, and its checkpoint, saved after it, holds later weights."""
+    runs = [fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo"], s, 5) for s in (0, 1)]
+    (runs[0] / "checkpoints").mkdir()
+    (runs[1] / "checkpoints").mkdir()
+    (runs[0] / "checkpoints" / "last.pt").write_bytes(b"")  # saved after the summary
+    (runs[1] / "checkpoints" / "last.pt").write_bytes(b"")
+    os.utime(runs[1] / "checkpoints" / "last.pt", ns=(1, 1))  # before it: the run's own last save
+    assert [r.path for r in collect_runs(study, tmp_path)["grpo"]] == runs[1:]
+
+
 def test_without_runs_made_with_the_extra_overrides_the_report_names_the_command_that_makes_them(study, tmp_path):
     fake_run(tmp_path, ["train.iterations=5", "algorithm=grpo"], 0, 5)
     with pytest.raises(FileNotFoundError, match=f"rlar.studies.ablation {study.name} algorithm.epochs=2$"):

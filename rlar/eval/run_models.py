@@ -91,12 +91,19 @@ def recorded_run_overrides(run_dir: str | Path, overrides: list[str]) -> list[st
 
 def trained_nothing(run_dir: str | Path) -> bool:
     """Whether the run trained 0 iterations (``train.iterations=0``, its summary says so): it saved no weights, and
-    its policy is the one its config builds (the prior). Not once it has saved weights since that summary (extended
-    to more iterations, and stopped before its new end)."""
-    summary, weights = Path(run_dir) / "summary.json", Path(run_dir) / "checkpoints" / "last.pt"
+    its policy is the one its config builds (the prior). Not once it has saved weights since that summary."""
+    summary = Path(run_dir) / "summary.json"
     if not summary.is_file() or json.loads(summary.read_text()).get("iterations") != 0:
         return False
-    return not weights.is_file() or weights.stat().st_mtime_ns <= summary.stat().st_mtime_ns
+    return not saved_since_summary(run_dir)
+
+
+def saved_since_summary(run_dir: str | Path) -> bool:
+    """Whether ``checkpoints/last.pt`` was written after ``summary.json``: the run was extended to more iterations and
+    stopped before its new end, so its summary describes older weights than its checkpoint holds (a finished run
+    writes its summary after its last save)."""
+    summary, weights = Path(run_dir) / "summary.json", Path(run_dir) / "checkpoints" / "last.pt"
+    return summary.is_file() and weights.is_file() and weights.stat().st_mtime_ns > summary.stat().st_mtime_ns
 
 
 def build_models(cfg: DictConfig, device, run_dir: str | Path | None = None):

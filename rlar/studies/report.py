@@ -31,6 +31,7 @@ from rlar.config.dir_name import excluded  # noqa: E402
 from rlar.config.store import compose_config  # noqa: E402
 from rlar.eval.evaluate import ATTRIBUTE_METRICS, JUDGE_METRICS, summary_key  # noqa: E402
 from rlar.eval.rejudge import sample_std  # noqa: E402
+from rlar.eval.run_models import saved_since_summary  # noqa: E402
 from rlar.reward.mixture import zscored  # noqa: E402
 from rlar.runtime.atomic_files import atomic_write_text  # noqa: E402
 from rlar.studies.judged import Judgement, study_judgements  # noqa: E402
@@ -99,17 +100,20 @@ def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, dict[int, fl
 
 
 def defining(overrides, exclude_keys: set[str]) -> frozenset[str]:
-    """The overrides that define what a run computes: without the seed and the keys its dir name leaves out (the
-    ``exclude_keys`` patterns), each as Hydra parses it (``lr=3.0e-5`` as a multirun records it, ``lr=3e-05``)."""
+    """The overrides that define what a run computes: without the seed, the keys its dir name leaves out (the
+    ``exclude_keys`` patterns) and Hydra's own (``hydra.*``, ``hydra/*``: a run's record of its task never holds
+    them), each as Hydra parses it (``lr=3.0e-5`` as a multirun records it, ``lr=3e-05``)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return frozenset(f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed
-                     if not excluded(o.key_or_group, [*exclude_keys, "hardware.seed"]))
+                     if not excluded(o.key_or_group, [*exclude_keys, "hardware.seed"])
+                     and not o.key_or_group.startswith(("hydra.", "hydra/")))
 
 
 def collect_runs(study: Study, outputs: str | Path, extra: list[str] = ()) -> dict[str, list[Run]]:
     """The finished runs of each setting (in the study's order), sorted by seed: a run belongs to a setting when
     its overrides are exactly the study's, the setting's and ``extra`` (the command line's, given to every run), up
-    to the seed and what its dir name leaves out, and it ran as many iterations as they set."""
+    to the seed and what its dir name leaves out, and it ran as many iterations as they set (and has saved nothing
+    since: a run extended to more and stopped before its new end is not finished)."""
     runs: dict[str, list[Run]] = {label: [] for label in study.settings}
     asked = {k: [*study.run_overrides(k), *extra] for k in study.settings}
     iterations = {k: compose_config(overrides).train.iterations for k, overrides in asked.items()}
@@ -123,6 +127,8 @@ def collect_runs(study: Study, outputs: str | Path, extra: list[str] = ()) -> di
         summary = json.loads(summary_path.read_text())
         if label is None or cfg.hardware.seed not in study.seeds or summary["iterations"] != iterations[label]:
             continue  # another study's run, or this one at another length
+        if saved_since_summary(run_dir):  # extended and stopped: its weights are no longer those of its summary
+            continue
         runs[label].append(Run(run_dir, cfg.hardware.seed, summary["eval_reward_before"],
                                summary["eval_reward_after"], summary["iterations"],
                                read_scalars(run_dir, CURVE_TAGS), summary, OmegaConf.to_yaml(cfg.reward)))
