@@ -151,6 +151,8 @@ def test_a_study_runs_reports_and_reuses_its_runs(tiny_study, tmp_path, tb_scala
 
     report = write_report(tiny_study, outputs, tmp_path / "report")
     text = report.read_text()
+    # the settings' own rewards, not the first run's alone
+    assert "training reward (`reward=discriminator_loo_fd_class` or `reward=l2`, as the setting says)" in text
     for label, runs in collect_runs(tiny_study, outputs).items():
         summaries = [json.loads((r.path / "summary.json").read_text()) for r in runs]
         after = [s["eval_reward_after"] for s in summaries]

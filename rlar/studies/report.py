@@ -461,6 +461,12 @@ def make_command(study: Study, extra: list[str] = ()) -> str:
     return f"make ablation STUDY={study.name}" + (f" ARGS={shlex.quote(shlex.join(extra))}" if extra else "")
 
 
+def either(values) -> str:
+    """The distinct ``values``, sorted: ``a``, ``a or b``, ``a, b or c``."""
+    distinct = [str(v) for v in sorted(set(values))]
+    return " or ".join([", ".join(distinct[:-1]), distinct[-1]] if len(distinct) > 2 else distinct)
+
+
 def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str | Path | None = None,
                  extra: list[str] = ()) -> Path:
     """Write ``REPORT.md`` and ``curves.png`` into ``report_dir`` (default: ``experiments/<study>/``). With the
@@ -473,12 +479,14 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
     out = Path(report_dir or study.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "curves.png", study.title)
-    first = next(r for group in runs.values() for r in group)
-    cfg = OmegaConf.load(first.path / ".hydra" / "config.yaml")
-    iterations = " or ".join(str(i) for i in sorted({r.iterations for group in runs.values() for r in group}))
+    every = [r for group in runs.values() for r in group]
+    cfg = OmegaConf.load(every[0].path / ".hydra" / "config.yaml")
+    iterations = either(r.iterations for r in every)
+    eval_every = either(OmegaConf.load(r.path / ".hydra" / "config.yaml").eval.every for r in every)
     threads = cfg.hardware.get("num_threads") or "null"
     n_eval = cfg.eval.max_items
-    reward = OmegaConf.load(first.path / ".hydra" / "hydra.yaml").hydra.runtime.choices.reward
+    reward = either(f"`reward={OmegaConf.load(r.path / '.hydra' / 'hydra.yaml').hydra.runtime.choices.reward}`"
+                    for r in every)
     spi = cfg.eval.samples_per_item
     samples = "one free-running sample" if spi == 1 else f"each of {spi} free-running samples"
     held_out = "every held-out digit" if n_eval is None else f"the first {n_eval} held-out digits"
@@ -488,7 +496,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 - **command**: `{make_command(study, extra)}` (or `{study_command(study, extra)}`); the study file is
   [`experiments/{study.name}.yaml`](../{study.name}.yaml)
 - **config**: the embedded default with {" ".join(f"`{o}`" for o in study.overrides) or "no other overrides"}:
-  {iterations} RL iterations (as the setting says), an evaluation every {cfg.eval.every}
+  {iterations} RL iterations, an evaluation every {eval_every} (as the setting says)
 - **seeds**: {", ".join(str(s) for s in study.seeds)} per setting (`hardware.seed` seeds RL; every run starts
   from the same cached prior, pretrained with seed 0)
 - **written**: {datetime.date.today().isoformat()}, from runs with
@@ -510,7 +518,7 @@ def write_report(study: Study, outputs: str | Path = "outputs", report_dir: str 
 **Ranking** by {ranking_basis(runs, judged)} (Δ: the step to the next setting, and its size in units of the larger
 of the two settings' std): {ranking(runs, judged)}.
 
-- **eval reward**: the mean over {held_out} of the training reward (`reward={reward}`) of
+- **eval reward**: the mean over {held_out} of the training reward ({reward}, as the setting says) of
   {samples} (fixed sampling seed), higher is better; *prior* is the same evaluation before RL, *change* the final
   mean relative to it. A reward that learns while it trains (`discriminator`, `loo_fd`) is read as it is at each
   evaluation, so its prior and final values come from different versions of it: read the judge's columns.\
