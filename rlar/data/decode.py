@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -29,8 +29,8 @@ def load_image(source: Any, image_size: int, channels: int) -> torch.Tensor:
     """``source`` (a path or a binary file object) -> uint8 ``[channels, image_size, image_size]``."""
     if source is None:
         raise ValueError("the dataset holds no image for this row")
-    with Image.open(source) as image:
-        image = to_8bit(image).convert(MODES[channels])  # reads every pixel: a truncated file fails here
+    with Image.open(source) as image:  # turned upright as its EXIF orientation says (a camera's photo), as viewers do
+        image = to_8bit(ImageOps.exif_transpose(image)).convert(MODES[channels])  # a truncated file fails here
     return TF.pil_to_tensor(center_crop(image, image_size))
 
 

@@ -57,12 +57,19 @@ def files_under(folder: Path) -> Iterator[Path]:
 
 
 def image_files(root: Path, classes: list[str], class_ids: dict[str, int]) -> tuple[list[Path], list[int]]:
-    """Every image file (by extension, any depth, sorted) under ``root/<class>`` and its class id."""
-    files, labels = [], []
+    """Every image file (by extension, any depth, sorted) under ``root/<class>`` and its class id. A class folder
+    without images is refused (it would take a class id, and a share of every balanced evaluation, with nothing to
+    learn it from), unless no folder has any (the caller's error)."""
+    files, labels, empty = [], [], []
     for name in classes:
         found = sorted(p for p in files_under(root / name) if p.suffix.lower() in EXTENSIONS)
         files += found
         labels += [class_ids[name]] * len(found)
+        if not found:
+            empty.append(name)
+    if empty and files:
+        raise ValueError(f"the class folders {empty} under '{root}' hold no image files "
+                         f"({', '.join(sorted(EXTENSIONS))}); remove them, or add their images")
     return files, labels
 
 
@@ -98,9 +105,10 @@ class SidecarCaptions:
 
 
 def read_caption(path: Path) -> str:
-    """The UTF-8 text of the caption file ``path``, surrounding whitespace stripped; else an error naming it."""
+    """The UTF-8 text of the caption file ``path``, surrounding whitespace (and a byte-order mark) stripped; else an
+    error naming it."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8-sig").strip()  # a byte-order mark (Notepad's UTF-8) left out
     except UnicodeDecodeError as e:
         raise ValueError(f"data.captions=sidecar: caption file '{path}' is not UTF-8 text ({e.reason} at byte "
                          f"{e.start}); re-save it as UTF-8") from None

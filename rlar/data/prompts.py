@@ -12,11 +12,17 @@ from rlar.data.stored import subset_rows
 
 
 def read_prompts(path: str, key: str) -> list[str]:
-    """The non-blank lines of the UTF-8 text file ``path`` (``data.<key>``), stripped."""
+    """The non-blank lines of the UTF-8 text file ``path`` (``data.<key>``; a byte-order mark left out), stripped;
+    lines end at a newline alone (not at the other characters ``str.splitlines`` breaks at)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"data.{key}='{path}' is not a file; give a UTF-8 text file of one prompt per line")
-    prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.{key}='{path}' is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as "
+                         "UTF-8") from None
+    prompts = [line.strip() for line in text.split("\n") if line.strip()]
     if not prompts:
         raise ValueError(f"data.{key}='{path}' holds no prompt (every line is blank); write one prompt per line")
     return prompts
@@ -47,6 +53,10 @@ class PromptData(ImageData):
                                  "eval_fraction")
             train, held_out = [prompts[i] for i in train_idx.tolist()], [prompts[i] for i in eval_idx.tolist()]
         else:
+            if Path(eval_path).expanduser().resolve() == Path(path).expanduser().resolve():
+                raise ValueError(f"data.eval_path='{eval_path}' is data.path: the held-out prompts would be the "
+                                 "train prompts; give another file, or eval_path=null to hold out "
+                                 "data.eval_fraction of them")
             train, held_out = prompts, read_prompts(eval_path, "eval_path")
         self.train_captions, self.eval_captions = self._subset(train), self._subset(held_out)
         self.train_labels = torch.full((len(self.train_captions),), -1, dtype=torch.long)
