@@ -117,6 +117,31 @@ def test_starting_over_sets_the_earlier_runs_outputs_aside_and_refuses_while_it_
     assert (tmp_path / RECORD / "config.yaml").is_file() and (tmp_path / "run.log").is_file()  # this run's record
 
 
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_command_refused_while_another_trains_there_leaves_that_run_s_record(tmp_path, resume):
+    """Hydra has written the second command's .hydra/ before it runs; refused by the lock, it changes nothing and
+    puts back the running run's record (which rlar-eval and a later resume read), whether or not a checkpoint is
+    there yet."""
+    write_run(tmp_path, CFG, checkpoint=False)
+    check_rerun(OmegaConf.create(CFG), tmp_path, ".hydra", FREE)  # the running run's record
+    other = {**CFG, "train": {"iterations": 2, "lr": 0.5}, "resume": resume}
+    write_run(tmp_path, other, checkpoint=False)
+    with run_lock(tmp_path), pytest.raises(RunDirLocked):
+        check_rerun(OmegaConf.create(other), tmp_path, ".hydra", FREE)
+    for folder in (RECORD, ".hydra"):
+        assert OmegaConf.load(tmp_path / folder / "config.yaml").train.lr == 1e-3
+
+
+def test_without_hydra_s_output_subdir_the_config_is_still_recorded_and_compared(tmp_path):
+    """``hydra.output_subdir=null`` writes no .hydra/: the run's config is recorded from itself."""
+    (tmp_path / "checkpoints").mkdir()
+    check_rerun(OmegaConf.create(CFG), tmp_path, None, FREE)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    assert OmegaConf.load(tmp_path / RECORD / "config.yaml").train.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"train\.lr differ"):
+        check_rerun(OmegaConf.create({**CFG, "train": {"iterations": 2, "lr": 0.5}}), tmp_path, None, FREE)
+
+
 def test_starting_over_sets_aside_the_folders_the_logger_was_told_to_write(tmp_path):
     """``logger.log_dir`` (and each of a multi logger's): the earlier run's events are not mixed into the new curves."""
     logger = {"loggers": {"tensorboard": {"log_dir": "runs/tb"}, "other": {"log_dir": "/elsewhere/tb"},

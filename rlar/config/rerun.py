@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlar.config.store import CONF_DIR
 from rlar.config.validate import ConfigError
 from rlar.runtime.atomic_files import atomic_path
-from rlar.runtime.run_lock import run_lock
+from rlar.runtime.run_lock import RunDirLocked, run_lock
 
 log = logging.getLogger(__name__)
 RECORD = Path("checkpoints") / "hydra"
@@ -90,19 +90,18 @@ def log_dirs(logger: DictConfig | None) -> list[str]:
 
 def set_aside(out: Path, logged: list[str] = ()) -> Path | None:
     """Move a run's outputs (:data:`REPLACED`, and the ``logged`` folders of its logger: :func:`log_dirs`) from
-    ``out`` into ``out/replaced/<UTC time>/`` (each at its own relative path), under the run lock (refused while
-    another process trains there); returns that folder, or None when there was nothing to move."""
+    ``out`` into ``out/replaced/<UTC time>/`` (each at its own relative path); returns that folder, or None when
+    there was nothing to move. The caller holds the run lock (:func:`check_rerun`)."""
     found = [path for path in dict.fromkeys(out / name for name in (*REPLACED, *logged)) if path.exists()]
     found = [p for p in found if not any(q != p and q in p.parents for q in found)]  # a folder inside one moved
     if not found:
         return None
     folder = out / "replaced" / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    with run_lock(out):
-        folder.mkdir(parents=True)
-        for path in found:
-            target = folder / path.relative_to(out)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.rename(target)
+    folder.mkdir(parents=True)
+    for path in found:
+        target = folder / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
     log.warning("resume=false: the outputs of the run that was in %s are kept in %s", out, folder)
     return folder
 
@@ -110,9 +109,23 @@ def set_aside(out: Path, logged: list[str] = ()) -> Path | None:
 def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free: list[str]) -> None:
     """Refuse (``ConfigError``) a resumed run whose config differs from the one recorded in ``out``; with
     ``resume=false``, set the earlier run's outputs aside (:func:`set_aside`: nothing of it is resumed, nothing is
-    lost); then record this run's ``.hydra/`` (``hydra_subdir``) as the one later runs compare with."""
+    lost); then record this run's ``.hydra/`` (``hydra_subdir``; without one, its config) as the one later runs
+    compare with. All of it under the run lock: while another process trains in ``out``, ``RunDirLocked`` is raised
+    before anything there changes, and the record that process runs under is written back over the ``.hydra/``
+    Hydra wrote for this command (which ``rlar-eval`` and ``rlar-export`` read)."""
     out = Path(out)
     record, hydra_dir = out / RECORD, out / hydra_subdir if hydra_subdir else None
+    try:
+        with run_lock(out):
+            compare_and_record(cfg, out, record, hydra_dir, free)
+    except RunDirLocked:
+        if hydra_dir is not None and (record / "config.yaml").is_file():
+            copy_record(record, hydra_dir)
+        raise
+
+
+def compare_and_record(cfg: DictConfig, out: Path, record: Path, hydra_dir: Path | None, free: list[str]) -> None:
+    """:func:`check_rerun`'s work, its lock held."""
     if not cfg.resume:
         set_aside(out, log_dirs(cfg.get("logger")))
     if cfg.resume and (out / "checkpoints" / "last.pt").is_file() and (record / "config.yaml").is_file():
@@ -131,6 +144,9 @@ def check_rerun(cfg: DictConfig, out: str | Path, hydra_subdir: str | None, free
                               "give this run another name (name=...) or directory")
     if hydra_dir is not None and (hydra_dir / "config.yaml").is_file():
         copy_record(hydra_dir, record)
+    elif hydra_dir is None:  # hydra.output_subdir=null: no .hydra/ to copy, but later runs still compare
+        with atomic_path(record / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp)
 
 
 def copy_record(source: Path, target: Path) -> None:
