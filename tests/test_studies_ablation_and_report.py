@@ -112,6 +112,32 @@ def test_an_unknown_study_names_the_known_ones():
         load_study("no_such_study")
 
 
+@pytest.mark.parametrize("settings,seeds,refused", [
+    ("  reinforce: algorithm=reinforce", "[0]", r"setting 'reinforce' must be a list of key=value overrides"),
+    ("  the default:", "[0]", r"setting 'the default' must be a list of key=value overrides.*; got None"),
+    ("  grpo: [algorithm=grpo]", "3", r"seeds must be a list of integers"),
+    ("  lr: [optimizer.lr=1e-4,3e-4]", "[0]", r"setting 'lr' must be a list of key=value overrides"),
+])
+def test_a_study_file_of_the_wrong_shape_is_refused_naming_the_entry(tmp_path, settings, seeds, refused):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"seeds: {seeds}\nsettings:\n{settings}\n")
+    with pytest.raises(ValueError, match=refused):
+        load_study(path)
+
+
+@pytest.mark.parametrize("setting,refused", [
+    ("[algorithm.num_generation=2]", r"setting 'typo': .*num_generation"),
+    ("['optimizer.lr=1e-4,3e-4']", r"setting 'typo': .*[Aa]mbiguous value"),
+])
+def test_a_setting_that_does_not_compose_is_refused_before_any_setting_runs(tmp_path, capsys, setting, refused):
+    """Even with --dry-run, and before the first setting (which composes) would train."""
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"seeds: [0]\nsettings:\n  fine: [algorithm=grpo]\n  typo: {setting}\n")
+    with pytest.raises(SystemExit):
+        ablation_main([str(path), "--dry-run"])
+    assert re.search(refused, capsys.readouterr().err) and not capsys.readouterr().out
+
+
 @pytest.fixture
 def tiny_study(tmp_path, tiny):
     """Two settings x two seeds of the tiny default, 3 iterations with an evaluation every one: GRPO with the

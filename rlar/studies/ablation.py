@@ -15,6 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from rlar.config.store import compose_config
+from rlar.config.validate import check_config
 from rlar.studies.report import write_report
 from rlar.studies.study import RUN_NAME, Study, load_study, sweep_dir
 
@@ -53,6 +58,16 @@ def run_until_it_stops(cmd: list[str]) -> None:
         raise subprocess.CalledProcessError(code, cmd)
 
 
+def check_settings(study: Study, extra: list[str]) -> None:
+    """Compose and check every setting's config (with the command line's ``extra``) before any of them runs: a typo
+    or a sweep (``lr=1e-4,3e-4``) in a later setting is refused before the earlier ones train, naming the setting."""
+    for label in study.settings:
+        try:
+            check_config(compose_config([*study.run_overrides(label), *extra]))
+        except (HydraException, OmegaConfBaseException, ValueError) as e:
+            raise ValueError(f"study {study.name!r}, setting {label!r}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlar-ablation", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a name in experiments/ (e.g. algorithms) or the path of a study YAML")
@@ -64,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # overrides may follow the flags: cfg --report-only hardware.x=1
     try:
         study = load_study(args.study)
+        check_settings(study, args.overrides)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     if args.dry_run:

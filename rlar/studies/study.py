@@ -62,9 +62,24 @@ def load_study(study: str | Path) -> Study:
     if not isinstance(soup, bool) or (soup and judge is None):
         raise ValueError(f"{path}: soup={soup!r}: soup: true judges each setting's weight soup of its runs, and needs "
                          "judge: N (the eval seeds to judge it over); otherwise leave soup out")
-    return Study(name=path.stem, path=path, title=raw.get("title", path.stem), overrides=list(raw.get("overrides", [])),
-                 seeds=list(raw.get("seeds", [0])), settings={str(k): list(v) for k, v in raw["settings"].items()},
-                 notes=raw.get("notes", ""), judge=judge, soup=soup)
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(type(s) is int for s in seeds):
+        raise ValueError(f"{path}: seeds must be a list of integers (hardware.seed of each run), e.g. [0, 1, 2]; "
+                         f"got {seeds!r}")
+    settings = {str(k): override_list(v, f"{path}: setting {k!r}") for k, v in raw["settings"].items()}
+    return Study(name=path.stem, path=path, title=raw.get("title", path.stem),
+                 overrides=override_list(raw.get("overrides", []), f"{path}: overrides"), seeds=seeds,
+                 settings=settings, notes=raw.get("notes", ""), judge=judge, soup=soup)
+
+
+def override_list(value, where: str) -> list[str]:
+    """``value``, a study file's list of ``key=value`` overrides; else an error naming ``where``. (YAML reads a bare
+    string, an empty entry or ``[optimizer.lr=1e-4]`` as something else; an override with a value holding ``,`` or
+    ``[`` is quoted.)"""
+    if not isinstance(value, list) or not all(isinstance(o, str) and "=" in o for o in value):
+        raise ValueError(f"{where} must be a list of key=value overrides, e.g. [algorithm=reinforce, "
+                         f"'optimizer.lr=1e-4']; got {value!r}")
+    return value
 
 
 RUN_NAME = "ablations"  # the runs' ``name``: they land in ``outputs/ablations/multirun/``
